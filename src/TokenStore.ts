@@ -171,10 +171,14 @@ const Count = Schema.Number.annotations({ message: nonNegativeSafeInteger }).pip
   Schema.filter((n) => Number.isSafeInteger(n) && n >= 0, { message: nonNegativeSafeInteger })
 )
 
-const nonEmptyString = expected("a non-empty string")
+const nonEmptyString = expected("a non-empty string of well-formed unicode")
+
+// A lone surrogate has no UTF-8 encoding: a backend that stores ids as UTF-8
+// (Redis) would map distinct ids to the same bytes, so such ids are refused.
+const loneSurrogate = /[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/
 
 const Id = Schema.String.annotations({ message: nonEmptyString }).pipe(
-  Schema.filter((s) => s.length > 0, { message: nonEmptyString })
+  Schema.filter((s) => s.length > 0 && !loneSurrogate.test(s), { message: nonEmptyString })
 )
 
 const cycleDate = expected("a billing cycle start date YYYY-MM-DD (a real calendar date)")
@@ -348,14 +352,18 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
         users = new Map()
         cycles.set(cycle, users)
       }
-      const next = f(users.get(userId) ?? emptyEntry)
-      if (next.totalTokens === 0 && next.promptTokens === 0 && next.completionTokens === 0 &&
-        next.costMicros === 0 && next.limit === undefined)
-      {
+      users.set(userId, f(users.get(userId) ?? emptyEntry))
+    }
+
+    const clear = (userId: string, cycle: string): void => {
+      const users = cycles.get(cycle)
+      const current = users?.get(userId)
+      if (users === undefined || current === undefined) return
+      if (current.limit === undefined) {
         users.delete(userId)
         if (users.size === 0) cycles.delete(cycle)
       } else {
-        users.set(userId, next)
+        users.set(userId, { ...emptyEntry, limit: current.limit })
       }
     }
 
@@ -389,7 +397,7 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
             limit: Option.fromNullable(current.limit)
           }
         }),
-      reset: (userId, cycle) => Effect.sync(() => update(userId, cycle, (current) => ({ ...emptyEntry, limit: current.limit }))),
+      reset: (userId, cycle) => Effect.sync(() => clear(userId, cycle)),
       setLimit: (userId, cycle, limit) => Effect.sync(() => update(userId, cycle, (current) => ({ ...current, limit }))),
       checkLimit: (userId, cycle) =>
         Effect.sync(() => {

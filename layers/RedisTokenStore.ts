@@ -1,0 +1,413 @@
+/**
+ * A `TokenStore` kept in Redis (ioredis), shared by every process that uses
+ * the same Redis and key prefix.
+ *
+ * Key layout (`<prefix>` defaults to `token_usage`):
+ *
+ * - `<prefix>:{<user>}:<cycle>`: a hash per user and billing cycle with the
+ *   integer fields `prompt_tokens`, `completion_tokens`, `total_tokens`,
+ *   `cost_micros` (when a cost was recorded) and `usage_limit` (when a limit is
+ *   set);
+ * - `<prefix>:{<user>}:call:<callId>`: the idempotency marker of a recorded
+ *   call, expiring after the idempotency TTL (default 24 hours).
+ *
+ * This is the Python design's `token_usage:<user>:<cycle>` with the user in a
+ * hash tag `{...}`, so that all keys of one user live in one Redis Cluster slot
+ * and the record script may touch both of them. `<user>` and `<callId>` are
+ * percent-encoded where they contain `%`, `:`, `{`, `}`, whitespace or
+ * control characters (other characters, unicode included, are kept), so that
+ * the encoding is injective and keys never collide (`a:b` vs `a`, `{x}` vs `x`).
+ * The prefix may not contain `{` or `}`.
+ *
+ * A record is one Lua script: if the call's marker exists it answers
+ * `"duplicate"`, else it increments the counters and sets the marker, atomically.
+ * A retry after a lost reply therefore counts once.
+ *
+ * Every command is bounded: ioredis' `commandTimeout` limits the wait for a
+ * reply, the offline queue is disabled so a command sent while Redis is
+ * unreachable fails at once, and ioredis reconnects in the background. Failures
+ * surface as `TokenStoreError` with reason `Timeout` (no reply in time),
+ * `Unavailable` (no connection) or `Unknown`.
+ *
+ * `users(cycle)` scans the keyspace (`SCAN MATCH <prefix>:{*}:<cycle>`); on a
+ * Redis Cluster it sees the keys of the node the client is connected to only.
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Runtime from "effect/Runtime"
+import type * as Scope from "effect/Scope"
+import { Redis, ReplyError } from "ioredis"
+import * as TokenStore from "../src/TokenStore.js"
+
+/**
+ * Options of the Redis token store.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** `redis://` or `rediss://` URL; default `redis://127.0.0.1:6379`. */
+  readonly url?: string | Redacted.Redacted<string> | undefined
+  /** Prefix of every key; default `token_usage`. */
+  readonly keyPrefix?: string | undefined
+  /** Longest wait for a reply to a command; default 2 seconds. */
+  readonly commandTimeout?: Duration.DurationInput | undefined
+  /** Longest wait for a connection to be established; default 5 seconds. */
+  readonly connectTimeout?: Duration.DurationInput | undefined
+  /** How long a recorded call id is remembered for idempotency; default 24 hours. */
+  readonly idempotencyTtl?: Duration.DurationInput | undefined
+  /** Longest wait for a graceful `QUIT` when the layer closes; default 2 seconds. */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+}
+
+/**
+ * Options of a store built over an existing client.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type ClientOptions = Pick<Options, "keyPrefix" | "idempotencyTtl">
+
+const unsafeKeyChars = /[%:{}\s\p{Cc}]/gu
+
+/**
+ * Encodes a user or call id for use inside a key: `%`, `:`, `{`, `}`,
+ * whitespace and control characters are percent-encoded (UTF-8), everything
+ * else is kept. Injective on well-formed strings.
+ *
+ * @since 0.1.0
+ * @category keys
+ */
+export const encodeKeyPart = (s: string): string => s.replace(unsafeKeyChars, encodeURIComponent)
+
+/**
+ * The inverse of `encodeKeyPart`; none when the string is not an encoding.
+ *
+ * @since 0.1.0
+ * @category keys
+ */
+export const decodeKeyPart = (s: string): Option.Option<string> => {
+  try {
+    const decoded = decodeURIComponent(s)
+    return encodeKeyPart(decoded) === s ? Option.some(decoded) : Option.none()
+  } catch {
+    return Option.none()
+  }
+}
+
+/**
+ * The key of the usage hash of a user and cycle.
+ *
+ * @since 0.1.0
+ * @category keys
+ */
+export const usageKey = (prefix: string, userId: string, cycle: string): string =>
+  `${prefix}:{${encodeKeyPart(userId)}}:${cycle}`
+
+/**
+ * The key of the idempotency marker of a user's call.
+ *
+ * @since 0.1.0
+ * @category keys
+ */
+export const callKey = (prefix: string, userId: string, callId: string): string =>
+  `${prefix}:{${encodeKeyPart(userId)}}:call:${encodeKeyPart(callId)}`
+
+const escapeGlob = (s: string): string => s.replace(/[*?[\]\\]/g, "\\$&")
+
+// KEYS[1] usage hash, KEYS[2] marker; ARGV: marker TTL (ms), prompt,
+// completion, total, cost. The marker is checked first and set last: a script
+// that fails half-way (a corrupted field) then leaves no marker behind, so the
+// caller's retry is not mistaken for a duplicate. Scripts run atomically, so
+// this is equivalent to `SET NX` first otherwise.
+const recordScript = `
+if redis.call("EXISTS", KEYS[2]) == 1 then return 0 end
+redis.call("HINCRBY", KEYS[1], "prompt_tokens", ARGV[2])
+redis.call("HINCRBY", KEYS[1], "completion_tokens", ARGV[3])
+redis.call("HINCRBY", KEYS[1], "total_tokens", ARGV[4])
+if ARGV[5] ~= "0" then redis.call("HINCRBY", KEYS[1], "cost_micros", ARGV[5]) end
+redis.call("SET", KEYS[2], "1", "PX", ARGV[1])
+return 1
+`
+
+const recordCommand = "effectLlmCallbacksTokenStoreRecordV1"
+
+interface RecordCommand {
+  readonly [recordCommand]: (
+    usageKey: string,
+    callKey: string,
+    ttlMillis: number,
+    promptTokens: number,
+    completionTokens: number,
+    totalTokens: number,
+    costMicros: number
+  ) => Promise<number>
+}
+
+const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY)\b/
+
+const toTokenStoreError = (method: string) => (cause: unknown): TokenStore.TokenStoreError => {
+  const message = cause instanceof Error ? cause.message : String(cause)
+  const reason = message === "Command timed out"
+    ? "Timeout"
+    : cause instanceof ReplyError
+    ? (unavailableReplies.test(message) ? "Unavailable" : "Unknown")
+    : "Unavailable"
+  return new TokenStore.TokenStoreError({ reason, message: `RedisTokenStore.${method}: ${message}`, cause })
+}
+
+const tryRedis = <A>(method: string, f: () => Promise<A>): Effect.Effect<A, TokenStore.TokenStoreError> =>
+  Effect.tryPromise({ try: f, catch: toTokenStoreError(method) })
+
+const parseCount = (method: string, field: string, value: string | null | undefined) =>
+  Effect.suspend(() => {
+    if (value === null || value === undefined) return Effect.succeed(Option.none<number>())
+    const n = Number(value)
+    return Number.isSafeInteger(n)
+      ? Effect.succeed(Option.some(n))
+      : Effect.fail(
+        new TokenStore.TokenStoreError({
+          reason: "Unknown",
+          message: `RedisTokenStore.${method}: field ${field} holds ${JSON.stringify(value)}, not an integer`
+        })
+      )
+  })
+
+const counterFields = ["prompt_tokens", "completion_tokens", "total_tokens", "cost_micros"] as const
+
+const invalidOption = (name: string, message: string) => ConfigError.InvalidData([name], message)
+
+const positiveMillis = (name: string, input: Duration.DurationInput) =>
+  Effect.suspend(() => {
+    const millis = Duration.toMillis(Duration.decode(input))
+    return Number.isFinite(millis) && millis >= 1
+      ? Effect.succeed(Math.round(millis))
+      : Effect.fail(invalidOption(name, `Expected a finite duration of at least 1 millisecond`))
+  })
+
+const validatePrefix = (keyPrefix: string) =>
+  keyPrefix.length > 0 && !/[{}]/.test(keyPrefix)
+    ? Effect.succeed(keyPrefix)
+    : Effect.fail(invalidOption("keyPrefix", `Expected a non-empty key prefix without "{" or "}"`))
+
+/**
+ * Whether a string is a Redis URL this layer accepts (`redis://` or `rediss://`).
+ *
+ * @since 0.1.0
+ * @category guards
+ */
+export const isRedisUrl = (s: string): boolean => {
+  try {
+    const url = new URL(s)
+    return (url.protocol === "redis:" || url.protocol === "rediss:") && url.hostname.length > 0
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Builds the store over a connected client. The client's lifetime is the
+ * caller's; with `make` it is the scope's.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const fromClient = (
+  redis: Redis,
+  options?: ClientOptions
+): Effect.Effect<TokenStore.Service, ConfigError.ConfigError> =>
+  Effect.gen(function*() {
+    const prefix = yield* validatePrefix(options?.keyPrefix ?? "token_usage")
+    const ttlMillis = yield* positiveMillis("idempotencyTtl", options?.idempotencyTtl ?? Duration.hours(24))
+    redis.defineCommand(recordCommand, { numberOfKeys: 2, lua: recordScript })
+    const script = redis as unknown as RecordCommand
+
+    const hmget = (method: string, userId: string, cycle: string, fields: ReadonlyArray<string>) =>
+      tryRedis(method, () => redis.hmget(usageKey(prefix, userId, cycle), ...fields))
+
+    const scanUsers = (cycle: string) => {
+      const head = `${prefix}:{`
+      const tail = `}:${cycle}`
+      const pattern = `${escapeGlob(prefix)}:{*}:${cycle}`
+      const found = new Set<string>()
+      const loop = (cursor: string): Effect.Effect<ReadonlyArray<string>, TokenStore.TokenStoreError> =>
+        Effect.flatMap(
+          tryRedis("users", () => redis.scan(cursor, "MATCH", pattern, "COUNT", 1000)),
+          ([next, keys]) => {
+            for (const key of keys) {
+              if (!key.startsWith(head) || !key.endsWith(tail)) continue
+              const encoded = key.slice(head.length, key.length - tail.length)
+              if (/[{}]/.test(encoded)) continue
+              Option.map(decodeKeyPart(encoded), (user) => found.add(user))
+            }
+            return next === "0" ? Effect.sync(() => Array.from(found).sort()) : loop(next)
+          }
+        )
+      return loop("0")
+    }
+
+    return TokenStore.withValidation({
+      record: (input) =>
+        tryRedis("record", () =>
+          script[recordCommand](
+            usageKey(prefix, input.userId, input.cycle),
+            callKey(prefix, input.userId, input.callId),
+            ttlMillis,
+            input.usage.promptTokens,
+            input.usage.completionTokens,
+            input.usage.totalTokens,
+            input.costMicros ?? 0
+          )).pipe(Effect.map((added): TokenStore.RecordOutcome => added === 1 ? "recorded" : "duplicate")),
+      stats: (userId, cycle) =>
+        Effect.flatMap(
+          hmget("stats", userId, cycle, [...counterFields, "usage_limit"]),
+          ([prompt, completion, total, cost, limit]) =>
+            Effect.all({
+              promptTokens: parseCount("stats", "prompt_tokens", prompt).pipe(Effect.map(Option.getOrElse(() => 0))),
+              completionTokens: parseCount("stats", "completion_tokens", completion).pipe(
+                Effect.map(Option.getOrElse(() => 0))
+              ),
+              totalTokens: parseCount("stats", "total_tokens", total).pipe(Effect.map(Option.getOrElse(() => 0))),
+              costMicros: parseCount("stats", "cost_micros", cost).pipe(Effect.map(Option.getOrElse(() => 0))),
+              limit: parseCount("stats", "usage_limit", limit)
+            })
+        ),
+      reset: (userId, cycle) =>
+        Effect.asVoid(tryRedis("reset", () => redis.hdel(usageKey(prefix, userId, cycle), ...counterFields))),
+      setLimit: (userId, cycle, limit) =>
+        Effect.asVoid(tryRedis("setLimit", () => redis.hset(usageKey(prefix, userId, cycle), "usage_limit", limit))),
+      checkLimit: (userId, cycle) =>
+        Effect.flatMap(hmget("checkLimit", userId, cycle, ["total_tokens", "usage_limit"]), ([total, limit]) =>
+          Effect.zipWith(
+            parseCount("checkLimit", "total_tokens", total),
+            parseCount("checkLimit", "usage_limit", limit),
+            (total, limit) => TokenStore.makeLimitCheck(Option.getOrElse(total, () => 0), limit)
+          )),
+      users: scanUsers
+    })
+  })
+
+/**
+ * Connects to Redis and builds the store; the connection is closed (a bounded
+ * `QUIT`, then a disconnect) when the scope closes. Fails with a `ConfigError`
+ * naming a bad option, or a `TokenStoreError` when Redis cannot be reached.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (
+  options?: Options
+): Effect.Effect<TokenStore.Service, ConfigError.ConfigError | TokenStore.TokenStoreError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const url = options?.url === undefined
+      ? "redis://127.0.0.1:6379"
+      : Redacted.isRedacted(options.url)
+      ? Redacted.value(options.url)
+      : options.url
+    if (!isRedisUrl(url)) {
+      // The URL may hold a password: it is not repeated in the message.
+      return yield* Effect.fail(invalidOption("url", "Expected a redis:// or rediss:// URL with a host"))
+    }
+    const commandTimeout = yield* positiveMillis("commandTimeout", options?.commandTimeout ?? Duration.seconds(2))
+    const connectTimeout = yield* positiveMillis("connectTimeout", options?.connectTimeout ?? Duration.seconds(5))
+    const shutdownTimeout = options?.shutdownTimeout ?? Duration.seconds(2)
+    const runtime = yield* Effect.runtime<never>()
+    const logError = Runtime.runFork(runtime)
+
+    const redis = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const redis = new Redis(url, {
+          lazyConnect: true,
+          commandTimeout,
+          connectTimeout,
+          // A command sent while disconnected fails at once instead of waiting
+          // in a queue; one sent just before a disconnect is resent once after
+          // the reconnect (harmless: records are idempotent), else it fails.
+          enableOfflineQueue: false,
+          maxRetriesPerRequest: 1,
+          // Reconnect for ever, backing off up to one second.
+          retryStrategy: (attempt) => Math.min(attempt * 100, 1000)
+        })
+        redis.on("error", (error: Error) =>
+          logError(Effect.logDebug("RedisTokenStore: connection error", error.message)))
+        return redis
+      }),
+      (redis) =>
+        tryRedis("close", () => redis.quit()).pipe(
+          Effect.timeout(shutdownTimeout),
+          Effect.ignore,
+          Effect.ensuring(Effect.sync(() => redis.disconnect()))
+        )
+    )
+    yield* tryRedis("connect", () => redis.connect())
+    return yield* fromClient(redis, options)
+  })
+
+/**
+ * The Redis token store as a layer.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options?: Options
+): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError | TokenStore.TokenStoreError> =>
+  Layer.scoped(TokenStore.TokenStore, make(options))
+
+/**
+ * The Redis token store over a client owned by the caller (the layer does not
+ * close it), e.g. to share one connection with other code.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerClient = (
+  redis: Redis,
+  options?: ClientOptions
+): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError> => Layer.effect(TokenStore.TokenStore, fromClient(redis, options))
+
+/**
+ * The options read from the environment: `REDIS_URL` (required, redacted,
+ * `redis://` or `rediss://`), `REDIS_KEY_PREFIX` (default `token_usage`),
+ * `REDIS_COMMAND_TIMEOUT` and `REDIS_IDEMPOTENCY_TTL` (durations, optional).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  url: Config.redacted("REDIS_URL").pipe(
+    Config.validate({
+      message: "Expected a redis:// or rediss:// URL with a host",
+      validation: (url) => isRedisUrl(Redacted.value(url))
+    })
+  ),
+  keyPrefix: Config.string("REDIS_KEY_PREFIX").pipe(
+    Config.validate({
+      message: `Expected a non-empty key prefix without "{" or "}"`,
+      validation: (prefix) => prefix.length > 0 && !/[{}]/.test(prefix)
+    }),
+    Config.withDefault("token_usage")
+  ),
+  commandTimeout: Config.option(Config.duration("REDIS_COMMAND_TIMEOUT")).pipe(Config.map(Option.getOrUndefined)),
+  idempotencyTtl: Config.option(Config.duration("REDIS_IDEMPOTENCY_TTL")).pipe(Config.map(Option.getOrUndefined))
+})
+
+/**
+ * The Redis token store with options read from `Config` (by default `config`,
+ * from the environment). A bad setting fails the layer with a `ConfigError`
+ * naming it.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Config.Wrap<Options> = config
+): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError | TokenStore.TokenStoreError> =>
+  Layer.scoped(TokenStore.TokenStore, Effect.flatMap(Config.unwrap(options), make))
