@@ -1,0 +1,155 @@
+/**
+ * The callback runtime's own metrics, recorded by the dispatcher for every
+ * handler. Names and labels follow the Python design's Prometheus metrics, so
+ * its dashboards' PromQL keeps working:
+ *
+ * - `callback_executions_total{callback_type, phase, status}` (counter)
+ * - `callback_duration_seconds{callback_type, phase}` (histogram)
+ * - `callback_errors_total{callback_type, error_type}` (counter; `failed`,
+ *   `defect`, `timeout`, `interrupted`, `dropped`)
+ * - `active_callbacks` (gauge of handler invocations in flight)
+ * - `callback_queue_depth{callback_type}` (gauge, background buffers)
+ * - `callback_dropped_total{callback_type}` (counter, background deliveries
+ *   that could not be buffered or drained)
+ * - `callback_retries_total{callback_type, phase}` (counter)
+ *
+ * Labels never carry user ids or call ids: their sets stay bounded by the
+ * number of registered handlers.
+ *
+ * @since 0.1.0
+ */
+import * as Metric from "effect/Metric"
+import * as MetricBoundaries from "effect/MetricBoundaries"
+import * as MetricLabel from "effect/MetricLabel"
+import type { Phase } from "./Events.js"
+
+/**
+ * Outcome of one handler invocation, the `status` label.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Status = "success" | "failed" | "defect" | "timeout" | "interrupted" | "dropped"
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const executionsTotal = Metric.counter("callback_executions_total", {
+  description: "Callback handler invocations by handler, phase and outcome",
+  incremental: true
+})
+
+/**
+ * Prometheus' default buckets, in seconds.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export const durationBoundaries = MetricBoundaries.fromIterable([
+  0.001,
+  0.005,
+  0.01,
+  0.025,
+  0.05,
+  0.1,
+  0.25,
+  0.5,
+  1,
+  2.5,
+  5,
+  10,
+  30
+])
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const durationSeconds = Metric.histogram(
+  "callback_duration_seconds",
+  durationBoundaries,
+  "Callback handler invocation duration in seconds, retries included"
+)
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const errorsTotal = Metric.counter("callback_errors_total", {
+  description: "Callback handler errors by handler and error type",
+  incremental: true
+})
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const activeCallbacks = Metric.gauge("active_callbacks", {
+  description: "Callback handler invocations in flight"
+})
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const queueDepth = Metric.gauge("callback_queue_depth", {
+  description: "Background deliveries waiting in a handler's buffer"
+})
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const droppedTotal = Metric.counter("callback_dropped_total", {
+  description: "Background deliveries that could not be buffered or were not drained at shutdown",
+  incremental: true
+})
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const retriesTotal = Metric.counter("callback_retries_total", {
+  description: "Retries of callback handler invocations",
+  incremental: true
+})
+
+const statuses: ReadonlyArray<Status> = ["success", "failed", "defect", "timeout", "interrupted", "dropped"]
+const phases: ReadonlyArray<Phase> = ["start", "end", "error"]
+
+/**
+ * Precomputed label sets for one handler. Metric hooks are cached per label
+ * array identity, so reusing these arrays keeps an update on the dispatch hot
+ * path to a map lookup.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface HandlerLabels {
+  readonly execution: Readonly<Record<Phase, Readonly<Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>>>>
+  readonly duration: Readonly<Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>>
+  readonly error: Readonly<Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>>
+  readonly handler: ReadonlyArray<MetricLabel.MetricLabel>
+}
+
+/**
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeHandlerLabels = (handler: string): HandlerLabels => {
+  const type = MetricLabel.make("callback_type", handler)
+  const execution = {} as Record<Phase, Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>>
+  const duration = {} as Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>
+  for (const phase of phases) {
+    const phaseLabel = MetricLabel.make("phase", phase)
+    duration[phase] = [type, phaseLabel]
+    execution[phase] = {} as Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>
+    for (const status of statuses) execution[phase][status] = [type, phaseLabel, MetricLabel.make("status", status)]
+  }
+  const error = {} as Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>
+  for (const status of statuses) {
+    if (status !== "success") error[status] = [type, MetricLabel.make("error_type", status)]
+  }
+  return { execution, duration, error, handler: [type] }
+}

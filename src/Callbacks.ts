@@ -1,0 +1,408 @@
+/**
+ * Instrumenting LLM calls: `instrument` wraps any effect that calls a model so
+ * that the registered handlers hear `start`, then exactly one of `end` /
+ * `error`, derived from the call's `Exit`.
+ *
+ * @since 0.1.0
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
+import * as Option from "effect/Option"
+import { dual } from "effect/Function"
+import { globalValue } from "effect/GlobalValue"
+import { Dispatcher } from "./Dispatcher.js"
+import type * as Dispatch from "./Dispatcher.js"
+import {
+  type CallFailure,
+  type CallInfo,
+  decodeMessagesLenient,
+  decodeResponseLenient,
+  type EndEvent,
+  type ErrorEvent,
+  type LlmResponse,
+  type Message,
+  type StartEvent
+} from "./Events.js"
+import type { DispatcherImpl } from "./internal/dispatcher.js"
+
+/**
+ * Per-call context that nested calls inherit: the user, tags, metadata, and
+ * the id of the enclosing instrumented call (set automatically).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallContext {
+  readonly userId?: string | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+  readonly parentCallId?: string | undefined
+}
+
+/**
+ * The current call context. Every `instrument` inside `withCallContext` (and
+ * every call nested inside an instrumented call) reads it.
+ *
+ * @since 0.1.0
+ * @category fiber refs
+ */
+export const currentCallContext: FiberRef.FiberRef<CallContext> = globalValue(
+  Symbol.for("effect-llm-callbacks/Callbacks/currentCallContext"),
+  () => FiberRef.unsafeMake<CallContext>({})
+)
+
+/**
+ * Runs an effect with a call context: the user id, tags, metadata and parent
+ * call id that the instrumented calls inside it report. Tags and metadata are
+ * merged with the enclosing context; the other fields replace it.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Callbacks } from "effect-llm-callbacks"
+ *
+ * declare const answer: Effect.Effect<string>
+ * const forAlice = answer.pipe(Callbacks.withCallContext({ userId: "alice", tags: ["chat"] }))
+ * ```
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withCallContext: {
+  (context: CallContext): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R>
+} = dual(
+  2,
+  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R> =>
+    Effect.locallyWith(self, currentCallContext, (outer) => mergeContext(outer, context))
+)
+
+const mergeContext = (outer: CallContext, inner: CallContext): CallContext => ({
+  userId: inner.userId ?? outer.userId,
+  parentCallId: inner.parentCallId ?? outer.parentCallId,
+  tags: inner.tags === undefined ? outer.tags : outer.tags === undefined ? inner.tags : [...outer.tags, ...inner.tags],
+  metadata: inner.metadata === undefined
+    ? outer.metadata
+    : outer.metadata === undefined
+    ? inner.metadata
+    : { ...outer.metadata, ...inner.metadata }
+})
+
+/**
+ * What `instrument` needs to know about a call.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface InstrumentOptions<A> {
+  readonly provider: string
+  readonly model: string
+  /** `{ role, content }` messages; other shapes are decoded leniently (issues reported to handlers). */
+  readonly messages?: ReadonlyArray<Message> | unknown
+  readonly userId?: string | undefined
+  readonly parentCallId?: string | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+  /** Request parameters (`temperature`, `maxTokens`, ...). */
+  readonly params?: Readonly<Record<string, unknown>> | undefined
+  /** Reads the response out of the call's result; by default the result itself is the response. */
+  readonly response?: ((a: A) => LlmResponse | unknown) | undefined
+  /** A call id of the caller's choosing (e.g. to make a retried call idempotent); by default a UUID. */
+  readonly callId?: string | undefined
+}
+
+const emptyTags: ReadonlyArray<string> = []
+const emptyRecord: Readonly<Record<string, unknown>> = {}
+
+/**
+ * Describes a call's failure as data for handlers.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const failureFromCause = (cause: Cause.Cause<unknown>): CallFailure => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value
+    return { kind: "failure", errorType: errorType(error), message: errorMessage(error), error }
+  }
+  const defect = Cause.dieOption(cause)
+  if (Option.isSome(defect)) {
+    const error = defect.value
+    return { kind: "defect", errorType: errorType(error), message: errorMessage(error), error }
+  }
+  return { kind: "interrupted", errorType: "Interrupted", message: "the call was interrupted", error: undefined }
+}
+
+const errorType = (error: unknown): string => {
+  if (typeof error === "object" && error !== null) {
+    if ("_tag" in error && typeof error._tag === "string") return error._tag
+    if (error instanceof Error) return error.name
+    return error.constructor?.name ?? "object"
+  }
+  return typeof error
+}
+
+const errorMessage = (error: unknown): string => {
+  if (typeof error === "object" && error !== null && "message" in error && typeof error.message === "string") {
+    return error.message
+  }
+  try {
+    return typeof error === "string" ? error : String(JSON.stringify(error))
+  } catch {
+    return String(error)
+  }
+}
+
+/**
+ * The events of one call, built by `instrument` and by integrations (such as
+ * the `@effect/ai` layer) that dispatch start and terminal events themselves.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallEvents {
+  readonly call: CallInfo
+  readonly start: StartEvent
+  readonly end: (response: unknown, durationMs: number, timeToFirstTokenMs?: number | undefined) => EndEvent
+  readonly error: (cause: Cause.Cause<unknown>, durationMs: number, timeToFirstTokenMs?: number | undefined) => ErrorEvent
+}
+
+/**
+ * Builds the call info and events of one call from its options and the
+ * current call context.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeCallEvents = (
+  options: Omit<InstrumentOptions<unknown>, "response">,
+  context: CallContext,
+  startedAt: number
+): CallEvents => {
+  const userId = options.userId ?? context.userId
+  const parentCallId = options.parentCallId ?? context.parentCallId
+  const tags = options.tags === undefined
+    ? context.tags ?? emptyTags
+    : context.tags === undefined
+    ? options.tags
+    : [...context.tags, ...options.tags]
+  const metadata = options.metadata === undefined
+    ? context.metadata ?? emptyRecord
+    : context.metadata === undefined
+    ? options.metadata
+    : { ...context.metadata, ...options.metadata }
+  const call: CallInfo = {
+    callId: options.callId ?? crypto.randomUUID(),
+    provider: options.provider,
+    model: options.model,
+    tags,
+    metadata,
+    startedAt,
+    ...(parentCallId !== undefined ? { parentCallId } : {}),
+    ...(userId !== undefined ? { userId } : {})
+  }
+  const decoded = decodeMessagesLenient(options.messages)
+  const start: StartEvent = {
+    _tag: "Start",
+    call,
+    messages: decoded.messages,
+    params: options.params ?? emptyRecord,
+    ...(decoded.issues !== undefined ? { inputIssues: decoded.issues } : {})
+  }
+  return {
+    call,
+    start,
+    end: (response, durationMs, timeToFirstTokenMs) => {
+      const out = decodeResponseLenient(response)
+      return {
+        _tag: "End",
+        call,
+        messages: decoded.messages,
+        response: out.response,
+        durationMs,
+        ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {}),
+        ...(out.issues !== undefined ? { outputIssues: out.issues } : {})
+      }
+    },
+    error: (cause, durationMs, timeToFirstTokenMs) => ({
+      _tag: "Error",
+      call,
+      messages: decoded.messages,
+      failure: failureFromCause(cause),
+      durationMs,
+      interrupted: Cause.isInterruptedOnly(cause),
+      ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {})
+    })
+  }
+}
+
+/**
+ * A call in progress, for integrations that cannot express the call as one
+ * effect (streams): `start` has been dispatched; `finish` dispatches the
+ * terminal event exactly once.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ActiveCall {
+  readonly call: CallInfo
+  readonly startReport: Dispatch.DispatchReport
+  /** Milliseconds since the call started, from `Clock`. */
+  readonly elapsed: Effect.Effect<number>
+  /** Dispatches end (success) or error (failure) once; later calls do nothing. */
+  readonly finish: <A, E>(
+    exit: Exit.Exit<A, E>,
+    options?: { readonly response?: unknown; readonly timeToFirstTokenMs?: number | undefined }
+  ) => Effect.Effect<Option.Option<Dispatch.DispatchReport>>
+}
+
+const lookupDispatcher = (context: Context.Context<never>): DispatcherImpl | undefined => {
+  const dispatcher = Context.getOption(context, Dispatcher)
+  return Option.isSome(dispatcher) ? dispatcher.value as DispatcherImpl : undefined
+}
+
+/**
+ * Starts a call by hand: dispatches `start` and returns an {@link ActiveCall}
+ * whose `finish` dispatches the terminal event. `instrument` is built on the
+ * same pieces; prefer it whenever the call is one effect. Returns `None` when
+ * no dispatcher is in context.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const begin = (
+  options: Omit<InstrumentOptions<unknown>, "response">
+): Effect.Effect<Option.Option<ActiveCall>> =>
+  Effect.withFiberRuntime((fiber) => {
+    const dispatcher = lookupDispatcher(fiber.currentContext)
+    if (dispatcher === undefined) return Effect.succeedNone
+    const snapshot = dispatcher.unsafeSnapshot()
+    const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+    const startedAt = clock.unsafeCurrentTimeMillis()
+    const events = makeCallEvents(options, fiber.getFiberRef(currentCallContext), startedAt)
+    let finished = false
+    return Effect.map(dispatcher.dispatchWith(snapshot, events.start), (startReport) =>
+      Option.some<ActiveCall>({
+        call: events.call,
+        startReport,
+        elapsed: Effect.sync(() => clock.unsafeCurrentTimeMillis() - startedAt),
+        finish: (exit, finishOptions) =>
+          Effect.suspend(() => {
+            if (finished) return Effect.succeedNone
+            finished = true
+            const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
+            const event = Exit.isSuccess(exit)
+              ? events.end(
+                finishOptions !== undefined && "response" in finishOptions ? finishOptions.response : exit.value,
+                durationMs,
+                finishOptions?.timeToFirstTokenMs
+              )
+              : events.error(exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
+            return Effect.asSome(Effect.uninterruptible(dispatcher.dispatchWith(snapshot, event)))
+          })
+      })
+    )
+  })
+
+/**
+ * Runs `self` with the call context that nested instrumented calls inherit
+ * (their parent is this call).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withParent: {
+  (callId: string): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R>
+} = dual(
+  2,
+  <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R> =>
+    Effect.locallyWith(self, currentCallContext, (outer) => ({ ...outer, parentCallId: callId }))
+)
+
+const instrumentImpl = <A, E, R>(
+  self: Effect.Effect<A, E, R>,
+  options: InstrumentOptions<A>
+): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime<A, E, R>((fiber) => {
+    const dispatcher = lookupDispatcher(fiber.currentContext)
+    if (dispatcher === undefined) return self
+    const snapshot = dispatcher.unsafeSnapshot()
+    if (snapshot.empty) return self
+    const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+    const startedAt = clock.unsafeCurrentTimeMillis()
+    const context = fiber.getFiberRef(currentCallContext)
+    const events = makeCallEvents(options, context, startedAt)
+    const inner = Effect.locally(self, currentCallContext, { ...context, parentCallId: events.call.callId })
+    const read = options.response
+    const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
+      const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
+      let event: EndEvent | ErrorEvent
+      if (Exit.isSuccess(exit)) {
+        let response: unknown
+        try {
+          response = read === undefined ? exit.value : read(exit.value)
+        } catch (error) {
+          // A throwing reader must not break the call: report the issue as data.
+          response = { content: "", __readerError: String(error) }
+        }
+        event = events.end(response, durationMs)
+      } else {
+        event = events.error(exit.cause, durationMs)
+      }
+      return Effect.zipRight(dispatcher.dispatchWith(snapshot, event), exit)
+    }
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.flatMap(
+        Effect.exit(restore(dispatcher.dispatchWith(snapshot, events.start))),
+        (started) =>
+          Exit.isFailure(started)
+            // Interrupted while `start` was dispatched: the call never runs, but
+            // the handlers that heard `start` still hear exactly one terminal event.
+            ? terminal(started as Exit.Exit<never, never>)
+            : Effect.flatMap(Effect.exit(restore(inner)), terminal)
+      )
+    )
+  })
+
+/**
+ * Wraps an LLM call so that every registered handler hears `start`, then
+ * exactly one of `end` / `error`. The result, typed error, defect and
+ * interruption are exactly the bare call's, whatever the handlers do. Without
+ * a `Dispatcher` in context the call runs bare.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Callbacks } from "effect-llm-callbacks"
+ *
+ * declare const callModel: Effect.Effect<{ text: string; input: number; output: number }, Error>
+ *
+ * const answer = callModel.pipe(
+ *   Callbacks.instrument({
+ *     provider: "openai",
+ *     model: "gpt-4o-mini",
+ *     messages: [{ role: "user", content: "Hello" }],
+ *     userId: "alice",
+ *     response: (r) => ({
+ *       content: r.text,
+ *       usage: { promptTokens: r.input, completionTokens: r.output, totalTokens: r.input + r.output }
+ *     })
+ *   })
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const instrument: {
+  <A = any>(
+    options: InstrumentOptions<A>
+  ): <A2 extends A, E, R>(self: Effect.Effect<A2, E, R>) => Effect.Effect<A2, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, options: InstrumentOptions<NoInfer<A>>): Effect.Effect<A, E, R>
+} = dual(2, instrumentImpl)

@@ -1,0 +1,210 @@
+/**
+ * Handlers: a name, up to three hooks, and a policy.
+ *
+ * Hooks read everything about a call from the event they receive; a handler
+ * keeps no per-call state of its own, so any number of calls can run at once.
+ *
+ * @since 0.1.0
+ */
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Schedule from "effect/Schedule"
+import * as Cause from "effect/Cause"
+import * as Data from "effect/Data"
+import type { EndEvent, ErrorEvent, StartEvent } from "./Events.js"
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export const TypeId: unique symbol = Symbol.for("effect-llm-callbacks/Handler")
+
+/**
+ * @since 0.1.0
+ * @category type ids
+ */
+export type TypeId = typeof TypeId
+
+/**
+ * `"await"`: the call waits for the handler (bounded by its timeout).
+ * `"background"`: the handler runs in a fiber owned by the dispatcher, fed
+ * through a bounded buffer; the call does not wait.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Mode = "await" | "background"
+
+/**
+ * How a handler is run. Unset fields take the dispatcher's defaults
+ * (from `CALLBACK_*` configuration).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Policy {
+  /** Bound on one invocation, retries included. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** Retries after a typed failure; `undefined` takes the default. */
+  readonly retry?: Schedule.Schedule<unknown, unknown> | undefined
+  readonly mode?: Mode | undefined
+  /** Higher runs first; equal priorities run concurrently. Default 0. */
+  readonly priority?: number | undefined
+  /** Background mode: size of this handler's buffer (default from the dispatcher). */
+  readonly bufferSize?: number | undefined
+}
+
+/**
+ * A handler whose hooks may fail with `E` and need `R`. `R` is satisfied when
+ * the handler's layer is built ({@link toLayer} in `Dispatcher`).
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Handler<out E = never, out R = never> {
+  readonly [TypeId]: TypeId
+  readonly name: string
+  readonly onLlmStart: ((event: StartEvent) => Effect.Effect<void, E, R>) | undefined
+  readonly onLlmEnd: ((event: EndEvent) => Effect.Effect<void, E, R>) | undefined
+  readonly onLlmError: ((event: ErrorEvent) => Effect.Effect<void, E, R>) | undefined
+  readonly policy: Policy
+}
+
+/**
+ * Options of {@link make}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface MakeOptions<E1, R1, E2, R2, E3, R3> extends Policy {
+  readonly name: string
+  readonly onLlmStart?: ((event: StartEvent) => Effect.Effect<void, E1, R1>) | undefined
+  readonly onLlmEnd?: ((event: EndEvent) => Effect.Effect<void, E2, R2>) | undefined
+  readonly onLlmError?: ((event: ErrorEvent) => Effect.Effect<void, E3, R3>) | undefined
+}
+
+/**
+ * Defines a handler.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Handler } from "effect-llm-callbacks"
+ *
+ * const printer = Handler.make({
+ *   name: "printer",
+ *   onLlmEnd: (event) => Effect.log(`${event.call.model}: ${event.response.content}`),
+ *   timeout: "2 seconds"
+ * })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = <E1 = never, R1 = never, E2 = never, R2 = never, E3 = never, R3 = never>(
+  options: MakeOptions<E1, R1, E2, R2, E3, R3>
+): Handler<E1 | E2 | E3, R1 | R2 | R3> => ({
+  [TypeId]: TypeId,
+  name: options.name,
+  onLlmStart: options.onLlmStart,
+  onLlmEnd: options.onLlmEnd,
+  onLlmError: options.onLlmError,
+  policy: {
+    timeout: options.timeout,
+    retry: options.retry,
+    mode: options.mode,
+    priority: options.priority,
+    bufferSize: options.bufferSize
+  }
+})
+
+/**
+ * @since 0.1.0
+ * @category guards
+ */
+export const isHandler = (u: unknown): u is Handler<unknown, unknown> =>
+  typeof u === "object" && u !== null && TypeId in u
+
+/**
+ * Returns the handler with some policy fields replaced.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withPolicy: {
+  (policy: Policy): <E, R>(self: Handler<E, R>) => Handler<E, R>
+  <E, R>(self: Handler<E, R>, policy: Policy): Handler<E, R>
+} = ((...args: Array<any>) => {
+  if (args.length === 1) return (self: Handler<any, any>) => withPolicyImpl(self, args[0])
+  return withPolicyImpl(args[0], args[1])
+}) as any
+
+const withPolicyImpl = <E, R>(self: Handler<E, R>, policy: Policy): Handler<E, R> => {
+  const merged: { -readonly [K in keyof Policy]: Policy[K] } = { ...self.policy }
+  for (const key of Object.keys(policy) as Array<keyof Policy>) {
+    if (policy[key] !== undefined) (merged as any)[key] = policy[key]
+  }
+  return { ...self, policy: merged }
+}
+
+/**
+ * The failure of a composite handler: which children failed and how.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CompositeHandlerError extends Data.TaggedError("CompositeHandlerError")<{
+  readonly failures: ReadonlyArray<{ readonly handler: string; readonly cause: Cause.Cause<unknown> }>
+}> {
+  override get message(): string {
+    return `${this.failures.length} handler(s) failed: ` +
+      this.failures.map((f) => `${f.handler}: ${Cause.pretty(f.cause)}`).join("; ")
+  }
+}
+
+const runAll = <Ev, E, R>(
+  children: ReadonlyArray<Handler<E, R>>,
+  pick: (handler: Handler<E, R>) => ((event: Ev) => Effect.Effect<void, E, R>) | undefined
+) => {
+  const hooks = children.flatMap((child) => {
+    const hook = pick(child)
+    return hook === undefined ? [] : [{ name: child.name, hook }]
+  })
+  if (hooks.length === 0) return undefined
+  return (event: Ev): Effect.Effect<void, CompositeHandlerError, R> =>
+    Effect.flatMap(
+      Effect.forEach(hooks, ({ hook, name }) =>
+        Effect.map(
+          Effect.exit(Effect.suspend(() => hook(event))),
+          (exit) => Exit.isFailure(exit) ? { handler: name, cause: exit.cause as Cause.Cause<unknown> } : undefined
+        )),
+      (outcomes) => {
+        const failures = outcomes.filter((o) => o !== undefined)
+        return failures.length === 0 ? Effect.void : Effect.fail(new CompositeHandlerError({ failures }))
+      }
+    )
+}
+
+/**
+ * Several handlers as one, like the Python design's `CompositeCallbackHandler`:
+ * the children run in order, each isolated from the others' failures; the
+ * composite fails (with every child failure) only after all have run.
+ *
+ * The composite has one policy: a retry re-runs every child.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const composite = <E, R>(
+  name: string,
+  children: ReadonlyArray<Handler<E, R>>,
+  policy: Policy = {}
+): Handler<CompositeHandlerError, R> => ({
+  [TypeId]: TypeId,
+  name,
+  onLlmStart: runAll(children, (h) => h.onLlmStart),
+  onLlmEnd: runAll(children, (h) => h.onLlmEnd),
+  onLlmError: runAll(children, (h) => h.onLlmError),
+  policy
+})

@@ -1,0 +1,34 @@
+/**
+ * @since 0.1.0
+ */
+export * as Callbacks from "./Callbacks.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as CallbackConfig from "./CallbackConfig.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as CallbackMetrics from "./CallbackMetrics.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Dispatcher from "./Dispatcher.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Events from "./Events.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Handler from "./Handler.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as HandlerError from "./HandlerError.js"

@@ -1,0 +1,711 @@
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Tracer from "effect/Tracer"
+import * as CallbackConfig from "../CallbackConfig.js"
+import * as Metrics from "../CallbackMetrics.js"
+import type { CallbackEvent, Phase } from "../Events.js"
+import type { Handler, Mode } from "../Handler.js"
+import { HandlerError, HandlerRegistrationError } from "../HandlerError.js"
+import type * as Dispatcher from "../Dispatcher.js"
+
+// -----------------------------------------------------------------------------
+// Registered handlers
+// -----------------------------------------------------------------------------
+
+type Hook = (event: any) => Effect.Effect<void, unknown, never>
+
+/**
+ * Per-handler counters. They are plain mutable fields on purpose: they are
+ * updated on the dispatch hot path, where an Effect `Ref` would cost a fiber
+ * operation per invocation. Only the dispatcher writes them.
+ */
+interface Stats {
+  successes: number
+  failures: number
+  defects: number
+  timeouts: number
+  interruptions: number
+  retries: number
+  dropped: number
+  inFlight: number
+  pending: number
+  lastError: Dispatcher.LastError | undefined
+  lastOutcome: Metrics.Status | undefined
+}
+
+type Delivery =
+  | { readonly _tag: "Event"; readonly event: CallbackEvent; readonly phase: Phase; readonly span: Tracer.AnySpan | undefined }
+  | { readonly _tag: "Flush"; readonly done: Deferred.Deferred<void> }
+
+interface Entry {
+  readonly name: string
+  readonly hooks: Readonly<Record<Phase, Hook | undefined>>
+  readonly context: Context.Context<never>
+  readonly timeout: Duration.Duration
+  readonly schedule: Schedule.Schedule<unknown, unknown> | undefined
+  readonly mode: Mode
+  readonly priority: number
+  readonly labels: Metrics.HandlerLabels
+  readonly stats: Stats
+  readonly queue: Queue.Queue<Delivery> | undefined
+}
+
+interface PhasePlan {
+  /** Await-mode handlers with this hook, grouped by priority, highest first. */
+  readonly groups: ReadonlyArray<ReadonlyArray<Entry>>
+  readonly background: ReadonlyArray<Entry>
+  readonly empty: boolean
+}
+
+/** @internal */
+export interface Snapshot {
+  readonly start: PhasePlan
+  readonly end: PhasePlan
+  readonly error: PhasePlan
+  readonly empty: boolean
+}
+
+const planPhase = (entries: ReadonlyArray<Entry>, phase: Phase): PhasePlan => {
+  const withHook = entries.filter((entry) => entry.hooks[phase] !== undefined)
+  const awaiting = withHook.filter((entry) => entry.mode === "await")
+  const priorities = Array.from(new Set(awaiting.map((entry) => entry.priority))).sort((a, b) => b - a)
+  return {
+    groups: priorities.map((priority) => awaiting.filter((entry) => entry.priority === priority)),
+    background: withHook.filter((entry) => entry.mode === "background"),
+    empty: withHook.length === 0
+  }
+}
+
+const makeSnapshot = (entries: ReadonlyArray<Entry>): Snapshot => {
+  const start = planPhase(entries, "start")
+  const end = planPhase(entries, "end")
+  const error = planPhase(entries, "error")
+  return { start, end, error, empty: start.empty && end.empty && error.empty }
+}
+
+const emptySnapshot = makeSnapshot([])
+
+// -----------------------------------------------------------------------------
+// Outcomes
+// -----------------------------------------------------------------------------
+
+interface Outcome {
+  readonly status: Metrics.Status | "queued"
+  readonly attempts: number
+  readonly error: HandlerError | undefined
+}
+
+const SUCCESS: Outcome = { status: "success", attempts: 1, error: undefined }
+const QUEUED: Outcome = { status: "queued", attempts: 0, error: undefined }
+
+const describe = (u: unknown): string => {
+  if (u instanceof Error) return u.message === "" ? u.name : `${u.name}: ${u.message}`
+  if (typeof u === "object" && u !== null && "_tag" in u) {
+    const message = (u as { message?: unknown }).message
+    return typeof message === "string" && message !== "" ? `${String(u._tag)}: ${message}` : String(u._tag)
+  }
+  try {
+    return typeof u === "string" ? u : JSON.stringify(u) ?? String(u)
+  } catch {
+    return String(u)
+  }
+}
+
+const classify = (
+  entry: Entry,
+  phase: Phase,
+  cause: Cause.Cause<unknown>,
+  attempts: number
+): Outcome => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    if (failure.value instanceof Cause.TimeoutException) {
+      return {
+        status: "timeout",
+        attempts,
+        error: new HandlerError({
+          reason: "Timeout",
+          handler: entry.name,
+          phase,
+          message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
+        })
+      }
+    }
+    return {
+      status: "failed",
+      attempts,
+      error: new HandlerError({
+        reason: "Failed",
+        handler: entry.name,
+        phase,
+        message: describe(failure.value),
+        cause: failure.value
+      })
+    }
+  }
+  const defect = Cause.dieOption(cause)
+  if (Option.isSome(defect)) {
+    return {
+      status: "defect",
+      attempts,
+      error: new HandlerError({
+        reason: "Defect",
+        handler: entry.name,
+        phase,
+        message: describe(defect.value),
+        cause: defect.value
+      })
+    }
+  }
+  return {
+    status: "interrupted",
+    attempts,
+    error: new HandlerError({ reason: "Interrupted", handler: entry.name, phase, message: "interrupted" })
+  }
+}
+
+// -----------------------------------------------------------------------------
+// The dispatcher
+// -----------------------------------------------------------------------------
+
+/** @internal */
+export interface DispatcherImpl extends Dispatcher.Dispatcher.Service {
+  readonly unsafeSnapshot: () => Snapshot
+}
+
+/** @internal */
+export const make = (
+  options: CallbackConfig.Resolved
+): Effect.Effect<Dispatcher.Dispatcher.Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const entries = new Map<string, Entry>()
+    let snapshot: Snapshot = emptySnapshot
+    let closed = false
+    const semaphore = yield* Effect.makeSemaphore(options.maxConcurrent)
+    // Invocations holding a permit. Kept beside the semaphore so that the hot
+    // path can tell, synchronously, whether one more invocation fits.
+    let active = 0
+
+    const defaultSchedule: Schedule.Schedule<unknown, unknown> | undefined =
+      options.enableRecovery && options.maxRetryAttempts > 1
+        ? Schedule.exponential(options.retryDelay).pipe(
+          Schedule.intersect(Schedule.recurs(options.maxRetryAttempts - 1))
+        )
+        : undefined
+
+    const record = (entry: Entry, phase: Phase, outcome: Outcome, seconds: number): void => {
+      const stats = entry.stats
+      const status = outcome.status
+      if (status === "queued") return
+      Metrics.executionsTotal.unsafeUpdate(1, entry.labels.execution[phase][status])
+      Metrics.durationSeconds.unsafeUpdate(seconds, entry.labels.duration[phase])
+      if (outcome.attempts > 1) {
+        stats.retries += outcome.attempts - 1
+        Metrics.retriesTotal.unsafeUpdate(outcome.attempts - 1, entry.labels.duration[phase])
+      }
+      stats.lastOutcome = status
+      switch (status) {
+        case "success":
+          stats.successes++
+          return
+        case "failed":
+          stats.failures++
+          break
+        case "defect":
+          stats.defects++
+          break
+        case "timeout":
+          stats.timeouts++
+          break
+        case "interrupted":
+          stats.interruptions++
+          break
+        case "dropped":
+          stats.dropped++
+          Metrics.droppedTotal.unsafeUpdate(1, entry.labels.handler)
+          break
+      }
+      Metrics.errorsTotal.unsafeUpdate(1, entry.labels.error[status])
+      if (outcome.error !== undefined) {
+        stats.lastError = { phase, reason: outcome.error.reason, message: outcome.error.message, at: Date.now() }
+      }
+    }
+
+    const logFailures = (event: CallbackEvent, results: ReadonlyArray<Dispatcher.HandlerResult>) => {
+      let failed: Array<Dispatcher.HandlerResult> | undefined
+      for (const result of results) {
+        if (result.error !== undefined) (failed ??= []).push(result)
+      }
+      if (failed === undefined) return Effect.void
+      return Effect.forEach(failed, (result) =>
+        Effect.logWarning(`callback handler ${result.handler} ${result.status} on ${result.phase}`).pipe(
+          Effect.annotateLogs({
+            callId: event.call.callId,
+            handler: result.handler,
+            phase: result.phase,
+            reason: result.error!.reason,
+            error: result.error!.message,
+            attempts: result.attempts
+          })
+        ), { discard: true })
+    }
+
+    // -- one invocation -------------------------------------------------------
+
+    const contextFor = (entry: Entry, span: Tracer.AnySpan | undefined): Context.Context<never> =>
+      span === undefined ? entry.context : Context.add(entry.context, Tracer.ParentSpan, span)
+
+    /**
+     * Runs the hook synchronously on a fiber of its own that starts at once.
+     * When the hook completes without suspending (the common case), the
+     * outcome is known here and no timer, schedule or join is paid for.
+     * Otherwise the running fiber is handed to `settle`.
+     */
+    const start = (
+      entry: Entry,
+      phase: Phase,
+      event: CallbackEvent,
+      refs: Runtime.Runtime<never>["fiberRefs"],
+      span: Tracer.AnySpan | undefined
+    ): Outcome | Effect.Effect<Outcome> => {
+      const hook = entry.hooks[phase]!
+      let effect: Effect.Effect<void, unknown>
+      try {
+        effect = hook(event)
+      } catch (defect) {
+        return classify(entry, phase, Cause.die(defect), 1)
+      }
+      let exit: Exit.Exit<void, unknown> | null
+      let fiber: Fiber.RuntimeFiber<void, unknown> | undefined
+      if (Exit.isExit(effect)) {
+        exit = effect as Exit.Exit<void, unknown>
+      } else {
+        fiber = Runtime.runFork(
+          Runtime.make({ context: contextFor(entry, span), fiberRefs: refs, runtimeFlags: Runtime.defaultRuntimeFlags })
+        )(effect)
+        exit = fiber.unsafePoll()
+      }
+      if (exit !== null) {
+        if (Exit.isSuccess(exit)) return SUCCESS
+        if (entry.schedule === undefined || Option.isNone(Cause.failureOption(exit.cause))) {
+          return classify(entry, phase, exit.cause, 1)
+        }
+        return settle(entry, phase, event, span, Effect.failCause(exit.cause), undefined)
+      }
+      return settle(entry, phase, event, span, Fiber.join(fiber!), fiber)
+    }
+
+    /**
+     * The slow path: a suspended first attempt, or retries after a failure,
+     * all under the handler's timeout and a concurrency permit.
+     */
+    const settle = (
+      entry: Entry,
+      phase: Phase,
+      event: CallbackEvent,
+      span: Tracer.AnySpan | undefined,
+      first: Effect.Effect<void, unknown>,
+      fiber: Fiber.RuntimeFiber<void, unknown> | undefined
+    ): Effect.Effect<Outcome> => {
+      let attempts = 1
+      let firstDone = false
+      const hook = entry.hooks[phase]!
+      const attempt = Effect.suspend(() => {
+        if (!firstDone) {
+          firstDone = true
+          return first
+        }
+        attempts++
+        return Effect.provide(hook(event), contextFor(entry, span))
+      })
+      const retried = entry.schedule === undefined ? attempt : Effect.retry(attempt, entry.schedule)
+      return retried.pipe(
+        Effect.timeout(entry.timeout),
+        Effect.exit,
+        Effect.map((exit) => Exit.isSuccess(exit) ? (attempts === 1 ? SUCCESS : { ...SUCCESS, attempts }) : classify(entry, phase, exit.cause, attempts)),
+        Effect.ensuring(fiber === undefined ? Effect.void : Fiber.interruptFork(fiber)),
+        withPermit(entry)
+      )
+    }
+
+    const withPermit = (entry: Entry) => <A>(self: Effect.Effect<A>): Effect.Effect<A> =>
+      semaphore.withPermits(1)(
+        Effect.suspend(() => {
+          active++
+          entry.stats.inFlight++
+          Metrics.activeCallbacks.unsafeUpdate(active, [])
+          return Effect.ensuring(
+            self,
+            Effect.sync(() => {
+              active--
+              entry.stats.inFlight--
+              Metrics.activeCallbacks.unsafeUpdate(active, [])
+            })
+          )
+        })
+      )
+
+    /** One invocation from start to outcome; the effect never fails. */
+    const invoke = (
+      entry: Entry,
+      phase: Phase,
+      event: CallbackEvent,
+      refs: Runtime.Runtime<never>["fiberRefs"],
+      span: Tracer.AnySpan | undefined
+    ): Outcome | Effect.Effect<Outcome> => {
+      if (active >= options.maxConcurrent) {
+        // Saturated: wait for a permit before starting at all.
+        return withPermit(entry)(Effect.suspend(() => {
+          const started = start(entry, phase, event, refs, span)
+          return Effect.isEffect(started) ? started : Effect.succeed(started)
+        }))
+      }
+      return start(entry, phase, event, refs, span)
+    }
+
+    // -- fan-out ----------------------------------------------------------------
+
+    const result = (
+      entry: Entry,
+      phase: Phase,
+      outcome: Outcome,
+      startedAt: number
+    ): Dispatcher.HandlerResult => {
+      const ms = performance.now() - startedAt
+      record(entry, phase, outcome, ms / 1000)
+      return {
+        handler: entry.name,
+        phase,
+        mode: entry.mode,
+        status: outcome.status,
+        attempts: outcome.attempts,
+        durationMs: ms,
+        error: outcome.error
+      }
+    }
+
+    const enqueue = (
+      entry: Entry,
+      phase: Phase,
+      event: CallbackEvent,
+      span: Tracer.AnySpan | undefined,
+      results: Array<Dispatcher.HandlerResult>
+    ): Effect.Effect<void> | undefined => {
+      const queue = entry.queue!
+      const now = performance.now()
+      if (closed) {
+        results.push(result(entry, phase, dropped(entry, phase, "the dispatcher is shutting down"), now))
+        return undefined
+      }
+      const delivery: Delivery = { _tag: "Event", event, phase, span }
+      entry.stats.pending++
+      if (Queue.unsafeOffer(queue, delivery)) {
+        Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+        results.push(result(entry, phase, QUEUED, now))
+        return undefined
+      }
+      // Buffer full: wait for room (backpressure), bounded by the handler's timeout.
+      return Queue.offer(queue, delivery).pipe(
+        Effect.timeout(entry.timeout),
+        Effect.match({
+          onFailure: () => {
+            entry.stats.pending--
+            results.push(
+              result(entry, phase, dropped(entry, phase, `buffer full for ${Duration.format(entry.timeout)}`), now)
+            )
+          },
+          onSuccess: () => {
+            Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+            results.push(result(entry, phase, QUEUED, now))
+          }
+        })
+      )
+    }
+
+    const dropped = (entry: Entry, phase: Phase, why: string): Outcome => ({
+      status: "dropped",
+      attempts: 0,
+      error: new HandlerError({ reason: "Dropped", handler: entry.name, phase, message: `not delivered: ${why}` })
+    })
+
+    /**
+     * Runs the slow path on a fiber of its own, interruptible, so that timeouts
+     * work even when the caller is uninterruptible (the terminal dispatch is),
+     * and the caller's pending interruption does not cut the terminal dispatch
+     * short. Interrupting the caller (start dispatch) interrupts the child.
+     */
+    const detached = (self: Effect.Effect<void>): Effect.Effect<void> =>
+      Effect.flatMap(
+        Effect.forkDaemon(Effect.interruptible(self)),
+        (fiber) => Effect.onInterrupt(Fiber.join(fiber), () => Fiber.interrupt(fiber))
+      )
+
+    const runGroups = (
+      plan: PhasePlan,
+      phase: Phase,
+      event: CallbackEvent,
+      results: Array<Dispatcher.HandlerResult>,
+      from: number
+    ): Effect.Effect<void> =>
+      Effect.withFiberRuntime((fiber) => {
+        const refs = fiber.getFiberRefs()
+        const span = fiber.currentSpan
+        for (let g = from; g < plan.groups.length; g++) {
+          const group = plan.groups[g]!
+          let pending: Array<Effect.Effect<void>> | undefined
+          for (let i = 0; i < group.length; i++) {
+            const entry = group[i]!
+            const startedAt = performance.now()
+            const started = invoke(entry, phase, event, refs, span)
+            if (Effect.isEffect(started)) {
+              ;(pending ??= []).push(
+                Effect.map(started, (outcome) => {
+                  results.push(result(entry, phase, outcome, startedAt))
+                })
+              )
+            } else {
+              results.push(result(entry, phase, started, startedAt))
+            }
+          }
+          if (pending !== undefined) {
+            const rest = g + 1
+            const waitAll = detached(
+              pending.length === 1 ? pending[0]! : Effect.all(pending, { concurrency: "unbounded", discard: true })
+            )
+            return rest < plan.groups.length ? Effect.zipRight(waitAll, runGroups(plan, phase, event, results, rest)) : waitAll
+          }
+        }
+        return Effect.void
+      })
+
+    const dispatchWith = (snap: Snapshot, event: CallbackEvent): Effect.Effect<Dispatcher.DispatchReport> => {
+      const phase: Phase = event._tag === "Start" ? "start" : event._tag === "End" ? "end" : "error"
+      const plan = snap[phase]
+      if (plan.empty) return Effect.succeed({ phase, callId: event.call.callId, results: [] })
+      const results: Array<Dispatcher.HandlerResult> = []
+      const report: Dispatcher.DispatchReport = { phase, callId: event.call.callId, results }
+      let backpressure: Array<Effect.Effect<void>> | undefined
+      if (plan.background.length > 0) {
+        const span = undefined
+        for (const entry of plan.background) {
+          const waiting = enqueue(entry, phase, event, span, results)
+          if (waiting !== undefined) (backpressure ??= []).push(waiting)
+        }
+      }
+      const awaited = plan.groups.length === 0 ? Effect.void : runGroups(plan, phase, event, results, 0)
+      const all = backpressure === undefined
+        ? awaited
+        : Effect.zipRight(detached(Effect.all(backpressure, { concurrency: "unbounded", discard: true })), awaited)
+      return Effect.flatMap(all, () => {
+        const log = logFailures(event, results)
+        return log === Effect.void ? Effect.succeed(report) : Effect.as(log, report)
+      })
+    }
+
+    // -- background consumers -------------------------------------------------
+
+    const consume = (entry: Entry): Effect.Effect<never> => {
+      const queue = entry.queue!
+      const step = Effect.flatMap(Queue.take(queue), (delivery) => {
+        if (delivery._tag === "Flush") return Deferred.succeed(delivery.done, undefined)
+        return Effect.withFiberRuntime<void>((fiber) => {
+          const startedAt = performance.now()
+          const started = start(entry, delivery.phase, delivery.event, fiber.getFiberRefs(), delivery.span)
+          const done = (outcome: Outcome) => {
+            entry.stats.pending--
+            Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+            const handlerResult = result(entry, delivery.phase, outcome, startedAt)
+            return logFailures(delivery.event, [handlerResult])
+          }
+          return Effect.isEffect(started)
+            ? Effect.flatMap(active >= options.maxConcurrent ? withPermit(entry)(started) : started, done)
+            : done(started)
+        })
+      })
+      return Effect.forever(step)
+    }
+
+    const flushEntry = (entry: Entry): Effect.Effect<void> =>
+      Effect.flatMap(Deferred.make<void>(), (done) =>
+        Effect.zipRight(Queue.offer(entry.queue!, { _tag: "Flush", done }), Deferred.await(done)))
+
+    const drain = (entry: Entry) =>
+      flushEntry(entry).pipe(
+        Effect.timeoutOption(options.shutdownTimeout),
+        Effect.flatMap((drained) => {
+          if (Option.isSome(drained) || entry.stats.pending === 0) return Effect.void
+          const lost = entry.stats.pending
+          entry.stats.dropped += lost
+          entry.stats.pending = 0
+          Metrics.droppedTotal.unsafeUpdate(lost, entry.labels.handler)
+          Metrics.errorsTotal.unsafeUpdate(lost, entry.labels.error.dropped)
+          Metrics.queueDepth.unsafeUpdate(0, entry.labels.handler)
+          return Effect.logError(
+            `callback handler ${entry.name}: ${lost} background deliveries not delivered within the shutdown timeout`
+          ).pipe(Effect.annotateLogs({ handler: entry.name, undelivered: lost }))
+        })
+      )
+
+    // -- registration -----------------------------------------------------------
+
+    const validate = (handler: Handler<unknown, unknown>): Either.Either<
+      { timeout: Duration.Duration; mode: Mode; priority: number; bufferSize: number },
+      HandlerRegistrationError
+    > => {
+      const fail = (reason: HandlerRegistrationError["reason"], message: string) =>
+        Either.left(new HandlerRegistrationError({ reason, handler: String(handler.name), message }))
+      if (typeof handler.name !== "string" || handler.name.trim() === "") {
+        return fail("InvalidName", "a handler needs a non-empty name")
+      }
+      if (closed) return fail("Closed", `cannot register ${handler.name}: the dispatcher is closed`)
+      if (entries.has(handler.name)) {
+        return fail("DuplicateName", `a handler named ${JSON.stringify(handler.name)} is already registered`)
+      }
+      const policy = handler.policy
+      let timeout = options.timeout
+      if (policy.timeout !== undefined) {
+        const decoded = Duration.decodeUnknown(policy.timeout)
+        if (Option.isNone(decoded) || Duration.toMillis(decoded.value) < 0) {
+          return fail("InvalidPolicy", `${handler.name}: timeout must be a non-negative duration, got ${String(policy.timeout)}`)
+        }
+        timeout = decoded.value
+      }
+      const mode = policy.mode ?? options.mode
+      if (mode !== "await" && mode !== "background") {
+        return fail("InvalidPolicy", `${handler.name}: mode must be "await" or "background", got ${String(mode)}`)
+      }
+      const priority = policy.priority ?? 0
+      if (!Number.isFinite(priority)) {
+        return fail("InvalidPolicy", `${handler.name}: priority must be a finite number, got ${String(priority)}`)
+      }
+      const bufferSize = policy.bufferSize ?? options.bufferSize
+      if (!Number.isSafeInteger(bufferSize) || bufferSize < 1) {
+        return fail("InvalidPolicy", `${handler.name}: bufferSize must be an integer >= 1, got ${String(bufferSize)}`)
+      }
+      return Either.right({ timeout, mode, priority, bufferSize })
+    }
+
+    const register = <E, R>(
+      handler: Handler<E, R>,
+      context: Context.Context<R>
+    ): Effect.Effect<void, HandlerRegistrationError, Scope.Scope> =>
+      Effect.gen(function*() {
+        const checked = yield* validate(handler as Handler<unknown, unknown>)
+        const queue = checked.mode === "background" ? yield* Queue.bounded<Delivery>(checked.bufferSize) : undefined
+        const entry: Entry = {
+          name: handler.name,
+          hooks: {
+            start: handler.onLlmStart as Hook | undefined,
+            end: handler.onLlmEnd as Hook | undefined,
+            error: handler.onLlmError as Hook | undefined
+          },
+          context: context as Context.Context<never>,
+          timeout: checked.timeout,
+          schedule: options.enableRecovery
+            ? handler.policy.retry ?? defaultSchedule
+            : undefined,
+          mode: checked.mode,
+          priority: checked.priority,
+          labels: Metrics.makeHandlerLabels(handler.name),
+          stats: {
+            successes: 0,
+            failures: 0,
+            defects: 0,
+            timeouts: 0,
+            interruptions: 0,
+            retries: 0,
+            dropped: 0,
+            inFlight: 0,
+            pending: 0,
+            lastError: undefined,
+            lastOutcome: undefined
+          },
+          queue
+        }
+        if (queue !== undefined) {
+          // Forked before the finalizer below is added, so that the finalizer
+          // (drain) runs while the consumer is still alive.
+          yield* Effect.forkScoped(Effect.interruptible(consume(entry)))
+        }
+        yield* Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            entries.delete(entry.name)
+            snapshot = makeSnapshot(Array.from(entries.values()))
+            return queue === undefined ? Effect.void : Effect.zipRight(drain(entry), Queue.shutdown(queue))
+          })
+        )
+        entries.set(entry.name, entry)
+        snapshot = makeSnapshot(Array.from(entries.values()))
+      })
+
+    // -- health -----------------------------------------------------------------
+
+    const health = Effect.sync((): Dispatcher.HealthReport => {
+      const handlers = Array.from(entries.values()).map((entry): Dispatcher.HandlerHealth => ({
+        name: entry.name,
+        mode: entry.mode,
+        priority: entry.priority,
+        successes: entry.stats.successes,
+        failures: entry.stats.failures,
+        defects: entry.stats.defects,
+        timeouts: entry.stats.timeouts,
+        interruptions: entry.stats.interruptions,
+        retries: entry.stats.retries,
+        dropped: entry.stats.dropped,
+        inFlight: entry.stats.inFlight,
+        pending: entry.stats.pending,
+        lastError: entry.stats.lastError === undefined ? Option.none() : Option.some(entry.stats.lastError)
+      }))
+      const degraded = Array.from(entries.values()).some((entry) =>
+        entry.stats.lastOutcome !== undefined && entry.stats.lastOutcome !== "success"
+      )
+      return {
+        status: closed ? "closed" : degraded ? "degraded" : "healthy",
+        handlers,
+        inFlight: active,
+        pending: handlers.reduce((n, h) => n + h.pending, 0)
+      }
+    })
+
+    const flush = Effect.suspend(() =>
+      Effect.forEach(
+        Array.from(entries.values()).filter((entry) => entry.queue !== undefined),
+        flushEntry,
+        { concurrency: "unbounded", discard: true }
+      )
+    )
+
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        closed = true
+        return Effect.forEach(
+          Array.from(entries.values()).filter((entry) => entry.queue !== undefined),
+          drain,
+          { concurrency: "unbounded", discard: true }
+        )
+      })
+    )
+
+    const service: DispatcherImpl = {
+      register,
+      unsafeSnapshot: () => snapshot,
+      dispatch: (event) => Effect.suspend(() => dispatchWith(snapshot, event)),
+      dispatchWith: (snap, event) => dispatchWith(snap as Snapshot, event),
+      snapshot: Effect.sync(() => snapshot),
+      flush,
+      health,
+      handlers: Effect.sync(() => Array.from(entries.keys()))
+    }
+    return service
+  })
