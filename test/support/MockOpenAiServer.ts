@@ -173,6 +173,8 @@ export class MockOpenAiServer extends Context.Tag("effect-llm-callbacks/test/Moc
 >() {}
 
 /**
+ * Options of {@link make} and {@link layer}.
+ *
  * @since 0.1.0
  * @category models
  */
