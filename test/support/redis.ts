@@ -1,0 +1,75 @@
+/**
+ * Redis for the tests: the shared server started by the global setup (or
+ * `REDIS_URL`), and dedicated servers a test starts and stops itself.
+ */
+import * as Effect from "effect/Effect"
+import type * as Scope from "effect/Scope"
+import { inject } from "vitest"
+import { type RedisProcess, startRedisProcess } from "./globalSetup.js"
+
+export { freePort, type RedisProcess, startRedisProcess, stopRedisProcess } from "./globalSetup.js"
+
+declare module "vitest" {
+  export interface ProvidedContext {
+    /** URL of the shared Redis, empty when none could be started (see `redisSetupError`). */
+    readonly redisUrl: string
+    readonly redisSetupError: string
+  }
+}
+
+/**
+ * The URL of the shared Redis. Fails the calling test (never skips it) when the
+ * global setup could not provide one.
+ */
+export const redisUrl = (): string => {
+  const url = inject("redisUrl")
+  if (url === undefined || url === "") {
+    throw new Error(`No Redis for the tests: ${inject("redisSetupError") || "the global setup did not run"}`)
+  }
+  return url
+}
+
+let prefixCounter = 0
+
+/** A key prefix no other test run uses, so suites sharing one Redis never see each other's keys. */
+export const uniqueKeyPrefix = (name: string): string =>
+  `test_${name}_${process.pid}_${Date.now().toString(36)}_${(prefixCounter++).toString(36)}`
+
+/** A redis-server dedicated to one test, which the test may stop and start again on the same port. */
+export interface DedicatedRedis {
+  readonly port: number
+  readonly url: string
+  /** Kills the server (SIGKILL, like a crash) and waits for it to exit. */
+  readonly stop: Effect.Effect<void>
+  /** Starts the server again on the same port. */
+  readonly start: Effect.Effect<void>
+}
+
+/**
+ * Starts a redis-server of the test's own on a free port; it is killed (by
+ * PID) when the scope closes. It never touches the shared server.
+ */
+export const dedicatedRedis: Effect.Effect<DedicatedRedis, never, Scope.Scope> = Effect.gen(function*() {
+  let running: RedisProcess | undefined
+  const kill = Effect.promise(async () => {
+    const current = running
+    running = undefined
+    if (current === undefined || current.child.pid === undefined) return
+    if (current.child.exitCode !== null || current.child.signalCode !== null) return
+    const exited = new Promise((resolve) => current.child.once("exit", resolve))
+    process.kill(current.child.pid, "SIGKILL")
+    await exited
+  })
+  const first = yield* Effect.acquireRelease(
+    Effect.promise(async () => (running = await startRedisProcess())),
+    () => kill
+  )
+  return {
+    port: first.port,
+    url: first.url,
+    stop: kill,
+    start: Effect.promise(async () => {
+      if (running === undefined) running = await startRedisProcess({ port: first.port })
+    })
+  }
+})
