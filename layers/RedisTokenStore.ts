@@ -382,17 +382,20 @@ export const layerClient = (
  * @category config
  */
 export const config: Config.Config<Options> = Config.all({
-  url: Config.redacted("REDIS_URL").pipe(
+  // Validated inside `nested` so that the error names the variable.
+  url: Config.redacted().pipe(
     Config.validate({
       message: "Expected a redis:// or rediss:// URL with a host",
       validation: (url) => isRedisUrl(Redacted.value(url))
-    })
+    }),
+    Config.nested("REDIS_URL")
   ),
-  keyPrefix: Config.string("REDIS_KEY_PREFIX").pipe(
+  keyPrefix: Config.string().pipe(
     Config.validate({
       message: `Expected a non-empty key prefix without "{" or "}"`,
       validation: (prefix) => prefix.length > 0 && !/[{}]/.test(prefix)
     }),
+    Config.nested("REDIS_KEY_PREFIX"),
     Config.withDefault("token_usage")
   ),
   commandTimeout: Config.option(Config.duration("REDIS_COMMAND_TIMEOUT")).pipe(Config.map(Option.getOrUndefined)),

@@ -3,8 +3,9 @@
  * interface, that injects network faults:
  *
  * - a dropped reply: bytes coming back from the server are swallowed and the
- *   connection is destroyed, so the command reached (and ran on) the server but
- *   the client never hears the answer;
+ *   connection is destroyed (at once, or after a stall during which every reply
+ *   is swallowed), so the command reached (and ran on) the server but the
+ *   client never hears the answer;
  * - a reset: bytes going to the server are discarded and the connection is
  *   reset, so the command never reaches the server.
  *
@@ -21,6 +22,13 @@ export interface Faults {
   readonly dropReply: number
   /** Probability that a chunk to the server is discarded and its connection reset. */
   readonly reset: number
+  /**
+   * After a dropped reply, how long the connection stays open, swallowing
+   * every reply while still forwarding commands, before it is destroyed: the
+   * client sees silence (its command timeout) rather than a closed socket.
+   * Default 0: destroyed at once.
+   */
+  readonly stallMillis?: number | undefined
 }
 
 /** What the proxy did so far. */
@@ -70,6 +78,7 @@ export const make = (options: {
     let dropNext = false
     const counters = { connections: 0, repliesDropped: 0, resets: 0, chunksToServer: 0, chunksToClient: 0 }
     const sockets = new Set<net.Socket>()
+    const timers = new Set<ReturnType<typeof setTimeout>>()
 
     const track = (socket: net.Socket) => {
       sockets.add(socket)
@@ -95,13 +104,25 @@ export const make = (options: {
         }
         upstream.write(chunk)
       })
+      let stalled = false
       upstream.on("data", (chunk: Buffer) => {
         counters.chunksToClient++
+        if (stalled) return
         if (dropNext || (faults.dropReply > 0 && random() < faults.dropReply)) {
           dropNext = false
           counters.repliesDropped++
-          client.destroy()
-          upstream.destroy()
+          const destroy = () => {
+            client.destroy()
+            upstream.destroy()
+          }
+          const stallMillis = faults.stallMillis ?? 0
+          if (stallMillis <= 0) return destroy()
+          stalled = true
+          const timer = setTimeout(() => {
+            timers.delete(timer)
+            destroy()
+          }, stallMillis)
+          timers.add(timer)
           return
         }
         client.write(chunk)
@@ -115,6 +136,7 @@ export const make = (options: {
       }),
       (server) =>
         Effect.async<void>((resume) => {
+          for (const timer of timers) clearTimeout(timer)
           for (const socket of sockets) socket.destroy()
           server.close(() => resume(Effect.void))
         })

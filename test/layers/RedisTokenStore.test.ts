@@ -1,0 +1,317 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import { Redis } from "ioredis"
+import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import * as TokenStore from "../../src/TokenStore.js"
+import * as FaultProxy from "../support/FaultProxy.js"
+import { dedicatedRedis, freePort, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import {
+  freshId,
+  makeWorkload,
+  retryUntilAnswered,
+  tokenStoreConformance
+} from "../support/tokenStoreConformance.js"
+
+tokenStoreConformance(
+  "redis",
+  Layer.unwrapEffect(
+    Effect.sync(() => RedisTokenStore.layer({ url: redisUrl(), keyPrefix: uniqueKeyPrefix("conformance") }))
+  )
+)
+
+/** A client straight to Redis (never through a proxy), to read what is really stored. */
+const directClient = (url: string): Effect.Effect<Redis, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
+      await redis.connect()
+      return redis
+    }),
+    (redis) => Effect.promise(() => redis.quit().catch(() => redis.disconnect()))
+  )
+
+const usage = (promptTokens: number, completionTokens: number): TokenStore.TokenCounts => ({
+  promptTokens,
+  completionTokens,
+  totalTokens: promptTokens + completionTokens
+})
+
+describe("RedisTokenStore", () => {
+  it.scoped("lays keys out as <prefix>:{<user>}:<cycle>, with a marker per call", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("layout")
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix, idempotencyTtl: "1 hour" })
+      const redis = yield* directClient(redisUrl())
+      yield* store.record({
+        callId: "call:1 {x}",
+        userId: "a:b{c} d%",
+        cycle: "2025-03-01",
+        usage: usage(7, 3),
+        costMicros: 12
+      })
+      yield* store.setLimit("a:b{c} d%", "2025-03-01", 500)
+      const hashKey = `${keyPrefix}:{a%3Ab%7Bc%7D%20d%25}:2025-03-01`
+      const markerKey = `${keyPrefix}:{a%3Ab%7Bc%7D%20d%25}:call:call%3A1%20%7Bx%7D`
+      assert.deepStrictEqual((yield* Effect.promise(() => redis.keys(`${keyPrefix}:*`))).sort(), [
+        markerKey,
+        hashKey
+      ].sort())
+      assert.deepStrictEqual(yield* Effect.promise(() => redis.hgetall(hashKey)), {
+        prompt_tokens: "7",
+        completion_tokens: "3",
+        total_tokens: "10",
+        cost_micros: "12",
+        usage_limit: "500"
+      })
+      const ttl = yield* Effect.promise(() => redis.pttl(markerKey))
+      assert.isTrue(ttl > 0 && ttl <= 3_600_000, `marker TTL ${ttl}`)
+      assert.strictEqual(RedisTokenStore.usageKey(keyPrefix, "a:b{c} d%", "2025-03-01"), hashKey)
+      assert.strictEqual(RedisTokenStore.callKey(keyPrefix, "a:b{c} d%", "call:1 {x}"), markerKey)
+    }))
+
+  it.scoped("reads hashes written by the Python design (token_usage:<user>:<cycle> fields)", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("compat")
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix })
+      const redis = yield* directClient(redisUrl())
+      yield* Effect.promise(() =>
+        redis.hset(RedisTokenStore.usageKey(keyPrefix, "alice", "2025-03-01"), {
+          prompt_tokens: 120,
+          completion_tokens: 30,
+          total_tokens: 150,
+          usage_limit: 1000
+        })
+      )
+      assert.deepStrictEqual(yield* store.stats("alice", "2025-03-01"), {
+        promptTokens: 120,
+        completionTokens: 30,
+        totalTokens: 150,
+        costMicros: 0,
+        limit: Option.some(1000)
+      })
+      assert.deepStrictEqual(yield* store.users("2025-03-01"), ["alice"])
+    }))
+
+  it.scoped("a corrupted field is an Unknown error, not a wrong number", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("corrupt")
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix })
+      const redis = yield* directClient(redisUrl())
+      yield* Effect.promise(() =>
+        redis.hset(RedisTokenStore.usageKey(keyPrefix, "bob", "2025-03-01"), "total_tokens", "lots")
+      )
+      const error = yield* Effect.flip(store.checkLimit("bob", "2025-03-01"))
+      assert.strictEqual(error.reason, "Unknown")
+      assert.include(error.message, "total_tokens")
+      // The record script fails before it marks the call, so a retry is not a duplicate.
+      const input = { callId: "c1", userId: "bob", cycle: "2025-03-01", usage: usage(1, 1) }
+      assert.strictEqual((yield* Effect.flip(store.record(input))).reason, "Unknown")
+      yield* Effect.promise(() => redis.hset(RedisTokenStore.usageKey(keyPrefix, "bob", "2025-03-01"), "total_tokens", 0))
+      assert.strictEqual(yield* store.record(input), "recorded")
+    }))
+
+  it("encodes key parts injectively", () => {
+    const ids = ["a", "a:b", "a%3Ab", "%", "%25", "{x}", "x", "a b", "a\u00a0b", "a\u2028b", "用户🙂", ""]
+    const encoded = ids.map(RedisTokenStore.encodeKeyPart)
+    assert.strictEqual(new Set(encoded).size, ids.length)
+    for (const [i, id] of ids.entries()) {
+      assert.notMatch(encoded[i]!, /[:{}\s]/)
+      assert.deepStrictEqual(RedisTokenStore.decodeKeyPart(encoded[i]!), Option.some(id))
+    }
+    assert.deepStrictEqual(RedisTokenStore.decodeKeyPart("a%3"), Option.none())
+    assert.deepStrictEqual(RedisTokenStore.decodeKeyPart("a:b"), Option.none())
+  })
+
+  describe("configuration", () => {
+    const withEnv = (env: Record<string, string>) =>
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+    it.scoped("layerConfig reads REDIS_URL and REDIS_KEY_PREFIX", () =>
+      Effect.gen(function*() {
+        const keyPrefix = uniqueKeyPrefix("config")
+        yield* TokenStore.TokenStore.pipe(
+          Effect.flatMap((store) =>
+            store.record({ callId: "c1", userId: "carol", cycle: "2025-03-01", usage: usage(1, 2) })
+          ),
+          Effect.provide(RedisTokenStore.layerConfig()),
+          withEnv({ REDIS_URL: redisUrl(), REDIS_KEY_PREFIX: keyPrefix })
+        )
+        const redis = yield* directClient(redisUrl())
+        assert.strictEqual(
+          yield* Effect.promise(() =>
+            redis.hget(RedisTokenStore.usageKey(keyPrefix, "carol", "2025-03-01"), "total_tokens")
+          ),
+          "3"
+        )
+      }))
+
+    it.effect("a bad or missing REDIS_URL fails the layer naming it, without echoing the URL", () =>
+      Effect.gen(function*() {
+        for (const env of [{ REDIS_URL: "http://user:s3cret@localhost:6379" }, { REDIS_URL: "not a url" }, {}]) {
+          const error = yield* Effect.flip(
+            Layer.build(RedisTokenStore.layerConfig()).pipe(Effect.scoped, withEnv(env))
+          )
+          assert.strictEqual(error._tag, "ConfigError")
+          assert.include(String(error), "REDIS_URL")
+          assert.notInclude(String(error), "s3cret")
+        }
+        const prefixError = yield* Effect.flip(
+          Layer.build(RedisTokenStore.layerConfig()).pipe(
+            Effect.scoped,
+            withEnv({ REDIS_URL: "redis://127.0.0.1:1", REDIS_KEY_PREFIX: "a{b}" })
+          )
+        )
+        assert.include(String(prefixError), "REDIS_KEY_PREFIX")
+      }))
+
+    it.effect("bad options fail the layer naming the option", () =>
+      Effect.gen(function*() {
+        const cases: ReadonlyArray<readonly [RedisTokenStore.Options, string]> = [
+          [{ url: "localhost:6379" }, "url"],
+          [{ url: redisUrl(), keyPrefix: "{tag}" }, "keyPrefix"],
+          [{ url: redisUrl(), keyPrefix: "" }, "keyPrefix"],
+          [{ url: redisUrl(), commandTimeout: Duration.zero }, "commandTimeout"],
+          [{ url: redisUrl(), idempotencyTtl: Duration.infinity }, "idempotencyTtl"]
+        ]
+        for (const [options, name] of cases) {
+          const error = yield* Effect.flip(Effect.scoped(RedisTokenStore.make(options)))
+          assert.strictEqual(error._tag, "ConfigError", name)
+          assert.include(String(error), name)
+        }
+      }))
+
+    it.scoped("an unreachable Redis fails the layer as Unavailable", () =>
+      Effect.gen(function*() {
+        const port = yield* Effect.promise(() => freePort())
+        const error = yield* Effect.flip(
+          Effect.scoped(RedisTokenStore.make({ url: `redis://127.0.0.1:${port}`, connectTimeout: "1 second" }))
+        )
+        assert.strictEqual(error._tag, "TokenStoreError")
+        if (error._tag === "TokenStoreError") assert.strictEqual(error.reason, "Unavailable")
+      }))
+  })
+
+  describe("faults", () => {
+    it.scopedLive("a lost reply is retried with the same call id and counted once", () =>
+      Effect.gen(function*() {
+        const target = new URL(redisUrl())
+        const proxy = yield* FaultProxy.make({ targetPort: Number(target.port) })
+        const keyPrefix = uniqueKeyPrefix("lost")
+        const store = yield* RedisTokenStore.make({ url: proxy.url, keyPrefix, commandTimeout: "500 millis" })
+        const input = { callId: freshId("call"), userId: "dana", cycle: "2025-03-01", usage: usage(40, 2) }
+        yield* proxy.dropNextReply
+        // The script ran but its reply was lost; whichever retry answers
+        // (ioredis' resend after reconnecting, or ours) finds the marker.
+        const outcome = yield* store.record(input).pipe(Effect.retry(retryUntilAnswered))
+        assert.strictEqual(outcome, "duplicate")
+        assert.strictEqual((yield* proxy.counters).repliesDropped, 1)
+        const redis = yield* directClient(redisUrl())
+        assert.deepStrictEqual(
+          yield* Effect.promise(() => redis.hgetall(RedisTokenStore.usageKey(keyPrefix, "dana", "2025-03-01"))),
+          { prompt_tokens: "40", completion_tokens: "2", total_tokens: "42" }
+        )
+      }))
+
+    it.scopedLive(
+      "10,000 concurrent records through dropped replies and resets: no loss, no double count",
+      () =>
+        Effect.gen(function*() {
+          const target = new URL(redisUrl())
+          const proxy = yield* FaultProxy.make({
+            targetPort: Number(target.port),
+            faults: { dropReply: 0.05, reset: 0.05, stallMillis: 400 },
+            seed: 20251127
+          })
+          const keyPrefix = uniqueKeyPrefix("load")
+          const store = yield* RedisTokenStore.make({ url: proxy.url, keyPrefix, commandTimeout: "250 millis" })
+          const cycle = "2025-03-01"
+          const workload = makeWorkload({ calls: 10_000, users: 50, userPrefix: freshId("load") })
+          let failures = 0
+          const outcomes = yield* Effect.forEach(
+            workload.records,
+            (planned) =>
+              store.record({ ...planned, cycle }).pipe(
+                Effect.tapError(() => Effect.sync(() => failures++)),
+                Effect.retry(retryUntilAnswered)
+              ),
+            { concurrency: 200 }
+          )
+          yield* proxy.setFaults({ dropReply: 0, reset: 0 })
+          const counters = yield* proxy.counters
+          // The faults really happened, and callers really saw some of them.
+          assert.isAbove(counters.repliesDropped, 0, "no reply was dropped")
+          assert.isAbove(counters.resets, 0, "no connection was reset")
+          assert.isAbove(failures, 0, "no record failed")
+          assert.strictEqual(outcomes.length, 10_000)
+
+          const redis = yield* directClient(redisUrl())
+          for (const [userId, expected] of workload.expected) {
+            const [prompt, completion, total] = yield* Effect.promise(() =>
+              redis.hmget(
+                RedisTokenStore.usageKey(keyPrefix, userId, cycle),
+                "prompt_tokens",
+                "completion_tokens",
+                "total_tokens"
+              )
+            )
+            assert.deepStrictEqual(
+              { promptTokens: Number(prompt), completionTokens: Number(completion), totalTokens: Number(total) },
+              expected,
+              userId
+            )
+          }
+          assert.deepStrictEqual(yield* store.users(cycle), [...workload.expected.keys()].sort())
+          yield* Effect.logInfo("lost-reply run").pipe(
+            Effect.annotateLogs({
+              ...counters,
+              failures,
+              duplicates: outcomes.filter((outcome) => outcome === "duplicate").length
+            })
+          )
+        }),
+      60_000
+    )
+
+    it.scopedLive("Redis stopped mid-run fails records quickly, and they succeed again after a restart", () =>
+      Effect.gen(function*() {
+        const server = yield* dedicatedRedis
+        const store = yield* RedisTokenStore.make({
+          url: server.url,
+          keyPrefix: "restart",
+          commandTimeout: "500 millis",
+          connectTimeout: "500 millis"
+        })
+        const cycle = "2025-03-01"
+        const record = (callId: string) => store.record({ callId, userId: "erin", cycle, usage: usage(5, 5) })
+        assert.strictEqual(yield* record("before"), "recorded")
+
+        yield* server.stop
+        // Each failure is typed and comes within a bound, never a hang.
+        for (const i of [1, 2, 3, 4, 5]) {
+          const error = yield* record(`down-${i}`).pipe(
+            Effect.flip,
+            Effect.timeoutFail({ duration: "3 seconds", onTimeout: () => new Error("record hung while Redis was down") })
+          )
+          assert.strictEqual(error._tag, "TokenStoreError")
+          assert.include(["Unavailable", "Timeout"], error.reason)
+          yield* Effect.sleep("100 millis")
+        }
+
+        yield* server.start
+        // ioredis reconnects by itself; the caller only retries.
+        const outcome = yield* record("after").pipe(
+          Effect.retry(Schedule.spaced("100 millis").pipe(Schedule.intersect(Schedule.recurs(100))))
+        )
+        assert.strictEqual(outcome, "recorded")
+        // The restarted server kept nothing (no persistence): only "after" is there.
+        assert.strictEqual((yield* store.stats("erin", cycle)).totalTokens, 10)
+        assert.strictEqual(yield* record("after"), "duplicate")
+      }), 30_000)
+  })
+})
