@@ -164,7 +164,9 @@ const toTokenStoreError = (method: string) => (cause: unknown): TokenStore.Token
 }
 
 const tryRedis = <A>(method: string, f: () => Promise<A>): Effect.Effect<A, TokenStore.TokenStoreError> =>
-  Effect.tryPromise({ try: f, catch: toTokenStoreError(method) })
+  Effect.tryPromise({ try: f, catch: toTokenStoreError(method) }).pipe(
+    Effect.withSpan(`RedisTokenStore.${method}`, { kind: "client", attributes: { "db.system": "redis" } })
+  )
 
 const parseCount = (method: string, field: string, value: string | null | undefined) =>
   Effect.suspend(() => {

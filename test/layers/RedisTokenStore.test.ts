@@ -5,12 +5,10 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
-import type * as Scope from "effect/Scope"
-import { Redis } from "ioredis"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import * as FaultProxy from "../support/FaultProxy.js"
-import { dedicatedRedis, freePort, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import { dedicatedRedis, directClient, freePort, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
 import {
   freshId,
   makeWorkload,
@@ -24,17 +22,6 @@ tokenStoreConformance(
     Effect.sync(() => RedisTokenStore.layer({ url: redisUrl(), keyPrefix: uniqueKeyPrefix("conformance") }))
   )
 )
-
-/** A client straight to Redis (never through a proxy), to read what is really stored. */
-const directClient = (url: string): Effect.Effect<Redis, never, Scope.Scope> =>
-  Effect.acquireRelease(
-    Effect.promise(async () => {
-      const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
-      await redis.connect()
-      return redis
-    }),
-    (redis) => Effect.promise(() => redis.quit().catch(() => redis.disconnect()))
-  )
 
 const usage = (promptTokens: number, completionTokens: number): TokenStore.TokenCounts => ({
   promptTokens,
@@ -266,7 +253,10 @@ describe("RedisTokenStore", () => {
               userId
             )
           }
-          assert.deepStrictEqual(yield* store.users(cycle), [...workload.expected.keys()].sort())
+          assert.deepStrictEqual(
+            yield* store.users(cycle).pipe(Effect.retry(retryUntilAnswered)),
+            [...workload.expected.keys()].sort()
+          )
           yield* Effect.logInfo("lost-reply run").pipe(
             Effect.annotateLogs({
               ...counters,

@@ -4,6 +4,7 @@
  */
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import { Redis } from "ioredis"
 import { inject } from "vitest"
 import { type RedisProcess, startRedisProcess } from "./globalSetup.js"
 
@@ -73,3 +74,14 @@ export const dedicatedRedis: Effect.Effect<DedicatedRedis, never, Scope.Scope> =
     })
   }
 })
+
+/** A plain client straight to a Redis (never through a proxy), to read what is really stored; closed with the scope. */
+export const directClient = (url: string): Effect.Effect<Redis, never, Scope.Scope> =>
+  Effect.acquireRelease(
+    Effect.promise(async () => {
+      const redis = new Redis(url, { lazyConnect: true, maxRetriesPerRequest: 1 })
+      await redis.connect()
+      return redis
+    }),
+    (redis) => Effect.promise(() => redis.quit().then(() => undefined, () => redis.disconnect()))
+  )
