@@ -373,7 +373,8 @@ export const layer = (
 export const layerClient = (
   redis: Redis,
   options?: ClientOptions
-): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError> => Layer.effect(TokenStore.TokenStore, fromClient(redis, options))
+): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError> =>
+  Layer.effect(TokenStore.TokenStore, fromClient(redis, options))
 
 /**
  * The options read from the environment: `REDIS_URL` (required, redacted,

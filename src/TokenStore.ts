@@ -148,7 +148,11 @@ export interface Service {
 export class TokenStore extends Context.Tag("effect-llm-callbacks/TokenStore")<TokenStore, Service>() {}
 
 const showValue = (u: unknown): string => {
-  const shown = typeof u === "string" ? JSON.stringify(u) : typeof u === "object" && u !== null ? safeJson(u) : String(u)
+  const shown = typeof u === "string"
+    ? JSON.stringify(u)
+    : typeof u === "object" && u !== null
+    ? safeJson(u)
+    : String(u)
   return shown.length > 80 ? `${shown.slice(0, 77)}...` : shown
 }
 
@@ -398,7 +402,8 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
           }
         }),
       reset: (userId, cycle) => Effect.sync(() => clear(userId, cycle)),
-      setLimit: (userId, cycle, limit) => Effect.sync(() => update(userId, cycle, (current) => ({ ...current, limit }))),
+      setLimit: (userId, cycle, limit) =>
+        Effect.sync(() => update(userId, cycle, (current) => ({ ...current, limit }))),
       checkLimit: (userId, cycle) =>
         Effect.sync(() => {
           const current = entry(userId, cycle)

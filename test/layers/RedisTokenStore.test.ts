@@ -99,7 +99,9 @@ describe("RedisTokenStore", () => {
       // The record script fails before it marks the call, so a retry is not a duplicate.
       const input = { callId: "c1", userId: "bob", cycle: "2025-03-01", usage: usage(1, 1) }
       assert.strictEqual((yield* Effect.flip(store.record(input))).reason, "Unknown")
-      yield* Effect.promise(() => redis.hset(RedisTokenStore.usageKey(keyPrefix, "bob", "2025-03-01"), "total_tokens", 0))
+      yield* Effect.promise(() =>
+        redis.hset(RedisTokenStore.usageKey(keyPrefix, "bob", "2025-03-01"), "total_tokens", 0)
+      )
       assert.strictEqual(yield* store.record(input), "recorded")
     }))
 
@@ -286,7 +288,10 @@ describe("RedisTokenStore", () => {
         for (const i of [1, 2, 3, 4, 5]) {
           const error = yield* record(`down-${i}`).pipe(
             Effect.flip,
-            Effect.timeoutFail({ duration: "3 seconds", onTimeout: () => new Error("record hung while Redis was down") })
+            Effect.timeoutFail({
+              duration: "3 seconds",
+              onTimeout: () => new Error("record hung while Redis was down")
+            })
           )
           assert.strictEqual(error._tag, "TokenStoreError")
           assert.include(["Unavailable", "Timeout"], error.reason)
