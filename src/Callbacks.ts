@@ -159,8 +159,8 @@ const errorMessage = (error: unknown): string => {
 }
 
 /**
- * The events of one call, built by `instrument` and by integrations (such as
- * the `@effect/ai` layer) that dispatch start and terminal events themselves.
+ * The start of one call: its info, decoded messages and start event, from
+ * which {@link endEvent} and {@link errorEvent} build its terminal event.
  *
  * @since 0.1.0
  * @category models
@@ -168,12 +168,10 @@ const errorMessage = (error: unknown): string => {
 export interface CallEvents {
   readonly call: CallInfo
   readonly start: StartEvent
-  readonly end: (response: unknown, durationMs: number, timeToFirstTokenMs?: number | undefined) => EndEvent
-  readonly error: (cause: Cause.Cause<unknown>, durationMs: number, timeToFirstTokenMs?: number | undefined) => ErrorEvent
 }
 
 /**
- * Builds the call info and events of one call from its options and the
+ * Builds the call info and start event of one call from its options and the
  * current call context.
  *
  * @since 0.1.0
@@ -196,50 +194,86 @@ export const makeCallEvents = (
     : context.metadata === undefined
     ? options.metadata
     : { ...context.metadata, ...options.metadata }
-  const call: CallInfo = {
-    callId: options.callId ?? crypto.randomUUID(),
-    provider: options.provider,
-    model: options.model,
-    tags,
-    metadata,
-    startedAt,
-    ...(parentCallId !== undefined ? { parentCallId } : {}),
-    ...(userId !== undefined ? { userId } : {})
-  }
+  const call: CallInfo = parentCallId === undefined && userId === undefined
+    ? {
+      callId: options.callId ?? crypto.randomUUID(),
+      provider: options.provider,
+      model: options.model,
+      tags,
+      metadata,
+      startedAt
+    }
+    : {
+      callId: options.callId ?? crypto.randomUUID(),
+      provider: options.provider,
+      model: options.model,
+      tags,
+      metadata,
+      startedAt,
+      ...(parentCallId !== undefined ? { parentCallId } : {}),
+      ...(userId !== undefined ? { userId } : {})
+    }
   const decoded = decodeMessagesLenient(options.messages)
-  const start: StartEvent = {
-    _tag: "Start",
-    call,
-    messages: decoded.messages,
-    params: options.params ?? emptyRecord,
-    ...(decoded.issues !== undefined ? { inputIssues: decoded.issues } : {})
-  }
-  return {
-    call,
-    start,
-    end: (response, durationMs, timeToFirstTokenMs) => {
-      const out = decodeResponseLenient(response)
-      return {
-        _tag: "End",
-        call,
-        messages: decoded.messages,
-        response: out.response,
-        durationMs,
-        ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {}),
-        ...(out.issues !== undefined ? { outputIssues: out.issues } : {})
-      }
-    },
-    error: (cause, durationMs, timeToFirstTokenMs) => ({
-      _tag: "Error",
+  const start: StartEvent = decoded.issues === undefined
+    ? { _tag: "Start", call, messages: decoded.messages, params: options.params ?? emptyRecord }
+    : {
+      _tag: "Start",
       call,
       messages: decoded.messages,
-      failure: failureFromCause(cause),
-      durationMs,
-      interrupted: Cause.isInterruptedOnly(cause),
-      ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {})
-    })
-  }
+      params: options.params ?? emptyRecord,
+      inputIssues: decoded.issues
+    }
+  return { call, start }
 }
+
+/**
+ * The end event of a call that succeeded with `response` (decoded leniently:
+ * what cannot be decoded is reported in `outputIssues`).
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const endEvent = (
+  events: CallEvents,
+  response: unknown,
+  durationMs: number,
+  timeToFirstTokenMs?: number | undefined,
+  issues?: ReadonlyArray<string> | undefined
+): EndEvent => {
+  const out = issues === undefined ? decodeResponseLenient(response) : { response: { content: "" }, issues }
+  return out.issues === undefined && timeToFirstTokenMs === undefined
+    ? { _tag: "End", call: events.call, messages: events.start.messages, response: out.response, durationMs }
+    : {
+      _tag: "End",
+      call: events.call,
+      messages: events.start.messages,
+      response: out.response,
+      durationMs,
+      ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {}),
+      ...(out.issues !== undefined ? { outputIssues: out.issues } : {})
+    }
+}
+
+/**
+ * The error event of a call that failed, died or was interrupted.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const errorEvent = (
+  events: CallEvents,
+  cause: Cause.Cause<unknown>,
+  durationMs: number,
+  timeToFirstTokenMs?: number | undefined
+): ErrorEvent => ({
+  _tag: "Error",
+  call: events.call,
+  messages: events.start.messages,
+  failure: failureFromCause(cause),
+  durationMs,
+  interrupted: Cause.isInterruptedOnly(cause),
+  ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {})
+})
 
 /**
  * A call in progress, for integrations that cannot express the call as one
@@ -297,12 +331,13 @@ export const begin = (
             finished = true
             const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
             const event = Exit.isSuccess(exit)
-              ? events.end(
+              ? endEvent(
+                events,
                 finishOptions !== undefined && "response" in finishOptions ? finishOptions.response : exit.value,
                 durationMs,
                 finishOptions?.timeToFirstTokenMs
               )
-              : events.error(exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
+              : errorEvent(events, exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
             return Effect.asSome(Effect.uninterruptible(dispatcher.dispatchWith(snapshot, event)))
           })
       })
@@ -336,38 +371,57 @@ const instrumentImpl = <A, E, R>(
     if (snapshot.empty) return self
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
-    const context = fiber.getFiberRef(currentCallContext)
-    const events = makeCallEvents(options, context, startedAt)
-    const inner = Effect.locally(self, currentCallContext, { ...context, parentCallId: events.call.callId })
+    const outer = fiber.getFiberRef(currentCallContext)
+    const events = makeCallEvents(options, outer, startedAt)
     const read = options.response
     const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
+      // Restore the caller's call context (see `inner`).
+      ;(fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }).setFiberRef(
+        currentCallContext,
+        outer
+      )
       const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
       let event: EndEvent | ErrorEvent
       if (Exit.isSuccess(exit)) {
         let response: unknown
+        let issues: Array<string> | undefined
         try {
           response = read === undefined ? exit.value : read(exit.value)
         } catch (error) {
-          // A throwing reader must not break the call: report the issue as data.
-          response = { content: "", __readerError: String(error) }
+          // A throwing reader must not break the call: the handlers get the issue as data.
+          issues = [`response: the response reader threw: ${String(error)}`]
         }
-        event = events.end(response, durationMs)
+        event = endEvent(events, response, durationMs, undefined, issues)
       } else {
-        event = events.error(exit.cause, durationMs)
+        event = errorEvent(events, exit.cause, durationMs)
       }
-      return Effect.zipRight(dispatcher.dispatchWith(snapshot, event), exit)
+      const rest = dispatcher.unsafeRun(snapshot, event, fiber)
+      return rest === undefined ? exit : Effect.zipRight(rest, exit)
     }
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.flatMap(
-        Effect.exit(restore(dispatcher.dispatchWith(snapshot, events.start))),
-        (started) =>
-          Exit.isFailure(started)
+    // Nested instrumented calls see this call as their parent. The fiber ref is
+    // set and restored in place rather than with `Effect.locally`: this region
+    // is uninterruptible and `terminal` always runs, so the restore is
+    // guaranteed, without a second acquire/release on the hot path.
+    const inner = Effect.suspend(() => {
+      ;(fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }).setFiberRef(
+        currentCallContext,
+        { ...outer, parentCallId: events.call.callId }
+      )
+      return self
+    })
+    return Effect.uninterruptibleMask((restore) => {
+      const started = dispatcher.unsafeRun(snapshot, events.start, fiber)
+      if (started === undefined) return Effect.flatMap(Effect.exit(restore(inner)), terminal)
+      return Effect.flatMap(
+        Effect.exit(restore(started)),
+        (exit) =>
+          Exit.isFailure(exit)
             // Interrupted while `start` was dispatched: the call never runs, but
             // the handlers that heard `start` still hear exactly one terminal event.
-            ? terminal(started as Exit.Exit<never, never>)
+            ? terminal(exit as Exit.Exit<never, never>)
             : Effect.flatMap(Effect.exit(restore(inner)), terminal)
       )
-    )
+    })
   })
 
 /**

@@ -60,7 +60,8 @@ export const Usage = Schema.Struct({
   totalTokens: Schema.NonNegativeInt,
   cachedTokens: Schema.optional(Schema.NonNegativeInt),
   reasoningTokens: Schema.optional(Schema.NonNegativeInt),
-  estimated: Schema.optionalWith(Schema.Boolean, { default: () => false })
+  /** True when counted with a tokenizer because the provider reported no usage; absent means false. */
+  estimated: Schema.optional(Schema.Boolean)
 })
 
 /**
@@ -127,9 +128,7 @@ export const PythonResponse = Schema.transform(
             usage: {
               promptTokens: prompt ?? 0,
               completionTokens: completion ?? 0,
-              totalTokens: total,
-              // Only a total: the split is unknown, so the detailed handler estimates it.
-              estimated: false
+              totalTokens: total
             }
           }
           : {}),
@@ -152,13 +151,17 @@ export const PythonResponse = Schema.transform(
   }
 )
 
+const pythonKeys = ["tokens_used", "prompt_tokens", "completion_tokens", "response_time", "cost_estimate"] as const
+
 /**
- * Accepts either our camelCase response or the Python design's dictionary.
+ * Whether a value looks like the Python design's response dictionary (has
+ * one of its snake_case keys).
  *
  * @since 0.1.0
- * @category schemas
+ * @category guards
  */
-export const ResponseInput = Schema.Union(LlmResponse, PythonResponse)
+export const isPythonResponse = (u: unknown): boolean =>
+  typeof u === "object" && u !== null && pythonKeys.some((key) => key in u)
 
 /**
  * Identity and context of one instrumented call, shared by all its events.
@@ -364,7 +367,8 @@ export const decodeMessagesLenient = (input: unknown): {
   return { messages: [], issues: [`messages: ${ParseResult.TreeFormatter.formatErrorSync(decoded.left)}`] }
 }
 
-const decodeResponse = Schema.decodeUnknownEither(ResponseInput, { errors: "all" })
+const decodeResponse = Schema.decodeUnknownEither(LlmResponse, { errors: "all" })
+const decodePythonResponse = Schema.decodeUnknownEither(PythonResponse, { errors: "all" })
 
 const isNonNegativeInt = (u: unknown): u is number => typeof u === "number" && Number.isInteger(u) && u >= 0
 
@@ -389,17 +393,11 @@ export const decodeResponseLenient = (input: unknown): {
 } => {
   if (
     typeof input === "object" && input !== null && typeof (input as any).content === "string" &&
-    isPlainUsage((input as any).usage) && !("tokens_used" in input) && !("prompt_tokens" in input)
+    isPlainUsage((input as any).usage) && !isPythonResponse(input)
   ) {
-    const usage = (input as any).usage
-    return {
-      response: usage !== undefined && usage.estimated === undefined
-        ? { ...(input as LlmResponse), usage: { ...usage, estimated: false } }
-        : input as LlmResponse,
-      issues: undefined
-    }
+    return { response: input as LlmResponse, issues: undefined }
   }
-  const decoded = decodeResponse(input)
+  const decoded = isPythonResponse(input) ? decodePythonResponse(input) : decodeResponse(input)
   if (Either.isRight(decoded)) return { response: decoded.right, issues: undefined }
   return {
     response: { content: typeof input === "string" ? input : "" },

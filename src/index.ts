@@ -31,4 +31,9 @@ export * as Handler from "./Handler.js"
 /**
  * @since 0.1.0
  */
+export * as Testing from "./Testing.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as HandlerError from "./HandlerError.js"

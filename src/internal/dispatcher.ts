@@ -14,7 +14,8 @@ import type * as Scope from "effect/Scope"
 import * as Tracer from "effect/Tracer"
 import * as CallbackConfig from "../CallbackConfig.js"
 import * as Metrics from "../CallbackMetrics.js"
-import type { CallbackEvent, Phase } from "../Events.js"
+import { type CallbackEvent, type Phase, phaseOf } from "../Events.js"
+import type * as FiberRefs from "effect/FiberRefs"
 import type { Handler, Mode } from "../Handler.js"
 import { HandlerError, HandlerRegistrationError } from "../HandlerError.js"
 import type * as Dispatcher from "../Dispatcher.js"
@@ -182,6 +183,21 @@ const classify = (
 /** @internal */
 export interface DispatcherImpl extends Dispatcher.Dispatcher.Service {
   readonly unsafeSnapshot: () => Snapshot
+  /**
+   * Dispatches on the given (current) fiber, synchronously as far as the
+   * handlers allow; `undefined` when nothing is left to do. For `instrument`,
+   * which discards the report.
+   */
+  readonly unsafeRun: (
+    snapshot: Snapshot,
+    event: CallbackEvent,
+    fiber: Fiber.RuntimeFiber<unknown, unknown>
+  ) => Effect.Effect<void> | undefined
+}
+
+interface Results {
+  readonly collect: boolean
+  readonly items: Array<Dispatcher.HandlerResult>
 }
 
 /** @internal */
@@ -242,13 +258,8 @@ export const make = (
       }
     }
 
-    const logFailures = (event: CallbackEvent, results: ReadonlyArray<Dispatcher.HandlerResult>) => {
-      let failed: Array<Dispatcher.HandlerResult> | undefined
-      for (const result of results) {
-        if (result.error !== undefined) (failed ??= []).push(result)
-      }
-      if (failed === undefined) return Effect.void
-      return Effect.forEach(failed, (result) =>
+    const logFailures = (event: CallbackEvent, results: ReadonlyArray<Dispatcher.HandlerResult>) =>
+      Effect.forEach(results.filter((result) => result.error !== undefined), (result) =>
         Effect.logWarning(`callback handler ${result.handler} ${result.status} on ${result.phase}`).pipe(
           Effect.annotateLogs({
             callId: event.call.callId,
@@ -259,7 +270,6 @@ export const make = (
             attempts: result.attempts
           })
         ), { discard: true })
-    }
 
     // -- one invocation -------------------------------------------------------
 
@@ -276,7 +286,7 @@ export const make = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
-      refs: Runtime.Runtime<never>["fiberRefs"],
+      refs: FiberRefs.FiberRefs,
       span: Tracer.AnySpan | undefined
     ): Outcome | Effect.Effect<Outcome> => {
       const hook = entry.hooks[phase]!
@@ -361,7 +371,7 @@ export const make = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
-      refs: Runtime.Runtime<never>["fiberRefs"],
+      refs: FiberRefs.FiberRefs,
       span: Tracer.AnySpan | undefined
     ): Outcome | Effect.Effect<Outcome> => {
       if (active >= options.maxConcurrent) {
@@ -376,23 +386,34 @@ export const make = (
 
     // -- fan-out ----------------------------------------------------------------
 
+    /**
+     * Records an outcome (metrics, health) and adds it to `results`. Without
+     * `collect` (the path `instrument` takes, which discards the report), only
+     * the results worth logging are kept, so a successful dispatch allocates
+     * nothing per handler.
+     */
     const result = (
       entry: Entry,
       phase: Phase,
       outcome: Outcome,
-      startedAt: number
-    ): Dispatcher.HandlerResult => {
-      const ms = performance.now() - startedAt
+      startedAt: number,
+      results: Results
+    ): number => {
+      const now = performance.now()
+      const ms = now - startedAt
       record(entry, phase, outcome, ms / 1000)
-      return {
-        handler: entry.name,
-        phase,
-        mode: entry.mode,
-        status: outcome.status,
-        attempts: outcome.attempts,
-        durationMs: ms,
-        error: outcome.error
+      if (results.collect || outcome.error !== undefined) {
+        results.items.push({
+          handler: entry.name,
+          phase,
+          mode: entry.mode,
+          status: outcome.status,
+          attempts: outcome.attempts,
+          durationMs: ms,
+          error: outcome.error
+        })
       }
+      return now
     }
 
     const enqueue = (
@@ -400,19 +421,19 @@ export const make = (
       phase: Phase,
       event: CallbackEvent,
       span: Tracer.AnySpan | undefined,
-      results: Array<Dispatcher.HandlerResult>
+      results: Results
     ): Effect.Effect<void> | undefined => {
       const queue = entry.queue!
       const now = performance.now()
       if (closed) {
-        results.push(result(entry, phase, dropped(entry, phase, "the dispatcher is shutting down"), now))
+        result(entry, phase, dropped(entry, phase, "the dispatcher is shutting down"), now, results)
         return undefined
       }
       const delivery: Delivery = { _tag: "Event", event, phase, span }
       entry.stats.pending++
       if (Queue.unsafeOffer(queue, delivery)) {
         Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-        results.push(result(entry, phase, QUEUED, now))
+        result(entry, phase, QUEUED, now, results)
         return undefined
       }
       // Buffer full: wait for room (backpressure), bounded by the handler's timeout.
@@ -421,13 +442,11 @@ export const make = (
         Effect.match({
           onFailure: () => {
             entry.stats.pending--
-            results.push(
-              result(entry, phase, dropped(entry, phase, `buffer full for ${Duration.format(entry.timeout)}`), now)
-            )
+            result(entry, phase, dropped(entry, phase, `buffer full for ${Duration.format(entry.timeout)}`), now, results)
           },
           onSuccess: () => {
             Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-            results.push(result(entry, phase, QUEUED, now))
+            result(entry, phase, QUEUED, now, results)
           }
         })
       )
@@ -451,67 +470,114 @@ export const make = (
         (fiber) => Effect.onInterrupt(Fiber.join(fiber), () => Fiber.interrupt(fiber))
       )
 
-    const runGroups = (
+    /**
+     * Runs the await groups from `from` on, synchronously as far as they go:
+     * returns `undefined` when every invocation completed without suspending,
+     * or the effect that waits for the suspended ones and runs the rest.
+     */
+    const runGroupsSync = (
       plan: PhasePlan,
       phase: Phase,
       event: CallbackEvent,
-      results: Array<Dispatcher.HandlerResult>,
-      from: number
-    ): Effect.Effect<void> =>
-      Effect.withFiberRuntime((fiber) => {
-        const refs = fiber.getFiberRefs()
-        const span = fiber.currentSpan
-        for (let g = from; g < plan.groups.length; g++) {
-          const group = plan.groups[g]!
-          let pending: Array<Effect.Effect<void>> | undefined
-          for (let i = 0; i < group.length; i++) {
-            const entry = group[i]!
-            const startedAt = performance.now()
-            const started = invoke(entry, phase, event, refs, span)
-            if (Effect.isEffect(started)) {
-              ;(pending ??= []).push(
-                Effect.map(started, (outcome) => {
-                  results.push(result(entry, phase, outcome, startedAt))
-                })
-              )
-            } else {
-              results.push(result(entry, phase, started, startedAt))
-            }
-          }
-          if (pending !== undefined) {
-            const rest = g + 1
-            const waitAll = detached(
-              pending.length === 1 ? pending[0]! : Effect.all(pending, { concurrency: "unbounded", discard: true })
-            )
-            return rest < plan.groups.length ? Effect.zipRight(waitAll, runGroups(plan, phase, event, results, rest)) : waitAll
+      results: Results,
+      from: number,
+      refs: FiberRefs.FiberRefs,
+      span: Tracer.AnySpan | undefined
+    ): Effect.Effect<void> | undefined => {
+      let time = performance.now()
+      for (let g = from; g < plan.groups.length; g++) {
+        const group = plan.groups[g]!
+        let pending: Array<Effect.Effect<void>> | undefined
+        for (let i = 0; i < group.length; i++) {
+          const entry = group[i]!
+          const startedAt = time
+          const started = invoke(entry, phase, event, refs, span)
+          if (Effect.isEffect(started)) {
+            ;(pending ??= []).push(Effect.map(started, (outcome) => result(entry, phase, outcome, startedAt, results)))
+            time = performance.now()
+          } else {
+            time = result(entry, phase, started, startedAt, results)
           }
         }
-        return Effect.void
-      })
-
-    const dispatchWith = (snap: Snapshot, event: CallbackEvent): Effect.Effect<Dispatcher.DispatchReport> => {
-      const phase: Phase = event._tag === "Start" ? "start" : event._tag === "End" ? "end" : "error"
-      const plan = snap[phase]
-      if (plan.empty) return Effect.succeed({ phase, callId: event.call.callId, results: [] })
-      const results: Array<Dispatcher.HandlerResult> = []
-      const report: Dispatcher.DispatchReport = { phase, callId: event.call.callId, results }
-      let backpressure: Array<Effect.Effect<void>> | undefined
-      if (plan.background.length > 0) {
-        const span = undefined
-        for (const entry of plan.background) {
-          const waiting = enqueue(entry, phase, event, span, results)
-          if (waiting !== undefined) (backpressure ??= []).push(waiting)
+        if (pending !== undefined) {
+          const waitAll = detached(
+            pending.length === 1 ? pending[0]! : Effect.all(pending, { concurrency: "unbounded", discard: true })
+          )
+          const rest = g + 1
+          return rest < plan.groups.length
+            ? Effect.zipRight(
+              waitAll,
+              Effect.withFiberRuntime<void>((fiber) =>
+                runGroupsSync(plan, phase, event, results, rest, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
+              )
+            )
+            : waitAll
         }
       }
-      const awaited = plan.groups.length === 0 ? Effect.void : runGroups(plan, phase, event, results, 0)
-      const all = backpressure === undefined
-        ? awaited
-        : Effect.zipRight(detached(Effect.all(backpressure, { concurrency: "unbounded", discard: true })), awaited)
-      return Effect.flatMap(all, () => {
-        const log = logFailures(event, results)
-        return log === Effect.void ? Effect.succeed(report) : Effect.as(log, report)
-      })
+      return undefined
     }
+
+    const emptyReport = (phase: Phase, event: CallbackEvent): Dispatcher.DispatchReport => ({
+      phase,
+      callId: event.call.callId,
+      results: []
+    })
+
+    /**
+     * Dispatches on the caller's fiber: enqueues background deliveries and runs
+     * the await handlers synchronously as far as they go. Returns `undefined`
+     * when everything is done and nothing needs logging (the common case, with
+     * no effect allocated), or the effect that completes the dispatch.
+     */
+    const run = (
+      snap: Snapshot,
+      event: CallbackEvent,
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
+      results: Results
+    ): Effect.Effect<void> | undefined => {
+      const phase: Phase = event._tag === "Start" ? "start" : event._tag === "End" ? "end" : "error"
+      const plan = snap[phase]
+      if (plan.empty) return undefined
+      let backpressure: Array<Effect.Effect<void>> | undefined
+      for (let i = 0; i < plan.background.length; i++) {
+        const waiting = enqueue(plan.background[i]!, phase, event, fiber.currentSpan, results)
+        if (waiting !== undefined) (backpressure ??= []).push(waiting)
+      }
+      let rest: Effect.Effect<void> | undefined
+      if (backpressure !== undefined) {
+        // Backpressure: the await handlers run after the buffers took the deliveries.
+        rest = Effect.zipRight(
+          detached(Effect.all(backpressure, { concurrency: "unbounded", discard: true })),
+          Effect.withFiberRuntime<void>((fiber) =>
+            runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
+          )
+        )
+      } else if (plan.groups.length > 0) {
+        rest = runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan)
+      }
+      if (rest === undefined) {
+        return results.items.length === 0 || !hasError(results.items) ? undefined : logFailures(event, results.items)
+      }
+      return Effect.flatMap(
+        rest,
+        () => results.items.length === 0 || !hasError(results.items) ? Effect.void : logFailures(event, results.items)
+      )
+    }
+
+    const hasError = (items: ReadonlyArray<Dispatcher.HandlerResult>): boolean => {
+      for (let i = 0; i < items.length; i++) {
+        if (items[i]!.error !== undefined) return true
+      }
+      return false
+    }
+
+    const dispatchWith = (snap: Snapshot, event: CallbackEvent): Effect.Effect<Dispatcher.DispatchReport> =>
+      Effect.withFiberRuntime((fiber) => {
+        const results: Results = { collect: true, items: [] }
+        const report: Dispatcher.DispatchReport = { phase: phaseOf(event), callId: event.call.callId, results: results.items }
+        const rest = run(snap, event, fiber, results)
+        return rest === undefined ? Effect.succeed(report) : Effect.as(rest, report)
+      })
 
     // -- background consumers -------------------------------------------------
 
@@ -525,8 +591,9 @@ export const make = (
           const done = (outcome: Outcome) => {
             entry.stats.pending--
             Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-            const handlerResult = result(entry, delivery.phase, outcome, startedAt)
-            return logFailures(delivery.event, [handlerResult])
+            const results: Results = { collect: false, items: [] }
+            result(entry, delivery.phase, outcome, startedAt, results)
+            return results.items.length === 0 ? Effect.void : logFailures(delivery.event, results.items)
           }
           return Effect.isEffect(started)
             ? Effect.flatMap(active >= options.maxConcurrent ? withPermit(entry)(started) : started, done)
@@ -702,6 +769,7 @@ export const make = (
       unsafeSnapshot: () => snapshot,
       dispatch: (event) => Effect.suspend(() => dispatchWith(snapshot, event)),
       dispatchWith: (snap, event) => dispatchWith(snap as Snapshot, event),
+      unsafeRun: (snap, event, fiber) => run(snap, event, fiber, { collect: false, items: [] }),
       snapshot: Effect.sync(() => snapshot),
       flush,
       health,

@@ -1,0 +1,258 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, TestClock } from "effect"
+import { Callbacks, Dispatcher, Events, Handler, Testing } from "../src/index.js"
+
+const response = { content: "hello", usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } }
+const messages = [{ role: "user", content: "hi" }]
+const options = { provider: "openai", model: "gpt-4o-mini", messages }
+
+const tags = (events: ReadonlyArray<Events.CallbackEvent>) => events.map((event) => event._tag)
+
+describe("Callbacks.instrument", () => {
+  it.effect("success: handlers hear start then end; the call returns its own value", () =>
+    Effect.gen(function*() {
+      const result = yield* Effect.succeed(response).pipe(
+        Callbacks.instrument({
+          ...options,
+          userId: "alice",
+          tags: ["chat"],
+          metadata: { tenant: "t1" },
+          params: { temperature: 0.2 }
+        })
+      )
+      assert.strictEqual(result, response)
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "End"])
+      const [start, end] = events as [Events.StartEvent, Events.EndEvent]
+      assert.strictEqual(start.call.callId, end.call.callId)
+      assert.strictEqual(start.call.provider, "openai")
+      assert.strictEqual(start.call.model, "gpt-4o-mini")
+      assert.strictEqual(start.call.userId, "alice")
+      assert.deepStrictEqual(start.call.tags, ["chat"])
+      assert.deepStrictEqual(start.call.metadata, { tenant: "t1" })
+      assert.deepStrictEqual(start.params, { temperature: 0.2 })
+      assert.deepStrictEqual(start.messages, messages)
+      assert.deepStrictEqual(end.response.usage, response.usage)
+      assert.strictEqual(end.response.content, "hello")
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("durations come from the Clock", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(
+        Effect.sleep("3 seconds").pipe(Effect.as(response), Callbacks.instrument(options))
+      )
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(fiber)
+      const [, end] = (yield* Testing.events) as [Events.StartEvent, Events.EndEvent]
+      assert.strictEqual(end.durationMs, 3000)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("typed failure: error event with the failure; the call fails with the same error", () =>
+    Effect.gen(function*() {
+      class RateLimited extends Error {
+        readonly _tag = "RateLimited"
+      }
+      const error = new RateLimited("slow down")
+      const exit = yield* Effect.exit(Effect.fail(error).pipe(Callbacks.instrument(options)))
+      assert.deepStrictEqual(exit, Exit.fail(error))
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "Error"])
+      const failed = events[1] as Events.ErrorEvent
+      assert.strictEqual(failed.failure.kind, "failure")
+      assert.strictEqual(failed.failure.errorType, "RateLimited")
+      assert.strictEqual(failed.failure.message, "slow down")
+      assert.strictEqual(failed.failure.error, error)
+      assert.isFalse(failed.interrupted)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("defect: error event marked as a defect; the call dies with the same defect", () =>
+    Effect.gen(function*() {
+      const defect = new Error("bug")
+      const exit = yield* Effect.exit(Effect.die(defect).pipe(Callbacks.instrument(options)))
+      assert.isTrue(Exit.isFailure(exit) && Option.getOrUndefined(Cause.dieOption(exit.cause)) === defect)
+      const failed = (yield* Testing.events)[1] as Events.ErrorEvent
+      assert.strictEqual(failed.failure.kind, "defect")
+      assert.strictEqual(failed.failure.error, defect)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("interrupted call: exactly one error event, marked interrupted", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.never.pipe(Callbacks.instrument(options)))
+      yield* TestClock.adjust("1 second")
+      const exit = yield* Fiber.interrupt(fiber)
+      assert.isTrue(Exit.isInterrupted(exit))
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "Error"])
+      const failed = events[1] as Events.ErrorEvent
+      assert.isTrue(failed.interrupted)
+      assert.strictEqual(failed.failure.kind, "interrupted")
+      assert.strictEqual(failed.durationMs, 1000)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("the terminal dispatch completes even when the caller is interrupted", () =>
+    Effect.gen(function*() {
+      const heard = yield* Deferred.make<string>()
+      const slow = Handler.make({
+        name: "slow-end",
+        onLlmEnd: () => Effect.sleep("2 seconds").pipe(Effect.zipRight(Deferred.succeed(heard, "end"))),
+        timeout: "10 seconds"
+      })
+      yield* Effect.gen(function*() {
+        const fiber = yield* Effect.fork(Effect.succeed(response).pipe(Callbacks.instrument(options)))
+        yield* Effect.yieldNow()
+        // The call completed; its end handler is running. Interrupt the caller now.
+        const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+        yield* TestClock.adjust("2 seconds")
+        yield* Fiber.join(interrupting)
+        assert.strictEqual(yield* Deferred.await(heard), "end")
+      }).pipe(Effect.provide(Dispatcher.toLayer(slow)), Effect.scoped)
+    }).pipe(Effect.provide(Dispatcher.layer())))
+
+  it.effect("interrupted while start handlers run: the call never runs, handlers still hear one error", () =>
+    Effect.gen(function*() {
+      let ran = false
+      const fiber = yield* Effect.fork(
+        Effect.sync(() => {
+          ran = true
+          return response
+        }).pipe(Callbacks.instrument(options))
+      )
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.interrupt(fiber)
+      assert.isFalse(ran)
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "Error"])
+      assert.isTrue((events[1] as Events.ErrorEvent).interrupted)
+    }).pipe(
+      Effect.provide(
+        Testing.layerRecorder({ priority: 1 }).pipe(
+          Layer.provideMerge(Dispatcher.toLayer(Handler.make({
+            name: "slow-start",
+            onLlmStart: () => Effect.sleep("10 seconds"),
+            timeout: "20 seconds"
+          }))),
+          Layer.provideMerge(Dispatcher.layer())
+        )
+      )
+    ))
+
+  it.effect("without a dispatcher the call runs bare", () =>
+    Effect.gen(function*() {
+      const result = yield* Effect.succeed(response).pipe(Callbacks.instrument(options))
+      assert.strictEqual(result, response)
+    }))
+
+  it.effect("response reader: reads the response out of the result", () =>
+    Effect.gen(function*() {
+      const result = yield* Callbacks.instrument(Effect.succeed({ text: "hey", input: 4, output: 1 }), {
+        ...options,
+        response: (r) => ({
+          content: r.text,
+          usage: { promptTokens: r.input, completionTokens: r.output, totalTokens: r.input + r.output }
+        })
+      })
+      assert.deepStrictEqual(result, { text: "hey", input: 4, output: 1 })
+      const end = (yield* Testing.events)[1] as Events.EndEvent
+      assert.strictEqual(end.response.content, "hey")
+      assert.deepStrictEqual(end.response.usage, { promptTokens: 4, completionTokens: 1, totalTokens: 5 })
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("a throwing response reader is reported as data and never breaks the call", () =>
+    Effect.gen(function*() {
+      const result = yield* Effect.succeed(42).pipe(
+        Callbacks.instrument({
+          ...options,
+          response: () => {
+            throw new Error("cannot read")
+          }
+        })
+      )
+      assert.strictEqual(result, 42)
+      const end = (yield* Testing.events)[1] as Events.EndEvent
+      assert.strictEqual(end.response.content, "")
+      assert.isDefined(end.outputIssues)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("the Python design's snake_case response dictionary decodes", () =>
+    Effect.gen(function*() {
+      yield* Effect.succeed({
+        content: "ok",
+        tokens_used: 30,
+        prompt_tokens: 20,
+        completion_tokens: 10,
+        response_time: 1.5,
+        cost_estimate: 0.002
+      }).pipe(Callbacks.instrument(options))
+      const end = (yield* Testing.events)[1] as Events.EndEvent
+      assert.deepStrictEqual(end.response.usage, { promptTokens: 20, completionTokens: 10, totalTokens: 30 })
+      assert.strictEqual(end.response.costEstimate, 0.002)
+      assert.isUndefined(end.outputIssues)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("malformed messages and responses are reported to handlers as data; the call is untouched", () =>
+    Effect.gen(function*() {
+      const result = yield* Effect.succeed({ content: 5, usage: { promptTokens: -1 } }).pipe(
+        Callbacks.instrument({
+          provider: "openai",
+          model: "m",
+          messages: [{ role: "user", content: "fine" }, { role: 7 }, "nonsense"]
+        })
+      )
+      assert.deepStrictEqual(result, { content: 5, usage: { promptTokens: -1 } })
+      const [start, end] = (yield* Testing.events) as [Events.StartEvent, Events.EndEvent]
+      assert.deepStrictEqual(start.messages, [{ role: "user", content: "fine" }])
+      assert.strictEqual(start.inputIssues?.length, 2)
+      assert.match(start.inputIssues![0]!, /messages\[1\]/)
+      assert.isDefined(end.outputIssues)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("multi-part message contents decode", () =>
+    Effect.gen(function*() {
+      const parts = [{ role: "user", content: [{ type: "text", text: "look" }, { type: "image", url: "x" }] }]
+      yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, messages: parts }))
+      const start = (yield* Testing.events)[0] as Events.StartEvent
+      assert.deepStrictEqual(start.messages, parts)
+      assert.isUndefined(start.inputIssues)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("nested calls get the enclosing call as parent; withCallContext sets user and tags", () =>
+    Effect.gen(function*() {
+      const inner = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model: "inner" }))
+      yield* Effect.zipRight(inner, Effect.succeed(response)).pipe(
+        Callbacks.instrument({ ...options, model: "outer" }),
+        Callbacks.withCallContext({ userId: "bob", tags: ["agent"] })
+      )
+      // After the outer call, a sibling call has no parent again.
+      yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model: "sibling" }))
+      const starts = (yield* Testing.events).filter((e): e is Events.StartEvent => e._tag === "Start")
+      const byModel = Object.fromEntries(starts.map((s) => [s.call.model, s.call]))
+      assert.strictEqual(byModel.inner!.parentCallId, byModel.outer!.callId)
+      assert.isUndefined(byModel.outer!.parentCallId)
+      assert.isUndefined(byModel.sibling!.parentCallId)
+      assert.strictEqual(byModel.inner!.userId, "bob")
+      assert.deepStrictEqual(byModel.inner!.tags, ["agent"])
+      assert.isUndefined(byModel.sibling!.userId)
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("a call id of the caller's choosing is used", () =>
+    Effect.gen(function*() {
+      yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "call-1" }))
+      const events = yield* Testing.events
+      assert.deepStrictEqual(events.map((e) => e.call.callId), ["call-1", "call-1"])
+    }).pipe(Effect.provide(Testing.layer())))
+
+  it.effect("begin/finish: the terminal event is dispatched exactly once", () =>
+    Effect.gen(function*() {
+      const active = yield* Callbacks.begin(options)
+      assert.isTrue(Option.isSome(active))
+      const call = Option.getOrThrow(active)
+      yield* TestClock.adjust(Duration.millis(250))
+      const first = yield* call.finish(Exit.succeed(response))
+      const second = yield* call.finish(Exit.fail("late"))
+      assert.isTrue(Option.isSome(first))
+      assert.isTrue(Option.isNone(second))
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "End"])
+      assert.strictEqual((events[1] as Events.EndEvent).durationMs, 250)
+    }).pipe(Effect.provide(Testing.layer())))
+})
