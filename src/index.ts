@@ -1,7 +1,7 @@
 /**
  * @since 0.1.0
  */
-export * as Callbacks from "./Callbacks.js"
+export * as BillingCycle from "./BillingCycle.js"
 
 /**
  * @since 0.1.0
@@ -12,6 +12,11 @@ export * as CallbackConfig from "./CallbackConfig.js"
  * @since 0.1.0
  */
 export * as CallbackMetrics from "./CallbackMetrics.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Callbacks from "./Callbacks.js"
 
 /**
  * @since 0.1.0
@@ -31,9 +36,14 @@ export * as Handler from "./Handler.js"
 /**
  * @since 0.1.0
  */
+export * as HandlerError from "./HandlerError.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as Testing from "./Testing.js"
 
 /**
  * @since 0.1.0
  */
-export * as HandlerError from "./HandlerError.js"
+export * as TokenStore from "./TokenStore.js"
