@@ -6,6 +6,7 @@ import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
@@ -177,6 +178,52 @@ const classify = (
 }
 
 // -----------------------------------------------------------------------------
+// Concurrency slots
+// -----------------------------------------------------------------------------
+
+/**
+ * The global bound on handler invocations in flight. Effect's `Semaphore`
+ * offers no synchronous try-acquire, which the hot path needs in order to
+ * start a handler without suspending; this mirrors its waiting logic
+ * (`take` grants the slot when the woken fiber runs, so an interrupted
+ * waiter never holds one).
+ */
+class Slots {
+  active = 0
+  private readonly waiters = new Set<() => void>()
+  constructor(readonly max: number) {}
+
+  tryTake(): boolean {
+    if (this.active < this.max) {
+      this.active++
+      return true
+    }
+    return false
+  }
+
+  release(): void {
+    this.active--
+    let free = this.max - this.active
+    for (const waiter of this.waiters) {
+      if (free-- <= 0) break
+      waiter()
+    }
+  }
+
+  readonly take: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.tryTake()) return resume(Effect.void)
+    const waiter = () => {
+      this.waiters.delete(waiter)
+      resume(Effect.suspend(() => this.tryTake() ? Effect.void : this.take))
+    }
+    this.waiters.add(waiter)
+    return Effect.sync(() => {
+      this.waiters.delete(waiter)
+    })
+  })
+}
+
+// -----------------------------------------------------------------------------
 // The dispatcher
 // -----------------------------------------------------------------------------
 
@@ -208,10 +255,7 @@ export const make = (
     const entries = new Map<string, Entry>()
     let snapshot: Snapshot = emptySnapshot
     let closed = false
-    const semaphore = yield* Effect.makeSemaphore(options.maxConcurrent)
-    // Invocations holding a permit. Kept beside the semaphore so that the hot
-    // path can tell, synchronously, whether one more invocation fits.
-    let active = 0
+    const slots = new Slots(options.maxConcurrent)
 
     const defaultSchedule: Schedule.Schedule<unknown, unknown> | undefined =
       options.enableRecovery && options.maxRetryAttempts > 1
@@ -276,49 +320,66 @@ export const make = (
     const contextFor = (entry: Entry, span: Tracer.AnySpan | undefined): Context.Context<never> =>
       span === undefined ? entry.context : Context.add(entry.context, Tracer.ParentSpan, span)
 
+    const runtimeFor = (entry: Entry, refs: FiberRefs.FiberRefs, span: Tracer.AnySpan | undefined) =>
+      Runtime.make({ context: contextFor(entry, span), fiberRefs: refs, runtimeFlags: Runtime.defaultRuntimeFlags })
+
     /**
-     * Runs the hook synchronously on a fiber of its own that starts at once.
-     * When the hook completes without suspending (the common case), the
-     * outcome is known here and no timer, schedule or join is paid for.
-     * Otherwise the running fiber is handed to `settle`.
+     * Runs one invocation, holding a slot. The hook first runs synchronously
+     * on a fiber of its own that starts at once; when it completes without
+     * suspending (the common case) the outcome is known here and no timer,
+     * schedule or join is paid for: `done` is called and `undefined` returned.
+     * Otherwise the rest (waiting, retries, the timeout) runs on a daemon fiber
+     * of its own, which releases the slot, calls `done`, and is returned. That
+     * fiber enforces the timeout whatever happens to the dispatching fiber.
      */
-    const start = (
+    const startWithSlot = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
       refs: FiberRefs.FiberRefs,
-      span: Tracer.AnySpan | undefined
-    ): Outcome | Effect.Effect<Outcome> => {
+      span: Tracer.AnySpan | undefined,
+      done: (outcome: Outcome) => void
+    ): Fiber.RuntimeFiber<void> | undefined => {
       const hook = entry.hooks[phase]!
       let effect: Effect.Effect<void, unknown>
       try {
         effect = hook(event)
       } catch (defect) {
-        return classify(entry, phase, Cause.die(defect), 1)
+        slots.release()
+        done(classify(entry, phase, Cause.die(defect), 1))
+        return undefined
       }
       let exit: Exit.Exit<void, unknown> | null
-      let fiber: Fiber.RuntimeFiber<void, unknown> | undefined
+      let first: Fiber.RuntimeFiber<void, unknown> | undefined
       if (Exit.isExit(effect)) {
         exit = effect as Exit.Exit<void, unknown>
       } else {
-        fiber = Runtime.runFork(
-          Runtime.make({ context: contextFor(entry, span), fiberRefs: refs, runtimeFlags: Runtime.defaultRuntimeFlags })
-        )(effect)
-        exit = fiber.unsafePoll()
+        first = Runtime.runFork(runtimeFor(entry, refs, span))(effect)
+        exit = first.unsafePoll()
       }
       if (exit !== null) {
-        if (Exit.isSuccess(exit)) return SUCCESS
-        if (entry.schedule === undefined || Option.isNone(Cause.failureOption(exit.cause))) {
-          return classify(entry, phase, exit.cause, 1)
+        if (Exit.isSuccess(exit)) {
+          slots.release()
+          done(SUCCESS)
+          return undefined
         }
-        return settle(entry, phase, event, span, Effect.failCause(exit.cause), undefined)
+        if (entry.schedule === undefined || Option.isNone(Cause.failureOption(exit.cause))) {
+          slots.release()
+          done(classify(entry, phase, exit.cause, 1))
+          return undefined
+        }
+        return Runtime.runFork(runtimeFor(entry, refs, span))(
+          settle(entry, phase, event, span, Effect.failCause(exit.cause), undefined, done)
+        )
       }
-      return settle(entry, phase, event, span, Fiber.join(fiber!), fiber)
+      return Runtime.runFork(runtimeFor(entry, refs, span))(
+        settle(entry, phase, event, span, Fiber.join(first!), first, done)
+      )
     }
 
     /**
      * The slow path: a suspended first attempt, or retries after a failure,
-     * all under the handler's timeout and a concurrency permit.
+     * all under the handler's timeout. Releases the slot when done.
      */
     const settle = (
       entry: Entry,
@@ -326,10 +387,18 @@ export const make = (
       event: CallbackEvent,
       span: Tracer.AnySpan | undefined,
       first: Effect.Effect<void, unknown>,
-      fiber: Fiber.RuntimeFiber<void, unknown> | undefined
-    ): Effect.Effect<Outcome> => {
+      fiber: Fiber.RuntimeFiber<void, unknown> | undefined,
+      done: (outcome: Outcome) => void
+    ): Effect.Effect<void> => {
       let attempts = 1
       let firstDone = false
+      let reported = false
+      const report = (outcome: Outcome) => {
+        if (!reported) {
+          reported = true
+          done(outcome)
+        }
+      }
       const hook = entry.hooks[phase]!
       const attempt = Effect.suspend(() => {
         if (!firstDone) {
@@ -339,49 +408,52 @@ export const make = (
         attempts++
         return Effect.provide(hook(event), contextFor(entry, span))
       })
+      entry.stats.inFlight++
+      Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
       const retried = entry.schedule === undefined ? attempt : Effect.retry(attempt, entry.schedule)
       return retried.pipe(
         Effect.timeout(entry.timeout),
         Effect.exit,
-        Effect.map((exit) => Exit.isSuccess(exit) ? (attempts === 1 ? SUCCESS : { ...SUCCESS, attempts }) : classify(entry, phase, exit.cause, attempts)),
-        Effect.ensuring(fiber === undefined ? Effect.void : Fiber.interruptFork(fiber)),
-        withPermit(entry)
+        Effect.map((exit) => {
+          report(
+            Exit.isSuccess(exit)
+              ? (attempts === 1 ? SUCCESS : { ...SUCCESS, attempts })
+              : classify(entry, phase, exit.cause, attempts)
+          )
+        }),
+        Effect.onExit((exit) => {
+          // Interrupted before it settled (the start dispatch was interrupted).
+          if (Exit.isFailure(exit)) report(classify(entry, phase, Cause.interrupt(FiberId.none), attempts))
+          entry.stats.inFlight--
+          slots.release()
+          Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
+          return fiber === undefined ? Effect.void : Fiber.interruptFork(fiber)
+        })
       )
     }
 
-    const withPermit = (entry: Entry) => <A>(self: Effect.Effect<A>): Effect.Effect<A> =>
-      semaphore.withPermits(1)(
-        Effect.suspend(() => {
-          active++
-          entry.stats.inFlight++
-          Metrics.activeCallbacks.unsafeUpdate(active, [])
-          return Effect.ensuring(
-            self,
-            Effect.sync(() => {
-              active--
-              entry.stats.inFlight--
-              Metrics.activeCallbacks.unsafeUpdate(active, [])
-            })
-          )
-        })
-      )
-
-    /** One invocation from start to outcome; the effect never fails. */
+    /**
+     * One invocation from start to outcome. Returns `undefined` when it
+     * completed synchronously (`done` was called), else the fiber that will
+     * call `done`.
+     */
     const invoke = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
       refs: FiberRefs.FiberRefs,
-      span: Tracer.AnySpan | undefined
-    ): Outcome | Effect.Effect<Outcome> => {
-      if (active >= options.maxConcurrent) {
-        // Saturated: wait for a permit before starting at all.
-        return withPermit(entry)(Effect.suspend(() => {
-          const started = start(entry, phase, event, refs, span)
-          return Effect.isEffect(started) ? started : Effect.succeed(started)
-        }))
-      }
-      return start(entry, phase, event, refs, span)
+      span: Tracer.AnySpan | undefined,
+      done: (outcome: Outcome) => void
+    ): Fiber.RuntimeFiber<void> | undefined => {
+      if (slots.tryTake()) return startWithSlot(entry, phase, event, refs, span, done)
+      // Saturated: wait for a slot on a fiber of its own, then start.
+      return Runtime.runFork(runtimeFor(entry, refs, span))(
+        Effect.flatMap(slots.take, () =>
+          Effect.suspend(() => {
+            const fiber = startWithSlot(entry, phase, event, refs, span, done)
+            return fiber === undefined ? Effect.void : Fiber.join(fiber)
+          }))
+      )
     }
 
     // -- fan-out ----------------------------------------------------------------
@@ -459,15 +531,15 @@ export const make = (
     })
 
     /**
-     * Runs the slow path on a fiber of its own, interruptible, so that timeouts
-     * work even when the caller is uninterruptible (the terminal dispatch is),
-     * and the caller's pending interruption does not cut the terminal dispatch
-     * short. Interrupting the caller (start dispatch) interrupts the child.
+     * Waits for invocations running on fibers of their own. The dispatching
+     * fiber may be uninterruptible (terminal dispatch): the wait then ends
+     * when they do, which their timeouts bound. When it is interrupted
+     * (start dispatch), they are interrupted too.
      */
-    const detached = (self: Effect.Effect<void>): Effect.Effect<void> =>
-      Effect.flatMap(
-        Effect.forkDaemon(Effect.interruptible(self)),
-        (fiber) => Effect.onInterrupt(Fiber.join(fiber), () => Fiber.interrupt(fiber))
+    const awaitFibers = (fibers: ReadonlyArray<Fiber.RuntimeFiber<void>>): Effect.Effect<void> =>
+      Effect.onInterrupt(
+        fibers.length === 1 ? Fiber.join(fibers[0]!) : Fiber.joinAll(fibers),
+        () => Fiber.interruptAll(fibers)
       )
 
     /**
@@ -487,41 +559,32 @@ export const make = (
       let time = performance.now()
       for (let g = from; g < plan.groups.length; g++) {
         const group = plan.groups[g]!
-        let pending: Array<Effect.Effect<void>> | undefined
+        let pending: Array<Fiber.RuntimeFiber<void>> | undefined
         for (let i = 0; i < group.length; i++) {
           const entry = group[i]!
           const startedAt = time
-          const started = invoke(entry, phase, event, refs, span)
-          if (Effect.isEffect(started)) {
-            ;(pending ??= []).push(Effect.map(started, (outcome) => result(entry, phase, outcome, startedAt, results)))
+          const fiber = invoke(entry, phase, event, refs, span, (outcome) => {
+            time = result(entry, phase, outcome, startedAt, results)
+          })
+          if (fiber !== undefined) {
+            ;(pending ??= []).push(fiber)
             time = performance.now()
-          } else {
-            time = result(entry, phase, started, startedAt, results)
           }
         }
         if (pending !== undefined) {
-          const waitAll = detached(
-            pending.length === 1 ? pending[0]! : Effect.all(pending, { concurrency: "unbounded", discard: true })
-          )
           const rest = g + 1
           return rest < plan.groups.length
             ? Effect.zipRight(
-              waitAll,
+              awaitFibers(pending),
               Effect.withFiberRuntime<void>((fiber) =>
                 runGroupsSync(plan, phase, event, results, rest, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
               )
             )
-            : waitAll
+            : awaitFibers(pending)
         }
       }
       return undefined
     }
-
-    const emptyReport = (phase: Phase, event: CallbackEvent): Dispatcher.DispatchReport => ({
-      phase,
-      callId: event.call.callId,
-      results: []
-    })
 
     /**
      * Dispatches on the caller's fiber: enqueues background deliveries and runs
@@ -545,9 +608,14 @@ export const make = (
       }
       let rest: Effect.Effect<void> | undefined
       if (backpressure !== undefined) {
-        // Backpressure: the await handlers run after the buffers took the deliveries.
+        // Backpressure: the await handlers run after the buffers took the
+        // deliveries. The waits run on a fiber of their own so that their
+        // timeouts work in the uninterruptible terminal dispatch.
         rest = Effect.zipRight(
-          detached(Effect.all(backpressure, { concurrency: "unbounded", discard: true })),
+          Effect.flatMap(
+            Effect.forkDaemon(Effect.interruptible(Effect.all(backpressure, { concurrency: "unbounded", discard: true }))),
+            (waiting) => awaitFibers([waiting])
+          ),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
           )
@@ -574,7 +642,11 @@ export const make = (
     const dispatchWith = (snap: Snapshot, event: CallbackEvent): Effect.Effect<Dispatcher.DispatchReport> =>
       Effect.withFiberRuntime((fiber) => {
         const results: Results = { collect: true, items: [] }
-        const report: Dispatcher.DispatchReport = { phase: phaseOf(event), callId: event.call.callId, results: results.items }
+        const report: Dispatcher.DispatchReport = {
+          phase: phaseOf(event),
+          callId: event.call.callId,
+          results: results.items
+        }
         const rest = run(snap, event, fiber, results)
         return rest === undefined ? Effect.succeed(report) : Effect.as(rest, report)
       })
@@ -586,18 +658,15 @@ export const make = (
       const step = Effect.flatMap(Queue.take(queue), (delivery) => {
         if (delivery._tag === "Flush") return Deferred.succeed(delivery.done, undefined)
         return Effect.withFiberRuntime<void>((fiber) => {
+          const results: Results = { collect: false, items: [] }
           const startedAt = performance.now()
-          const started = start(entry, delivery.phase, delivery.event, fiber.getFiberRefs(), delivery.span)
-          const done = (outcome: Outcome) => {
+          const running = invoke(entry, delivery.phase, delivery.event, fiber.getFiberRefs(), delivery.span, (outcome) => {
             entry.stats.pending--
             Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-            const results: Results = { collect: false, items: [] }
             result(entry, delivery.phase, outcome, startedAt, results)
-            return results.items.length === 0 ? Effect.void : logFailures(delivery.event, results.items)
-          }
-          return Effect.isEffect(started)
-            ? Effect.flatMap(active >= options.maxConcurrent ? withPermit(entry)(started) : started, done)
-            : done(started)
+          })
+          const log = () => results.items.length === 0 ? Effect.void : logFailures(delivery.event, results.items)
+          return running === undefined ? log() : Effect.flatMap(awaitFibers([running]), log)
         })
       })
       return Effect.forever(step)
@@ -607,8 +676,10 @@ export const make = (
       Effect.flatMap(Deferred.make<void>(), (done) =>
         Effect.zipRight(Queue.offer(entry.queue!, { _tag: "Flush", done }), Deferred.await(done)))
 
+    // Finalizers run uninterruptibly; the flush is made interruptible so that
+    // the shutdown timeout can cut it short.
     const drain = (entry: Entry) =>
-      flushEntry(entry).pipe(
+      Effect.interruptible(flushEntry(entry)).pipe(
         Effect.timeoutOption(options.shutdownTimeout),
         Effect.flatMap((drained) => {
           if (Option.isSome(drained) || entry.stats.pending === 0) return Effect.void
@@ -643,7 +714,10 @@ export const make = (
       let timeout = options.timeout
       if (policy.timeout !== undefined) {
         const decoded = Duration.decodeUnknown(policy.timeout)
-        if (Option.isNone(decoded) || Duration.toMillis(decoded.value) < 0) {
+        // `Duration` clamps negative numbers to zero: reject them before it does.
+        const negative = (typeof policy.timeout === "number" || typeof policy.timeout === "bigint") &&
+          policy.timeout < 0
+        if (negative || Option.isNone(decoded) || Duration.toMillis(decoded.value) < 0) {
           return fail("InvalidPolicy", `${handler.name}: timeout must be a non-negative duration, got ${String(policy.timeout)}`)
         }
         timeout = decoded.value
@@ -740,7 +814,7 @@ export const make = (
       return {
         status: closed ? "closed" : degraded ? "degraded" : "healthy",
         handlers,
-        inFlight: active,
+        inFlight: slots.active,
         pending: handlers.reduce((n, h) => n + h.pending, 0)
       }
     })

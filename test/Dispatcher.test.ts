@@ -1,0 +1,537 @@
+import { assert, describe, it } from "@effect/vitest"
+import {
+  ConfigProvider,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Either,
+  Exit,
+  Fiber,
+  Layer,
+  Option,
+  Schedule,
+  Scope,
+  TestClock
+} from "effect"
+import { Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
+
+const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
+const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
+const call = Effect.succeed(response).pipe(Callbacks.instrument(options))
+
+const now = Effect.clockWith((clock) => clock.currentTimeMillis)
+
+/** Runs `self` in a fiber and moves the TestClock until it completes. */
+const runWithClock = <A, E, R>(self: Effect.Effect<A, E, R>, step: Duration.DurationInput = "100 millis", maxSteps = 10_000) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.fork(self)
+    for (let i = 0; i < maxSteps; i++) {
+      const done = yield* Fiber.poll(fiber)
+      if (Option.isSome(done)) break
+      yield* TestClock.adjust(step)
+    }
+    return yield* Fiber.join(fiber)
+  })
+
+const withHandlers = (
+  handlers: ReadonlyArray<Handler.Handler<any, never>>,
+  options: Parameters<typeof Dispatcher.layer>[0] = {}
+) =>
+  handlers.reduce<Layer.Layer<never, unknown, Dispatcher.Dispatcher>>(
+    (acc, h) => Layer.merge(acc, Dispatcher.toLayer(h)),
+    Layer.empty
+  ).pipe(Layer.provideMerge(Dispatcher.layer(options)))
+
+describe("Dispatcher", () => {
+  describe("retries", () => {
+    it.effect("a failing handler is retried on its schedule: exact attempts and delays", () =>
+      Effect.gen(function*() {
+        const attempts: Array<number> = []
+        const flaky = Handler.make({
+          name: "flaky",
+          onLlmEnd: () =>
+            Effect.flatMap(now, (t) => {
+              attempts.push(t)
+              return attempts.length < 3 ? Effect.fail("not yet") : Effect.void
+            }),
+          retry: Schedule.spaced("1 second"),
+          timeout: "1 minute"
+        })
+        yield* runWithClock(call.pipe(Effect.provide(withHandlers([flaky]))))
+        assert.deepStrictEqual(attempts, [0, 1000, 2000])
+      }))
+
+    it.effect("the default schedule: 3 attempts in all, exponential from CALLBACK_RETRY_DELAY", () =>
+      Effect.gen(function*() {
+        const attempts: Array<number> = []
+        const failing = Handler.make({
+          name: "failing",
+          onLlmEnd: () =>
+            Effect.flatMap(now, (t) => {
+              attempts.push(t)
+              return Effect.fail("always")
+            })
+        })
+        const layer = withHandlers([failing], { retryDelay: "1 second", maxRetryAttempts: 3 })
+        const report = yield* runWithClock(
+          Effect.gen(function*() {
+            yield* call
+            return yield* Dispatcher.health
+          }).pipe(Effect.provide(layer))
+        )
+        assert.deepStrictEqual(attempts, [0, 1000, 3000])
+        const health = report.handlers[0]!
+        assert.strictEqual(health.failures, 1)
+        assert.strictEqual(health.retries, 2)
+        assert.strictEqual(Option.getOrThrow(health.lastError).reason, "Failed")
+      }))
+
+    it.effect("recovery disabled: no retries", () =>
+      Effect.gen(function*() {
+        let attempts = 0
+        const failing = Handler.make({
+          name: "failing",
+          onLlmEnd: () => Effect.suspend(() => (attempts++, Effect.fail("no"))),
+          retry: Schedule.spaced("1 second")
+        })
+        yield* runWithClock(call.pipe(Effect.provide(withHandlers([failing], { enableRecovery: false }))))
+        assert.strictEqual(attempts, 1)
+      }))
+
+    it.effect("defects are not retried", () =>
+      Effect.gen(function*() {
+        let attempts = 0
+        const dying = Handler.make({
+          name: "dying",
+          onLlmEnd: () => Effect.suspend(() => (attempts++, Effect.die("bug"))),
+          retry: Schedule.spaced("1 second")
+        })
+        yield* runWithClock(call.pipe(Effect.provide(withHandlers([dying]))))
+        assert.strictEqual(attempts, 1)
+      }))
+  })
+
+  describe("timeouts", () => {
+    it.effect("a hung handler holds the call for its timeout, retries included, not attempts x timeout", () =>
+      Effect.gen(function*() {
+        const hung = Handler.make({
+          name: "hung",
+          onLlmEnd: () => Effect.never,
+          timeout: "2 seconds",
+          retry: Schedule.recurs(5)
+        })
+        const elapsed = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            yield* call
+            return (yield* now) - started
+          }).pipe(Effect.provide(withHandlers([hung]))),
+          "500 millis"
+        )
+        assert.strictEqual(elapsed, 2000)
+      }))
+
+    it.effect("a handler failing slowly is cut at its timeout across retries", () =>
+      Effect.gen(function*() {
+        let attempts = 0
+        const slowFail = Handler.make({
+          name: "slow-fail",
+          onLlmEnd: () => Effect.sleep("1 second").pipe(Effect.zipRight(Effect.suspend(() => (attempts++, Effect.fail("x"))))),
+          timeout: "2500 millis",
+          retry: Schedule.spaced("100 millis")
+        })
+        const report = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            yield* call
+            return { elapsed: (yield* now) - started, health: yield* Dispatcher.health }
+          }).pipe(Effect.provide(withHandlers([slowFail]))),
+          "100 millis"
+        )
+        assert.strictEqual(report.elapsed, 2500)
+        assert.strictEqual(attempts, 2)
+        assert.strictEqual(report.health.handlers[0]!.timeouts, 1)
+      }))
+
+    it.effect("a timed-out handler fiber is interrupted", () =>
+      Effect.gen(function*() {
+        const interrupted = yield* Deferred.make<void>()
+        const hung = Handler.make({
+          name: "hung",
+          onLlmEnd: () => Effect.never.pipe(Effect.onInterrupt(() => Deferred.succeed(interrupted, undefined))),
+          timeout: "1 second"
+        })
+        yield* runWithClock(call.pipe(Effect.provide(withHandlers([hung]))))
+        yield* Deferred.await(interrupted)
+      }))
+  })
+
+  describe("fan-out", () => {
+    it.effect("equal priorities run concurrently; a higher priority group completes before a lower one starts", () =>
+      Effect.gen(function*() {
+        const log: Array<string> = []
+        const sleeper = (name: string, priority: number) =>
+          Handler.make({
+            name,
+            priority,
+            onLlmStart: () =>
+              Effect.gen(function*() {
+                log.push(`${name} start @${yield* now}`)
+                yield* Effect.sleep("1 second")
+                log.push(`${name} done @${yield* now}`)
+              })
+          })
+        yield* runWithClock(
+          call.pipe(Effect.provide(withHandlers([sleeper("low", 0), sleeper("high-a", 10), sleeper("high-b", 10)])))
+        )
+        // Handlers of one group start (and complete) at the same instant, in either order.
+        log.splice(0, 2, ...log.slice(0, 2).sort())
+        log.splice(2, 2, ...log.slice(2, 4).sort())
+        assert.deepStrictEqual(log, [
+          "high-a start @0",
+          "high-b start @0",
+          "high-a done @1000",
+          "high-b done @1000",
+          "low start @1000",
+          "low done @2000"
+        ])
+      }))
+
+    it.effect("the global bound on concurrent invocations is never exceeded", () =>
+      Effect.gen(function*() {
+        let inFlight = 0
+        let peak = 0
+        const handlers = Array.from({ length: 6 }, (_, i) =>
+          Handler.make({
+            name: `h${i}`,
+            onLlmStart: () =>
+              Effect.acquireUseRelease(
+                Effect.sync(() => {
+                  inFlight++
+                  peak = Math.max(peak, inFlight)
+                }),
+                () => Effect.sleep("1 second"),
+                () => Effect.sync(() => inFlight--)
+              )
+          }))
+        const elapsed = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            yield* Effect.all([call, call], { concurrency: "unbounded" })
+            return (yield* now) - started
+          }).pipe(Effect.provide(withHandlers(handlers, { maxConcurrent: 2 })))
+        )
+        assert.strictEqual(peak, 2)
+        // 12 invocations of 1 s, 2 at a time.
+        assert.strictEqual(elapsed, 6000)
+      }))
+
+    it.effect("every outcome lands in the dispatch report; dispatch never fails", () =>
+      Effect.gen(function*() {
+        const handlers = [
+          Handler.make({ name: "ok", onLlmStart: () => Effect.void }),
+          Handler.make({ name: "sync-ok", onLlmStart: () => Effect.sync(() => undefined) }),
+          Handler.make({ name: "fails", onLlmStart: () => Effect.fail("nope"), retry: Schedule.stop }),
+          Handler.make({ name: "dies", onLlmStart: () => Effect.die(new Error("bug")) }),
+          Handler.make({
+            name: "throws",
+            onLlmStart: () => {
+              throw new Error("thrown")
+            }
+          }),
+          Handler.make({ name: "hangs", onLlmStart: () => Effect.never, timeout: "1 second" }),
+          Handler.make({ name: "interrupts", onLlmStart: () => Effect.interrupt })
+        ]
+        const report = yield* runWithClock(
+          Effect.gen(function*() {
+            const dispatcher = yield* Dispatcher.Dispatcher
+            return yield* dispatcher.dispatch({
+              _tag: "Start",
+              call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
+              messages: [],
+              params: {}
+            })
+          }).pipe(Effect.provide(withHandlers(handlers)))
+        )
+        const byName = Object.fromEntries(report.results.map((r) => [r.handler, r]))
+        assert.strictEqual(byName.ok!.status, "success")
+        assert.strictEqual(byName["sync-ok"]!.status, "success")
+        assert.strictEqual(byName.fails!.status, "failed")
+        assert.strictEqual(byName.fails!.error!.message, "nope")
+        assert.strictEqual(byName.dies!.status, "defect")
+        assert.strictEqual(byName.throws!.status, "defect")
+        assert.match(byName.throws!.error!.message, /thrown/)
+        assert.strictEqual(byName.hangs!.status, "timeout")
+        assert.strictEqual(byName.interrupts!.status, "interrupted")
+        assert.isTrue(report.results.every((r) => r.phase === "start"))
+        assert.instanceOf(byName.fails!.error, HandlerError.HandlerError)
+      }))
+
+    it.effect("handler hooks may use services captured when their layer was built", () =>
+      Effect.gen(function*() {
+        class Greeting extends Effect.Tag("test/Greeting")<Greeting, { readonly word: string }>() {}
+        const heard: Array<string> = []
+        const greeter = Handler.make({
+          name: "greeter",
+          onLlmEnd: (event: Events.EndEvent) =>
+            Effect.map(Greeting, (g) => {
+              heard.push(`${g.word} ${event.response.content}`)
+            })
+        })
+        const layer = Dispatcher.toLayer(greeter).pipe(
+          Layer.provide(Layer.succeed(Greeting, { word: "hello" })),
+          Layer.provideMerge(Dispatcher.layer())
+        )
+        yield* call.pipe(Effect.provide(layer))
+        assert.deepStrictEqual(heard, ["hello ok"])
+      }))
+
+    it.effect("composite: children run in order, isolated; the composite fails with every child failure", () =>
+      Effect.gen(function*() {
+        const log: Array<string> = []
+        const composite = Handler.composite("composite", [
+          Handler.make({ name: "a", onLlmEnd: () => Effect.sync(() => log.push("a")) }),
+          Handler.make({ name: "b", onLlmEnd: () => Effect.fail("b failed") }),
+          Handler.make({ name: "c", onLlmEnd: () => Effect.sync(() => log.push("c")) })
+        ], { retry: Schedule.stop })
+        const health = yield* Effect.gen(function*() {
+          yield* call
+          return yield* Dispatcher.health
+        }).pipe(Effect.provide(withHandlers([composite])))
+        assert.deepStrictEqual(log, ["a", "c"])
+        assert.strictEqual(health.handlers[0]!.failures, 1)
+        assert.match(Option.getOrThrow(health.handlers[0]!.lastError).message, /b failed/)
+      }))
+  })
+
+  describe("registration", () => {
+    it.effect("invalid definitions fail with a typed error at registration", () =>
+      Effect.gen(function*() {
+        const register = (handler: Handler.Handler<never, never>) =>
+          Effect.either(Effect.scoped(Dispatcher.register(handler)))
+        const empty = yield* register(Handler.make({ name: " " }))
+        const negative = yield* register(Handler.make({ name: "neg", timeout: -5 }))
+        const buffer = yield* register(Handler.make({ name: "buf", mode: "background", bufferSize: 0 }))
+        assert.isTrue(Either.isLeft(empty) && empty.left.reason === "InvalidName")
+        assert.isTrue(Either.isLeft(negative) && negative.left.reason === "InvalidPolicy")
+        assert.isTrue(Either.isLeft(negative) && /timeout/.test(negative.left.message))
+        assert.isTrue(Either.isLeft(buffer) && /bufferSize/.test(buffer.left.message))
+        const layer = Layer.merge(
+          Dispatcher.toLayer(Handler.make({ name: "same" })),
+          Dispatcher.toLayer(Handler.make({ name: "same" }))
+        ).pipe(Layer.provide(Dispatcher.layer()))
+        const duplicate = yield* Effect.either(Effect.scoped(Layer.build(layer)))
+        assert.isTrue(
+          Either.isLeft(duplicate) && duplicate.left._tag === "HandlerRegistrationError" &&
+            duplicate.left.reason === "DuplicateName"
+        )
+      }).pipe(Effect.provide(Dispatcher.layer())))
+
+    it.effect("run-time registration is scoped; a call in progress keeps the set it started with", () =>
+      Effect.gen(function*() {
+        const heard: Array<string> = []
+        const named = (name: string) =>
+          Handler.make({
+            name,
+            onLlmStart: () => Effect.sync(() => heard.push(`${name}:start`)),
+            onLlmEnd: () => Effect.sync(() => heard.push(`${name}:end`))
+          })
+        const gate = yield* Deferred.make<void>()
+        const scopeA = yield* Scope.make()
+        yield* Dispatcher.register(named("a")).pipe(Scope.extend(scopeA))
+        const fiber = yield* Effect.fork(Deferred.await(gate).pipe(Effect.as(response), Callbacks.instrument(options)))
+        yield* Effect.yieldNow()
+        // While the call runs: a leaves, b arrives.
+        yield* Scope.close(scopeA, Exit.void)
+        const scopeB = yield* Scope.make()
+        yield* Dispatcher.register(named("b")).pipe(Scope.extend(scopeB))
+        yield* Deferred.succeed(gate, undefined)
+        yield* Fiber.join(fiber)
+        assert.deepStrictEqual(heard, ["a:start", "a:end"])
+        yield* call
+        assert.deepStrictEqual(heard, ["a:start", "a:end", "b:start", "b:end"])
+        assert.deepStrictEqual(yield* Effect.flatMap(Dispatcher.Dispatcher, (d) => d.handlers), ["b"])
+      }).pipe(Effect.provide(Dispatcher.layer())))
+  })
+
+  describe("background", () => {
+    it.effect("the call does not wait; start is delivered before end; flush waits for all deliveries", () =>
+      Effect.gen(function*() {
+        const heard: Array<string> = []
+        const slow = Handler.make({
+          name: "slow",
+          mode: "background",
+          onLlmStart: (e) => Effect.sleep("1 second").pipe(Effect.zipRight(Effect.sync(() => heard.push(`start ${e.call.callId}`)))),
+          onLlmEnd: (e) => Effect.sleep("1 second").pipe(Effect.zipRight(Effect.sync(() => heard.push(`end ${e.call.callId}`)))),
+          timeout: "10 seconds"
+        })
+        yield* Effect.gen(function*() {
+          const started = yield* now
+          yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "c1" }))
+          yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "c2" }))
+          assert.strictEqual((yield* now) - started, 0)
+          assert.strictEqual((yield* Dispatcher.health).pending, 4)
+          yield* runWithClock(Dispatcher.flush)
+          assert.deepStrictEqual(heard, ["start c1", "end c1", "start c2", "end c2"])
+          assert.strictEqual((yield* Dispatcher.health).pending, 0)
+        }).pipe(Effect.provide(withHandlers([slow])))
+      }))
+
+    it.effect("closing the layer drains pending deliveries", () =>
+      Effect.gen(function*() {
+        const heard: Array<string> = []
+        const slow = Handler.make({
+          name: "slow",
+          mode: "background",
+          onLlmEnd: () => Effect.sleep("1 second").pipe(Effect.zipRight(Effect.sync(() => heard.push("end")))),
+          timeout: "10 seconds"
+        })
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(withHandlers([slow], { shutdownTimeout: "1 minute" }), scope)
+        yield* Effect.all([call, call, call], { discard: true }).pipe(Effect.provide(context))
+        yield* runWithClock(Scope.close(scope, Exit.void))
+        assert.deepStrictEqual(heard, ["end", "end", "end"])
+      }))
+
+    it.effect("what cannot be drained within the shutdown timeout is reported, and nothing is left running", () =>
+      Effect.gen(function*() {
+        let completed = 0
+        const slow = Handler.make({
+          name: "slow",
+          mode: "background",
+          onLlmEnd: () => Effect.sleep("10 seconds").pipe(Effect.zipRight(Effect.sync(() => completed++))),
+          timeout: "1 minute"
+        })
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(withHandlers([slow], { shutdownTimeout: "15 seconds" }), scope)
+        const dispatcher = Context.get(context, Dispatcher.Dispatcher)
+        yield* Effect.all([call, call, call], { discard: true }).pipe(Effect.provide(context))
+        yield* runWithClock(Scope.close(scope, Exit.void), "1 second")
+        const health = yield* dispatcher.health
+        // One delivered in time, the other two reported as dropped.
+        assert.strictEqual(completed, 1)
+        assert.strictEqual(health.status, "closed")
+        yield* TestClock.adjust("1 minute")
+        assert.strictEqual(completed, 1)
+      }))
+
+    it.effect("a full buffer applies backpressure, bounded by the handler's timeout, then drops visibly", () =>
+      Effect.gen(function*() {
+        const slow = Handler.make({
+          name: "slow",
+          mode: "background",
+          bufferSize: 1,
+          onLlmEnd: () => Effect.sleep("10 seconds"),
+          timeout: "2 seconds"
+        })
+        const result = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            // 1st: taken by the consumer; 2nd: fills the buffer; 3rd: waits, then is dropped.
+            yield* call
+            yield* Effect.yieldNow()
+            yield* call
+            yield* call
+            return { elapsed: (yield* now) - started, health: yield* Dispatcher.health }
+          }).pipe(Effect.provide(withHandlers([slow])))
+        )
+        assert.strictEqual(result.elapsed, 2000)
+        assert.strictEqual(result.health.handlers[0]!.dropped, 1)
+      }))
+  })
+
+  describe("config", () => {
+    const withEnv = (env: Record<string, string>) =>
+      Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env))))
+
+    it.effect("defaults: 30 s timeout, 100 concurrent, 3 attempts, 1 s retry delay, recovery on, await", () =>
+      Effect.gen(function*() {
+        const hung = Handler.make({ name: "hung", onLlmEnd: () => Effect.never })
+        const elapsed = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            yield* call
+            return (yield* now) - started
+          }).pipe(Effect.provide(withHandlers([hung]))),
+          "1 second"
+        )
+        assert.strictEqual(elapsed, 30_000)
+      }))
+
+    it.effect("settings come from CALLBACK_* variables", () =>
+      Effect.gen(function*() {
+        const hung = Handler.make({ name: "hung", onLlmEnd: () => Effect.never })
+        const layer = Dispatcher.toLayer(hung).pipe(Layer.provideMerge(Dispatcher.layerConfig))
+        const elapsed = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            yield* call
+            return (yield* now) - started
+          }).pipe(Effect.provide(layer), withEnv({ CALLBACK_TIMEOUT: "1.5" }))
+        )
+        assert.strictEqual(elapsed, 1500)
+      }))
+
+    it.effect("a bad value fails the layer with an error naming the variable and the value", () =>
+      Effect.gen(function*() {
+        const cases: Array<[string, string]> = [
+          ["CALLBACK_TIMEOUT", "soon"],
+          ["CALLBACK_MAX_CONCURRENT", "0"],
+          ["CALLBACK_MAX_RETRY_ATTEMPTS", "2.5"],
+          ["CALLBACK_RETRY_DELAY", "-1"],
+          ["CALLBACK_ENABLE_RECOVERY", "maybe"],
+          ["CALLBACK_MODE", "later"],
+          ["CALLBACK_SHUTDOWN_TIMEOUT", "x"]
+        ]
+        for (const [name, value] of cases) {
+          const exit = yield* Effect.exit(
+            Effect.scoped(Layer.build(Dispatcher.layerConfig)).pipe(withEnv({ [name]: value }))
+          )
+          assert.isTrue(Exit.isFailure(exit), name)
+          const message = String(Exit.isFailure(exit) ? exit.cause : "")
+          assert.include(message, name)
+          assert.include(message, value)
+        }
+      }))
+
+    it.effect("bad options fail Dispatcher.layer with an error naming the option", () =>
+      Effect.gen(function*() {
+        const exit = yield* Effect.exit(Effect.scoped(Layer.build(Dispatcher.layer({ maxConcurrent: -1 }))))
+        assert.isTrue(Exit.isFailure(exit))
+        assert.include(String(Exit.isFailure(exit) ? exit.cause : ""), "maxConcurrent")
+      }))
+  })
+
+  describe("health", () => {
+    it.effect("reports status and per-handler counts", () =>
+      Effect.gen(function*() {
+        let fail = false
+        const sometimes = Handler.make({
+          name: "sometimes",
+          onLlmEnd: () => Effect.suspend(() => fail ? Effect.fail("bad") : Effect.void),
+          retry: Schedule.stop
+        })
+        yield* Effect.gen(function*() {
+          yield* call
+          const healthy = yield* Dispatcher.health
+          assert.strictEqual(healthy.status, "healthy")
+          assert.strictEqual(healthy.handlers[0]!.successes, 1)
+          fail = true
+          yield* call
+          const degraded = yield* Dispatcher.health
+          assert.strictEqual(degraded.status, "degraded")
+          assert.strictEqual(degraded.handlers[0]!.failures, 1)
+          assert.strictEqual(degraded.inFlight, 0)
+        }).pipe(Effect.provide(withHandlers([sometimes])))
+      }))
+
+    it.effect("the recorder sees events in order", () =>
+      Effect.gen(function*() {
+        yield* call
+        yield* Effect.exit(Effect.fail("x").pipe(Callbacks.instrument(options)))
+        const events = yield* Testing.events
+        assert.deepStrictEqual(events.map((e) => e._tag), ["Start", "End", "Start", "Error"])
+      }).pipe(Effect.provide(Testing.layer())))
+  })
+})
