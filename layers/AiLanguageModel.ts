@@ -1,0 +1,496 @@
+/**
+ * Callbacks for `@effect/ai`: a layer over an existing `LanguageModel` layer that instruments every
+ * `generateText`, `generateObject` and `streamText` call, without changing the `LanguageModel` API.
+ *
+ * - `start` carries the prompt as `{ role, content }` messages (text parts joined, other parts such as
+ *   images, files and tool calls summarised), the provider, the model and the request options.
+ * - `end` carries the text, the usage of the finish part (input → prompt, output → completion, total,
+ *   cached input, reasoning), the finish reason and the model id the provider answered with.
+ * - `error` carries the `AiError` (or the defect); an interrupted call is marked interrupted.
+ * - Streams: `start` is dispatched when the stream starts, before its first part is requested; `end`
+ *   (with the time to the first token) once the stream completes; `error` when it fails; `error` marked
+ *   interrupted when the consumer stops early or is interrupted. Exactly one terminal event per stream.
+ *
+ * Per-call user id, tags, metadata and parent call id come from {@link withCallContext}.
+ *
+ * @since 0.1.0
+ */
+import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as Model from "@effect/ai/Model"
+import * as Prompt from "@effect/ai/Prompt"
+import type * as Response from "@effect/ai/Response"
+import type * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import { dual } from "effect/Function"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
+import * as Callbacks from "../src/Callbacks.js"
+import * as Dispatcher from "../src/Dispatcher.js"
+import type { LlmResponse, Message, Usage } from "../src/Events.js"
+
+// =============================================================================
+// Models
+// =============================================================================
+
+/**
+ * Options of {@link layer}, {@link withCallbacks} and {@link make}.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /**
+   * The provider name reported in `CallInfo.provider`. Default: the `Model.ProviderName` of the wrapped
+   * layer (`"openai"` for `OpenAiLanguageModel.model(...)`), else {@link unknown}.
+   */
+  readonly provider?: string | undefined
+  /**
+   * The model name reported in `CallInfo.model`. The `LanguageModel` service does not expose the model
+   * it was built for, so name it here; default {@link unknown}. Whatever it is, `response.model` of the
+   * end event is the model id the provider reported in its `response-metadata` part.
+   */
+  readonly model?: string | undefined
+  /** Request parameters added to every start event (e.g. the `temperature` the model layer was built with). */
+  readonly params?: Readonly<Record<string, unknown>> | undefined
+}
+
+/**
+ * The provider or model name reported when it is not known.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const unknown = "unknown"
+
+/**
+ * Which `LanguageModel` method a call went through, reported in the start event's `params.operation`.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type Operation = "generateText" | "generateObject" | "streamText"
+
+// =============================================================================
+// Conversions
+// =============================================================================
+
+const partSummary = (part: unknown): string | undefined => {
+  if (typeof part === "string") return part
+  if (typeof part !== "object" || part === null) return "[part]"
+  const p = part as Record<string, unknown>
+  switch (p["type"]) {
+    case "text":
+      return typeof p["text"] === "string" ? p["text"] : "[text]"
+    case "reasoning":
+      return `[reasoning${typeof p["text"] === "string" ? `: ${p["text"].length} chars` : ""}]`
+    case "file": {
+      const mediaType = typeof p["mediaType"] === "string" ? p["mediaType"] : "unknown type"
+      const kind = mediaType.startsWith("image/") ? "image" : "file"
+      return `[${kind} ${mediaType}${typeof p["fileName"] === "string" ? ` ${p["fileName"]}` : ""}]`
+    }
+    case "tool-call":
+      return `[tool-call ${typeof p["name"] === "string" ? p["name"] : "?"}]`
+    case "tool-result":
+      return `[tool-result ${typeof p["name"] === "string" ? p["name"] : "?"}${p["isFailure"] === true ? " failed" : ""}]`
+    default:
+      return `[${typeof p["type"] === "string" ? p["type"] : "part"}]`
+  }
+}
+
+const contentSummary = (content: unknown): string => {
+  if (typeof content === "string") return content
+  if (!Array.isArray(content)) return content === undefined || content === null ? "" : "[content]"
+  const out: Array<string> = []
+  for (const part of content) {
+    const summary = partSummary(part)
+    if (summary !== undefined) out.push(summary)
+  }
+  return out.join("\n")
+}
+
+const messageSummary = (message: unknown): Message => {
+  if (typeof message !== "object" || message === null) return { role: unknown, content: contentSummary(message) }
+  const m = message as Record<string, unknown>
+  return { role: typeof m["role"] === "string" ? m["role"] : unknown, content: contentSummary(m["content"]) }
+}
+
+/**
+ * The `{ role, content }` messages of a prompt as handlers see them: text parts joined by a newline,
+ * other parts summarised (`[image image/png cat.png]`, `[file application/pdf]`, `[tool-call get_weather]`,
+ * `[tool-result get_weather]`, `[reasoning: 120 chars]`). Accepts every `Prompt.RawInput` (a string, a
+ * `Prompt`, encoded or decoded messages) and anything else without throwing.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const messagesOf = (prompt: unknown): ReadonlyArray<Message> => {
+  try {
+    if (typeof prompt === "string") return [{ role: "user", content: prompt }]
+    if (Prompt.isPrompt(prompt)) return prompt.content.map(messageSummary)
+    if (Array.isArray(prompt)) return prompt.map(messageSummary)
+    if (typeof prompt === "object" && prompt !== null && Symbol.iterator in prompt) {
+      return Array.from(prompt as Iterable<unknown>, messageSummary)
+    }
+    return prompt === undefined ? [] : [messageSummary(prompt)]
+  } catch {
+    // A hostile prompt (a throwing getter or iterator) must not break the call: the model sees it as is.
+    return []
+  }
+}
+
+const count = (u: unknown): number | undefined => typeof u === "number" && Number.isInteger(u) && u >= 0 ? u : undefined
+
+/**
+ * Maps `@effect/ai` usage to the events' usage: input → prompt, output → completion, total, cached input,
+ * reasoning. Returns `undefined` when the provider reported none (input and output both unknown), so the
+ * detailed token handler estimates it; fields that are not non-negative integers count as unknown.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const usageOf = (usage: Partial<Response.Usage> | undefined): Usage | undefined => {
+  if (usage === undefined) return undefined
+  const promptTokens = count(usage.inputTokens)
+  const completionTokens = count(usage.outputTokens)
+  if (promptTokens === undefined && completionTokens === undefined) return undefined
+  const prompt = promptTokens ?? 0
+  const completion = completionTokens ?? 0
+  const total = count(usage.totalTokens)
+  const cachedTokens = count(usage.cachedInputTokens)
+  const reasoningTokens = count(usage.reasoningTokens)
+  return {
+    promptTokens: prompt,
+    completionTokens: completion,
+    // `totalTokens` is 0 when a provider reported nothing for it.
+    totalTokens: total !== undefined && total > 0 ? total : prompt + completion,
+    ...(cachedTokens !== undefined ? { cachedTokens } : {}),
+    ...(reasoningTokens !== undefined ? { reasoningTokens } : {})
+  }
+}
+
+/**
+ * Accumulates the parts of a response (all at once or streamed) into an {@link LlmResponse}: text parts
+ * and text deltas concatenated, the usage and reason of the finish part, the model id of the
+ * `response-metadata` part.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface ResponseAccumulator {
+  readonly add: (part: Response.AnyPart) => void
+  /** Whether the finish part has been seen. */
+  readonly finished: () => boolean
+  readonly response: () => LlmResponse
+}
+
+/**
+ * A new {@link ResponseAccumulator}.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeAccumulator = (): ResponseAccumulator => {
+  const text: Array<string> = []
+  let usage: Usage | undefined
+  let finishReason: string | undefined
+  let model: string | undefined
+  let finished = false
+  return {
+    add: (part) => {
+      switch (part.type) {
+        case "text":
+          text.push(part.text)
+          break
+        case "text-delta":
+          text.push(part.delta)
+          break
+        case "finish":
+          finished = true
+          finishReason = part.reason
+          usage = usageOf(part.usage)
+          break
+        case "response-metadata":
+          if (Option.isSome(part.modelId)) model = part.modelId.value
+          break
+      }
+    },
+    finished: () => finished,
+    response: () => ({
+      content: text.join(""),
+      ...(usage !== undefined ? { usage } : {}),
+      ...(finishReason !== undefined ? { finishReason } : {}),
+      ...(model !== undefined ? { model } : {})
+    })
+  }
+}
+
+/**
+ * The {@link LlmResponse} of a `generateText` / `generateObject` response.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const responseOf = (response: { readonly content: ReadonlyArray<Response.AnyPart> }): LlmResponse => {
+  const accumulator = makeAccumulator()
+  for (const part of response.content) accumulator.add(part)
+  return accumulator.response()
+}
+
+const isFirstToken = (part: Response.AnyPart): boolean =>
+  part.type === "text-delta" || part.type === "reasoning-delta" || part.type === "tool-params-delta" ||
+  part.type === "text" || part.type === "tool-call"
+
+const paramsOf = (
+  operation: Operation,
+  options: Readonly<Record<string, unknown>>,
+  extra: Readonly<Record<string, unknown>> | undefined
+): Record<string, unknown> => {
+  const params: Record<string, unknown> = { ...extra, operation }
+  if (options["toolChoice"] !== undefined) params["toolChoice"] = options["toolChoice"]
+  if (options["concurrency"] !== undefined) params["concurrency"] = options["concurrency"]
+  if (options["disableToolCallResolution"] !== undefined) {
+    params["disableToolCallResolution"] = options["disableToolCallResolution"]
+  }
+  if (options["objectName"] !== undefined) params["objectName"] = options["objectName"]
+  const toolkit = options["toolkit"]
+  if (typeof toolkit === "object" && toolkit !== null && !Effect.isEffect(toolkit) && "tools" in toolkit) {
+    const tools = toolkit.tools
+    if (typeof tools === "object" && tools !== null) params["tools"] = Object.keys(tools)
+  }
+  return params
+}
+
+// =============================================================================
+// Constructors
+// =============================================================================
+
+interface Resolved {
+  readonly provider: string
+  readonly model: string
+  readonly params: Readonly<Record<string, unknown>> | undefined
+  readonly dispatcher: Dispatcher.Dispatcher["Type"] | undefined
+}
+
+/**
+ * The wrapped model may be built without a dispatcher in the calling fiber (e.g. the layer was given its
+ * dispatcher with `Layer.provide`): then the dispatcher seen when the layer was built is used.
+ */
+const withDispatcher = <A, E, R>(resolved: Resolved, self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  resolved.dispatcher === undefined
+    ? self
+    : Effect.withFiberRuntime((fiber) =>
+      fiber.currentContext.unsafeMap.has(Dispatcher.Dispatcher.key)
+        ? self
+        : Effect.provideService(self, Dispatcher.Dispatcher, resolved.dispatcher!)
+    )
+
+/**
+ * Normalises the prompt once: a one-shot iterable (a generator) must be read by the handlers and by the
+ * model alike, so it is materialised into an array handed on to the model.
+ */
+const normalise = <O extends { readonly prompt: Prompt.RawInput }>(options: O): O =>
+  typeof options.prompt === "string" || Array.isArray(options.prompt) || Prompt.isPrompt(options.prompt)
+    ? options
+    : { ...options, prompt: Array.from(options.prompt as Iterable<Prompt.MessageEncoded>) }
+
+const instrumentEffect = <A extends { readonly content: ReadonlyArray<Response.AnyPart> }, E, R>(
+  resolved: Resolved,
+  operation: Operation,
+  options: Readonly<Record<string, unknown>> & { readonly prompt: Prompt.RawInput },
+  call: (options: any) => Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> => {
+  const normalised = normalise(options)
+  return withDispatcher(
+    resolved,
+    Callbacks.instrument(call(normalised), {
+      provider: resolved.provider,
+      model: resolved.model,
+      messages: messagesOf(normalised.prompt),
+      params: paramsOf(operation, normalised, resolved.params),
+      response: responseOf
+    })
+  )
+}
+
+const instrumentStream = <E, R>(
+  resolved: Resolved,
+  options: Readonly<Record<string, unknown>> & { readonly prompt: Prompt.RawInput },
+  call: (options: any) => Stream.Stream<Response.AnyPart, E, R>
+): Stream.Stream<Response.AnyPart, E, R> =>
+  Stream.unwrapScoped(Effect.gen(function*(): Effect.fn.Return<Stream.Stream<Response.AnyPart, E, R>, never, Scope.Scope> {
+    const normalised = normalise(options)
+    const accumulator = makeAccumulator()
+    let timeToFirstTokenMs: number | undefined
+    let ended = false
+    let failure: Cause.Cause<E> | undefined
+    // Acquired uninterruptibly with its release: a stream whose start was dispatched always gets its
+    // terminal event, whether it completes, fails, is cut short by its consumer or is interrupted.
+    const active = yield* Effect.acquireRelease(
+      withDispatcher(
+        resolved,
+        Callbacks.begin({
+          provider: resolved.provider,
+          model: resolved.model,
+          messages: messagesOf(normalised.prompt),
+          params: paramsOf("streamText", normalised, resolved.params)
+        })
+      ),
+      (active) =>
+        Option.isNone(active) ? Effect.void : Effect.flatMap(Effect.fiberId, (fiberId) =>
+          active.value.finish(
+            failure !== undefined
+              ? Exit.failCause(failure)
+              : ended || accumulator.finished()
+              ? Exit.void
+              // The consumer stopped early (`Stream.take`, its own failure) or was interrupted: the model's
+              // stream did not finish, and what the consumer did is no failure of the model.
+              : Exit.interrupt(fiberId),
+            { response: accumulator.response(), timeToFirstTokenMs }
+          ))
+    )
+    if (Option.isNone(active)) return call(normalised)
+    const startedAt = active.value.call.startedAt
+    const clock = yield* Effect.clock
+    // Nested instrumented calls (tool handlers resolved while streaming) see this call as their parent.
+    yield* Effect.locallyScopedWith(
+      Callbacks.currentCallContext,
+      (context) => ({ ...context, parentCallId: active.value.call.callId })
+    )
+    return call(normalised).pipe(
+      Stream.mapChunks((chunk) => {
+        for (const part of chunk) {
+          if (timeToFirstTokenMs === undefined && isFirstToken(part)) {
+            timeToFirstTokenMs = clock.unsafeCurrentTimeMillis() - startedAt
+          }
+          accumulator.add(part)
+        }
+        return chunk
+      }),
+      Stream.tapErrorCause((cause) =>
+        Effect.sync(() => {
+          failure = cause
+        })
+      ),
+      Stream.onEnd(Effect.sync(() => {
+        ended = true
+      }))
+    )
+  }))
+
+/**
+ * Wraps a `LanguageModel` service so that every call is instrumented.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const wrap = (
+  service: LanguageModel.Service,
+  options: Options & { readonly dispatcher?: Dispatcher.Dispatcher["Type"] | undefined } = {}
+): LanguageModel.Service => {
+  const resolved: Resolved = {
+    provider: options.provider ?? unknown,
+    model: options.model ?? unknown,
+    params: options.params,
+    dispatcher: options.dispatcher
+  }
+  return {
+    generateText: ((callOptions: any) =>
+      instrumentEffect(resolved, "generateText", callOptions, service.generateText)) as LanguageModel.Service[
+        "generateText"
+      ],
+    generateObject: ((callOptions: any) =>
+      instrumentEffect(resolved, "generateObject", callOptions, service.generateObject)) as LanguageModel.Service[
+        "generateObject"
+      ],
+    streamText: ((callOptions: any) =>
+      instrumentStream(resolved, callOptions, service.streamText)) as LanguageModel.Service["streamText"]
+  }
+}
+
+/**
+ * Wraps the `LanguageModel` in context. The provider defaults to the `Model.ProviderName` in context; the
+ * `Dispatcher` in context when the service is made (if any) is used for calls made where there is none.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const make = (options: Options = {}): Effect.Effect<LanguageModel.Service, never, LanguageModel.LanguageModel> =>
+  Effect.gen(function*() {
+    const service = yield* LanguageModel.LanguageModel
+    const providerName = yield* Effect.serviceOption(Model.ProviderName)
+    const dispatcher = yield* Effect.serviceOption(Dispatcher.Dispatcher)
+    return wrap(service, {
+      ...options,
+      provider: options.provider ?? Option.getOrElse(providerName, () => unknown),
+      dispatcher: Option.getOrUndefined(dispatcher)
+    })
+  })
+
+/**
+ * A layer providing the instrumented `LanguageModel`, built over the `LanguageModel` it is given.
+ *
+ * @example
+ * ```ts
+ * import { OpenAiLanguageModel } from "@effect/ai-openai"
+ * import { Layer } from "effect"
+ * import * as AiLanguageModel from "effect-llm-callbacks/layers/AiLanguageModel"
+ *
+ * const Model = AiLanguageModel.layer({ model: "gpt-4o-mini" }).pipe(
+ *   Layer.provide(OpenAiLanguageModel.model("gpt-4o-mini"))
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<LanguageModel.LanguageModel, never, LanguageModel.LanguageModel> =>
+  Layer.effect(LanguageModel.LanguageModel, make(options))
+
+/**
+ * Instruments a `LanguageModel` layer: the result provides everything `modelLayer` provides (its
+ * `Model.ProviderName`, a `Tokenizer`...), with the `LanguageModel` instrumented.
+ *
+ * @example
+ * ```ts
+ * import { OpenAiLanguageModel } from "@effect/ai-openai"
+ * import * as AiLanguageModel from "effect-llm-callbacks/layers/AiLanguageModel"
+ *
+ * const Model = OpenAiLanguageModel.model("gpt-4o-mini").pipe(
+ *   AiLanguageModel.withCallbacks({ model: "gpt-4o-mini" })
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const withCallbacks: {
+  (options?: Options): <ROut, E, RIn>(
+    modelLayer: Layer.Layer<ROut, E, RIn>
+  ) => Layer.Layer<ROut | LanguageModel.LanguageModel, E, RIn | Exclude<LanguageModel.LanguageModel, ROut>>
+  <ROut, E, RIn>(
+    modelLayer: Layer.Layer<ROut, E, RIn>,
+    options?: Options
+  ): Layer.Layer<ROut | LanguageModel.LanguageModel, E, RIn | Exclude<LanguageModel.LanguageModel, ROut>>
+} = dual(
+  (args) => Layer.isLayer(args[0]),
+  <ROut, E, RIn>(
+    modelLayer: Layer.Layer<ROut, E, RIn>,
+    options?: Options
+  ): Layer.Layer<ROut | LanguageModel.LanguageModel, E, RIn | Exclude<LanguageModel.LanguageModel, ROut>> =>
+    Layer.provideMerge(layer(options), modelLayer)
+)
+
+/**
+ * Runs an effect with a call context: the user id, tags, metadata and parent call id that the
+ * instrumented model calls inside it report (nested calls inherit them). The same as
+ * `Callbacks.withCallContext`, re-exported for discoverability.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withCallContext = Callbacks.withCallContext
