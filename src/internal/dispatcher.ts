@@ -245,6 +245,23 @@ export interface DispatcherImpl extends Dispatcher.Dispatcher.Service {
 interface Results {
   readonly collect: boolean
   readonly items: Array<Dispatcher.HandlerResult>
+  /** How many await groups were started (start phase only). */
+  reached?: number
+}
+
+/**
+ * Handlers that never heard `start` because the start dispatch was interrupted
+ * before their priority group was reached, by call. They must not hear a
+ * terminal event for that call either. Keyed weakly by the call's info object,
+ * which the start and terminal events share.
+ */
+const unreached = new WeakMap<object, ReadonlySet<string>>()
+
+const withoutUnreached = (plan: PhasePlan, excluded: ReadonlySet<string>): PhasePlan => {
+  const groups = plan.groups
+    .map((group) => group.filter((entry) => !excluded.has(entry.name)))
+    .filter((group) => group.length > 0)
+  return { groups, background: plan.background, empty: groups.length === 0 && plan.background.length === 0 }
 }
 
 /** @internal */
@@ -559,6 +576,7 @@ export const make = (
       let time = performance.now()
       for (let g = from; g < plan.groups.length; g++) {
         const group = plan.groups[g]!
+        results.reached = g + 1
         let pending: Array<Fiber.RuntimeFiber<void>> | undefined
         for (let i = 0; i < group.length; i++) {
           const entry = group[i]!
@@ -599,7 +617,11 @@ export const make = (
       results: Results
     ): Effect.Effect<void> | undefined => {
       const phase: Phase = event._tag === "Start" ? "start" : event._tag === "End" ? "end" : "error"
-      const plan = snap[phase]
+      let plan = snap[phase]
+      if (phase !== "start") {
+        const excluded = unreached.get(event.call)
+        if (excluded !== undefined) plan = withoutUnreached(plan, excluded)
+      }
       if (plan.empty) return undefined
       let backpressure: Array<Effect.Effect<void>> | undefined
       for (let i = 0; i < plan.background.length; i++) {
@@ -625,6 +647,16 @@ export const make = (
       }
       if (rest === undefined) {
         return results.items.length === 0 || !hasError(results.items) ? undefined : logFailures(event, results.items)
+      }
+      if (phase === "start") {
+        rest = Effect.onInterrupt(rest, () =>
+          Effect.sync(() => {
+            const excluded = new Set<string>()
+            for (let g = results.reached ?? 0; g < plan.groups.length; g++) {
+              for (const entry of plan.groups[g]!) excluded.add(entry.name)
+            }
+            if (excluded.size > 0) unreached.set(event.call, excluded)
+          }))
       }
       return Effect.flatMap(
         rest,

@@ -1,0 +1,201 @@
+/**
+ * The central law of the library: whatever the handlers do, the instrumented
+ * call's Exit equals the bare call's, every handler hears exactly one terminal
+ * event per call (after its start), and await-mode handlers add a bounded delay.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import {
+  Cause,
+  Chunk,
+  Duration,
+  Effect,
+  Exit,
+  FastCheck as fc,
+  Fiber,
+  Layer,
+  Option,
+  Schedule,
+  Scope,
+  TestClock
+} from "effect"
+import { Callbacks, Dispatcher, Handler } from "../src/index.js"
+
+const behaviours = [
+  "succeed",
+  "sync",
+  "fail",
+  "die",
+  "throw",
+  "hang",
+  "slow",
+  "interruptSelf",
+  "failOnce"
+] as const
+type Behaviour = typeof behaviours[number]
+
+const outcomes = ["succeed", "fail", "die", "interrupt", "slowSucceed", "slowFail", "callerInterrupted"] as const
+type Outcome = typeof outcomes[number]
+
+interface Spec {
+  readonly behaviour: Behaviour
+  readonly priority: number
+  readonly mode: Handler.Mode
+}
+
+const TIMEOUT = Duration.seconds(1)
+const STEP = Duration.millis(100)
+
+class CallFailed {
+  readonly _tag = "CallFailed"
+}
+const defect = new Error("call defect")
+
+const bareCall = (outcome: Outcome): Effect.Effect<{ content: string }, CallFailed> => {
+  switch (outcome) {
+    case "succeed":
+      return Effect.succeed({ content: "ok" })
+    case "fail":
+      return Effect.fail(new CallFailed())
+    case "die":
+      return Effect.die(defect)
+    case "interrupt":
+      return Effect.interrupt
+    case "slowSucceed":
+      return Effect.sleep("700 millis").pipe(Effect.as({ content: "late" }))
+    case "slowFail":
+      return Effect.sleep("700 millis").pipe(Effect.zipRight(Effect.fail(new CallFailed())))
+    case "callerInterrupted":
+      return Effect.never
+  }
+}
+
+const behave = (behaviour: Behaviour, attempt: () => number): Effect.Effect<void, string> => {
+  switch (behaviour) {
+    case "succeed":
+      return Effect.void
+    case "sync":
+      return Effect.sync(() => undefined)
+    case "fail":
+      return Effect.fail("handler failed")
+    case "die":
+      return Effect.die(new Error("handler defect"))
+    case "throw":
+      throw new Error("handler threw")
+    case "hang":
+      return Effect.never
+    case "slow":
+      return Effect.sleep("300 millis")
+    case "interruptSelf":
+      return Effect.interrupt
+    case "failOnce":
+      return attempt() === 1 ? Effect.fail("first attempt fails") : Effect.void
+  }
+}
+
+/** The parts of an Exit that must be preserved, without fiber ids. */
+const normalize = <A, E>(exit: Exit.Exit<A, E>) =>
+  Exit.isSuccess(exit)
+    ? { success: exit.value }
+    : {
+      failures: Chunk.toReadonlyArray(Cause.failures(exit.cause)),
+      defects: Chunk.toReadonlyArray(Cause.defects(exit.cause)),
+      interrupted: Cause.isInterrupted(exit.cause)
+    }
+
+const now = Effect.clockWith((clock) => clock.currentTimeMillis)
+
+/** Runs `self`, moving the TestClock; for "callerInterrupted", interrupts it after 500 ms. */
+const drive = <A, E, R>(self: Effect.Effect<A, E, R>, outcome: Outcome) =>
+  Effect.gen(function*() {
+    const started = yield* now
+    const fiber = yield* Effect.fork(self)
+    let interrupter: Fiber.RuntimeFiber<unknown> | undefined
+    for (let i = 0; i < 1000; i++) {
+      if (Option.isSome(yield* Fiber.poll(fiber))) break
+      if (outcome === "callerInterrupted" && interrupter === undefined && (yield* now) - started >= 500) {
+        interrupter = yield* Effect.fork(Fiber.interrupt(fiber))
+      }
+      yield* TestClock.adjust(STEP)
+    }
+    const exit = yield* Fiber.await(fiber)
+    return { exit, elapsed: (yield* now) - started }
+  })
+
+describe("isolation law", () => {
+  it.effect.prop(
+    "the instrumented call's Exit is the bare call's; start then one terminal event per handler; bounded latency",
+    {
+      specs: fc.array(
+        fc.record({
+          behaviour: fc.constantFrom(...behaviours),
+          priority: fc.integer({ min: 0, max: 2 }),
+          mode: fc.constantFrom<Handler.Mode>("await", "await", "background")
+        }),
+        { minLength: 1, maxLength: 5 }
+      ),
+      outcome: fc.constantFrom(...outcomes)
+    },
+    ({ outcome, specs }: { specs: ReadonlyArray<Spec>; outcome: Outcome }) =>
+      Effect.gen(function*() {
+        const heard = specs.map(() => [] as Array<{ readonly _tag: string }>)
+        const handlers = specs.map((spec, index) => {
+          let attempts = 0
+          const hook = (event: { readonly _tag: string }) => {
+            heard[index]!.push(event)
+            return behave(spec.behaviour, () => ++attempts)
+          }
+          return Handler.make({
+            name: `h${index}`,
+            priority: spec.priority,
+            mode: spec.mode,
+            timeout: TIMEOUT,
+            retry: Schedule.spaced("200 millis").pipe(Schedule.intersect(Schedule.recurs(2))),
+            onLlmStart: hook,
+            onLlmEnd: hook,
+            onLlmError: hook
+          })
+        })
+        const layer = handlers.reduce<Layer.Layer<never, unknown, Dispatcher.Dispatcher>>(
+          (acc, h) => Layer.merge(acc, Dispatcher.toLayer(h)),
+          Layer.empty
+        ).pipe(Layer.provideMerge(Dispatcher.layer({ shutdownTimeout: "1 minute" })))
+
+        const bare = yield* drive(bareCall(outcome), outcome)
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(layer, scope)
+        const instrumented = yield* drive(
+          bareCall(outcome).pipe(
+            Callbacks.instrument({ provider: "p", model: "m", messages: [{ role: "user", content: "x" }] }),
+            Effect.provide(context)
+          ),
+          outcome
+        )
+        // Closing the layer drains background deliveries.
+        yield* drive(Scope.close(scope, Exit.void), "succeed")
+
+        // 1. Same Exit.
+        assert.deepStrictEqual(normalize(instrumented.exit), normalize(bare.exit))
+
+        // 2. Each handler heard start, then exactly one terminal event. Retries
+        //    repeat the same event object; distinct events are what was delivered.
+        for (const [index, events] of heard.entries()) {
+          const distinct = Array.from(new Set(events))
+          const label = `h${index} (${specs[index]!.behaviour}, ${specs[index]!.mode}) heard ${events.map((e) => e._tag)}`
+          // A caller interrupted during the start dispatch stops it: handlers of
+          // lower priority groups not reached yet hear neither start nor a terminal event.
+          if (distinct.length === 0 && outcome === "callerInterrupted" && specs[index]!.mode === "await") continue
+          assert.strictEqual(distinct.length, 2, label)
+          assert.strictEqual(distinct[0]!._tag, "Start", label)
+          assert.include(["End", "Error"], distinct[1]!._tag, label)
+          if (outcome !== "succeed" && outcome !== "slowSucceed") assert.strictEqual(distinct[1]!._tag, "Error", label)
+        }
+
+        // 3. Await handlers add at most one timeout per priority group and phase
+        //    (plus one clock step of slack for the driver's granularity).
+        const groups = new Set(specs.filter((s) => s.mode === "await").map((s) => s.priority)).size
+        const bound = 2 * groups * Duration.toMillis(TIMEOUT) + Duration.toMillis(STEP)
+        assert.isAtMost(instrumented.elapsed - bare.elapsed, bound)
+      }),
+    { fastCheck: { numRuns: 150 } }
+  )
+})
