@@ -8,12 +8,17 @@
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
+import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import { dual } from "effect/Function"
 import { globalValue } from "effect/GlobalValue"
+import * as Tracer from "effect/Tracer"
+import * as Cost from "./Cost.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
 import {
@@ -295,6 +300,125 @@ export interface ActiveCall {
   ) => Effect.Effect<Option.Option<Dispatch.DispatchReport>>
 }
 
+/**
+ * The `gen_ai.operation.name` of a call (OpenTelemetry GenAI conventions):
+ * its `metadata["gen_ai.operation.name"]` when that is a non-empty string,
+ * else `"chat"`.
+ *
+ * @since 0.1.0
+ * @category getters
+ */
+export const operationName = (call: CallInfo): string => {
+  const operation = call.metadata["gen_ai.operation.name"]
+  return typeof operation === "string" && operation !== "" ? operation : "chat"
+}
+
+const bigint0 = BigInt(0)
+
+const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
+const spanSymbol = Symbol.for("effect/SpanAnnotation")
+
+const capturedBy = (error: unknown, span: Tracer.Span): boolean =>
+  typeof error === "object" && error !== null && spanSymbol in error &&
+  (error as { readonly [spanSymbol]: unknown })[spanSymbol] === span
+
+/**
+ * Effect wraps an error failed inside a span in a proxy that remembers the
+ * span. The call's span is ours, not the caller's: unwrap what it captured so
+ * that the call fails with exactly the error the bare call fails with.
+ */
+const uncapture = <E>(cause: Cause.Cause<E>, span: Tracer.Span): Cause.Cause<E> => {
+  switch (cause._tag) {
+    case "Fail":
+      return capturedBy(cause.error, span) ? Cause.fail(Cause.originalError(cause.error)) : cause
+    case "Die":
+      return capturedBy(cause.defect, span) ? Cause.die(Cause.originalError(cause.defect)) : cause
+    case "Sequential":
+    case "Parallel": {
+      const left = uncapture(cause.left, span)
+      const right = uncapture(cause.right, span)
+      if (left === cause.left && right === cause.right) return cause
+      return cause._tag === "Sequential" ? Cause.sequential(left, right) : Cause.parallel(left, right)
+    }
+    default:
+      return cause
+  }
+}
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
+  (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
+
+const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpan> => {
+  // Skip spans that opted out of propagation, as `Effect.withSpan` does.
+  while (span !== undefined && Context.get(span.context, Tracer.DisablePropagation)) {
+    span = span._tag === "Span" ? Option.getOrUndefined(span.parent) : undefined
+  }
+  return span === undefined ? Option.none() : Option.some(span)
+}
+
+/**
+ * Opens the span of one call, the way `Effect.withSpan` would (parent,
+ * annotations and links from the fiber, the fiber's tracer and clock), but
+ * synchronously and without capturing a stack trace. `undefined` when
+ * tracing is disabled.
+ */
+const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock): Tracer.Span | undefined => {
+  // Effect's default tracer exports nowhere: no span, so the hot path pays
+  // nothing unless a real tracer (e.g. OpenTelemetry) is installed.
+  if (fiber.currentTracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
+  const operation = operationName(call)
+  const links = fiber.getFiberRef(FiberRef.currentTracerSpanLinks)
+  const span = fiber.currentTracer.span(
+    `${operation} ${call.model}`,
+    parentOf(fiber.currentSpan),
+    Context.empty(),
+    links.length === 0 ? [] : Array.from(links),
+    fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0,
+    "client"
+  )
+  const annotations = fiber.getFiberRef(FiberRef.currentTracerSpanAnnotations)
+  if (HashMap.size(annotations) > 0) HashMap.forEach(annotations, (value, key) => span.attribute(key, value))
+  span.attribute("gen_ai.operation.name", operation)
+  span.attribute("gen_ai.provider.name", call.provider)
+  span.attribute("gen_ai.request.model", call.model)
+  span.attribute("llm.call_id", call.callId)
+  return span
+}
+
+/** Records the outcome of the call on its span and ends it (its status comes from `exit`). */
+const endSpan = (
+  fiber: AnyFiber,
+  span: Tracer.Span,
+  event: EndEvent | ErrorEvent,
+  exit: Exit.Exit<unknown, unknown>,
+  clock: Clock.Clock
+): void => {
+  if (event._tag === "End") {
+    const response = event.response
+    if (response.usage !== undefined) {
+      span.attribute("gen_ai.usage.input_tokens", response.usage.promptTokens)
+      span.attribute("gen_ai.usage.output_tokens", response.usage.completionTokens)
+    }
+    if (response.model !== undefined) span.attribute("gen_ai.response.model", response.model)
+    if (response.finishReason !== undefined) span.attribute("gen_ai.response.finish_reasons", [response.finishReason])
+    if (response.costEstimate !== undefined) span.attribute("llm.cost_estimate", response.costEstimate)
+  } else {
+    span.attribute("error.type", event.failure.errorType)
+  }
+  span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, exit)
+}
+
+/** The end event with `response.costEstimate` from the price table in force. */
+const priced = (context: Context.Context<never>, event: EndEvent): EndEvent => {
+  const table = Context.get(context, Cost.CurrentPriceTable)
+  if (table === Cost.empty) return event
+  const response = Cost.withEstimate(table, event.call.model, event.response)
+  return response === event.response ? event : { ...event, response }
+}
+
 const lookupDispatcher = (context: Context.Context<never>): DispatcherImpl | undefined => {
   const dispatcher = Context.getOption(context, Dispatcher)
   return Option.isSome(dispatcher) ? dispatcher.value as DispatcherImpl : undefined
@@ -319,6 +443,7 @@ export const begin = (
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
     const events = makeCallEvents(options, fiber.getFiberRef(currentCallContext), startedAt)
+    const context = fiber.currentContext
     let finished = false
     return Effect.map(dispatcher.dispatchWith(snapshot, events.start), (startReport) =>
       Option.some<ActiveCall>({
@@ -331,11 +456,14 @@ export const begin = (
             finished = true
             const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
             const event = Exit.isSuccess(exit)
-              ? endEvent(
-                events,
-                finishOptions !== undefined && "response" in finishOptions ? finishOptions.response : exit.value,
-                durationMs,
-                finishOptions?.timeToFirstTokenMs
+              ? priced(
+                context,
+                endEvent(
+                  events,
+                  finishOptions !== undefined && "response" in finishOptions ? finishOptions.response : exit.value,
+                  durationMs,
+                  finishOptions?.timeToFirstTokenMs
+                )
               )
               : errorEvent(events, exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
             return Effect.asSome(Effect.uninterruptible(dispatcher.dispatchWith(snapshot, event)))
@@ -374,12 +502,19 @@ const instrumentImpl = <A, E, R>(
     const outer = fiber.getFiberRef(currentCallContext)
     const events = makeCallEvents(options, outer, startedAt)
     const read = options.response
+    // The call's span is the parent of everything inside the call and of the
+    // handler invocations. Like the call context below, it is set on the
+    // fiber in place and restored once the terminal event is dispatched.
+    const outerContext = fiber.currentContext
+    const span = startSpan(fiber as AnyFiber, events.call, clock)
+    if (span !== undefined) setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
     const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
+      if (span !== undefined && Exit.isFailure(exit)) {
+        const cause = uncapture(exit.cause, span)
+        if (cause !== exit.cause) exit = Exit.failCause(cause)
+      }
       // Restore the caller's call context (see `inner`).
-      ;(fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }).setFiberRef(
-        currentCallContext,
-        outer
-      )
+      setFiberRef(fiber as AnyFiber, currentCallContext, outer)
       const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
       let event: EndEvent | ErrorEvent
       if (Exit.isSuccess(exit)) {
@@ -391,22 +526,31 @@ const instrumentImpl = <A, E, R>(
           // A throwing reader must not break the call: the handlers get the issue as data.
           issues = [`response: the response reader threw: ${String(error)}`]
         }
-        event = endEvent(events, response, durationMs, undefined, issues)
+        event = priced(outerContext, endEvent(events, response, durationMs, undefined, issues))
       } else {
         event = errorEvent(events, exit.cause, durationMs)
       }
+      if (span === undefined) {
+        const rest = dispatcher.unsafeRun(snapshot, event, fiber)
+        return rest === undefined ? exit : Effect.zipRight(rest, exit)
+      }
+      endSpan(fiber as AnyFiber, span, event, exit, clock)
       const rest = dispatcher.unsafeRun(snapshot, event, fiber)
-      return rest === undefined ? exit : Effect.zipRight(rest, exit)
+      if (rest === undefined) {
+        setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)
+        return exit
+      }
+      return Effect.zipRight(
+        Effect.ensuring(rest, Effect.sync(() => setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext))),
+        exit
+      )
     }
     // Nested instrumented calls see this call as their parent. The fiber ref is
     // set and restored in place rather than with `Effect.locally`: this region
     // is uninterruptible and `terminal` always runs, so the restore is
     // guaranteed, without a second acquire/release on the hot path.
     const inner = Effect.suspend(() => {
-      ;(fiber as unknown as { setFiberRef: <X>(ref: FiberRef.FiberRef<X>, value: X) => void }).setFiberRef(
-        currentCallContext,
-        { ...outer, parentCallId: events.call.callId }
-      )
+      setFiberRef(fiber as AnyFiber, currentCallContext, { ...outer, parentCallId: events.call.callId })
       return self
     })
     return Effect.uninterruptibleMask((restore) => {
