@@ -403,7 +403,7 @@ const endSpan = (
       span.attribute("gen_ai.usage.output_tokens", response.usage.completionTokens)
     }
     if (response.model !== undefined) span.attribute("gen_ai.response.model", response.model)
-    if (response.finishReason !== undefined) span.attribute("gen_ai.response.finish_reasons", [response.finishReason])
+    if (response.finishReason !== undefined) span.attribute("gen_ai.response.finish_reasons", response.finishReason)
     if (response.costEstimate !== undefined) span.attribute("llm.cost_estimate", response.costEstimate)
   } else {
     span.attribute("error.type", event.failure.errorType)

@@ -1,0 +1,236 @@
+import * as OtelResource from "@effect/opentelemetry/Resource"
+import * as OtelTracer from "@effect/opentelemetry/Tracer"
+import { assert, describe, it } from "@effect/vitest"
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
+import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
+import { Effect, Exit, Fiber, Layer, Metric, MetricLabel, Option, TestClock } from "effect"
+import * as GenAiMetrics from "../../layers/GenAiMetrics.js"
+import { Callbacks, Dispatcher, Handler, Testing } from "../../src/index.js"
+
+// Effect metrics are global to the process: every test uses its own model name.
+let counter = 0
+const uniqueModel = (name: string) => `${name}-${process.pid}-${counter++}`
+
+const labels = (model: string, extra: Record<string, string> = {}) =>
+  [
+    MetricLabel.make("gen_ai.operation.name", "chat"),
+    MetricLabel.make("gen_ai.provider.name", "openai"),
+    MetricLabel.make("gen_ai.request.model", model),
+    ...Object.entries(extra).map(([k, v]) => MetricLabel.make(k, v))
+  ] as const
+
+const tokens = (model: string, type: "input" | "output") =>
+  Metric.value(Metric.taggedWithLabels(GenAiMetrics.tokenUsage, labels(model, { "gen_ai.token.type": type })))
+
+const duration = (model: string, extra: Record<string, string> = {}) =>
+  Metric.value(Metric.taggedWithLabels(GenAiMetrics.operationDuration, labels(model, extra)))
+
+const usage = { promptTokens: 120, completionTokens: 30, totalTokens: 150 }
+
+const MetricsLive = GenAiMetrics.layer().pipe(Layer.provideMerge(Dispatcher.layer()))
+
+describe("GenAiMetrics", () => {
+  it("bucket boundaries are the ones the GenAI conventions advise", () => {
+    assert.deepStrictEqual(
+      GenAiMetrics.tokenUsageBoundaries.values.slice(0, -1),
+      [1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864]
+    )
+    assert.deepStrictEqual(
+      GenAiMetrics.operationDurationBoundaries.values.slice(0, -1),
+      [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+    )
+  })
+
+  it.effect("token usage: input and output tokens per call, durations in seconds", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("usage")
+      const call = Effect.sleep("1500 millis").pipe(
+        Effect.as({ content: "ok", usage }),
+        Callbacks.instrument({ provider: "openai", model, userId: "alice" })
+      )
+      const fiber = yield* Effect.fork(Effect.zip(call, call))
+      yield* TestClock.adjust("3 seconds")
+      yield* Fiber.join(fiber)
+      const input = yield* tokens(model, "input")
+      const output = yield* tokens(model, "output")
+      assert.strictEqual(input.count, 2)
+      assert.strictEqual(input.sum, 240)
+      assert.strictEqual(output.count, 2)
+      assert.strictEqual(output.sum, 60)
+      // 120 tokens fall in the (64, 256] bucket
+      assert.deepStrictEqual(input.buckets.find(([b]) => b === 64)?.[1], 0)
+      assert.deepStrictEqual(input.buckets.find(([b]) => b === 256)?.[1], 2)
+      const seconds = yield* duration(model)
+      assert.strictEqual(seconds.count, 2)
+      assert.strictEqual(seconds.sum, 3)
+    }).pipe(Effect.provide(MetricsLive)))
+
+  it.effect("no token usage is reported when the usage is unknown; the duration is", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("nousage")
+      yield* Effect.succeed({ content: "ok" }).pipe(Callbacks.instrument({ provider: "openai", model }))
+      assert.strictEqual((yield* tokens(model, "input")).count, 0)
+      assert.strictEqual((yield* tokens(model, "output")).count, 0)
+      assert.strictEqual((yield* duration(model)).count, 1)
+    }).pipe(Effect.provide(MetricsLive)))
+
+  it.effect("estimated usage is left out when includeEstimated is false", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("estimated")
+      yield* Effect.succeed({ content: "ok", usage: { ...usage, estimated: true } }).pipe(
+        Callbacks.instrument({ provider: "openai", model })
+      )
+      assert.strictEqual((yield* tokens(model, "input")).count, 0)
+    }).pipe(Effect.provide(GenAiMetrics.layer({ includeEstimated: false }).pipe(Layer.provideMerge(Dispatcher.layer())))))
+
+  it.effect("failures: duration with error.type; the operation name comes from metadata", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("failing")
+      class RateLimited {
+        readonly _tag = "RateLimited"
+      }
+      const exit = yield* Effect.exit(
+        Effect.fail(new RateLimited()).pipe(Callbacks.instrument({ provider: "openai", model }))
+      )
+      assert.isTrue(Exit.isFailure(exit))
+      assert.strictEqual((yield* duration(model, { "error.type": "RateLimited" })).count, 1)
+      assert.strictEqual((yield* duration(model)).count, 0)
+      yield* Effect.succeed({ content: "", usage }).pipe(
+        Callbacks.instrument({ provider: "openai", model, metadata: { "gen_ai.operation.name": "embeddings" } })
+      )
+      const embeddings = yield* Metric.value(
+        Metric.taggedWithLabels(GenAiMetrics.operationDuration, [
+          MetricLabel.make("gen_ai.operation.name", "embeddings"),
+          MetricLabel.make("gen_ai.provider.name", "openai"),
+          MetricLabel.make("gen_ai.request.model", model)
+        ])
+      )
+      assert.strictEqual(embeddings.count, 1)
+    }).pipe(Effect.provide(MetricsLive)))
+
+  it.effect("labels carry no user ids or call ids", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("labels")
+      yield* Effect.succeed({ content: "", usage }).pipe(
+        Callbacks.instrument({ provider: "openai", model, userId: "user-123", callId: "call-456" })
+      )
+      const keys = (yield* Metric.snapshot).filter((pair) =>
+        pair.metricKey.name.startsWith("gen_ai.") &&
+        pair.metricKey.tags.some((tag) => tag.key === "gen_ai.request.model" && tag.value === model)
+      )
+      assert.strictEqual(keys.length, 3)
+      for (const pair of keys) {
+        for (const tag of pair.metricKey.tags) {
+          assert.notInclude(["user-123", "call-456"], tag.value)
+          assert.include(
+            ["gen_ai.operation.name", "gen_ai.provider.name", "gen_ai.request.model", "gen_ai.token.type"],
+            tag.key
+          )
+        }
+      }
+    }).pipe(Effect.provide(MetricsLive)))
+})
+
+// -- spans ---------------------------------------------------------------------
+
+const makeTracing = () => {
+  const exporter = new InMemorySpanExporter()
+  const provider = new BasicTracerProvider({ spanProcessors: [new SimpleSpanProcessor(exporter)] })
+  const layer = OtelTracer.layer.pipe(
+    Layer.provide(Layer.succeed(OtelTracer.OtelTracerProvider, provider)),
+    Layer.provide(OtelResource.layer({ serviceName: "test" }))
+  )
+  return { exporter, layer }
+}
+
+describe("the span of an instrumented call", () => {
+  it.effect("one client span per call with the GenAI attributes; the call's own spans are its children", () => {
+    const { exporter, layer } = makeTracing()
+    return Effect.gen(function*() {
+      yield* Effect.succeed({ content: "ok", usage, model: "gpt-4o-mini-2024-07-18", finishReason: "stop" }).pipe(
+        Effect.withSpan("http request"),
+        Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", callId: "call-1" }),
+        Effect.withSpan("app")
+      )
+      const spans = exporter.getFinishedSpans()
+      const call = spans.find((span) => span.name === "chat gpt-4o-mini")
+      const inner = spans.find((span) => span.name === "http request")
+      const app = spans.find((span) => span.name === "app")
+      assert.isDefined(call)
+      assert.isDefined(inner)
+      assert.isDefined(app)
+      assert.strictEqual(spans.filter((span) => span.name === "chat gpt-4o-mini").length, 1)
+      assert.strictEqual(call!.kind, SpanKind.CLIENT)
+      assert.strictEqual(call!.parentSpanContext?.spanId, app!.spanContext().spanId)
+      assert.strictEqual(inner!.parentSpanContext?.spanId, call!.spanContext().spanId)
+      assert.deepInclude(call!.attributes, {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "openai",
+        "gen_ai.request.model": "gpt-4o-mini",
+        "gen_ai.response.model": "gpt-4o-mini-2024-07-18",
+        "gen_ai.usage.input_tokens": 120,
+        "gen_ai.usage.output_tokens": 30,
+        "llm.call_id": "call-1"
+      })
+      // a string: the Effect bridge would turn an array into its JSON text
+      assert.strictEqual(call!.attributes["gen_ai.response.finish_reasons"], "stop")
+      assert.notStrictEqual(call!.status.code, SpanStatusCode.ERROR)
+    }).pipe(Effect.provide(Layer.merge(Testing.layer(), layer)))
+  })
+
+  it.effect("handlers run under the call's span; the caller's span is current again afterwards", () => {
+    const { exporter, layer } = makeTracing()
+    return Effect.gen(function*() {
+      const seen: Array<string | undefined> = []
+      const spanName = Effect.map(Effect.option(Effect.currentSpan), (span) => Option.getOrUndefined(span)?.name)
+      yield* Dispatcher.register(Handler.make({
+        name: "span-reader",
+        onLlmStart: () => Effect.map(spanName, (name) => void seen.push(name)),
+        onLlmEnd: () => Effect.map(spanName, (name) => void seen.push(name))
+      }))
+      const after = yield* Effect.succeed({ content: "ok" }).pipe(
+        Callbacks.instrument({ provider: "openai", model: "m" }),
+        Effect.zipRight(spanName),
+        Effect.withSpan("app")
+      )
+      assert.deepStrictEqual(seen, ["chat m", "chat m"])
+      assert.strictEqual(after, "app")
+      assert.strictEqual(exporter.getFinishedSpans().filter((s) => s.name === "chat m").length, 1)
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(Testing.layer(), layer)))
+  })
+
+  it.effect("a failed call: error status and error.type; the error is exactly the bare call's", () => {
+    const { exporter, layer } = makeTracing()
+    return Effect.gen(function*() {
+      class RateLimited extends Error {
+        readonly _tag = "RateLimited"
+      }
+      const error = new RateLimited("slow down")
+      const defect = new Error("bug")
+      const failed = yield* Effect.exit(Effect.fail(error).pipe(Callbacks.instrument({ provider: "openai", model: "m" })))
+      const died = yield* Effect.exit(Effect.die(defect).pipe(Callbacks.instrument({ provider: "openai", model: "d" })))
+      assert.deepStrictEqual(failed, Exit.fail(error))
+      assert.isTrue(Exit.isFailure(died) && Option.getOrUndefined(Exit.causeOption(died).pipe(
+        Option.flatMap((cause) => Option.fromNullable(cause._tag === "Die" ? cause.defect : undefined))
+      )) === defect)
+      const span = exporter.getFinishedSpans().find((s) => s.name === "chat m")!
+      assert.strictEqual(span.status.code, SpanStatusCode.ERROR)
+      assert.strictEqual(span.attributes["error.type"], "RateLimited")
+      const events = yield* Testing.events
+      const errorEvent = events.find((e) => e._tag === "Error")
+      assert.strictEqual(errorEvent?._tag === "Error" ? errorEvent.failure.error : undefined, error)
+    }).pipe(Effect.provide(Layer.merge(Testing.layer(), layer)))
+  })
+
+  it.effect("no span when tracing is disabled", () => {
+    const { exporter, layer } = makeTracing()
+    return Effect.gen(function*() {
+      yield* Effect.succeed({ content: "ok" }).pipe(
+        Callbacks.instrument({ provider: "openai", model: "m" }),
+        Effect.withTracerEnabled(false)
+      )
+      assert.strictEqual(exporter.getFinishedSpans().length, 0)
+      assert.strictEqual((yield* Testing.events).length, 2)
+    }).pipe(Effect.provide(Layer.merge(Testing.layer(), layer)))
+  })
+})
