@@ -1,0 +1,410 @@
+/**
+ * The `effect-llm-callbacks` command line: reads and administers the token
+ * store kept in Redis (`layers/RedisTokenStore.ts`).
+ *
+ * - `usage [--redis URL] [--user ID] [--cycle YYYY-MM-DD] [--json] [--key-prefix P]`
+ *   prints per-user usage and limits of a billing cycle, as a table or JSON;
+ * - `set-limit --user ID --limit N [--cycle YYYY-MM-DD]` sets a user's limit;
+ * - `reset --user ID [--cycle YYYY-MM-DD]` clears a user's usage (the limit stays).
+ *
+ * The Redis URL comes from `--redis`, else from `REDIS_URL`; the key prefix
+ * from `--key-prefix`, else `REDIS_KEY_PREFIX`, else `token_usage`. The cycle
+ * defaults to the current monthly cycle (UTC, starting on the 1st).
+ *
+ * @since 0.1.0
+ */
+import * as Command from "@effect/cli/Command"
+import * as HelpDoc from "@effect/cli/HelpDoc"
+import * as Options from "@effect/cli/Options"
+import * as Usage from "@effect/cli/Usage"
+import * as ValidationError from "@effect/cli/ValidationError"
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Console from "effect/Console"
+import * as Data from "effect/Data"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import * as RedisTokenStore from "../layers/RedisTokenStore.js"
+import * as BillingCycle from "../src/BillingCycle.js"
+import * as TokenStore from "../src/TokenStore.js"
+
+// -----------------------------------------------------------------------------
+// Rows and formatting
+// -----------------------------------------------------------------------------
+
+/**
+ * The usage of one user in one cycle, as the `usage` command reports it.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface UsageRow {
+  readonly user: string
+  readonly cycle: string
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly totalTokens: number
+  /** Accumulated cost in millionths of the currency unit. */
+  readonly costMicros: number
+  readonly limit: Option.Option<number>
+  readonly remaining: Option.Option<number>
+  readonly exceeded: boolean
+}
+
+/**
+ * The row of a user from its stats; limit, remaining and exceeded follow
+ * `TokenStore.makeLimitCheck`.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeRow = (user: string, cycle: string, stats: TokenStore.UsageStats): UsageRow => {
+  const check = TokenStore.makeLimitCheck(stats.totalTokens, stats.limit)
+  return {
+    user,
+    cycle,
+    promptTokens: stats.promptTokens,
+    completionTokens: stats.completionTokens,
+    totalTokens: stats.totalTokens,
+    costMicros: stats.costMicros,
+    limit: check.limit,
+    remaining: check.remaining,
+    exceeded: check.exceeded
+  }
+}
+
+/**
+ * A cost in micros as a decimal with six fixed decimals (`1234567` is
+ * `"1.234567"`), computed on integers so that no floating-point rounding
+ * shows.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const formatCost = (costMicros: number): string => {
+  const sign = costMicros < 0 ? "-" : ""
+  const micros = Math.abs(costMicros)
+  return `${sign}${Math.floor(micros / 1_000_000)}.${String(micros % 1_000_000).padStart(6, "0")}`
+}
+
+const tableColumns = ["user", "prompt", "completion", "total", "cost", "limit", "remaining", "exceeded"] as const
+
+const orDash = (value: Option.Option<number>): string => Option.match(value, { onNone: () => "-", onSome: String })
+
+/**
+ * The rows as a plain-text table with a header line; numbers are right
+ * aligned, a missing limit or remaining is `-`.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const formatTable = (rows: ReadonlyArray<UsageRow>): string => {
+  const cells = rows.map((row) => [
+    row.user,
+    String(row.promptTokens),
+    String(row.completionTokens),
+    String(row.totalTokens),
+    formatCost(row.costMicros),
+    orDash(row.limit),
+    orDash(row.remaining),
+    row.exceeded ? "yes" : "no"
+  ])
+  const widths = tableColumns.map((header, i) => Math.max(header.length, ...cells.map((line) => line[i]!.length)))
+  const render = (line: ReadonlyArray<string>) =>
+    line.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ").trimEnd()
+  return [render(tableColumns), ...cells.map(render)].join("\n")
+}
+
+/**
+ * The rows as JSON: an array of objects with `user`, `cycle`, `promptTokens`,
+ * `completionTokens`, `totalTokens`, `costMicros`, `cost` (a decimal string),
+ * `limit` and `remaining` (`null` without a limit) and `exceeded`.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const formatJson = (rows: ReadonlyArray<UsageRow>): string =>
+  JSON.stringify(
+    rows.map((row) => ({
+      user: row.user,
+      cycle: row.cycle,
+      promptTokens: row.promptTokens,
+      completionTokens: row.completionTokens,
+      totalTokens: row.totalTokens,
+      costMicros: row.costMicros,
+      cost: formatCost(row.costMicros),
+      limit: Option.getOrNull(row.limit),
+      remaining: Option.getOrNull(row.remaining),
+      exceeded: row.exceeded
+    })),
+    null,
+    2
+  )
+
+// -----------------------------------------------------------------------------
+// Errors
+// -----------------------------------------------------------------------------
+
+/**
+ * A command that could not do its work (Redis unreachable, a bad setting, an
+ * invalid input), with the message shown to the user.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class CliError extends Data.TaggedError("CliError")<{
+  /** `InvalidArguments`: the command line is wrong (the usage is shown); `Failed`: the work failed. */
+  readonly reason: "InvalidArguments" | "Failed"
+  readonly message: string
+}> {}
+
+const optionNames: Readonly<Record<string, string>> = { url: "--redis", keyPrefix: "--key-prefix" }
+
+const describeConfigError = (error: ConfigError.ConfigError): string =>
+  ConfigError.reduceWithContext(error, undefined, {
+    andCase: (_, left, right) => `${left}; ${right}`,
+    orCase: (_, left, right) => `${left}; ${right}`,
+    invalidDataCase: (_, path, message) => `Invalid ${describePath(path)}: ${message}`,
+    missingDataCase: (_, path, message) => `Missing ${describePath(path)}: ${message}`,
+    sourceUnavailableCase: (_, path, message) => `Unavailable ${describePath(path)}: ${message}`,
+    unsupportedCase: (_, path, message) => `Unsupported ${describePath(path)}: ${message}`
+  })
+
+const describePath = (path: ReadonlyArray<string>): string => {
+  const name = path.join(".")
+  return optionNames[name] ?? name
+}
+
+/** Host and port of a Redis URL, never its password. */
+const redisLocation = (url: string): string => {
+  try {
+    const parsed = new URL(url)
+    return parsed.port === "" ? parsed.hostname : `${parsed.hostname}:${parsed.port}`
+  } catch {
+    return "the given URL"
+  }
+}
+
+const toCliError = (url: string) => (error: ConfigError.ConfigError | TokenStore.TokenStoreError): CliError =>
+  ConfigError.isConfigError(error)
+    ? new CliError({ reason: "InvalidArguments", message: describeConfigError(error) })
+    : error.reason === "Unavailable" || error.reason === "Timeout"
+    ? new CliError({ reason: "Failed", message: `Cannot reach Redis at ${redisLocation(url)}: ${error.message}` })
+    : new CliError({ reason: error.reason === "InvalidInput" ? "InvalidArguments" : "Failed", message: error.message })
+
+// -----------------------------------------------------------------------------
+// Commands
+// -----------------------------------------------------------------------------
+
+/**
+ * How long one command may wait for Redis: to connect, and for each reply.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const redisTimeout: Duration.Duration = Duration.seconds(3)
+
+const redis = Options.redacted("redis").pipe(
+  Options.withPseudoName("URL"),
+  Options.withDescription("Redis URL (redis:// or rediss://); default: the REDIS_URL environment variable"),
+  Options.withFallbackConfig(Config.option(Config.redacted("REDIS_URL")).pipe(Config.map(Option.getOrUndefined))),
+  Options.map(Option.fromNullable)
+)
+
+const keyPrefix = Options.text("key-prefix").pipe(
+  Options.withPseudoName("PREFIX"),
+  Options.withDescription("Prefix of the token store's keys; default: REDIS_KEY_PREFIX, else token_usage"),
+  Options.withFallbackConfig(Config.string("REDIS_KEY_PREFIX").pipe(Config.withDefault("token_usage")))
+)
+
+const cycle = Options.text("cycle").pipe(
+  Options.withPseudoName("YYYY-MM-DD"),
+  Options.withDescription("Billing cycle start date YYYY-MM-DD; default: the current monthly cycle (UTC)"),
+  Options.withSchema(BillingCycle.CycleDate),
+  Options.optional
+)
+
+const user = Options.text("user").pipe(Options.withPseudoName("ID"), Options.withDescription("User id"))
+
+const limit = Options.integer("limit").pipe(
+  Options.withPseudoName("N"),
+  Options.withDescription("Token limit of the user in the cycle, a non-negative integer"),
+  Options.withSchema(
+    Schema.Number.pipe(
+      Schema.filter((n) => Number.isSafeInteger(n) && n >= 0, {
+        message: (issue) => `Expected a non-negative integer, got ${String(issue.actual)}`
+      })
+    )
+  )
+)
+
+interface StoreOptions {
+  readonly redis: Option.Option<Redacted.Redacted<string>>
+  readonly keyPrefix: string
+  readonly cycle: Option.Option<BillingCycle.CycleDate>
+}
+
+/**
+ * Runs `f` with the Redis token store and the resolved cycle; the connection
+ * is closed when it is done. Connecting, and each command, are bounded by
+ * `redisTimeout`.
+ */
+const withStore = <A>(
+  options: StoreOptions,
+  f: (store: TokenStore.Service, cycle: string) => Effect.Effect<A, TokenStore.TokenStoreError>
+): Effect.Effect<A, CliError> =>
+  Effect.gen(function*() {
+    const resolved = yield* Option.match(options.cycle, {
+      onNone: () => BillingCycle.current(),
+      onSome: Effect.succeed
+    })
+    const url = yield* Option.match(options.redis, {
+      onNone: () =>
+        Effect.fail(
+          new CliError({ reason: "InvalidArguments", message: "No Redis URL: pass --redis URL or set REDIS_URL" })
+        ),
+      onSome: Effect.succeed
+    })
+    const toError = toCliError(Redacted.value(url))
+    // ioredis bounds the TCP connect, not the handshake after it (a server
+    // that accepts and never answers): the whole connect is bounded here.
+    const store = yield* RedisTokenStore.make({
+      url,
+      keyPrefix: options.keyPrefix,
+      connectTimeout: redisTimeout,
+      commandTimeout: redisTimeout,
+      shutdownTimeout: Duration.seconds(1)
+    }).pipe(
+      Effect.mapError(toError),
+      Effect.timeoutFail({
+        duration: redisTimeout,
+        onTimeout: () =>
+          new CliError({
+            reason: "Failed",
+            message: `Cannot reach Redis at ${redisLocation(Redacted.value(url))}: no answer within ${
+              Duration.format(redisTimeout)
+            }`
+          })
+      })
+    )
+    return yield* Effect.mapError(f(store, resolved), toError)
+  }).pipe(Effect.scoped)
+
+const usage = Command.make(
+  "usage",
+  { redis, keyPrefix, cycle, user: Options.optional(user), json: Options.boolean("json") },
+  (options) =>
+    withStore(options, (store, cycle) =>
+      Effect.gen(function*() {
+        const users = yield* Option.match(options.user, {
+          onNone: () => store.users(cycle),
+          onSome: (user) => Effect.succeed([user])
+        })
+        const rows = yield* Effect.forEach(users, (user) =>
+          Effect.map(store.stats(user, cycle), (stats) => makeRow(user, cycle, stats)))
+        return { cycle, rows }
+      })).pipe(
+        Effect.flatMap(({ cycle, rows }) =>
+          Console.log(
+            options.json
+              ? formatJson(rows)
+              : rows.length === 0
+              ? `No usage or limits in cycle ${cycle}.`
+              : `Cycle ${cycle}\n${formatTable(rows)}`
+          )
+        )
+      )
+).pipe(Command.withDescription("Print per-user token usage and limits of a billing cycle"))
+
+const setLimit = Command.make(
+  "set-limit",
+  { redis, keyPrefix, cycle, user, limit },
+  (options) =>
+    withStore(options, (store, cycle) => Effect.as(store.setLimit(options.user, cycle, options.limit), cycle)).pipe(
+      Effect.flatMap((cycle) =>
+        Console.log(`Limit of ${JSON.stringify(options.user)} in cycle ${cycle} set to ${options.limit} tokens.`)
+      )
+    )
+).pipe(Command.withDescription("Set a user's token limit for a billing cycle"))
+
+const reset = Command.make(
+  "reset",
+  { redis, keyPrefix, cycle, user },
+  (options) =>
+    withStore(options, (store, cycle) => Effect.as(store.reset(options.user, cycle), cycle)).pipe(
+      Effect.flatMap((cycle) =>
+        Console.log(`Usage of ${JSON.stringify(options.user)} in cycle ${cycle} reset (the limit is kept).`)
+      )
+    )
+).pipe(Command.withDescription("Clear a user's usage counters for a billing cycle (the limit is kept)"))
+
+/**
+ * The root command, `effect-llm-callbacks`, with the subcommands `usage`,
+ * `set-limit` and `reset`.
+ *
+ * @since 0.1.0
+ * @category commands
+ */
+export const command = Command.make("effect-llm-callbacks").pipe(
+  Command.withDescription("Token usage administration for effect-llm-callbacks"),
+  Command.withSubcommands([usage, setLimit, reset])
+)
+
+/**
+ * The usage text of the subcommand named in the arguments, or of the root
+ * command when none is.
+ */
+const usageText = (args: ReadonlyArray<string>): string => {
+  const target = args.find((arg) => arg === "usage" || arg === "set-limit" || arg === "reset")
+  const usageOf = target === "usage"
+    ? Command.getUsage(usage)
+    : target === "set-limit"
+    ? Command.getUsage(setLimit)
+    : target === "reset"
+    ? Command.getUsage(reset)
+    : Command.getUsage(command)
+  return HelpDoc.toAnsiText(HelpDoc.sequence(HelpDoc.h1("USAGE"), Usage.getHelp(usageOf)))
+}
+
+/**
+ * Runs the command line on `process.argv`-style arguments. Invalid arguments
+ * print the problem (done by `@effect/cli`) and the usage on stderr, then fail
+ * with exit code 2; a command that fails prints its error on stderr and fails
+ * with exit code 1.
+ *
+ * @since 0.1.0
+ * @category running
+ */
+export const run = (argv: ReadonlyArray<string>) =>
+  Command.run(command, { name: "effect-llm-callbacks", version })(argv).pipe(
+    Effect.catchAll((error) =>
+      ValidationError.isValidationError(error)
+        // @effect/cli has printed the problem already.
+        ? Effect.zipRight(Console.error(usageText(argv.slice(2))), Effect.fail(new ExitCode({ code: 2 })))
+        : error.reason === "InvalidArguments"
+        ? Effect.zipRight(
+          Console.error(`Error: ${error.message}\n\n${usageText(argv.slice(2))}`),
+          Effect.fail(new ExitCode({ code: 2 }))
+        )
+        : Effect.zipRight(Console.error(`Error: ${error.message}`), Effect.fail(new ExitCode({ code: 1 })))
+    )
+  )
+
+/**
+ * The exit code of a failed run.
+ *
+ * @since 0.1.0
+ * @category errors
+ */
+export class ExitCode extends Data.TaggedError("ExitCode")<{ readonly code: number }> {}
+
+/**
+ * The version shown by `--version`.
+ *
+ * @since 0.1.0
+ * @category constants
+ */
+export const version = "0.1.0"

@@ -1,0 +1,305 @@
+// The built command line (`node <outDir>/bin/cli.js`), run as a child process
+// against the shared test Redis, each test under its own key prefix.
+import { assert, describe, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import { execFile } from "node:child_process"
+import * as fs from "node:fs"
+import * as net from "node:net"
+import * as path from "node:path"
+import { fileURLToPath } from "node:url"
+import { beforeAll } from "vitest"
+import * as RedisTokenStore from "../layers/RedisTokenStore.js"
+import * as BillingCycle from "../src/BillingCycle.js"
+import type * as TokenStore from "../src/TokenStore.js"
+import { freePort, redisUrl, uniqueKeyPrefix } from "./support/redis.js"
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
+// Built apart from `dist/` so that the package test, which rebuilds `dist/`,
+// may run at the same time.
+const outDir = path.join(root, ".tmp", "cli-test-dist")
+const cliPath = path.join(outDir, "bin", "cli.js")
+
+interface Result {
+  readonly code: number | null
+  readonly stdout: string
+  readonly stderr: string
+}
+
+// eslint-disable-next-line no-control-regex
+const ansi = /\u001b\[[0-9;]*m/g
+
+/** The environment of the tests without the variables the command line reads. */
+const baseEnv = (): NodeJS.ProcessEnv => {
+  const env = { ...process.env }
+  delete env["REDIS_URL"]
+  delete env["REDIS_KEY_PREFIX"]
+  return env
+}
+
+const runProcess = (file: string, args: ReadonlyArray<string>, env: NodeJS.ProcessEnv = baseEnv()) =>
+  new Promise<Result>((resolve) => {
+    execFile(file, args, { cwd: root, env, timeout: 60_000, encoding: "utf8" }, (error, stdout, stderr) => {
+      const code = error === null ? 0 : typeof error.code === "number" ? error.code : null
+      resolve({ code, stdout: stdout.replace(ansi, ""), stderr: stderr.replace(ansi, "") })
+    })
+  })
+
+const cli = (args: ReadonlyArray<string>, env?: NodeJS.ProcessEnv) =>
+  runProcess(process.execPath, [cliPath, ...args], env)
+
+beforeAll(async () => {
+  fs.rmSync(outDir, { recursive: true, force: true })
+  const tsc = path.join(root, "node_modules", "typescript", "bin", "tsc")
+  const build = await runProcess(process.execPath, [tsc, "-p", "tsconfig.build.json", "--outDir", outDir])
+  if (build.code !== 0) {
+    throw new Error(`The build failed (${build.code}):\n${build.stdout}\n${build.stderr}`)
+  }
+}, 180_000)
+
+const cycle = "2026-01-01"
+
+const counts = (promptTokens: number, completionTokens: number): TokenStore.TokenCounts => ({
+  promptTokens,
+  completionTokens,
+  totalTokens: promptTokens + completionTokens
+})
+
+/** Records usage straight through the Redis token store, as an application would. */
+const seed = (
+  keyPrefix: string,
+  records: ReadonlyArray<{
+    readonly userId: string
+    readonly usage: TokenStore.TokenCounts
+    readonly costMicros?: number
+    readonly cycle?: string
+  }>
+) =>
+  Effect.runPromise(
+    Effect.scoped(
+      Effect.gen(function*() {
+        const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix })
+        let n = 0
+        for (const record of records) {
+          yield* store.record({
+            callId: `seed-${n++}`,
+            userId: record.userId,
+            cycle: record.cycle ?? cycle,
+            usage: record.usage,
+            costMicros: record.costMicros
+          })
+        }
+      })
+    )
+  )
+
+const lines = (text: string): ReadonlyArray<ReadonlyArray<string>> =>
+  text.trim().split("\n").map((line) => line.trim().split(/\s+/))
+
+describe("effect-llm-callbacks CLI", () => {
+  it("usage prints every user of the cycle as a table", async () => {
+    const keyPrefix = uniqueKeyPrefix("cli_table")
+    await seed(keyPrefix, [
+      { userId: "alice", usage: counts(100, 50), costMicros: 1_234_567 },
+      { userId: "alice", usage: counts(1, 2), costMicros: 3 },
+      { userId: "bob", usage: counts(10, 5) },
+      { userId: "carol", usage: counts(7, 7), cycle: "2025-12-01" }
+    ])
+    const result = await cli(["usage", "--redis", redisUrl(), "--key-prefix", keyPrefix, "--cycle", cycle])
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.deepStrictEqual(lines(result.stdout), [
+      ["Cycle", cycle],
+      ["user", "prompt", "completion", "total", "cost", "limit", "remaining", "exceeded"],
+      ["alice", "101", "52", "153", "1.234570", "-", "-", "no"],
+      ["bob", "10", "5", "15", "0.000000", "-", "-", "no"]
+    ])
+  })
+
+  it("usage --json prints a JSON array, --user restricts it to one user", async () => {
+    const keyPrefix = uniqueKeyPrefix("cli_json")
+    await seed(keyPrefix, [
+      { userId: "alice", usage: counts(100, 50), costMicros: 2_500_000 },
+      { userId: "bob", usage: counts(10, 5) }
+    ])
+    const all = await cli(["usage", "--redis", redisUrl(), "--key-prefix", keyPrefix, "--cycle", cycle, "--json"])
+    assert.strictEqual(all.code, 0, all.stderr)
+    const alice = {
+      user: "alice",
+      cycle,
+      promptTokens: 100,
+      completionTokens: 50,
+      totalTokens: 150,
+      costMicros: 2_500_000,
+      cost: "2.500000",
+      limit: null,
+      remaining: null,
+      exceeded: false
+    }
+    assert.deepStrictEqual(JSON.parse(all.stdout), [alice, {
+      user: "bob",
+      cycle,
+      promptTokens: 10,
+      completionTokens: 5,
+      totalTokens: 15,
+      costMicros: 0,
+      cost: "0.000000",
+      limit: null,
+      remaining: null,
+      exceeded: false
+    }])
+
+    const one = await cli([
+      "usage",
+      "--redis",
+      redisUrl(),
+      "--key-prefix",
+      keyPrefix,
+      "--cycle",
+      cycle,
+      "--user",
+      "alice",
+      "--json"
+    ])
+    assert.strictEqual(one.code, 0, one.stderr)
+    assert.deepStrictEqual(JSON.parse(one.stdout), [alice])
+  })
+
+  it("set-limit then usage shows the limit, the remaining tokens and whether it is exceeded", async () => {
+    const keyPrefix = uniqueKeyPrefix("cli_limit")
+    await seed(keyPrefix, [{ userId: "alice", usage: counts(100, 50) }])
+    const common = ["--redis", redisUrl(), "--key-prefix", keyPrefix, "--cycle", cycle]
+
+    const set = await cli(["set-limit", ...common, "--user", "alice", "--limit", "1000"])
+    assert.strictEqual(set.code, 0, set.stderr)
+    assert.include(set.stdout, "1000")
+    const under = await cli(["usage", ...common, "--json"])
+    assert.strictEqual(under.code, 0, under.stderr)
+    assert.deepInclude(JSON.parse(under.stdout)[0], { totalTokens: 150, limit: 1000, remaining: 850, exceeded: false })
+
+    // A limit on a user without usage lists the user too.
+    const other = await cli(["set-limit", ...common, "--user", "dave", "--limit", "0"])
+    assert.strictEqual(other.code, 0, other.stderr)
+    const lowered = await cli(["set-limit", ...common, "--user", "alice", "--limit", "150"])
+    assert.strictEqual(lowered.code, 0, lowered.stderr)
+    const table = await cli(["usage", ...common])
+    assert.strictEqual(table.code, 0, table.stderr)
+    assert.deepStrictEqual(lines(table.stdout).slice(2), [
+      ["alice", "100", "50", "150", "0.000000", "150", "0", "yes"],
+      ["dave", "0", "0", "0", "0.000000", "0", "0", "yes"]
+    ])
+  })
+
+  it("reset clears the usage of one user and keeps the limit", async () => {
+    const keyPrefix = uniqueKeyPrefix("cli_reset")
+    await seed(keyPrefix, [
+      { userId: "alice", usage: counts(100, 50), costMicros: 10 },
+      { userId: "bob", usage: counts(10, 5) }
+    ])
+    const common = ["--redis", redisUrl(), "--key-prefix", keyPrefix, "--cycle", cycle]
+    assert.strictEqual((await cli(["set-limit", ...common, "--user", "alice", "--limit", "120"])).code, 0)
+
+    const reset = await cli(["reset", ...common, "--user", "alice"])
+    assert.strictEqual(reset.code, 0, reset.stderr)
+    const after = await cli(["usage", ...common, "--json"])
+    assert.strictEqual(after.code, 0, after.stderr)
+    const rows = JSON.parse(after.stdout) as ReadonlyArray<Record<string, unknown>>
+    assert.deepStrictEqual(
+      rows.map((row) => [row["user"], row["totalTokens"], row["costMicros"], row["limit"], row["remaining"]]),
+      [["alice", 0, 0, 120, 120], ["bob", 15, 0, null, null]]
+    )
+  })
+
+  it("takes the URL from REDIS_URL, the prefix from REDIS_KEY_PREFIX and the current cycle by default", async () => {
+    const keyPrefix = uniqueKeyPrefix("cli_env")
+    const current = Effect.runSync(BillingCycle.current())
+    await seed(keyPrefix, [{ userId: "erin", usage: counts(3, 4), cycle: current }])
+    const env = { ...baseEnv(), REDIS_URL: redisUrl(), REDIS_KEY_PREFIX: keyPrefix }
+
+    const result = await cli(["usage", "--json"], env)
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.deepStrictEqual(
+      (JSON.parse(result.stdout) as ReadonlyArray<Record<string, unknown>>).map((row) => [row["user"], row["cycle"]]),
+      [["erin", current]]
+    )
+    // --key-prefix wins over REDIS_KEY_PREFIX: another prefix holds nothing.
+    const empty = await cli(["usage", "--key-prefix", uniqueKeyPrefix("cli_empty")], env)
+    assert.strictEqual(empty.code, 0, empty.stderr)
+    assert.strictEqual(empty.stdout.trim(), `No usage or limits in cycle ${current}.`)
+  })
+
+  describe("invalid arguments: a message and the usage on stderr, exit code 2", () => {
+    const expectUsageError = async (args: ReadonlyArray<string>, message: string, env?: NodeJS.ProcessEnv) => {
+      const result = await cli(args, env)
+      assert.strictEqual(result.code, 2, `${result.stdout}\n${result.stderr}`)
+      assert.include(result.stderr, message)
+      assert.include(result.stderr, "USAGE")
+      assert.strictEqual(result.stdout, "")
+    }
+
+    it("an unknown flag", () => expectUsageError(["usage", "--redis", redisUrl(), "--bogus"], "'--bogus'"))
+
+    it("an unknown subcommand", () => expectUsageError(["frobnicate"], "Invalid subcommand"))
+
+    it("a cycle that is not a calendar date", () =>
+      expectUsageError(
+        ["usage", "--redis", redisUrl(), "--cycle", "2025-02-30"],
+        "Expected a real calendar date YYYY-MM-DD, got \"2025-02-30\""
+      ))
+
+    it("a negative limit", () =>
+      expectUsageError(
+        ["set-limit", "--redis", redisUrl(), "--user", "alice", "--limit=-5"],
+        "Expected a non-negative integer, got -5"
+      ))
+
+    it("a missing --limit", () =>
+      expectUsageError(["set-limit", "--redis", redisUrl(), "--user", "alice"], "--limit"))
+
+    it("an empty user id", () =>
+      expectUsageError(
+        ["reset", "--redis", redisUrl(), "--key-prefix", uniqueKeyPrefix("cli_empty_user"), "--user", ""],
+        "Invalid userId"
+      ))
+
+    it("no Redis URL", () => expectUsageError(["usage"], "No Redis URL: pass --redis URL or set REDIS_URL"))
+
+    it("a URL that is not a Redis URL", () =>
+      expectUsageError(["usage", "--redis", "http://127.0.0.1:1"], "Invalid --redis"))
+  })
+
+  describe("Redis unreachable: an error on stderr, exit code 1, in bounded time", () => {
+    it("nothing listens on the port", async () => {
+      const port = await freePort()
+      const result = await cli(["usage", "--redis", `redis://:hunter2@127.0.0.1:${port}`])
+      assert.strictEqual(result.code, 1, result.stderr)
+      assert.include(result.stderr, `Cannot reach Redis at 127.0.0.1:${port}`)
+      assert.notInclude(result.stderr, "hunter2")
+      assert.strictEqual(result.stdout, "")
+    })
+
+    it("a server that accepts connections and never answers", async () => {
+      const sockets = new Set<net.Socket>()
+      const server = net.createServer((socket) => {
+        sockets.add(socket)
+        socket.on("close", () => sockets.delete(socket))
+      })
+      await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+      const address = server.address() as net.AddressInfo
+      try {
+        // Bounded by the exec timeout too: a hang fails the test instead of stalling the suite.
+        const result = await cli(["set-limit", "--redis", `redis://127.0.0.1:${address.port}`, "--user", "a", "--limit", "1"])
+        assert.strictEqual(result.code, 1, result.stderr)
+        assert.include(result.stderr, `Cannot reach Redis at 127.0.0.1:${address.port}: no answer within 3s`)
+      } finally {
+        for (const socket of sockets) socket.destroy()
+        await new Promise((resolve) => server.close(resolve))
+      }
+    })
+  })
+
+  it("--version prints the package version", async () => {
+    const result = await cli(["--version"])
+    const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")) as { version: string }
+    assert.strictEqual(result.code, 0, result.stderr)
+    assert.strictEqual(result.stdout.trim(), pkg.version)
+  })
+})
