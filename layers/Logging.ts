@@ -1,0 +1,282 @@
+/**
+ * Structured logs of every call through Effect's `Logger`: one line per phase
+ * (`llm start`, `llm end` at Info, `llm error` at Error, or Warning when the
+ * call was interrupted), annotated with the call id, parent call id,
+ * provider, model, user id, duration, token counts, cost, and for errors
+ * their type and message.
+ *
+ * Message and response content are redacted by default: only their length in
+ * characters is logged. `includeContent` logs them, truncated to
+ * `maxContentLength` characters.
+ *
+ * `level` (`CALLBACK_LOG_LEVEL`) is the minimum level of these lines: with
+ * `Error`, only errors are logged; with `None`, nothing. Effect's own
+ * minimum log level still applies on top.
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import { Dispatcher } from "effect-llm-callbacks"
+ * import * as Logging from "effect-llm-callbacks/layers/Logging"
+ *
+ * const Callbacks = Logging.layer({ level: "Info", includeContent: true, maxContentLength: 200 }).pipe(
+ *   Layer.provideMerge(Dispatcher.layer())
+ * )
+ * ```
+ *
+ * @since 0.1.0
+ */
+import * as Config from "effect/Config"
+import * as ConfigError from "effect/ConfigError"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as LogLevel from "effect/LogLevel"
+import * as Dispatcher from "../src/Dispatcher.js"
+import type { EndEvent, ErrorEvent, Message, StartEvent } from "../src/Events.js"
+import * as Handler from "../src/Handler.js"
+import type { HandlerRegistrationError } from "../src/HandlerError.js"
+
+/**
+ * Options of the logging handler.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Options {
+  /** Handler name, default `"logging"`. */
+  readonly name?: string | undefined
+  /** Minimum level of the handler's lines. Default `Info`. */
+  readonly level?: LogLevel.Literal | undefined
+  /** Log message and response content (truncated). Default `false`: lengths only. */
+  readonly includeContent?: boolean | undefined
+  /** Characters of content kept when `includeContent` is set. Default 500. */
+  readonly maxContentLength?: number | undefined
+  readonly mode?: Handler.Mode | undefined
+}
+
+/**
+ * Options with every default applied.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface Resolved {
+  readonly name: string
+  readonly level: LogLevel.LogLevel
+  readonly includeContent: boolean
+  readonly maxContentLength: number
+  readonly mode: Handler.Mode | undefined
+}
+
+const invalid = (name: string, value: unknown, expected: string) =>
+  ConfigError.InvalidData([], `${name}: expected ${expected}, got ${JSON.stringify(value)}`)
+
+const levelNames: Readonly<Record<string, LogLevel.LogLevel>> = {
+  all: LogLevel.All,
+  trace: LogLevel.Trace,
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  warn: LogLevel.Warning,
+  warning: LogLevel.Warning,
+  error: LogLevel.Error,
+  fatal: LogLevel.Fatal,
+  critical: LogLevel.Fatal,
+  none: LogLevel.None,
+  off: LogLevel.None
+}
+
+const levelExpected = "one of All, Trace, Debug, Info, Warning, Error, Fatal, None (or WARN, CRITICAL, OFF)"
+
+/**
+ * Reads a log level name: Effect's (`Info`, `Warning`, ...) or Python's
+ * (`INFO`, `WARNING`, `CRITICAL`), in any case.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const parseLevel = (raw: string): LogLevel.LogLevel | undefined => levelNames[raw.trim().toLowerCase()]
+
+/**
+ * Checks options and fills in defaults; the error names the setting and its value.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const resolve = (options: Options = {}): Either.Either<Resolved, ConfigError.ConfigError> => {
+  let level: LogLevel.LogLevel = LogLevel.Info
+  if (options.level !== undefined) {
+    const parsed = typeof options.level === "string" ? parseLevel(options.level) : undefined
+    if (parsed === undefined) return Either.left(invalid("level", options.level, levelExpected))
+    level = parsed
+  }
+  const max = options.maxContentLength
+  if (max !== undefined && (!Number.isSafeInteger(max) || max < 0)) {
+    return Either.left(invalid("maxContentLength", max, "an integer >= 0"))
+  }
+  if (options.mode !== undefined && options.mode !== "await" && options.mode !== "background") {
+    return Either.left(invalid("mode", options.mode, `"await" or "background"`))
+  }
+  return Either.right({
+    name: options.name ?? "logging",
+    level,
+    includeContent: options.includeContent ?? false,
+    maxContentLength: max ?? 500,
+    mode: options.mode
+  })
+}
+
+/**
+ * The handler's settings from the environment: `CALLBACK_LOG_LEVEL` (default
+ * `Info`) and `CALLBACK_LOG_CONTENT` (default `false`).
+ *
+ * @since 0.1.0
+ * @category config
+ */
+export const config: Config.Config<Options> = Config.all({
+  level: Config.string("CALLBACK_LOG_LEVEL").pipe(
+    Config.mapOrFail((raw) => {
+      const level = parseLevel(raw)
+      return level === undefined
+        ? Either.left(invalid("CALLBACK_LOG_LEVEL", raw, levelExpected))
+        : Either.right(level.label as LogLevel.Literal)
+    }),
+    Config.withDefault<LogLevel.Literal>("Info")
+  ),
+  includeContent: Config.string("CALLBACK_LOG_CONTENT").pipe(
+    Config.mapOrFail((raw) => {
+      const value = raw.trim().toLowerCase()
+      if (["true", "1", "yes", "on"].includes(value)) return Either.right(true)
+      if (["false", "0", "no", "off"].includes(value)) return Either.right(false)
+      return Either.left(invalid("CALLBACK_LOG_CONTENT", raw, "true or false"))
+    }),
+    Config.withDefault(false)
+  )
+})
+
+const textOf = (content: Message["content"]): string => {
+  if (typeof content === "string") return content
+  let text = ""
+  for (const part of content) {
+    if (typeof part.text === "string") text += part.text
+  }
+  return text
+}
+
+/**
+ * Cuts text to `max` characters, saying how many were left out.
+ *
+ * @since 0.1.0
+ * @category utils
+ */
+export const truncate = (text: string, max: number): string =>
+  text.length <= max ? text : `${text.slice(0, max)}…[+${text.length - max} chars]`
+
+const callAnnotations = (event: StartEvent | EndEvent | ErrorEvent): Record<string, unknown> => {
+  const call = event.call
+  const annotations: Record<string, unknown> = {
+    call_id: call.callId,
+    provider: call.provider,
+    model: call.model
+  }
+  if (call.parentCallId !== undefined) annotations.parent_call_id = call.parentCallId
+  if (call.userId !== undefined) annotations.user_id = call.userId
+  return annotations
+}
+
+/**
+ * The logging handler.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const makeHandler = (options: Resolved): Handler.Handler => {
+  const enabled = (level: LogLevel.LogLevel) => LogLevel.greaterThanEqual(level, options.level)
+  const messagesOf = (messages: ReadonlyArray<Message>, annotations: Record<string, unknown>) => {
+    let chars = 0
+    for (const message of messages) chars += textOf(message.content).length
+    annotations.message_count = messages.length
+    annotations.input_chars = chars
+    if (options.includeContent) {
+      annotations.messages = messages.map((message) => ({
+        role: message.role,
+        content: truncate(textOf(message.content), options.maxContentLength)
+      }))
+    }
+  }
+  const log = (level: LogLevel.LogLevel, message: string, annotations: Record<string, unknown>) =>
+    Effect.annotateLogs(Effect.logWithLevel(level, message), annotations)
+
+  const onLlmStart = (event: StartEvent): Effect.Effect<void> => {
+    if (!enabled(LogLevel.Info)) return Effect.void
+    const annotations = callAnnotations(event)
+    annotations.phase = "start"
+    messagesOf(event.messages, annotations)
+    return log(LogLevel.Info, `llm start ${event.call.provider}/${event.call.model}`, annotations)
+  }
+
+  const onLlmEnd = (event: EndEvent): Effect.Effect<void> => {
+    if (!enabled(LogLevel.Info)) return Effect.void
+    const annotations = callAnnotations(event)
+    const response = event.response
+    annotations.phase = "end"
+    annotations.duration_ms = event.durationMs
+    if (event.timeToFirstTokenMs !== undefined) annotations.time_to_first_token_ms = event.timeToFirstTokenMs
+    if (response.usage !== undefined) {
+      annotations.prompt_tokens = response.usage.promptTokens
+      annotations.completion_tokens = response.usage.completionTokens
+      annotations.total_tokens = response.usage.totalTokens
+      if (response.usage.cachedTokens !== undefined) annotations.cached_tokens = response.usage.cachedTokens
+      if (response.usage.reasoningTokens !== undefined) annotations.reasoning_tokens = response.usage.reasoningTokens
+      if (response.usage.estimated === true) annotations.tokens_estimated = true
+    }
+    if (response.finishReason !== undefined) annotations.finish_reason = response.finishReason
+    if (response.model !== undefined) annotations.response_model = response.model
+    if (response.costEstimate !== undefined) annotations.cost_estimate = response.costEstimate
+    annotations.output_chars = response.content.length
+    if (options.includeContent) annotations.response = truncate(response.content, options.maxContentLength)
+    if (event.outputIssues !== undefined) annotations.output_issues = event.outputIssues.length
+    return log(LogLevel.Info, `llm end ${event.call.provider}/${event.call.model}`, annotations)
+  }
+
+  const onLlmError = (event: ErrorEvent): Effect.Effect<void> => {
+    const level = event.interrupted ? LogLevel.Warning : LogLevel.Error
+    if (!enabled(level)) return Effect.void
+    const annotations = callAnnotations(event)
+    annotations.phase = "error"
+    annotations.duration_ms = event.durationMs
+    annotations.error_kind = event.failure.kind
+    annotations.error_type = event.failure.errorType
+    annotations.error_message = truncate(event.failure.message, options.maxContentLength)
+    annotations.interrupted = event.interrupted
+    return log(level, `llm error ${event.call.provider}/${event.call.model}: ${event.failure.errorType}`, annotations)
+  }
+
+  return Handler.make({ name: options.name, onLlmStart, onLlmEnd, onLlmError, mode: options.mode })
+}
+
+/**
+ * Registers the logging handler for the layer's lifetime. A bad option fails
+ * the layer with a `ConfigError` naming it.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<never, ConfigError.ConfigError | HandlerRegistrationError, Dispatcher.Dispatcher> =>
+  Layer.unwrapEffect(Effect.map(resolve(options), (resolved) => Dispatcher.toLayer(makeHandler(resolved))))
+
+/**
+ * The logging handler configured from the environment (`CALLBACK_LOG_LEVEL`,
+ * `CALLBACK_LOG_CONTENT`), or the given config.
+ *
+ * @since 0.1.0
+ * @category layers
+ */
+export const layerConfig = (
+  options: Config.Config<Options> = config
+): Layer.Layer<never, ConfigError.ConfigError | HandlerRegistrationError, Dispatcher.Dispatcher> =>
+  Layer.unwrapEffect(
+    Effect.flatMap(options, (o) => Effect.map(resolve(o), (resolved) => Dispatcher.toLayer(makeHandler(resolved))))
+  )
