@@ -256,7 +256,8 @@ const paramsOf = (
   }
   if (options["objectName"] !== undefined) params["objectName"] = options["objectName"]
   const toolkit = options["toolkit"]
-  if (typeof toolkit === "object" && toolkit !== null && !Effect.isEffect(toolkit) && "tools" in toolkit) {
+  // A `Toolkit` (a function object, and an effect) and a `Toolkit.WithHandler` both name their tools.
+  if ((typeof toolkit === "object" || typeof toolkit === "function") && toolkit !== null && "tools" in toolkit) {
     const tools = toolkit.tools
     if (typeof tools === "object" && tools !== null) params["tools"] = Object.keys(tools)
   }
@@ -271,7 +272,7 @@ interface Resolved {
   readonly provider: string
   readonly model: string
   readonly params: Readonly<Record<string, unknown>> | undefined
-  readonly dispatcher: Dispatcher.Dispatcher["Type"] | undefined
+  readonly dispatcher: Dispatcher.Dispatcher.Service | undefined
 }
 
 /**
@@ -291,10 +292,19 @@ const withDispatcher = <A, E, R>(resolved: Resolved, self: Effect.Effect<A, E, R
  * Normalises the prompt once: a one-shot iterable (a generator) must be read by the handlers and by the
  * model alike, so it is materialised into an array handed on to the model.
  */
-const normalise = <O extends { readonly prompt: Prompt.RawInput }>(options: O): O =>
-  typeof options.prompt === "string" || Array.isArray(options.prompt) || Prompt.isPrompt(options.prompt)
-    ? options
-    : { ...options, prompt: Array.from(options.prompt as Iterable<Prompt.MessageEncoded>) }
+const normalise = <O extends { readonly prompt: Prompt.RawInput }>(options: O): O => {
+  const prompt: unknown = options.prompt
+  if (
+    typeof prompt !== "object" || prompt === null || Array.isArray(prompt) || Prompt.isPrompt(prompt) ||
+    !(Symbol.iterator in prompt)
+  ) return options
+  try {
+    return { ...options, prompt: Array.from(prompt as Iterable<Prompt.MessageEncoded>) }
+  } catch {
+    // The model reports a broken prompt its own way (a defect when the call runs), not us, and not now.
+    return options
+  }
+}
 
 const instrumentEffect = <A extends { readonly content: ReadonlyArray<Response.AnyPart> }, E, R>(
   resolved: Resolved,
@@ -388,7 +398,7 @@ const instrumentStream = <E, R>(
  */
 export const wrap = (
   service: LanguageModel.Service,
-  options: Options & { readonly dispatcher?: Dispatcher.Dispatcher["Type"] | undefined } = {}
+  options: Options & { readonly dispatcher?: Dispatcher.Dispatcher.Service | undefined } = {}
 ): LanguageModel.Service => {
   const resolved: Resolved = {
     provider: options.provider ?? unknown,

@@ -2,6 +2,8 @@ import * as AiError from "@effect/ai/AiError"
 import * as LanguageModel from "@effect/ai/LanguageModel"
 import * as Model from "@effect/ai/Model"
 import * as Prompt from "@effect/ai/Prompt"
+import * as Tool from "@effect/ai/Tool"
+import * as Toolkit from "@effect/ai/Toolkit"
 import type * as Response from "@effect/ai/Response"
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
@@ -36,6 +38,43 @@ const instrumented = (script: AiTesting.FakeScript, options: AiLanguageModel.Opt
     ),
     Testing.layer()
   )
+
+const Lookup = Tool.make("Lookup", { parameters: { q: Schema.String }, success: Schema.String })
+const Tools = Toolkit.make(Lookup)
+
+/**
+ * A model that asks for the `Lookup` tool when it has tools, and answers with text otherwise; the tool
+ * handler calls the (instrumented) model again, as agents do.
+ */
+const toolLoop = Layer.unwrapEffect(Effect.gen(function*() {
+  const model = yield* LanguageModel.make({
+    generateText: (options) =>
+      Effect.succeed<Array<Response.PartEncoded>>(
+        options.tools.length > 0
+          ? [{ type: "tool-call", id: "call_1", name: "Lookup", params: { q: "x" } }, {
+            type: "finish",
+            reason: "tool-calls",
+            usage: { inputTokens: 1, outputTokens: 1, totalTokens: 2 }
+          }]
+          : [{ type: "text", text: "inner answer" }, {
+            type: "finish",
+            reason: "stop",
+            usage: { inputTokens: 1, outputTokens: 2, totalTokens: 3 }
+          }]
+      ),
+    streamText: () => Stream.empty
+  })
+  const instrumentedModel = Layer.succeed(LanguageModel.LanguageModel, AiLanguageModel.wrap(model, { provider: "loop" }))
+  const handlers = Tools.toLayer({
+    Lookup: () =>
+      LanguageModel.generateText({ prompt: "inner" }).pipe(
+        Effect.map((response) => response.text),
+        Effect.orDie,
+        Effect.provide(instrumentedModel)
+      )
+  })
+  return Layer.mergeAll(instrumentedModel, handlers, Testing.layer())
+}))
 
 const collect = <E, R>(stream: Stream.Stream<Response.AnyPart, E, R>) =>
   Stream.runCollect(stream).pipe(Effect.map(Chunk.toReadonlyArray))
@@ -283,6 +322,26 @@ describe("AiLanguageModel", () => {
         assert.deepStrictEqual(seen, ["first\nsecond"])
       }))
 
+    it.effect("a prompt that cannot be read: the call dies as it would bare, handlers hear start and the defect", () =>
+      Effect.gen(function*() {
+        const hostile = {
+          [Symbol.iterator]() {
+            throw new Error("unreadable prompt")
+          }
+        } as unknown as Prompt.RawInput
+        const bare = yield* Effect.exit(
+          LanguageModel.generateText({ prompt: hostile }).pipe(Effect.provide(AiTesting.layerFakeModel([])))
+        )
+        const exit = yield* Effect.exit(LanguageModel.generateText({ prompt: hostile }))
+        assert.isTrue(Exit.isFailure(bare) && Cause.isDie(bare.cause))
+        assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
+        const events = yield* Testing.events
+        assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
+        assert.deepStrictEqual(start(events[0]).messages, [])
+        assert.strictEqual(error(events[1]).failure.kind, "defect")
+        assert.strictEqual(error(events[1]).failure.message, "unreadable prompt")
+      }).pipe(Effect.provide(instrumented([]))))
+
     it("messagesOf never throws and always yields valid messages", () =>
       fc.assert(fc.property(fc.anything(), (input) => {
         const messages = AiLanguageModel.messagesOf(input)
@@ -359,6 +418,18 @@ describe("AiLanguageModel", () => {
           assert.strictEqual(child.call.userId, "bob")
         }
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "one" }), FakeReply.Text({ text: "two" })]))))
+    it.effect("a tool loop: the model call made by a tool handler has the calling model call as parent", () =>
+      Effect.gen(function*() {
+        const response = yield* LanguageModel.generateText({ prompt: "outer", toolkit: Tools })
+        assert.deepStrictEqual(response.toolResults.map((part) => part.result), ["inner answer"])
+        const events = yield* Testing.events
+        assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Start", "End", "End"])
+        const outer = start(events[0])
+        const inner = start(events[1])
+        assert.deepStrictEqual(outer.params, { operation: "generateText", tools: ["Lookup"] })
+        assert.strictEqual(inner.call.parentCallId, outer.call.callId)
+        assert.strictEqual(end(events[3]).call.callId, outer.call.callId)
+      }).pipe(Effect.provide(toolLoop)))
   })
 
   describe("layers", () => {
