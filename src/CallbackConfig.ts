@@ -11,7 +11,7 @@
  * | `CALLBACK_ENABLE_RECOVERY` | true | false: no retries at all |
  * | `CALLBACK_MODE` | await | default mode of handlers that set none |
  * | `CALLBACK_SHUTDOWN_TIMEOUT` | 10 | seconds to drain background deliveries at shutdown |
- * | `CALLBACK_BUFFER_SIZE` | 1024 | background buffer per handler |
+ * | `CALLBACK_BUFFER_SIZE` | 16384 | background buffer per handler |
  *
  * @since 0.1.0
  */
@@ -67,7 +67,7 @@ export const defaults: Resolved = {
   enableRecovery: true,
   mode: "await",
   shutdownTimeout: Duration.seconds(10),
-  bufferSize: 1024
+  bufferSize: 16_384
 }
 
 const invalid = (name: string, value: unknown, expected: string) =>

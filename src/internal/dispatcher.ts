@@ -1,4 +1,5 @@
 import * as Cause from "effect/Cause"
+import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -685,23 +686,55 @@ export const make = (
 
     // -- background consumers -------------------------------------------------
 
+    /**
+     * The consumer of a background handler: takes deliveries in batches and
+     * runs them in order, synchronously as far as they go (a batch of
+     * handlers that complete at once costs one fiber turn), waiting for one
+     * that suspends before the next. One consumer per handler keeps, for each
+     * call, start before end.
+     */
     const consume = (entry: Entry): Effect.Effect<never> => {
       const queue = entry.queue!
-      const step = Effect.flatMap(Queue.take(queue), (delivery) => {
-        if (delivery._tag === "Flush") return Deferred.succeed(delivery.done, undefined)
-        return Effect.withFiberRuntime<void>((fiber) => {
+      const runBatch = (
+        items: ReadonlyArray<Delivery>,
+        from: number,
+        refs: FiberRefs.FiberRefs,
+        failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
+      ): Effect.Effect<void> => {
+        for (let i = from; i < items.length; i++) {
+          const delivery = items[i]!
+          if (delivery._tag === "Flush") {
+            Deferred.unsafeDone(delivery.done, Exit.void)
+            continue
+          }
           const results: Results = { collect: false, items: [] }
           const startedAt = performance.now()
-          const running = invoke(entry, delivery.phase, delivery.event, fiber.getFiberRefs(), delivery.span, (outcome) => {
+          const running = invoke(entry, delivery.phase, delivery.event, refs, delivery.span, (outcome) => {
             entry.stats.pending--
-            Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
             result(entry, delivery.phase, outcome, startedAt, results)
+            if (results.items.length > 0) failed.push([delivery.event, results.items])
           })
-          const log = () => results.items.length === 0 ? Effect.void : logFailures(delivery.event, results.items)
-          return running === undefined ? log() : Effect.flatMap(awaitFibers([running]), log)
-        })
-      })
-      return Effect.forever(step)
+          if (running !== undefined) {
+            return Effect.zipRight(
+              awaitFibers([running]),
+              Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, fiber.getFiberRefs(), failed))
+            )
+          }
+        }
+        Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+        return failed.length === 0
+          ? Effect.void
+          : Effect.forEach(failed, ([event, results]) => logFailures(event, results), { discard: true })
+      }
+      return Effect.forever(
+        Effect.flatMap(
+          Queue.takeBetween(queue, 1, 4096),
+          (batch) =>
+            Effect.withFiberRuntime<void>((fiber) =>
+              runBatch(Chunk.toReadonlyArray(batch), 0, fiber.getFiberRefs(), [])
+            )
+        )
+      )
     }
 
     const flushEntry = (entry: Entry): Effect.Effect<void> =>
