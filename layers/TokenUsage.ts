@@ -14,6 +14,9 @@
  * warning level (the tokens of that call are unaccounted for), and is not a
  * handler failure.
  *
+ * The cost of the call (`Cost.microsOf`: its `costEstimate`, by default) is
+ * recorded in the same atomic update as its tokens.
+ *
  * The billing cycle of a call is the one containing the call's start
  * (`call.startedAt`), or the explicit `cycleStartDate`, so a retried record
  * always goes to the same cycle.
@@ -64,6 +67,7 @@ import type * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { GptEncoding } from "gpt-tokenizer/GptEncoding"
 import * as BillingCycle from "../src/BillingCycle.js"
+import * as Cost from "../src/Cost.js"
 import * as Dispatcher from "../src/Dispatcher.js"
 import type { EndEvent, Message, Usage } from "../src/Events.js"
 import * as Handler from "../src/Handler.js"
@@ -97,7 +101,9 @@ export interface Options {
   readonly priority?: number | undefined
   /**
    * The cost of a call in millionths of the currency unit, recorded in the
-   * same atomic update as its tokens; `undefined` records no cost.
+   * same atomic update as its tokens; `undefined` records no cost. Default
+   * `Cost.microsOf`: the response's `costEstimate` (set by `instrument` from
+   * the price table in force, see `Cost`).
    */
   readonly costMicros?: ((event: EndEvent) => number | undefined) | undefined
 }
@@ -422,7 +428,7 @@ const makeHandler = <E>(
     const cycle = yield* cycleOf(options)
     const store = yield* TokenStore.TokenStore
     const name = options.name ?? defaultName
-    const costOf = options.costMicros
+    const costOf = options.costMicros ?? Cost.microsOf
     const record = (event: EndEvent, userId: string, usage: Usage) =>
       Effect.flatMap(cycle(event.call.startedAt), (cycle) =>
         store.record({
@@ -434,7 +440,7 @@ const makeHandler = <E>(
             completionTokens: usage.completionTokens,
             totalTokens: usage.totalTokens
           },
-          costMicros: costOf === undefined ? undefined : costOf(event)
+          costMicros: costOf(event)
         }))
     const onLlmEnd = (event: EndEvent): Effect.Effect<void, TokenStore.TokenStoreError | E> => {
       const userId = event.call.userId

@@ -1,6 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
@@ -9,6 +10,7 @@ import * as TestClock from "effect/TestClock"
 import cl100k from "gpt-tokenizer/encoding/cl100k_base"
 import o200k from "gpt-tokenizer/encoding/o200k_base"
 import * as TokenUsage from "../../layers/TokenUsage.js"
+import * as Cost from "../../src/Cost.js"
 import { Callbacks, Dispatcher, type Events, TokenStore } from "../../src/index.js"
 
 const cycle = "2025-03-01"
@@ -24,7 +26,7 @@ const usage = (promptTokens: number, completionTokens: number, totalTokens = pro
   totalTokens
 })
 
-type Response = { readonly content: string; readonly usage?: Events.Usage }
+type Response = { readonly content: string; readonly usage?: Events.Usage; readonly costEstimate?: number }
 
 /** One instrumented call answering `response`. */
 const call = (
@@ -136,6 +138,21 @@ describe("TokenUsage.layer (total)", () => {
         costMicros: (event) => (event.response.usage?.promptTokens ?? 0) * 2
       })))
     ))
+
+  it.effect("by default records the call's cost estimate (Cost.microsOf) with its tokens", () =>
+    Effect.gen(function*() {
+      yield* call({ content: "ok", usage: usage(10, 10), costEstimate: 0.0125 } , { userId: "fin" })
+      assert.strictEqual((yield* stats("fin")).costMicros, 12_500)
+      // The price table in force prices the call when it ends: 1000 x 2.5 + 500 x 10 micro-units.
+      const table = yield* Either.match(Cost.decode({ "gpt-4o": { input: 2.5, output: 10 } }), {
+        onLeft: (error) => Effect.die(error),
+        onRight: Effect.succeed
+      })
+      yield* call({ content: "ok", usage: usage(1000, 500) }, { userId: "gil" }).pipe(Cost.withPriceTable(table))
+      assert.strictEqual((yield* stats("gil")).costMicros, 7_500)
+      yield* call({ content: "ok", usage: usage(1000, 500) }, { userId: "gil" })
+      assert.strictEqual((yield* stats("gil")).costMicros, 7_500, "an unpriced call records no cost")
+    }).pipe(Effect.provide(withStore(TokenUsage.layer({ cycleStartDate: cycle })))))
 
   it.effect("a record retried after a lost reply re-sends the call id and counts once", () => {
     // A store whose first reply is lost: the record happened, the handler saw a failure.
