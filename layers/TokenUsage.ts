@@ -149,7 +149,7 @@ const safeShow = (value: unknown): string => {
 }
 
 /** Validates the options and returns how to find the cycle of a call. */
-const cycleOf = (options: Options) =>
+const validate = (options: Options) =>
   Effect.gen(function*() {
     if (options.name !== undefined && (typeof options.name !== "string" || options.name.length === 0)) {
       return yield* invalidOption("name", options.name, "a non-empty handler name")
@@ -425,7 +425,7 @@ const makeHandler = <E>(
   TokenStore.TokenStore
 > =>
   Effect.gen(function*() {
-    const cycle = yield* cycleOf(options)
+    const cycle = yield* validate(options)
     const store = yield* TokenStore.TokenStore
     const name = options.name ?? defaultName
     const costOf = options.costMicros ?? Cost.microsOf
