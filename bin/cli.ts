@@ -11,6 +11,9 @@
 const peers = ["@effect/cli", "@effect/platform", "@effect/platform-node", "ioredis"] as const
 
 const isResolvable = (specifier: string): boolean => {
+  // Node 20 before 20.6 has no `import.meta.resolve`: the imports below then
+  // report a missing package themselves, less kindly.
+  if (typeof import.meta.resolve !== "function") return true
   try {
     import.meta.resolve(specifier)
     return true

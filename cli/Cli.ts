@@ -13,6 +13,7 @@
  *
  * @since 0.1.0
  */
+import type * as CliApp from "@effect/cli/CliApp"
 import * as Command from "@effect/cli/Command"
 import * as HelpDoc from "@effect/cli/HelpDoc"
 import * as Options from "@effect/cli/Options"
@@ -378,7 +379,9 @@ const usageText = (args: ReadonlyArray<string>): string => {
  * @since 0.1.0
  * @category running
  */
-export const run = (argv: ReadonlyArray<string>) =>
+export const run = (
+  argv: ReadonlyArray<string>
+): Effect.Effect<void, ExitCode, CliApp.CliApp.Environment> =>
   Command.run(command, { name: "effect-llm-callbacks", version })(argv).pipe(
     Effect.catchAll((error) =>
       ValidationError.isValidationError(error)
