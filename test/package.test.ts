@@ -14,6 +14,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { afterAll, beforeAll } from "vitest"
+import { redisUrl, uniqueKeyPrefix } from "./support/redis.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const pkg = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")) as {
@@ -207,7 +208,7 @@ describe("the packed package", () => {
     assert.include(result.stdout, "TS2322")
   })
 
-  it("installs the executable, which names its missing optional peers, then runs once they are installed", async () => {
+  it("installs the executable, which names its missing optional peers, then runs against Redis once they are installed", async () => {
     const bin = path.join(project, "node_modules", ".bin", pkg.name)
     const missing = await run(bin, ["--version"], project)
     assert.strictEqual(missing.code, 1)
@@ -217,5 +218,8 @@ describe("the packed package", () => {
     const version = await run(bin, ["--version"], project)
     assert.strictEqual(version.code, 0, version.stderr)
     assert.strictEqual(version.stdout.trim(), pkg.version)
+    const usage = await run(bin, ["usage", "--redis", redisUrl(), "--key-prefix", uniqueKeyPrefix("pack"), "--json"], project)
+    assert.strictEqual(usage.code, 0, usage.stderr)
+    assert.deepStrictEqual(JSON.parse(usage.stdout), [])
   })
 })
