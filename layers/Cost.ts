@@ -186,3 +186,30 @@ export const layerConfig = (
   config: Config.Config<Cost.PriceTable> = priceTableConfig
 ): Layer.Layer<Cost.CurrentPriceTable, ConfigError.ConfigError | HandlerRegistrationError, Dispatcher.Dispatcher> =>
   Layer.unwrapEffect(Effect.map(config, (table) => layerTable(table)))
+
+/**
+ * The cost of an ended call in integer micro-units (from its
+ * `response.costEstimate`), or `undefined`: what a token-usage handler records
+ * as `costMicros` in the same TokenStore update as the tokens. Same as
+ * `Cost.microsOf` in the core.
+ *
+ * @since 0.1.0
+ * @category getters
+ */
+export const microsOf: (event: EndEvent) => number | undefined = Cost.microsOf
+
+/**
+ * Currency units to integer micro-units (rounded to the nearest).
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const toMicros: (amount: number) => number = Cost.toMicros
+
+/**
+ * Integer micro-units to currency units.
+ *
+ * @since 0.1.0
+ * @category conversions
+ */
+export const fromMicros: (micros: number) => number = Cost.fromMicros
