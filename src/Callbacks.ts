@@ -61,6 +61,83 @@ export const currentCallContext: FiberRef.FiberRef<CallContext> = globalValue(
 )
 
 /**
+ * The ids of the instrumented calls enclosing the current fiber, innermost
+ * last. A mutable holder, one per fiber: `instrument` pushes and pops in
+ * place, which spares the hot path two fiber-ref updates (each a copy of the
+ * fiber's ref map). Sharing is prevented by `fork`: a forked fiber gets its own
+ * copy (so it sees the parents of the moment it was forked), and `join` keeps
+ * the parent fiber's holder.
+ */
+class ParentStack {
+  constructor(readonly ids: Array<string>) {}
+}
+
+const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
+  Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
+  () =>
+    FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
+      fork: (stack) => stack === undefined || stack.ids.length === 0 ? undefined : new ParentStack(stack.ids.slice()),
+      join: (parent) => parent
+    })
+)
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
+  (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
+
+const parentsOf = (fiber: AnyFiber): ParentStack => {
+  let stack = fiber.getFiberRef(currentParents)
+  if (stack === undefined) {
+    stack = new ParentStack([])
+    setFiberRef(fiber, currentParents, stack)
+  }
+  return stack
+}
+
+const enclosingCall = (fiber: AnyFiber): string | undefined => {
+  const stack = fiber.getFiberRef(currentParents)
+  return stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
+}
+
+const removeParent = (stack: ParentStack, callId: string): void => {
+  const ids = stack.ids
+  if (ids[ids.length - 1] === callId) ids.pop()
+  else {
+    const index = ids.lastIndexOf(callId)
+    if (index >= 0) ids.splice(index, 1)
+  }
+}
+
+/**
+ * Makes `callId` the parent of the instrumented calls that start in this
+ * fiber (and in fibers it forks) until {@link popParent}. For integrations
+ * whose call spans an acquire/release pair (streams); otherwise prefer
+ * {@link withParent}.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const pushParent = (callId: string): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    parentsOf(fiber).ids.push(callId)
+    return Effect.void
+  })
+
+/**
+ * Undoes {@link pushParent}.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const popParent = (callId: string): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    const stack = fiber.getFiberRef(currentParents)
+    if (stack !== undefined) removeParent(stack, callId)
+    return Effect.void
+  })
+
+/**
  * Runs an effect with a call context: the user id, tags, metadata and parent
  * call id that the instrumented calls inside it report. Tags and metadata are
  * merged with the enclosing context; the other fields replace it.
@@ -82,8 +159,10 @@ export const withCallContext: {
   <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R>
 } = dual(
   2,
-  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R> =>
-    Effect.locallyWith(self, currentCallContext, (outer) => mergeContext(outer, context))
+  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R> => {
+    const withContext = Effect.locallyWith(self, currentCallContext, (outer) => mergeContext(outer, context))
+    return context.parentCallId === undefined ? withContext : withParent(withContext, context.parentCallId)
+  }
 )
 
 const mergeContext = (outer: CallContext, inner: CallContext): CallContext => ({
@@ -185,10 +264,11 @@ export interface CallEvents {
 export const makeCallEvents = (
   options: Omit<InstrumentOptions<unknown>, "response">,
   context: CallContext,
-  startedAt: number
+  startedAt: number,
+  enclosingCallId?: string | undefined
 ): CallEvents => {
   const userId = options.userId ?? context.userId
-  const parentCallId = options.parentCallId ?? context.parentCallId
+  const parentCallId = options.parentCallId ?? enclosingCallId ?? context.parentCallId
   const tags = options.tags === undefined
     ? context.tags ?? emptyTags
     : context.tags === undefined
@@ -346,10 +426,6 @@ const uncapture = <E>(cause: Cause.Cause<E>, span: Tracer.Span): Cause.Cause<E> 
   }
 }
 
-type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
-
-const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
-  (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
 
 const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpan> => {
   // Skip spans that opted out of propagation, as `Effect.withSpan` does.
@@ -442,7 +518,12 @@ export const begin = (
     const snapshot = dispatcher.unsafeSnapshot()
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
-    const events = makeCallEvents(options, fiber.getFiberRef(currentCallContext), startedAt)
+    const events = makeCallEvents(
+      options,
+      fiber.getFiberRef(currentCallContext),
+      startedAt,
+      enclosingCall(fiber as AnyFiber)
+    )
     const context = fiber.currentContext
     let finished = false
     return Effect.map(dispatcher.dispatchWith(snapshot, events.start), (startReport) =>
@@ -485,7 +566,7 @@ export const withParent: {
 } = dual(
   2,
   <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R> =>
-    Effect.locallyWith(self, currentCallContext, (outer) => ({ ...outer, parentCallId: callId }))
+    Effect.acquireUseRelease(pushParent(callId), () => self, () => popParent(callId))
 )
 
 const instrumentImpl = <A, E, R>(
@@ -499,8 +580,15 @@ const instrumentImpl = <A, E, R>(
     if (snapshot.empty) return self
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
-    const outer = fiber.getFiberRef(currentCallContext)
-    const events = makeCallEvents(options, outer, startedAt)
+    const parents = parentsOf(fiber as AnyFiber)
+    const events = makeCallEvents(
+      options,
+      fiber.getFiberRef(currentCallContext),
+      startedAt,
+      parents.ids.length === 0 ? undefined : parents.ids[parents.ids.length - 1]
+    )
+    const callId = events.call.callId
+    let entered = false
     const read = options.response
     // The call's span is the parent of everything inside the call and of the
     // handler invocations. Like the call context below, it is set on the
@@ -513,8 +601,8 @@ const instrumentImpl = <A, E, R>(
         const cause = uncapture(exit.cause, span)
         if (cause !== exit.cause) exit = Exit.failCause(cause)
       }
-      // Restore the caller's call context (see `inner`).
-      setFiberRef(fiber as AnyFiber, currentCallContext, outer)
+      // Leave the call (see `inner`).
+      if (entered) removeParent(parents, callId)
       const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
       let event: EndEvent | ErrorEvent
       if (Exit.isSuccess(exit)) {
@@ -545,12 +633,12 @@ const instrumentImpl = <A, E, R>(
         exit
       )
     }
-    // Nested instrumented calls see this call as their parent. The fiber ref is
-    // set and restored in place rather than with `Effect.locally`: this region
-    // is uninterruptible and `terminal` always runs, so the restore is
-    // guaranteed, without a second acquire/release on the hot path.
+    // Nested instrumented calls see this call as their parent. This region is
+    // uninterruptible and `terminal` always runs, so leaving is guaranteed
+    // without a second acquire/release on the hot path.
     const inner = Effect.suspend(() => {
-      setFiberRef(fiber as AnyFiber, currentCallContext, { ...outer, parentCallId: events.call.callId })
+      parents.ids.push(callId)
+      entered = true
       return self
     })
     return Effect.uninterruptibleMask((restore) => {

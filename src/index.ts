@@ -6,6 +6,11 @@ export * as BillingCycle from "./BillingCycle.js"
 /**
  * @since 0.1.0
  */
+export * as Budget from "./Budget.js"
+
+/**
+ * @since 0.1.0
+ */
 export * as CallbackConfig from "./CallbackConfig.js"
 
 /**
@@ -17,6 +22,11 @@ export * as CallbackMetrics from "./CallbackMetrics.js"
  * @since 0.1.0
  */
 export * as Callbacks from "./Callbacks.js"
+
+/**
+ * @since 0.1.0
+ */
+export * as Cost from "./Cost.js"
 
 /**
  * @since 0.1.0
