@@ -20,8 +20,11 @@ import * as Model from "@effect/ai/Model"
 import * as Prompt from "@effect/ai/Prompt"
 import type * as Response from "@effect/ai/Response"
 import type * as Cause from "effect/Cause"
+import * as Channel from "effect/Channel"
+import type * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -325,20 +328,62 @@ const instrumentEffect = <A extends { readonly content: ReadonlyArray<Response.A
   )
 }
 
+/**
+ * One channel stage that watches the model's stream: the parts (for the response and the time to the first
+ * token), its failure and its end. One stage rather than `mapChunks` + `tapErrorCause` + `onEnd`: each stage
+ * costs a channel hop per chunk, and streams come in many small chunks.
+ */
+const observe = <E>(
+  onChunk: (chunk: Chunk.Chunk<Response.AnyPart>) => void,
+  onFailure: (cause: Cause.Cause<E>) => void,
+  onEnd: () => void
+): Channel.Channel<
+  Chunk.Chunk<Response.AnyPart>,
+  Chunk.Chunk<Response.AnyPart>,
+  E,
+  E,
+  unknown,
+  unknown
+> => {
+  const loop: Channel.Channel<
+    Chunk.Chunk<Response.AnyPart>,
+    Chunk.Chunk<Response.AnyPart>,
+    E,
+    E,
+    unknown,
+    unknown
+  > = Channel.readWithCause({
+    onInput: (chunk: Chunk.Chunk<Response.AnyPart>) => {
+      onChunk(chunk)
+      return Channel.flatMap(Channel.write(chunk), () => loop)
+    },
+    onFailure: (cause: Cause.Cause<E>) => {
+      onFailure(cause)
+      return Channel.failCause(cause)
+    },
+    onDone: (done: unknown) => {
+      onEnd()
+      return Channel.succeed(done)
+    }
+  })
+  return loop
+}
+
 const instrumentStream = <E, R>(
   resolved: Resolved,
   options: Readonly<Record<string, unknown>> & { readonly prompt: Prompt.RawInput },
   call: (options: any) => Stream.Stream<Response.AnyPart, E, R>
 ): Stream.Stream<Response.AnyPart, E, R> =>
-  Stream.unwrapScoped(Effect.gen(function*(): Effect.fn.Return<Stream.Stream<Response.AnyPart, E, R>, never, Scope.Scope> {
+  Stream.unwrapScoped(Effect.suspend(() => {
     const normalised = normalise(options)
     const accumulator = makeAccumulator()
     let timeToFirstTokenMs: number | undefined
     let ended = false
     let failure: Cause.Cause<E> | undefined
+    let outer: Callbacks.CallContext = {}
     // Acquired uninterruptibly with its release: a stream whose start was dispatched always gets its
     // terminal event, whether it completes, fails, is cut short by its consumer or is interrupted.
-    const active = yield* Effect.acquireRelease(
+    const acquire: Effect.Effect<Option.Option<Callbacks.ActiveCall>> = Effect.flatMap(
       withDispatcher(
         resolved,
         Callbacks.begin({
@@ -348,8 +393,20 @@ const instrumentStream = <E, R>(
           params: paramsOf("streamText", normalised, resolved.params)
         })
       ),
-      (active) =>
-        Option.isNone(active) ? Effect.void : Effect.flatMap(Effect.fiberId, (fiberId) =>
+      (active): Effect.Effect<Option.Option<Callbacks.ActiveCall>> =>
+        Option.isNone(active) ? Effect.succeed(active) : Effect.as(
+          // Nested instrumented calls (tool handlers resolved while streaming) see this call as their parent.
+          FiberRef.modify(Callbacks.currentCallContext, (context) => {
+            outer = context
+            return [active, { ...context, parentCallId: active.value.call.callId }]
+          }),
+          active
+        )
+    )
+    const release = (active: Option.Option<Callbacks.ActiveCall>) =>
+      Option.isNone(active) ? Effect.void : FiberRef.set(Callbacks.currentCallContext, outer).pipe(
+        Effect.zipRight(Effect.fiberId),
+        Effect.flatMap((fiberId) =>
           active.value.finish(
             failure !== undefined
               ? Exit.failCause(failure)
@@ -359,35 +416,38 @@ const instrumentStream = <E, R>(
               // stream did not finish, and what the consumer did is no failure of the model.
               : Exit.interrupt(fiberId),
             { response: accumulator.response(), timeToFirstTokenMs }
-          ))
-    )
-    if (Option.isNone(active)) return call(normalised)
-    const startedAt = active.value.call.startedAt
-    const clock = yield* Effect.clock
-    // Nested instrumented calls (tool handlers resolved while streaming) see this call as their parent.
-    yield* Effect.locallyScopedWith(
-      Callbacks.currentCallContext,
-      (context) => ({ ...context, parentCallId: active.value.call.callId })
-    )
-    return call(normalised).pipe(
-      Stream.mapChunks((chunk) => {
-        for (const part of chunk) {
-          if (timeToFirstTokenMs === undefined && isFirstToken(part)) {
-            timeToFirstTokenMs = clock.unsafeCurrentTimeMillis() - startedAt
-          }
-          accumulator.add(part)
-        }
-        return chunk
-      }),
-      Stream.tapErrorCause((cause) =>
-        Effect.sync(() => {
-          failure = cause
-        })
-      ),
-      Stream.onEnd(Effect.sync(() => {
-        ended = true
-      }))
-    )
+          )
+        )
+      )
+    return Effect.flatMap(Effect.acquireRelease(acquire, release), (active): Effect.Effect<
+      Stream.Stream<Response.AnyPart, E, R>,
+      never,
+      Scope.Scope
+    > => {
+      if (Option.isNone(active)) return Effect.succeed(call(normalised))
+      const startedAt = active.value.call.startedAt
+      return Effect.clockWith((clock) =>
+        Effect.succeed(Stream.pipeThroughChannel(
+          call(normalised),
+          observe<E>(
+            (chunk) => {
+              for (const part of chunk) {
+                if (timeToFirstTokenMs === undefined && isFirstToken(part)) {
+                  timeToFirstTokenMs = clock.unsafeCurrentTimeMillis() - startedAt
+                }
+                accumulator.add(part)
+              }
+            },
+            (cause) => {
+              failure = cause
+            },
+            () => {
+              ended = true
+            }
+          )
+        ))
+      )
+    })
   }))
 
 /**

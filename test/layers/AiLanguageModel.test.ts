@@ -653,6 +653,24 @@ describe("AiLanguageModel", () => {
         Effect.provide(instrumented([FakeReply.Text({ text: "a b c d e f", deltaDelay: "100 millis" })]))
       ))
 
+    it.effect("a stream that ends without a finish part completed: end event without usage", () =>
+      Effect.gen(function*() {
+        const model = yield* LanguageModel.make({
+          generateText: () => Effect.succeed([]),
+          streamText: () =>
+            Stream.make<Array<Response.StreamPartEncoded>>(
+              { type: "text-start", id: "t" },
+              { type: "text-delta", id: "t", delta: "bare " },
+              { type: "text-delta", id: "t", delta: "text" },
+              { type: "text-end", id: "t" }
+            )
+        })
+        yield* Stream.runDrain(AiLanguageModel.wrap(model).streamText({ prompt: "hi" }))
+        const events = yield* Testing.events
+        assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "End"])
+        assert.deepStrictEqual(end(events[1]).response, { content: "bare text" })
+      }).pipe(Effect.provide(Testing.layer())))
+
     it.effect("every stream is started lazily: a stream built but never run is not heard", () =>
       Effect.gen(function*() {
         const stream = LanguageModel.streamText({ prompt: "hi" })
