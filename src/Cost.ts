@@ -201,6 +201,20 @@ export const micros = (
 ): number => {
   const cached = Math.min(usage.cachedTokens ?? 0, usage.promptTokens)
   const scale = Math.max(price.input.scale, price.output.scale, price.cachedInput.scale)
+  // Fast path in doubles: every product and the sum are integers, exact as
+  // long as the sum is a safe integer (the terms are non-negative).
+  if (scale <= 15) {
+    const termNumber = (tokens: number, decimal: Decimal): number =>
+      tokens * Number(decimal.numerator) * 10 ** (scale - decimal.scale)
+    const sum = termNumber(usage.promptTokens - cached, price.input) + termNumber(cached, price.cachedInput) +
+      termNumber(usage.completionTokens, price.output)
+    if (Number.isSafeInteger(sum)) {
+      const unit = 10 ** scale
+      const rest = sum % unit
+      const quotient = (sum - rest) / unit
+      return 2 * rest >= unit ? quotient + 1 : quotient
+    }
+  }
   const term = (tokens: number, decimal: Decimal): bigint =>
     BigInt(tokens) * decimal.numerator * pow10(scale - decimal.scale)
   const total = term(usage.promptTokens - cached, price.input) + term(cached, price.cachedInput) +

@@ -57,6 +57,30 @@ describe("Cost", () => {
       )
     ))
 
+  it("micros equals exact rational arithmetic for any prices and token counts", () =>
+    fc.assert(
+      fc.property(
+        fc.array(fc.double({ min: 0, max: 1e6, noNaN: true }), { minLength: 3, maxLength: 3 }),
+        fc.nat(1e9),
+        fc.nat(1e9),
+        fc.nat(1e9),
+        ([input, output, cachedInput], prompt, completion, cachedTokens) => {
+          const t = table({ m: { input: input!, output: output!, cachedInput: cachedInput! } })
+          const cached = Math.min(cachedTokens, prompt)
+          // reference: exact rationals with BigInt, rounded half up
+          const terms = [[prompt - cached, input!], [cached, cachedInput!], [completion, output!]] as const
+          const scale = Math.max(...terms.map(([, price]) => Cost.decimalOf(price).scale))
+          const total = terms.reduce((n, [tokens, price]) => {
+            const d = Cost.decimalOf(price)
+            return n + BigInt(tokens) * d.numerator * 10n ** BigInt(scale - d.scale)
+          }, 0n)
+          const unit = 10n ** BigInt(scale)
+          const expected = Number(total / unit + (2n * (total % unit) >= unit ? 1n : 0n))
+          return Cost.microsFor(t, "m", usage(prompt, completion, cachedTokens)) === expected
+        }
+      )
+    ))
+
   it("microsOf recovers the integer micro-units of the estimate exactly", () =>
     fc.assert(
       fc.property(fc.nat(5_000_000), fc.nat(5_000_000), (p, c) => {
