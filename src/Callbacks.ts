@@ -370,6 +370,12 @@ export const errorEvent = (
  */
 export interface ActiveCall {
   readonly call: CallInfo
+  /**
+   * The call's span, when a tracer other than Effect's default is installed;
+   * ended by `finish`. Run the call's work under it
+   * (`Effect.withParentSpan(span)`) so that its own spans nest.
+   */
+  readonly span: Tracer.Span | undefined
   readonly startReport: Dispatch.DispatchReport
   /** Milliseconds since the call started, from `Clock`. */
   readonly elapsed: Effect.Effect<number>
@@ -466,7 +472,7 @@ const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock): Tracer.
 
 /** Records the outcome of the call on its span and ends it (its status comes from `exit`). */
 const endSpan = (
-  fiber: AnyFiber,
+  timing: boolean,
   span: Tracer.Span,
   event: EndEvent | ErrorEvent,
   exit: Exit.Exit<unknown, unknown>,
@@ -484,7 +490,7 @@ const endSpan = (
   } else {
     span.attribute("error.type", event.failure.errorType)
   }
-  span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, exit)
+  span.end(timing ? clock.unsafeCurrentTimeNanos() : bigint0, exit)
 }
 
 /** The end event with `response.costEstimate` from the price table in force. */
@@ -525,10 +531,15 @@ export const begin = (
       enclosingCall(fiber as AnyFiber)
     )
     const context = fiber.currentContext
+    const span = startSpan(fiber as AnyFiber, events.call, clock)
+    const timing = span !== undefined && fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
+    const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
+      span === undefined ? effect : Effect.withParentSpan(effect, span)
     let finished = false
-    return Effect.map(dispatcher.dispatchWith(snapshot, events.start), (startReport) =>
+    return Effect.map(underSpan(dispatcher.dispatchWith(snapshot, events.start)), (startReport) =>
       Option.some<ActiveCall>({
         call: events.call,
+        span,
         startReport,
         elapsed: Effect.sync(() => clock.unsafeCurrentTimeMillis() - startedAt),
         finish: (exit, finishOptions) =>
@@ -547,7 +558,8 @@ export const begin = (
                 )
               )
               : errorEvent(events, exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
-            return Effect.asSome(Effect.uninterruptible(dispatcher.dispatchWith(snapshot, event)))
+            if (span !== undefined) endSpan(timing, span, event, exit, clock)
+            return Effect.asSome(Effect.uninterruptible(underSpan(dispatcher.dispatchWith(snapshot, event))))
           })
       })
     )
@@ -622,7 +634,7 @@ const instrumentImpl = <A, E, R>(
         const rest = dispatcher.unsafeRun(snapshot, event, fiber)
         return rest === undefined ? exit : Effect.zipRight(rest, exit)
       }
-      endSpan(fiber as AnyFiber, span, event, exit, clock)
+      endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock)
       const rest = dispatcher.unsafeRun(snapshot, event, fiber)
       if (rest === undefined) {
         setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)

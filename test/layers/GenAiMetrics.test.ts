@@ -222,6 +222,31 @@ describe("the span of an instrumented call", () => {
     }).pipe(Effect.provide(Layer.merge(Testing.layer(), layer)))
   })
 
+  it.effect("begin/finish (streams): one span, ended by finish with the usage; handlers run under it", () => {
+    const { exporter, layer } = makeTracing()
+    return Effect.gen(function*() {
+      const seen: Array<string | undefined> = []
+      const spanName = Effect.map(Effect.option(Effect.currentSpan), (span) => Option.getOrUndefined(span)?.name)
+      yield* Dispatcher.register(Handler.make({
+        name: "span-reader",
+        onLlmStart: () => Effect.map(spanName, (name) => void seen.push(name)),
+        onLlmEnd: () => Effect.map(spanName, (name) => void seen.push(name))
+      }))
+      const active = yield* Callbacks.begin({ provider: "openai", model: "streamer" })
+      assert.isTrue(Option.isSome(active))
+      if (Option.isNone(active)) return
+      assert.isDefined(active.value.span)
+      yield* Effect.withSpan(Effect.void, "chunk").pipe(Effect.withParentSpan(active.value.span!))
+      assert.strictEqual(exporter.getFinishedSpans().filter((s) => s.name === "chat streamer").length, 0)
+      yield* active.value.finish(Exit.void, { response: { content: "done", usage } })
+      const call = exporter.getFinishedSpans().find((s) => s.name === "chat streamer")!
+      const chunk = exporter.getFinishedSpans().find((s) => s.name === "chunk")!
+      assert.strictEqual(chunk.parentSpanContext?.spanId, call.spanContext().spanId)
+      assert.strictEqual(call.attributes["gen_ai.usage.output_tokens"], 30)
+      assert.deepStrictEqual(seen, ["chat streamer", "chat streamer"])
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(Testing.layer(), layer)))
+  })
+
   it.effect("no span when tracing is disabled", () => {
     const { exporter, layer } = makeTracing()
     return Effect.gen(function*() {
