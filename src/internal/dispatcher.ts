@@ -184,14 +184,15 @@ const classify = (
 
 /**
  * The global bound on handler invocations in flight. Effect's `Semaphore`
- * offers no synchronous try-acquire, which the hot path needs in order to
- * start a handler without suspending; this mirrors its waiting logic
- * (`take` grants the slot when the woken fiber runs, so an interrupted
- * waiter never holds one).
+ * offers no synchronous try-acquire, and waiting on it costs a fiber per
+ * waiting invocation. Here an invocation that finds no free slot is queued as
+ * a thunk, started (synchronously, in order) when a slot frees up.
  */
 class Slots {
   active = 0
-  private readonly waiters = new Set<() => void>()
+  private queue: Array<(() => void) | undefined> = []
+  private head = 0
+  private draining = false
   constructor(readonly max: number) {}
 
   tryTake(): boolean {
@@ -204,24 +205,72 @@ class Slots {
 
   release(): void {
     this.active--
-    let free = this.max - this.active
-    for (const waiter of this.waiters) {
-      if (free-- <= 0) break
-      waiter()
-    }
+    this.drain()
   }
 
-  readonly take: Effect.Effect<void> = Effect.async<void>((resume) => {
-    if (this.tryTake()) return resume(Effect.void)
-    const waiter = () => {
-      this.waiters.delete(waiter)
-      resume(Effect.suspend(() => this.tryTake() ? Effect.void : this.take))
+  /** Queues `start`, to be called holding a slot; returns its position for `cancel`. */
+  enqueue(start: () => void): number {
+    const position = this.queue.length
+    this.queue.push(start)
+    this.drain()
+    return position
+  }
+
+  /** Removes a queued start that has not run; false when it already ran. */
+  cancel(position: number): boolean {
+    if (position < this.head || this.queue[position] === undefined) return false
+    this.queue[position] = undefined
+    return true
+  }
+
+  get waiting(): number {
+    return this.queue.length - this.head
+  }
+
+  private drain(): void {
+    if (this.draining) return
+    this.draining = true
+    try {
+      while (this.active < this.max && this.head < this.queue.length) {
+        const start = this.queue[this.head]
+        this.queue[this.head++] = undefined
+        if (start !== undefined) {
+          this.active++
+          start()
+        }
+      }
+      if (this.head === this.queue.length) {
+        this.queue = []
+        this.head = 0
+      }
+    } finally {
+      this.draining = false
     }
-    this.waiters.add(waiter)
+  }
+}
+
+/** Completion of a pending invocation, awaitable by any number of fibers. */
+class Settlement {
+  settled = false
+  private waiters: Array<() => void> | undefined
+  readonly wait: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.settled) return resume(Effect.void)
+    const wake = () => resume(Effect.void)
+    ;(this.waiters ??= []).push(wake)
     return Effect.sync(() => {
-      this.waiters.delete(waiter)
+      this.waiters = this.waiters?.filter((w) => w !== wake)
     })
   })
+
+  /** Marks it settled and wakes the waiters; false when it already was. */
+  settle(): boolean {
+    if (this.settled) return false
+    this.settled = true
+    const waiters = this.waiters
+    this.waiters = undefined
+    if (waiters !== undefined) for (const wake of waiters) wake()
+    return true
+  }
 }
 
 // -----------------------------------------------------------------------------
@@ -241,6 +290,14 @@ export interface DispatcherImpl extends Dispatcher.Dispatcher.Service {
     event: CallbackEvent,
     fiber: Fiber.RuntimeFiber<unknown, unknown>
   ) => Effect.Effect<void> | undefined
+}
+
+/** An invocation that did not complete synchronously. */
+interface Pending {
+  /** Completes when the invocation has settled (it never fails). */
+  readonly wait: Effect.Effect<void>
+  /** Settles it as interrupted, now. */
+  readonly cancel: () => void
 }
 
 interface Results {
@@ -346,9 +403,8 @@ export const make = (
      * on a fiber of its own that starts at once; when it completes without
      * suspending (the common case) the outcome is known here and no timer,
      * schedule or join is paid for: `done` is called and `undefined` returned.
-     * Otherwise the rest (waiting, retries, the timeout) runs on a daemon fiber
-     * of its own, which releases the slot, calls `done`, and is returned. That
-     * fiber enforces the timeout whatever happens to the dispatching fiber.
+     * Otherwise it returns a {@link Pending} invocation that settles by itself
+     * (see `pending`), whatever happens to the dispatching fiber.
      */
     const startWithSlot = (
       entry: Entry,
@@ -357,7 +413,7 @@ export const make = (
       refs: FiberRefs.FiberRefs,
       span: Tracer.AnySpan | undefined,
       done: (outcome: Outcome) => void
-    ): Fiber.RuntimeFiber<void> | undefined => {
+    ): Pending | undefined => {
       const hook = entry.hooks[phase]!
       let effect: Effect.Effect<void, unknown>
       try {
@@ -369,10 +425,12 @@ export const make = (
       }
       let exit: Exit.Exit<void, unknown> | null
       let first: Fiber.RuntimeFiber<void, unknown> | undefined
+      let runtime: Runtime.Runtime<never> | undefined
       if (Exit.isExit(effect)) {
         exit = effect as Exit.Exit<void, unknown>
       } else {
-        first = Runtime.runFork(runtimeFor(entry, refs, span))(effect)
+        runtime = runtimeFor(entry, refs, span)
+        first = Runtime.runFork(runtime)(effect)
         exit = first.unsafePoll()
       }
       if (exit !== null) {
@@ -386,74 +444,94 @@ export const make = (
           done(classify(entry, phase, exit.cause, 1))
           return undefined
         }
-        return Runtime.runFork(runtimeFor(entry, refs, span))(
-          settle(entry, phase, event, span, Effect.failCause(exit.cause), undefined, done)
-        )
+        return pending(entry, phase, event, span, runtime ?? runtimeFor(entry, refs, span), undefined, exit.cause, done)
       }
-      return Runtime.runFork(runtimeFor(entry, refs, span))(
-        settle(entry, phase, event, span, Fiber.join(first!), first, done)
-      )
+      return pending(entry, phase, event, span, runtime!, first, undefined, done)
     }
 
     /**
-     * The slow path: a suspended first attempt, or retries after a failure,
-     * all under the handler's timeout. Releases the slot when done.
+     * An invocation that did not complete synchronously: its first attempt
+     * suspended (`first`), or failed with a retriable error (`failure`). It
+     * settles by itself, driven by fiber observers rather than by a fiber of
+     * its own: one timer fiber bounds the whole invocation (retries included),
+     * and a retry fiber is started only after a failure. Settling releases
+     * the slot and calls `done`, exactly once.
      */
-    const settle = (
+    const pending = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
       span: Tracer.AnySpan | undefined,
-      first: Effect.Effect<void, unknown>,
-      fiber: Fiber.RuntimeFiber<void, unknown> | undefined,
+      runtime: Runtime.Runtime<never>,
+      first: Fiber.RuntimeFiber<void, unknown> | undefined,
+      failure: Cause.Cause<unknown> | undefined,
       done: (outcome: Outcome) => void
-    ): Effect.Effect<void> => {
+    ): Pending => {
+      const settlement = new Settlement()
       let attempts = 1
-      let firstDone = false
-      let reported = false
-      const report = (outcome: Outcome) => {
-        if (!reported) {
-          reported = true
-          done(outcome)
-        }
-      }
-      const hook = entry.hooks[phase]!
-      const attempt = Effect.suspend(() => {
-        if (!firstDone) {
-          firstDone = true
-          return first
-        }
-        attempts++
-        return Effect.provide(hook(event), contextFor(entry, span))
-      })
+      let running: Fiber.RuntimeFiber<void, unknown> | undefined = first
       entry.stats.inFlight++
       Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
-      const retried = entry.schedule === undefined ? attempt : Effect.retry(attempt, entry.schedule)
-      return retried.pipe(
-        Effect.timeout(entry.timeout),
-        Effect.exit,
-        Effect.map((exit) => {
-          report(
-            Exit.isSuccess(exit)
-              ? (attempts === 1 ? SUCCESS : { ...SUCCESS, attempts })
-              : classify(entry, phase, exit.cause, attempts)
-          )
-        }),
-        Effect.onExit((exit) => {
-          // Interrupted before it settled (the start dispatch was interrupted).
-          if (Exit.isFailure(exit)) report(classify(entry, phase, Cause.interrupt(FiberId.none), attempts))
-          entry.stats.inFlight--
-          slots.release()
-          Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
-          return fiber === undefined ? Effect.void : Fiber.interruptFork(fiber)
+      const timer = Runtime.runFork(runtime)(Effect.sleep(entry.timeout))
+      const settle = (outcome: Outcome) => {
+        if (settlement.settled) return
+        timer.unsafeInterruptAsFork(FiberId.none)
+        if (running !== undefined && running.unsafePoll() === null) running.unsafeInterruptAsFork(FiberId.none)
+        entry.stats.inFlight--
+        done(outcome)
+        settlement.settle()
+        slots.release()
+        Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
+      }
+      const retry = (cause: Cause.Cause<unknown>) => {
+        // Feed the first failure to the schedule, then run the hook again.
+        let replayed = false
+        const attempt = Effect.suspend(() => {
+          if (!replayed) {
+            replayed = true
+            return Effect.failCause(cause)
+          }
+          attempts++
+          return entry.hooks[phase]!(event)
         })
-      )
+        running = Runtime.runFork(runtime)(Effect.retry(attempt, entry.schedule!))
+        running.addObserver((exit) => {
+          settle(Exit.isSuccess(exit) ? { ...SUCCESS, attempts } : classify(entry, phase, exit.cause, attempts))
+        })
+      }
+      timer.addObserver((exit) => {
+        if (Exit.isSuccess(exit)) {
+          settle({
+            status: "timeout",
+            attempts,
+            error: new HandlerError({
+              reason: "Timeout",
+              handler: entry.name,
+              phase,
+              message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
+            })
+          })
+        }
+      })
+      if (first !== undefined) {
+        first.addObserver((exit) => {
+          if (settlement.settled) return
+          if (Exit.isSuccess(exit)) settle(SUCCESS)
+          else if (entry.schedule !== undefined && Option.isSome(Cause.failureOption(exit.cause))) retry(exit.cause)
+          else settle(classify(entry, phase, exit.cause, attempts))
+        })
+      } else {
+        retry(failure!)
+      }
+      return {
+        wait: settlement.wait,
+        cancel: () => settle(classify(entry, phase, Cause.interrupt(FiberId.none), attempts))
+      }
     }
 
     /**
      * One invocation from start to outcome. Returns `undefined` when it
-     * completed synchronously (`done` was called), else the fiber that will
-     * call `done`.
+     * completed synchronously (`done` was called), else the pending invocation.
      */
     const invoke = (
       entry: Entry,
@@ -462,16 +540,25 @@ export const make = (
       refs: FiberRefs.FiberRefs,
       span: Tracer.AnySpan | undefined,
       done: (outcome: Outcome) => void
-    ): Fiber.RuntimeFiber<void> | undefined => {
+    ): Pending | undefined => {
       if (slots.tryTake()) return startWithSlot(entry, phase, event, refs, span, done)
-      // Saturated: wait for a slot on a fiber of its own, then start.
-      return Runtime.runFork(runtimeFor(entry, refs, span))(
-        Effect.flatMap(slots.take, () =>
-          Effect.suspend(() => {
-            const fiber = startWithSlot(entry, phase, event, refs, span, done)
-            return fiber === undefined ? Effect.void : Fiber.join(fiber)
-          }))
-      )
+      // Saturated: queue the start until a slot frees up; no fiber waits for it.
+      const settlement = new Settlement()
+      let started: Pending | undefined
+      const finish = (outcome: Outcome) => {
+        done(outcome)
+        settlement.settle()
+      }
+      const position = slots.enqueue(() => {
+        started = startWithSlot(entry, phase, event, refs, span, finish)
+      })
+      return {
+        wait: settlement.wait,
+        cancel: () => {
+          if (started !== undefined) started.cancel()
+          else if (slots.cancel(position)) finish(classify(entry, phase, Cause.interrupt(FiberId.none), 0))
+        }
+      }
     }
 
     // -- fan-out ----------------------------------------------------------------
@@ -549,15 +636,18 @@ export const make = (
     })
 
     /**
-     * Waits for invocations running on fibers of their own. The dispatching
-     * fiber may be uninterruptible (terminal dispatch): the wait then ends
-     * when they do, which their timeouts bound. When it is interrupted
-     * (start dispatch), they are interrupted too.
+     * Waits for pending invocations. The dispatching fiber may be
+     * uninterruptible (terminal dispatch): the wait then ends when they
+     * settle, which their timeouts bound. When it is interrupted (start
+     * dispatch), they are cancelled.
      */
-    const awaitFibers = (fibers: ReadonlyArray<Fiber.RuntimeFiber<void>>): Effect.Effect<void> =>
+    const awaitPending = (pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
       Effect.onInterrupt(
-        fibers.length === 1 ? Fiber.join(fibers[0]!) : Fiber.joinAll(fibers),
-        () => Fiber.interruptAll(fibers)
+        pendings.length === 1 ? pendings[0]!.wait : Effect.forEach(pendings, (p) => p.wait, { discard: true }),
+        () =>
+          Effect.sync(() => {
+            for (const p of pendings) p.cancel()
+          })
       )
 
     /**
@@ -578,28 +668,28 @@ export const make = (
       for (let g = from; g < plan.groups.length; g++) {
         const group = plan.groups[g]!
         results.reached = g + 1
-        let pending: Array<Fiber.RuntimeFiber<void>> | undefined
+        let waiting: Array<Pending> | undefined
         for (let i = 0; i < group.length; i++) {
           const entry = group[i]!
           const startedAt = time
-          const fiber = invoke(entry, phase, event, refs, span, (outcome) => {
+          const started = invoke(entry, phase, event, refs, span, (outcome) => {
             time = result(entry, phase, outcome, startedAt, results)
           })
-          if (fiber !== undefined) {
-            ;(pending ??= []).push(fiber)
+          if (started !== undefined) {
+            ;(waiting ??= []).push(started)
             time = performance.now()
           }
         }
-        if (pending !== undefined) {
+        if (waiting !== undefined) {
           const rest = g + 1
           return rest < plan.groups.length
             ? Effect.zipRight(
-              awaitFibers(pending),
+              awaitPending(waiting),
               Effect.withFiberRuntime<void>((fiber) =>
                 runGroupsSync(plan, phase, event, results, rest, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
               )
             )
-            : awaitFibers(pending)
+            : awaitPending(waiting)
         }
       }
       return undefined
@@ -637,7 +727,7 @@ export const make = (
         rest = Effect.zipRight(
           Effect.flatMap(
             Effect.forkDaemon(Effect.interruptible(Effect.all(backpressure, { concurrency: "unbounded", discard: true }))),
-            (waiting) => awaitFibers([waiting])
+            (fiber) => Effect.onInterrupt(Fiber.join(fiber), () => Fiber.interrupt(fiber))
           ),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
@@ -716,7 +806,7 @@ export const make = (
           })
           if (running !== undefined) {
             return Effect.zipRight(
-              awaitFibers([running]),
+              awaitPending([running]),
               Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, fiber.getFiberRefs(), failed))
             )
           }
