@@ -53,6 +53,11 @@ export interface Policy {
   readonly priority?: number | undefined
   /** Background mode: size of this handler's buffer (default from the dispatcher). */
   readonly bufferSize?: number | undefined
+  /**
+   * Background mode: deliveries handled at once (default 1). Each call's
+   * deliveries stay in order (start before end); different calls may overlap.
+   */
+  readonly concurrency?: number | undefined
 }
 
 /**
@@ -115,7 +120,8 @@ export const make = <E1 = never, R1 = never, E2 = never, R2 = never, E3 = never,
     retry: options.retry,
     mode: options.mode,
     priority: options.priority,
-    bufferSize: options.bufferSize
+    bufferSize: options.bufferSize,
+    concurrency: options.concurrency
   }
 })
 

@@ -378,6 +378,43 @@ describe("Dispatcher", () => {
         }).pipe(Effect.provide(withHandlers([slow])))
       }))
 
+    it.effect("concurrency: calls overlap across lanes; each call's start still precedes its end", () =>
+      Effect.gen(function*() {
+        const log: Array<string> = []
+        let running = 0
+        let peak = 0
+        const slow = (tag: string) => (e: Events.CallbackEvent) =>
+          Effect.acquireUseRelease(
+            Effect.sync(() => {
+              running++
+              peak = Math.max(peak, running)
+            }),
+            () => Effect.sleep("1 second").pipe(Effect.zipRight(Effect.sync(() => log.push(`${tag} ${e.call.callId}`)))),
+            () => Effect.sync(() => running--)
+          )
+        const lanes = Handler.make({
+          name: "lanes",
+          mode: "background",
+          concurrency: 4,
+          onLlmStart: slow("start"),
+          onLlmEnd: slow("end"),
+          timeout: "10 seconds"
+        })
+        yield* Effect.gen(function*() {
+          for (let i = 0; i < 8; i++) {
+            yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: `call-${i}` }))
+          }
+          yield* runWithClock(Dispatcher.flush)
+        }).pipe(Effect.provide(withHandlers([lanes])))
+        assert.isAbove(peak, 1)
+        assert.isAtMost(peak, 4)
+        for (let i = 0; i < 8; i++) {
+          const start = log.indexOf(`start call-${i}`)
+          const end = log.indexOf(`end call-${i}`)
+          assert.isTrue(start >= 0 && end > start, `call-${i}: ${log}`)
+        }
+      }))
+
     it.effect("closing the layer drains pending deliveries", () =>
       Effect.gen(function*() {
         const heard: Array<string> = []

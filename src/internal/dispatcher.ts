@@ -61,7 +61,8 @@ interface Entry {
   readonly priority: number
   readonly labels: Metrics.HandlerLabels
   readonly stats: Stats
-  readonly queue: Queue.Queue<Delivery> | undefined
+  /** Background mode: one buffer per lane; a call's deliveries always take the same lane. */
+  readonly lanes: ReadonlyArray<Queue.Queue<Delivery>> | undefined
 }
 
 interface PhasePlan {
@@ -98,6 +99,13 @@ const makeSnapshot = (entries: ReadonlyArray<Entry>): Snapshot => {
 }
 
 const emptySnapshot = makeSnapshot([])
+
+/** A call's lane: a hash of its id, so that all its deliveries keep their order. */
+const laneOf = (callId: string, lanes: number): number => {
+  let hash = 0
+  for (let i = 0; i < callId.length; i++) hash = (hash * 31 + callId.charCodeAt(i)) | 0
+  return (hash >>> 0) % lanes
+}
 
 // -----------------------------------------------------------------------------
 // Outcomes
@@ -331,6 +339,8 @@ export const make = (
     let snapshot: Snapshot = emptySnapshot
     let closed = false
     const slots = new Slots(options.maxConcurrent)
+    // Registered at once so that the gauge is exported before any invocation suspends.
+    Metrics.activeCallbacks.unsafeUpdate(0, [])
 
     const defaultSchedule: Schedule.Schedule<unknown, unknown> | undefined =
       options.enableRecovery && options.maxRetryAttempts > 1
@@ -600,7 +610,8 @@ export const make = (
       span: Tracer.AnySpan | undefined,
       results: Results
     ): Effect.Effect<void> | undefined => {
-      const queue = entry.queue!
+      const lanes = entry.lanes!
+      const queue = lanes.length === 1 ? lanes[0]! : lanes[laneOf(event.call.callId, lanes.length)]!
       const now = performance.now()
       if (closed) {
         result(entry, phase, dropped(entry, phase, "the dispatcher is shutting down"), now, results)
@@ -783,8 +794,7 @@ export const make = (
      * that suspends before the next. One consumer per handler keeps, for each
      * call, start before end.
      */
-    const consume = (entry: Entry): Effect.Effect<never> => {
-      const queue = entry.queue!
+    const consume = (entry: Entry, queue: Queue.Queue<Delivery>): Effect.Effect<never> => {
       const runBatch = (
         items: ReadonlyArray<Delivery>,
         from: number,
@@ -828,8 +838,13 @@ export const make = (
     }
 
     const flushEntry = (entry: Entry): Effect.Effect<void> =>
-      Effect.flatMap(Deferred.make<void>(), (done) =>
-        Effect.zipRight(Queue.offer(entry.queue!, { _tag: "Flush", done }), Deferred.await(done)))
+      Effect.forEach(
+        entry.lanes!,
+        (lane) =>
+          Effect.flatMap(Deferred.make<void>(), (done) =>
+            Effect.zipRight(Queue.offer(lane, { _tag: "Flush", done }), Deferred.await(done))),
+        { concurrency: "unbounded", discard: true }
+      )
 
     // Finalizers run uninterruptibly; the flush is made interruptible so that
     // the shutdown timeout can cut it short.
@@ -853,7 +868,7 @@ export const make = (
     // -- registration -----------------------------------------------------------
 
     const validate = (handler: Handler<unknown, unknown>): Either.Either<
-      { timeout: Duration.Duration; mode: Mode; priority: number; bufferSize: number },
+      { timeout: Duration.Duration; mode: Mode; priority: number; bufferSize: number; concurrency: number },
       HandlerRegistrationError
     > => {
       const fail = (reason: HandlerRegistrationError["reason"], message: string) =>
@@ -889,7 +904,11 @@ export const make = (
       if (!Number.isSafeInteger(bufferSize) || bufferSize < 1) {
         return fail("InvalidPolicy", `${handler.name}: bufferSize must be an integer >= 1, got ${String(bufferSize)}`)
       }
-      return Either.right({ timeout, mode, priority, bufferSize })
+      const concurrency = policy.concurrency ?? 1
+      if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+        return fail("InvalidPolicy", `${handler.name}: concurrency must be an integer >= 1, got ${String(concurrency)}`)
+      }
+      return Either.right({ timeout, mode, priority, bufferSize, concurrency })
     }
 
     const register = <E, R>(
@@ -898,7 +917,12 @@ export const make = (
     ): Effect.Effect<void, HandlerRegistrationError, Scope.Scope> =>
       Effect.gen(function*() {
         const checked = yield* validate(handler as Handler<unknown, unknown>)
-        const queue = checked.mode === "background" ? yield* Queue.bounded<Delivery>(checked.bufferSize) : undefined
+        const lanes = checked.mode === "background"
+          ? yield* Effect.all(
+            Array.from({ length: checked.concurrency }, () =>
+              Queue.bounded<Delivery>(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))))
+          )
+          : undefined
         const entry: Entry = {
           name: handler.name,
           hooks: {
@@ -927,18 +951,20 @@ export const make = (
             lastError: undefined,
             lastOutcome: undefined
           },
-          queue
+          lanes
         }
-        if (queue !== undefined) {
+        if (lanes !== undefined) {
           // Forked before the finalizer below is added, so that the finalizer
-          // (drain) runs while the consumer is still alive.
-          yield* Effect.forkScoped(Effect.interruptible(consume(entry)))
+          // (drain) runs while the consumers are still alive.
+          for (const lane of lanes) yield* Effect.forkScoped(Effect.interruptible(consume(entry, lane)))
         }
         yield* Effect.addFinalizer(() =>
           Effect.suspend(() => {
             entries.delete(entry.name)
             snapshot = makeSnapshot(Array.from(entries.values()))
-            return queue === undefined ? Effect.void : Effect.zipRight(drain(entry), Queue.shutdown(queue))
+            return lanes === undefined
+              ? Effect.void
+              : Effect.zipRight(drain(entry), Effect.forEach(lanes, Queue.shutdown, { discard: true }))
           })
         )
         entries.set(entry.name, entry)
@@ -976,7 +1002,7 @@ export const make = (
 
     const flush = Effect.suspend(() =>
       Effect.forEach(
-        Array.from(entries.values()).filter((entry) => entry.queue !== undefined),
+        Array.from(entries.values()).filter((entry) => entry.lanes !== undefined),
         flushEntry,
         { concurrency: "unbounded", discard: true }
       )
@@ -986,7 +1012,7 @@ export const make = (
       Effect.suspend(() => {
         closed = true
         return Effect.forEach(
-          Array.from(entries.values()).filter((entry) => entry.queue !== undefined),
+          Array.from(entries.values()).filter((entry) => entry.lanes !== undefined),
           drain,
           { concurrency: "unbounded", discard: true }
         )
