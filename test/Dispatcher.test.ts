@@ -287,6 +287,42 @@ describe("Dispatcher", () => {
         assert.deepStrictEqual(heard, ["hello ok"])
       }))
 
+    it.effect("the caller's context and fiber refs are untouched by handlers that suspend", () =>
+      Effect.gen(function*() {
+        class Caller extends Effect.Tag("test/Caller")<Caller, { readonly name: string }>() {}
+        class HandlerOwn extends Effect.Tag("test/HandlerOwn")<HandlerOwn, { readonly name: string }>() {}
+        const suspending = Handler.make({
+          name: "suspending",
+          onLlmStart: () => Effect.flatMap(HandlerOwn, () => Effect.sleep("10 millis")),
+          onLlmEnd: () => Effect.flatMap(HandlerOwn, () => Effect.sleep("10 millis")),
+          mode: "await"
+        })
+        const background = Handler.make({
+          name: "background",
+          mode: "background",
+          bufferSize: 1,
+          onLlmEnd: () => Effect.sleep("10 millis")
+        })
+        const layer = Layer.merge(Dispatcher.toLayer(suspending), Dispatcher.toLayer(background)).pipe(
+          Layer.provide(Layer.succeed(HandlerOwn, { name: "handler" })),
+          Layer.provideMerge(Dispatcher.layer())
+        )
+        const seen = yield* runWithClock(
+          Effect.gen(function*() {
+            yield* call
+            yield* call
+            yield* call
+            return {
+              caller: yield* Effect.serviceOption(Caller),
+              own: yield* Effect.serviceOption(HandlerOwn)
+            }
+          }).pipe(Effect.provide(layer), Effect.provideService(Caller, { name: "caller" })),
+          "10 millis"
+        )
+        assert.deepStrictEqual(seen.caller, Option.some({ name: "caller" }))
+        assert.isTrue(Option.isNone(seen.own))
+      }))
+
     it.effect("composite: children run in order, isolated; the composite fails with every child failure", () =>
       Effect.gen(function*() {
         const log: Array<string> = []

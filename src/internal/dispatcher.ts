@@ -738,7 +738,7 @@ export const make = (
         rest = Effect.zipRight(
           Effect.flatMap(
             Effect.forkDaemon(Effect.interruptible(Effect.all(backpressure, { concurrency: "unbounded", discard: true }))),
-            (fiber) => Effect.onInterrupt(Fiber.join(fiber), () => Fiber.interrupt(fiber))
+            (fiber) => Effect.onInterrupt(Effect.asVoid(Fiber.await(fiber)), () => Fiber.interrupt(fiber))
           ),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
