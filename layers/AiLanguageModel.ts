@@ -24,7 +24,6 @@ import * as Channel from "effect/Channel"
 import type * as Chunk from "effect/Chunk"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
@@ -380,7 +379,6 @@ const instrumentStream = <E, R>(
     let timeToFirstTokenMs: number | undefined
     let ended = false
     let failure: Cause.Cause<E> | undefined
-    let outer: Callbacks.CallContext = {}
     // Acquired uninterruptibly with its release: a stream whose start was dispatched always gets its
     // terminal event, whether it completes, fails, is cut short by its consumer or is interrupted.
     const acquire: Effect.Effect<Option.Option<Callbacks.ActiveCall>> = Effect.flatMap(
@@ -394,17 +392,13 @@ const instrumentStream = <E, R>(
         })
       ),
       (active): Effect.Effect<Option.Option<Callbacks.ActiveCall>> =>
-        Option.isNone(active) ? Effect.succeed(active) : Effect.as(
+        Option.isNone(active)
+          ? Effect.succeed(active)
           // Nested instrumented calls (tool handlers resolved while streaming) see this call as their parent.
-          FiberRef.modify(Callbacks.currentCallContext, (context) => {
-            outer = context
-            return [active, { ...context, parentCallId: active.value.call.callId }]
-          }),
-          active
-        )
+          : Effect.as(Callbacks.pushParent(active.value.call.callId), active)
     )
     const release = (active: Option.Option<Callbacks.ActiveCall>) =>
-      Option.isNone(active) ? Effect.void : FiberRef.set(Callbacks.currentCallContext, outer).pipe(
+      Option.isNone(active) ? Effect.void : Callbacks.popParent(active.value.call.callId).pipe(
         Effect.zipRight(Effect.fiberId),
         Effect.flatMap((fiberId) =>
           active.value.finish(

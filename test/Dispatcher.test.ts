@@ -289,8 +289,8 @@ describe("Dispatcher", () => {
 
     it.effect("the caller's context and fiber refs are untouched by handlers that suspend", () =>
       Effect.gen(function*() {
-        class Caller extends Effect.Tag("test/Caller")<Caller, { readonly name: string }>() {}
-        class HandlerOwn extends Effect.Tag("test/HandlerOwn")<HandlerOwn, { readonly name: string }>() {}
+        class Caller extends Effect.Tag("test/Caller")<Caller, { readonly who: string }>() {}
+        class HandlerOwn extends Effect.Tag("test/HandlerOwn")<HandlerOwn, { readonly who: string }>() {}
         const suspending = Handler.make({
           name: "suspending",
           onLlmStart: () => Effect.flatMap(HandlerOwn, () => Effect.sleep("10 millis")),
@@ -304,7 +304,7 @@ describe("Dispatcher", () => {
           onLlmEnd: () => Effect.sleep("10 millis")
         })
         const layer = Layer.merge(Dispatcher.toLayer(suspending), Dispatcher.toLayer(background)).pipe(
-          Layer.provide(Layer.succeed(HandlerOwn, { name: "handler" })),
+          Layer.provide(Layer.succeed(HandlerOwn, { who: "handler" })),
           Layer.provideMerge(Dispatcher.layer())
         )
         const seen = yield* runWithClock(
@@ -316,10 +316,10 @@ describe("Dispatcher", () => {
               caller: yield* Effect.serviceOption(Caller),
               own: yield* Effect.serviceOption(HandlerOwn)
             }
-          }).pipe(Effect.provide(layer), Effect.provideService(Caller, { name: "caller" })),
+          }).pipe(Effect.provide(layer), Effect.provideService(Caller, { who: "caller" })),
           "10 millis"
         )
-        assert.deepStrictEqual(seen.caller, Option.some({ name: "caller" }))
+        assert.deepStrictEqual(seen.caller, Option.some({ who: "caller" }))
         assert.isTrue(Option.isNone(seen.own))
       }))
 
