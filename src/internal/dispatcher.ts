@@ -17,7 +17,10 @@ import * as Tracer from "effect/Tracer"
 import * as CallbackConfig from "../CallbackConfig.js"
 import * as Metrics from "../CallbackMetrics.js"
 import { type CallbackEvent, type Phase, phaseOf } from "../Events.js"
-import type * as FiberRefs from "effect/FiberRefs"
+import * as FiberRefs from "effect/FiberRefs"
+import * as Clock from "effect/Clock"
+import * as DefaultServices from "effect/DefaultServices"
+import { constVoid } from "effect/Function"
 import type { Handler, Mode } from "../Handler.js"
 import { HandlerError, HandlerRegistrationError } from "../HandlerError.js"
 import type * as Dispatcher from "../Dispatcher.js"
@@ -257,6 +260,35 @@ class Slots {
   }
 }
 
+/** The default (live) clock, for which a timeout needs no fiber of its own. */
+const liveClock: Clock.Clock = Context.get(DefaultServices.liveServices, Clock.Clock)
+
+/** setTimeout's longest delay; longer ones would fire at once. */
+const maxTimerMillis = 2_147_483_647
+
+/**
+ * Calls `onTimeout` after `timeout` on the clock of `runtime`, and returns
+ * the function that cancels it. With the live clock this is a plain timer;
+ * with any other clock (TestClock) it is a fiber sleeping on that clock.
+ */
+const startTimer = (
+  timeout: Duration.Duration,
+  runtime: Runtime.Runtime<never>,
+  onTimeout: () => void
+): () => void => {
+  if (!Duration.isFinite(timeout)) return constVoid
+  const clock = Context.get(FiberRefs.getOrDefault(runtime.fiberRefs, DefaultServices.currentServices), Clock.Clock)
+  if (clock === liveClock) {
+    const handle = setTimeout(onTimeout, Math.min(Duration.toMillis(timeout), maxTimerMillis))
+    return () => clearTimeout(handle)
+  }
+  const fiber = Runtime.runFork(runtime)(clock.sleep(timeout))
+  fiber.addObserver((exit) => {
+    if (Exit.isSuccess(exit)) onTimeout()
+  })
+  return () => fiber.unsafeInterruptAsFork(FiberId.none)
+}
+
 /** Completion of a pending invocation, awaitable by any number of fibers. */
 class Settlement {
   settled = false
@@ -482,10 +514,21 @@ export const make = (
       let running: Fiber.RuntimeFiber<void, unknown> | undefined = first
       entry.stats.inFlight++
       Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
-      const timer = Runtime.runFork(runtime)(Effect.sleep(entry.timeout))
+      let cancelTimer: (() => void) | undefined
+      const onTimeout = () =>
+        settle({
+          status: "timeout",
+          attempts,
+          error: new HandlerError({
+            reason: "Timeout",
+            handler: entry.name,
+            phase,
+            message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
+          })
+        })
       const settle = (outcome: Outcome) => {
         if (settlement.settled) return
-        timer.unsafeInterruptAsFork(FiberId.none)
+        if (cancelTimer !== undefined) cancelTimer()
         if (running !== undefined && running.unsafePoll() === null) running.unsafeInterruptAsFork(FiberId.none)
         entry.stats.inFlight--
         done(outcome)
@@ -493,6 +536,8 @@ export const make = (
         slots.release()
         Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
       }
+      // Started after `settle` exists: with a zero timeout it may fire at once.
+      cancelTimer = startTimer(entry.timeout, runtime, onTimeout)
       const retry = (cause: Cause.Cause<unknown>) => {
         // Feed the first failure to the schedule, then run the hook again.
         let replayed = false
@@ -509,20 +554,6 @@ export const make = (
           settle(Exit.isSuccess(exit) ? { ...SUCCESS, attempts } : classify(entry, phase, exit.cause, attempts))
         })
       }
-      timer.addObserver((exit) => {
-        if (Exit.isSuccess(exit)) {
-          settle({
-            status: "timeout",
-            attempts,
-            error: new HandlerError({
-              reason: "Timeout",
-              handler: entry.name,
-              phase,
-              message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
-            })
-          })
-        }
-      })
       if (first !== undefined) {
         first.addObserver((exit) => {
           if (settlement.settled) return
