@@ -20,6 +20,8 @@
  */
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
+import type * as MetricHook from "effect/MetricHook"
+import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
 import type { Phase } from "./Events.js"
 
@@ -31,14 +33,16 @@ import type { Phase } from "./Events.js"
  */
 export type Status = "success" | "failed" | "defect" | "timeout" | "interrupted" | "dropped"
 
+const executionsKey = MetricKey.counter("callback_executions_total", {
+  description: "Callback handler invocations by handler, phase and outcome",
+  incremental: true
+})
+
 /**
  * @since 0.1.0
  * @category metrics
  */
-export const executionsTotal = Metric.counter("callback_executions_total", {
-  description: "Callback handler invocations by handler, phase and outcome",
-  incremental: true
-})
+export const executionsTotal = Metric.fromMetricKey(executionsKey)
 
 /**
  * Prometheus' default buckets, in seconds.
@@ -62,15 +66,17 @@ export const durationBoundaries = MetricBoundaries.fromIterable([
   30
 ])
 
-/**
- * @since 0.1.0
- * @category metrics
- */
-export const durationSeconds = Metric.histogram(
+const durationKey = MetricKey.histogram(
   "callback_duration_seconds",
   durationBoundaries,
   "Callback handler invocation duration in seconds, retries included"
 )
+
+/**
+ * @since 0.1.0
+ * @category metrics
+ */
+export const durationSeconds = Metric.fromMetricKey(durationKey)
 
 /**
  * @since 0.1.0
@@ -127,6 +133,13 @@ const phases: ReadonlyArray<Phase> = ["start", "end", "error"]
  * @category models
  */
 export interface HandlerLabels {
+  /**
+   * The registry hooks of `callback_executions_total` and
+   * `callback_duration_seconds` for this handler, resolved once: updating a
+   * hook directly skips the per-update lookup of the label set.
+   */
+  readonly executionHooks: Readonly<Record<Phase, Readonly<Record<Status, MetricHook.MetricHook<number, unknown>>>>>
+  readonly durationHooks: Readonly<Record<Phase, MetricHook.MetricHook<number, unknown>>>
   readonly execution: Readonly<Record<Phase, Readonly<Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>>>>
   readonly duration: Readonly<Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>>
   readonly error: Readonly<Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>>
@@ -151,5 +164,16 @@ export const makeHandlerLabels = (handler: string): HandlerLabels => {
   for (const status of statuses) {
     if (status !== "success") error[status] = [type, MetricLabel.make("error_type", status)]
   }
-  return { execution, duration, error, handler: [type] }
+  const executionHooks = {} as Record<Phase, Record<Status, MetricHook.MetricHook<number, unknown>>>
+  const durationHooks = {} as Record<Phase, MetricHook.MetricHook<number, unknown>>
+  for (const phase of phases) {
+    durationHooks[phase] = Metric.globalMetricRegistry.get(MetricKey.taggedWithLabels(durationKey, duration[phase]))
+    executionHooks[phase] = {} as Record<Status, MetricHook.MetricHook<number, unknown>>
+    for (const status of statuses) {
+      executionHooks[phase][status] = Metric.globalMetricRegistry.get(
+        MetricKey.taggedWithLabels(executionsKey, execution[phase][status])
+      )
+    }
+  }
+  return { executionHooks, durationHooks, execution, duration, error, handler: [type] }
 }

@@ -332,6 +332,18 @@ export interface DispatcherImpl extends Dispatcher.Dispatcher.Service {
   ) => Effect.Effect<void> | undefined
 }
 
+/**
+ * The dispatching fiber's refs, read only when a hook needs a fiber of its
+ * own: `getFiberRefs` copies the fiber's ref map, which a hook that returns a
+ * completed effect never needs.
+ */
+type LazyRefs = () => FiberRefs.FiberRefs
+
+const lazyRefs = (fiber: Fiber.RuntimeFiber<unknown, unknown>): LazyRefs => {
+  let refs: FiberRefs.FiberRefs | undefined
+  return () => refs ??= fiber.getFiberRefs()
+}
+
 /** An invocation that did not complete synchronously. */
 interface Pending {
   /** Completes when the invocation has settled (it never fails). */
@@ -385,8 +397,8 @@ export const make = (
       const stats = entry.stats
       const status = outcome.status
       if (status === "queued") return
-      Metrics.executionsTotal.unsafeUpdate(1, entry.labels.execution[phase][status])
-      Metrics.durationSeconds.unsafeUpdate(seconds, entry.labels.duration[phase])
+      entry.labels.executionHooks[phase][status].update(1)
+      entry.labels.durationHooks[phase].update(seconds)
       if (outcome.attempts > 1) {
         stats.retries += outcome.attempts - 1
         Metrics.retriesTotal.unsafeUpdate(outcome.attempts - 1, entry.labels.duration[phase])
@@ -437,8 +449,8 @@ export const make = (
     const contextFor = (entry: Entry, span: Tracer.AnySpan | undefined): Context.Context<never> =>
       span === undefined ? entry.context : Context.add(entry.context, Tracer.ParentSpan, span)
 
-    const runtimeFor = (entry: Entry, refs: FiberRefs.FiberRefs, span: Tracer.AnySpan | undefined) =>
-      Runtime.make({ context: contextFor(entry, span), fiberRefs: refs, runtimeFlags: Runtime.defaultRuntimeFlags })
+    const runtimeFor = (entry: Entry, refs: LazyRefs, span: Tracer.AnySpan | undefined) =>
+      Runtime.make({ context: contextFor(entry, span), fiberRefs: refs(), runtimeFlags: Runtime.defaultRuntimeFlags })
 
     /**
      * Runs one invocation, holding a slot. The hook first runs synchronously
@@ -452,7 +464,7 @@ export const make = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
-      refs: FiberRefs.FiberRefs,
+      refs: LazyRefs,
       span: Tracer.AnySpan | undefined,
       done: (outcome: Outcome) => void
     ): Pending | undefined => {
@@ -578,7 +590,7 @@ export const make = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
-      refs: FiberRefs.FiberRefs,
+      refs: LazyRefs,
       span: Tracer.AnySpan | undefined,
       done: (outcome: Outcome) => void
     ): Pending | undefined => {
@@ -703,7 +715,7 @@ export const make = (
       event: CallbackEvent,
       results: Results,
       from: number,
-      refs: FiberRefs.FiberRefs,
+      refs: LazyRefs,
       span: Tracer.AnySpan | undefined
     ): Effect.Effect<void> | undefined => {
       let time = performance.now()
@@ -728,7 +740,7 @@ export const make = (
             ? Effect.zipRight(
               awaitPending(waiting),
               Effect.withFiberRuntime<void>((fiber) =>
-                runGroupsSync(plan, phase, event, results, rest, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
+                runGroupsSync(plan, phase, event, results, rest, lazyRefs(fiber), fiber.currentSpan) ?? Effect.void
               )
             )
             : awaitPending(waiting)
@@ -772,11 +784,11 @@ export const make = (
             (fiber) => Effect.onInterrupt(Effect.asVoid(Fiber.await(fiber)), () => Fiber.interrupt(fiber))
           ),
           Effect.withFiberRuntime<void>((fiber) =>
-            runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan) ?? Effect.void
+            runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan) ?? Effect.void
           )
         )
       } else if (plan.groups.length > 0) {
-        rest = runGroupsSync(plan, phase, event, results, 0, fiber.getFiberRefs(), fiber.currentSpan)
+        rest = runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan)
       }
       if (rest === undefined) {
         return results.items.length === 0 || !hasError(results.items) ? undefined : logFailures(event, results.items)
@@ -829,7 +841,7 @@ export const make = (
       const runBatch = (
         items: ReadonlyArray<Delivery>,
         from: number,
-        refs: FiberRefs.FiberRefs,
+        refs: LazyRefs,
         failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
       ): Effect.Effect<void> => {
         for (let i = from; i < items.length; i++) {
@@ -848,7 +860,7 @@ export const make = (
           if (running !== undefined) {
             return Effect.zipRight(
               awaitPending([running]),
-              Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, fiber.getFiberRefs(), failed))
+              Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, lazyRefs(fiber), failed))
             )
           }
         }
@@ -862,7 +874,7 @@ export const make = (
           Queue.takeBetween(queue, 1, 4096),
           (batch) =>
             Effect.withFiberRuntime<void>((fiber) =>
-              runBatch(Chunk.toReadonlyArray(batch), 0, fiber.getFiberRefs(), [])
+              runBatch(Chunk.toReadonlyArray(batch), 0, lazyRefs(fiber), [])
             )
         )
       )
