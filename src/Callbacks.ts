@@ -656,18 +656,18 @@ const instrumentImpl = <A, E, R>(
       entered = true
       return self
     })
+    const onFailure = (cause: Cause.Cause<E>) => terminal(Exit.failCause(cause))
+    const onSuccess = (value: A) => terminal(Exit.succeed(value))
     return Effect.uninterruptibleMask((restore) => {
       const started = dispatcher.unsafeRun(snapshot, events.start, fiber)
-      if (started === undefined) return Effect.flatMap(Effect.exit(restore(inner)), terminal)
-      return Effect.flatMap(
-        Effect.exit(restore(started)),
-        (exit) =>
-          Exit.isFailure(exit)
-            // Interrupted while `start` was dispatched: the call never runs, but
-            // the handlers that heard `start` still hear exactly one terminal event.
-            ? terminal(exit as Exit.Exit<never, never>)
-            : Effect.flatMap(Effect.exit(restore(inner)), terminal)
-      )
+      const call = Effect.matchCauseEffect(restore(inner), { onFailure, onSuccess })
+      if (started === undefined) return call
+      return Effect.matchCauseEffect(restore(started), {
+        // Interrupted while `start` was dispatched: the call never runs, but
+        // the handlers that heard `start` still hear exactly one terminal event.
+        onFailure: (cause) => terminal(Exit.failCause(cause)),
+        onSuccess: () => call
+      })
     })
   })
 
