@@ -36,8 +36,11 @@
  */
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Tracer from "effect/Tracer"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -169,15 +172,19 @@ const toTokenStoreError = (method: string) => (cause: unknown): TokenStore.Token
   return new TokenStore.TokenStoreError({ reason, message: `RedisTokenStore.${method}: ${message}`, cause })
 }
 
-const tryRedis = <A>(method: string, f: () => Promise<A>): Effect.Effect<A, TokenStore.TokenStoreError> =>
-  Effect.tryPromise({ try: f, catch: toTokenStoreError(method) }).pipe(
-    Effect.withSpan(`RedisTokenStore.${method}`, {
-      kind: "client",
-      attributes: { "db.system": "redis" },
-      // A stack trace per command is measurable on the recording hot path.
-      captureStackTrace: false
-    })
-  )
+const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
+const tryRedis = <A>(method: string, f: () => Promise<A>): Effect.Effect<A, TokenStore.TokenStoreError> => {
+  const command = Effect.tryPromise({ try: f, catch: toTokenStoreError(method) })
+  const traced = Effect.withSpan(command, `RedisTokenStore.${method}`, {
+    kind: "client",
+    attributes: { "db.system": "redis" },
+    // A stack trace per command is measurable on the recording hot path.
+    captureStackTrace: false
+  })
+  // Effect's default tracer exports nowhere: a span there is pure cost.
+  return Effect.withFiberRuntime((fiber) => fiber.currentTracer === nativeTracer ? command : traced)
+}
 
 const parseCount = (method: string, field: string, value: string | null | undefined) =>
   Effect.suspend(() => {

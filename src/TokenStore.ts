@@ -225,6 +225,17 @@ const validator = <A, I>(schema: Schema.Schema<A, I>) => {
     })
 }
 
+const isCount = (u: unknown): boolean => typeof u === "number" && Number.isSafeInteger(u) && u >= 0
+
+const isId = (u: unknown): boolean => typeof u === "string" && u.length > 0 && !loneSurrogate.test(u)
+
+/** The same rules as `RecordInputSchema`, as a plain predicate for the hot path. */
+const isValidRecordInput = (input: RecordInput): boolean =>
+  typeof input === "object" && input !== null && isId(input.callId) && isId(input.userId) &&
+  BillingCycle.isCycleDate(input.cycle) && typeof input.usage === "object" && input.usage !== null &&
+  isCount(input.usage.promptTokens) && isCount(input.usage.completionTokens) && isCount(input.usage.totalTokens) &&
+  (input.costMicros === undefined || isCount(input.costMicros))
+
 const decodeRecordInput = validator(RecordInputSchema)
 const decodeKey = validator(KeySchema)
 const decodeLimit = validator(LimitSchema)
@@ -250,7 +261,8 @@ export const validateRecordInput = (input: RecordInput): Effect.Effect<RecordInp
  * @category combinators
  */
 export const withValidation = (backend: Service): Service => ({
-  record: (input) => Effect.flatMap(decodeRecordInput(input), backend.record),
+  // Valid input (the common case) takes a plain check; Schema runs to name what is wrong.
+  record: (input) => isValidRecordInput(input) ? backend.record(input) : Effect.flatMap(decodeRecordInput(input), backend.record),
   stats: (userId, cycle) => Effect.flatMap(decodeKey({ userId, cycle }), () => backend.stats(userId, cycle)),
   reset: (userId, cycle) => Effect.flatMap(decodeKey({ userId, cycle }), () => backend.reset(userId, cycle)),
   setLimit: (userId, cycle, limit) =>
