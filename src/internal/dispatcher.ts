@@ -8,6 +8,7 @@ import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
@@ -262,6 +263,21 @@ class Slots {
 
 /** The default (live) clock, for which a timeout needs no fiber of its own. */
 const liveClock: Clock.Clock = Context.get(DefaultServices.liveServices, Clock.Clock)
+
+/** Effect's default tracer, which exports nowhere: no handler spans under it. */
+const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
+/** What a dispatch needs to open a span per handler invocation, when a real tracer is installed. */
+interface Tracing {
+  readonly tracer: Tracer.Tracer
+  readonly clock: Clock.Clock
+}
+
+const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing | undefined => {
+  const tracer = fiber.currentTracer
+  if (tracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
+  return { tracer, clock: Context.get(fiber.currentDefaultServices, Clock.Clock) }
+}
 
 /** setTimeout's longest delay; longer ones would fire at once. */
 const maxTimerMillis = 2_147_483_647
@@ -614,6 +630,43 @@ export const make = (
       }
     }
 
+    /**
+     * {@link invoke}, in a child span of the call's span (`callback <handler>
+     * <phase>`) when a real tracer is installed; the hook's own spans nest in it.
+     */
+    const invokeTraced = (
+      entry: Entry,
+      phase: Phase,
+      event: CallbackEvent,
+      refs: LazyRefs,
+      span: Tracer.AnySpan | undefined,
+      tracing: Tracing | undefined,
+      done: (outcome: Outcome) => void
+    ): Pending | undefined => {
+      if (tracing === undefined) return invoke(entry, phase, event, refs, span, done)
+      const handlerSpan = tracing.tracer.span(
+        `callback ${entry.name} ${phase}`,
+        span === undefined ? Option.none() : Option.some(span),
+        Context.empty(),
+        [],
+        tracing.clock.unsafeCurrentTimeNanos(),
+        "internal"
+      )
+      handlerSpan.attribute("callback.handler", entry.name)
+      handlerSpan.attribute("callback.phase", phase)
+      handlerSpan.attribute("callback.mode", entry.mode)
+      handlerSpan.attribute("llm.call_id", event.call.callId)
+      return invoke(entry, phase, event, refs, handlerSpan, (outcome) => {
+        handlerSpan.attribute("callback.status", outcome.status)
+        handlerSpan.attribute("callback.attempts", outcome.attempts)
+        handlerSpan.end(
+          tracing.clock.unsafeCurrentTimeNanos(),
+          outcome.error === undefined ? Exit.void : Exit.fail(outcome.error)
+        )
+        done(outcome)
+      })
+    }
+
     // -- fan-out ----------------------------------------------------------------
 
     /**
@@ -716,7 +769,8 @@ export const make = (
       results: Results,
       from: number,
       refs: LazyRefs,
-      span: Tracer.AnySpan | undefined
+      span: Tracer.AnySpan | undefined,
+      tracing: Tracing | undefined
     ): Effect.Effect<void> | undefined => {
       let time = performance.now()
       for (let g = from; g < plan.groups.length; g++) {
@@ -726,7 +780,7 @@ export const make = (
         for (let i = 0; i < group.length; i++) {
           const entry = group[i]!
           const startedAt = time
-          const started = invoke(entry, phase, event, refs, span, (outcome) => {
+          const started = invokeTraced(entry, phase, event, refs, span, tracing, (outcome) => {
             time = result(entry, phase, outcome, startedAt, results)
           })
           if (started !== undefined) {
@@ -740,7 +794,7 @@ export const make = (
             ? Effect.zipRight(
               awaitPending(waiting),
               Effect.withFiberRuntime<void>((fiber) =>
-                runGroupsSync(plan, phase, event, results, rest, lazyRefs(fiber), fiber.currentSpan) ?? Effect.void
+                runGroupsSync(plan, phase, event, results, rest, lazyRefs(fiber), fiber.currentSpan, tracing) ?? Effect.void
               )
             )
             : awaitPending(waiting)
@@ -768,6 +822,7 @@ export const make = (
         if (excluded !== undefined) plan = withoutUnreached(plan, excluded)
       }
       if (plan.empty) return undefined
+      const tracing = tracingOf(fiber)
       let backpressure: Array<Effect.Effect<void>> | undefined
       for (let i = 0; i < plan.background.length; i++) {
         const waiting = enqueue(plan.background[i]!, phase, event, fiber.currentSpan, results)
@@ -784,11 +839,11 @@ export const make = (
             (fiber) => Effect.onInterrupt(Effect.asVoid(Fiber.await(fiber)), () => Fiber.interrupt(fiber))
           ),
           Effect.withFiberRuntime<void>((fiber) =>
-            runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan) ?? Effect.void
+            runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan, tracing) ?? Effect.void
           )
         )
       } else if (plan.groups.length > 0) {
-        rest = runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan)
+        rest = runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan, tracing)
       }
       if (rest === undefined) {
         return results.items.length === 0 || !hasError(results.items) ? undefined : logFailures(event, results.items)
@@ -842,6 +897,7 @@ export const make = (
         items: ReadonlyArray<Delivery>,
         from: number,
         refs: LazyRefs,
+        tracing: Tracing | undefined,
         failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
       ): Effect.Effect<void> => {
         for (let i = from; i < items.length; i++) {
@@ -852,7 +908,7 @@ export const make = (
           }
           const results: Results = { collect: false, items: [] }
           const startedAt = performance.now()
-          const running = invoke(entry, delivery.phase, delivery.event, refs, delivery.span, (outcome) => {
+          const running = invokeTraced(entry, delivery.phase, delivery.event, refs, delivery.span, tracing, (outcome) => {
             entry.stats.pending--
             result(entry, delivery.phase, outcome, startedAt, results)
             if (results.items.length > 0) failed.push([delivery.event, results.items])
@@ -860,7 +916,7 @@ export const make = (
           if (running !== undefined) {
             return Effect.zipRight(
               awaitPending([running]),
-              Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, lazyRefs(fiber), failed))
+              Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, lazyRefs(fiber), tracing, failed))
             )
           }
         }
@@ -874,7 +930,7 @@ export const make = (
           Queue.takeBetween(queue, 1, 4096),
           (batch) =>
             Effect.withFiberRuntime<void>((fiber) =>
-              runBatch(Chunk.toReadonlyArray(batch), 0, lazyRefs(fiber), [])
+              runBatch(Chunk.toReadonlyArray(batch), 0, lazyRefs(fiber), tracingOf(fiber), [])
             )
         )
       )

@@ -193,9 +193,18 @@ describe("the span of an instrumented call", () => {
         Effect.zipRight(spanName),
         Effect.withSpan("app")
       )
-      assert.deepStrictEqual(seen, ["chat m", "chat m"])
+      // Each handler invocation has a span of its own, a child of the call's span.
+      assert.deepStrictEqual(seen, ["callback span-reader start", "callback span-reader end"])
       assert.strictEqual(after, "app")
-      assert.strictEqual(exporter.getFinishedSpans().filter((s) => s.name === "chat m").length, 1)
+      const finished = exporter.getFinishedSpans()
+      const call = finished.filter((s) => s.name === "chat m")
+      assert.strictEqual(call.length, 1)
+      for (const phase of ["start", "end"]) {
+        const handler = finished.find((s) => s.name === `callback span-reader ${phase}`)!
+        assert.strictEqual(handler.parentSpanContext?.spanId, call[0]!.spanContext().spanId)
+        assert.strictEqual(handler.attributes["callback.status"], "success")
+        assert.strictEqual(handler.attributes["callback.handler"], "span-reader")
+      }
     }).pipe(Effect.scoped, Effect.provide(Layer.merge(Testing.layer(), layer)))
   })
 
@@ -243,7 +252,10 @@ describe("the span of an instrumented call", () => {
       const chunk = exporter.getFinishedSpans().find((s) => s.name === "chunk")!
       assert.strictEqual(chunk.parentSpanContext?.spanId, call.spanContext().spanId)
       assert.strictEqual(call.attributes["gen_ai.usage.output_tokens"], 30)
-      assert.deepStrictEqual(seen, ["chat streamer", "chat streamer"])
+      assert.deepStrictEqual(seen, ["callback span-reader start", "callback span-reader end"])
+      const handlerSpans = exporter.getFinishedSpans().filter((s) => s.name.startsWith("callback span-reader"))
+      assert.strictEqual(handlerSpans.length, 2)
+      for (const span of handlerSpans) assert.strictEqual(span.parentSpanContext?.spanId, call.spanContext().spanId)
     }).pipe(Effect.scoped, Effect.provide(Layer.merge(Testing.layer(), layer)))
   })
 
