@@ -34,7 +34,13 @@ import { hash } from "./Workload.js"
  */
 export class FlakyError extends Data.TaggedError("FlakyError")<{
   readonly reason: "Broken" | "Transient"
-}> {}
+}> {
+  override get message(): string {
+    return this.reason === "Broken"
+      ? "the flaky handler is broken for this event (every attempt fails)"
+      : "the flaky handler failed this attempt (a retry may succeed)"
+  }
+}
 
 /**
  * Options of {@link flaky}.

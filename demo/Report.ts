@@ -335,7 +335,7 @@ export const verify = (evidence: Evidence): Verdict => {
     problems.push(`the server got ${server.requests} requests (${server.unknown} unknown) for ${outcomes.length} calls`)
   }
   lines.push(
-    `  failed calls that failed with the provider's error (AiError, the status the server sent): ` +
+    `  failed calls whose error is the provider's (an AiError with the status the server sent): ` +
       `${failed.filter((j) => j.why === undefined).length}/${failed.length}`
   )
   lines.push(

@@ -217,7 +217,7 @@ export const plan = (options: PlanOptions): ReadonlyArray<PlannedCall> => {
   const streamRate = options.streamRate ?? 1 / 3
   const calls: Array<PlannedCall> = []
   for (let index = 0; index < options.calls; index++) {
-    const next = random(Math.imul(options.seed ^ 0x9E3779B9, 2654435761) + index * 7919)
+    const next = random(Math.floor(hash(options.seed, index) * 4294967296))
     const user = index < options.users ? index : Math.floor(next() ** 1.6 * options.users)
     const pick = next()
     const model: ModelName = pick < 0.5 ? "gpt-4o-mini" : pick < 0.8 ? "gpt-4o" : "o3-mini"

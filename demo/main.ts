@@ -309,7 +309,7 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
         Layer.provideMerge(
           Layer.merge(
             // The demo's own policy: library defaults (30 s timeout, retries from 1 s) suit real providers.
-            Dispatcher.layer({ timeout: "5 seconds", retryDelay: "50 millis", shutdownTimeout: "10 seconds" }),
+            Dispatcher.layer({ timeout: "10 seconds", retryDelay: "50 millis", shutdownTimeout: "10 seconds" }),
             store
           )
         )
@@ -394,7 +394,7 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
     }
     if (options.keepMetrics) {
       yield* Console.log(`\nServing the metrics on ${metricsUrl} until Ctrl-C.`)
-      yield* Effect.never
+      yield* Effect.never.pipe(Effect.onInterrupt(() => Console.log("Stopping: draining and closing.")))
     }
     yield* Console.log(`\nDraining and closing (${((yield* millisSince(begin)) / 1000).toFixed(1)} s so far).`)
   }).pipe(
