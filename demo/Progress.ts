@@ -20,6 +20,8 @@ export interface Counts {
 }
 
 /**
+ * A running progress display.
+ *
  * @since 0.1.0
  * @category models
  */

@@ -121,9 +121,16 @@ const counterValue = (pair: MetricPair.MetricPair.Untyped): number => {
   return MetricState.isCounterState(state) ? Number(state.count) : 0
 }
 
-interface Buckets {
-  count: number
-  cumulative: Array<readonly [number, number]>
+/**
+ * A histogram's cumulative buckets (upper bound, count of values at or below it), possibly summed over
+ * several label sets with the same boundaries.
+ *
+ * @since 0.1.0
+ * @category metrics
+ */
+export interface Buckets {
+  readonly count: number
+  readonly cumulative: ReadonlyArray<readonly [number, number]>
 }
 
 const addHistogram = (into: Buckets | undefined, pair: MetricPair.MetricPair.Untyped): Buckets => {

@@ -25,6 +25,8 @@ import * as MockOpenAiServer from "../test/support/MockOpenAiServer.js"
 export const models = ["gpt-4o-mini", "gpt-4o", "o3-mini"] as const
 
 /**
+ * One of the workload's {@link models}.
+ *
  * @since 0.1.0
  * @category models
  */
@@ -275,6 +277,8 @@ export interface ServerTally {
 }
 
 /**
+ * The tally before the first request.
+ *
  * @since 0.1.0
  * @category constructors
  */
