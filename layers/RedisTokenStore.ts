@@ -19,9 +19,13 @@
  * the encoding is injective and keys never collide (`a:b` vs `a`, `{x}` vs `x`).
  * The prefix may not contain `{` or `}`.
  *
- * A record is one Lua script: if the call's marker exists it answers
- * `"duplicate"`, else it increments the counters and sets the marker, atomically.
- * A retry after a lost reply therefore counts once.
+ * Records are written by one Lua script: for each record, if the call's
+ * marker exists it answers `"duplicate"`, else it increments the counters and
+ * sets the marker, atomically; a stored counter that is not an integer fails
+ * that record with nothing written. A retry after a lost reply therefore
+ * counts once. Records issued in the same event-loop turn share one script
+ * call (up to `batchSize`, default 256), which is what lets one connection
+ * carry tens of thousands of records per second; each keeps its own outcome.
  *
  * Every command is bounded: ioredis' `commandTimeout` limits the wait for a
  * reply, the offline queue is disabled so a command sent while Redis is
@@ -74,6 +78,13 @@ export interface Options {
    * trips over the one connection.
    */
   readonly autoPipelining?: boolean | undefined
+  /**
+   * Most records sent in one script call (default 256). Records issued in
+   * the same event-loop turn are batched; a batch spans users, which a single
+   * Redis node allows (on a Redis Cluster, use 1: each user's keys share a
+   * hash slot, different users' do not).
+   */
+  readonly batchSize?: number | undefined
 }
 
 /**
@@ -82,7 +93,7 @@ export interface Options {
  * @since 0.1.0
  * @category models
  */
-export type ClientOptions = Pick<Options, "keyPrefix" | "idempotencyTtl">
+export type ClientOptions = Pick<Options, "keyPrefix" | "idempotencyTtl" | "batchSize">
 
 const unsafeKeyChars = /[%:{}\s\p{Cc}]/gu
 
@@ -131,34 +142,58 @@ export const callKey = (prefix: string, userId: string, callId: string): string 
 
 const escapeGlob = (s: string): string => s.replace(/[*?[\]\\]/g, "\\$&")
 
-// KEYS[1] usage hash, KEYS[2] marker; ARGV: marker TTL (ms), prompt,
-// completion, total, cost. The marker is checked first and set last: a script
-// that fails half-way (a corrupted field) then leaves no marker behind, so the
-// caller's retry is not mistaken for a duplicate. Scripts run atomically, so
-// this is equivalent to `SET NX` first otherwise.
+// A batch of records, one atomic script: KEYS are (usage hash, marker) pairs;
+// ARGV[1] is the marker TTL (ms), then prompt, completion, total, cost per
+// record. For each record: a marker present means a duplicate (0); a stored
+// counter that is not an integer makes that record fail (-1) with nothing
+// written, so its retry is neither lost nor counted twice; otherwise the
+// counters move together and the marker is set (1).
 const recordScript = `
-if redis.call("EXISTS", KEYS[2]) == 1 then return 0 end
-redis.call("HINCRBY", KEYS[1], "prompt_tokens", ARGV[2])
-redis.call("HINCRBY", KEYS[1], "completion_tokens", ARGV[3])
-redis.call("HINCRBY", KEYS[1], "total_tokens", ARGV[4])
-if ARGV[5] ~= "0" then redis.call("HINCRBY", KEYS[1], "cost_micros", ARGV[5]) end
-redis.call("SET", KEYS[2], "1", "PX", ARGV[1])
-return 1
+local ttl = ARGV[1]
+local out = {}
+for i = 1, #KEYS / 2 do
+  local usage = KEYS[2 * i - 1]
+  local marker = KEYS[2 * i]
+  local a = 2 + (i - 1) * 4
+  if redis.call("EXISTS", marker) == 1 then
+    out[i] = 0
+  else
+    local current = redis.call("HMGET", usage, "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros")
+    local ok = true
+    for j = 1, 4 do
+      local v = current[j]
+      if v and not string.match(v, "^%-?%d+$") then ok = false end
+    end
+    if ok then
+      redis.call("HINCRBY", usage, "prompt_tokens", ARGV[a])
+      redis.call("HINCRBY", usage, "completion_tokens", ARGV[a + 1])
+      redis.call("HINCRBY", usage, "total_tokens", ARGV[a + 2])
+      if ARGV[a + 3] ~= "0" then redis.call("HINCRBY", usage, "cost_micros", ARGV[a + 3]) end
+      redis.call("SET", marker, "1", "PX", ttl)
+      out[i] = 1
+    else
+      out[i] = -1
+    end
+  end
+end
+return out
 `
 
-const recordCommand = "effectLlmCallbacksTokenStoreRecordV1"
+const recordCommand = "effectLlmCallbacksTokenStoreRecordV2"
 
 interface RecordCommand {
-  readonly [recordCommand]: (
-    usageKey: string,
-    callKey: string,
-    ttlMillis: number,
-    promptTokens: number,
-    completionTokens: number,
-    totalTokens: number,
-    costMicros: number
-  ) => Promise<number>
+  readonly [recordCommand]: (numberOfKeys: number, ...keysAndArgs: ReadonlyArray<string | number>) => Promise<
+    ReadonlyArray<number>
+  >
 }
+
+/** One record waiting for its batch. */
+interface Queued {
+  readonly input: TokenStore.RecordInput
+  readonly resume: (effect: Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
+  cancelled: boolean
+}
+
 
 const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY)\b/
 
@@ -246,8 +281,79 @@ export const fromClient = (
   Effect.gen(function*() {
     const prefix = yield* validatePrefix(options?.keyPrefix ?? "token_usage")
     const ttlMillis = yield* positiveMillis("idempotencyTtl", options?.idempotencyTtl ?? Duration.hours(24))
-    redis.defineCommand(recordCommand, { numberOfKeys: 2, lua: recordScript })
+    const batchSize = options?.batchSize ?? 256
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
+      return yield* Effect.fail(invalidOption("batchSize", `Expected an integer >= 1, got ${String(batchSize)}`))
+    }
+    redis.defineCommand(recordCommand, { lua: recordScript })
     const script = redis as unknown as RecordCommand
+
+    // Records issued in the same event-loop turn go to Redis as one script
+    // call: ioredis' cost per command is then paid once per batch. Each record
+    // keeps its own outcome; a failed batch fails each of its records (their
+    // retries are idempotent).
+    let queue: Array<Queued> = []
+    let scheduled = false
+    const flush = () => {
+      scheduled = false
+      const batch = queue.length <= batchSize ? queue : queue.slice(0, batchSize)
+      queue = queue.length <= batchSize ? [] : queue.slice(batchSize)
+      if (queue.length > 0) schedule()
+      const live = batch.filter((item) => !item.cancelled)
+      if (live.length === 0) return
+      const keys: Array<string> = []
+      const args: Array<string | number> = [ttlMillis]
+      for (const { input } of live) {
+        keys.push(usageKey(prefix, input.userId, input.cycle), callKey(prefix, input.userId, input.callId))
+        args.push(
+          input.usage.promptTokens,
+          input.usage.completionTokens,
+          input.usage.totalTokens,
+          input.costMicros ?? 0
+        )
+      }
+      script[recordCommand](keys.length, ...keys, ...args).then(
+        (outcomes) =>
+          live.forEach((item, i) => {
+            const outcome = outcomes[i]
+            item.resume(
+              outcome === 1
+                ? Effect.succeed("recorded")
+                : outcome === 0
+                ? Effect.succeed("duplicate")
+                : Effect.fail(
+                  new TokenStore.TokenStoreError({
+                    reason: "Unknown",
+                    message: `RedisTokenStore.record: a stored counter of user ${
+                      JSON.stringify(item.input.userId)
+                    } in cycle ${item.input.cycle} is not an integer; nothing was recorded`
+                  })
+                )
+            )
+          }),
+        (error) => {
+          const failure = Effect.fail(toTokenStoreError("record")(error))
+          for (const item of live) item.resume(failure)
+        }
+      )
+    }
+    const schedule = () => {
+      if (!scheduled) {
+        scheduled = true
+        setImmediate(flush)
+      }
+    }
+    const recordBatched = (input: TokenStore.RecordInput) =>
+      Effect.async<TokenStore.RecordOutcome, TokenStore.TokenStoreError>((resume) => {
+        const item: Queued = { input, resume, cancelled: false }
+        queue.push(item)
+        schedule()
+        // Interrupted before its batch was sent: it is left out. Once sent it
+        // may still be recorded; a retry with the same call id counts once.
+        return Effect.sync(() => {
+          item.cancelled = true
+        })
+      })
 
     const hmget = (method: string, userId: string, cycle: string, fields: ReadonlyArray<string>) =>
       tryRedis(method, () => redis.hmget(usageKey(prefix, userId, cycle), ...fields))
@@ -274,17 +380,7 @@ export const fromClient = (
     }
 
     return TokenStore.withValidation({
-      record: (input) =>
-        tryRedis("record", () =>
-          script[recordCommand](
-            usageKey(prefix, input.userId, input.cycle),
-            callKey(prefix, input.userId, input.callId),
-            ttlMillis,
-            input.usage.promptTokens,
-            input.usage.completionTokens,
-            input.usage.totalTokens,
-            input.costMicros ?? 0
-          )).pipe(Effect.map((added): TokenStore.RecordOutcome => added === 1 ? "recorded" : "duplicate")),
+      record: recordBatched,
       stats: (userId, cycle) =>
         Effect.flatMap(
           hmget("stats", userId, cycle, [...counterFields, "usage_limit"]),

@@ -105,6 +105,54 @@ describe("RedisTokenStore", () => {
       assert.strictEqual(yield* store.record(input), "recorded")
     }))
 
+  it.scoped("records of one batch keep their own outcomes: a corrupted user does not fail the others", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("batch")
+      const cycle = "2025-03-01"
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix })
+      const redis = yield* directClient(redisUrl())
+      yield* Effect.promise(() => redis.hset(RedisTokenStore.usageKey(keyPrefix, "broken", cycle), "prompt_tokens", "x"))
+      // Issued together, so they go to Redis as one script call.
+      const outcomes = yield* Effect.all(
+        [
+          store.record({ callId: "a1", userId: "alice", cycle, usage: usage(1, 2) }),
+          store.record({ callId: "b1", userId: "broken", cycle, usage: usage(5, 5) }),
+          store.record({ callId: "a1", userId: "alice", cycle, usage: usage(1, 2) }),
+          store.record({ callId: "c1", userId: "carol", cycle, usage: usage(3, 4) })
+        ].map(Effect.either),
+        { concurrency: "unbounded" }
+      )
+      assert.deepStrictEqual(outcomes.map((o) => o._tag === "Right" ? o.right : o.left.reason), [
+        "recorded",
+        "Unknown",
+        "duplicate",
+        "recorded"
+      ])
+      assert.strictEqual((yield* store.stats("alice", cycle)).totalTokens, 3)
+      assert.strictEqual((yield* store.stats("carol", cycle)).totalTokens, 7)
+      // Nothing was written for the corrupted user: not even the valid fields.
+      const broken = yield* Effect.promise(() => redis.hgetall(RedisTokenStore.usageKey(keyPrefix, "broken", cycle)))
+      assert.deepStrictEqual(broken, { prompt_tokens: "x" })
+    }))
+
+  it.scoped("batchSize bounds the records per script call; every record still counts once", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("batchsize")
+      const cycle = "2025-03-01"
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix, batchSize: 7 })
+      const outcomes = yield* Effect.forEach(
+        Array.from({ length: 100 }, (_, i) => i),
+        (i) => store.record({ callId: `c${i % 50}`, userId: `u${i % 5}`, cycle, usage: usage(1, 1) }),
+        { concurrency: "unbounded" }
+      )
+      assert.strictEqual(outcomes.filter((o) => o === "recorded").length, 50)
+      let total = 0
+      for (let u = 0; u < 5; u++) total += (yield* store.stats(`u${u}`, cycle)).totalTokens
+      assert.strictEqual(total, 100)
+      const bad = yield* Effect.exit(RedisTokenStore.make({ url: redisUrl(), keyPrefix, batchSize: 0 }))
+      assert.isTrue(bad._tag === "Failure" && String(bad.cause).includes("batchSize"))
+    }))
+
   it("encodes key parts injectively", () => {
     const ids = ["a", "a:b", "a%3Ab", "%", "%25", "{x}", "x", "a b", "a\u00a0b", "a\u2028b", "用户🙂", ""]
     const encoded = ids.map(RedisTokenStore.encodeKeyPart)
