@@ -23,7 +23,6 @@
  *
  * @since 0.1.0
  */
-import * as Effect from "effect/Effect"
 import type * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricBoundaries from "effect/MetricBoundaries"
@@ -157,22 +156,21 @@ export const makeHandler = (options: Options = {}): Handler.Handler => {
     }
     return labels
   }
-  const onLlmEnd = (event: EndEvent): Effect.Effect<void> =>
-    Effect.sync(() => {
-      const labels = labelsOf(event.call)
-      operationDuration.unsafeUpdate(event.durationMs / 1000, labels.duration)
-      const usage = event.response.usage
-      if (usage === undefined || (usage.estimated === true && !includeEstimated)) return
-      tokenUsage.unsafeUpdate(usage.promptTokens, labels.input)
-      tokenUsage.unsafeUpdate(usage.completionTokens, labels.output)
-    })
-  const onLlmError = (event: ErrorEvent): Effect.Effect<void> =>
-    Effect.sync(() => {
-      operationDuration.unsafeUpdate(event.durationMs / 1000, [
-        ...labelsOf(event.call).duration,
-        MetricLabel.make("error.type", event.failure.errorType)
-      ])
-    })
+  // Synchronous hooks (Handler.sync): the dispatcher runs them inline, no fiber per call.
+  const onLlmEnd = Handler.sync((event: EndEvent) => {
+    const labels = labelsOf(event.call)
+    operationDuration.unsafeUpdate(event.durationMs / 1000, labels.duration)
+    const usage = event.response.usage
+    if (usage === undefined || (usage.estimated === true && !includeEstimated)) return
+    tokenUsage.unsafeUpdate(usage.promptTokens, labels.input)
+    tokenUsage.unsafeUpdate(usage.completionTokens, labels.output)
+  })
+  const onLlmError = Handler.sync((event: ErrorEvent) => {
+    operationDuration.unsafeUpdate(event.durationMs / 1000, [
+      ...labelsOf(event.call).duration,
+      MetricLabel.make("error.type", event.failure.errorType)
+    ])
+  })
   return Handler.make({ name: options.name ?? "gen-ai-metrics", onLlmEnd, onLlmError })
 }
 

@@ -126,6 +126,29 @@ export const make = <E1 = never, R1 = never, E2 = never, R2 = never, E3 = never,
 })
 
 /**
+ * A hook that does its work synchronously, in the hook call itself, and
+ * returns a completed effect: the dispatcher then runs it inline, without a
+ * fiber of its own (its fastest path). For work that never waits, such as
+ * updating a metric. A throw is a defect of the handler, as for any hook; a
+ * retry calls `f` again.
+ *
+ * @example
+ * ```ts
+ * import { Handler } from "effect-llm-callbacks"
+ *
+ * let calls = 0
+ * const counter = Handler.make({ name: "counter", onLlmEnd: Handler.sync(() => { calls++ }) })
+ * ```
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const sync = <Event>(f: (event: Event) => void) => (event: Event): Effect.Effect<void> => {
+  f(event)
+  return Effect.void
+}
+
+/**
  * @since 0.1.0
  * @category guards
  */

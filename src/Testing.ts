@@ -82,14 +82,13 @@ export const layerRecorder = (
       const capacity = options.capacity ?? 100_000
       let events: Array<CallbackEvent> = []
       let discarded = 0
-      const push = (event: CallbackEvent) =>
-        Effect.sync(() => {
-          events.push(event)
-          if (events.length > capacity) {
-            events.shift()
-            discarded++
-          }
-        })
+      const push = Handler.sync((event: CallbackEvent) => {
+        events.push(event)
+        if (events.length > capacity) {
+          events.shift()
+          discarded++
+        }
+      })
       yield* Dispatcher.register(Handler.make({
         name: options.name ?? "recorder",
         mode: options.mode,
