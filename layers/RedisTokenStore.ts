@@ -43,6 +43,7 @@ import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Tracer from "effect/Tracer"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Layer from "effect/Layer"
@@ -190,7 +191,7 @@ interface RecordCommand {
 /** One record waiting for its batch. */
 interface Queued {
   readonly input: TokenStore.RecordInput
-  readonly resume: (effect: Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
+  readonly complete: (result: Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
   cancelled: boolean
 }
 
@@ -316,12 +317,12 @@ export const fromClient = (
         (outcomes) =>
           live.forEach((item, i) => {
             const outcome = outcomes[i]
-            item.resume(
+            item.complete(
               outcome === 1
-                ? Effect.succeed("recorded")
+                ? Either.right("recorded")
                 : outcome === 0
-                ? Effect.succeed("duplicate")
-                : Effect.fail(
+                ? Either.right("duplicate")
+                : Either.left(
                   new TokenStore.TokenStoreError({
                     reason: "Unknown",
                     message: `RedisTokenStore.record: a stored counter of user ${
@@ -332,8 +333,8 @@ export const fromClient = (
             )
           }),
         (error) => {
-          const failure = Effect.fail(toTokenStoreError("record")(error))
-          for (const item of live) item.resume(failure)
+          const failure = Either.left(toTokenStoreError("record")(error))
+          for (const item of live) item.complete(failure)
         }
       )
     }
@@ -343,9 +344,34 @@ export const fromClient = (
         setImmediate(flush)
       }
     }
+    const recordManyBatched = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
+      Effect.async<ReadonlyArray<TokenStore.RecordOutcome>, TokenStore.TokenStoreError>((resume) => {
+        const outcomes: Array<TokenStore.RecordOutcome> = new Array(inputs.length)
+        let waiting = inputs.length
+        let failed = false
+        if (waiting === 0) return resume(Effect.succeed(outcomes))
+        const items = inputs.map((input, i): Queued => ({
+          input,
+          cancelled: false,
+          complete: (result) => {
+            if (failed) return
+            if (Either.isLeft(result)) {
+              failed = true
+              return resume(Effect.fail(result.left))
+            }
+            outcomes[i] = result.right
+            if (--waiting === 0) resume(Effect.succeed(outcomes))
+          }
+        }))
+        for (const item of items) queue.push(item)
+        schedule()
+        return Effect.sync(() => {
+          for (const item of items) item.cancelled = true
+        })
+      })
     const recordBatched = (input: TokenStore.RecordInput) =>
       Effect.async<TokenStore.RecordOutcome, TokenStore.TokenStoreError>((resume) => {
-        const item: Queued = { input, resume, cancelled: false }
+        const item: Queued = { input, complete: (result) => resume(result), cancelled: false }
         queue.push(item)
         schedule()
         // Interrupted before its batch was sent: it is left out. Once sent it
@@ -381,6 +407,7 @@ export const fromClient = (
 
     return TokenStore.withValidation({
       record: recordBatched,
+      recordMany: recordManyBatched,
       stats: (userId, cycle) =>
         Effect.flatMap(
           hmget("stats", userId, cycle, [...counterFields, "usage_limit"]),

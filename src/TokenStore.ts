@@ -130,6 +130,14 @@ export class TokenStoreError extends Schema.TaggedError<TokenStoreError>("effect
 export interface Service {
   /** Adds the usage of one call, once per user and call id. */
   readonly record: (input: RecordInput) => Effect.Effect<RecordOutcome, TokenStoreError>
+  /**
+   * Adds the usage of several calls, each once, in one round trip where the
+   * backend allows (outcomes in input order). Fails when any record fails;
+   * those recorded stay recorded, so retrying the whole batch counts each once.
+   */
+  readonly recordMany: (
+    inputs: ReadonlyArray<RecordInput>
+  ) => Effect.Effect<ReadonlyArray<RecordOutcome>, TokenStoreError>
   readonly stats: (userId: string, cycle: string) => Effect.Effect<UsageStats, TokenStoreError>
   /** Clears the usage counters of a user and cycle; the limit stays. */
   readonly reset: (userId: string, cycle: string) => Effect.Effect<void, TokenStoreError>
@@ -263,6 +271,12 @@ export const validateRecordInput = (input: RecordInput): Effect.Effect<RecordInp
 export const withValidation = (backend: Service): Service => ({
   // Valid input (the common case) takes a plain check; Schema runs to name what is wrong.
   record: (input) => isValidRecordInput(input) ? backend.record(input) : Effect.flatMap(decodeRecordInput(input), backend.record),
+  recordMany: (inputs) => {
+    for (const input of inputs) {
+      if (!isValidRecordInput(input)) return Effect.flatMap(decodeRecordInput(input), () => backend.recordMany(inputs))
+    }
+    return backend.recordMany(inputs)
+  },
   stats: (userId, cycle) => Effect.flatMap(decodeKey({ userId, cycle }), () => backend.stats(userId, cycle)),
   reset: (userId, cycle) => Effect.flatMap(decodeKey({ userId, cycle }), () => backend.reset(userId, cycle)),
   setLimit: (userId, cycle, limit) =>
@@ -383,24 +397,33 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       }
     }
 
+    const recordAt = (input: RecordInput, now: number): RecordOutcome => {
+      // Length-prefixed so that distinct (user, call) pairs never share a key.
+      const marker = `${input.userId.length}:${input.userId}${input.callId}`
+      const expiresAt = markers.get(marker)
+      if (expiresAt !== undefined && expiresAt > now) return "duplicate"
+      markers.delete(marker)
+      if (windowMillis > 0) markers.set(marker, now + windowMillis)
+      update(input.userId, input.cycle, (current) => ({
+        promptTokens: current.promptTokens + input.usage.promptTokens,
+        completionTokens: current.completionTokens + input.usage.completionTokens,
+        totalTokens: current.totalTokens + input.usage.totalTokens,
+        costMicros: current.costMicros + (input.costMicros ?? 0),
+        limit: current.limit
+      }))
+      return "recorded"
+    }
+
     const backend: Service = {
+      recordMany: (inputs) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          prune(now)
+          return inputs.map((input) => recordAt(input, now))
+        }),
       record: (input) =>
         Effect.map(Clock.currentTimeMillis, (now): RecordOutcome => {
           prune(now)
-          // Length-prefixed so that distinct (user, call) pairs never share a key.
-          const marker = `${input.userId.length}:${input.userId}${input.callId}`
-          const expiresAt = markers.get(marker)
-          if (expiresAt !== undefined && expiresAt > now) return "duplicate"
-          markers.delete(marker)
-          if (windowMillis > 0) markers.set(marker, now + windowMillis)
-          update(input.userId, input.cycle, (current) => ({
-            promptTokens: current.promptTokens + input.usage.promptTokens,
-            completionTokens: current.completionTokens + input.usage.completionTokens,
-            totalTokens: current.totalTokens + input.usage.totalTokens,
-            costMicros: current.costMicros + (input.costMicros ?? 0),
-            limit: current.limit
-          }))
-          return "recorded"
+          return recordAt(input, now)
         }),
       stats: (userId, cycle) =>
         Effect.sync((): UsageStats => {

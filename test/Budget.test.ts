@@ -36,6 +36,7 @@ const setLimit = (userId: string, limit: number, cycleDate = cycle) =>
 const failingStore = (failure: Effect.Effect<never, TokenStore.TokenStoreError>): Layer.Layer<TokenStore.TokenStore> =>
   Layer.succeed(TokenStore.TokenStore, {
     record: () => failure,
+    recordMany: () => failure,
     stats: () => failure,
     reset: () => failure,
     setLimit: () => failure,

@@ -177,6 +177,30 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
         assert.strictEqual((yield* store.stats(other, cycle)).totalTokens, 150)
       }))
 
+    it.effect("recordMany: each record once, outcomes in order; an invalid input records nothing", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const alice = freshId("user")
+        const bob = freshId("user")
+        const cycle = "2025-03-01"
+        const first = { callId: freshId("call"), userId: alice, cycle, usage: usage(10, 5), costMicros: 3 }
+        const second = { callId: freshId("call"), userId: bob, cycle, usage: usage(1, 1) }
+        assert.strictEqual(yield* store.record(first), "recorded")
+        const outcomes = yield* store.recordMany([first, second, second, { ...first, callId: freshId("call") }])
+        assert.deepStrictEqual(outcomes, ["duplicate", "recorded", "duplicate", "recorded"])
+        assert.deepStrictEqual(yield* store.recordMany([]), [])
+        assert.strictEqual((yield* store.stats(alice, cycle)).totalTokens, 30)
+        assert.strictEqual((yield* store.stats(alice, cycle)).costMicros, 6)
+        assert.strictEqual((yield* store.stats(bob, cycle)).totalTokens, 2)
+        const invalid = yield* Effect.flip(store.recordMany([
+          { callId: freshId("call"), userId: bob, cycle, usage: usage(100, 100) },
+          { callId: freshId("call"), userId: bob, cycle, usage: usage(-1, 1) }
+        ]))
+        assert.strictEqual(invalid.reason, "InvalidInput")
+        assert.include(invalid.message, "promptTokens")
+        assert.strictEqual((yield* store.stats(bob, cycle)).totalTokens, 2)
+      }))
+
     it.effect("counts concurrent records of distinct calls exactly", () =>
       Effect.gen(function*() {
         const store = yield* TokenStore.TokenStore
