@@ -99,6 +99,8 @@ export interface Options {
   /** Bound on one record, retries included. */
   readonly timeout?: Duration.DurationInput | undefined
   readonly priority?: number | undefined
+  /** Background mode: records in flight at once (the handler's `concurrency`); default 1. */
+  readonly concurrency?: number | undefined
   /**
    * The cost of a call in millionths of the currency unit, recorded in the
    * same atomic update as its tokens; `undefined` records no cost. Default
@@ -467,13 +469,39 @@ const makeHandler = <E>(
           : recorded
       })
     }
+    // Background mode: a run of end events is recorded in one round trip.
+    const inputOf = (event: EndEvent) => {
+      const userId = event.call.userId
+      if (userId === undefined) return Effect.as(logNoUser(name, event), undefined)
+      return Effect.flatMap(usageOf(event), (usage) =>
+        usage === undefined
+          ? Effect.succeed(undefined)
+          : Effect.map(cycle(event.call.startedAt), (cycle): TokenStore.RecordInput => ({
+            callId: event.call.callId,
+            userId,
+            cycle,
+            usage: {
+              promptTokens: usage.promptTokens,
+              completionTokens: usage.completionTokens,
+              totalTokens: usage.totalTokens
+            },
+            costMicros: costOf(event)
+          })))
+    }
+    const onLlmEndBatch = (events: ReadonlyArray<EndEvent>): Effect.Effect<void, TokenStore.TokenStoreError | E> =>
+      Effect.flatMap(Effect.forEach(events, inputOf), (inputs) => {
+        const present = inputs.filter((input): input is TokenStore.RecordInput => input !== undefined)
+        return present.length === 0 ? Effect.void : Effect.asVoid(store.recordMany(present))
+      })
     return Handler.make({
       name,
       onLlmEnd,
+      onLlmEndBatch,
       mode: options.mode ?? "await",
       retry: options.retry,
       timeout: options.timeout,
-      priority: options.priority
+      priority: options.priority,
+      concurrency: options.concurrency
     })
   })
 

@@ -73,6 +73,14 @@ export interface Handler<out E = never, out R = never> {
   readonly onLlmStart: ((event: StartEvent) => Effect.Effect<void, E, R>) | undefined
   readonly onLlmEnd: ((event: EndEvent) => Effect.Effect<void, E, R>) | undefined
   readonly onLlmError: ((event: ErrorEvent) => Effect.Effect<void, E, R>) | undefined
+  /**
+   * Background mode: hears runs of consecutive end events at once (those its
+   * buffer holds when it gets to them), instead of `onLlmEnd` for each; one
+   * invocation (timeout, retries) per run. For handlers that write in bulk,
+   * such as token accounting. Without `onLlmEnd`, await mode calls it with
+   * one event.
+   */
+  readonly onLlmEndBatch: ((events: ReadonlyArray<EndEvent>) => Effect.Effect<void, E, R>) | undefined
   readonly policy: Policy
 }
 
@@ -87,6 +95,8 @@ export interface MakeOptions<E1, R1, E2, R2, E3, R3> extends Policy {
   readonly onLlmStart?: ((event: StartEvent) => Effect.Effect<void, E1, R1>) | undefined
   readonly onLlmEnd?: ((event: EndEvent) => Effect.Effect<void, E2, R2>) | undefined
   readonly onLlmError?: ((event: ErrorEvent) => Effect.Effect<void, E3, R3>) | undefined
+  /** See {@link Handler.onLlmEndBatch}. */
+  readonly onLlmEndBatch?: ((events: ReadonlyArray<EndEvent>) => Effect.Effect<void, E2, R2>) | undefined
 }
 
 /**
@@ -115,6 +125,7 @@ export const make = <E1 = never, R1 = never, E2 = never, R2 = never, E3 = never,
   onLlmStart: options.onLlmStart,
   onLlmEnd: options.onLlmEnd,
   onLlmError: options.onLlmError,
+  onLlmEndBatch: options.onLlmEndBatch,
   policy: {
     timeout: options.timeout,
     retry: options.retry,
@@ -233,7 +244,11 @@ export const composite = <E, R>(
   [TypeId]: TypeId,
   name,
   onLlmStart: runAll(children, (h) => h.onLlmStart),
-  onLlmEnd: runAll(children, (h) => h.onLlmEnd),
+  onLlmEnd: runAll(children, (h) => {
+    const batch = h.onLlmEndBatch
+    return h.onLlmEnd ?? (batch === undefined ? undefined : (event: EndEvent) => batch([event]))
+  }),
   onLlmError: runAll(children, (h) => h.onLlmError),
+  onLlmEndBatch: undefined,
   policy
 })

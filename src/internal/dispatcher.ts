@@ -58,6 +58,8 @@ type Delivery =
 interface Entry {
   readonly name: string
   readonly hooks: Readonly<Record<Phase, Hook | undefined>>
+  /** Background mode: takes runs of consecutive end events at once (`onLlmEndBatch`). */
+  readonly endBatch: ((events: ReadonlyArray<CallbackEvent>) => Effect.Effect<void, unknown, never>) | undefined
   readonly context: Context.Context<never>
   readonly timeout: Duration.Duration
   readonly schedule: Schedule.Schedule<unknown, unknown> | undefined
@@ -66,7 +68,7 @@ interface Entry {
   readonly labels: Metrics.HandlerLabels
   readonly stats: Stats
   /** Background mode: one buffer per lane; a call's deliveries always take the same lane. */
-  readonly lanes: ReadonlyArray<Queue.Queue<Delivery>> | undefined
+  readonly lanes: ReadonlyArray<Lane> | undefined
 }
 
 interface PhasePlan {
@@ -103,6 +105,52 @@ const makeSnapshot = (entries: ReadonlyArray<Entry>): Snapshot => {
 }
 
 const emptySnapshot = makeSnapshot([])
+
+/**
+ * A background buffer and the producers waiting for room in it (FIFO). A
+ * waiting producer costs a callback and a timer: no fiber per waiter.
+ */
+interface Lane {
+  readonly queue: Queue.Queue<Delivery>
+  readonly waiters: Array<Waiter>
+}
+
+interface Waiter {
+  readonly delivery: Delivery
+  /** False once it gave up (timeout, interruption). */
+  readonly waiting: () => boolean
+  /** Called once its delivery is in the buffer. */
+  readonly admitted: () => void
+}
+
+/** Moves waiting producers into the buffer while it has room, in order. */
+const admitWaiters = (lane: Lane): void => {
+  const waiters = lane.waiters
+  let done = 0
+  while (done < waiters.length) {
+    const waiter = waiters[done]!
+    if (waiter.waiting()) {
+      if (!Queue.unsafeOffer(lane.queue, waiter.delivery)) break
+      waiter.admitted()
+    }
+    done++
+  }
+  if (done > 0) waiters.splice(0, done)
+}
+
+/**
+ * Puts a delivery in a lane, waiting behind the producers already waiting
+ * (no timeout: for flush markers, which must follow every delivery before them).
+ */
+const offerInOrder = (lane: Lane, delivery: Delivery): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    if (lane.waiters.length === 0 && Queue.unsafeOffer(lane.queue, delivery)) return resume(Effect.void)
+    let waiting = true
+    lane.waiters.push({ delivery, waiting: () => waiting, admitted: () => resume(Effect.void) })
+    return Effect.sync(() => {
+      waiting = false
+    })
+  })
 
 /** A call's lane: a hash of its id, so that all its deliveries keep their order. */
 const laneOf = (callId: string, lanes: number): number => {
@@ -360,6 +408,9 @@ const lazyRefs = (fiber: Fiber.RuntimeFiber<unknown, unknown>): LazyRefs => {
   return () => refs ??= fiber.getFiberRefs()
 }
 
+const isBatch = (arg: CallbackEvent | ReadonlyArray<CallbackEvent>): arg is ReadonlyArray<CallbackEvent> =>
+  Array.isArray(arg)
+
 /** An invocation that did not complete synchronously. */
 interface Pending {
   /** Completes when the invocation has settled (it never fails). */
@@ -479,15 +530,15 @@ export const make = (
     const startWithSlot = (
       entry: Entry,
       phase: Phase,
-      event: CallbackEvent,
+      hook: Hook,
+      arg: unknown,
       refs: LazyRefs,
       span: Tracer.AnySpan | undefined,
       done: (outcome: Outcome) => void
     ): Pending | undefined => {
-      const hook = entry.hooks[phase]!
       let effect: Effect.Effect<void, unknown>
       try {
-        effect = hook(event)
+        effect = hook(arg)
       } catch (defect) {
         slots.release()
         done(classify(entry, phase, Cause.die(defect), 1))
@@ -514,9 +565,9 @@ export const make = (
           done(classify(entry, phase, exit.cause, 1))
           return undefined
         }
-        return pending(entry, phase, event, span, runtime ?? runtimeFor(entry, refs, span), undefined, exit.cause, done)
+        return pending(entry, phase, hook, arg, runtime ?? runtimeFor(entry, refs, span), undefined, exit.cause, done)
       }
-      return pending(entry, phase, event, span, runtime!, first, undefined, done)
+      return pending(entry, phase, hook, arg, runtime!, first, undefined, done)
     }
 
     /**
@@ -530,8 +581,8 @@ export const make = (
     const pending = (
       entry: Entry,
       phase: Phase,
-      event: CallbackEvent,
-      span: Tracer.AnySpan | undefined,
+      hook: Hook,
+      arg: unknown,
       runtime: Runtime.Runtime<never>,
       first: Fiber.RuntimeFiber<void, unknown> | undefined,
       failure: Cause.Cause<unknown> | undefined,
@@ -575,7 +626,7 @@ export const make = (
             return Effect.failCause(cause)
           }
           attempts++
-          return entry.hooks[phase]!(event)
+          return hook(arg)
         })
         running = Runtime.runFork(runtime)(Effect.retry(attempt, entry.schedule!))
         running.addObserver((exit) => {
@@ -605,12 +656,13 @@ export const make = (
     const invoke = (
       entry: Entry,
       phase: Phase,
-      event: CallbackEvent,
+      hook: Hook,
+      arg: unknown,
       refs: LazyRefs,
       span: Tracer.AnySpan | undefined,
       done: (outcome: Outcome) => void
     ): Pending | undefined => {
-      if (slots.tryTake()) return startWithSlot(entry, phase, event, refs, span, done)
+      if (slots.tryTake()) return startWithSlot(entry, phase, hook, arg, refs, span, done)
       // Saturated: queue the start until a slot frees up; no fiber waits for it.
       const settlement = new Settlement()
       let started: Pending | undefined
@@ -619,7 +671,7 @@ export const make = (
         settlement.settle()
       }
       const position = slots.enqueue(() => {
-        started = startWithSlot(entry, phase, event, refs, span, finish)
+        started = startWithSlot(entry, phase, hook, arg, refs, span, finish)
       })
       return {
         wait: settlement.wait,
@@ -637,13 +689,14 @@ export const make = (
     const invokeTraced = (
       entry: Entry,
       phase: Phase,
-      event: CallbackEvent,
+      hook: Hook,
+      arg: CallbackEvent | ReadonlyArray<CallbackEvent>,
       refs: LazyRefs,
       span: Tracer.AnySpan | undefined,
       tracing: Tracing | undefined,
       done: (outcome: Outcome) => void
     ): Pending | undefined => {
-      if (tracing === undefined) return invoke(entry, phase, event, refs, span, done)
+      if (tracing === undefined) return invoke(entry, phase, hook, arg, refs, span, done)
       const handlerSpan = tracing.tracer.span(
         `callback ${entry.name} ${phase}`,
         span === undefined ? Option.none() : Option.some(span),
@@ -655,8 +708,9 @@ export const make = (
       handlerSpan.attribute("callback.handler", entry.name)
       handlerSpan.attribute("callback.phase", phase)
       handlerSpan.attribute("callback.mode", entry.mode)
-      handlerSpan.attribute("llm.call_id", event.call.callId)
-      return invoke(entry, phase, event, refs, handlerSpan, (outcome) => {
+      if (isBatch(arg)) handlerSpan.attribute("callback.batch_size", arg.length)
+      else handlerSpan.attribute("llm.call_id", arg.call.callId)
+      return invoke(entry, phase, hook, arg, refs, handlerSpan, (outcome) => {
         handlerSpan.attribute("callback.status", outcome.status)
         handlerSpan.attribute("callback.attempts", outcome.attempts)
         handlerSpan.end(
@@ -703,37 +757,60 @@ export const make = (
       entry: Entry,
       phase: Phase,
       event: CallbackEvent,
-      span: Tracer.AnySpan | undefined,
+      fiber: Fiber.RuntimeFiber<unknown, unknown>,
       results: Results
     ): Effect.Effect<void> | undefined => {
       const lanes = entry.lanes!
-      const queue = lanes.length === 1 ? lanes[0]! : lanes[laneOf(event.call.callId, lanes.length)]!
+      const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(event.call.callId, lanes.length)]!
       const now = performance.now()
       if (closed) {
         result(entry, phase, dropped(entry, phase, "the dispatcher is shutting down"), now, results)
         return undefined
       }
-      const delivery: Delivery = { _tag: "Event", event, phase, span }
+      const delivery: Delivery = { _tag: "Event", event, phase, span: fiber.currentSpan }
       entry.stats.pending++
-      if (Queue.unsafeOffer(queue, delivery)) {
+      // Producers already waiting go first.
+      if (lane.waiters.length === 0 && Queue.unsafeOffer(lane.queue, delivery)) {
         Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
         result(entry, phase, QUEUED, now, results)
         return undefined
       }
-      // Buffer full: wait for room (backpressure), bounded by the handler's timeout.
-      return Queue.offer(queue, delivery).pipe(
-        Effect.timeout(entry.timeout),
-        Effect.match({
-          onFailure: () => {
-            entry.stats.pending--
-            result(entry, phase, dropped(entry, phase, `buffer full for ${Duration.format(entry.timeout)}`), now, results)
-          },
-          onSuccess: () => {
+      // Buffer full: wait for room (backpressure), bounded by the handler's
+      // timeout; then the delivery is dropped, counted and logged.
+      return Effect.async<void>((resume) => {
+        let waiting = true
+        let cancelTimer: (() => void) | undefined
+        const giveUp = (why: string) => {
+          waiting = false
+          if (cancelTimer !== undefined) cancelTimer()
+          entry.stats.pending--
+          result(entry, phase, dropped(entry, phase, why), now, results)
+        }
+        lane.waiters.push({
+          delivery,
+          waiting: () => waiting,
+          admitted: () => {
+            waiting = false
+            if (cancelTimer !== undefined) cancelTimer()
             Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
             result(entry, phase, QUEUED, now, results)
+            resume(Effect.void)
           }
         })
-      )
+        cancelTimer = startTimer(
+          entry.timeout,
+          Runtime.make({ context: Context.empty(), fiberRefs: fiber.getFiberRefs(), runtimeFlags: Runtime.defaultRuntimeFlags }),
+          () => {
+            if (!waiting) return
+            giveUp(`buffer full for ${Duration.format(entry.timeout)}`)
+            resume(Effect.void)
+          }
+        )
+        // Interrupted while waiting (a start dispatch whose caller was interrupted).
+        return Effect.sync(() => {
+          if (waiting) giveUp("the caller was interrupted while the buffer was full")
+        })
+      })
     }
 
     const dropped = (entry: Entry, phase: Phase, why: string): Outcome => ({
@@ -780,7 +857,7 @@ export const make = (
         for (let i = 0; i < group.length; i++) {
           const entry = group[i]!
           const startedAt = time
-          const started = invokeTraced(entry, phase, event, refs, span, tracing, (outcome) => {
+          const started = invokeTraced(entry, phase, entry.hooks[phase]!, event, refs, span, tracing, (outcome) => {
             time = result(entry, phase, outcome, startedAt, results)
           })
           if (started !== undefined) {
@@ -825,7 +902,7 @@ export const make = (
       const tracing = tracingOf(fiber)
       let backpressure: Array<Effect.Effect<void>> | undefined
       for (let i = 0; i < plan.background.length; i++) {
-        const waiting = enqueue(plan.background[i]!, phase, event, fiber.currentSpan, results)
+        const waiting = enqueue(plan.background[i]!, phase, event, fiber, results)
         if (waiting !== undefined) (backpressure ??= []).push(waiting)
       }
       let rest: Effect.Effect<void> | undefined
@@ -834,10 +911,7 @@ export const make = (
         // deliveries. The waits run on a fiber of their own so that their
         // timeouts work in the uninterruptible terminal dispatch.
         rest = Effect.zipRight(
-          Effect.flatMap(
-            Effect.forkDaemon(Effect.interruptible(Effect.all(backpressure, { concurrency: "unbounded", discard: true }))),
-            (fiber) => Effect.onInterrupt(Effect.asVoid(Fiber.await(fiber)), () => Fiber.interrupt(fiber))
-          ),
+          Effect.all(backpressure, { discard: true }),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan, tracing) ?? Effect.void
           )
@@ -892,7 +966,7 @@ export const make = (
      * that suspends before the next. One consumer per handler keeps, for each
      * call, start before end.
      */
-    const consume = (entry: Entry, queue: Queue.Queue<Delivery>): Effect.Effect<never> => {
+    const consume = (entry: Entry, lane: Lane): Effect.Effect<never> => {
       const runBatch = (
         items: ReadonlyArray<Delivery>,
         from: number,
@@ -906,9 +980,36 @@ export const make = (
             Deferred.unsafeDone(delivery.done, Exit.void)
             continue
           }
-          const results: Results = { collect: false, items: [] }
           const startedAt = performance.now()
-          const running = invokeTraced(entry, delivery.phase, delivery.event, refs, delivery.span, tracing, (outcome) => {
+          if (delivery.phase === "end" && entry.endBatch !== undefined) {
+            // A run of consecutive end events goes to the batch hook at once.
+            const events: Array<CallbackEvent> = [delivery.event]
+            while (i + 1 < items.length) {
+              const next = items[i + 1]!
+              if (next._tag !== "Event" || next.phase !== "end") break
+              events.push(next.event)
+              i++
+            }
+            const running = invokeTraced(entry, "end", entry.endBatch, events, refs, delivery.span, tracing, (outcome) => {
+              for (const event of events) {
+                const results: Results = { collect: false, items: [] }
+                entry.stats.pending--
+                result(entry, "end", outcome, startedAt, results)
+                if (results.items.length > 0) failed.push([event, results.items])
+              }
+            })
+            if (running !== undefined) {
+              const next = i + 1
+              return Effect.zipRight(
+                awaitPending([running]),
+                Effect.withFiberRuntime<void>((fiber) => runBatch(items, next, lazyRefs(fiber), tracing, failed))
+              )
+            }
+            continue
+          }
+          const results: Results = { collect: false, items: [] }
+          const hook = entry.hooks[delivery.phase]!
+          const running = invokeTraced(entry, delivery.phase, hook, delivery.event, refs, delivery.span, tracing, (outcome) => {
             entry.stats.pending--
             result(entry, delivery.phase, outcome, startedAt, results)
             if (results.items.length > 0) failed.push([delivery.event, results.items])
@@ -927,11 +1028,13 @@ export const make = (
       }
       return Effect.forever(
         Effect.flatMap(
-          Queue.takeBetween(queue, 1, 4096),
+          Queue.takeBetween(lane.queue, 1, 4096),
           (batch) =>
-            Effect.withFiberRuntime<void>((fiber) =>
-              runBatch(Chunk.toReadonlyArray(batch), 0, lazyRefs(fiber), tracingOf(fiber), [])
-            )
+            Effect.withFiberRuntime<void>((fiber) => {
+              // Room was made: let waiting producers in before running the batch.
+              admitWaiters(lane)
+              return runBatch(Chunk.toReadonlyArray(batch), 0, lazyRefs(fiber), tracingOf(fiber), [])
+            })
         )
       )
     }
@@ -941,7 +1044,7 @@ export const make = (
         entry.lanes!,
         (lane) =>
           Effect.flatMap(Deferred.make<void>(), (done) =>
-            Effect.zipRight(Queue.offer(lane, { _tag: "Flush", done }), Deferred.await(done))),
+            Effect.zipRight(offerInOrder(lane, { _tag: "Flush", done }), Deferred.await(done))),
         { concurrency: "unbounded", discard: true }
       )
 
@@ -1019,16 +1122,24 @@ export const make = (
         const lanes = checked.mode === "background"
           ? yield* Effect.all(
             Array.from({ length: checked.concurrency }, () =>
-              Queue.bounded<Delivery>(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))))
+              Effect.map(
+                Queue.bounded<Delivery>(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))),
+                (queue): Lane => ({ queue, waiters: [] })
+              ))
           )
           : undefined
+        const endBatch = handler.onLlmEndBatch as Entry["endBatch"]
         const entry: Entry = {
           name: handler.name,
           hooks: {
             start: handler.onLlmStart as Hook | undefined,
-            end: handler.onLlmEnd as Hook | undefined,
+            // Without a per-event end hook, a batch hook hears each end event alone
+            // (await mode, and the rare end that is not part of a run).
+            end: (handler.onLlmEnd as Hook | undefined) ??
+              (endBatch === undefined ? undefined : (event: CallbackEvent) => endBatch([event])),
             error: handler.onLlmError as Hook | undefined
           },
+          endBatch: checked.mode === "background" ? endBatch : undefined,
           context: context as Context.Context<never>,
           timeout: checked.timeout,
           schedule: options.enableRecovery
@@ -1063,7 +1174,7 @@ export const make = (
             snapshot = makeSnapshot(Array.from(entries.values()))
             return lanes === undefined
               ? Effect.void
-              : Effect.zipRight(drain(entry), Effect.forEach(lanes, Queue.shutdown, { discard: true }))
+              : Effect.zipRight(drain(entry), Effect.forEach(lanes, (lane) => Queue.shutdown(lane.queue), { discard: true }))
           })
         )
         entries.set(entry.name, entry)
