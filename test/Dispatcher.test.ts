@@ -451,6 +451,54 @@ describe("Dispatcher", () => {
         }
       }))
 
+    it.effect("onLlmEndBatch hears runs of end events at once; counts are per event", () =>
+      Effect.gen(function*() {
+        const batches: Array<ReadonlyArray<string>> = []
+        let failNext = true
+        const bulk = Handler.make({
+          name: "bulk",
+          mode: "background",
+          onLlmEndBatch: (events) =>
+            Effect.suspend(() => {
+              if (failNext) {
+                failNext = false
+                return Effect.fail("first attempt fails")
+              }
+              batches.push(events.map((e) => e.call.callId))
+              return Effect.void
+            }),
+          retry: Schedule.recurs(1)
+        })
+        const health = yield* Effect.gen(function*() {
+          // The consumer is busy with nothing yet: five calls' end events pile up, then run as one batch.
+          for (let i = 0; i < 5; i++) {
+            yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: `b${i}` }))
+          }
+          yield* Dispatcher.flush
+          return yield* Dispatcher.health
+        }).pipe(Effect.provide(withHandlers([bulk])))
+        assert.deepStrictEqual(batches.flat(), ["b0", "b1", "b2", "b3", "b4"])
+        assert.isBelow(batches.length, 5)
+        const h = health.handlers[0]!
+        assert.strictEqual(h.successes, 5)
+        assert.strictEqual(h.pending, 0)
+        assert.isAbove(h.retries, 0)
+      }))
+
+    it.effect("a batch-only handler in await mode hears each end event alone", () =>
+      Effect.gen(function*() {
+        const batches: Array<number> = []
+        const bulk = Handler.make({
+          name: "bulk-await",
+          onLlmEndBatch: (events) => Effect.sync(() => void batches.push(events.length))
+        })
+        yield* Effect.gen(function*() {
+          yield* call
+          yield* call
+        }).pipe(Effect.provide(withHandlers([bulk])))
+        assert.deepStrictEqual(batches, [1, 1])
+      }))
+
     it.effect("closing the layer drains pending deliveries", () =>
       Effect.gen(function*() {
         const heard: Array<string> = []
