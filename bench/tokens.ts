@@ -61,12 +61,21 @@ const seconds = (start: bigint): number => Number(process.hrtime.bigint() - star
 const throughHandler = async (
   url: string,
   records: number,
-  options: { readonly autoPipelining: boolean; readonly maxConcurrent: number; readonly concurrency: number }
+  options: {
+    readonly autoPipelining: boolean
+    readonly maxConcurrent: number
+    readonly concurrency: number
+    readonly background?: boolean
+  }
 ): Promise<{ readonly seconds: number; readonly exact: boolean }> => {
   const keyPrefix = `bench_tokens_${process.pid}_${Date.now().toString(36)}_${options.autoPipelining ? "ap" : "np"}`
   const redis = await connect(url, { enableAutoPipelining: options.autoPipelining, enableOfflineQueue: false })
   const runtime = ManagedRuntime.make(
-    TokenUsage.layer({ cycleStartDate: cycle }).pipe(
+    TokenUsage.layer(
+      options.background === true
+        ? { cycleStartDate: cycle, mode: "background", concurrency: 4 }
+        : { cycleStartDate: cycle }
+    ).pipe(
       Layer.provideMerge(
         Layer.merge(
           Dispatcher.layer({ maxConcurrent: options.maxConcurrent }),
@@ -93,7 +102,7 @@ const throughHandler = async (
               Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: workload.userIds[i % records]! })
             ),
           { concurrency: options.concurrency, discard: true }
-        )
+        ).pipe(Effect.zipRight(Dispatcher.flush))
       )
     // Build the layers before the clock starts.
     await runtime.runPromise(Effect.void)
@@ -227,14 +236,24 @@ export const run = async (): Promise<Array<Record<string, string | number>>> => 
         exact: result.exact ? "yes" : "NO"
       })
     }
-    const handlerRecords = 20_000
+    const handlerRecords = 50_000
     for (
       const variant of [
         { label: "handler: instrumented calls, await mode, store client without auto-pipelining", autoPipelining: false },
-        { label: "handler: instrumented calls, await mode, auto-pipelining store client", autoPipelining: true }
+        { label: "handler: instrumented calls, await mode, auto-pipelining store client", autoPipelining: true },
+        {
+          label: "handler: instrumented calls, background mode (4 lanes, onLlmEndBatch -> recordMany), until flushed",
+          autoPipelining: true,
+          background: true
+        }
       ]
     ) {
-      const options = { autoPipelining: variant.autoPipelining, maxConcurrent: 100, concurrency: 100 }
+      const options = {
+        autoPipelining: variant.autoPipelining,
+        maxConcurrent: 100,
+        concurrency: 100,
+        background: variant.background === true
+      }
       await throughHandler(url, 2_000, options) // warm-up
       row(`${variant.label} (1 connection, 100 calls in flight)`, handlerRecords, await throughHandler(url, handlerRecords, options))
     }
