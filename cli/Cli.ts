@@ -179,8 +179,13 @@ const describePath = (path: ReadonlyArray<string>): string => {
   return optionNames[name] ?? name
 }
 
-/** Host and port of a Redis URL, never its password. */
-const redisLocation = (url: string): string => {
+/**
+ * Host and port of a Redis URL, never its password: what error messages show.
+ *
+ * @since 0.1.0
+ * @category formatting
+ */
+export const redisLocation = (url: string): string => {
   try {
     const parsed = new URL(url)
     return parsed.port === "" ? parsed.hostname : `${parsed.hostname}:${parsed.port}`

@@ -42,6 +42,7 @@ import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Net from "node:net"
+import { redisLocation } from "../cli/Cli.js"
 import * as AiLanguageModel from "../layers/AiLanguageModel.js"
 import * as CostLayer from "../layers/Cost.js"
 import * as GenAiMetrics from "../layers/GenAiMetrics.js"
@@ -402,15 +403,6 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
     (self) => (options.verbose ? Logger.withMinimumLogLevel(self, LogLevel.Warning) : self)
   )
 
-/** Host and port of a Redis URL, never its password. */
-const redisLocation = (url: string): string => {
-  try {
-    const parsed = new URL(url)
-    return parsed.port === "" ? parsed.hostname : `${parsed.hostname}:${parsed.port}`
-  } catch {
-    return "the given URL"
-  }
-}
 
 // =============================================================================
 // Command line

@@ -22,6 +22,14 @@ const call = Effect.succeed(response).pipe(Callbacks.instrument(options))
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
+/** The (virtual) milliseconds `self` takes. */
+const timed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
+  Effect.gen(function*() {
+    const started = yield* now
+    yield* self
+    return (yield* now) - started
+  })
+
 /** Runs `self` in a fiber and moves the TestClock until it completes. */
 const runWithClock = <A, E, R>(self: Effect.Effect<A, E, R>, step: Duration.DurationInput = "100 millis", maxSteps = 10_000) =>
   Effect.gen(function*() {
@@ -122,11 +130,7 @@ describe("Dispatcher", () => {
           retry: Schedule.recurs(5)
         })
         const elapsed = yield* runWithClock(
-          Effect.gen(function*() {
-            const started = yield* now
-            yield* call
-            return (yield* now) - started
-          }).pipe(Effect.provide(withHandlers([hung]))),
+          timed(call).pipe(Effect.provide(withHandlers([hung]))),
           "500 millis"
         )
         assert.strictEqual(elapsed, 2000)
@@ -570,11 +574,7 @@ describe("Dispatcher", () => {
       Effect.gen(function*() {
         const hung = Handler.make({ name: "hung", onLlmEnd: () => Effect.never })
         const elapsed = yield* runWithClock(
-          Effect.gen(function*() {
-            const started = yield* now
-            yield* call
-            return (yield* now) - started
-          }).pipe(Effect.provide(withHandlers([hung]))),
+          timed(call).pipe(Effect.provide(withHandlers([hung]))),
           "1 second"
         )
         assert.strictEqual(elapsed, 30_000)
@@ -585,11 +585,7 @@ describe("Dispatcher", () => {
         const hung = Handler.make({ name: "hung", onLlmEnd: () => Effect.never })
         const layer = Dispatcher.toLayer(hung).pipe(Layer.provideMerge(Dispatcher.layerConfig))
         const elapsed = yield* runWithClock(
-          Effect.gen(function*() {
-            const started = yield* now
-            yield* call
-            return (yield* now) - started
-          }).pipe(Effect.provide(layer), withEnv({ CALLBACK_TIMEOUT: "1.5" }))
+          timed(call).pipe(Effect.provide(layer), withEnv({ CALLBACK_TIMEOUT: "1.5" }))
         )
         assert.strictEqual(elapsed, 1500)
       }))
