@@ -435,7 +435,6 @@ const uncapture = <E>(cause: Cause.Cause<E>, span: Tracer.Span): Cause.Cause<E> 
   }
 }
 
-
 const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpan> => {
   // Skip spans that opted out of propagation, as `Effect.withSpan` does.
   while (span !== undefined && Context.get(span.context, Tracer.DisablePropagation)) {
