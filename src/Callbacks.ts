@@ -650,22 +650,27 @@ const instrumentImpl = <A, E, R>(
     // Nested instrumented calls see this call as their parent. This region is
     // uninterruptible and `terminal` always runs, so leaving is guaranteed
     // without a second acquire/release on the hot path.
-    const inner = Effect.suspend(() => {
+    const enter = () => {
       parents.ids.push(callId)
       entered = true
-      return self
-    })
+    }
     const onFailure = (cause: Cause.Cause<E>) => terminal(Exit.failCause(cause))
     const onSuccess = (value: A) => terminal(Exit.succeed(value))
     return Effect.uninterruptibleMask((restore) => {
       const started = dispatcher.unsafeRun(snapshot, events.start, fiber)
-      const call = Effect.matchCauseEffect(restore(inner), { onFailure, onSuccess })
-      if (started === undefined) return call
+      if (started === undefined) {
+        // The start dispatch completed synchronously (the common case).
+        enter()
+        return Effect.matchCauseEffect(restore(self), { onFailure, onSuccess })
+      }
       return Effect.matchCauseEffect(restore(started), {
         // Interrupted while `start` was dispatched: the call never runs, but
         // the handlers that heard `start` still hear exactly one terminal event.
         onFailure: (cause) => terminal(Exit.failCause(cause)),
-        onSuccess: () => call
+        onSuccess: () => {
+          enter()
+          return Effect.matchCauseEffect(restore(self), { onFailure, onSuccess })
+        }
       })
     })
   })

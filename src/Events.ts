@@ -151,8 +151,6 @@ export const PythonResponse = Schema.transform(
   }
 )
 
-const pythonKeys = ["tokens_used", "prompt_tokens", "completion_tokens", "response_time", "cost_estimate"] as const
-
 /**
  * Whether a value looks like the Python design's response dictionary (has
  * one of its snake_case keys).
@@ -161,7 +159,9 @@ const pythonKeys = ["tokens_used", "prompt_tokens", "completion_tokens", "respon
  * @category guards
  */
 export const isPythonResponse = (u: unknown): boolean =>
-  typeof u === "object" && u !== null && pythonKeys.some((key) => key in u)
+  typeof u === "object" && u !== null &&
+  ("tokens_used" in u || "prompt_tokens" in u || "completion_tokens" in u || "response_time" in u ||
+    "cost_estimate" in u)
 
 /**
  * Identity and context of one instrumented call, shared by all its events.
