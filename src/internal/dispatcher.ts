@@ -664,6 +664,8 @@ export const make = (
     ): Pending | undefined => {
       if (slots.tryTake()) return startWithSlot(entry, phase, hook, arg, refs, span, done)
       // Saturated: queue the start until a slot frees up; no fiber waits for it.
+      // The caller's refs are read now: by the time it starts, the caller has moved on.
+      refs()
       const settlement = new Settlement()
       let started: Pending | undefined
       const finish = (outcome: Outcome) => {
