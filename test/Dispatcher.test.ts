@@ -231,6 +231,36 @@ describe("Dispatcher", () => {
         assert.strictEqual(elapsed, 6000)
       }))
 
+    it.effect("a handler still waiting for a slot when the caller is interrupted hears nothing of that call", () =>
+      Effect.gen(function*() {
+        const heard: Array<string> = []
+        const holder = Handler.make({
+          name: "holder",
+          mode: "background",
+          onLlmStart: () => Effect.sleep("10 seconds"),
+          timeout: "20 seconds"
+        })
+        const waiter = Handler.make({
+          name: "waiter",
+          onLlmStart: (e) => Effect.sync(() => void heard.push(`start ${e.call.callId}`)),
+          onLlmError: (e) => Effect.sync(() => void heard.push(`error ${e.call.callId}`))
+        })
+        yield* Effect.gen(function*() {
+          // The holder's first delivery takes the only slot...
+          const first = yield* Effect.fork(Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "a" })))
+          yield* TestClock.adjust("1 second")
+          // ...so the waiter's start for the second call is queued, and the caller gives up.
+          const second = yield* Effect.fork(Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "b" })))
+          yield* TestClock.adjust("1 second")
+          const interrupting = yield* Effect.fork(Fiber.interrupt(second))
+          yield* TestClock.adjust("1 minute")
+          yield* Fiber.join(interrupting)
+          yield* Fiber.join(first)
+        }).pipe(Effect.provide(withHandlers([holder, waiter], { maxConcurrent: 1 })))
+        assert.deepStrictEqual(heard.filter((line) => line.endsWith(" b")), [])
+        assert.include(heard, "start a")
+      }))
+
     it.effect("every outcome lands in the dispatch report; dispatch never fails", () =>
       Effect.gen(function*() {
         const handlers = [

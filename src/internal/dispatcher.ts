@@ -424,11 +424,14 @@ interface Results {
   readonly items: Array<Dispatcher.HandlerResult>
   /** How many await groups were started (start phase only). */
   reached?: number
+  /** Handlers of started groups whose hook never ran: queued for a slot, then cancelled. */
+  notStarted?: Array<string>
 }
 
 /**
  * Handlers that never heard `start` because the start dispatch was interrupted
- * before their priority group was reached, by call. They must not hear a
+ * before their hook ran (their priority group was not reached, or they were
+ * still waiting for a slot), by call. They must not hear a
  * terminal event for that call either. Keyed weakly by the call's info object,
  * which the start and terminal events share.
  */
@@ -860,6 +863,7 @@ export const make = (
           const entry = group[i]!
           const startedAt = time
           const started = invokeTraced(entry, phase, entry.hooks[phase]!, event, refs, span, tracing, (outcome) => {
+            if (outcome.attempts === 0 && outcome.status === "interrupted") (results.notStarted ??= []).push(entry.name)
             time = result(entry, phase, outcome, startedAt, results)
           })
           if (started !== undefined) {
@@ -927,7 +931,7 @@ export const make = (
       if (phase === "start") {
         rest = Effect.onInterrupt(rest, () =>
           Effect.sync(() => {
-            const excluded = new Set<string>()
+            const excluded = new Set<string>(results.notStarted)
             for (let g = results.reached ?? 0; g < plan.groups.length; g++) {
               for (const entry of plan.groups[g]!) excluded.add(entry.name)
             }
