@@ -92,6 +92,38 @@ const error = (event: CallbackEvent | undefined): ErrorEvent => {
   return event as ErrorEvent
 }
 
+/** A prompt with every kind of part: text, image and file, reasoning, a tool call and its result. */
+const mixedPrompt: ReadonlyArray<Prompt.MessageEncoded> = [
+  { role: "system", content: "Be brief." },
+  {
+    role: "user",
+    content: [
+      { type: "text", text: "What is in" },
+      { type: "text", text: "this picture?" },
+      { type: "file", mediaType: "image/png", fileName: "cat.png", data: new Uint8Array([1, 2, 3]) },
+      { type: "file", mediaType: "application/pdf", data: "https://example.com/a.pdf" }
+    ]
+  },
+  {
+    role: "assistant",
+    content: [
+      { type: "reasoning", text: "thinking" },
+      { type: "tool-call", id: "c1", name: "lookup", params: { q: 1 } }
+    ]
+  },
+  {
+    role: "tool",
+    content: [{
+      type: "tool-result",
+      id: "c1",
+      name: "lookup",
+      isFailure: true,
+      result: "no",
+      providerExecuted: false
+    }]
+  }
+]
+
 describe("AiLanguageModel", () => {
   describe("generateText", () => {
     it.effect("start has messages, provider, model and options; end has text, mapped usage, reason, duration", () =>
@@ -220,37 +252,7 @@ describe("AiLanguageModel", () => {
     it.effect("text parts are joined and other parts summarised; the model gets the prompt unchanged", () =>
       Effect.gen(function*() {
         const seen: Array<string> = []
-        const prompt: ReadonlyArray<Prompt.MessageEncoded> = [
-          { role: "system", content: "Be brief." },
-          {
-            role: "user",
-            content: [
-              { type: "text", text: "What is in" },
-              { type: "text", text: "this picture?" },
-              { type: "file", mediaType: "image/png", fileName: "cat.png", data: new Uint8Array([1, 2, 3]) },
-              { type: "file", mediaType: "application/pdf", data: "https://example.com/a.pdf" }
-            ]
-          },
-          {
-            role: "assistant",
-            content: [
-              { type: "reasoning", text: "thinking" },
-              { type: "tool-call", id: "c1", name: "lookup", params: { q: 1 } }
-            ]
-          },
-          {
-            role: "tool",
-            content: [{
-              type: "tool-result",
-              id: "c1",
-              name: "lookup",
-              isFailure: true,
-              result: "no",
-              providerExecuted: false
-            }]
-          }
-        ]
-        yield* LanguageModel.generateText({ prompt }).pipe(
+        yield* LanguageModel.generateText({ prompt: mixedPrompt }).pipe(
           Effect.provide(instrumented((request) => {
             seen.push(request.text)
             return FakeReply.Text({ text: "ok" })
@@ -261,38 +263,7 @@ describe("AiLanguageModel", () => {
 
     it.effect("summaries reach the handlers", () =>
       Effect.gen(function*() {
-        yield* LanguageModel.generateText({
-          prompt: Prompt.make([
-            { role: "system", content: "Be brief." },
-            {
-              role: "user",
-              content: [
-                { type: "text", text: "What is in" },
-                { type: "text", text: "this picture?" },
-                { type: "file", mediaType: "image/png", fileName: "cat.png", data: new Uint8Array([1, 2, 3]) },
-                { type: "file", mediaType: "application/pdf", data: "https://example.com/a.pdf" }
-              ]
-            },
-            {
-              role: "assistant",
-              content: [
-                { type: "reasoning", text: "thinking" },
-                { type: "tool-call", id: "c1", name: "lookup", params: { q: 1 } }
-              ]
-            },
-            {
-              role: "tool",
-              content: [{
-                type: "tool-result",
-                id: "c1",
-                name: "lookup",
-                isFailure: true,
-                result: "no",
-                providerExecuted: false
-              }]
-            }
-          ])
-        })
+        yield* LanguageModel.generateText({ prompt: Prompt.make(mixedPrompt) })
         const s = start((yield* Testing.events)[0])
         assert.deepStrictEqual(s.messages, [
           { role: "system", content: "Be brief." },
