@@ -8,7 +8,7 @@ import * as Schedule from "effect/Schedule"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import * as FaultProxy from "../support/FaultProxy.js"
-import { dedicatedRedis, directClient, freePort, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import { assertStoredTotals, dedicatedRedis, directClient, freePort, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
 import {
   freshId,
   makeWorkload,
@@ -287,22 +287,7 @@ describe("RedisTokenStore", () => {
           assert.isAbove(failures, 0, "no record failed")
           assert.strictEqual(outcomes.length, 10_000)
 
-          const redis = yield* directClient(redisUrl())
-          for (const [userId, expected] of workload.expected) {
-            const [prompt, completion, total] = yield* Effect.promise(() =>
-              redis.hmget(
-                RedisTokenStore.usageKey(keyPrefix, userId, cycle),
-                "prompt_tokens",
-                "completion_tokens",
-                "total_tokens"
-              )
-            )
-            assert.deepStrictEqual(
-              { promptTokens: Number(prompt), completionTokens: Number(completion), totalTokens: Number(total) },
-              expected,
-              userId
-            )
-          }
+          yield* assertStoredTotals(keyPrefix, cycle, workload.expected)
           assert.deepStrictEqual(
             yield* store.users(cycle).pipe(Effect.retry(retryUntilAnswered)),
             [...workload.expected.keys()].sort()

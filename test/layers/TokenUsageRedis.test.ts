@@ -12,7 +12,7 @@ import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import { CallbackMetrics, Callbacks, Dispatcher, TokenStore } from "../../src/index.js"
 import * as FaultProxy from "../support/FaultProxy.js"
-import { dedicatedRedis, directClient, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import { assertStoredTotals, dedicatedRedis, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
 import { freshId, makeWorkload } from "../support/tokenStoreConformance.js"
 
 const cycle = "2025-03-01"
@@ -101,22 +101,7 @@ describe("TokenUsage over Redis", () => {
         assert.strictEqual(health.successes, 10_000)
 
         // Exactly what the calls reported: nothing lost, nothing counted twice.
-        const redis = yield* directClient(redisUrl())
-        for (const [userId, expected] of workload.expected) {
-          const [prompt, completion, total] = yield* Effect.promise(() =>
-            redis.hmget(
-              RedisTokenStore.usageKey(keyPrefix, userId, cycle),
-              "prompt_tokens",
-              "completion_tokens",
-              "total_tokens"
-            )
-          )
-          assert.deepStrictEqual(
-            { promptTokens: Number(prompt), completionTokens: Number(completion), totalTokens: Number(total) },
-            expected,
-            userId
-          )
-        }
+        yield* assertStoredTotals(keyPrefix, cycle, workload.expected)
         yield* Effect.logInfo("instrumented lost-reply run").pipe(
           Effect.annotateLogs({ ...counters, retries: health.retries })
         )

@@ -5,7 +5,9 @@
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import { Redis } from "ioredis"
-import { inject } from "vitest"
+import { assert, inject } from "vitest"
+import { usageKey } from "../../layers/RedisTokenStore.js"
+import type * as TokenStore from "../../src/TokenStore.js"
 import { type RedisProcess, startRedisProcess } from "./globalSetup.js"
 
 export { freePort, type RedisProcess, startRedisProcess, stopRedisProcess } from "./globalSetup.js"
@@ -85,3 +87,26 @@ export const directClient = (url: string): Effect.Effect<Redis, never, Scope.Sco
     }),
     (redis) => Effect.promise(() => redis.quit().then(() => undefined, () => redis.disconnect()))
   )
+
+/**
+ * Asserts that the counters stored in Redis for each user of a cycle, read
+ * directly (not through the store), equal the expected totals exactly.
+ */
+export const assertStoredTotals = (
+  keyPrefix: string,
+  cycle: string,
+  expected: ReadonlyMap<string, TokenStore.TokenCounts>
+): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const redis = yield* directClient(redisUrl())
+    for (const [userId, totals] of expected) {
+      const [prompt, completion, total] = yield* Effect.promise(() =>
+        redis.hmget(usageKey(keyPrefix, userId, cycle), "prompt_tokens", "completion_tokens", "total_tokens")
+      )
+      assert.deepStrictEqual(
+        { promptTokens: Number(prompt), completionTokens: Number(completion), totalTokens: Number(total) },
+        totals,
+        userId
+      )
+    }
+  })
