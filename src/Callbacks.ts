@@ -503,10 +503,10 @@ const priced = (context: Context.Context<never>, event: EndEvent): EndEvent => {
   return response === event.response ? event : { ...event, response }
 }
 
-const lookupDispatcher = (context: Context.Context<never>): DispatcherImpl | undefined => {
-  const dispatcher = Context.getOption(context, Dispatcher)
-  return Option.isSome(dispatcher) ? dispatcher.value as DispatcherImpl : undefined
-}
+const noDispatcher = (): undefined => undefined
+
+const lookupDispatcher = (context: Context.Context<never>): DispatcherImpl | undefined =>
+  Context.getOrElse(context, Dispatcher, noDispatcher) as DispatcherImpl | undefined
 
 /**
  * Starts a call by hand: dispatches `start` and returns an {@link ActiveCall}
