@@ -1,5 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import {
+  Cause,
   ConfigProvider,
   Context,
   Deferred,
@@ -156,6 +157,18 @@ describe("Dispatcher", () => {
         assert.strictEqual(report.elapsed, 2500)
         assert.strictEqual(attempts, 2)
         assert.strictEqual(report.health.handlers[0]!.timeouts, 1)
+      }))
+
+    it.effect("a hook failing with a TimeoutException of its own has failed, not timed out", () =>
+      Effect.gen(function*() {
+        const own = Handler.make({
+          name: "own-timeout",
+          onLlmEnd: () => Effect.fail(new Cause.TimeoutException("the hook's own deadline")),
+          retry: Schedule.stop
+        })
+        const health = yield* Effect.zipRight(call, Dispatcher.health).pipe(Effect.provide(withHandlers([own])))
+        assert.strictEqual(health.handlers[0]!.failures, 1)
+        assert.strictEqual(health.handlers[0]!.timeouts, 0)
       }))
 
     it.effect("a timed-out handler fiber is interrupted", () =>

@@ -191,20 +191,10 @@ const classify = (
   cause: Cause.Cause<unknown>,
   attempts: number
 ): Outcome => {
+  // Timeouts are the dispatcher's own (see `timedOut`): a hook failing with a
+  // `TimeoutException` of its own has failed, not timed out.
   const failure = Cause.failureOption(cause)
   if (Option.isSome(failure)) {
-    if (failure.value instanceof Cause.TimeoutException) {
-      return {
-        status: "timeout",
-        attempts,
-        error: new HandlerError({
-          reason: "Timeout",
-          handler: entry.name,
-          phase,
-          message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
-        })
-      }
-    }
     return {
       status: "failed",
       attempts,
@@ -237,6 +227,18 @@ const classify = (
     error: new HandlerError({ reason: "Interrupted", handler: entry.name, phase, message: "interrupted" })
   }
 }
+
+/** The invocation outlived its handler's timeout (retries included). */
+const timedOut = (entry: Entry, phase: Phase, attempts: number): Outcome => ({
+  status: "timeout",
+  attempts,
+  error: new HandlerError({
+    reason: "Timeout",
+    handler: entry.name,
+    phase,
+    message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
+  })
+})
 
 // -----------------------------------------------------------------------------
 // Concurrency slots
@@ -281,10 +283,6 @@ class Slots {
     if (position < this.head || this.queue[position] === undefined) return false
     this.queue[position] = undefined
     return true
-  }
-
-  get waiting(): number {
-    return this.queue.length - this.head
   }
 
   private drain(): void {
@@ -577,8 +575,8 @@ export const make = (
      * An invocation that did not complete synchronously: its first attempt
      * suspended (`first`), or failed with a retriable error (`failure`). It
      * settles by itself, driven by fiber observers rather than by a fiber of
-     * its own: one timer fiber bounds the whole invocation (retries included),
-     * and a retry fiber is started only after a failure. Settling releases
+     * its own: one timer bounds the whole invocation (retries included), and
+     * a retry fiber is started only after a failure. Settling releases
      * the slot and calls `done`, exactly once.
      */
     const pending = (
@@ -597,17 +595,6 @@ export const make = (
       entry.stats.inFlight++
       Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
       let cancelTimer: (() => void) | undefined
-      const onTimeout = () =>
-        settle({
-          status: "timeout",
-          attempts,
-          error: new HandlerError({
-            reason: "Timeout",
-            handler: entry.name,
-            phase,
-            message: `timed out after ${Duration.format(entry.timeout)} (${attempts} attempt(s))`
-          })
-        })
       const settle = (outcome: Outcome) => {
         if (settlement.settled) return
         if (cancelTimer !== undefined) cancelTimer()
@@ -619,7 +606,7 @@ export const make = (
         Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
       }
       // Started after `settle` exists: with a zero timeout it may fire at once.
-      cancelTimer = startTimer(entry.timeout, runtime, onTimeout)
+      cancelTimer = startTimer(entry.timeout, runtime, () => settle(timedOut(entry, phase, attempts)))
       const retry = (cause: Cause.Cause<unknown>) => {
         // Feed the first failure to the schedule, then run the hook again.
         let replayed = false
