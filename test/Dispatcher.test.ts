@@ -10,18 +10,43 @@ import {
   Exit,
   Fiber,
   Layer,
+  Metric,
   Option,
   Schedule,
   Scope,
   TestClock
 } from "effect"
-import { Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
+import { CallbackMetrics, Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
 
 const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
 const call = Effect.succeed(response).pipe(Callbacks.instrument(options))
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
+
+/** Executions of a handler's end hook by outcome, and its dropped deliveries, from the metrics. */
+const counts = (handler: string) =>
+  Effect.all({
+    success: Metric.value(
+      CallbackMetrics.executionsTotal.pipe(
+        Metric.tagged("callback_type", handler),
+        Metric.tagged("phase", "end"),
+        Metric.tagged("status", "success")
+      )
+    ),
+    interrupted: Metric.value(
+      CallbackMetrics.executionsTotal.pipe(
+        Metric.tagged("callback_type", handler),
+        Metric.tagged("phase", "end"),
+        Metric.tagged("status", "interrupted")
+      )
+    ),
+    dropped: Metric.value(CallbackMetrics.droppedTotal.pipe(Metric.tagged("callback_type", handler)))
+  }).pipe(Effect.map(({ dropped, interrupted, success }) => ({
+    success: success.count,
+    interrupted: interrupted.count,
+    dropped: dropped.count
+  })))
 
 /** The (virtual) milliseconds `self` takes. */
 const timed = <A, E, R>(self: Effect.Effect<A, E, R>) =>
@@ -566,22 +591,47 @@ describe("Dispatcher", () => {
       Effect.gen(function*() {
         let completed = 0
         const slow = Handler.make({
-          name: "slow",
+          name: "slow-drain",
           mode: "background",
           onLlmEnd: () => Effect.sleep("10 seconds").pipe(Effect.zipRight(Effect.sync(() => completed++))),
           timeout: "1 minute"
         })
         const scope = yield* Scope.make()
         const context = yield* Layer.buildWithScope(withHandlers([slow], { shutdownTimeout: "15 seconds" }), scope)
-        const dispatcher = Context.get(context, Dispatcher.Dispatcher)
         yield* Effect.all([call, call, call], { discard: true }).pipe(Effect.provide(context))
         yield* runWithClock(Scope.close(scope, Exit.void), "1 second")
-        const health = yield* dispatcher.health
-        // One delivered in time, the other two reported as dropped.
+        // The first delivered in time, the second interrupted at the shutdown timeout, the third never run.
         assert.strictEqual(completed, 1)
-        assert.strictEqual(health.status, "closed")
+        assert.deepStrictEqual(yield* counts("slow-drain"), { success: 1, interrupted: 1, dropped: 1 })
         yield* TestClock.adjust("1 minute")
         assert.strictEqual(completed, 1)
+      }))
+
+    it.effect("at shutdown, producers still waiting for buffer room are released and counted once as dropped", () =>
+      Effect.gen(function*() {
+        const slow = Handler.make({
+          name: "slow-full",
+          mode: "background",
+          bufferSize: 1,
+          onLlmEnd: () => Effect.sleep("10 seconds"),
+          timeout: "1 minute"
+        })
+        const scope = yield* Scope.make()
+        const context = yield* Layer.buildWithScope(withHandlers([slow], { shutdownTimeout: "5 seconds" }), scope)
+        const first = yield* Effect.fork(call.pipe(Effect.provide(context)))
+        yield* Effect.yieldNow()
+        // The second call fills the buffer; the third and fourth wait for room.
+        const others = yield* Effect.fork(
+          Effect.all([call, call, call], { concurrency: "unbounded", discard: true }).pipe(Effect.provide(context))
+        )
+        yield* TestClock.adjust("1 second")
+        yield* runWithClock(Scope.close(scope, Exit.void), "1 second")
+        yield* Fiber.join(first)
+        yield* Fiber.join(others)
+        assert.deepStrictEqual(yield* counts("slow-full"), { success: 0, interrupted: 1, dropped: 3 })
+        // Their timeouts, had they fired, would have counted them a second time.
+        yield* TestClock.adjust("2 minutes")
+        assert.deepStrictEqual(yield* counts("slow-full"), { success: 0, interrupted: 1, dropped: 3 })
       }))
 
     it.effect("a full buffer applies backpressure, bounded by the handler's timeout, then drops visibly", () =>

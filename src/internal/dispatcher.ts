@@ -121,6 +121,8 @@ interface Waiter {
   readonly waiting: () => boolean
   /** Called once its delivery is in the buffer. */
   readonly admitted: () => void
+  /** Lets the producer go without delivering (the drain counted it as not delivered). */
+  readonly abandon: () => void
 }
 
 /** Moves waiting producers into the buffer while it has room, in order. */
@@ -146,7 +148,11 @@ const offerInOrder = (lane: Lane, delivery: Delivery): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
     if (lane.waiters.length === 0 && Queue.unsafeOffer(lane.queue, delivery)) return resume(Effect.void)
     let waiting = true
-    lane.waiters.push({ delivery, waiting: () => waiting, admitted: () => resume(Effect.void) })
+    const release = () => {
+      waiting = false
+      resume(Effect.void)
+    }
+    lane.waiters.push({ delivery, waiting: () => waiting, admitted: release, abandon: release })
     return Effect.sync(() => {
       waiting = false
     })
@@ -787,6 +793,12 @@ export const make = (
             Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
             result(entry, phase, QUEUED, now, results)
             resume(Effect.void)
+          },
+          abandon: () => {
+            if (!waiting) return
+            waiting = false
+            if (cancelTimer !== undefined) cancelTimer()
+            resume(Effect.void)
           }
         })
         cancelTimer = startTimer(
@@ -901,8 +913,7 @@ export const make = (
       let rest: Effect.Effect<void> | undefined
       if (backpressure !== undefined) {
         // Backpressure: the await handlers run after the buffers took the
-        // deliveries. The waits run on a fiber of their own so that their
-        // timeouts work in the uninterruptible terminal dispatch.
+        // deliveries (each wait is bounded by its handler's timeout).
         rest = Effect.zipRight(
           Effect.all(backpressure, { discard: true }),
           Effect.withFiberRuntime<void>((fiber) =>
@@ -912,9 +923,7 @@ export const make = (
       } else if (plan.groups.length > 0) {
         rest = runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan, tracing)
       }
-      if (rest === undefined) {
-        return results.items.length === 0 || !hasError(results.items) ? undefined : logFailures(event, results.items)
-      }
+      if (rest === undefined) return hasError(results.items) ? logFailures(event, results.items) : undefined
       if (phase === "start") {
         rest = Effect.onInterrupt(rest, () =>
           Effect.sync(() => {
@@ -925,10 +934,7 @@ export const make = (
             if (excluded.size > 0) unreached.set(event.call, excluded)
           }))
       }
-      return Effect.flatMap(
-        rest,
-        () => results.items.length === 0 || !hasError(results.items) ? Effect.void : logFailures(event, results.items)
-      )
+      return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
     }
 
     const hasError = (items: ReadonlyArray<Dispatcher.HandlerResult>): boolean => {
@@ -953,11 +959,32 @@ export const make = (
     // -- background consumers -------------------------------------------------
 
     /**
+     * Accounts for background deliveries that will never run (shutdown):
+     * counts the events among `deliveries` as dropped, releases flush
+     * markers, and returns the log line, if any.
+     */
+    const undelivered = (entry: Entry, deliveries: Iterable<Delivery>, where: string): Effect.Effect<void> => {
+      let lost = 0
+      for (const delivery of deliveries) {
+        if (delivery._tag === "Flush") Deferred.unsafeDone(delivery.done, Exit.void)
+        else lost++
+      }
+      if (lost === 0) return Effect.void
+      entry.stats.pending -= lost
+      entry.stats.dropped += lost
+      Metrics.droppedTotal.unsafeUpdate(lost, entry.labels.handler)
+      Metrics.errorsTotal.unsafeUpdate(lost, entry.labels.error.dropped)
+      Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+      return Effect.logError(`callback handler ${entry.name}: ${lost} background deliveries not delivered (${where})`)
+        .pipe(Effect.annotateLogs({ handler: entry.name, undelivered: lost }))
+    }
+
+    /**
      * The consumer of a background handler: takes deliveries in batches and
      * runs them in order, synchronously as far as they go (a batch of
      * handlers that complete at once costs one fiber turn), waiting for one
-     * that suspends before the next. One consumer per handler keeps, for each
-     * call, start before end.
+     * that suspends before the next. One consumer per lane, and a call's
+     * deliveries always in the same lane, keep start before end for each call.
      */
     const consume = (entry: Entry, lane: Lane): Effect.Effect<never> => {
       const runBatch = (
@@ -991,13 +1018,7 @@ export const make = (
                 if (results.items.length > 0) failed.push([event, results.items])
               }
             })
-            if (running !== undefined) {
-              const next = i + 1
-              return Effect.zipRight(
-                awaitPending([running]),
-                Effect.withFiberRuntime<void>((fiber) => runBatch(items, next, lazyRefs(fiber), tracing, failed))
-              )
-            }
+            if (running !== undefined) return continueAfter(running, items, i + 1, tracing, failed)
             continue
           }
           const results: Results = { collect: false, items: [] }
@@ -1007,18 +1028,29 @@ export const make = (
             result(entry, delivery.phase, outcome, startedAt, results)
             if (results.items.length > 0) failed.push([delivery.event, results.items])
           })
-          if (running !== undefined) {
-            return Effect.zipRight(
-              awaitPending([running]),
-              Effect.withFiberRuntime<void>((fiber) => runBatch(items, i + 1, lazyRefs(fiber), tracing, failed))
-            )
-          }
+          if (running !== undefined) return continueAfter(running, items, i + 1, tracing, failed)
         }
         Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
         return failed.length === 0
           ? Effect.void
           : Effect.forEach(failed, ([event, results]) => logFailures(event, results), { discard: true })
       }
+      // Waits for a delivery that suspended, then runs the rest of the batch.
+      // Interrupted (shutdown), the rest of the batch is accounted as not delivered.
+      const continueAfter = (
+        running: Pending,
+        items: ReadonlyArray<Delivery>,
+        next: number,
+        tracing: Tracing | undefined,
+        failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
+      ): Effect.Effect<void> =>
+        Effect.onInterrupt(
+          Effect.zipRight(
+            awaitPending([running]),
+            Effect.withFiberRuntime<void>((fiber) => runBatch(items, next, lazyRefs(fiber), tracing, failed))
+          ),
+          () => undelivered(entry, items.slice(next), "the consumer stopped at shutdown")
+        )
       return Effect.forever(
         Effect.flatMap(
           Queue.takeBetween(lane.queue, 1, 4096),
@@ -1042,22 +1074,29 @@ export const make = (
       )
 
     // Finalizers run uninterruptibly; the flush is made interruptible so that
-    // the shutdown timeout can cut it short.
+    // the shutdown timeout can cut it short. What is still buffered, or still
+    // waiting for room, then never runs: it is counted and logged as not
+    // delivered (a delivery in progress is interrupted and counted as such).
     const drain = (entry: Entry) =>
       Effect.interruptible(flushEntry(entry)).pipe(
         Effect.timeoutOption(options.shutdownTimeout),
-        Effect.flatMap((drained) => {
-          if (Option.isSome(drained) || entry.stats.pending === 0) return Effect.void
-          const lost = entry.stats.pending
-          entry.stats.dropped += lost
-          entry.stats.pending = 0
-          Metrics.droppedTotal.unsafeUpdate(lost, entry.labels.handler)
-          Metrics.errorsTotal.unsafeUpdate(lost, entry.labels.error.dropped)
-          Metrics.queueDepth.unsafeUpdate(0, entry.labels.handler)
-          return Effect.logError(
-            `callback handler ${entry.name}: ${lost} background deliveries not delivered within the shutdown timeout`
-          ).pipe(Effect.annotateLogs({ handler: entry.name, undelivered: lost }))
-        })
+        Effect.flatMap((drained) =>
+          Option.isSome(drained) ? Effect.void : Effect.forEach(entry.lanes!, (lane) =>
+            Effect.flatMap(Queue.takeAll(lane.queue), (buffered) => {
+              const waiting: Array<Delivery> = []
+              for (const waiter of lane.waiters) {
+                if (!waiter.waiting()) continue
+                waiting.push(waiter.delivery)
+                waiter.abandon()
+              }
+              lane.waiters.length = 0
+              return undelivered(
+                entry,
+                [...Chunk.toReadonlyArray(buffered), ...waiting],
+                `not drained within the shutdown timeout of ${Duration.format(options.shutdownTimeout)}`
+              )
+            }), { discard: true })
+        )
       )
 
     // -- registration -----------------------------------------------------------
