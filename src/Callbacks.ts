@@ -35,8 +35,9 @@ import {
 import type { DispatcherImpl } from "./internal/dispatcher.js"
 
 /**
- * Per-call context that nested calls inherit: the user, tags, metadata, and
- * the id of the enclosing instrumented call (set automatically).
+ * Context for the instrumented calls inside a region: the user, tags,
+ * metadata, and a parent call id. (The parent of a call made inside another
+ * instrumented call is that call, without any context.)
  *
  * @since 0.1.0
  * @category models
@@ -49,8 +50,8 @@ export interface CallContext {
 }
 
 /**
- * The current call context. Every `instrument` inside `withCallContext` (and
- * every call nested inside an instrumented call) reads it.
+ * The current call context, set by {@link withCallContext}; every
+ * `instrument` inside it reads it (its own options win).
  *
  * @since 0.1.0
  * @category fiber refs
@@ -95,10 +96,8 @@ const parentsOf = (fiber: AnyFiber): ParentStack => {
   return stack
 }
 
-const enclosingCall = (fiber: AnyFiber): string | undefined => {
-  const stack = fiber.getFiberRef(currentParents)
-  return stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
-}
+const topOf = (stack: ParentStack | undefined): string | undefined =>
+  stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
 
 const removeParent = (stack: ParentStack, callId: string): void => {
   const ids = stack.ids
@@ -195,7 +194,7 @@ export interface InstrumentOptions<A> {
   readonly params?: Readonly<Record<string, unknown>> | undefined
   /** Reads the response out of the call's result; by default the result itself is the response. */
   readonly response?: ((a: A) => LlmResponse | unknown) | undefined
-  /** A call id of the caller's choosing (e.g. to make a retried call idempotent); by default a UUID. */
+  /** A call id of the caller's choosing (e.g. to make a retried call idempotent); by default a new unique id. */
   readonly callId?: string | undefined
 }
 
@@ -530,7 +529,7 @@ export const begin = (
       options,
       fiber.getFiberRef(currentCallContext),
       startedAt,
-      enclosingCall(fiber as AnyFiber)
+      topOf(fiber.getFiberRef(currentParents))
     )
     const context = fiber.currentContext
     const span = startSpan(fiber as AnyFiber, events.call, clock)
@@ -599,7 +598,7 @@ const instrumentImpl = <A, E, R>(
       options,
       fiber.getFiberRef(currentCallContext),
       startedAt,
-      parents.ids.length === 0 ? undefined : parents.ids[parents.ids.length - 1]
+      topOf(parents)
     )
     const callId = events.call.callId
     let entered = false
