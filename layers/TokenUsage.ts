@@ -535,6 +535,19 @@ export const makeDetailed = (options: Options = {}): Effect.Effect<
   )
 
 /**
+ * A token-usage handler layer: it registers the handler with the dispatcher
+ * and records into the `TokenStore` in context.
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export type HandlerLayer = Layer.Layer<
+  never,
+  ConfigError.ConfigError | HandlerRegistrationError,
+  Dispatcher.Dispatcher | TokenStore.TokenStore
+>
+
+/**
  * The total token-usage handler, registered with the dispatcher for the
  * layer's lifetime.
  *
@@ -554,11 +567,7 @@ export const makeDetailed = (options: Options = {}): Effect.Effect<
  */
 export const layer = (
   options: Options = {}
-): Layer.Layer<
-  never,
-  ConfigError.ConfigError | HandlerRegistrationError,
-  Dispatcher.Dispatcher | TokenStore.TokenStore
-> => Dispatcher.toLayer(make(options))
+): HandlerLayer => Dispatcher.toLayer(make(options))
 
 /**
  * The detailed token-usage handler (prompt and completion, estimated with
@@ -569,11 +578,7 @@ export const layer = (
  */
 export const layerDetailed = (
   options: Options = {}
-): Layer.Layer<
-  never,
-  ConfigError.ConfigError | HandlerRegistrationError,
-  Dispatcher.Dispatcher | TokenStore.TokenStore
-> => Dispatcher.toLayer(makeDetailed(options))
+): HandlerLayer => Dispatcher.toLayer(makeDetailed(options))
 
 /**
  * The total handler with options read from `Config` (by default
@@ -585,11 +590,7 @@ export const layerDetailed = (
  */
 export const layerConfig = (
   options: Config.Config.Wrap<Options> = config
-): Layer.Layer<
-  never,
-  ConfigError.ConfigError | HandlerRegistrationError,
-  Dispatcher.Dispatcher | TokenStore.TokenStore
-> => Dispatcher.toLayer(Effect.flatMap(Config.unwrap(options), make))
+): HandlerLayer => Dispatcher.toLayer(Effect.flatMap(Config.unwrap(options), make))
 
 /**
  * The detailed handler with options read from `Config` (by default
@@ -600,8 +601,4 @@ export const layerConfig = (
  */
 export const layerDetailedConfig = (
   options: Config.Config.Wrap<Options> = config
-): Layer.Layer<
-  never,
-  ConfigError.ConfigError | HandlerRegistrationError,
-  Dispatcher.Dispatcher | TokenStore.TokenStore
-> => Dispatcher.toLayer(Effect.flatMap(Config.unwrap(options), makeDetailed))
+): HandlerLayer => Dispatcher.toLayer(Effect.flatMap(Config.unwrap(options), makeDetailed))
