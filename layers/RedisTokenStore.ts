@@ -38,6 +38,7 @@
  *
  * @since 0.1.0
  */
+import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
@@ -51,7 +52,7 @@ import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
-import { Redis, ReplyError } from "ioredis"
+import { Cluster, Redis, ReplyError } from "ioredis"
 import * as TokenStore from "../src/TokenStore.js"
 
 /**
@@ -123,78 +124,219 @@ export const decodeKeyPart = (s: string): Option.Option<string> => {
   }
 }
 
-/**
- * The key of the usage hash of a user and cycle.
- *
- * @since 0.1.0
- * @category keys
- */
-export const usageKey = (prefix: string, userId: string, cycle: string): string =>
-  `${prefix}:{${encodeKeyPart(userId)}}:${cycle}`
+const levelPart: Record<TokenStore.Level, string> = { user: "", team: ":team", org: ":org" }
 
 /**
- * The key of the idempotency marker of a user's call.
+ * The start of every key of a subject: `<prefix>:{<user>}` for a user,
+ * `<prefix>:team:{<team>}` and `<prefix>:org:{<org>}` for the other levels.
+ * The hash tag is the subject's id, so every key of one subject (usage, call
+ * markers, holds, rate windows) is in one Redis Cluster slot.
+ *
+ * @since 0.2.0
+ * @category keys
+ */
+export const subjectBase = (prefix: string, subject: TokenStore.Subject): string =>
+  `${prefix}${levelPart[subject.level]}:{${encodeKeyPart(subject.id)}}`
+
+/**
+ * The key of the usage hash of a subject (a user id, or any level) and cycle.
  *
  * @since 0.1.0
  * @category keys
  */
-export const callKey = (prefix: string, userId: string, callId: string): string =>
-  `${prefix}:{${encodeKeyPart(userId)}}:call:${encodeKeyPart(callId)}`
+export const usageKey = (prefix: string, owner: TokenStore.Owner, cycle: string): string =>
+  `${subjectBase(prefix, TokenStore.subjectOf(owner))}:${cycle}`
+
+/**
+ * The key of the idempotency marker of a call at a subject (a user id, or any level).
+ *
+ * @since 0.1.0
+ * @category keys
+ */
+export const callKey = (prefix: string, owner: TokenStore.Owner, callId: string): string =>
+  `${subjectBase(prefix, TokenStore.subjectOf(owner))}:call:${encodeKeyPart(callId)}`
+
+const holdKeys = (usage: string): readonly [string, string] => [`${usage}:holds`, `${usage}:held`]
 
 const escapeGlob = (s: string): string => s.replace(/[*?[\]\\]/g, "\\$&")
 
-// A batch of records, one atomic script: KEYS are (usage hash, marker) pairs;
-// ARGV[1] is the marker TTL (ms), then prompt, completion, total, cost per
-// record. For each record: a marker present means a duplicate (0); a stored
-// counter that is not an integer makes that record fail (-1) with nothing
-// written, so its retry is neither lost nor counted twice; otherwise the
-// counters move together and the marker is set (1).
-const recordScript = `
-local ttl = ARGV[1]
-local out = {}
-for i = 1, #KEYS / 2 do
-  local usage = KEYS[2 * i - 1]
-  local marker = KEYS[2 * i]
-  local a = 2 + (i - 1) * 4
-  if redis.call("EXISTS", marker) == 1 then
-    out[i] = 0
-  else
-    local current = redis.call("HMGET", usage, "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros")
-    local ok = true
-    for j = 1, 4 do
-      local v = current[j]
-      if v and not string.match(v, "^%-?%d+$") then ok = false end
-    end
-    if ok then
-      redis.call("HINCRBY", usage, "prompt_tokens", ARGV[a])
-      redis.call("HINCRBY", usage, "completion_tokens", ARGV[a + 1])
-      redis.call("HINCRBY", usage, "total_tokens", ARGV[a + 2])
-      if ARGV[a + 3] ~= "0" then redis.call("HINCRBY", usage, "cost_micros", ARGV[a + 3]) end
-      redis.call("SET", marker, "1", "PX", ttl)
-      out[i] = 1
-    else
-      out[i] = -1
+// Lua numbers are doubles: every count below 2^53 is exact, and so is the
+// comparison of a sum with this bound (a sum past it rounds to a value past it).
+const maxSafe = "9007199254740991"
+
+// Ends the hold of a call at one subject (KEYS usage, holds, held; `member` the call id).
+const releaseLua = `
+local function release_hold(usage, holds, held, member)
+  local h = redis.call("HGET", held, member)
+  if h then
+    redis.call("HDEL", held, member)
+    redis.call("ZREM", holds, member)
+    redis.call("HINCRBY", usage, "held_tokens", -tonumber(h))
+  end
+end
+`
+
+// Ends the holds that expired by \`now\` (their process died before settling).
+const purgeLua = `
+local function purge(usage, holds, held, now)
+  local expired = redis.call("ZRANGEBYSCORE", holds, "-inf", now)
+  for _, m in ipairs(expired) do
+    local h = redis.call("HGET", held, m)
+    if h then
+      redis.call("HDEL", held, m)
+      redis.call("HINCRBY", usage, "held_tokens", -tonumber(h))
     end
   end
+  if #expired > 0 then redis.call("ZREMRANGEBYSCORE", holds, "-inf", now) end
+end
+`
+
+// Records, each at one or more subjects ("units"): KEYS are 4 per unit (usage
+// hash, marker, holds, held); ARGV[1] is the marker TTL (ms), ARGV[2] the
+// number of records, then per record: its number of units, call id, prompt,
+// completion, total, cost. Every unit of a record is checked before anything
+// is written: a stored counter that is not an integer (-1) or an increment
+// that would take a counter past 2^53 - 1 (-2) fails the record with nothing
+// written, so counters move together or not at all. Otherwise each unit
+// whose marker is absent is incremented and marked, and every unit's hold of
+// the call ends; the answer is 1 (recorded) or 0 (the first unit's marker was
+// present: duplicate).
+const recordScript = `${releaseLua}
+local ttl = ARGV[1]
+local out = {}
+local k = 1
+local a = 3
+for r = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[a])
+  local member = ARGV[a + 1]
+  local inc = { tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]) }
+  a = a + 6
+  local status = 1
+  local fresh = {}
+  for u = 0, n - 1 do
+    fresh[u] = redis.call("EXISTS", KEYS[k + 4 * u + 1]) == 0
+    if fresh[u] then
+      local current = redis.call("HMGET", KEYS[k + 4 * u], "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros")
+      for j = 1, 4 do
+        local v = current[j]
+        if v and not string.match(v, "^%-?%d+$") then
+          status = -1
+        elseif status == 1 and tonumber(v or "0") + inc[j] > ${maxSafe} then
+          status = -2
+        end
+      end
+    end
+  end
+  if status == 1 then
+    for u = 0, n - 1 do
+      local usage = KEYS[k + 4 * u]
+      if fresh[u] then
+        redis.call("HINCRBY", usage, "prompt_tokens", inc[1])
+        redis.call("HINCRBY", usage, "completion_tokens", inc[2])
+        redis.call("HINCRBY", usage, "total_tokens", inc[3])
+        if inc[4] ~= 0 then redis.call("HINCRBY", usage, "cost_micros", inc[4]) end
+        redis.call("SET", KEYS[k + 4 * u + 1], "1", "PX", ttl)
+      end
+      release_hold(usage, KEYS[k + 4 * u + 2], KEYS[k + 4 * u + 3], member)
+    end
+    out[r] = fresh[0] and 1 or 0
+  else
+    out[r] = status
+  end
+  k = k + 4 * n
 end
 return out
 `
 
-const recordCommand = "effectLlmCallbacksTokenStoreRecordV2"
+// A reservation: KEYS are 5 per subject (usage hash, holds, held, rate window,
+// marker); ARGV: call id, tokens, hold expiry (epoch ms), now (epoch ms),
+// rate-window TTL (ms), number of subjects, then requests and tokens per
+// minute per subject ("" for none). Expired holds are purged first. A call
+// already held or recorded answers {1} and holds nothing more. Then each
+// subject is judged like \`TokenStore.verdictOf\`: over its limit (used + held +
+// tokens > limit) gives {2, i, limit, used, held}, the tightest winning; else
+// over a rate limit gives {3, i, kind (0 requests, 1 tokens), limit, current}.
+// Only when none refuses are the holds (and rate counts) written: {1}. A held
+// sum that would pass 2^53 - 1 gives {-2, i}; a counter that is not an integer {-1, i}.
+const reserveScript = `${purgeLua}
+local member = ARGV[1]
+local tokens = tonumber(ARGV[2])
+local now = tonumber(ARGV[4])
+local n = tonumber(ARGV[6])
+for i = 0, n - 1 do purge(KEYS[5 * i + 1], KEYS[5 * i + 2], KEYS[5 * i + 3], now) end
+if redis.call("HEXISTS", KEYS[3], member) == 1 or redis.call("EXISTS", KEYS[5]) == 1 then return {1} end
+local best = nil
+local room = nil
+local rate = nil
+for i = 0, n - 1 do
+  local current = redis.call("HMGET", KEYS[5 * i + 1], "total_tokens", "held_tokens", "usage_limit")
+  for j = 1, 3 do
+    if current[j] and not string.match(current[j], "^%-?%d+$") then return {-1, i} end
+  end
+  local used = tonumber(current[1] or "0")
+  local held = tonumber(current[2] or "0")
+  if held + tokens > ${maxSafe} then return {-2, i} end
+  local limit = current[3] and tonumber(current[3])
+  if limit and used + held + tokens > limit then
+    if room == nil or limit - used - held < room then
+      room = limit - used - held
+      best = {2, i, limit, used, held}
+    end
+  elseif rate == nil then
+    local rpm = ARGV[7 + 2 * i]
+    local tpm = ARGV[8 + 2 * i]
+    if rpm ~= "" or tpm ~= "" then
+      local w = redis.call("HMGET", KEYS[5 * i + 4], "requests", "tokens")
+      local requests = tonumber(w[1] or "0")
+      local counted = tonumber(w[2] or "0")
+      if rpm ~= "" and requests + 1 > tonumber(rpm) then
+        rate = {3, i, 0, tonumber(rpm), requests}
+      elseif tpm ~= "" and counted + tokens > tonumber(tpm) then
+        rate = {3, i, 1, tonumber(tpm), counted}
+      end
+    end
+  end
+end
+if best then return best end
+if rate then return rate end
+for i = 0, n - 1 do
+  redis.call("ZADD", KEYS[5 * i + 2], ARGV[3], member)
+  redis.call("HSET", KEYS[5 * i + 3], member, tokens)
+  redis.call("HINCRBY", KEYS[5 * i + 1], "held_tokens", tokens)
+  if ARGV[7 + 2 * i] ~= "" or ARGV[8 + 2 * i] ~= "" then
+    redis.call("HINCRBY", KEYS[5 * i + 4], "requests", 1)
+    redis.call("HINCRBY", KEYS[5 * i + 4], "tokens", tokens)
+    redis.call("PEXPIRE", KEYS[5 * i + 4], ARGV[5])
+  end
+end
+return {1}
+`
 
-interface RecordCommand {
-  readonly [recordCommand]: (numberOfKeys: number, ...keysAndArgs: ReadonlyArray<string | number>) => Promise<
-    ReadonlyArray<number>
-  >
+// Ends a call's holds: KEYS are 3 per subject (usage, holds, held); ARGV[1] the call id.
+const releaseScript = `${releaseLua}
+for i = 0, #KEYS / 3 - 1 do release_hold(KEYS[3 * i + 1], KEYS[3 * i + 2], KEYS[3 * i + 3], ARGV[1]) end
+return 1
+`
+
+// Reads a usage hash after purging its expired holds: KEYS usage, holds, held; ARGV[1] now.
+const readScript = `${purgeLua}
+purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
+return redis.call("HMGET", KEYS[1], "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros", "usage_limit", "held_tokens")
+`
+
+const commands = {
+  record: "effectLlmCallbacksTokenStoreRecordV3",
+  reserve: "effectLlmCallbacksTokenStoreReserveV1",
+  release: "effectLlmCallbacksTokenStoreReleaseV1",
+  read: "effectLlmCallbacksTokenStoreReadV1"
+} as const
+
+type Scripts = {
+  readonly [K in (typeof commands)[keyof typeof commands]]: (
+    numberOfKeys: number,
+    ...keysAndArgs: ReadonlyArray<string | number>
+  ) => Promise<ReadonlyArray<unknown>>
 }
-
-/** One record waiting for its batch. */
-interface Queued {
-  readonly input: TokenStore.RecordInput
-  readonly complete: (result: Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
-  cancelled: boolean
-}
-
 
 const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY)\b/
 
@@ -222,11 +364,11 @@ const tryRedis = <A>(method: string, f: () => Promise<A>): Effect.Effect<A, Toke
   return Effect.withFiberRuntime((fiber) => fiber.currentTracer === nativeTracer ? command : traced)
 }
 
-const parseCount = (method: string, field: string, value: string | null | undefined) =>
+const parseCount = (method: string, field: string, value: unknown) =>
   Effect.suspend(() => {
     if (value === null || value === undefined) return Effect.succeed(Option.none<number>())
     const n = Number(value)
-    return Number.isSafeInteger(n)
+    return typeof value === "string" && Number.isSafeInteger(n)
       ? Effect.succeed(Option.some(n))
       : Effect.fail(
         new TokenStore.TokenStoreError({
@@ -236,9 +378,13 @@ const parseCount = (method: string, field: string, value: string | null | undefi
       )
   })
 
+const countOrZero = (method: string, field: string, value: unknown) =>
+  Effect.map(parseCount(method, field, value), Option.getOrElse(() => 0))
+
 const counterFields = ["prompt_tokens", "completion_tokens", "total_tokens", "cost_micros"] as const
 
 const invalidOption = (name: string, message: string) => ConfigError.InvalidData([name], message)
+
 
 const positiveMillis = (name: string, input: Duration.DurationInput) =>
   Effect.suspend(() => {
@@ -268,15 +414,71 @@ export const isRedisUrl = (s: string): boolean => {
   }
 }
 
+/** One level of one record: what one script unit writes. */
+interface Unit {
+  readonly subject: TokenStore.Subject
+  readonly usage: string
+  readonly marker: string
+}
+
+/** A record (or, on a Cluster, the units of one record in one slot) waiting for its script call. */
+interface Queued {
+  readonly input: TokenStore.RecordInput
+  readonly units: ReadonlyArray<Unit>
+  /** The slot group: the hash tag every key of the units shares (single node: one group). */
+  readonly group: string
+  readonly complete: (result: Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
+  cancelled: boolean
+}
+
+const tagOf = (subject: TokenStore.Subject): string => encodeKeyPart(subject.id)
+
 /**
- * Builds the store over a connected client. The client's lifetime is the
- * caller's; with `make` it is the scope's.
+ * Groups subjects by slot, keeping their order: on a Cluster the keys of one
+ * script call must share a slot, and subjects with the same id share one
+ * (their hash tag); on a single node everything is one group.
+ */
+const groupBySlot = <A>(
+  cluster: boolean,
+  items: ReadonlyArray<A>,
+  subject: (a: A) => TokenStore.Subject
+): ReadonlyArray<ReadonlyArray<A>> => {
+  if (!cluster) return [items]
+  const groups = new Map<string, Array<A>>()
+  for (const item of items) {
+    const tag = tagOf(subject(item))
+    const group = groups.get(tag)
+    if (group === undefined) groups.set(tag, [item])
+    else group.push(item)
+  }
+  return Array.from(groups.values())
+}
+
+/** Combines the outcomes of a record's parts (Cluster): failed if any failed, else its user part's outcome. */
+const combine = (
+  parts: number,
+  complete: (result: Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
+) => {
+  let waiting = parts
+  let outcome: TokenStore.RecordOutcome = "recorded"
+  let failure: TokenStore.TokenStoreError | undefined
+  return (isUserPart: boolean) => (result: Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => {
+    if (Either.isLeft(result)) failure ??= result.left
+    else if (isUserPart) outcome = result.right
+    if (--waiting === 0) complete(failure === undefined ? Either.right(outcome) : Either.left(failure))
+  }
+}
+
+/**
+ * Builds the store over a connected client: a single node (`Redis`) or a
+ * Cluster (`Cluster`). The client's lifetime is the caller's; with `make` and
+ * `makeCluster` it is the scope's.
  *
  * @since 0.1.0
  * @category constructors
  */
 export const fromClient = (
-  redis: Redis,
+  redis: Redis | Cluster,
   options?: ClientOptions
 ): Effect.Effect<TokenStore.Service, ConfigError.ConfigError> =>
   Effect.gen(function*() {
@@ -286,47 +488,55 @@ export const fromClient = (
     if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
       return yield* Effect.fail(invalidOption("batchSize", `Expected an integer >= 1, got ${String(batchSize)}`))
     }
-    redis.defineCommand(recordCommand, { lua: recordScript })
-    const script = redis as unknown as RecordCommand
+    const cluster = redis.isCluster
+    redis.defineCommand(commands.record, { lua: recordScript })
+    redis.defineCommand(commands.reserve, { lua: reserveScript })
+    redis.defineCommand(commands.release, { lua: releaseScript })
+    redis.defineCommand(commands.read, { lua: readScript })
+    const script = redis as unknown as Scripts
+
+    const unitOf = (input: TokenStore.RecordInput, subject: TokenStore.Subject): Unit => ({
+      subject,
+      usage: usageKey(prefix, subject, input.cycle),
+      marker: callKey(prefix, subject, input.callId)
+    })
 
     // Records issued in the same event-loop turn go to Redis as one script
-    // call: ioredis' cost per command is then paid once per batch. Each record
-    // keeps its own outcome; a failed batch fails each of its records (their
-    // retries are idempotent).
+    // call per slot group (one group on a single node): ioredis' cost per
+    // command is then paid once per batch. Each record keeps its own outcome;
+    // a failed script call fails each of its records (their retries are idempotent).
     let queue: Array<Queued> = []
     let scheduled = false
-    const flush = () => {
-      scheduled = false
-      const batch = queue.length <= batchSize ? queue : queue.slice(0, batchSize)
-      queue = queue.length <= batchSize ? [] : queue.slice(batchSize)
-      if (queue.length > 0) schedule()
-      const live = batch.filter((item) => !item.cancelled)
-      if (live.length === 0) return
+    const send = (batch: ReadonlyArray<Queued>) => {
       const keys: Array<string> = []
-      const args: Array<string | number> = [ttlMillis]
-      for (const { input } of live) {
-        keys.push(usageKey(prefix, input.userId, input.cycle), callKey(prefix, input.userId, input.callId))
+      const args: Array<string | number> = [ttlMillis, batch.length]
+      for (const { input, units } of batch) {
+        for (const unit of units) keys.push(unit.usage, unit.marker, ...holdKeys(unit.usage))
         args.push(
+          units.length,
+          input.callId,
           input.usage.promptTokens,
           input.usage.completionTokens,
           input.usage.totalTokens,
           input.costMicros ?? 0
         )
       }
-      script[recordCommand](keys.length, ...keys, ...args).then(
+      script[commands.record](keys.length, ...keys, ...args).then(
         (outcomes) =>
-          live.forEach((item, i) => {
+          batch.forEach((item, i) => {
             const outcome = outcomes[i]
             item.complete(
               outcome === 1
                 ? Either.right("recorded")
                 : outcome === 0
                 ? Either.right("duplicate")
+                : outcome === -2
+                ? Either.left(TokenStore.overflowError(item.units[0]!.subject, item.input.cycle))
                 : Either.left(
                   new TokenStore.TokenStoreError({
                     reason: "Unknown",
-                    message: `RedisTokenStore.record: a stored counter of user ${
-                      JSON.stringify(item.input.userId)
+                    message: `RedisTokenStore.record: a stored counter of ${
+                      item.units.map((u) => `${u.subject.level} ${JSON.stringify(u.subject.id)}`).join(" or ")
                     } in cycle ${item.input.cycle} is not an integer; nothing was recorded`
                   })
                 )
@@ -334,9 +544,25 @@ export const fromClient = (
           }),
         (error) => {
           const failure = Either.left(toTokenStoreError("record")(error))
-          for (const item of live) item.complete(failure)
+          for (const item of batch) item.complete(failure)
         }
       )
+    }
+    const flush = () => {
+      scheduled = false
+      const taken = queue.length <= batchSize ? queue : queue.slice(0, batchSize)
+      queue = queue.length <= batchSize ? [] : queue.slice(batchSize)
+      if (queue.length > 0) schedule()
+      const live = taken.filter((item) => !item.cancelled)
+      if (live.length === 0) return
+      if (!cluster) return send(live)
+      const groups = new Map<string, Array<Queued>>()
+      for (const item of live) {
+        const group = groups.get(item.group)
+        if (group === undefined) groups.set(item.group, [item])
+        else group.push(item)
+      }
+      for (const group of groups.values()) send(group)
     }
     const schedule = () => {
       if (!scheduled) {
@@ -344,54 +570,180 @@ export const fromClient = (
         setImmediate(flush)
       }
     }
+    /** Queues one record (its parts, on a Cluster); returns the queued items, for cancellation. */
+    const enqueue = (
+      input: TokenStore.RecordInput,
+      complete: (result: Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
+    ): ReadonlyArray<Queued> => {
+      const units = TokenStore.subjectsOf(input).map((subject) => unitOf(input, subject))
+      const groups = groupBySlot(cluster, units, (unit) => unit.subject)
+      const parts = groups.length === 1 ? undefined : combine(groups.length, complete)
+      const items = groups.map((group): Queued => ({
+        input,
+        units: group,
+        group: tagOf(group[0]!.subject),
+        complete: parts === undefined ? complete : parts(group[0]!.subject.level === "user"),
+        cancelled: false
+      }))
+      for (const item of items) queue.push(item)
+      schedule()
+      return items
+    }
     const recordManyBatched = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
       Effect.async<ReadonlyArray<TokenStore.RecordOutcome>, TokenStore.TokenStoreError>((resume) => {
         const outcomes: Array<TokenStore.RecordOutcome> = new Array(inputs.length)
         let waiting = inputs.length
-        let failed = false
+        let failure: TokenStore.TokenStoreError | undefined
         if (waiting === 0) return resume(Effect.succeed(outcomes))
-        const items = inputs.map((input, i): Queued => ({
-          input,
-          cancelled: false,
-          complete: (result) => {
-            if (failed) return
-            if (Either.isLeft(result)) {
-              failed = true
-              return resume(Effect.fail(result.left))
-            }
-            outcomes[i] = result.right
-            if (--waiting === 0) resume(Effect.succeed(outcomes))
-          }
-        }))
-        for (const item of items) queue.push(item)
-        schedule()
+        // Every record completes on its own; the batch fails with the first failure once all are done.
+        const items = inputs.flatMap((input, i) =>
+          enqueue(input, (result) => {
+            if (Either.isLeft(result)) failure ??= result.left
+            else outcomes[i] = result.right
+            if (--waiting === 0) resume(failure === undefined ? Effect.succeed(outcomes) : Effect.fail(failure))
+          })
+        )
         return Effect.sync(() => {
           for (const item of items) item.cancelled = true
         })
       })
     const recordBatched = (input: TokenStore.RecordInput) =>
       Effect.async<TokenStore.RecordOutcome, TokenStore.TokenStoreError>((resume) => {
-        const item: Queued = { input, complete: (result) => resume(result), cancelled: false }
-        queue.push(item)
-        schedule()
+        const items = enqueue(input, (result) => resume(result))
         // Interrupted before its batch was sent: it is left out. Once sent it
         // may still be recorded; a retry with the same call id counts once.
         return Effect.sync(() => {
-          item.cancelled = true
+          for (const item of items) item.cancelled = true
         })
       })
 
-    const hmget = (method: string, userId: string, cycle: string, fields: ReadonlyArray<string>) =>
-      tryRedis(method, () => redis.hmget(usageKey(prefix, userId, cycle), ...fields))
+    const read = (method: string, owner: TokenStore.Owner, cycle: string) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const usage = usageKey(prefix, owner, cycle)
+        return tryRedis(method, () => script[commands.read](3, usage, ...holdKeys(usage), now))
+      })
 
-    const scanUsers = (cycle: string) => {
+    const reserveGroup = (
+      input: TokenStore.ReserveInput,
+      subjects: ReadonlyArray<TokenStore.Subject>,
+      now: number
+    ): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> => {
+      const keys: Array<string> = []
+      const args: Array<string | number> = [
+        input.callId,
+        input.tokens,
+        now + input.holdTtlMillis,
+        now,
+        // A window is read during its minute only; it may go a minute later.
+        120_000,
+        subjects.length
+      ]
+      for (const subject of subjects) {
+        const usage = usageKey(prefix, subject, input.cycle)
+        const base = subjectBase(prefix, subject)
+        keys.push(
+          usage,
+          ...holdKeys(usage),
+          `${base}:rate:${TokenStore.rateWindowOf(now)}`,
+          callKey(prefix, subject, input.callId)
+        )
+        const rate = input.rateLimits?.[subject.level]
+        args.push(rate?.requestsPerMinute ?? "", rate?.tokensPerMinute ?? "")
+      }
+      return Effect.flatMap(
+        tryRedis("reserve", () => script[commands.reserve](keys.length, ...keys, ...args)),
+        (reply): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> => {
+          const [code, index, a, b, c] = reply as ReadonlyArray<number>
+          const subject = subjects[index ?? 0]!
+          switch (code) {
+            case 1:
+              return Effect.succeed({ _tag: "Reserved" })
+            case 2:
+              return Effect.succeed({
+                _tag: "OverLimit",
+                subject,
+                limit: a!,
+                used: b!,
+                held: c!,
+                requested: input.tokens
+              })
+            case 3:
+              return Effect.succeed({
+                _tag: "RateLimited",
+                subject,
+                kind: a === 0 ? "requests" : "tokens",
+                limit: b!,
+                current: c!,
+                retryAfterMillis: TokenStore.rateWindowOf(now) + 60_000 - now
+              })
+            case -2:
+              return Effect.fail(TokenStore.overflowError(subject, input.cycle, "reserve"))
+            default:
+              return Effect.fail(
+                new TokenStore.TokenStoreError({
+                  reason: "Unknown",
+                  message: `RedisTokenStore.reserve: a stored counter of ${subject.level} ${
+                    JSON.stringify(subject.id)
+                  } in cycle ${input.cycle} is not an integer`
+                })
+              )
+          }
+        }
+      )
+    }
+
+    const release = (input: TokenStore.ReleaseInput) =>
+      Effect.forEach(
+        groupBySlot(cluster, input.subjects, (subject) => subject),
+        (subjects) => {
+          const keys = subjects.flatMap((subject) => {
+            const usage = usageKey(prefix, subject, input.cycle)
+            return [usage, ...holdKeys(usage)]
+          })
+          return tryRedis("release", () => script[commands.release](keys.length, ...keys, input.callId))
+        },
+        { discard: true }
+      )
+
+    // On a single node the subjects are one group, reserved in one atomic
+    // step. On a Cluster each slot group is reserved atomically, one after the
+    // other; a refusal releases the groups already held, so no limit is ever
+    // passed (a concurrent call may be refused while such a hold lasts).
+    const reserve = (input: TokenStore.ReserveInput) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) => {
+        const groups = groupBySlot(cluster, input.subjects, (subject) => subject)
+        if (groups.length === 1) return reserveGroup(input, input.subjects, now)
+        const loop = (
+          i: number
+        ): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> =>
+          i === groups.length
+            ? Effect.succeed({ _tag: "Reserved" })
+            : Effect.flatMap(
+              Effect.onError(
+                reserveGroup(input, groups[i]!, now),
+                () => release({ callId: input.callId, cycle: input.cycle, subjects: groups.slice(0, i).flat() }).pipe(
+                  Effect.ignore
+                )
+              ),
+              (outcome) =>
+                outcome._tag === "Reserved"
+                  ? loop(i + 1)
+                  : Effect.as(
+                    release({ callId: input.callId, cycle: input.cycle, subjects: groups.slice(0, i).flat() }),
+                    outcome
+                  )
+            )
+        return loop(0)
+      })
+
+    // Users are found by scanning for their usage hashes, on every master of a Cluster.
+    const scanNode = (node: Redis, cycle: string, found: Set<string>) => {
       const head = `${prefix}:{`
       const tail = `}:${cycle}`
       const pattern = `${escapeGlob(prefix)}:{*}:${cycle}`
-      const found = new Set<string>()
-      const loop = (cursor: string): Effect.Effect<ReadonlyArray<string>, TokenStore.TokenStoreError> =>
+      const loop = (cursor: string): Effect.Effect<void, TokenStore.TokenStoreError> =>
         Effect.flatMap(
-          tryRedis("users", () => redis.scan(cursor, "MATCH", pattern, "COUNT", 1000)),
+          tryRedis("users", () => node.scan(cursor, "MATCH", pattern, "COUNT", 1000)),
           ([next, keys]) => {
             for (const key of keys) {
               if (!key.startsWith(head) || !key.endsWith(tail)) continue
@@ -399,41 +751,50 @@ export const fromClient = (
               if (/[{}]/.test(encoded)) continue
               Option.map(decodeKeyPart(encoded), (user) => found.add(user))
             }
-            return next === "0" ? Effect.sync(() => Array.from(found).sort()) : loop(next)
+            return next === "0" ? Effect.void : loop(next)
           }
         )
       return loop("0")
     }
+    const scanUsers = (cycle: string) =>
+      Effect.suspend(() => {
+        const found = new Set<string>()
+        const nodes = redis.isCluster ? (redis as Cluster).nodes("master") : [redis as Redis]
+        return Effect.forEach(nodes, (node) => scanNode(node, cycle, found), { discard: true }).pipe(
+          Effect.map(() => Array.from(found).sort())
+        )
+      })
 
     return TokenStore.withValidation({
       record: recordBatched,
       recordMany: recordManyBatched,
-      stats: (userId, cycle) =>
+      stats: (owner, cycle) =>
         Effect.flatMap(
-          hmget("stats", userId, cycle, [...counterFields, "usage_limit"]),
-          ([prompt, completion, total, cost, limit]) =>
+          read("stats", owner, cycle),
+          ([prompt, completion, total, cost, limit, held]) =>
             Effect.all({
-              promptTokens: parseCount("stats", "prompt_tokens", prompt).pipe(Effect.map(Option.getOrElse(() => 0))),
-              completionTokens: parseCount("stats", "completion_tokens", completion).pipe(
-                Effect.map(Option.getOrElse(() => 0))
-              ),
-              totalTokens: parseCount("stats", "total_tokens", total).pipe(Effect.map(Option.getOrElse(() => 0))),
-              costMicros: parseCount("stats", "cost_micros", cost).pipe(Effect.map(Option.getOrElse(() => 0))),
-              limit: parseCount("stats", "usage_limit", limit)
+              promptTokens: countOrZero("stats", "prompt_tokens", prompt),
+              completionTokens: countOrZero("stats", "completion_tokens", completion),
+              totalTokens: countOrZero("stats", "total_tokens", total),
+              costMicros: countOrZero("stats", "cost_micros", cost),
+              limit: parseCount("stats", "usage_limit", limit),
+              heldTokens: countOrZero("stats", "held_tokens", held)
             })
         ),
-      reset: (userId, cycle) =>
-        Effect.asVoid(tryRedis("reset", () => redis.hdel(usageKey(prefix, userId, cycle), ...counterFields))),
-      setLimit: (userId, cycle, limit) =>
-        Effect.asVoid(tryRedis("setLimit", () => redis.hset(usageKey(prefix, userId, cycle), "usage_limit", limit))),
-      checkLimit: (userId, cycle) =>
-        Effect.flatMap(hmget("checkLimit", userId, cycle, ["total_tokens", "usage_limit"]), ([total, limit]) =>
-          Effect.zipWith(
-            parseCount("checkLimit", "total_tokens", total),
+      reset: (owner, cycle) =>
+        Effect.asVoid(tryRedis("reset", () => redis.hdel(usageKey(prefix, owner, cycle), ...counterFields))),
+      setLimit: (owner, cycle, limit) =>
+        Effect.asVoid(tryRedis("setLimit", () => redis.hset(usageKey(prefix, owner, cycle), "usage_limit", limit))),
+      checkLimit: (owner, cycle) =>
+        Effect.flatMap(read("checkLimit", owner, cycle), ([, , total, , limit, held]) =>
+          Effect.all([
+            countOrZero("checkLimit", "total_tokens", total),
             parseCount("checkLimit", "usage_limit", limit),
-            (total, limit) => TokenStore.makeLimitCheck(Option.getOrElse(total, () => 0), limit)
-          )),
-      users: scanUsers
+            countOrZero("checkLimit", "held_tokens", held)
+          ]).pipe(Effect.map(([total, limit, held]) => TokenStore.makeLimitCheck(total, limit, held)))),
+      users: scanUsers,
+      reserve,
+      release
     })
   })
 
@@ -495,6 +856,99 @@ export const make = (
   })
 
 /**
+ * Options of the Redis Cluster token store.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ClusterOptions extends Omit<Options, "url"> {
+  /**
+   * Some nodes of the cluster (`host:port` or `redis://host:port`); the
+   * others are discovered. At least one.
+   */
+  readonly nodes: ReadonlyArray<string>
+}
+
+const parseNode = (node: string): { readonly host: string; readonly port: number } | undefined => {
+  const url = /^rediss?:\/\//.test(node) ? node : `redis://${node}`
+  if (!isRedisUrl(url)) return undefined
+  const parsed = new URL(url)
+  const port = parsed.port === "" ? 6379 : Number(parsed.port)
+  return Number.isInteger(port) && port > 0 && port < 65536 ? { host: parsed.hostname, port } : undefined
+}
+
+/**
+ * Connects to a Redis Cluster (ioredis `Cluster`) and builds the store; the
+ * connections are closed when the scope closes. Every script call touches the
+ * keys of one slot only (see the module docs): records are batched per slot
+ * group, reservations and releases are sent per slot group, and `users`
+ * scans every master. Fails with a `ConfigError` naming a bad option, or a
+ * `TokenStoreError` when the cluster cannot be reached.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const makeCluster = (
+  options: ClusterOptions
+): Effect.Effect<TokenStore.Service, ConfigError.ConfigError | TokenStore.TokenStoreError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const nodes: Array<{ readonly host: string; readonly port: number }> = []
+    for (const node of options.nodes) {
+      const parsed = typeof node === "string" ? parseNode(node) : undefined
+      if (parsed === undefined) {
+        return yield* Effect.fail(invalidOption("nodes", `Expected host:port or redis://host:port, got ${JSON.stringify(node)}`))
+      }
+      nodes.push(parsed)
+    }
+    if (nodes.length === 0) return yield* Effect.fail(invalidOption("nodes", "Expected at least one node"))
+    const commandTimeout = yield* positiveMillis("commandTimeout", options.commandTimeout ?? Duration.seconds(2))
+    const connectTimeout = yield* positiveMillis("connectTimeout", options.connectTimeout ?? Duration.seconds(5))
+    const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(2)
+    const runtime = yield* Effect.runtime<never>()
+    const logError = Runtime.runFork(runtime)
+    const cluster = yield* Effect.acquireRelease(
+      Effect.sync(() => {
+        const cluster = new Cluster(nodes, {
+          lazyConnect: true,
+          enableOfflineQueue: false,
+          enableAutoPipelining: options.autoPipelining ?? true,
+          redisOptions: { commandTimeout, connectTimeout, maxRetriesPerRequest: 1 },
+          clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1000)
+        })
+        cluster.on("error", (error: Error) =>
+          logError(Effect.logDebug("RedisTokenStore: cluster connection error", error.message)))
+        return cluster
+      }),
+      (cluster) =>
+        tryRedis("close", () => cluster.quit()).pipe(
+          Effect.timeout(shutdownTimeout),
+          Effect.ignore,
+          Effect.ensuring(Effect.sync(() => cluster.disconnect()))
+        )
+    )
+    yield* tryRedis("connect", () => cluster.connect())
+    return yield* fromClient(cluster, options)
+  })
+
+/**
+ * The Redis Cluster token store as a layer.
+ *
+ * @example
+ * ```ts
+ * import * as RedisTokenStore from "effect-llm-callbacks/layers/RedisTokenStore"
+ *
+ * const Store = RedisTokenStore.layerCluster({ nodes: ["10.0.0.1:7000", "10.0.0.2:7000"] })
+ * ```
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerCluster = (
+  options: ClusterOptions
+): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError | TokenStore.TokenStoreError> =>
+  Layer.scoped(TokenStore.TokenStore, makeCluster(options))
+
+/**
  * The Redis token store as a layer.
  *
  * @since 0.1.0
@@ -513,7 +967,7 @@ export const layer = (
  * @category layers
  */
 export const layerClient = (
-  redis: Redis,
+  redis: Redis | Cluster,
   options?: ClientOptions
 ): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError> =>
   Layer.effect(TokenStore.TokenStore, fromClient(redis, options))

@@ -27,7 +27,7 @@ import { dual } from "effect/Function"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as BillingCycle from "./BillingCycle.js"
-import { currentCallContext } from "./Callbacks.js"
+import { currentCallContext } from "./CallContext.js"
 import { TokenStore, TokenStoreError } from "./TokenStore.js"
 
 /**

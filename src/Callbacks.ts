@@ -16,8 +16,16 @@ import * as FiberRef from "effect/FiberRef"
 import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import { dual } from "effect/Function"
-import { globalValue } from "effect/GlobalValue"
 import * as Tracer from "effect/Tracer"
+import {
+  type CallContext,
+  currentCallContext,
+  currentParents,
+  parentsOf,
+  removeParent,
+  setFiberRef,
+  topOf
+} from "./CallContext.js"
 import * as Cost from "./Cost.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
@@ -32,148 +40,41 @@ import {
   type Message,
   type StartEvent
 } from "./Events.js"
+import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import type { DispatcherImpl } from "./internal/dispatcher.js"
 
-/**
- * Context for the instrumented calls inside a region: the user, tags,
- * metadata, and a parent call id. (The parent of a call made inside another
- * instrumented call is that call, without any context.)
- *
- * @since 0.1.0
- * @category models
- */
-export interface CallContext {
-  readonly userId?: string | undefined
-  readonly tags?: ReadonlyArray<string> | undefined
-  readonly metadata?: Readonly<Record<string, unknown>> | undefined
-  readonly parentCallId?: string | undefined
-}
-
-/**
- * The current call context, set by {@link withCallContext}; every
- * `instrument` inside it reads it (its own options win).
- *
- * @since 0.1.0
- * @category fiber refs
- */
-export const currentCallContext: FiberRef.FiberRef<CallContext> = globalValue(
-  Symbol.for("effect-llm-callbacks/Callbacks/currentCallContext"),
-  () => FiberRef.unsafeMake<CallContext>({})
-)
-
-/**
- * The ids of the instrumented calls enclosing the current fiber, innermost
- * last. A mutable holder, one per fiber: `instrument` pushes and pops in
- * place, which spares the hot path two fiber-ref updates (each a copy of the
- * fiber's ref map). Sharing is prevented by `fork`: a forked fiber gets its own
- * copy (so it sees the parents of the moment it was forked), and `join` keeps
- * the parent fiber's holder.
- */
-class ParentStack {
-  constructor(readonly ids: Array<string>) {}
-}
-
-const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
-  Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
-  () =>
-    FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
-      fork: (stack) => stack === undefined || stack.ids.length === 0 ? undefined : new ParentStack(stack.ids.slice()),
-      join: (parent) => parent
-    })
-)
-
-type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
-
-const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
-  (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
-
-const parentsOf = (fiber: AnyFiber): ParentStack => {
-  let stack = fiber.getFiberRef(currentParents)
-  if (stack === undefined) {
-    stack = new ParentStack([])
-    setFiberRef(fiber, currentParents, stack)
-  }
-  return stack
-}
-
-const topOf = (stack: ParentStack | undefined): string | undefined =>
-  stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
-
-const removeParent = (stack: ParentStack, callId: string): void => {
-  const ids = stack.ids
-  if (ids[ids.length - 1] === callId) ids.pop()
-  else {
-    const index = ids.lastIndexOf(callId)
-    if (index >= 0) ids.splice(index, 1)
-  }
-}
-
-/**
- * Makes `callId` the parent of the instrumented calls that start in this
- * fiber (and in fibers it forks) until {@link popParent}. For integrations
- * whose call spans an acquire/release pair (streams); otherwise prefer
- * {@link withParent}.
- *
- * @since 0.1.0
- * @category combinators
- */
-export const pushParent = (callId: string): Effect.Effect<void> =>
-  Effect.withFiberRuntime((fiber) => {
-    parentsOf(fiber).ids.push(callId)
-    return Effect.void
-  })
-
-/**
- * Undoes {@link pushParent}.
- *
- * @since 0.1.0
- * @category combinators
- */
-export const popParent = (callId: string): Effect.Effect<void> =>
-  Effect.withFiberRuntime((fiber) => {
-    const stack = fiber.getFiberRef(currentParents)
-    if (stack !== undefined) removeParent(stack, callId)
-    return Effect.void
-  })
-
-/**
- * Runs an effect with a call context: the user id, tags, metadata and parent
- * call id that the instrumented calls inside it report. Tags and metadata are
- * merged with the enclosing context; the other fields replace it.
- *
- * @example
- * ```ts
- * import { Effect } from "effect"
- * import { Callbacks } from "effect-llm-callbacks"
- *
- * declare const answer: Effect.Effect<string>
- * const forAlice = answer.pipe(Callbacks.withCallContext({ userId: "alice", tags: ["chat"] }))
- * ```
- *
- * @since 0.1.0
- * @category combinators
- */
-export const withCallContext: {
-  (context: CallContext): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R>
-} = dual(
-  2,
-  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R> => {
-    const withContext = Effect.locallyWith(self, currentCallContext, (outer) => mergeContext(outer, context))
-    return context.parentCallId === undefined ? withContext : withParent(withContext, context.parentCallId)
-  }
-)
-
-const mergeContext = (outer: CallContext, inner: CallContext): CallContext => ({
-  userId: inner.userId ?? outer.userId,
-  parentCallId: inner.parentCallId ?? outer.parentCallId,
-  tags: inner.tags === undefined ? outer.tags : outer.tags === undefined ? inner.tags : [...outer.tags, ...inner.tags],
-  metadata: inner.metadata === undefined
-    ? outer.metadata
-    : outer.metadata === undefined
-    ? inner.metadata
-    : { ...outer.metadata, ...inner.metadata }
-})
+export {
+  /**
+   * @since 0.1.0
+   * @category models
+   */
+  type CallContext,
+  /**
+   * @since 0.1.0
+   * @category fiber refs
+   */
+  currentCallContext,
+  /**
+   * @since 0.1.0
+   * @category combinators
+   */
+  popParent,
+  /**
+   * @since 0.1.0
+   * @category combinators
+   */
+  pushParent,
+  /**
+   * @since 0.1.0
+   * @category combinators
+   */
+  withCallContext,
+  /**
+   * @since 0.1.0
+   * @category combinators
+   */
+  withParent
+} from "./CallContext.js"
 
 /**
  * What `instrument` needs to know about a call.
@@ -187,6 +88,10 @@ export interface InstrumentOptions<A> {
   /** `{ role, content }` messages; other shapes are decoded leniently (issues reported to handlers). */
   readonly messages?: ReadonlyArray<Message> | unknown
   readonly userId?: string | undefined
+  /** The team the call is billed to; default: the call context's. */
+  readonly teamId?: string | undefined
+  /** The organisation the call is billed to; default: the call context's. */
+  readonly orgId?: string | undefined
   readonly parentCallId?: string | undefined
   readonly tags?: ReadonlyArray<string> | undefined
   readonly metadata?: Readonly<Record<string, unknown>> | undefined
@@ -208,6 +113,8 @@ const nextCallId: () => string = (() => {
   let counter = 0
   return () => prefix + (counter++).toString(16).padStart(12, "0")
 })()
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 
 const emptyTags: ReadonlyArray<string> = []
 const emptyRecord: Readonly<Record<string, unknown>> = {}
@@ -278,6 +185,8 @@ export const makeCallEvents = (
   enclosingCallId?: string | undefined
 ): CallEvents => {
   const userId = options.userId ?? context.userId
+  const teamId = options.teamId ?? context.teamId
+  const orgId = options.orgId ?? context.orgId
   const parentCallId = options.parentCallId ?? enclosingCallId ?? context.parentCallId
   const tags = options.tags === undefined
     ? context.tags ?? emptyTags
@@ -300,6 +209,8 @@ export const makeCallEvents = (
   // Assigned, not spread: this runs once per call.
   if (parentCallId !== undefined) call.parentCallId = parentCallId
   if (userId !== undefined) call.userId = userId
+  if (teamId !== undefined) call.teamId = teamId
+  if (orgId !== undefined) call.orgId = orgId
   const decoded = decodeMessagesLenient(options.messages)
   const start: StartEvent = decoded.issues === undefined
     ? { _tag: "Start", call, messages: decoded.messages, params: options.params ?? emptyRecord }
@@ -566,31 +477,17 @@ export const begin = (
     )
   })
 
-/**
- * Runs `self` with the call context that nested instrumented calls inherit
- * (their parent is this call).
- *
- * @since 0.1.0
- * @category combinators
- */
-export const withParent: {
-  (callId: string): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R>
-} = dual(
-  2,
-  <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R> =>
-    Effect.acquireUseRelease(pushParent(callId), () => self, () => popParent(callId))
-)
-
 const instrumentImpl = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   options: InstrumentOptions<A>
 ): Effect.Effect<A, E, R> =>
   Effect.withFiberRuntime<A, E, R>((fiber) => {
+    const gate = fiber.getFiberRef(currentGate)
     const dispatcher = lookupDispatcher(fiber.currentContext)
-    if (dispatcher === undefined) return self
-    const snapshot = dispatcher.unsafeSnapshot()
-    if (snapshot.empty) return self
+    const snapshot = dispatcher?.unsafeSnapshot()
+    if (dispatcher === undefined || snapshot === undefined || snapshot.empty) {
+      return gate === undefined ? self : admitBare(fiber as AnyFiber, gate, self, options)
+    }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
     const parents = parentsOf(fiber as AnyFiber)
@@ -655,7 +552,7 @@ const instrumentImpl = <A, E, R>(
     }
     const onFailure = (cause: Cause.Cause<E>) => terminal(Exit.failCause(cause))
     const onSuccess = (value: A) => terminal(Exit.succeed(value))
-    return Effect.uninterruptibleMask((restore) => {
+    const instrumented = Effect.uninterruptibleMask((restore) => {
       const started = dispatcher.unsafeRun(snapshot, events.start, fiber)
       if (started === undefined) {
         // The start dispatch completed synchronously (the common case).
@@ -672,7 +569,40 @@ const instrumentImpl = <A, E, R>(
         }
       })
     })
+    return gate === undefined ? instrumented : admitted(gate, events.start, instrumented)
   })
+
+/**
+ * Runs an instrumented call through the admission gate in force: admitted
+ * (interruptibly) before its start, its ticket closed with its `Exit` once
+ * its terminal event was dispatched. A refusal fails the call before any
+ * handler hears of it.
+ */
+const admitted = <A, E, R>(gate: Gate, start: StartEvent, call: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.uninterruptibleMask((restore) =>
+    Effect.flatMap(
+      // The gate's refusals are typed by the gate's installer (see internal/admission).
+      restore(gate.admit(start)) as Effect.Effect<Ticket, E>,
+      (ticket) => Effect.onExit(restore(call), (exit) => ticket.close(exit))
+    )
+  )
+
+/** A call under a gate without handlers: admitted all the same, with a call id of its own. */
+const admitBare = <A, E, R>(
+  fiber: AnyFiber,
+  gate: Gate,
+  self: Effect.Effect<A, E, R>,
+  options: InstrumentOptions<A>
+): Effect.Effect<A, E, R> => {
+  const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+  const events = makeCallEvents(
+    options,
+    fiber.getFiberRef(currentCallContext),
+    clock.unsafeCurrentTimeMillis(),
+    topOf(fiber.getFiberRef(currentParents))
+  )
+  return admitted(gate, events.start, self)
+}
 
 /**
  * Wraps an LLM call so that every registered handler hears `start`, then

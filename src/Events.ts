@@ -175,6 +175,10 @@ export const CallInfo = Schema.Struct({
   provider: Schema.String,
   model: Schema.String,
   userId: Schema.optional(Schema.String),
+  /** The team the call is billed to, from `instrument` or the call context. */
+  teamId: Schema.optional(Schema.String),
+  /** The organisation the call is billed to, from `instrument` or the call context. */
+  orgId: Schema.optional(Schema.String),
   tags: Schema.Array(Schema.String),
   metadata: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
   /** Epoch milliseconds, from Effect's `Clock`. */

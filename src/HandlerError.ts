@@ -43,3 +43,24 @@ export class HandlerRegistrationError extends Schema.TaggedError<HandlerRegistra
   handler: Schema.String,
   message: Schema.String
 }) {}
+
+/**
+ * The key of an error's "do not retry" flag. A hook failing with an error
+ * whose `[NonRetryable]` is `true` (e.g. a `TokenStoreError` for invalid
+ * input, which fails the same way every time) is not retried, whatever its
+ * handler's schedule.
+ *
+ * @since 0.2.0
+ * @category symbols
+ */
+export const NonRetryable: unique symbol = Symbol.for("effect-llm-callbacks/NonRetryable") as never
+
+/**
+ * Whether a hook's typed failure may be retried (see {@link NonRetryable}).
+ *
+ * @since 0.2.0
+ * @category guards
+ */
+export const isRetryable = (error: unknown): boolean =>
+  !(typeof error === "object" && error !== null && NonRetryable in error &&
+    (error as { readonly [NonRetryable]: unknown })[NonRetryable] === true)

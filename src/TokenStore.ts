@@ -36,6 +36,7 @@ import * as Option from "effect/Option"
 import * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
 import * as BillingCycle from "./BillingCycle.js"
+import * as HandlerError from "./HandlerError.js"
 
 /**
  * Token counts of one call, or accumulated over a cycle.
@@ -50,8 +51,60 @@ export interface TokenCounts {
 }
 
 /**
- * Usage of a user in a cycle. Counters are 0 and the limit is none when nothing
- * was recorded or set.
+ * The levels a call is accounted and limited at: its user and, when the call
+ * context names them, its team and organisation.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Level = "user" | "team" | "org"
+
+/**
+ * One account at one level: a user, a team or an organisation.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface Subject {
+  readonly level: Level
+  readonly id: string
+}
+
+/**
+ * Whose usage a method reads or writes: a user id, or a subject at any level.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Owner = string | Subject
+
+/**
+ * The subject of an owner (a string is a user id).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const subjectOf = (owner: Owner): Subject => typeof owner === "string" ? { level: "user", id: owner } : owner
+
+/**
+ * The subjects a call is accounted at: its user, then its team and its
+ * organisation when given.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const subjectsOf = (
+  input: { readonly userId: string; readonly teamId?: string | undefined; readonly orgId?: string | undefined }
+): ReadonlyArray<Subject> => {
+  const subjects: Array<Subject> = [{ level: "user", id: input.userId }]
+  if (input.teamId !== undefined) subjects.push({ level: "team", id: input.teamId })
+  if (input.orgId !== undefined) subjects.push({ level: "org", id: input.orgId })
+  return subjects
+}
+
+/**
+ * Usage of a subject in a cycle. Counters are 0 and the limit is none when
+ * nothing was recorded or set.
  *
  * @since 0.1.0
  * @category models
@@ -60,6 +113,8 @@ export interface UsageStats extends TokenCounts {
   /** Accumulated cost in millionths of the currency unit. */
   readonly costMicros: number
   readonly limit: Option.Option<number>
+  /** Tokens held by admitted calls that have not been recorded or released yet (see `reserve`). */
+  readonly heldTokens: number
 }
 
 /**
@@ -76,6 +131,8 @@ export interface LimitCheck {
   readonly currentUsage: number
   readonly limit: Option.Option<number>
   readonly remaining: Option.Option<number>
+  /** Tokens held by admitted calls in flight (not part of `currentUsage`). */
+  readonly heldTokens: number
 }
 
 /**
@@ -93,6 +150,84 @@ export interface RecordInput {
   readonly usage: TokenCounts
   /** Cost of the call in millionths of the currency unit. */
   readonly costMicros?: number | undefined
+  /** The call's team: its usage is added there too. */
+  readonly teamId?: string | undefined
+  /** The call's organisation: its usage is added there too. */
+  readonly orgId?: string | undefined
+}
+
+/**
+ * Rate limits of one subject, over fixed one-minute windows (aligned to the
+ * clock's minutes). Tokens count each call's reservation when it is admitted
+ * (its worst case, as OpenAI's rate limiter counts `max_tokens`).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface RateLimit {
+  readonly requestsPerMinute?: number | undefined
+  readonly tokensPerMinute?: number | undefined
+}
+
+/**
+ * A reservation for one call: `tokens` are held at every subject (the user
+ * first, then team and organisation) in one atomic step that checks, at
+ * each subject, `used + held + tokens <= limit` and its rate limits.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ReserveInput {
+  readonly callId: string
+  readonly cycle: string
+  readonly subjects: ReadonlyArray<Subject>
+  /** The call's worst case: prompt tokens plus the most it may generate. */
+  readonly tokens: number
+  /** How long the hold lives if neither `record` nor `release` ends it (a process that died). */
+  readonly holdTtlMillis: number
+  /** Rate limits per level, applied to each subject of that level. */
+  readonly rateLimits?: Partial<Record<Level, RateLimit>> | undefined
+}
+
+/**
+ * The answer of `reserve`. `Reserved`: the tokens are held (reserving the
+ * same call again holds nothing more). `OverLimit`: the tightest subject over
+ * its token limit, with its figures. `RateLimited`: a subject over a rate
+ * limit, and when its window ends.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type ReserveOutcome =
+  | { readonly _tag: "Reserved" }
+  | {
+    readonly _tag: "OverLimit"
+    readonly subject: Subject
+    readonly limit: number
+    readonly used: number
+    readonly held: number
+    readonly requested: number
+  }
+  | {
+    readonly _tag: "RateLimited"
+    readonly subject: Subject
+    readonly kind: "requests" | "tokens"
+    readonly limit: number
+    readonly current: number
+    readonly retryAfterMillis: number
+  }
+
+/**
+ * Ends the holds of a call that will not be recorded (it failed or was
+ * interrupted).
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export interface ReleaseInput {
+  readonly callId: string
+  readonly cycle: string
+  readonly subjects: ReadonlyArray<Subject>
 }
 
 /**
@@ -119,7 +254,16 @@ export class TokenStoreError extends Schema.TaggedError<TokenStoreError>("effect
     message: Schema.String,
     cause: Schema.optional(Schema.Defect)
   }
-) {}
+) {
+  /**
+   * Invalid input fails the same way every time: handlers do not retry it.
+   *
+   * @since 0.2.0
+   */
+  get [HandlerError.NonRetryable](): boolean {
+    return this.reason === "InvalidInput"
+  }
+}
 
 /**
  * The token store service.
@@ -128,7 +272,10 @@ export class TokenStoreError extends Schema.TaggedError<TokenStoreError>("effect
  * @category models
  */
 export interface Service {
-  /** Adds the usage of one call, once per user and call id. */
+  /**
+   * Adds the usage of one call, once per user and call id, at its user and
+   * (when given) its team and organisation, and ends the call's holds there.
+   */
   readonly record: (input: RecordInput) => Effect.Effect<RecordOutcome, TokenStoreError>
   /**
    * Adds the usage of several calls, each once, in one round trip where the
@@ -138,13 +285,17 @@ export interface Service {
   readonly recordMany: (
     inputs: ReadonlyArray<RecordInput>
   ) => Effect.Effect<ReadonlyArray<RecordOutcome>, TokenStoreError>
-  readonly stats: (userId: string, cycle: string) => Effect.Effect<UsageStats, TokenStoreError>
-  /** Clears the usage counters of a user and cycle; the limit stays. */
-  readonly reset: (userId: string, cycle: string) => Effect.Effect<void, TokenStoreError>
-  readonly setLimit: (userId: string, cycle: string, limit: number) => Effect.Effect<void, TokenStoreError>
-  readonly checkLimit: (userId: string, cycle: string) => Effect.Effect<LimitCheck, TokenStoreError>
+  readonly stats: (owner: Owner, cycle: string) => Effect.Effect<UsageStats, TokenStoreError>
+  /** Clears the usage counters of a subject and cycle; the limit stays. */
+  readonly reset: (owner: Owner, cycle: string) => Effect.Effect<void, TokenStoreError>
+  readonly setLimit: (owner: Owner, cycle: string, limit: number) => Effect.Effect<void, TokenStoreError>
+  readonly checkLimit: (owner: Owner, cycle: string) => Effect.Effect<LimitCheck, TokenStoreError>
   /** Users with usage or a limit in a cycle, sorted. */
   readonly users: (cycle: string) => Effect.Effect<ReadonlyArray<string>, TokenStoreError>
+  /** Holds a call's worst case at each of its subjects, if every limit allows it (see `ReserveInput`). */
+  readonly reserve: (input: ReserveInput) => Effect.Effect<ReserveOutcome, TokenStoreError>
+  /** Ends a call's holds without recording usage; idempotent. */
+  readonly release: (input: ReleaseInput) => Effect.Effect<void, TokenStoreError>
 }
 
 /**
@@ -183,6 +334,12 @@ const Count = Schema.Number.annotations({ message: nonNegativeSafeInteger }).pip
   Schema.filter((n) => Number.isSafeInteger(n) && n >= 0, { message: nonNegativeSafeInteger })
 )
 
+const positiveSafeInteger = expected("a positive safe integer")
+
+const PositiveCount = Schema.Number.annotations({ message: positiveSafeInteger }).pipe(
+  Schema.filter((n) => Number.isSafeInteger(n) && n > 0, { message: positiveSafeInteger })
+)
+
 const nonEmptyString = expected("a non-empty string of well-formed unicode")
 
 // A lone surrogate has no UTF-8 encoding: a backend that stores ids as UTF-8
@@ -199,19 +356,65 @@ const Cycle = Schema.String.annotations({ message: cycleDate }).pipe(
   Schema.filter(BillingCycle.isCycleDate, { message: cycleDate })
 )
 
+const LevelSchema = Schema.Literal("user", "team", "org").annotations({
+  message: expected(`"user", "team" or "org"`)
+})
+
+const SubjectSchema = Schema.Struct({ level: LevelSchema, id: Id })
+
+const sumsFit = (issue: ParseResult.ParseIssue) =>
+  `expected counts whose sum (promptTokens + completionTokens) is a safe integer, got ${showValue(issue.actual)}`
+
+const UsageSchema = Schema.Struct({ promptTokens: Count, completionTokens: Count, totalTokens: Count }).annotations({
+  message: (issue) => `expected { promptTokens, completionTokens, totalTokens }, got ${showValue(issue.actual)}`
+}).pipe(
+  Schema.filter((u) => Number.isSafeInteger(u.promptTokens + u.completionTokens), { message: sumsFit })
+)
+
 const RecordInputSchema = Schema.Struct({
   callId: Id,
   userId: Id,
   cycle: Cycle,
-  usage: Schema.Struct({ promptTokens: Count, completionTokens: Count, totalTokens: Count }).annotations({
-    message: (issue) => `expected { promptTokens, completionTokens, totalTokens }, got ${showValue(issue.actual)}`
-  }),
-  costMicros: Schema.optional(Schema.UndefinedOr(Count))
+  usage: UsageSchema,
+  costMicros: Schema.optional(Schema.UndefinedOr(Count)),
+  teamId: Schema.optional(Schema.UndefinedOr(Id)),
+  orgId: Schema.optional(Schema.UndefinedOr(Id))
 })
 
-const KeySchema = Schema.Struct({ userId: Id, cycle: Cycle })
+const RateLimitSchema = Schema.Struct({
+  requestsPerMinute: Schema.optional(Schema.UndefinedOr(PositiveCount)),
+  tokensPerMinute: Schema.optional(Schema.UndefinedOr(PositiveCount))
+})
 
-const LimitSchema = Schema.Struct({ userId: Id, cycle: Cycle, limit: Count })
+const nonEmptySubjects = expected("a non-empty array of { level, id } with one subject per level")
+
+const ReserveInputSchema = Schema.Struct({
+  callId: Id,
+  cycle: Cycle,
+  subjects: Schema.Array(SubjectSchema).pipe(
+    Schema.filter((subjects) =>
+      subjects.length > 0 && new Set(subjects.map((s) => s.level)).size === subjects.length, {
+      message: nonEmptySubjects
+    })
+  ),
+  tokens: Count,
+  holdTtlMillis: PositiveCount,
+  rateLimits: Schema.optional(Schema.UndefinedOr(Schema.Struct({
+    user: Schema.optional(RateLimitSchema),
+    team: Schema.optional(RateLimitSchema),
+    org: Schema.optional(RateLimitSchema)
+  })))
+})
+
+const ReleaseInputSchema = Schema.Struct({ callId: Id, cycle: Cycle, subjects: Schema.Array(SubjectSchema) })
+
+const KeySchema = Schema.Struct({ owner: SubjectSchema, cycle: Cycle })
+
+const UserKeySchema = Schema.Struct({ userId: Id, cycle: Cycle })
+
+const LimitSchema = Schema.Struct({ owner: SubjectSchema, cycle: Cycle, limit: Count })
+
+const UserLimitSchema = Schema.Struct({ userId: Id, cycle: Cycle, limit: Count })
 
 const CycleSchema = Schema.Struct({ cycle: Cycle })
 
@@ -242,11 +445,28 @@ const isValidRecordInput = (input: RecordInput): boolean =>
   typeof input === "object" && input !== null && isId(input.callId) && isId(input.userId) &&
   BillingCycle.isCycleDate(input.cycle) && typeof input.usage === "object" && input.usage !== null &&
   isCount(input.usage.promptTokens) && isCount(input.usage.completionTokens) && isCount(input.usage.totalTokens) &&
-  (input.costMicros === undefined || isCount(input.costMicros))
+  Number.isSafeInteger(input.usage.promptTokens + input.usage.completionTokens) &&
+  (input.costMicros === undefined || isCount(input.costMicros)) &&
+  (input.teamId === undefined || isId(input.teamId)) && (input.orgId === undefined || isId(input.orgId))
 
 const decodeRecordInput = validator(RecordInputSchema)
-const decodeKey = validator(KeySchema)
-const decodeLimit = validator(LimitSchema)
+const decodeReserveInput = validator(ReserveInputSchema)
+const decodeReleaseInput = validator(ReleaseInputSchema)
+const decodeSubjectKey = validator(KeySchema)
+const decodeUserKey = validator(UserKeySchema)
+const decodeSubjectLimit = validator(LimitSchema)
+const decodeUserLimit = validator(UserLimitSchema)
+// A user id is named `userId` in errors, a subject `owner`.
+const decodeKey = ({ cycle, owner }: { readonly owner: Owner; readonly cycle: string }): Effect.Effect<
+  unknown,
+  TokenStoreError
+> => typeof owner === "string" ? decodeUserKey({ userId: owner, cycle }) : decodeSubjectKey({ owner, cycle })
+const decodeLimit = (
+  { cycle, limit, owner }: { readonly owner: Owner; readonly cycle: string; readonly limit: number }
+): Effect.Effect<unknown, TokenStoreError> =>
+  typeof owner === "string"
+    ? decodeUserLimit({ userId: owner, cycle, limit })
+    : decodeSubjectLimit({ owner, cycle, limit })
 const decodeCycle = validator(CycleSchema)
 
 /**
@@ -259,6 +479,21 @@ const decodeCycle = validator(CycleSchema)
  */
 export const validateRecordInput = (input: RecordInput): Effect.Effect<RecordInput, TokenStoreError> =>
   decodeRecordInput(input)
+
+/**
+ * The error of a record whose counters would leave the safe integers: nothing
+ * of it is written.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export const overflowError = (subject: Subject, cycle: string, method = "record"): TokenStoreError =>
+  new TokenStoreError({
+    reason: "InvalidInput",
+    message: `TokenStore.${method}: the counters of ${subject.level} ${
+      JSON.stringify(subject.id)
+    } in cycle ${cycle} would exceed ${Number.MAX_SAFE_INTEGER}; nothing was written`
+  })
 
 /**
  * Wraps a backend so that every input is validated before it reaches it:
@@ -277,32 +512,113 @@ export const withValidation = (backend: Service): Service => ({
     }
     return backend.recordMany(inputs)
   },
-  stats: (userId, cycle) => Effect.flatMap(decodeKey({ userId, cycle }), () => backend.stats(userId, cycle)),
-  reset: (userId, cycle) => Effect.flatMap(decodeKey({ userId, cycle }), () => backend.reset(userId, cycle)),
-  setLimit: (userId, cycle, limit) =>
-    Effect.flatMap(decodeLimit({ userId, cycle, limit }), () => backend.setLimit(userId, cycle, limit)),
-  checkLimit: (userId, cycle) =>
-    Effect.flatMap(decodeKey({ userId, cycle }), () => backend.checkLimit(userId, cycle)),
-  users: (cycle) => Effect.flatMap(decodeCycle({ cycle }), () => backend.users(cycle))
+  stats: (owner, cycle) => Effect.flatMap(decodeKey({ owner, cycle }), () => backend.stats(owner, cycle)),
+  reset: (owner, cycle) => Effect.flatMap(decodeKey({ owner, cycle }), () => backend.reset(owner, cycle)),
+  setLimit: (owner, cycle, limit) =>
+    Effect.flatMap(decodeLimit({ owner, cycle, limit }), () => backend.setLimit(owner, cycle, limit)),
+  checkLimit: (owner, cycle) =>
+    Effect.flatMap(decodeKey({ owner, cycle }), () => backend.checkLimit(owner, cycle)),
+  users: (cycle) => Effect.flatMap(decodeCycle({ cycle }), () => backend.users(cycle)),
+  reserve: (input) => Effect.flatMap(decodeReserveInput(input), () => backend.reserve(input)),
+  release: (input) => Effect.flatMap(decodeReleaseInput(input), () => backend.release(input))
 })
 
 /**
- * The limit check for a total and an optional limit (`exceeded` when
- * `currentUsage >= limit`), shared by the backends.
+ * The limit check for a total, an optional limit and the tokens held
+ * (`exceeded` when `currentUsage >= limit`), shared by the backends.
  *
  * @since 0.1.0
  * @category constructors
  */
-export const makeLimitCheck = (currentUsage: number, limit: Option.Option<number>): LimitCheck =>
+export const makeLimitCheck = (currentUsage: number, limit: Option.Option<number>, heldTokens = 0): LimitCheck =>
   Option.match(limit, {
-    onNone: () => ({ exceeded: false, currentUsage, limit, remaining: Option.none() }),
+    onNone: () => ({ exceeded: false, currentUsage, limit, remaining: Option.none(), heldTokens }),
     onSome: (max) => ({
       exceeded: currentUsage >= max,
       currentUsage,
       limit,
-      remaining: Option.some(Math.max(0, max - currentUsage))
+      remaining: Option.some(Math.max(0, max - currentUsage)),
+      heldTokens
     })
   })
+
+/**
+ * The start of the one-minute rate window containing `now` (epoch ms).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const rateWindowOf = (now: number): number => Math.floor(now / 60_000) * 60_000
+
+/**
+ * Chooses the refusal of a reservation among the subjects' verdicts: the
+ * tightest token limit (least room left) first, else the first rate limit
+ * hit; `Reserved` when there is none. Shared by the backends.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveOutcome => {
+  let best: ReserveOutcome = reserved
+  let room = Infinity
+  for (const verdict of verdicts) {
+    if (verdict._tag === "OverLimit") {
+      const left = verdict.limit - verdict.used - verdict.held
+      if (left < room) {
+        room = left
+        best = verdict
+      }
+    } else if (verdict._tag === "RateLimited" && best._tag === "Reserved") {
+      best = verdict
+    }
+  }
+  return best
+}
+
+/**
+ * The verdict of one subject on a reservation of `tokens` (shared by the
+ * in-memory backend and the tests' reference model; Redis applies the same
+ * rule in its script).
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const verdictOf = (
+  subject: Subject,
+  account: { readonly used: number; readonly held: number; readonly limit: number | undefined },
+  window: { readonly requests: number; readonly tokens: number },
+  rate: RateLimit | undefined,
+  tokens: number,
+  now: number
+): ReserveOutcome => {
+  if (account.limit !== undefined && account.used + account.held + tokens > account.limit) {
+    return { _tag: "OverLimit", subject, limit: account.limit, used: account.used, held: account.held, requested: tokens }
+  }
+  const retryAfterMillis = rateWindowOf(now) + 60_000 - now
+  if (rate?.requestsPerMinute !== undefined && window.requests + 1 > rate.requestsPerMinute) {
+    return {
+      _tag: "RateLimited",
+      subject,
+      kind: "requests",
+      limit: rate.requestsPerMinute,
+      current: window.requests,
+      retryAfterMillis
+    }
+  }
+  if (rate?.tokensPerMinute !== undefined && window.tokens + tokens > rate.tokensPerMinute) {
+    return {
+      _tag: "RateLimited",
+      subject,
+      kind: "tokens",
+      limit: rate.tokensPerMinute,
+      current: window.tokens,
+      retryAfterMillis
+    }
+  }
+  return reserved
+}
+
+const reserved: ReserveOutcome = { _tag: "Reserved" }
 
 /**
  * Options of the in-memory store.
@@ -314,27 +630,45 @@ export interface MemoryOptions {
   /** How long a recorded call id is remembered for idempotency; default 24 hours. */
   readonly idempotencyWindow?: Duration.DurationInput | undefined
   /**
-   * The most call ids remembered at once; beyond it the oldest are forgotten
-   * first. Default 100 000.
+   * The most call ids remembered at once (one per call and level); beyond it
+   * the oldest are forgotten first. Default 100 000.
    */
   readonly maxIdempotencyKeys?: number | undefined
 }
 
-interface MemoryEntry {
-  readonly promptTokens: number
-  readonly completionTokens: number
-  readonly totalTokens: number
-  readonly costMicros: number
-  readonly limit: number | undefined
+interface Hold {
+  readonly tokens: number
+  readonly expiresAt: number
 }
 
-const emptyEntry: MemoryEntry = {
+interface Account {
+  promptTokens: number
+  completionTokens: number
+  totalTokens: number
+  costMicros: number
+  limit: number | undefined
+  held: number
+  readonly holds: Map<string, Hold>
+}
+
+interface RateWindow {
+  window: number
+  requests: number
+  tokens: number
+}
+
+const newAccount = (): Account => ({
   promptTokens: 0,
   completionTokens: 0,
   totalTokens: 0,
   costMicros: 0,
-  limit: undefined
-}
+  limit: undefined,
+  held: 0,
+  holds: new Map()
+})
+
+// Length-prefixed so that distinct subjects never share a key.
+const subjectKey = (subject: Subject): string => `${subject.level}|${subject.id}`
 
 /**
  * Builds an in-memory token store, the embedded default. Call ids are
@@ -362,7 +696,8 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
     }
     // Plain maps mutated inside single synchronous steps: each operation is
     // atomic because nothing yields between its read and its write.
-    const cycles = new Map<string, Map<string, MemoryEntry>>()
+    const cycles = new Map<string, Map<string, Account>>()
+    const rates = new Map<string, RateWindow>()
     // Insertion order is expiry order (constant window, monotonic clock), so
     // pruning only ever looks at the front of the map.
     const markers = new Map<string, number>()
@@ -374,77 +709,207 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       }
     }
 
-    const entry = (userId: string, cycle: string): MemoryEntry => cycles.get(cycle)?.get(userId) ?? emptyEntry
+    const markerOf = (subject: Subject, callId: string): string =>
+      `${subject.level}|${subject.id.length}:${subject.id}${callId}`
 
-    const update = (userId: string, cycle: string, f: (entry: MemoryEntry) => MemoryEntry): void => {
-      let users = cycles.get(cycle)
-      if (users === undefined) {
-        users = new Map()
-        cycles.set(cycle, users)
-      }
-      users.set(userId, f(users.get(userId) ?? emptyEntry))
+    const isMarked = (subject: Subject, callId: string, now: number): boolean => {
+      const expiresAt = markers.get(markerOf(subject, callId))
+      return expiresAt !== undefined && expiresAt > now
     }
 
-    const clear = (userId: string, cycle: string): void => {
-      const users = cycles.get(cycle)
-      const current = users?.get(userId)
-      if (users === undefined || current === undefined) return
-      if (current.limit === undefined) {
-        users.delete(userId)
-        if (users.size === 0) cycles.delete(cycle)
-      } else {
-        users.set(userId, { ...emptyEntry, limit: current.limit })
+    const find = (subject: Subject, cycle: string): Account | undefined => cycles.get(cycle)?.get(subjectKey(subject))
+
+    const account = (subject: Subject, cycle: string): Account => {
+      let accounts = cycles.get(cycle)
+      if (accounts === undefined) {
+        accounts = new Map()
+        cycles.set(cycle, accounts)
+      }
+      const key = subjectKey(subject)
+      let found = accounts.get(key)
+      if (found === undefined) {
+        found = newAccount()
+        accounts.set(key, found)
+      }
+      return found
+    }
+
+    const purge = (current: Account, now: number): void => {
+      if (current.holds.size === 0) return
+      for (const [callId, hold] of current.holds) {
+        if (hold.expiresAt <= now) {
+          current.holds.delete(callId)
+          current.held -= hold.tokens
+        }
       }
     }
 
-    const recordAt = (input: RecordInput, now: number): RecordOutcome => {
-      // Length-prefixed so that distinct (user, call) pairs never share a key.
-      const marker = `${input.userId.length}:${input.userId}${input.callId}`
-      const expiresAt = markers.get(marker)
-      if (expiresAt !== undefined && expiresAt > now) return "duplicate"
-      markers.delete(marker)
-      if (windowMillis > 0) markers.set(marker, now + windowMillis)
-      update(input.userId, input.cycle, (current) => ({
-        promptTokens: current.promptTokens + input.usage.promptTokens,
-        completionTokens: current.completionTokens + input.usage.completionTokens,
-        totalTokens: current.totalTokens + input.usage.totalTokens,
-        costMicros: current.costMicros + (input.costMicros ?? 0),
-        limit: current.limit
-      }))
-      return "recorded"
+    const releaseHold = (current: Account | undefined, callId: string): void => {
+      const hold = current?.holds.get(callId)
+      if (current === undefined || hold === undefined) return
+      current.holds.delete(callId)
+      current.held -= hold.tokens
+    }
+
+    const fits = (n: number): boolean => n <= Number.MAX_SAFE_INTEGER
+
+    const recordAt = (input: RecordInput, now: number): Either.Either<RecordOutcome, TokenStoreError> => {
+      const subjects = subjectsOf(input)
+      const cost = input.costMicros ?? 0
+      // Every level is checked before anything is written: counters move together or not at all.
+      const fresh = subjects.map((subject) => !isMarked(subject, input.callId, now))
+      for (let i = 0; i < subjects.length; i++) {
+        if (!fresh[i]) continue
+        const current = find(subjects[i]!, input.cycle)
+        if (
+          current !== undefined && !(fits(current.promptTokens + input.usage.promptTokens) &&
+            fits(current.completionTokens + input.usage.completionTokens) &&
+            fits(current.totalTokens + input.usage.totalTokens) && fits(current.costMicros + cost))
+        ) return Either.left(overflowError(subjects[i]!, input.cycle))
+      }
+      for (let i = 0; i < subjects.length; i++) {
+        const subject = subjects[i]!
+        if (fresh[i]) {
+          const marker = markerOf(subject, input.callId)
+          markers.delete(marker)
+          if (windowMillis > 0) markers.set(marker, now + windowMillis)
+          const current = account(subject, input.cycle)
+          current.promptTokens += input.usage.promptTokens
+          current.completionTokens += input.usage.completionTokens
+          current.totalTokens += input.usage.totalTokens
+          current.costMicros += cost
+        }
+        releaseHold(find(subject, input.cycle), input.callId)
+      }
+      return Either.right(fresh[0] ? "recorded" : "duplicate")
+    }
+
+    const windowOf = (subject: Subject, now: number): RateWindow => {
+      const key = subjectKey(subject)
+      const window = rateWindowOf(now)
+      let current = rates.get(key)
+      if (current === undefined || current.window !== window) {
+        current = { window, requests: 0, tokens: 0 }
+        rates.set(key, current)
+      }
+      return current
+    }
+
+    const reserveAt = (input: ReserveInput, now: number): Either.Either<ReserveOutcome, TokenStoreError> => {
+      const first = input.subjects[0]!
+      // Reserving the same call again (a retry after a lost reply), or one already recorded, holds nothing more.
+      if (find(first, input.cycle)?.holds.has(input.callId) === true || isMarked(first, input.callId, now)) {
+        return Either.right(reserved)
+      }
+      const verdicts: Array<ReserveOutcome> = []
+      for (const subject of input.subjects) {
+        const current = find(subject, input.cycle)
+        if (current !== undefined) purge(current, now)
+        if (current !== undefined && !fits(current.held + input.tokens)) {
+          return Either.left(overflowError(subject, input.cycle, "reserve"))
+        }
+        verdicts.push(verdictOf(
+          subject,
+          { used: current?.totalTokens ?? 0, held: current?.held ?? 0, limit: current?.limit },
+          rates.get(subjectKey(subject))?.window === rateWindowOf(now)
+            ? rates.get(subjectKey(subject))!
+            : { requests: 0, tokens: 0 },
+          input.rateLimits?.[subject.level],
+          input.tokens,
+          now
+        ))
+      }
+      const outcome = chooseRefusal(verdicts)
+      if (outcome._tag !== "Reserved") return Either.right(outcome)
+      for (const subject of input.subjects) {
+        const current = account(subject, input.cycle)
+        current.holds.set(input.callId, { tokens: input.tokens, expiresAt: now + input.holdTtlMillis })
+        current.held += input.tokens
+        if (input.rateLimits?.[subject.level] !== undefined) {
+          const window = windowOf(subject, now)
+          window.requests += 1
+          window.tokens += input.tokens
+        }
+      }
+      return Either.right(reserved)
+    }
+
+    const clear = (subject: Subject, cycle: string): void => {
+      const accounts = cycles.get(cycle)
+      const current = accounts?.get(subjectKey(subject))
+      if (accounts === undefined || current === undefined) return
+      current.promptTokens = 0
+      current.completionTokens = 0
+      current.totalTokens = 0
+      current.costMicros = 0
+      if (current.limit === undefined && current.holds.size === 0) {
+        accounts.delete(subjectKey(subject))
+        if (accounts.size === 0) cycles.delete(cycle)
+      }
+    }
+
+    const purged = (owner: Owner, cycle: string, now: number): Account | undefined => {
+      const current = find(subjectOf(owner), cycle)
+      if (current !== undefined) purge(current, now)
+      return current
     }
 
     const backend: Service = {
       recordMany: (inputs) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
           prune(now)
-          return inputs.map((input) => recordAt(input, now))
+          const outcomes: Array<RecordOutcome> = []
+          let failure: TokenStoreError | undefined
+          // Each record stands alone: a bad one does not keep the others out.
+          for (const input of inputs) {
+            const outcome = recordAt(input, now)
+            if (Either.isLeft(outcome)) failure ??= outcome.left
+            else outcomes.push(outcome.right)
+          }
+          return failure === undefined ? Effect.succeed(outcomes) : Effect.fail(failure)
         }),
       record: (input) =>
-        Effect.map(Clock.currentTimeMillis, (now): RecordOutcome => {
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
           prune(now)
           return recordAt(input, now)
         }),
-      stats: (userId, cycle) =>
-        Effect.sync((): UsageStats => {
-          const current = entry(userId, cycle)
+      stats: (owner, cycle) =>
+        Effect.map(Clock.currentTimeMillis, (now): UsageStats => {
+          const current = purged(owner, cycle, now)
           return {
-            promptTokens: current.promptTokens,
-            completionTokens: current.completionTokens,
-            totalTokens: current.totalTokens,
-            costMicros: current.costMicros,
-            limit: Option.fromNullable(current.limit)
+            promptTokens: current?.promptTokens ?? 0,
+            completionTokens: current?.completionTokens ?? 0,
+            totalTokens: current?.totalTokens ?? 0,
+            costMicros: current?.costMicros ?? 0,
+            limit: Option.fromNullable(current?.limit),
+            heldTokens: current?.held ?? 0
           }
         }),
-      reset: (userId, cycle) => Effect.sync(() => clear(userId, cycle)),
-      setLimit: (userId, cycle, limit) =>
-        Effect.sync(() => update(userId, cycle, (current) => ({ ...current, limit }))),
-      checkLimit: (userId, cycle) =>
+      reset: (owner, cycle) => Effect.sync(() => clear(subjectOf(owner), cycle)),
+      setLimit: (owner, cycle, limit) =>
         Effect.sync(() => {
-          const current = entry(userId, cycle)
-          return makeLimitCheck(current.totalTokens, Option.fromNullable(current.limit))
+          account(subjectOf(owner), cycle).limit = limit
         }),
-      users: (cycle) => Effect.sync(() => Array.from(cycles.get(cycle)?.keys() ?? []).sort())
+      checkLimit: (owner, cycle) =>
+        Effect.map(Clock.currentTimeMillis, (now) => {
+          const current = purged(owner, cycle, now)
+          return makeLimitCheck(current?.totalTokens ?? 0, Option.fromNullable(current?.limit), current?.held ?? 0)
+        }),
+      users: (cycle) =>
+        Effect.sync(() => {
+          const users: Array<string> = []
+          for (const key of cycles.get(cycle)?.keys() ?? []) if (key.startsWith("user|")) users.push(key.slice(5))
+          return users.sort()
+        }),
+      reserve: (input) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          prune(now)
+          return reserveAt(input, now)
+        }),
+      release: (input) =>
+        Effect.sync(() => {
+          for (const subject of input.subjects) releaseHold(find(subject, input.cycle), input.callId)
+        })
     }
     return Effect.succeed(withValidation(backend))
   })

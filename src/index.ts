@@ -21,6 +21,7 @@ export * as CallbackMetrics from "./CallbackMetrics.js"
 /**
  * @since 0.1.0
  */
+export * as CallContext from "./CallContext.js"
 export * as Callbacks from "./Callbacks.js"
 
 /**

@@ -41,7 +41,9 @@ const failingStore = (failure: Effect.Effect<never, TokenStore.TokenStoreError>)
     reset: () => failure,
     setLimit: () => failure,
     checkLimit: () => failure,
-    users: () => failure
+    users: () => failure,
+    reserve: () => failure,
+    release: () => failure
   })
 
 const unavailable = Effect.fail(new TokenStore.TokenStoreError({ reason: "Unavailable", message: "store is down" }))

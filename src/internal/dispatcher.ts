@@ -23,7 +23,7 @@ import * as Clock from "effect/Clock"
 import * as DefaultServices from "effect/DefaultServices"
 import { constVoid } from "effect/Function"
 import type { Handler, Mode } from "../Handler.js"
-import { HandlerError, HandlerRegistrationError } from "../HandlerError.js"
+import { HandlerError, HandlerRegistrationError, isRetryable } from "../HandlerError.js"
 import type * as Dispatcher from "../Dispatcher.js"
 
 // -----------------------------------------------------------------------------
@@ -84,6 +84,17 @@ export interface Snapshot {
   readonly end: PhasePlan
   readonly error: PhasePlan
   readonly empty: boolean
+}
+
+
+/**
+ * The retry rule, in one place: only typed failures are retried (defects and
+ * interruptions are not), and not those that say they would fail again
+ * (`HandlerError.NonRetryable`).
+ */
+const isRetriable = (cause: Cause.Cause<unknown>): boolean => {
+  const failure = Cause.failureOption(cause)
+  return Option.isSome(failure) && isRetryable(failure.value)
 }
 
 const planPhase = (entries: ReadonlyArray<Entry>, phase: Phase): PhasePlan => {
@@ -567,7 +578,7 @@ export const make = (
           done(SUCCESS)
           return undefined
         }
-        if (entry.schedule === undefined || Option.isNone(Cause.failureOption(exit.cause))) {
+        if (entry.schedule === undefined || !isRetriable(exit.cause)) {
           slots.release()
           done(classify(entry, phase, exit.cause, 1))
           return undefined
@@ -624,7 +635,7 @@ export const make = (
           attempts++
           return hook(arg)
         })
-        running = Runtime.runFork(runtime)(Effect.retry(attempt, entry.schedule!))
+        running = Runtime.runFork(runtime)(Effect.retry(attempt, { schedule: entry.schedule!, while: isRetryable }))
         running.addObserver((exit) => {
           settle(Exit.isSuccess(exit) ? { ...SUCCESS, attempts } : classify(entry, phase, exit.cause, attempts))
         })
@@ -633,7 +644,7 @@ export const make = (
         first.addObserver((exit) => {
           if (settlement.settled) return
           if (Exit.isSuccess(exit)) settle(SUCCESS)
-          else if (entry.schedule !== undefined && Option.isSome(Cause.failureOption(exit.cause))) retry(exit.cause)
+          else if (entry.schedule !== undefined && isRetriable(exit.cause)) retry(exit.cause)
           else settle(classify(entry, phase, exit.cause, attempts))
         })
       } else {

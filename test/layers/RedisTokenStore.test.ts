@@ -80,7 +80,8 @@ describe("RedisTokenStore", () => {
         completionTokens: 30,
         totalTokens: 150,
         costMicros: 0,
-        limit: Option.some(1000)
+        limit: Option.some(1000),
+        heldTokens: 0
       })
       assert.deepStrictEqual(yield* store.users("2025-03-01"), ["alice"])
     }))

@@ -123,7 +123,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 7,
           totalTokens: 19,
           costMicros: 250,
-          limit: Option.none()
+          limit: Option.none(),
+          heldTokens: 0
         })
         // Another cycle of the same user is separate.
         assert.strictEqual((yield* store.stats(userId, "2025-04-01")).totalTokens, 0)
@@ -138,11 +139,13 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 0,
           totalTokens: 0,
           costMicros: 0,
-          limit: Option.none()
+          limit: Option.none(),
+          heldTokens: 0
         })
         assert.deepStrictEqual(Object.keys(stats).sort(), [
           "completionTokens",
           "costMicros",
+          "heldTokens",
           "limit",
           "promptTokens",
           "totalTokens"
@@ -170,7 +173,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 50,
           totalTokens: 150,
           costMicros: 7,
-          limit: Option.none()
+          limit: Option.none(),
+          heldTokens: 0
         })
         // The same call id for another user is another call.
         assert.strictEqual(yield* store.record({ ...input, userId: other }), "recorded")
@@ -234,7 +238,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 0,
           totalTokens: 0,
           costMicros: 0,
-          limit: Option.some(1_000)
+          limit: Option.some(1_000),
+          heldTokens: 0
         })
         assert.strictEqual((yield* store.stats(plain, cycle)).totalTokens, 0)
         // A user without a limit and without usage is no longer listed.
@@ -260,35 +265,40 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           exceeded: false,
           currentUsage: 0,
           limit: Option.none(),
-          remaining: Option.none()
+          remaining: Option.none(),
+          heldTokens: 0
         })
         yield* store.record({ callId: "c1", userId, cycle, usage: usage(60, 20) })
         assert.deepStrictEqual(yield* store.checkLimit(userId, cycle), {
           exceeded: false,
           currentUsage: 80,
           limit: Option.none(),
-          remaining: Option.none()
+          remaining: Option.none(),
+          heldTokens: 0
         })
         yield* store.setLimit(userId, cycle, 100)
         assert.deepStrictEqual(yield* store.checkLimit(userId, cycle), {
           exceeded: false,
           currentUsage: 80,
           limit: Option.some(100),
-          remaining: Option.some(20)
+          remaining: Option.some(20),
+          heldTokens: 0
         })
         yield* store.record({ callId: "c2", userId, cycle, usage: usage(15, 5) })
         assert.deepStrictEqual(yield* store.checkLimit(userId, cycle), {
           exceeded: true,
           currentUsage: 100,
           limit: Option.some(100),
-          remaining: Option.some(0)
+          remaining: Option.some(0),
+          heldTokens: 0
         })
         yield* store.record({ callId: "c3", userId, cycle, usage: usage(1, 0) })
         assert.deepStrictEqual(yield* store.checkLimit(userId, cycle), {
           exceeded: true,
           currentUsage: 101,
           limit: Option.some(100),
-          remaining: Option.some(0)
+          remaining: Option.some(0),
+          heldTokens: 0
         })
         // Raising the limit lifts the block; the limit is part of the stats.
         yield* store.setLimit(userId, cycle, 1_000)
@@ -296,7 +306,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           exceeded: false,
           currentUsage: 101,
           limit: Option.some(1_000),
-          remaining: Option.some(899)
+          remaining: Option.some(899),
+          heldTokens: 0
         })
         assert.deepStrictEqual((yield* store.stats(userId, cycle)).limit, Option.some(1_000))
       }))
@@ -310,7 +321,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           exceeded: true,
           currentUsage: 0,
           limit: Option.some(0),
-          remaining: Option.some(0)
+          remaining: Option.some(0),
+          heldTokens: 0
         })
       }))
 
@@ -402,7 +414,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
             completionTokens: 0,
             totalTokens: i + 1,
             costMicros: 0,
-            limit: Option.some(1_000 + i)
+            limit: Option.some(1_000 + i),
+            heldTokens: 0
           }, `user #${i}`)
         }
         assert.deepStrictEqual(yield* store.users(cycle), [...users].sort())
@@ -449,7 +462,8 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
               completionTokens: completion,
               totalTokens: prompt + completion,
               costMicros: mine.reduce((sum, call) => sum + (call.cost ?? 0), 0),
-              limit: Option.none()
+              limit: Option.none(),
+              heldTokens: 0
             })
           }
         }),

@@ -1,0 +1,191 @@
+/**
+ * The call context: who a call is made for (user, team, organisation), its
+ * tags and metadata, and the instrumented calls enclosing it (parents).
+ * `instrument` reads it, and so do the budget and the metrics layers; it is a
+ * module of its own so that none of them imports the others for it.
+ *
+ * @since 0.2.0
+ */
+import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
+import * as FiberRef from "effect/FiberRef"
+import { dual } from "effect/Function"
+import { globalValue } from "effect/GlobalValue"
+
+/**
+ * Context for the instrumented calls inside a region: the user, team and
+ * organisation, tags, metadata, and a parent call id. (The parent of a call
+ * made inside another instrumented call is that call, without any context.)
+ *
+ * @since 0.1.0
+ * @category models
+ */
+export interface CallContext {
+  readonly userId?: string | undefined
+  /** The team the call is billed to (budgets may limit it). */
+  readonly teamId?: string | undefined
+  /** The organisation the call is billed to (budgets may limit it). */
+  readonly orgId?: string | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+  readonly parentCallId?: string | undefined
+}
+
+/**
+ * The current call context, set by {@link withCallContext}; every
+ * `instrument` inside it reads it (its own options win).
+ *
+ * @since 0.1.0
+ * @category fiber refs
+ */
+export const currentCallContext: FiberRef.FiberRef<CallContext> = globalValue(
+  Symbol.for("effect-llm-callbacks/Callbacks/currentCallContext"),
+  () => FiberRef.unsafeMake<CallContext>({})
+)
+
+/**
+ * The ids of the instrumented calls enclosing the current fiber, innermost
+ * last. A mutable holder, one per fiber: `instrument` pushes and pops in
+ * place, which spares the hot path two fiber-ref updates (each a copy of the
+ * fiber's ref map). Sharing is prevented by `fork`: a forked fiber gets its own
+ * copy (so it sees the parents of the moment it was forked), and `join` keeps
+ * the parent fiber's holder.
+ *
+ * @internal
+ */
+export class ParentStack {
+  constructor(readonly ids: Array<string>) {}
+}
+
+/** @internal */
+export const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
+  Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
+  () =>
+    FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
+      fork: (stack) => stack === undefined || stack.ids.length === 0 ? undefined : new ParentStack(stack.ids.slice()),
+      join: (parent) => parent
+    })
+)
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+/** @internal */
+export const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
+  (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
+
+/** @internal */
+export const parentsOf = (fiber: AnyFiber): ParentStack => {
+  let stack = fiber.getFiberRef(currentParents)
+  if (stack === undefined) {
+    stack = new ParentStack([])
+    setFiberRef(fiber, currentParents, stack)
+  }
+  return stack
+}
+
+/** @internal */
+export const topOf = (stack: ParentStack | undefined): string | undefined =>
+  stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
+
+/** @internal */
+export const removeParent = (stack: ParentStack, callId: string): void => {
+  const ids = stack.ids
+  if (ids[ids.length - 1] === callId) ids.pop()
+  else {
+    const index = ids.lastIndexOf(callId)
+    if (index >= 0) ids.splice(index, 1)
+  }
+}
+
+/**
+ * Makes `callId` the parent of the instrumented calls that start in this
+ * fiber (and in fibers it forks) until {@link popParent}. For integrations
+ * whose call spans an acquire/release pair (streams); otherwise prefer
+ * {@link withParent}.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const pushParent = (callId: string): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    parentsOf(fiber).ids.push(callId)
+    return Effect.void
+  })
+
+/**
+ * Undoes {@link pushParent}.
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const popParent = (callId: string): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) => {
+    const stack = fiber.getFiberRef(currentParents)
+    if (stack !== undefined) removeParent(stack, callId)
+    return Effect.void
+  })
+
+/**
+ * Runs `self` with the call context that nested instrumented calls inherit
+ * (their parent is this call).
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withParent: {
+  (callId: string): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R>
+} = dual(
+  2,
+  <A, E, R>(self: Effect.Effect<A, E, R>, callId: string): Effect.Effect<A, E, R> =>
+    Effect.acquireUseRelease(pushParent(callId), () => self, () => popParent(callId))
+)
+
+/**
+ * Merges an inner call context into an outer one: tags and metadata are
+ * merged, the other fields replace the outer ones where set.
+ *
+ * @since 0.2.0
+ * @category combinators
+ */
+export const merge = (outer: CallContext, inner: CallContext): CallContext => ({
+  userId: inner.userId ?? outer.userId,
+  teamId: inner.teamId ?? outer.teamId,
+  orgId: inner.orgId ?? outer.orgId,
+  parentCallId: inner.parentCallId ?? outer.parentCallId,
+  tags: inner.tags === undefined ? outer.tags : outer.tags === undefined ? inner.tags : [...outer.tags, ...inner.tags],
+  metadata: inner.metadata === undefined
+    ? outer.metadata
+    : outer.metadata === undefined
+    ? inner.metadata
+    : { ...outer.metadata, ...inner.metadata }
+})
+
+/**
+ * Runs an effect with a call context: the user, team and organisation, tags,
+ * metadata and parent call id that the instrumented calls inside it report.
+ * Tags and metadata are merged with the enclosing context; the other fields
+ * replace it.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Callbacks } from "effect-llm-callbacks"
+ *
+ * declare const answer: Effect.Effect<string>
+ * const forAlice = answer.pipe(Callbacks.withCallContext({ userId: "alice", teamId: "search", tags: ["chat"] }))
+ * ```
+ *
+ * @since 0.1.0
+ * @category combinators
+ */
+export const withCallContext: {
+  (context: CallContext): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R>
+} = dual(
+  2,
+  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R> => {
+    const withContext = Effect.locallyWith(self, currentCallContext, (outer) => merge(outer, context))
+    return context.parentCallId === undefined ? withContext : withParent(withContext, context.parentCallId)
+  }
+)
