@@ -489,6 +489,15 @@ export const fromClient = (
       return yield* Effect.fail(invalidOption("batchSize", `Expected an integer >= 1, got ${String(batchSize)}`))
     }
     const cluster = redis.isCluster
+    if (cluster) {
+      // ioredis' auto-pipelining routes a script call by its first argument,
+      // which for a script is the number of keys, not a key: a pipeline then
+      // mixes slots and fails whole (CROSSSLOT). Our scripts are kept out of
+      // it; records are batched per slot group here instead.
+      const ignored = redis.options.autoPipeliningIgnoredCommands ?? []
+      for (const name of Object.values(commands)) if (!ignored.includes(name)) ignored.push(name)
+      redis.options.autoPipeliningIgnoredCommands = ignored
+    }
     redis.defineCommand(commands.record, { lua: recordScript })
     redis.defineCommand(commands.reserve, { lua: reserveScript })
     redis.defineCommand(commands.release, { lua: releaseScript })

@@ -1,37 +1,69 @@
 /**
- * An opt-in budget guard: a combinator put around an LLM call that checks the
- * user's token limit (`TokenStore.checkLimit`) before the call runs and fails
- * it with `UsageLimitExceeded`, without calling the model, when the user is
- * over the limit (`currentUsage >= limit`).
+ * Budgets: token limits that hold under concurrency and across processes.
  *
- * - The user is `options.userId`, else the current call context's
- *   (`Callbacks.withCallContext`). A call without a user is not checked.
- * - The cycle is `options.cycleStartDate`, else the monthly cycle containing
- *   now (`anchorDay`, UTC, from Effect's `Clock`): use the same settings as the
- *   token-usage handler.
- * - A store that fails (or exceeds `timeout`) does not block calls by default
- *   (`onStoreError: "allow"`: the failure is logged and the call runs); with
- *   `"fail"` the call fails with the `TokenStoreError`.
- * - Put the guard outside `Callbacks.instrument` and a refused call emits no
- *   events; inside it, handlers hear `start` and an `error` with the
- *   `UsageLimitExceeded`.
- * - The guard checks usage recorded so far: calls running concurrently may
- *   together go past the limit (by at most what they consume).
+ * `guard` wraps a region of an application; every instrumented call
+ * (`Callbacks.instrument`, the `@effect/ai` layer's `generateText` and
+ * `generateObject`) started inside it is admitted before any handler hears
+ * its `start`:
+ *
+ * 1. Its worst case is computed: the prompt's tokens (the `PromptCounter` in
+ *    context; by default a safe upper bound, the UTF-8 size of the texts, or
+ *    gpt-tokenizer with `TokenUsage.layerPromptCounter`) plus the most it may
+ *    generate (`maxTokens`, `max_tokens`, `maxOutputTokens`,
+ *    `max_output_tokens` or `max_completion_tokens` from its params, else the
+ *    model's cap from `maxOutputTokens`, else `defaultMaxOutputTokens`).
+ * 2. `TokenStore.reserve` holds it at the call's user and, when the call names
+ *    them (`instrument`'s options, else the call context), its team and
+ *    organisation, in one atomic step that checks at each level
+ *    `used + held + this call <= limit` and the optional rate limits.
+ * 3. Refused: the call fails with `UsageLimitExceeded` (the tightest level,
+ *    with its figures) or `RateLimitExceeded` (with when to retry), without
+ *    calling the model; no handler hears of it.
+ * 4. Admitted: the call runs. Its token-usage record (`layers/TokenUsage`, with
+ *    the same billing-cycle settings) adds the actual usage and ends the hold
+ *    in one atomic, idempotent step. A call that fails or is interrupted has
+ *    its holds released by the guard. A hold that nothing ends (its process
+ *    died) expires after `holdTtl`.
+ *
+ * A store failure follows `onStoreError`: `"allow"` (default) admits the call
+ * and logs a warning; `"fail"` fails the call with the `TokenStoreError`.
+ * A call without a user is not checked.
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Budget, Callbacks } from "effect-llm-callbacks"
+ *
+ * declare const callModel: Effect.Effect<{ content: string }>
+ *
+ * const answer = callModel.pipe(
+ *   Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "alice", teamId: "search", params: { maxTokens: 500 } }),
+ *   Budget.guard()
+ * )
+ * ```
  *
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
-import type * as Duration from "effect/Duration"
+import * as Context from "effect/Context"
+import * as DateTime from "effect/DateTime"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import { dual } from "effect/Function"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as BillingCycle from "./BillingCycle.js"
 import { currentCallContext } from "./CallContext.js"
-import { TokenStore, TokenStoreError } from "./TokenStore.js"
+import * as CallbackMetrics from "./CallbackMetrics.js"
+import type { Message, StartEvent } from "./Events.js"
+import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
+import { type Level, type Subject, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
 
 /**
- * The user has consumed their token limit for the billing cycle.
+ * A call was refused because one of its levels (user, team or organisation)
+ * has not enough tokens left in the billing cycle for the call's worst case.
  *
  * @since 0.1.0
  * @category errors
@@ -39,20 +71,105 @@ import { TokenStore, TokenStoreError } from "./TokenStore.js"
 export class UsageLimitExceeded extends Schema.TaggedError<UsageLimitExceeded>(
   "effect-llm-callbacks/UsageLimitExceeded"
 )("UsageLimitExceeded", {
+  /** The call's user. */
   userId: Schema.String,
+  /** The level whose limit refused the call. */
+  level: Schema.Literal("user", "team", "org"),
+  /** The id at that level (the user id, team id or organisation id). */
+  id: Schema.String,
   /** Start date of the billing cycle, `YYYY-MM-DD`. */
   cycle: Schema.String,
   limit: Schema.Number,
-  currentUsage: Schema.Number
+  /** Tokens recorded at that level in the cycle. */
+  currentUsage: Schema.Number,
+  /** Tokens held at that level by admitted calls in flight. */
+  heldTokens: Schema.Number,
+  /** This call's worst case. */
+  requestedTokens: Schema.Number
 }) {
   /**
    * @since 0.1.0
    */
   override get message(): string {
-    return `User ${JSON.stringify(this.userId)} has used ${this.currentUsage} of ${this.limit} tokens ` +
-      `in the billing cycle starting ${this.cycle}`
+    return `${this.level === "user" ? "User" : this.level === "team" ? "Team" : "Organisation"} ${
+      JSON.stringify(this.id)
+    } has used ${this.currentUsage} and holds ${this.heldTokens} of ${this.limit} tokens in the billing cycle ` +
+      `starting ${this.cycle}; the call needs up to ${this.requestedTokens}`
   }
 }
+
+/**
+ * A call was refused by a rate limit of one of its levels; it may be retried
+ * after `retryAfterMillis`.
+ *
+ * @since 0.2.0
+ * @category errors
+ */
+export class RateLimitExceeded extends Schema.TaggedError<RateLimitExceeded>(
+  "effect-llm-callbacks/RateLimitExceeded"
+)("RateLimitExceeded", {
+  userId: Schema.String,
+  level: Schema.Literal("user", "team", "org"),
+  id: Schema.String,
+  kind: Schema.Literal("requests", "tokens"),
+  /** Requests or tokens per minute allowed. */
+  limit: Schema.Number,
+  /** Requests or tokens counted in the current minute. */
+  current: Schema.Number,
+  /** When the current one-minute window ends. */
+  retryAfterMillis: Schema.Number
+}) {
+  /**
+   * @since 0.2.0
+   */
+  override get message(): string {
+    return `${this.level} ${JSON.stringify(this.id)} is at its limit of ${this.limit} ${this.kind} per minute ` +
+      `(${this.current} this minute); retry in ${Math.ceil(this.retryAfterMillis / 1000)} s`
+  }
+}
+
+/**
+ * Counts the tokens of a prompt for a model.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type PromptCounter = (model: string, messages: ReadonlyArray<Message>) => Effect.Effect<number>
+
+const utf8 = new TextEncoder()
+
+/**
+ * A safe upper bound of a prompt's tokens without a tokenizer: every token of
+ * a byte-level BPE tokenizer (the GPT, Llama and Claude families) covers at
+ * least one byte, so a text has at most as many tokens as UTF-8 bytes; plus
+ * 4 tokens of chat format per message and 3 of priming. Non-text parts are
+ * not counted.
+ *
+ * @since 0.2.0
+ * @category constructors
+ */
+export const byteBound: PromptCounter = (_model, messages) =>
+  Effect.sync(() => {
+    let n = 3
+    for (const message of messages) {
+      n += 4
+      if (typeof message.content === "string") n += utf8.encode(message.content).length
+      else for (const part of message.content) if (typeof part.text === "string") n += utf8.encode(part.text).length
+    }
+    return n
+  })
+
+/**
+ * The prompt counter budgets use; by default {@link byteBound}.
+ * `TokenUsage.layerPromptCounter` sets gpt-tokenizer's exact count.
+ *
+ * @since 0.2.0
+ * @category references
+ */
+export class CurrentPromptCounter extends Context.Reference<CurrentPromptCounter>()(
+  "effect-llm-callbacks/Budget/CurrentPromptCounter",
+  { defaultValue: (): PromptCounter => byteBound }
+) {}
 
 /**
  * Options of {@link guard} and {@link check}.
@@ -61,7 +178,7 @@ export class UsageLimitExceeded extends Schema.TaggedError<UsageLimitExceeded>(
  * @category models
  */
 export interface Options {
-  /** The user to check; default: the current call context's user. */
+  /** `check` only: the user to check; default the call context's. (`guard` checks each call's own user.) */
   readonly userId?: string | undefined
   /** An explicit billing cycle start date `YYYY-MM-DD`; when set it wins over `anchorDay`. */
   readonly cycleStartDate?: string | undefined
@@ -69,8 +186,19 @@ export interface Options {
   readonly anchorDay?: number | undefined
   /** What a store failure does: `"allow"` (default) runs the call, `"fail"` fails it. */
   readonly onStoreError?: "allow" | "fail" | undefined
-  /** Bound on the limit check; beyond it the store counts as failed (reason `Timeout`). Default: none. */
+  /** Bound on the admission's store round trip; beyond it the store counts as failed (reason `Timeout`). */
   readonly timeout?: Duration.DurationInput | undefined
+  /** Caps on the tokens a call may generate when its params set none, per model name. */
+  readonly maxOutputTokens?: Readonly<Record<string, number>> | undefined
+  /** The cap for models not in `maxOutputTokens`; default 4096. */
+  readonly defaultMaxOutputTokens?: number | undefined
+  /** How long a hold lives when nothing ends it (its process died); default 10 minutes. Longer than any call. */
+  readonly holdTtl?: Duration.DurationInput | undefined
+  /** Requests and tokens per minute, per level (each user, each team, each organisation). */
+  readonly rateLimits?: Partial<Record<Level, {
+    readonly requestsPerMinute?: number | undefined
+    readonly tokensPerMinute?: number | undefined
+  }>> | undefined
 }
 
 /**
@@ -83,72 +211,194 @@ export interface FailOptions extends Options {
   readonly onStoreError: "fail"
 }
 
-const resolveCycle = (options: Options): Effect.Effect<string> =>
-  // A bad cycle setting is a programming or configuration error: a defect
-  // naming the setting (as `BillingCycle.current` does for `anchorDay`).
-  Effect.catchAll(
-    BillingCycle.resolve(options),
-    (error) => Effect.die(new Cause.IllegalArgumentException(`Budget: cycleStartDate: ${error.message}`))
-  )
-
-const checkImpl = (options: Options): Effect.Effect<void, UsageLimitExceeded | TokenStoreError, TokenStore> =>
-  Effect.withFiberRuntime((fiber) => {
-    const userId = options.userId ?? fiber.getFiberRef(currentCallContext).userId
-    if (userId === undefined) return Effect.void
-    return Effect.flatMap(resolveCycle(options), (cycle) => {
-      const checked = Effect.flatMap(TokenStore, (store) => store.checkLimit(userId, cycle))
-      const bounded = options.timeout === undefined ? checked : checked.pipe(
-        Effect.timeoutFail({
-          duration: options.timeout,
-          onTimeout: () =>
-            new TokenStoreError({
-              reason: "Timeout",
-              message: `Budget: the limit check took longer than the guard's timeout`
-            })
-        })
-      )
-      return Effect.flatMap(bounded, (result) =>
-        result.exceeded && Option.isSome(result.limit)
-          ? Effect.fail(
-            new UsageLimitExceeded({ userId, cycle, limit: result.limit.value, currentUsage: result.currentUsage })
-          )
-          : Effect.void)
-    }).pipe(Effect.withSpan("Budget.check"))
-  })
+const outputKeys = ["maxTokens", "max_tokens", "maxOutputTokens", "max_output_tokens", "max_completion_tokens"]
 
 /**
- * Checks the user's limit now: fails with `UsageLimitExceeded` when it is
- * consumed, or with the store's error. Succeeds when there is no user or no
- * limit. `onStoreError` is ignored here (see {@link guard}).
+ * The most tokens a call may generate according to its request params, if
+ * they say.
  *
- * @since 0.1.0
- * @category constructors
+ * @since 0.2.0
+ * @category getters
  */
-export const check = (
-  options: Options = {}
-): Effect.Effect<void, UsageLimitExceeded | TokenStoreError, TokenStore> => checkImpl(options)
+export const maxOutputOf = (params: Readonly<Record<string, unknown>>): number | undefined => {
+  for (const key of outputKeys) {
+    const value = params[key]
+    if (typeof value === "number" && Number.isSafeInteger(value) && value >= 0) return value
+  }
+  return undefined
+}
+
+const invalid = (message: string) => Effect.die(new Cause.IllegalArgumentException(`Budget: ${message}`))
+
+const isCount = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0
+
+/** Validates the options once per guard: a bad option is a programming error (a defect naming it). */
+const validate = (options: Options) =>
+  Effect.gen(function*() {
+    if (options.cycleStartDate !== undefined && !BillingCycle.isCycleDate(options.cycleStartDate)) {
+      return yield* invalid(`cycleStartDate: expected a real calendar date YYYY-MM-DD, got ${JSON.stringify(options.cycleStartDate)}`)
+    }
+    const anchorDay = options.anchorDay ?? 1
+    if (!Number.isInteger(anchorDay) || anchorDay < 1 || anchorDay > 28) {
+      return yield* invalid(`anchorDay: expected an integer from 1 to 28, got ${String(options.anchorDay)}`)
+    }
+    const defaultCap = options.defaultMaxOutputTokens ?? 4096
+    if (!isCount(defaultCap)) {
+      return yield* invalid(`defaultMaxOutputTokens: expected a non-negative integer, got ${String(defaultCap)}`)
+    }
+    for (const [model, cap] of Object.entries(options.maxOutputTokens ?? {})) {
+      if (!isCount(cap)) {
+        return yield* invalid(`maxOutputTokens[${JSON.stringify(model)}]: expected a non-negative integer, got ${String(cap)}`)
+      }
+    }
+    const holdTtlMillis = Duration.toMillis(Duration.decode(options.holdTtl ?? Duration.minutes(10)))
+    if (!(holdTtlMillis >= 1 && Number.isFinite(holdTtlMillis))) {
+      return yield* invalid(`holdTtl: expected a finite duration of at least 1 millisecond`)
+    }
+    for (const [level, rate] of Object.entries(options.rateLimits ?? {})) {
+      for (const [name, value] of Object.entries(rate ?? {})) {
+        if (value !== undefined && !(isCount(value) && value > 0)) {
+          return yield* invalid(`rateLimits.${level}.${name}: expected a positive integer, got ${String(value)}`)
+        }
+      }
+    }
+    return { anchorDay, defaultCap, holdTtlMillis: Math.round(holdTtlMillis) }
+  })
+
+const cycleOf = (options: Options, anchorDay: number, startedAt: number): Effect.Effect<string> =>
+  options.cycleStartDate !== undefined
+    ? Effect.succeed(options.cycleStartDate)
+    : BillingCycle.containing(DateTime.unsafeMake(startedAt), { anchorDay })
+
+const noTicket: Ticket = { close: () => Effect.void }
+
+const counted = (level: Level | "none", outcome: string) =>
+  Metric.update(
+    CallbackMetrics.budgetAdmissionsTotal.pipe(Metric.tagged("level", level), Metric.tagged("outcome", outcome)),
+    1
+  )
+
+/** The gate of one guarded region. */
+const makeGate = (
+  store: TokenStore["Type"],
+  counter: PromptCounter,
+  options: Options,
+  settings: Effect.Effect.Success<ReturnType<typeof validate>>,
+  admitted: { count: number }
+): Gate => ({
+  admit: (start: StartEvent) =>
+    Effect.suspend(() => {
+      admitted.count++
+      const call = start.call
+      const userId = call.userId
+      if (userId === undefined) return Effect.succeed(noTicket)
+      const subjects = subjectsOf({ userId, teamId: call.teamId, orgId: call.orgId })
+      return Effect.gen(function*() {
+        const cycle = yield* cycleOf(options, settings.anchorDay, call.startedAt)
+        const prompt = yield* counter(call.model, start.messages)
+        const output = maxOutputOf(start.params) ?? options.maxOutputTokens?.[call.model] ?? settings.defaultCap
+        const tokens = prompt + output
+        const release = store.release({ callId: call.callId, cycle, subjects }).pipe(
+          Effect.catchAll((error) =>
+            Effect.logWarning("budget hold not released; it expires by itself").pipe(
+              Effect.annotateLogs({ callId: call.callId, userId, cycle, reason: error.reason, error: error.message })
+            )
+          )
+        )
+        const reserve = store.reserve({
+          callId: call.callId,
+          cycle,
+          subjects,
+          tokens,
+          holdTtlMillis: settings.holdTtlMillis,
+          rateLimits: options.rateLimits
+        })
+        const bounded = options.timeout === undefined ? reserve : reserve.pipe(
+          Effect.timeoutFail({
+            duration: options.timeout,
+            onTimeout: () =>
+              new TokenStoreError({ reason: "Timeout", message: `Budget: the admission took longer than the guard's timeout` })
+          })
+        )
+        // Interrupted (or timed out) while the reservation was in flight: it may
+        // have been made, so it is released (a release of nothing is harmless).
+        const outcome = yield* Effect.either(Effect.onInterrupt(bounded, () => release))
+        if (outcome._tag === "Left") {
+          yield* counted("none", "store_error")
+          if (outcome.left.reason === "Timeout") yield* Effect.forkDaemon(release)
+          if (options.onStoreError === "fail") return yield* Effect.fail(outcome.left)
+          yield* Effect.logWarning("budget check failed; the call is allowed").pipe(
+            Effect.annotateLogs({ callId: call.callId, userId, reason: outcome.left.reason, error: outcome.left.message })
+          )
+          return noTicket
+        }
+        const verdict = outcome.right
+        if (verdict._tag === "OverLimit") {
+          yield* counted(verdict.subject.level, "over_limit")
+          return yield* Effect.fail(
+            new UsageLimitExceeded({
+              userId,
+              level: verdict.subject.level,
+              id: verdict.subject.id,
+              cycle,
+              limit: verdict.limit,
+              currentUsage: verdict.used,
+              heldTokens: verdict.held,
+              requestedTokens: verdict.requested
+            })
+          )
+        }
+        if (verdict._tag === "RateLimited") {
+          yield* counted(verdict.subject.level, "rate_limited")
+          return yield* Effect.fail(
+            new RateLimitExceeded({
+              userId,
+              level: verdict.subject.level,
+              id: verdict.subject.id,
+              kind: verdict.kind,
+              limit: verdict.limit,
+              current: verdict.current,
+              retryAfterMillis: verdict.retryAfterMillis
+            })
+          )
+        }
+        yield* counted("none", "admitted")
+        // A success is settled by its token-usage record (same call id), which
+        // ends the hold in the same atomic step that adds the usage.
+        return { close: (exit) => Exit.isSuccess(exit) ? Effect.void : release } satisfies Ticket
+      })
+    })
+})
 
 const guardImpl = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   options: Options = {}
-): Effect.Effect<A, E | UsageLimitExceeded | TokenStoreError, R | TokenStore> => {
-  const checked = checkImpl(options)
-  const gate = options.onStoreError === "fail" ? checked : Effect.catchTag(
-    checked,
-    "TokenStoreError",
-    (error) =>
-      Effect.logWarning("budget check failed; the call is allowed").pipe(
-        Effect.annotateLogs({ reason: error.reason, error: error.message })
-      )
-  )
-  return Effect.zipRight(gate, self)
-}
+): Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore> =>
+  Effect.gen(function*() {
+    const settings = yield* validate(options)
+    const store = yield* TokenStore
+    const counter = yield* CurrentPromptCounter
+    const admitted = { count: 0 }
+    const gate = makeGate(store, counter, options, settings, admitted)
+    return yield* Effect.locally(self, currentGate, gate).pipe(
+      Effect.ensuring(Effect.suspend(() =>
+        admitted.count === 0
+          ? Effect.logWarning(
+            "Budget.guard: no instrumented call ran inside it, so nothing was checked " +
+              "(put it around Callbacks.instrument or an instrumented LanguageModel call)"
+          )
+          : Effect.void
+      ))
+    )
+  })
 
 /**
- * Guards a call with the user's token limit: the call runs only when the user
- * is under the limit, else it fails with `UsageLimitExceeded` and the model is
- * not called. The error channel gains `TokenStoreError` only with
- * `onStoreError: "fail"`.
+ * Guards every instrumented call inside `self` with the budget (see the
+ * module docs): each call is admitted, before its `start`, only if its worst
+ * case fits every limit of its user, team and organisation, else it fails
+ * with `UsageLimitExceeded` or `RateLimitExceeded` and the model is not
+ * called. The error channel gains `TokenStoreError` only with
+ * `onStoreError: "fail"`. A bad option is a defect naming it.
  *
  * @example
  * ```ts
@@ -158,9 +408,8 @@ const guardImpl = <A, E, R>(
  * declare const callModel: Effect.Effect<{ content: string }>
  *
  * const answer = callModel.pipe(
- *   Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini" }),
- *   Budget.guard(),
- *   Callbacks.withCallContext({ userId: "alice" })
+ *   Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "alice", params: { maxTokens: 256 } }),
+ *   Budget.guard({ rateLimits: { user: { requestsPerMinute: 60 } } })
  * )
  * ```
  *
@@ -170,17 +419,70 @@ const guardImpl = <A, E, R>(
 export const guard: {
   (
     options: FailOptions
-  ): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UsageLimitExceeded | TokenStoreError, R | TokenStore>
+  ): <A, E, R>(
+    self: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore>
   (
     options?: Options
-  ): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UsageLimitExceeded, R | TokenStore>
+  ): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded, R | TokenStore>
   <A, E, R>(
     self: Effect.Effect<A, E, R>,
     options: FailOptions
-  ): Effect.Effect<A, E | UsageLimitExceeded | TokenStoreError, R | TokenStore>
-  <A, E, R>(self: Effect.Effect<A, E, R>, options?: Options): Effect.Effect<A, E | UsageLimitExceeded, R | TokenStore>
+  ): Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore>
+  <A, E, R>(
+    self: Effect.Effect<A, E, R>,
+    options?: Options
+  ): Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded, R | TokenStore>
 } = dual(
   // The options are optional: tell `guard(self)` from `guard(options)` by the first argument.
   (args) => Effect.isEffect(args[0]),
   guardImpl
-)
+) as never
+
+/**
+ * Checks a user's recorded usage now, without reserving anything: fails with
+ * `UsageLimitExceeded` when the limit is consumed (`used >= limit`), or with
+ * the store's error. Succeeds when there is no user or no limit. The user is
+ * `options.userId`, else the call context's. For admission use {@link guard}.
+ *
+ * @since 0.1.0
+ * @category constructors
+ */
+export const check = (
+  options: Options = {}
+): Effect.Effect<void, UsageLimitExceeded | TokenStoreError, TokenStore> =>
+  Effect.withFiberRuntime((fiber) => {
+    const userId = options.userId ?? fiber.getFiberRef(currentCallContext).userId
+    if (userId === undefined) return Effect.void
+    return Effect.gen(function*() {
+      const settings = yield* validate(options)
+      const cycle = options.cycleStartDate ?? (yield* BillingCycle.current({ anchorDay: settings.anchorDay }))
+      const store = yield* TokenStore
+      const result = yield* store.checkLimit(userId, cycle)
+      if (result.exceeded && Option.isSome(result.limit)) {
+        return yield* Effect.fail(
+          new UsageLimitExceeded({
+            userId,
+            level: "user",
+            id: userId,
+            cycle,
+            limit: result.limit.value,
+            currentUsage: result.currentUsage,
+            heldTokens: result.heldTokens,
+            requestedTokens: 0
+          })
+        )
+      }
+    }).pipe(Effect.withSpan("Budget.check"))
+  })
+
+/**
+ * The subjects (user, team, organisation) a call is accounted at.
+ *
+ * @since 0.2.0
+ * @category getters
+ */
+export const subjectsOfCall = (
+  call: { readonly userId?: string | undefined; readonly teamId?: string | undefined; readonly orgId?: string | undefined }
+): ReadonlyArray<Subject> =>
+  call.userId === undefined ? [] : subjectsOf({ userId: call.userId, teamId: call.teamId, orgId: call.orgId })

@@ -121,6 +121,30 @@ export const retriesTotal = Metric.counter("callback_retries_total", {
   incremental: true
 })
 
+/**
+ * Budget admissions by level (`user`, `team`, `org`; `none` when admitted)
+ * and outcome (`admitted`, `over_limit`, `rate_limited`, `store_error`).
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const budgetAdmissionsTotal = Metric.counter("budget_admissions_total", {
+  description: "Budget admissions of instrumented calls by level and outcome",
+  incremental: true
+})
+
+/**
+ * Token usage that could not be recorded because it was invalid (negative,
+ * fractional, not a number, too large), by handler.
+ *
+ * @since 0.2.0
+ * @category metrics
+ */
+export const invalidUsageTotal = Metric.counter("token_usage_invalid_total", {
+  description: "Calls whose reported token usage was invalid and was not recorded",
+  incremental: true
+})
+
 const statuses: ReadonlyArray<Status> = ["success", "failed", "defect", "timeout", "interrupted", "dropped"]
 const phases: ReadonlyArray<Phase> = ["start", "end", "error"]
 
