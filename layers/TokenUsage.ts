@@ -61,12 +61,16 @@ import * as ConfigError from "effect/ConfigError"
 import * as DateTime from "effect/DateTime"
 import type * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import type { GptEncoding } from "gpt-tokenizer/GptEncoding"
 import * as BillingCycle from "../src/BillingCycle.js"
+import * as Budget from "../src/Budget.js"
+import * as CallbackMetrics from "../src/CallbackMetrics.js"
 import * as Cost from "../src/Cost.js"
 import * as Dispatcher from "../src/Dispatcher.js"
 import type { EndEvent, Message, Usage } from "../src/Events.js"
@@ -417,6 +421,30 @@ const logNoUser = (name: string, event: EndEvent) =>
     Effect.annotateLogs({ handler: name, callId: event.call.callId, model: event.call.model })
   )
 
+/**
+ * The response's usage could not be decoded (negative, fractional, not a
+ * number...): nothing is recorded, and that is never silent: a warning with the
+ * user, the call id and the value, `token_usage_invalid_total`, and a handler
+ * failure in `health` (not retried: it would fail the same way).
+ */
+const invalidUsage = (name: string, event: EndEvent, userId: string) => {
+  const issues = event.outputIssues!.join("; ")
+  return Effect.logWarning("token usage not recorded: the reported usage is invalid").pipe(
+    Effect.annotateLogs({ handler: name, callId: event.call.callId, userId, model: event.call.model, issues }),
+    Effect.zipRight(
+      Metric.update(CallbackMetrics.invalidUsageTotal.pipe(Metric.tagged("callback_type", name)), 1)
+    ),
+    Effect.zipRight(
+      Effect.fail(
+        new TokenStore.TokenStoreError({
+          reason: "InvalidInput",
+          message: `TokenUsage: the usage of call ${event.call.callId} (user ${JSON.stringify(userId)}) is invalid: ${issues}`
+        })
+      )
+    )
+  )
+}
+
 const makeHandler = <E>(
   defaultName: string,
   usageOf: (event: EndEvent) => Effect.Effect<Usage | undefined, E>
@@ -431,29 +459,40 @@ const makeHandler = <E>(
     const store = yield* TokenStore.TokenStore
     const name = options.name ?? defaultName
     const costOf = options.costMicros ?? Cost.microsOf
-    const record = (event: EndEvent, userId: string, usage: Usage) =>
+    const inputFor = (event: EndEvent, userId: string, usage: Usage, cycle: string): TokenStore.RecordInput => ({
+      callId: event.call.callId,
+      userId,
+      cycle,
+      usage: {
+        promptTokens: usage.promptTokens,
+        completionTokens: usage.completionTokens,
+        totalTokens: usage.totalTokens
+      },
+      costMicros: costOf(event),
+      teamId: event.call.teamId,
+      orgId: event.call.orgId
+    })
+    // A call admitted by a budget holds tokens until its record ends the hold;
+    // a call that will not be recorded releases it now.
+    const release = (event: EndEvent, userId: string) =>
       Effect.flatMap(cycle(event.call.startedAt), (cycle) =>
-        store.record({
+        store.release({
           callId: event.call.callId,
-          userId,
           cycle,
-          usage: {
-            promptTokens: usage.promptTokens,
-            completionTokens: usage.completionTokens,
-            totalTokens: usage.totalTokens
-          },
-          costMicros: costOf(event)
+          subjects: TokenStore.subjectsOf({ userId, teamId: event.call.teamId, orgId: event.call.orgId })
         }))
     const onLlmEnd = (event: EndEvent): Effect.Effect<void, TokenStore.TokenStoreError | E> => {
       const userId = event.call.userId
       if (userId === undefined) return logNoUser(name, event)
+      if (event.outputIssues !== undefined) return Effect.zipRight(Effect.ignore(release(event, userId)), invalidUsage(name, event, userId))
       return Effect.flatMap(usageOf(event), (usage) => {
         if (usage === undefined) {
           return Effect.logDebug("token usage not recorded: the response reports no usage").pipe(
-            Effect.annotateLogs({ handler: name, callId: event.call.callId })
+            Effect.annotateLogs({ handler: name, callId: event.call.callId }),
+            Effect.zipRight(release(event, userId))
           )
         }
-        const recorded = record(event, userId, usage)
+        const recorded = Effect.flatMap(cycle(event.call.startedAt), (cycle) => store.record(inputFor(event, userId, usage, cycle)))
         return usage.estimated === true
           ? Effect.tap(recorded, () =>
             Effect.logDebug("recorded estimated token usage").pipe(
@@ -470,28 +509,31 @@ const makeHandler = <E>(
       })
     }
     // Background mode: a run of end events is recorded in one round trip.
-    const inputOf = (event: EndEvent) => {
+    // Every good event is recorded; each bad one is reported on its own, and
+    // the run then fails with the first failure (a retry re-sends the good
+    // records, which count once).
+    const inputOf = (event: EndEvent): Effect.Effect<TokenStore.RecordInput | undefined, TokenStore.TokenStoreError | E> => {
       const userId = event.call.userId
       if (userId === undefined) return Effect.as(logNoUser(name, event), undefined)
+      if (event.outputIssues !== undefined) return Effect.zipRight(Effect.ignore(release(event, userId)), invalidUsage(name, event, userId))
       return Effect.flatMap(usageOf(event), (usage) =>
         usage === undefined
-          ? Effect.succeed(undefined)
-          : Effect.map(cycle(event.call.startedAt), (cycle): TokenStore.RecordInput => ({
-            callId: event.call.callId,
-            userId,
-            cycle,
-            usage: {
-              promptTokens: usage.promptTokens,
-              completionTokens: usage.completionTokens,
-              totalTokens: usage.totalTokens
-            },
-            costMicros: costOf(event)
-          })))
+          ? Effect.as(release(event, userId), undefined)
+          : Effect.map(cycle(event.call.startedAt), (cycle) => inputFor(event, userId, usage, cycle)))
     }
     const onLlmEndBatch = (events: ReadonlyArray<EndEvent>): Effect.Effect<void, TokenStore.TokenStoreError | E> =>
-      Effect.flatMap(Effect.forEach(events, inputOf), (inputs) => {
-        const present = inputs.filter((input): input is TokenStore.RecordInput => input !== undefined)
-        return present.length === 0 ? Effect.void : Effect.asVoid(store.recordMany(present))
+      Effect.flatMap(Effect.forEach(events, (event) => Effect.either(inputOf(event))), (results) => {
+        const present: Array<TokenStore.RecordInput> = []
+        let failure: TokenStore.TokenStoreError | E | undefined
+        let failed = false
+        for (const result of results) {
+          if (Either.isLeft(result)) {
+            if (!failed) failure = result.left
+            failed = true
+          } else if (result.right !== undefined) present.push(result.right)
+        }
+        const recorded = present.length === 0 ? Effect.void : Effect.asVoid(store.recordMany(present))
+        return failed ? Effect.zipRight(recorded, Effect.fail(failure as TokenStore.TokenStoreError | E)) : recorded
       })
     return Handler.make({
       name,
@@ -602,3 +644,21 @@ export const layerConfig = (
 export const layerDetailedConfig = (
   options: Config.Config.Wrap<Options> = config
 ): HandlerLayer => Dispatcher.toLayer(Effect.flatMap(Config.unwrap(options), makeDetailed))
+
+/**
+ * Makes budgets (`Budget.guard`) count prompt tokens with gpt-tokenizer (the
+ * model's encoding and chat format, as the detailed handler estimates them)
+ * instead of the default upper bound, so reservations are as tight as the
+ * prompt. A prompt the tokenizer cannot count falls back to the bound.
+ *
+ * @since 0.2.0
+ * @category layers
+ */
+export const layerPromptCounter: Layer.Layer<Budget.CurrentPromptCounter> = Layer.unwrapEffect(
+  Effect.map(makeEstimator, (estimator) =>
+    Layer.succeed(
+      Budget.CurrentPromptCounter,
+      (model, messages) =>
+        Effect.catchAll(estimator.countMessages(model, messages), () => Budget.byteBound(model, messages))
+    ))
+)

@@ -5,33 +5,21 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
-import * as LogLevel from "effect/LogLevel"
-import * as Ref from "effect/Ref"
 import * as TestClock from "effect/TestClock"
+import * as TokenUsage from "../layers/TokenUsage.js"
 import * as Budget from "../src/Budget.js"
-import { Callbacks, type Events, Testing, TokenStore } from "../src/index.js"
+import { Callbacks, Dispatcher, Testing, TokenStore } from "../src/index.js"
+import {
+  budgetConformance,
+  budgetEnvironment,
+  currentCycle,
+  fixedCounter,
+  guardedCall
+} from "./support/budgetConformance.js"
 
-const cycle = "2025-03-01"
-
-const usage = (totalTokens: number): TokenStore.TokenCounts => ({
-  promptTokens: totalTokens,
-  completionTokens: 0,
-  totalTokens
-})
-
-/** A call that counts how often the model was really called. */
-const modelCall = Effect.gen(function*() {
-  const calls = yield* Ref.make(0)
-  const call = Effect.as(Ref.update(calls, (n) => n + 1), "answer")
-  return { calls, call }
-})
-
-const spend = (userId: string, tokens: number, cycleDate = cycle) =>
-  Effect.flatMap(TokenStore.TokenStore, (store) =>
-    store.record({ callId: crypto.randomUUID(), userId, cycle: cycleDate, usage: usage(tokens) }))
-
-const setLimit = (userId: string, limit: number, cycleDate = cycle) =>
-  Effect.flatMap(TokenStore.TokenStore, (store) => store.setLimit(userId, cycleDate, limit))
+/** Without a token-usage handler: a failing store must not keep a handler retrying on the TestClock. */
+const withoutRecorder = (store: Layer.Layer<TokenStore.TokenStore>) =>
+  Layer.mergeAll(store, Dispatcher.layer(), fixedCounter).pipe(Layer.orDie)
 
 const failingStore = (failure: Effect.Effect<never, TokenStore.TokenStoreError>): Layer.Layer<TokenStore.TokenStore> =>
   Layer.succeed(TokenStore.TokenStore, {
@@ -48,7 +36,7 @@ const failingStore = (failure: Effect.Effect<never, TokenStore.TokenStoreError>)
 
 const unavailable = Effect.fail(new TokenStore.TokenStoreError({ reason: "Unavailable", message: "store is down" }))
 
-const captureLogs = Effect.gen(function*() {
+const captureLogs = Effect.sync(() => {
   const lines: Array<{ readonly level: string; readonly message: string }> = []
   const logger = Logger.make(({ logLevel, message }) => {
     lines.push({ level: logLevel.label, message: Array.isArray(message) ? message.join(" ") : String(message) })
@@ -56,183 +44,141 @@ const captureLogs = Effect.gen(function*() {
   return { lines, layer: Logger.add(logger) }
 })
 
+const counted = () => {
+  const calls = { n: 0 }
+  return calls
+}
+
 describe("Budget.guard", () => {
-  it.effect("a user under the limit: the call runs and returns its value", () =>
+  it.effect("a store failure admits the call by default and logs a warning", () =>
     Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      yield* setLimit("alice", 100)
-      yield* spend("alice", 99)
-      const result = yield* call.pipe(Budget.guard({ userId: "alice", cycleStartDate: cycle }))
-      assert.strictEqual(result, "answer")
-      assert.strictEqual(yield* Ref.get(calls), 1)
-    }).pipe(Effect.provide(TokenStore.layerMemory)))
-
-  it.effect("a user at or over the limit: fails with UsageLimitExceeded and the model is not called", () =>
-    Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      yield* setLimit("bob", 100)
-      yield* spend("bob", 100)
-      const error = yield* Effect.flip(call.pipe(Budget.guard({ userId: "bob", cycleStartDate: cycle })))
-      assert.instanceOf(error, Budget.UsageLimitExceeded)
-      assert.deepStrictEqual(
-        { userId: error.userId, cycle: error.cycle, limit: error.limit, currentUsage: error.currentUsage },
-        { userId: "bob", cycle, limit: 100, currentUsage: 100 }
-      )
-      assert.include(error.message, "100 of 100 tokens")
-      assert.strictEqual(yield* Ref.get(calls), 0)
-      // A limit of 0 refuses at once.
-      yield* setLimit("zero", 0)
-      assert.strictEqual(
-        (yield* Effect.flip(call.pipe(Budget.guard({ userId: "zero", cycleStartDate: cycle }))))._tag,
-        "UsageLimitExceeded"
-      )
-      assert.strictEqual(yield* Ref.get(calls), 0)
-    }).pipe(Effect.provide(TokenStore.layerMemory)))
-
-  it.effect("reads the user from the call context; the options win over it", () =>
-    Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      yield* setLimit("carol", 10)
-      yield* spend("carol", 50)
-      const refused = yield* call.pipe(
-        Budget.guard({ cycleStartDate: cycle }),
-        Callbacks.withCallContext({ userId: "carol" }),
-        Effect.exit
-      )
-      assert.isTrue(Exit.isFailure(refused))
-      const allowed = yield* call.pipe(
-        Budget.guard({ userId: "dave", cycleStartDate: cycle }),
-        Callbacks.withCallContext({ userId: "carol" })
-      )
-      assert.strictEqual(allowed, "answer")
-      assert.strictEqual(yield* Ref.get(calls), 1)
-    }).pipe(Effect.provide(TokenStore.layerMemory)))
-
-  it.effect("a call without a user is not checked", () =>
-    Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      assert.strictEqual(yield* call.pipe(Budget.guard()), "answer")
-      assert.strictEqual(yield* Ref.get(calls), 1)
-    }).pipe(Effect.provide(failingStore(unavailable))))
-
-  it.effect("data-first and pipeable forms agree", () =>
-    Effect.gen(function*() {
-      const { call } = yield* modelCall
-      yield* setLimit("erin", 1)
-      yield* spend("erin", 1)
-      const options = { userId: "erin", cycleStartDate: cycle }
-      assert.strictEqual((yield* Effect.flip(Budget.guard(call, options)))._tag, "UsageLimitExceeded")
-      assert.strictEqual((yield* Effect.flip(call.pipe(Budget.guard(options))))._tag, "UsageLimitExceeded")
-      // Without options, data-first: the context's user.
-      const exit = yield* Budget.guard(call).pipe(Callbacks.withCallContext({ userId: "erin" }), Effect.exit)
-      assert.isTrue(Exit.isSuccess(exit), "a computed cycle other than 2025-03-01 has no limit")
-    }).pipe(Effect.provide(TokenStore.layerMemory)))
-
-  it.effect("the cycle is computed from the Clock and the anchor day", () =>
-    Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      // 2025-03-03: with anchor day 15 the cycle started on 2025-02-15.
-      yield* TestClock.setTime(Date.UTC(2025, 2, 3, 12))
-      yield* setLimit("frank", 10, "2025-02-15")
-      yield* spend("frank", 10, "2025-02-15")
-      const refused = yield* Effect.flip(call.pipe(Budget.guard({ userId: "frank", anchorDay: 15 })))
-      assert.strictEqual(refused._tag, "UsageLimitExceeded")
-      if (refused._tag === "UsageLimitExceeded") assert.strictEqual(refused.cycle, "2025-02-15")
-      // Anchor day 1: the cycle of 2025-03-01 has no limit.
-      assert.strictEqual(yield* call.pipe(Budget.guard({ userId: "frank" })), "answer")
-      // A new cycle starts on 2025-03-15.
-      yield* TestClock.setTime(Date.UTC(2025, 2, 15))
-      assert.strictEqual(yield* call.pipe(Budget.guard({ userId: "frank", anchorDay: 15 })), "answer")
-      assert.strictEqual(yield* Ref.get(calls), 2)
-    }).pipe(Effect.provide(TokenStore.layerMemory)))
-
-  it.effect("a store failure allows the call by default and logs a warning", () =>
-    Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
       const logs = yield* captureLogs
-      const result = yield* call.pipe(
-        Budget.guard({ userId: "gina", cycleStartDate: cycle }),
-        Effect.provide(logs.layer)
-      )
-      assert.strictEqual(result, "answer")
-      assert.strictEqual(yield* Ref.get(calls), 1)
-      assert.deepStrictEqual(logs.lines, [{ level: "WARN", message: "budget check failed; the call is allowed" }])
-    }).pipe(Effect.provide(failingStore(unavailable))))
+      const calls = counted()
+      const exit = yield* guardedCall({ userId: "gina", calls }).pipe(Effect.provide(logs.layer), Effect.exit)
+      assert.isTrue(Exit.isSuccess(exit))
+      assert.strictEqual(calls.n, 1)
+      assert.isTrue(logs.lines.some((l) => l.level === "WARN" && l.message === "budget check failed; the call is allowed"))
+    }).pipe(Effect.provide(withoutRecorder(failingStore(unavailable)))))
 
   it.effect("onStoreError: fail fails the call with the store's error, without calling the model", () =>
     Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      const guarded: Effect.Effect<
-        string,
-        Budget.UsageLimitExceeded | TokenStore.TokenStoreError,
-        TokenStore.TokenStore
-      > = call.pipe(Budget.guard({ userId: "gina", cycleStartDate: cycle, onStoreError: "fail" }))
-      const error = yield* Effect.flip(guarded)
-      assert.strictEqual(error._tag, "TokenStoreError")
-      if (error._tag === "TokenStoreError") assert.strictEqual(error.reason, "Unavailable")
-      assert.strictEqual(yield* Ref.get(calls), 0)
-    }).pipe(Effect.provide(failingStore(unavailable))))
+      const calls = counted()
+      const error = yield* Effect.flip(guardedCall({ userId: "gina", calls, guard: { onStoreError: "fail" } }))
+      assert.deepInclude(error, { _tag: "TokenStoreError", reason: "Unavailable" })
+      assert.strictEqual(calls.n, 0)
+    }).pipe(Effect.provide(withoutRecorder(failingStore(unavailable)))))
 
-  it.effect("a check slower than the timeout counts as a store failure", () =>
+  it.effect("an admission slower than the timeout counts as a store failure", () =>
     Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      const allowed = yield* call.pipe(
-        Budget.guard({ userId: "hank", cycleStartDate: cycle, timeout: "1 second" }),
-        Effect.fork
-      )
-      const failed = yield* call.pipe(
-        Budget.guard({ userId: "hank", cycleStartDate: cycle, timeout: "1 second", onStoreError: "fail" }),
-        Effect.fork
+      const calls = counted()
+      const allowed = yield* Effect.fork(guardedCall({ userId: "hank", calls, guard: { timeout: "1 second" } }))
+      const failed = yield* Effect.fork(
+        guardedCall({ userId: "hank", calls, guard: { timeout: "1 second", onStoreError: "fail" } })
       )
       yield* TestClock.adjust("999 millis")
-      assert.strictEqual(yield* Ref.get(calls), 0)
+      assert.strictEqual(calls.n, 0)
       yield* TestClock.adjust("1 millis")
-      assert.strictEqual(yield* Fiber.join(allowed), "answer")
-      const error = yield* Effect.flip(Fiber.join(failed))
-      assert.strictEqual(error._tag, "TokenStoreError")
-      if (error._tag === "TokenStoreError") assert.strictEqual(error.reason, "Timeout")
-      assert.strictEqual(yield* Ref.get(calls), 1)
-    }).pipe(Effect.provide(failingStore(Effect.never))))
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(allowed)))
+      assert.deepInclude(yield* Effect.flip(Fiber.join(failed)), { _tag: "TokenStoreError", reason: "Timeout" })
+      assert.strictEqual(calls.n, 1)
+    }).pipe(Effect.provide(withoutRecorder(failingStore(Effect.never)))))
 
-  it.effect("a bad cycleStartDate is a defect naming the setting", () =>
+  it.effect("bad options are defects naming the option", () =>
     Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      const exit = yield* call.pipe(Budget.guard({ userId: "ivy", cycleStartDate: "2025-02-30" }), Effect.exit)
-      assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
-      if (Exit.isFailure(exit)) assert.include(Cause.pretty(exit.cause), "cycleStartDate")
-      assert.strictEqual(yield* Ref.get(calls), 0)
-    }).pipe(Effect.provide(TokenStore.layerMemory)))
+      for (
+        const [guard, name] of [
+          [{ cycleStartDate: "2025-02-30" }, "cycleStartDate"],
+          [{ anchorDay: 29 }, "anchorDay"],
+          [{ defaultMaxOutputTokens: -1 }, "defaultMaxOutputTokens"],
+          [{ maxOutputTokens: { "gpt-4o": 1.5 } }, `maxOutputTokens["gpt-4o"]`],
+          [{ holdTtl: "0 millis" }, "holdTtl"],
+          [{ rateLimits: { user: { requestsPerMinute: 0 } } }, "rateLimits.user.requestsPerMinute"]
+        ] as const
+      ) {
+        const calls = counted()
+        const exit = yield* Effect.exit(guardedCall({ userId: "ivy", calls, guard }))
+        assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause), name)
+        if (Exit.isFailure(exit)) assert.include(Cause.pretty(exit.cause), name)
+        assert.strictEqual(calls.n, 0)
+      }
+    }).pipe(Effect.provide(budgetEnvironment(TokenStore.layerMemory))))
 
-  it.effect("inside instrument: handlers hear start, then an error with UsageLimitExceeded", () =>
+  it.effect("a refused call is not heard by any handler", () =>
     Effect.gen(function*() {
-      const { call, calls } = yield* modelCall
-      yield* setLimit("jack", 5)
-      yield* spend("jack", 5)
-      const exit = yield* call.pipe(
-        Budget.guard({ cycleStartDate: cycle }),
-        Callbacks.instrument({ provider: "fake", model: "m", userId: "jack", response: (content) => ({ content }) }),
-        Callbacks.withCallContext({ userId: "jack" }),
-        Effect.exit
-      )
+      const store = yield* TokenStore.TokenStore
+      yield* store.setLimit("jack", yield* currentCycle, 5)
+      const exit = yield* Effect.exit(guardedCall({ userId: "jack" }))
       assert.isTrue(Exit.isFailure(exit))
-      const events = yield* Testing.events
-      assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
-      assert.strictEqual((events[1] as Events.ErrorEvent).failure.errorType, "UsageLimitExceeded")
-      assert.strictEqual(yield* Ref.get(calls), 0)
-    }).pipe(Effect.provide(Layer.merge(TokenStore.layerMemory, Testing.layer()))))
+      assert.deepStrictEqual(yield* Testing.events, [])
+    }).pipe(Effect.provide(Layer.provideMerge(TokenUsage.layer(), Layer.merge(TokenStore.layerMemory, Testing.layer())))))
+
+  it.effect("the worst case is the prompt plus maxTokens, else the model's cap, else the default cap", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      const cycle = yield* currentCycle
+      const held = (params: Record<string, unknown>, guard: Budget.Options) =>
+        Effect.gen(function*() {
+          const userId = `cap-${Math.random()}`
+          yield* store.setLimit(userId, cycle, 0)
+          const refused = yield* Effect.flip(
+            Effect.succeed({ content: "" }).pipe(
+              Callbacks.instrument({ provider: "p", model: "gpt-4o", userId, params, messages: [{ role: "user", content: "héllo" }] }),
+              Budget.guard(guard)
+            )
+          )
+          return (refused as Budget.UsageLimitExceeded).requestedTokens
+        })
+      // The default prompt counter: UTF-8 bytes (6) + 4 per message + 3 of priming.
+      assert.strictEqual(yield* held({ max_tokens: 10 }, {}), 23)
+      assert.strictEqual(yield* held({}, { maxOutputTokens: { "gpt-4o": 100 } }), 113)
+      assert.strictEqual(yield* held({}, {}), 13 + 4096)
+      assert.strictEqual(yield* held({}, { defaultMaxOutputTokens: 7 }), 20)
+    }).pipe(Effect.provide(Layer.merge(TokenStore.layerMemory, Dispatcher.layer()))))
+
+  it.effect("with gpt-tokenizer the prompt is counted exactly", () =>
+    Effect.gen(function*() {
+      const counter = yield* Budget.CurrentPromptCounter
+      // "hello world" is 2 tokens in o200k_base; the chat format adds its own.
+      const n = yield* counter("gpt-4o", [{ role: "user", content: "hello world" }])
+      const bound = yield* Budget.byteBound("gpt-4o", [{ role: "user", content: "hello world" }])
+      assert.isTrue(n > 2 && n < bound, `${n} tokens, bound ${bound}`)
+    }).pipe(Effect.provide(TokenUsage.layerPromptCounter)))
+
+  it.effect("a guard around no instrumented call says so", () =>
+    Effect.gen(function*() {
+      const logs = yield* captureLogs
+      yield* Effect.void.pipe(Budget.guard(), Effect.provide(logs.layer))
+      assert.isTrue(logs.lines.some((l) => l.level === "WARN" && l.message.includes("nothing was checked")))
+    }).pipe(Effect.provide(TokenStore.layerMemory)))
 })
 
 describe("Budget.check", () => {
-  it.effect("fails with UsageLimitExceeded or the store's error, whatever onStoreError says", () =>
+  it.effect("fails with UsageLimitExceeded once the recorded usage reaches the limit, or with the store's error", () =>
     Effect.gen(function*() {
-      yield* setLimit("kim", 3)
+      const store = yield* TokenStore.TokenStore
+      const cycle = "2025-03-01"
+      yield* store.setLimit("kim", cycle, 3)
       yield* Budget.check({ userId: "kim", cycleStartDate: cycle })
-      yield* spend("kim", 3)
+      yield* store.record({
+        callId: "k1",
+        userId: "kim",
+        cycle,
+        usage: { promptTokens: 3, completionTokens: 0, totalTokens: 3 }
+      })
       const error = yield* Effect.flip(Budget.check({ userId: "kim", cycleStartDate: cycle }))
-      assert.strictEqual(error._tag, "UsageLimitExceeded")
+      assert.deepInclude(error, { _tag: "UsageLimitExceeded", currentUsage: 3, limit: 3 })
       const storeError = yield* Effect.flip(
         Budget.check({ userId: "kim", cycleStartDate: cycle }).pipe(Effect.provide(failingStore(unavailable)))
       )
       assert.strictEqual(storeError._tag, "TokenStoreError")
-    }).pipe(Effect.provide(TokenStore.layerMemory), Logger.withMinimumLogLevel(LogLevel.Info)))
+      // From the call context.
+      const fromContext = yield* Effect.flip(
+        Budget.check({ cycleStartDate: cycle }).pipe(Callbacks.withCallContext({ userId: "kim" }))
+      )
+      assert.strictEqual(fromContext._tag, "UsageLimitExceeded")
+    }).pipe(Effect.provide(TokenStore.layerMemory)))
 })
+
+// Last in the file: @effect/vitest's `layer` installs its environment on the
+// shared `it`, so tests defined after it in the same file would run in it.
+budgetConformance("memory", TokenStore.layerMemory)

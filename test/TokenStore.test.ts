@@ -7,8 +7,6 @@ import * as TestClock from "effect/TestClock"
 import * as TokenStore from "../src/TokenStore.js"
 import { tokenStoreConformance } from "./support/tokenStoreConformance.js"
 
-tokenStoreConformance("memory", TokenStore.layerMemory)
-
 const usage = { promptTokens: 3, completionTokens: 2, totalTokens: 5 }
 const cycle = "2025-03-01"
 
@@ -76,3 +74,7 @@ describe("TokenStore.makeLimitCheck", () => {
     assert.deepStrictEqual(TokenStore.makeLimitCheck(12, Option.some(10)).remaining, Option.some(0))
   })
 })
+
+// Last in the file: @effect/vitest's `layer` installs its environment on the
+// shared `it`, so tests defined after it in the same file would run in it.
+tokenStoreConformance("memory", TokenStore.layerMemory)
