@@ -1,0 +1,83 @@
+import { assert, describe, it } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import { Cluster } from "ioredis"
+import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import * as TokenStore from "../../src/TokenStore.js"
+import { budgetConformance } from "../support/budgetConformance.js"
+import { uniqueKeyPrefix } from "../support/redis.js"
+import { redisCluster } from "../support/redisCluster.js"
+import { tokenStoreConformance } from "../support/tokenStoreConformance.js"
+
+const clusterStore = (name: string) =>
+  Layer.unwrapScoped(
+    Effect.map(redisCluster, (cluster) =>
+      RedisTokenStore.layerCluster({ nodes: cluster.nodes, keyPrefix: uniqueKeyPrefix(name) }))
+  )
+
+const usage = { promptTokens: 3, completionTokens: 4, totalTokens: 7 }
+
+describe("RedisTokenStore on a Redis Cluster", () => {
+  it.scoped("2,000 concurrent records of 50 users and 7 teams, with the default batching and auto-pipelining: exact", () =>
+    Effect.gen(function*() {
+      const cluster = yield* redisCluster
+      const store = yield* RedisTokenStore.makeCluster({ nodes: cluster.nodes, keyPrefix: uniqueKeyPrefix("exact") })
+      const cycle = "2025-01-01"
+      const results = yield* Effect.forEach(
+        Array.from({ length: 2_000 }, (_, i) => i),
+        (i) =>
+          Effect.either(store.record({ callId: `c${i}`, userId: `u${i % 50}`, teamId: `t${i % 7}`, cycle, usage })),
+        { concurrency: 200 }
+      )
+      assert.strictEqual(results.filter((r) => r._tag === "Left").length, 0)
+      // users() asks every master: all 50, though they live in different slots.
+      const users = yield* store.users(cycle)
+      assert.strictEqual(users.length, 50)
+      let total = 0
+      for (const user of users) total += (yield* store.stats(user, cycle)).totalTokens
+      assert.strictEqual(total, 2_000 * 7)
+      let teams = 0
+      for (let t = 0; t < 7; t++) teams += (yield* store.stats({ level: "team", id: `t${t}` }, cycle)).totalTokens
+      assert.strictEqual(teams, 2_000 * 7)
+      // recordMany across slots, retried whole: each record counts once.
+      const many = Array.from({ length: 100 }, (_, i): TokenStore.RecordInput => ({
+        callId: `m${i}`,
+        userId: `u${i % 50}`,
+        orgId: "org",
+        cycle,
+        usage
+      }))
+      assert.isTrue((yield* store.recordMany(many)).every((o) => o === "recorded"))
+      assert.isTrue((yield* store.recordMany(many)).every((o) => o === "duplicate"))
+      assert.strictEqual((yield* store.stats({ level: "org", id: "org" }, cycle)).totalTokens, 700)
+    }), 60_000)
+
+  it.scoped("every key of one subject is in one slot (its id is the hash tag)", () =>
+    Effect.gen(function*() {
+      const cluster = yield* redisCluster
+      const client = new Cluster(cluster.nodes.map((node) => ({ host: "127.0.0.1", port: Number(node.split(":")[1]) })))
+      yield* Effect.addFinalizer(() => Effect.promise(() => client.quit()))
+      const prefix = "token_usage"
+      const keys = [
+        RedisTokenStore.usageKey(prefix, "a:b{c}", "2025-01-01"),
+        RedisTokenStore.callKey(prefix, "a:b{c}", "call-1"),
+        `${RedisTokenStore.usageKey(prefix, "a:b{c}", "2025-01-01")}:holds`,
+        `${RedisTokenStore.subjectBase(prefix, { level: "user", id: "a:b{c}" })}:rate:0`
+      ]
+      const slots = yield* Effect.forEach(keys, (key) => Effect.promise(() => client.cluster("KEYSLOT", key)))
+      assert.strictEqual(new Set(slots).size, 1, keys.join(", "))
+      // A client built by the caller type-checks and works.
+      const store = yield* RedisTokenStore.layerClient(client, { keyPrefix: uniqueKeyPrefix("client") }).pipe(
+        Layer.build,
+        Effect.map((context) => context.unsafeMap.get(TokenStore.TokenStore.key) as TokenStore.Service)
+      )
+      assert.strictEqual(
+        yield* store.record({ callId: "x", userId: "a", teamId: "b", orgId: "c", cycle: "2025-01-01", usage }),
+        "recorded"
+      )
+    }), 60_000)
+})
+
+// Last in the file: @effect/vitest's `layer` installs its environment on the shared `it`.
+tokenStoreConformance("redis cluster", clusterStore("conformance"))
+budgetConformance("redis cluster", clusterStore("budget"))
