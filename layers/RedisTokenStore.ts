@@ -586,16 +586,34 @@ export const fromClient = (
     ): ReadonlyArray<Queued> => {
       const units = TokenStore.subjectsOf(input).map((subject) => unitOf(input, subject))
       const groups = groupBySlot(cluster, units, (unit) => unit.subject)
-      const parts = groups.length === 1 ? undefined : combine(groups.length, complete)
-      const items = groups.map((group): Queued => ({
+      const item = (group: ReadonlyArray<Unit>, done: Queued["complete"]): Queued => ({
         input,
         units: group,
         group: tagOf(group[0]!.subject),
-        complete: parts === undefined ? complete : parts(group[0]!.subject.level === "user"),
+        complete: done,
         cancelled: false
+      })
+      const items: Array<Queued> = []
+      const push = (queued: Queued) => {
+        items.push(queued)
+        queue.push(queued)
+        schedule()
+      }
+      if (groups.length === 1) {
+        push(item(groups[0]!, complete))
+        return items
+      }
+      // On a Cluster the levels of a record are in different slots, written by
+      // separate script calls: the user's first (it holds the record's
+      // outcome), the others only once it is written, so a record refused for
+      // its user (invalid, overflow) writes nothing at any level. Each level
+      // is idempotent: a record that failed at a later level is completed by
+      // its retry.
+      push(item(groups[0]!, (first) => {
+        if (Either.isLeft(first) || items[0]!.cancelled) return complete(first)
+        const rest = combine(groups.length - 1, (others) => complete(Either.isLeft(others) ? others : first))
+        for (const group of groups.slice(1)) push(item(group, rest(false)))
       }))
-      for (const item of items) queue.push(item)
-      schedule()
       return items
     }
     const recordManyBatched = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>

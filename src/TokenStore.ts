@@ -386,7 +386,8 @@ const RateLimitSchema = Schema.Struct({
   tokensPerMinute: Schema.optional(Schema.UndefinedOr(PositiveCount))
 })
 
-const nonEmptySubjects = expected("a non-empty array of { level, id } with one subject per level")
+const nonEmptySubjects = (issue: ParseResult.ParseIssue) =>
+  `expected a non-empty array of { level, id } with one subject per level, got ${showValue(issue.actual)}`
 
 const ReserveInputSchema = Schema.Struct({
   callId: Id,

@@ -5,11 +5,14 @@ import * as Either from "effect/Either"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as TestClock from "effect/TestClock"
 import cl100k from "gpt-tokenizer/encoding/cl100k_base"
 import o200k from "gpt-tokenizer/encoding/o200k_base"
 import * as TokenUsage from "../../layers/TokenUsage.js"
+import * as CallbackMetrics from "../../src/CallbackMetrics.js"
 import * as Cost from "../../src/Cost.js"
 import { Callbacks, Dispatcher, type Events, TokenStore } from "../../src/index.js"
 
@@ -125,6 +128,46 @@ describe("TokenUsage.layer (total)", () => {
       assert.strictEqual(health.status, "healthy")
     }).pipe(Effect.provide(Layer.merge(withStore(TokenUsage.layer({ cycleStartDate: cycle })), logs.layer)))
   })
+
+  it.effect("invalid usage is never silent: a warning with user, call and value, a metric, a failure in health", () => {
+    const logs = captureLogs()
+    return Effect.gen(function*() {
+      const bad = [-3, 1.5, Number.NaN, "12"] as const
+      for (const [i, promptTokens] of bad.entries()) {
+        yield* Effect.succeed({ content: "ok", usage: { promptTokens, completionTokens: 1, totalTokens: 2 } }).pipe(
+          Callbacks.instrument({ provider: "openai", model: "gpt-4o", userId: "ines", callId: `bad-${i}` })
+        )
+      }
+      assert.deepStrictEqual(yield* counts("ines"), usage(0, 0))
+      const warnings = logs.lines.filter((line) => line.message.includes("the reported usage is invalid"))
+      assert.strictEqual(warnings.length, bad.length)
+      const health = yield* Dispatcher.health
+      const handler = health.handlers.find((h) => h.name === "token-usage")!
+      // Each failed once: invalid input is not retried.
+      assert.strictEqual(handler.failures, bad.length)
+      assert.strictEqual(handler.retries, 0)
+      assert.isTrue(Option.isSome(handler.lastError))
+      if (Option.isSome(handler.lastError)) {
+        assert.include(handler.lastError.value.message, "bad-3")
+        assert.include(handler.lastError.value.message, "ines")
+      }
+      const invalid = yield* Metric.value(
+        CallbackMetrics.invalidUsageTotal.pipe(Metric.tagged("callback_type", "token-usage"))
+      )
+      assert.isAtLeast(invalid.count, bad.length)
+    }).pipe(Effect.provide(Layer.merge(withStore(TokenUsage.layer({ cycleStartDate: cycle })), logs.layer)))
+  })
+
+  it.effect("an invalid record (an empty user id) fails at once: not retried, the call is not held", () =>
+    Effect.gen(function*() {
+      // The default retry schedule waits 1 s, then 2 s: with no clock adjustment the call must still return.
+      const fiber = yield* Effect.fork(call({ content: "ok", usage: usage(1, 1) }, { userId: "" }))
+      const exit = yield* Fiber.await(fiber)
+      assert.isTrue(exit._tag === "Success")
+      const handler = (yield* Dispatcher.health).handlers.find((h) => h.name === "token-usage")!
+      assert.strictEqual(handler.failures, 1)
+      assert.strictEqual(handler.retries, 0)
+    }).pipe(Effect.provide(withStore(TokenUsage.layer({ cycleStartDate: cycle })))))
 
   it.effect("passes the cost of the call in the same record", () =>
     Effect.gen(function*() {

@@ -374,6 +374,60 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
         assert.deepStrictEqual((yield* store.stats(userId, cycle)).limit, Option.none())
       }))
 
+    it.effect("counts that cannot be stored are refused before anything is written", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const userId = freshId("huge")
+        const teamId = freshId("huge-team")
+        const cycle = "2025-03-01"
+        const max = Number.MAX_SAFE_INTEGER
+        // A sum of counts that is not a safe integer is invalid on its own.
+        yield* invalid(
+          store.record({ callId: "s", userId, cycle, usage: { promptTokens: max, completionTokens: 1, totalTokens: max } }),
+          "usage",
+          "sum"
+        )
+        assert.strictEqual(
+          yield* store.record({ callId: "c1", userId, cycle, usage: { promptTokens: max, completionTokens: 0, totalTokens: max } }),
+          "recorded"
+        )
+        // The team is fine, the user's counters would overflow: nothing is written at either level.
+        const error = yield* Effect.flip(
+          store.record({ callId: "c2", userId, teamId, cycle, usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } })
+        )
+        assert.strictEqual(error.reason, "InvalidInput")
+        assert.include(error.message, "would exceed")
+        assert.include(error.message, userId)
+        assert.deepInclude(yield* store.stats(userId, cycle), { promptTokens: max, completionTokens: 0, totalTokens: max })
+        assert.deepInclude(yield* store.stats({ level: "team", id: teamId }, cycle), { totalTokens: 0 })
+        // The stats and the limit check still answer; the failed record can be retried and fails the same way.
+        assert.isFalse((yield* store.checkLimit(userId, cycle)).exceeded)
+        assert.strictEqual((yield* Effect.flip(store.record({ callId: "c2", userId, cycle, usage: usage(1, 1) }))).reason, "InvalidInput")
+        assert.deepInclude(yield* store.stats(userId, cycle), { totalTokens: max })
+      }))
+
+    it.effect("rejects invalid reservations, naming the field", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const base: TokenStore.ReserveInput = {
+          callId: "r1",
+          cycle: "2025-03-01",
+          subjects: [{ level: "user", id: freshId("user") }],
+          tokens: 10,
+          holdTtlMillis: 1_000
+        }
+        yield* invalid(store.reserve({ ...base, tokens: -1 }), "tokens", "-1")
+        yield* invalid(store.reserve({ ...base, holdTtlMillis: 0 }), "holdTtlMillis", "0")
+        yield* invalid(store.reserve({ ...base, subjects: [] }), "subjects")
+        yield* invalid(store.reserve({ ...base, subjects: [{ level: "squad" as "team", id: "x" }] }), "subjects.0.level", "squad")
+        yield* invalid(
+          store.reserve({ ...base, rateLimits: { user: { requestsPerMinute: 0 } } }),
+          "rateLimits.user.requestsPerMinute",
+          "0"
+        )
+        yield* invalid(store.setLimit({ level: "team", id: "" }, "2025-03-01", 1), "owner.id")
+      }))
+
     it.effect("keeps user ids with separators, braces, spaces and unicode apart", () =>
       Effect.gen(function*() {
         const store = yield* TokenStore.TokenStore
