@@ -7,6 +7,7 @@
  * figure least disturbed by other load.
  */
 import * as ai from "./ai.js"
+import * as budget from "./budget.js"
 import * as dispatch from "./dispatch.js"
 import * as memory from "./memory.js"
 import * as throughput from "./throughput.js"
@@ -120,7 +121,20 @@ const main = async () => {
     })
   }
 
-  // 5. @effect/ai layer overhead.
+  // 5. Budget reservations (issue: budgets).
+  const budgetRows = await budget.run()
+  section("Budget reservation cost per call, Redis on loopback, 100 calls in flight (interleaved rounds)", budgetRows)
+  const added = budgetRows[2]
+  summary.push({
+    benchmark: "Budget.guard: extra script calls per call over plain recording",
+    measured: `${added?.["script calls/call"]} (+${added?.["median µs/call"]} µs median)`,
+    anchor: `${budgetRows[0]?.["median µs/call"]} µs/call record only`,
+    ratio: "-",
+    target: "<= 1 extra round trip",
+    met: num(added, "script calls/call") <= 1.01 ? "yes" : "no"
+  })
+
+  // 6. @effect/ai layer overhead.
   const aiRows = await ai.run()
   section("@effect/ai layer overhead (token + GenAI metrics handlers on)", aiRows)
   const last = aiRows[aiRows.length - 1]
