@@ -248,68 +248,85 @@ end
 return out
 `
 
-// A reservation: KEYS are 5 per subject (usage hash, holds, held, rate window,
-// marker); ARGV: call id, tokens, hold expiry (epoch ms), now (epoch ms),
-// rate-window TTL (ms), number of subjects, then requests and tokens per
-// minute per subject ("" for none). Expired holds are purged first. A call
-// already held or recorded answers {1} and holds nothing more. Then each
-// subject is judged like \`TokenStore.verdictOf\`: over its limit (used + held +
-// tokens > limit) gives {2, i, limit, used, held}, the tightest winning; else
-// over a rate limit gives {3, i, kind (0 requests, 1 tokens), limit, current}.
-// Only when none refuses are the holds (and rate counts) written: {1}. A held
-// sum that would pass 2^53 - 1 gives {-2, i}; a counter that is not an integer {-1, i}.
+// Reservations, each checked and held atomically (the script is one atomic
+// step; its reservations are decided one after the other). KEYS are 5 per
+// subject of each reservation (usage hash, holds, held, rate window, marker);
+// ARGV[1] is the rate-window TTL (ms), ARGV[2] the number of reservations,
+// then per reservation: call id, tokens, hold expiry (epoch ms), now (epoch
+// ms), number of subjects, then requests and tokens per minute per subject
+// ("" for none). Per reservation the answer is 5 numbers. Expired holds are
+// purged first. A call already held or recorded answers {1} and holds nothing
+// more. Then each subject is judged like \`TokenStore.verdictOf\`: over its
+// limit (used + held + tokens > limit) gives {2, i, limit, used, held}, the
+// tightest winning; else over a rate limit gives {3, i, kind (0 requests, 1
+// tokens), limit, current}. Only when none refuses are the holds (and rate
+// counts) written: {1}. A held sum that would pass 2^53 - 1 gives {-2, i}; a
+// counter that is not an integer {-1, i}.
 const reserveScript = `${purgeLua}
-local member = ARGV[1]
-local tokens = tonumber(ARGV[2])
-local now = tonumber(ARGV[4])
-local n = tonumber(ARGV[6])
-for i = 0, n - 1 do purge(KEYS[5 * i + 1], KEYS[5 * i + 2], KEYS[5 * i + 3], now) end
-if redis.call("HEXISTS", KEYS[3], member) == 1 or redis.call("EXISTS", KEYS[5]) == 1 then return {1} end
-local best = nil
-local room = nil
-local rate = nil
-for i = 0, n - 1 do
-  local current = redis.call("HMGET", KEYS[5 * i + 1], "total_tokens", "held_tokens", "usage_limit")
-  for j = 1, 3 do
-    if current[j] and not string.match(current[j], "^%-?%d+$") then return {-1, i} end
-  end
-  local used = tonumber(current[1] or "0")
-  local held = tonumber(current[2] or "0")
-  if held + tokens > ${maxSafe} then return {-2, i} end
-  local limit = current[3] and tonumber(current[3])
-  if limit and used + held + tokens > limit then
-    if room == nil or limit - used - held < room then
-      room = limit - used - held
-      best = {2, i, limit, used, held}
+local function reserve_one(k, a)
+  local member = ARGV[a]
+  local tokens = tonumber(ARGV[a + 1])
+  local now = tonumber(ARGV[a + 3])
+  local n = tonumber(ARGV[a + 4])
+  for i = 0, n - 1 do purge(KEYS[k + 5 * i + 1], KEYS[k + 5 * i + 2], KEYS[k + 5 * i + 3], now) end
+  if redis.call("HEXISTS", KEYS[k + 3], member) == 1 or redis.call("EXISTS", KEYS[k + 5]) == 1 then return {1} end
+  local best = nil
+  local room = nil
+  local rate = nil
+  for i = 0, n - 1 do
+    local current = redis.call("HMGET", KEYS[k + 5 * i + 1], "total_tokens", "held_tokens", "usage_limit")
+    for j = 1, 3 do
+      if current[j] and not string.match(current[j], "^%-?%d+$") then return {-1, i} end
     end
-  elseif rate == nil then
-    local rpm = ARGV[7 + 2 * i]
-    local tpm = ARGV[8 + 2 * i]
-    if rpm ~= "" or tpm ~= "" then
-      local w = redis.call("HMGET", KEYS[5 * i + 4], "requests", "tokens")
-      local requests = tonumber(w[1] or "0")
-      local counted = tonumber(w[2] or "0")
-      if rpm ~= "" and requests + 1 > tonumber(rpm) then
-        rate = {3, i, 0, tonumber(rpm), requests}
-      elseif tpm ~= "" and counted + tokens > tonumber(tpm) then
-        rate = {3, i, 1, tonumber(tpm), counted}
+    local used = tonumber(current[1] or "0")
+    local held = tonumber(current[2] or "0")
+    if held + tokens > ${maxSafe} then return {-2, i} end
+    local limit = current[3] and tonumber(current[3])
+    if limit and used + held + tokens > limit then
+      if room == nil or limit - used - held < room then
+        room = limit - used - held
+        best = {2, i, limit, used, held}
+      end
+    elseif rate == nil then
+      local rpm = ARGV[a + 5 + 2 * i]
+      local tpm = ARGV[a + 6 + 2 * i]
+      if rpm ~= "" or tpm ~= "" then
+        local w = redis.call("HMGET", KEYS[k + 5 * i + 4], "requests", "tokens")
+        local requests = tonumber(w[1] or "0")
+        local counted = tonumber(w[2] or "0")
+        if rpm ~= "" and requests + 1 > tonumber(rpm) then
+          rate = {3, i, 0, tonumber(rpm), requests}
+        elseif tpm ~= "" and counted + tokens > tonumber(tpm) then
+          rate = {3, i, 1, tonumber(tpm), counted}
+        end
       end
     end
   end
-end
-if best then return best end
-if rate then return rate end
-for i = 0, n - 1 do
-  redis.call("ZADD", KEYS[5 * i + 2], ARGV[3], member)
-  redis.call("HSET", KEYS[5 * i + 3], member, tokens)
-  redis.call("HINCRBY", KEYS[5 * i + 1], "held_tokens", tokens)
-  if ARGV[7 + 2 * i] ~= "" or ARGV[8 + 2 * i] ~= "" then
-    redis.call("HINCRBY", KEYS[5 * i + 4], "requests", 1)
-    redis.call("HINCRBY", KEYS[5 * i + 4], "tokens", tokens)
-    redis.call("PEXPIRE", KEYS[5 * i + 4], ARGV[5])
+  if best then return best end
+  if rate then return rate end
+  for i = 0, n - 1 do
+    redis.call("ZADD", KEYS[k + 5 * i + 2], ARGV[a + 2], member)
+    redis.call("HSET", KEYS[k + 5 * i + 3], member, tokens)
+    redis.call("HINCRBY", KEYS[k + 5 * i + 1], "held_tokens", tokens)
+    if ARGV[a + 5 + 2 * i] ~= "" or ARGV[a + 6 + 2 * i] ~= "" then
+      redis.call("HINCRBY", KEYS[k + 5 * i + 4], "requests", 1)
+      redis.call("HINCRBY", KEYS[k + 5 * i + 4], "tokens", tokens)
+      redis.call("PEXPIRE", KEYS[k + 5 * i + 4], ARGV[1])
+    end
   end
+  return {1}
 end
-return {1}
+local out = {}
+local k = 0
+local a = 3
+for r = 1, tonumber(ARGV[2]) do
+  local n = tonumber(ARGV[a + 4])
+  local one = reserve_one(k, a)
+  for j = 1, 5 do out[#out + 1] = one[j] or 0 end
+  k = k + 5 * n
+  a = a + 5 + 2 * n
+end
+return out
 `
 
 // Ends a call's holds: KEYS are 3 per subject (usage, holds, held); ARGV[1] the call id.
@@ -326,7 +343,7 @@ return redis.call("HMGET", KEYS[1], "prompt_tokens", "completion_tokens", "total
 
 const commands = {
   record: "effectLlmCallbacksTokenStoreRecordV3",
-  reserve: "effectLlmCallbacksTokenStoreReserveV1",
+  reserve: "effectLlmCallbacksTokenStoreReserveV2",
   release: "effectLlmCallbacksTokenStoreReleaseV1",
   read: "effectLlmCallbacksTokenStoreReadV1"
 } as const
@@ -650,74 +667,119 @@ export const fromClient = (
         return tryRedis(method, () => script[commands.read](3, usage, ...holdKeys(usage), now))
       })
 
+    /** A reservation (of one slot group) waiting for its script call. */
+    interface QueuedReservation {
+      readonly input: TokenStore.ReserveInput
+      readonly subjects: ReadonlyArray<TokenStore.Subject>
+      readonly now: number
+      readonly complete: (result: Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError>) => void
+      cancelled: boolean
+    }
+
+    const outcomeOf = (
+      item: QueuedReservation,
+      reply: ReadonlyArray<unknown>,
+      offset: number
+    ): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> => {
+      const [code, index, a, b, c] = reply.slice(offset, offset + 5) as ReadonlyArray<number>
+      const { input, now } = item
+      const subject = item.subjects[index ?? 0]!
+      switch (code) {
+        case 1:
+          return Effect.succeed({ _tag: "Reserved" })
+        case 2:
+          return Effect.succeed({ _tag: "OverLimit", subject, limit: a!, used: b!, held: c!, requested: input.tokens })
+        case 3:
+          return Effect.succeed({
+            _tag: "RateLimited",
+            subject,
+            kind: a === 0 ? "requests" : "tokens",
+            limit: b!,
+            current: c!,
+            retryAfterMillis: TokenStore.rateWindowOf(now) + 60_000 - now
+          })
+        case -2:
+          return Effect.fail(TokenStore.overflowError(subject, input.cycle, "reserve"))
+        default:
+          return Effect.fail(
+            new TokenStore.TokenStoreError({
+              reason: "Unknown",
+              message: `RedisTokenStore.reserve: a stored counter of ${subject.level} ${
+                JSON.stringify(subject.id)
+              } in cycle ${input.cycle} is not an integer`
+            })
+          )
+      }
+    }
+
+    // Reservations issued in the same event-loop turn share one script call
+    // per slot group, as records do; each keeps its own outcome.
+    let reservations: Array<QueuedReservation> = []
+    let reservationsScheduled = false
+    const sendReservations = (batch: ReadonlyArray<QueuedReservation>) => {
+      const keys: Array<string> = []
+      // A window is read during its minute only; it may go a minute later.
+      const args: Array<string | number> = [120_000, batch.length]
+      for (const { input, now, subjects } of batch) {
+        args.push(input.callId, input.tokens, now + input.holdTtlMillis, now, subjects.length)
+        for (const subject of subjects) {
+          const usage = usageKey(prefix, subject, input.cycle)
+          keys.push(
+            usage,
+            ...holdKeys(usage),
+            `${subjectBase(prefix, subject)}:rate:${TokenStore.rateWindowOf(now)}`,
+            callKey(prefix, subject, input.callId)
+          )
+          const rate = input.rateLimits?.[subject.level]
+          args.push(rate?.requestsPerMinute ?? "", rate?.tokensPerMinute ?? "")
+        }
+      }
+      script[commands.reserve](keys.length, ...keys, ...args).then(
+        (reply) => batch.forEach((item, i) => item.complete(outcomeOf(item, reply, 5 * i))),
+        (error) => {
+          const failure = Effect.fail(toTokenStoreError("reserve")(error))
+          for (const item of batch) item.complete(failure)
+        }
+      )
+    }
+    const flushReservations = () => {
+      reservationsScheduled = false
+      const taken = reservations.length <= batchSize ? reservations : reservations.slice(0, batchSize)
+      reservations = reservations.length <= batchSize ? [] : reservations.slice(batchSize)
+      if (reservations.length > 0) scheduleReservations()
+      const live = taken.filter((item) => !item.cancelled)
+      if (live.length === 0) return
+      if (!cluster) return sendReservations(live)
+      const groups = new Map<string, Array<QueuedReservation>>()
+      for (const item of live) {
+        const tag = tagOf(item.subjects[0]!)
+        const group = groups.get(tag)
+        if (group === undefined) groups.set(tag, [item])
+        else group.push(item)
+      }
+      for (const group of groups.values()) sendReservations(group)
+    }
+    const scheduleReservations = () => {
+      if (!reservationsScheduled) {
+        reservationsScheduled = true
+        setImmediate(flushReservations)
+      }
+    }
     const reserveGroup = (
       input: TokenStore.ReserveInput,
       subjects: ReadonlyArray<TokenStore.Subject>,
       now: number
-    ): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> => {
-      const keys: Array<string> = []
-      const args: Array<string | number> = [
-        input.callId,
-        input.tokens,
-        now + input.holdTtlMillis,
-        now,
-        // A window is read during its minute only; it may go a minute later.
-        120_000,
-        subjects.length
-      ]
-      for (const subject of subjects) {
-        const usage = usageKey(prefix, subject, input.cycle)
-        const base = subjectBase(prefix, subject)
-        keys.push(
-          usage,
-          ...holdKeys(usage),
-          `${base}:rate:${TokenStore.rateWindowOf(now)}`,
-          callKey(prefix, subject, input.callId)
-        )
-        const rate = input.rateLimits?.[subject.level]
-        args.push(rate?.requestsPerMinute ?? "", rate?.tokensPerMinute ?? "")
-      }
-      return Effect.flatMap(
-        tryRedis("reserve", () => script[commands.reserve](keys.length, ...keys, ...args)),
-        (reply): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> => {
-          const [code, index, a, b, c] = reply as ReadonlyArray<number>
-          const subject = subjects[index ?? 0]!
-          switch (code) {
-            case 1:
-              return Effect.succeed({ _tag: "Reserved" })
-            case 2:
-              return Effect.succeed({
-                _tag: "OverLimit",
-                subject,
-                limit: a!,
-                used: b!,
-                held: c!,
-                requested: input.tokens
-              })
-            case 3:
-              return Effect.succeed({
-                _tag: "RateLimited",
-                subject,
-                kind: a === 0 ? "requests" : "tokens",
-                limit: b!,
-                current: c!,
-                retryAfterMillis: TokenStore.rateWindowOf(now) + 60_000 - now
-              })
-            case -2:
-              return Effect.fail(TokenStore.overflowError(subject, input.cycle, "reserve"))
-            default:
-              return Effect.fail(
-                new TokenStore.TokenStoreError({
-                  reason: "Unknown",
-                  message: `RedisTokenStore.reserve: a stored counter of ${subject.level} ${
-                    JSON.stringify(subject.id)
-                  } in cycle ${input.cycle} is not an integer`
-                })
-              )
-          }
-        }
-      )
-    }
+    ): Effect.Effect<TokenStore.ReserveOutcome, TokenStore.TokenStoreError> =>
+      Effect.async((resume) => {
+        const item: QueuedReservation = { input, subjects, now, complete: resume, cancelled: false }
+        reservations.push(item)
+        scheduleReservations()
+        // Interrupted before it was sent: left out. Once sent it may hold; the
+        // caller releases (see Budget).
+        return Effect.sync(() => {
+          item.cancelled = true
+        })
+      })
 
     const release = (input: TokenStore.ReleaseInput) =>
       Effect.forEach(

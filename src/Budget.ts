@@ -51,7 +51,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import { dual } from "effect/Function"
-import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
 import * as BillingCycle from "./BillingCycle.js"
@@ -232,38 +232,43 @@ const invalid = (message: string) => Effect.die(new Cause.IllegalArgumentExcepti
 
 const isCount = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0
 
-/** Validates the options once per guard: a bad option is a programming error (a defect naming it). */
-const validate = (options: Options) =>
-  Effect.gen(function*() {
-    if (options.cycleStartDate !== undefined && !BillingCycle.isCycleDate(options.cycleStartDate)) {
-      return yield* invalid(`cycleStartDate: expected a real calendar date YYYY-MM-DD, got ${JSON.stringify(options.cycleStartDate)}`)
+interface Settings {
+  readonly anchorDay: number
+  readonly defaultCap: number
+  readonly holdTtlMillis: number
+}
+
+/** Validates the options once per guard: the settings, or what is wrong (a bad option is a defect naming it). */
+const validate = (options: Options): Settings | string => {
+  if (options.cycleStartDate !== undefined && !BillingCycle.isCycleDate(options.cycleStartDate)) {
+    return `cycleStartDate: expected a real calendar date YYYY-MM-DD, got ${JSON.stringify(options.cycleStartDate)}`
+  }
+  const anchorDay = options.anchorDay ?? 1
+  if (!Number.isInteger(anchorDay) || anchorDay < 1 || anchorDay > 28) {
+    return `anchorDay: expected an integer from 1 to 28, got ${String(options.anchorDay)}`
+  }
+  const defaultCap = options.defaultMaxOutputTokens ?? 4096
+  if (!isCount(defaultCap)) return `defaultMaxOutputTokens: expected a non-negative integer, got ${String(defaultCap)}`
+  if (options.maxOutputTokens !== undefined) {
+    for (const [model, cap] of Object.entries(options.maxOutputTokens)) {
+      if (!isCount(cap)) return `maxOutputTokens[${JSON.stringify(model)}]: expected a non-negative integer, got ${String(cap)}`
     }
-    const anchorDay = options.anchorDay ?? 1
-    if (!Number.isInteger(anchorDay) || anchorDay < 1 || anchorDay > 28) {
-      return yield* invalid(`anchorDay: expected an integer from 1 to 28, got ${String(options.anchorDay)}`)
-    }
-    const defaultCap = options.defaultMaxOutputTokens ?? 4096
-    if (!isCount(defaultCap)) {
-      return yield* invalid(`defaultMaxOutputTokens: expected a non-negative integer, got ${String(defaultCap)}`)
-    }
-    for (const [model, cap] of Object.entries(options.maxOutputTokens ?? {})) {
-      if (!isCount(cap)) {
-        return yield* invalid(`maxOutputTokens[${JSON.stringify(model)}]: expected a non-negative integer, got ${String(cap)}`)
-      }
-    }
-    const holdTtlMillis = Duration.toMillis(Duration.decode(options.holdTtl ?? Duration.minutes(10)))
-    if (!(holdTtlMillis >= 1 && Number.isFinite(holdTtlMillis))) {
-      return yield* invalid(`holdTtl: expected a finite duration of at least 1 millisecond`)
-    }
-    for (const [level, rate] of Object.entries(options.rateLimits ?? {})) {
+  }
+  const holdTtlMillis = options.holdTtl === undefined ? 600_000 : Duration.toMillis(Duration.decode(options.holdTtl))
+  if (!(holdTtlMillis >= 1 && Number.isFinite(holdTtlMillis))) {
+    return `holdTtl: expected a finite duration of at least 1 millisecond`
+  }
+  if (options.rateLimits !== undefined) {
+    for (const [level, rate] of Object.entries(options.rateLimits)) {
       for (const [name, value] of Object.entries(rate ?? {})) {
         if (value !== undefined && !(isCount(value) && value > 0)) {
-          return yield* invalid(`rateLimits.${level}.${name}: expected a positive integer, got ${String(value)}`)
+          return `rateLimits.${level}.${name}: expected a positive integer, got ${String(value)}`
         }
       }
     }
-    return { anchorDay, defaultCap, holdTtlMillis: Math.round(holdTtlMillis) }
-  })
+  }
+  return { anchorDay, defaultCap, holdTtlMillis: Math.round(holdTtlMillis) }
+}
 
 const cycleOf = (options: Options, anchorDay: number, startedAt: number): Effect.Effect<string> =>
   options.cycleStartDate !== undefined
@@ -272,18 +277,33 @@ const cycleOf = (options: Options, anchorDay: number, startedAt: number): Effect
 
 const noTicket: Ticket = { close: () => Effect.void }
 
-const counted = (level: Level | "none", outcome: string) =>
-  Metric.update(
-    CallbackMetrics.budgetAdmissionsTotal.pipe(Metric.tagged("level", level), Metric.tagged("outcome", outcome)),
-    1
-  )
+type Outcome = "admitted" | "over_limit" | "rate_limited" | "store_error"
+
+// One label array per (level, outcome), made once: metric hooks are cached
+// per label array identity, so an update is a map lookup (tagging a metric
+// per update would build and format a new metric key each time).
+const admissionLabels: Readonly<Record<Level | "none", Readonly<Record<Outcome, ReadonlyArray<MetricLabel.MetricLabel>>>>> =
+  (() => {
+    const outcomes: ReadonlyArray<Outcome> = ["admitted", "over_limit", "rate_limited", "store_error"]
+    const table = {} as Record<Level | "none", Record<Outcome, ReadonlyArray<MetricLabel.MetricLabel>>>
+    for (const level of ["user", "team", "org", "none"] as const) {
+      table[level] = {} as Record<Outcome, ReadonlyArray<MetricLabel.MetricLabel>>
+      for (const outcome of outcomes) {
+        table[level][outcome] = [MetricLabel.make("level", level), MetricLabel.make("outcome", outcome)]
+      }
+    }
+    return table
+  })()
+
+const counted = (level: Level | "none", outcome: Outcome) =>
+  Effect.sync(() => CallbackMetrics.budgetAdmissionsTotal.unsafeUpdate(1, admissionLabels[level][outcome]))
 
 /** The gate of one guarded region. */
 const makeGate = (
   store: TokenStore["Type"],
   counter: PromptCounter,
   options: Options,
-  settings: Effect.Effect.Success<ReturnType<typeof validate>>,
+  settings: Settings,
   admitted: { count: number }
 ): Gate => ({
   admit: (start: StartEvent) =>
@@ -370,27 +390,28 @@ const makeGate = (
     })
 })
 
+const noCallInside = Effect.logWarning(
+  "Budget.guard: no instrumented call ran inside it, so nothing was checked " +
+    "(put it around Callbacks.instrument or an instrumented LanguageModel call)"
+)
+
 const guardImpl = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   options: Options = {}
-): Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore> =>
-  Effect.gen(function*() {
-    const settings = yield* validate(options)
-    const store = yield* TokenStore
-    const counter = yield* CurrentPromptCounter
+): Effect.Effect<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore> => {
+  const settings = validate(options)
+  if (typeof settings === "string") return invalid(settings)
+  return Effect.withFiberRuntime((fiber) => {
+    const store = Context.get(fiber.currentContext as Context.Context<TokenStore>, TokenStore)
+    const counter = Context.get(fiber.currentContext, CurrentPromptCounter)
     const admitted = { count: 0 }
     const gate = makeGate(store, counter, options, settings, admitted)
-    return yield* Effect.locally(self, currentGate, gate).pipe(
-      Effect.ensuring(Effect.suspend(() =>
-        admitted.count === 0
-          ? Effect.logWarning(
-            "Budget.guard: no instrumented call ran inside it, so nothing was checked " +
-              "(put it around Callbacks.instrument or an instrumented LanguageModel call)"
-          )
-          : Effect.void
-      ))
+    return Effect.ensuring(
+      Effect.locally(self, currentGate, gate),
+      Effect.suspend(() => admitted.count === 0 ? noCallInside : Effect.void)
     )
   })
+}
 
 /**
  * Guards every instrumented call inside `self` with the budget (see the
@@ -454,8 +475,9 @@ export const check = (
   Effect.withFiberRuntime((fiber) => {
     const userId = options.userId ?? fiber.getFiberRef(currentCallContext).userId
     if (userId === undefined) return Effect.void
+    const settings = validate(options)
+    if (typeof settings === "string") return invalid(settings)
     return Effect.gen(function*() {
-      const settings = yield* validate(options)
       const cycle = options.cycleStartDate ?? (yield* BillingCycle.current({ anchorDay: settings.anchorDay }))
       const store = yield* TokenStore
       const result = yield* store.checkLimit(userId, cycle)

@@ -450,6 +450,44 @@ const isValidRecordInput = (input: RecordInput): boolean =>
   (input.costMicros === undefined || isCount(input.costMicros)) &&
   (input.teamId === undefined || isId(input.teamId)) && (input.orgId === undefined || isId(input.orgId))
 
+const isLevel = (u: unknown): boolean => u === "user" || u === "team" || u === "org"
+
+const isSubjects = (u: unknown): boolean => {
+  if (!Array.isArray(u)) return false
+  let levels = 0
+  for (const subject of u as ReadonlyArray<Subject>) {
+    if (typeof subject !== "object" || subject === null || !isLevel(subject.level) || !isId(subject.id)) return false
+    const bit = subject.level === "user" ? 1 : subject.level === "team" ? 2 : 4
+    if ((levels & bit) !== 0) return false
+    levels |= bit
+  }
+  return true
+}
+
+const isPositiveCount = (u: unknown): boolean => isCount(u) && (u as number) > 0
+
+/** The same rules as `ReserveInputSchema`, as a plain predicate for the hot path. */
+const isValidReserveInput = (input: ReserveInput): boolean => {
+  if (
+    typeof input !== "object" || input === null || !isId(input.callId) || !BillingCycle.isCycleDate(input.cycle) ||
+    !isSubjects(input.subjects) || input.subjects.length === 0 || !isCount(input.tokens) ||
+    !isPositiveCount(input.holdTtlMillis)
+  ) return false
+  if (input.rateLimits === undefined) return true
+  if (typeof input.rateLimits !== "object" || input.rateLimits === null) return false
+  for (const rate of Object.values(input.rateLimits)) {
+    if (rate === undefined) continue
+    if (typeof rate !== "object" || rate === null) return false
+    if (rate.requestsPerMinute !== undefined && !isPositiveCount(rate.requestsPerMinute)) return false
+    if (rate.tokensPerMinute !== undefined && !isPositiveCount(rate.tokensPerMinute)) return false
+  }
+  return true
+}
+
+const isValidReleaseInput = (input: ReleaseInput): boolean =>
+  typeof input === "object" && input !== null && isId(input.callId) && BillingCycle.isCycleDate(input.cycle) &&
+  isSubjects(input.subjects)
+
 const decodeRecordInput = validator(RecordInputSchema)
 const decodeReserveInput = validator(ReserveInputSchema)
 const decodeReleaseInput = validator(ReleaseInputSchema)
@@ -520,8 +558,14 @@ export const withValidation = (backend: Service): Service => ({
   checkLimit: (owner, cycle) =>
     Effect.flatMap(decodeKey({ owner, cycle }), () => backend.checkLimit(owner, cycle)),
   users: (cycle) => Effect.flatMap(decodeCycle({ cycle }), () => backend.users(cycle)),
-  reserve: (input) => Effect.flatMap(decodeReserveInput(input), () => backend.reserve(input)),
-  release: (input) => Effect.flatMap(decodeReleaseInput(input), () => backend.release(input))
+  reserve: (input) =>
+    isValidReserveInput(input)
+      ? backend.reserve(input)
+      : Effect.flatMap(decodeReserveInput(input), () => backend.reserve(input)),
+  release: (input) =>
+    isValidReleaseInput(input)
+      ? backend.release(input)
+      : Effect.flatMap(decodeReleaseInput(input), () => backend.release(input))
 })
 
 /**
