@@ -1,40 +1,50 @@
 /**
- * A `TokenStore` kept in Redis (ioredis), shared by every process that uses
- * the same Redis and key prefix.
+ * A `TokenStore` kept in Redis (ioredis), single node or Cluster, shared by
+ * every process that uses the same Redis and key prefix.
  *
- * Key layout (`<prefix>` defaults to `token_usage`):
+ * Key layout (`<prefix>` defaults to `token_usage`; `<base>` is
+ * `<prefix>:{<user>}`, `<prefix>:team:{<team>}` or `<prefix>:org:{<org>}`):
  *
- * - `<prefix>:{<user>}:<cycle>`: a hash per user and billing cycle with the
- *   integer fields `prompt_tokens`, `completion_tokens`, `total_tokens`,
- *   `cost_micros` (when a cost was recorded) and `usage_limit` (when a limit is
- *   set);
- * - `<prefix>:{<user>}:call:<callId>`: the idempotency marker of a recorded
- *   call, expiring after the idempotency TTL (default 24 hours).
+ * - `<base>:<cycle>`: a hash per subject and billing cycle with the integer
+ *   fields `prompt_tokens`, `completion_tokens`, `total_tokens`, `cost_micros`
+ *   (when a cost was recorded), `usage_limit` (when a limit is set) and
+ *   `held_tokens` (held by admitted calls, see `TokenStore.reserve`);
+ * - `<base>:call:<callId>`: the idempotency marker of a recorded call,
+ *   expiring after the idempotency TTL (default 24 hours);
+ * - `<base>:<cycle>:holds` and `<base>:<cycle>:held`: the holds of admitted
+ *   calls (a sorted set by expiry, and their sizes);
+ * - `<base>:rate:<minute>`: a rate window's request and token counts.
  *
- * This is the Python design's `token_usage:<user>:<cycle>` with the user in a
- * hash tag `{...}`, so that all keys of one user live in one Redis Cluster slot
- * and the record script may touch both of them. `<user>` and `<callId>` are
- * percent-encoded where they contain `%`, `:`, `{`, `}`, whitespace or
- * control characters (other characters, unicode included, are kept), so that
- * the encoding is injective and keys never collide (`a:b` vs `a`, `{x}` vs `x`).
- * The prefix may not contain `{` or `}`.
+ * This is the Python design's `token_usage:<user>:<cycle>` with the id in a
+ * hash tag `{...}`: every key of one subject lives in one Redis Cluster slot,
+ * so each script touches one slot per subject. Ids are percent-encoded where
+ * they contain `%`, `:`, `{`, `}`, whitespace or control characters (other
+ * characters, unicode included, are kept), so that the encoding is injective
+ * and keys never collide (`a:b` vs `a`, `{x}` vs `x`). The prefix may not
+ * contain `{` or `}`.
  *
- * Records are written by one Lua script: for each record, if the call's
- * marker exists it answers `"duplicate"`, else it increments the counters and
- * sets the marker, atomically; a stored counter that is not an integer fails
- * that record with nothing written. A retry after a lost reply therefore
- * counts once. Records issued in the same event-loop turn share one script
- * call (up to `batchSize`, default 256), which is what lets one connection
- * carry tens of thousands of records per second; each keeps its own outcome.
+ * Records are written by one Lua script: for each record and level, if the
+ * call's marker exists it is a duplicate, else the counters are incremented
+ * and the marker set, atomically, and the call's hold ends; a stored counter
+ * that is not an integer, or an increment that would pass 2^53 - 1, fails the
+ * record with nothing written. A retry after a lost reply therefore counts
+ * once. Records (and reservations) issued in the same event-loop turn share
+ * one script call (up to `batchSize`, default 256; per slot group on a
+ * Cluster); each keeps its own outcome.
+ *
+ * On a Cluster (`makeCluster`, `layerCluster`, or `fromClient` with an ioredis
+ * `Cluster`) the levels of one call are in different slots: a record writes
+ * its user level first, then the others; a reservation holds one slot group
+ * after the other and releases those held when a later one refuses. The
+ * scripts are kept out of ioredis' auto-pipelining (it routes a script by its
+ * first argument, the number of keys, and would mix slots in one pipeline).
+ * `users` scans every master.
  *
  * Every command is bounded: ioredis' `commandTimeout` limits the wait for a
  * reply, the offline queue is disabled so a command sent while Redis is
  * unreachable fails at once, and ioredis reconnects in the background. Failures
  * surface as `TokenStoreError` with reason `Timeout` (no reply in time),
  * `Unavailable` (no connection) or `Unknown`.
- *
- * `users(cycle)` scans the keyspace (`SCAN MATCH <prefix>:{*}:<cycle>`); on a
- * Redis Cluster it sees the keys of the node the client is connected to only.
  *
  * @since 0.1.0
  */
@@ -76,15 +86,14 @@ export interface Options {
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   /**
    * Send the commands issued in one event-loop turn as one pipeline (ioredis
-   * auto-pipelining); default true. Many concurrent records then share round
-   * trips over the one connection.
+   * auto-pipelining); default true. Many concurrent commands then share round
+   * trips over the one connection. (On a Cluster the scripts are kept out of it.)
    */
   readonly autoPipelining?: boolean | undefined
   /**
-   * Most records sent in one script call (default 256). Records issued in
-   * the same event-loop turn are batched; a batch spans users, which a single
-   * Redis node allows (on a Redis Cluster, use 1: each user's keys share a
-   * hash slot, different users' do not).
+   * Most records (or reservations) sent in one script call (default 256).
+   * Those issued in the same event-loop turn are batched: across users on a
+   * single node, per slot group on a Cluster.
    */
   readonly batchSize?: number | undefined
 }
