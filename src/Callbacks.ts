@@ -41,7 +41,7 @@ import {
   type StartEvent
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
-import type { DispatcherImpl } from "./internal/dispatcher.js"
+import { type Calls, CallsTypeId } from "./internal/calls.js"
 
 export {
   /**
@@ -415,8 +415,9 @@ const priced = (context: Context.Context<never>, event: EndEvent): EndEvent => {
 
 const noDispatcher = (): undefined => undefined
 
-const lookupDispatcher = (context: Context.Context<never>): DispatcherImpl | undefined =>
-  Context.getOrElse(context, Dispatcher, noDispatcher) as DispatcherImpl | undefined
+/** The dispatcher's contract with `instrument`, when a dispatcher is in context. */
+const lookupCalls = (context: Context.Context<never>): Calls | undefined =>
+  Context.getOrElse(context, Dispatcher, noDispatcher)?.[CallsTypeId]
 
 /**
  * Starts a call by hand: dispatches `start` and returns an {@link ActiveCall}
@@ -431,9 +432,9 @@ export const begin = (
   options: Omit<InstrumentOptions<unknown>, "response">
 ): Effect.Effect<Option.Option<ActiveCall>> =>
   Effect.withFiberRuntime((fiber) => {
-    const dispatcher = lookupDispatcher(fiber.currentContext)
-    if (dispatcher === undefined) return Effect.succeedNone
-    const snapshot = dispatcher.unsafeSnapshot()
+    const calls = lookupCalls(fiber.currentContext)
+    if (calls === undefined) return Effect.succeedNone
+    const token = calls.begin()
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
     const events = makeCallEvents(
@@ -448,7 +449,7 @@ export const begin = (
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
       span === undefined ? effect : Effect.withParentSpan(effect, span)
     let finished = false
-    return Effect.map(underSpan(dispatcher.dispatchWith(snapshot, events.start)), (startReport) =>
+    return Effect.map(underSpan(calls.dispatch(token, events.start)), (startReport) =>
       Option.some<ActiveCall>({
         call: events.call,
         span,
@@ -471,7 +472,7 @@ export const begin = (
               )
               : errorEvent(events, exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
             if (span !== undefined) endSpan(timing, span, event, exit, clock)
-            return Effect.asSome(Effect.uninterruptible(underSpan(dispatcher.dispatchWith(snapshot, event))))
+            return Effect.asSome(Effect.uninterruptible(underSpan(calls.dispatch(token, event))))
           })
       })
     )
@@ -483,9 +484,9 @@ const instrumentImpl = <A, E, R>(
 ): Effect.Effect<A, E, R> =>
   Effect.withFiberRuntime<A, E, R>((fiber) => {
     const gate = fiber.getFiberRef(currentGate)
-    const dispatcher = lookupDispatcher(fiber.currentContext)
-    const snapshot = dispatcher?.unsafeSnapshot()
-    if (dispatcher === undefined || snapshot === undefined || snapshot.empty) {
+    const calls = lookupCalls(fiber.currentContext)
+    const token = calls?.begin()
+    if (calls === undefined || token === undefined || token.empty) {
       return gate === undefined ? self : admitBare(fiber as AnyFiber, gate, self, options)
     }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
@@ -529,11 +530,11 @@ const instrumentImpl = <A, E, R>(
         event = errorEvent(events, exit.cause, durationMs)
       }
       if (span === undefined) {
-        const rest = dispatcher.unsafeRun(snapshot, event, fiber)
+        const rest = calls.run(token, event, fiber)
         return rest === undefined ? exit : Effect.zipRight(rest, exit)
       }
       endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock)
-      const rest = dispatcher.unsafeRun(snapshot, event, fiber)
+      const rest = calls.run(token, event, fiber)
       if (rest === undefined) {
         setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)
         return exit
@@ -553,7 +554,7 @@ const instrumentImpl = <A, E, R>(
     const onFailure = (cause: Cause.Cause<E>) => terminal(Exit.failCause(cause))
     const onSuccess = (value: A) => terminal(Exit.succeed(value))
     const instrumented = Effect.uninterruptibleMask((restore) => {
-      const started = dispatcher.unsafeRun(snapshot, events.start, fiber)
+      const started = calls.run(token, events.start, fiber)
       if (started === undefined) {
         // The start dispatch completed synchronously (the common case).
         enter()

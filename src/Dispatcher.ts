@@ -13,6 +13,7 @@
  *
  * @since 0.1.0
  */
+import { type Calls, CallsTypeId } from "./internal/calls.js"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
@@ -102,17 +103,6 @@ export interface HealthReport {
 }
 
 /**
- * The set of handlers a call saw when it started; its terminal event goes to
- * the same set, whatever registrations change meanwhile.
- *
- * @since 0.1.0
- * @category models
- */
-export interface Snapshot {
-  readonly empty: boolean
-}
-
-/**
  * @since 0.1.0
  * @category models
  */
@@ -129,14 +119,13 @@ export declare namespace Dispatcher {
     ) => Effect.Effect<void, HandlerRegistrationError, Scope.Scope>
     /** Dispatches to the handlers registered now. */
     readonly dispatch: (event: CallbackEvent) => Effect.Effect<DispatchReport>
-    /** Dispatches to the handlers of a snapshot taken earlier. */
-    readonly dispatchWith: (snapshot: Snapshot, event: CallbackEvent) => Effect.Effect<DispatchReport>
-    readonly snapshot: Effect.Effect<Snapshot>
     /** Waits until every background delivery enqueued so far is done. */
     readonly flush: Effect.Effect<void>
     readonly health: Effect.Effect<HealthReport>
     /** Names of the registered handlers. */
     readonly handlers: Effect.Effect<ReadonlyArray<string>>
+    /** @internal The contract with `instrument` (see `internal/calls`). */
+    readonly [CallsTypeId]: Calls
   }
 }
 

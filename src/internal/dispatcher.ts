@@ -25,6 +25,7 @@ import { constVoid } from "effect/Function"
 import type { Handler, Mode } from "../Handler.js"
 import { HandlerError, HandlerRegistrationError, isRetryable } from "../HandlerError.js"
 import type * as Dispatcher from "../Dispatcher.js"
+import { type Calls, type CallToken, CallsTypeId } from "./calls.js"
 
 // -----------------------------------------------------------------------------
 // Registered handlers
@@ -184,7 +185,15 @@ interface Outcome {
   readonly status: Metrics.Status | "queued"
   readonly attempts: number
   readonly error: HandlerError | undefined
+  /** Interrupted by the dispatch it belongs to (its caller was interrupted), not by the hook itself. */
+  readonly cancelled?: true
 }
+
+/** The outcome of an invocation cancelled by its dispatch. */
+const cancelledOutcome = (entry: Entry, phase: Phase, attempts: number): Outcome => ({
+  ...classify(entry, phase, Cause.interrupt(FiberId.none), attempts),
+  cancelled: true
+})
 
 const SUCCESS: Outcome = { status: "success", attempts: 1, error: undefined }
 const QUEUED: Outcome = { status: "queued", attempts: 0, error: undefined }
@@ -269,7 +278,7 @@ const timedOut = (entry: Entry, phase: Phase, attempts: number): Outcome => ({
  */
 class Slots {
   active = 0
-  private queue: Array<(() => void) | undefined> = []
+  private queue: Array<QueuedStart | undefined> = []
   private head = 0
   private draining = false
   constructor(readonly max: number) {}
@@ -287,18 +296,22 @@ class Slots {
     this.drain()
   }
 
-  /** Queues `start`, to be called holding a slot; returns its position for `cancel`. */
-  enqueue(start: () => void): number {
-    const position = this.queue.length
-    this.queue.push(start)
+  /** Queues `start`, to be called holding a slot; the handle is for `cancel`. */
+  enqueue(start: () => void): QueuedStart {
+    const queued: QueuedStart = { start }
+    this.queue.push(queued)
     this.drain()
-    return position
+    return queued
   }
 
-  /** Removes a queued start that has not run; false when it already ran. */
-  cancel(position: number): boolean {
-    if (position < this.head || this.queue[position] === undefined) return false
-    this.queue[position] = undefined
+  /**
+   * Removes a queued start that has not run; false when it already ran. The
+   * handle is the queued start itself, never a position: positions are reused
+   * once the queue is emptied and reset.
+   */
+  cancel(queued: QueuedStart): boolean {
+    if (queued.start === undefined) return false
+    queued.start = undefined
     return true
   }
 
@@ -307,9 +320,11 @@ class Slots {
     this.draining = true
     try {
       while (this.active < this.max && this.head < this.queue.length) {
-        const start = this.queue[this.head]
+        const queued = this.queue[this.head]!
         this.queue[this.head++] = undefined
+        const start = queued.start
         if (start !== undefined) {
+          queued.start = undefined
           this.active++
           start()
         }
@@ -322,6 +337,11 @@ class Slots {
       this.draining = false
     }
   }
+}
+
+/** A start waiting for a slot; `start` is cleared once it ran or was cancelled. */
+interface QueuedStart {
+  start: (() => void) | undefined
 }
 
 /** The default (live) clock, for which a timeout needs no fiber of its own. */
@@ -396,21 +416,6 @@ class Settlement {
 // The dispatcher
 // -----------------------------------------------------------------------------
 
-/** @internal */
-export interface DispatcherImpl extends Dispatcher.Dispatcher.Service {
-  readonly unsafeSnapshot: () => Snapshot
-  /**
-   * Dispatches on the given (current) fiber, synchronously as far as the
-   * handlers allow; `undefined` when nothing is left to do. For `instrument`,
-   * which discards the report.
-   */
-  readonly unsafeRun: (
-    snapshot: Snapshot,
-    event: CallbackEvent,
-    fiber: Fiber.RuntimeFiber<unknown, unknown>
-  ) => Effect.Effect<void> | undefined
-}
-
 /**
  * The dispatching fiber's refs, read only when a hook needs a fiber of its
  * own: `getFiberRefs` copies the fiber's ref map, which a hook that returns a
@@ -439,18 +444,15 @@ interface Results {
   readonly items: Array<Dispatcher.HandlerResult>
   /** How many await groups were started (start phase only). */
   reached?: number
-  /** Handlers of started groups whose hook never ran: queued for a slot, then cancelled. */
+  /** Handlers of started groups whose start was cancelled (queued for a slot, or running). */
   notStarted?: Array<string>
 }
 
-/**
- * Handlers that never heard `start` because the start dispatch was interrupted
- * before their hook ran (their priority group was not reached, or they were
- * still waiting for a slot), by call. They must not hear a
- * terminal event for that call either. Keyed weakly by the call's info object,
- * which the start and terminal events share.
- */
-const unreached = new WeakMap<object, ReadonlySet<string>>()
+/** A call's token (see `internal/calls`): its snapshot, and the handlers that did not hear its start. */
+interface Token extends CallToken {
+  readonly snapshot: Snapshot
+  excluded: ReadonlySet<string> | undefined
+}
 
 const withoutUnreached = (plan: PhasePlan, excluded: ReadonlySet<string>): PhasePlan => {
   const groups = plan.groups
@@ -608,6 +610,9 @@ export const make = (
     ): Pending => {
       const settlement = new Settlement()
       let attempts = 1
+      // Whether an attempt ran to its end (the hook processed the event): a
+      // cancellation after that is no longer "did not hear it".
+      let completed = first === undefined
       let running: Fiber.RuntimeFiber<void, unknown> | undefined = first
       entry.stats.inFlight++
       Metrics.activeCallbacks.unsafeUpdate(slots.active, [])
@@ -643,6 +648,7 @@ export const make = (
       if (first !== undefined) {
         first.addObserver((exit) => {
           if (settlement.settled) return
+          completed = true
           if (Exit.isSuccess(exit)) settle(SUCCESS)
           else if (entry.schedule !== undefined && isRetriable(exit.cause)) retry(exit.cause)
           else settle(classify(entry, phase, exit.cause, attempts))
@@ -652,7 +658,12 @@ export const make = (
       }
       return {
         wait: settlement.wait,
-        cancel: () => settle(classify(entry, phase, Cause.interrupt(FiberId.none), attempts))
+        cancel: () =>
+          settle(
+            completed
+              ? classify(entry, phase, Cause.interrupt(FiberId.none), attempts)
+              : cancelledOutcome(entry, phase, attempts)
+          )
       }
     }
 
@@ -679,14 +690,16 @@ export const make = (
         done(outcome)
         settlement.settle()
       }
-      const position = slots.enqueue(() => {
+      const queued = slots.enqueue(() => {
         started = startWithSlot(entry, phase, hook, arg, refs, span, finish)
       })
       return {
         wait: settlement.wait,
         cancel: () => {
+          // Started and still pending: cancel it. Started and done at once: nothing to cancel.
+          // Still queued: it never runs.
           if (started !== undefined) started.cancel()
-          else if (slots.cancel(position)) finish(classify(entry, phase, Cause.interrupt(FiberId.none), 0))
+          else if (slots.cancel(queued)) finish(cancelledOutcome(entry, phase, 0))
         }
       }
     }
@@ -774,6 +787,7 @@ export const make = (
       const now = performance.now()
       if (closed) {
         result(entry, phase, dropped(entry, phase, "the dispatcher is shutting down"), now, results)
+        if (phase === "start") (results.notStarted ??= []).push(entry.name)
         return undefined
       }
       const delivery: Delivery = { _tag: "Event", event, phase, span: fiber.currentSpan }
@@ -794,6 +808,8 @@ export const make = (
           if (cancelTimer !== undefined) cancelTimer()
           entry.stats.pending--
           result(entry, phase, dropped(entry, phase, why), now, results)
+          // A handler whose start was dropped did not hear it: no terminal event either.
+          if (phase === "start") (results.notStarted ??= []).push(entry.name)
         }
         lane.waiters.push({
           delivery,
@@ -873,7 +889,9 @@ export const make = (
           const entry = group[i]!
           const startedAt = time
           const started = invokeTraced(entry, phase, entry.hooks[phase]!, event, refs, span, tracing, (outcome) => {
-            if (outcome.attempts === 0 && outcome.status === "interrupted") (results.notStarted ??= []).push(entry.name)
+            // Cancelled (queued for a slot, or running) by the interruption of the start
+            // dispatch: the handler did not hear start, so it hears no terminal event either.
+            if (outcome.cancelled === true) (results.notStarted ??= []).push(entry.name)
             time = result(entry, phase, outcome, startedAt, results)
           })
           if (started !== undefined) {
@@ -903,17 +921,14 @@ export const make = (
      * no effect allocated), or the effect that completes the dispatch.
      */
     const run = (
-      snap: Snapshot,
+      token: Token,
       event: CallbackEvent,
       fiber: Fiber.RuntimeFiber<unknown, unknown>,
       results: Results
     ): Effect.Effect<void> | undefined => {
       const phase: Phase = event._tag === "Start" ? "start" : event._tag === "End" ? "end" : "error"
-      let plan = snap[phase]
-      if (phase !== "start") {
-        const excluded = unreached.get(event.call)
-        if (excluded !== undefined) plan = withoutUnreached(plan, excluded)
-      }
+      let plan = token.snapshot[phase]
+      if (phase !== "start" && token.excluded !== undefined) plan = withoutUnreached(plan, token.excluded)
       if (plan.empty) return undefined
       const tracing = tracingOf(fiber)
       let backpressure: Array<Effect.Effect<void>> | undefined
@@ -934,15 +949,24 @@ export const make = (
       } else if (plan.groups.length > 0) {
         rest = runGroupsSync(plan, phase, event, results, 0, lazyRefs(fiber), fiber.currentSpan, tracing)
       }
-      if (rest === undefined) return hasError(results.items) ? logFailures(event, results.items) : undefined
+      if (rest === undefined) {
+        if (phase === "start" && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)
+        return hasError(results.items) ? logFailures(event, results.items) : undefined
+      }
       if (phase === "start") {
-        rest = Effect.onInterrupt(rest, () =>
+        // Whichever way the start dispatch ends, the token says who did not
+        // hear it: those cancelled or dropped, and, when it was interrupted,
+        // the groups it never reached.
+        const startPlan = plan
+        rest = Effect.onExit(rest, (exit) =>
           Effect.sync(() => {
             const excluded = new Set<string>(results.notStarted)
-            for (let g = results.reached ?? 0; g < plan.groups.length; g++) {
-              for (const entry of plan.groups[g]!) excluded.add(entry.name)
+            if (Exit.isFailure(exit)) {
+              for (let g = results.reached ?? 0; g < startPlan.groups.length; g++) {
+                for (const entry of startPlan.groups[g]!) excluded.add(entry.name)
+              }
             }
-            if (excluded.size > 0) unreached.set(event.call, excluded)
+            if (excluded.size > 0) token.excluded = excluded
           }))
       }
       return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
@@ -955,7 +979,7 @@ export const make = (
       return false
     }
 
-    const dispatchWith = (snap: Snapshot, event: CallbackEvent): Effect.Effect<Dispatcher.DispatchReport> =>
+    const dispatchWith = (token: Token, event: CallbackEvent): Effect.Effect<Dispatcher.DispatchReport> =>
       Effect.withFiberRuntime((fiber) => {
         const results: Results = { collect: true, items: [] }
         const report: Dispatcher.DispatchReport = {
@@ -963,7 +987,7 @@ export const make = (
           callId: event.call.callId,
           results: results.items
         }
-        const rest = run(snap, event, fiber, results)
+        const rest = run(token, event, fiber, results)
         return rest === undefined ? Effect.succeed(report) : Effect.as(rest, report)
       })
 
@@ -1272,13 +1296,17 @@ export const make = (
       })
     )
 
-    const service: DispatcherImpl = {
+    const begin = (): Token => ({ snapshot, excluded: undefined, empty: snapshot.empty })
+    // Tokens are made by `begin` above only: the cast recovers what it made.
+    const calls: Calls = {
+      begin,
+      run: (token, event, fiber) => run(token as Token, event, fiber, { collect: false, items: [] }),
+      dispatch: (token, event) => dispatchWith(token as Token, event)
+    }
+    const service: Dispatcher.Dispatcher.Service = {
+      [CallsTypeId]: calls,
       register,
-      unsafeSnapshot: () => snapshot,
-      dispatch: (event) => Effect.suspend(() => dispatchWith(snapshot, event)),
-      dispatchWith: (snap, event) => dispatchWith(snap as Snapshot, event),
-      unsafeRun: (snap, event, fiber) => run(snap, event, fiber, { collect: false, items: [] }),
-      snapshot: Effect.sync(() => snapshot),
+      dispatch: (event) => Effect.suspend(() => dispatchWith(begin(), event)),
       flush,
       health,
       handlers: Effect.sync(() => Array.from(entries.keys()))
