@@ -64,7 +64,7 @@ export interface LastError {
   readonly phase: Phase
   readonly reason: HandlerError["reason"]
   readonly message: string
-  /** Epoch milliseconds (wall clock). */
+  /** Epoch milliseconds, from the `Clock` of the dispatcher's layer. */
   readonly at: number
 }
 

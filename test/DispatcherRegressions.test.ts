@@ -1,7 +1,7 @@
 // Regression tests for defects found in the dispatcher, each failing before its fix.
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Option, TestClock } from "effect"
-import { Callbacks, Dispatcher, Handler } from "../src/index.js"
+import { Effect, Exit, Fiber, Layer, Logger, Metric, Option, Scope, TestClock } from "effect"
+import { CallbackMetrics, Callbacks, Dispatcher, Handler } from "../src/index.js"
 
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
 
@@ -52,4 +52,65 @@ describe("Dispatcher regressions", () => {
       assert.include(log.lines, "A start c2")
       assert.include(log.lines, "A end c2")
     }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxConcurrent: 1 }))))
+})
+
+describe("Dispatcher health", () => {
+  it.effect("lastError.at comes from the Clock (TestClock here), not the wall clock", () =>
+    Effect.gen(function*() {
+      yield* TestClock.adjust("5 seconds")
+      yield* Dispatcher.register(Handler.make({ name: "failing", onLlmEnd: () => Effect.fail("no"), retry: undefined }))
+      yield* Effect.succeed("x").pipe(Callbacks.instrument(options))
+      const health = yield* Dispatcher.health
+      const lastError = health.handlers.find((h) => h.name === "failing")!.lastError
+      assert.isTrue(Option.isSome(lastError))
+      if (Option.isSome(lastError)) assert.strictEqual(lastError.value.at, 5_000)
+    }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxRetryAttempts: 1 }))))
+})
+
+describe("Dispatcher shutdown accounting", () => {
+  it.effect("offered = delivered + failed + timed out + dropped + undelivered, exactly, with one summary line per handler", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ message }) => {
+      lines.push(Array.isArray(message) ? message.join(" ") : String(message))
+    })
+    return Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const context = yield* Layer.buildWithScope(
+        Dispatcher.layer({ shutdownTimeout: "1 second", bufferSize: 1_000 }),
+        scope
+      )
+      let delivered = 0
+      yield* Dispatcher.register(Handler.make({
+        name: "slow-background",
+        mode: "background",
+        onLlmEnd: () => Effect.zipRight(Effect.sleep("10 millis"), Effect.sync(() => void delivered++)),
+        timeout: "1 minute"
+      })).pipe(Scope.extend(scope), Effect.provide(context))
+      for (let i = 0; i < 300; i++) {
+        yield* Effect.succeed(i).pipe(Callbacks.instrument(options), Effect.provide(context))
+      }
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      for (let i = 0; i < 200; i++) yield* TestClock.adjust("10 millis")
+      yield* Fiber.join(closing)
+      const dropped = yield* Metric.value(CallbackMetrics.droppedTotal.pipe(Metric.tagged("callback_type", "slow-background")))
+      const executions = (status: string) =>
+        Metric.value(
+          CallbackMetrics.executionsTotal.pipe(
+            Metric.tagged("callback_type", "slow-background"),
+            Metric.tagged("phase", "end"),
+            Metric.tagged("status", status)
+          )
+        ).pipe(Effect.map((counter) => counter.count))
+      const success = yield* executions("success")
+      const interrupted = yield* executions("interrupted")
+      // About a second's worth was delivered; the rest is accounted once.
+      assert.isAtLeast(delivered, 90)
+      assert.isAtMost(delivered, 101)
+      assert.strictEqual(success, delivered)
+      assert.strictEqual(success + interrupted + dropped.count, 300)
+      const summaries = lines.filter((line) => line.includes("slow-background") && line.includes("not delivered"))
+      assert.strictEqual(summaries.length, 1, lines.join("\n"))
+      assert.include(summaries[0]!, `${dropped.count + interrupted} background deliveries not delivered`)
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+  })
 })

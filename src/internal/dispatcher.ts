@@ -50,6 +50,12 @@ interface Stats {
   pending: number
   lastError: Dispatcher.LastError | undefined
   lastOutcome: Metrics.Status | undefined
+  /** Background deliveries never run at shutdown (also counted in `dropped`). */
+  undelivered: number
+  /** Background deliveries interrupted in progress at shutdown (also counted in `interruptions`). */
+  interruptedAtShutdown: number
+  /** The handler's buffers are being drained (it is being unregistered or the dispatcher closes). */
+  closing: boolean
 }
 
 type Delivery =
@@ -470,6 +476,8 @@ export const make = (
     let snapshot: Snapshot = emptySnapshot
     let closed = false
     const slots = new Slots(options.maxConcurrent)
+    // The layer's clock (a TestClock in tests) dates the last error of each handler.
+    const clock = yield* Effect.clock
     // Registered at once so that the gauge is exported before any invocation suspends.
     Metrics.activeCallbacks.unsafeUpdate(0, [])
 
@@ -514,7 +522,7 @@ export const make = (
       }
       Metrics.errorsTotal.unsafeUpdate(1, entry.labels.error[status])
       if (outcome.error !== undefined) {
-        stats.lastError = { phase, reason: outcome.error.reason, message: outcome.error.message, at: Date.now() }
+        stats.lastError = { phase, reason: outcome.error.reason, message: outcome.error.message, at: clock.unsafeCurrentTimeMillis() }
       }
     }
 
@@ -998,21 +1006,43 @@ export const make = (
      * counts the events among `deliveries` as dropped, releases flush
      * markers, and returns the log line, if any.
      */
-    const undelivered = (entry: Entry, deliveries: Iterable<Delivery>, where: string): Effect.Effect<void> => {
-      let lost = 0
-      for (const delivery of deliveries) {
-        if (delivery._tag === "Flush") Deferred.unsafeDone(delivery.done, Exit.void)
-        else lost++
-      }
-      if (lost === 0) return Effect.void
-      entry.stats.pending -= lost
-      entry.stats.dropped += lost
-      Metrics.droppedTotal.unsafeUpdate(lost, entry.labels.handler)
-      Metrics.errorsTotal.unsafeUpdate(lost, entry.labels.error.dropped)
-      Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-      return Effect.logError(`callback handler ${entry.name}: ${lost} background deliveries not delivered (${where})`)
-        .pipe(Effect.annotateLogs({ handler: entry.name, undelivered: lost }))
-    }
+    const undelivered = (entry: Entry, deliveries: Iterable<Delivery>): Effect.Effect<void> =>
+      Effect.sync(() => {
+        let lost = 0
+        for (const delivery of deliveries) {
+          if (delivery._tag === "Flush") Deferred.unsafeDone(delivery.done, Exit.void)
+          else lost++
+        }
+        if (lost === 0) return
+        entry.stats.pending -= lost
+        entry.stats.dropped += lost
+        entry.stats.undelivered += lost
+        Metrics.droppedTotal.unsafeUpdate(lost, entry.labels.handler)
+        Metrics.errorsTotal.unsafeUpdate(lost, entry.labels.error.dropped)
+        Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+      })
+
+    /**
+     * One line per handler at close, when something was not delivered: the
+     * deliveries never run (buffered, waiting for room, or left in a batch)
+     * and those interrupted in progress, each counted once.
+     */
+    const shutdownSummary = (entry: Entry): Effect.Effect<void> =>
+      Effect.suspend(() => {
+        const lost = entry.stats.undelivered + entry.stats.interruptedAtShutdown
+        if (lost === 0) return Effect.void
+        return Effect.logError(
+          `callback handler ${entry.name}: ${lost} background deliveries not delivered at shutdown ` +
+            `(${entry.stats.undelivered} never run, ${entry.stats.interruptedAtShutdown} interrupted in progress; ` +
+            `shutdown timeout ${Duration.format(options.shutdownTimeout)})`
+        ).pipe(
+          Effect.annotateLogs({
+            handler: entry.name,
+            undelivered: entry.stats.undelivered,
+            interrupted: entry.stats.interruptedAtShutdown
+          })
+        )
+      })
 
     /**
      * The consumer of a background handler: takes deliveries in batches and
@@ -1022,16 +1052,19 @@ export const make = (
      * deliveries always in the same lane, keep start before end for each call.
      */
     const consume = (entry: Entry, lane: Lane): Effect.Effect<never> => {
-      const runBatch = (
-        items: ReadonlyArray<Delivery>,
-        from: number,
-        refs: LazyRefs,
-        tracing: Tracing | undefined,
-        failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
-      ): Effect.Effect<void> => {
-        for (let i = from; i < items.length; i++) {
+      /** A batch in progress: `next` is the first delivery not started yet. */
+      interface Batch {
+        readonly items: ReadonlyArray<Delivery>
+        next: number
+        readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
+      }
+      const runBatch = (batch: Batch, refs: LazyRefs, tracing: Tracing | undefined): Effect.Effect<void> => {
+        const items = batch.items
+        const failed = batch.failed
+        for (let i = batch.next; i < items.length; i++) {
           const delivery = items[i]!
           if (delivery._tag === "Flush") {
+            batch.next = i + 1
             Deferred.unsafeDone(delivery.done, Exit.void)
             continue
           }
@@ -1045,25 +1078,30 @@ export const make = (
               events.push(next.event)
               i++
             }
+            // Started: from now on the run is accounted by its own outcome.
+            batch.next = i + 1
             const running = invokeTraced(entry, "end", entry.endBatch, events, refs, delivery.span, tracing, (outcome) => {
               for (const event of events) {
                 const results: Results = { collect: false, items: [] }
                 entry.stats.pending--
+                if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
                 result(entry, "end", outcome, startedAt, results)
                 if (results.items.length > 0) failed.push([event, results.items])
               }
             })
-            if (running !== undefined) return continueAfter(running, items, i + 1, tracing, failed)
+            if (running !== undefined) return continueAfter(running, batch, tracing)
             continue
           }
+          batch.next = i + 1
           const results: Results = { collect: false, items: [] }
           const hook = entry.hooks[delivery.phase]!
           const running = invokeTraced(entry, delivery.phase, hook, delivery.event, refs, delivery.span, tracing, (outcome) => {
             entry.stats.pending--
+            if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
             result(entry, delivery.phase, outcome, startedAt, results)
             if (results.items.length > 0) failed.push([delivery.event, results.items])
           })
-          if (running !== undefined) return continueAfter(running, items, i + 1, tracing, failed)
+          if (running !== undefined) return continueAfter(running, batch, tracing)
         }
         Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
         return failed.length === 0
@@ -1071,29 +1109,25 @@ export const make = (
           : Effect.forEach(failed, ([event, results]) => logFailures(event, results), { discard: true })
       }
       // Waits for a delivery that suspended, then runs the rest of the batch.
-      // Interrupted (shutdown), the rest of the batch is accounted as not delivered.
-      const continueAfter = (
-        running: Pending,
-        items: ReadonlyArray<Delivery>,
-        next: number,
-        tracing: Tracing | undefined,
-        failed: Array<readonly [CallbackEvent, ReadonlyArray<Dispatcher.HandlerResult>]>
-      ): Effect.Effect<void> =>
-        Effect.onInterrupt(
-          Effect.zipRight(
-            awaitPending([running]),
-            Effect.withFiberRuntime<void>((fiber) => runBatch(items, next, lazyRefs(fiber), tracing, failed))
-          ),
-          () => undelivered(entry, items.slice(next), "the consumer stopped at shutdown")
+      const continueAfter = (running: Pending, batch: Batch, tracing: Tracing | undefined): Effect.Effect<void> =>
+        Effect.zipRight(
+          awaitPending([running]),
+          Effect.withFiberRuntime<void>((fiber) => runBatch(batch, lazyRefs(fiber), tracing))
         )
       return Effect.forever(
         Effect.flatMap(
           Queue.takeBetween(lane.queue, 1, 4096),
-          (batch) =>
+          (taken) =>
             Effect.withFiberRuntime<void>((fiber) => {
               // Room was made: let waiting producers in before running the batch.
               admitWaiters(lane)
-              return runBatch(Chunk.toReadonlyArray(batch), 0, lazyRefs(fiber), tracingOf(fiber), [])
+              const batch: Batch = { items: Chunk.toReadonlyArray(taken), next: 0, failed: [] }
+              // Interrupted (shutdown): the delivery in progress is accounted by
+              // its own (interrupted) outcome, the ones not started yet once, here.
+              return Effect.onInterrupt(
+                runBatch(batch, lazyRefs(fiber), tracingOf(fiber)),
+                () => undelivered(entry, batch.items.slice(batch.next))
+              )
             })
         )
       )
@@ -1113,7 +1147,7 @@ export const make = (
     // waiting for room, then never runs: it is counted and logged as not
     // delivered (a delivery in progress is interrupted and counted as such).
     const drain = (entry: Entry) =>
-      Effect.interruptible(flushEntry(entry)).pipe(
+      Effect.interruptible(Effect.zipRight(Effect.sync(() => (entry.stats.closing = true)), flushEntry(entry))).pipe(
         Effect.timeoutOption(options.shutdownTimeout),
         Effect.flatMap((drained) =>
           Option.isSome(drained) ? Effect.void : Effect.forEach(entry.lanes!, (lane) =>
@@ -1125,11 +1159,7 @@ export const make = (
                 waiter.abandon()
               }
               lane.waiters.length = 0
-              return undelivered(
-                entry,
-                [...Chunk.toReadonlyArray(buffered), ...waiting],
-                `not drained within the shutdown timeout of ${Duration.format(options.shutdownTimeout)}`
-              )
+              return undelivered(entry, [...Chunk.toReadonlyArray(buffered), ...waiting])
             }), { discard: true })
         )
       )
@@ -1226,13 +1256,17 @@ export const make = (
             inFlight: 0,
             pending: 0,
             lastError: undefined,
-            lastOutcome: undefined
+            lastOutcome: undefined,
+            undelivered: 0,
+            interruptedAtShutdown: 0,
+            closing: false
           },
           lanes
         }
         if (lanes !== undefined) {
-          // Forked before the finalizer below is added, so that the finalizer
-          // (drain) runs while the consumers are still alive.
+          // Finalizers run in reverse: the drain (below) while the consumers are
+          // alive, then the consumers are interrupted, then one summary line.
+          yield* Effect.addFinalizer(() => shutdownSummary(entry))
           for (const lane of lanes) yield* Effect.forkScoped(Effect.interruptible(consume(entry, lane)))
         }
         yield* Effect.addFinalizer(() =>
