@@ -84,6 +84,13 @@ export interface HandlerHealth {
   readonly retries: number
   readonly dropped: number
   readonly inFlight: number
+  /**
+   * Invocations given up on (timed out, or cancelled with their call) whose
+   * hook ignores interruption and is still running. They hold no
+   * concurrency slot: a stuck hook never takes the global bound from the
+   * other handlers, and shows here until it really ends.
+   */
+  readonly overrunning: number
   readonly pending: number
   readonly lastError: Option.Option<LastError>
 }

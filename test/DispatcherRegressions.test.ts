@@ -114,3 +114,30 @@ describe("Dispatcher shutdown accounting", () => {
     }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
   })
 })
+
+describe("Dispatcher: a hook that ignores interruption", () => {
+  it.effect("past its timeout the call goes on, the slot is free for others, and health shows it overrunning", () =>
+    Effect.gen(function*() {
+      let others = 0
+      yield* Dispatcher.register(Handler.make({
+        name: "stubborn",
+        onLlmEnd: () => Effect.uninterruptible(Effect.sleep("10 seconds")),
+        timeout: "1 second"
+      }))
+      yield* Dispatcher.register(Handler.make({
+        name: "other",
+        priority: -1,
+        onLlmEnd: () => Effect.zipRight(Effect.sleep("1 millis"), Effect.sync(() => void others++)),
+        timeout: "1 second"
+      }))
+      const first = yield* Effect.fork(Effect.succeed(1).pipe(Callbacks.instrument(options)))
+      yield* TestClock.adjust("1 second")
+      yield* TestClock.adjust("1 millis")
+      assert.isTrue(Option.isSome(yield* Fiber.poll(first)), "the call returned after the timeout")
+      assert.strictEqual(others, 1, "the other handler got the one slot")
+      const stubborn = () => Effect.map(Dispatcher.health, (h) => h.handlers.find((x) => x.name === "stubborn")!)
+      assert.deepInclude(yield* stubborn(), { overrunning: 1, timeouts: 1, inFlight: 0 })
+      yield* TestClock.adjust("9 seconds")
+      assert.deepInclude(yield* stubborn(), { overrunning: 0 })
+    }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxConcurrent: 1 }))))
+})

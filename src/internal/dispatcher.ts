@@ -56,6 +56,8 @@ interface Stats {
   interruptedAtShutdown: number
   /** The handler's buffers are being drained (it is being unregistered or the dispatcher closes). */
   closing: boolean
+  /** Invocations given up on (timed out, cancelled) whose hook ignores interruption and still runs. */
+  overrunning: number
 }
 
 type Delivery =
@@ -628,7 +630,19 @@ export const make = (
       const settle = (outcome: Outcome) => {
         if (settlement.settled) return
         if (cancelTimer !== undefined) cancelTimer()
-        if (running !== undefined && running.unsafePoll() === null) running.unsafeInterruptAsFork(FiberId.none)
+        if (running !== undefined && running.unsafePoll() === null) {
+          // Given up on (timed out, cancelled): interrupted, and no longer
+          // holding its slot, so that one stuck hook cannot take the global
+          // bound from every other handler. A hook that ignores the
+          // interruption goes on running: it is counted as overrunning in
+          // `health` until it really ends.
+          const overrunning = running
+          overrunning.unsafeInterruptAsFork(FiberId.none)
+          if (overrunning.unsafePoll() === null) {
+            entry.stats.overrunning++
+            overrunning.addObserver(() => entry.stats.overrunning--)
+          }
+        }
         entry.stats.inFlight--
         done(outcome)
         settlement.settle()
@@ -1259,7 +1273,8 @@ export const make = (
             lastOutcome: undefined,
             undelivered: 0,
             interruptedAtShutdown: 0,
-            closing: false
+            closing: false,
+            overrunning: 0
           },
           lanes
         }
@@ -1297,6 +1312,7 @@ export const make = (
         retries: entry.stats.retries,
         dropped: entry.stats.dropped,
         inFlight: entry.stats.inFlight,
+        overrunning: entry.stats.overrunning,
         pending: entry.stats.pending,
         lastError: entry.stats.lastError === undefined ? Option.none() : Option.some(entry.stats.lastError)
       }))
