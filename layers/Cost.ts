@@ -99,8 +99,13 @@ const decodeJson = Schema.decodeUnknownEither(Schema.parseJson(Schema.Unknown))
 export const priceTableConfig: Config.Config<Cost.PriceTable> = Config.string(PRICE_TABLE_VARIABLE).pipe(
   Config.mapOrFail((raw) =>
     Either.flatMap(
-      Either.mapLeft(decodeJson(raw), (error) => invalid(PRICE_TABLE_VARIABLE, `not JSON: ${formatIssue(error)}`)),
-      (json) => decodePrices(PRICE_TABLE_VARIABLE, json)
+      // The path of the error names the variable; the message names the value.
+      Either.mapLeft(
+        decodeJson(raw),
+        (error) =>
+          ConfigError.InvalidData([], `expected JSON, got ${JSON.stringify(raw.length > 80 ? `${raw.slice(0, 77)}...` : raw)}: ${formatIssue(error)}`)
+      ),
+      (json) => Either.mapLeft(Cost.decode(json), (error) => ConfigError.InvalidData([], formatIssue(error)))
     )
   ),
   Config.withDefault(Cost.empty),

@@ -150,18 +150,12 @@ export const config: Config.Config<Options> = Config.all({
   host: Config.string("CALLBACK_METRICS_HOST").pipe(
     Config.mapOrFail((raw) =>
       raw.trim() === ""
-        ? Either.left(invalid("CALLBACK_METRICS_HOST", raw, "a host name or address"))
+        ? Either.left(ConfigError.InvalidData([], `expected a host name or address, got ${JSON.stringify(raw)}`))
         : Either.right(raw.trim())
     ),
     Config.withDefault(defaults.host)
   ),
-  port: Config.string("CALLBACK_METRICS_PORT").pipe(
-    Config.mapOrFail((raw) => {
-      const port = Number(raw)
-      return raw.trim() !== "" && isPort(port)
-        ? Either.right(port)
-        : Either.left(invalid("CALLBACK_METRICS_PORT", raw, "an integer from 1 to 65535"))
-    }),
+  port: Config.port("CALLBACK_METRICS_PORT").pipe(
     Config.withDefault(defaults.port)
   )
 })

@@ -124,21 +124,22 @@ export interface Options {
  */
 export const config: Config.Config<Options> = Config.all({
   anchorDay: Config.option(
-    Config.integer().pipe(
-      Config.validate({
-        message: "Expected an integer from 1 to 28",
-        validation: (day) => day >= 1 && day <= 28
-      }),
-      Config.nested("CALLBACK_BILLING_ANCHOR_DAY")
+    Config.string("CALLBACK_BILLING_ANCHOR_DAY").pipe(
+      Config.mapOrFail((raw) => {
+        const day = Number(raw)
+        return raw.trim() !== "" && Number.isInteger(day) && day >= 1 && day <= 28
+          ? Either.right(day)
+          : Either.left(ConfigError.InvalidData([], `expected an integer from 1 to 28, got ${JSON.stringify(raw)}`))
+      })
     )
   ).pipe(Config.map(Option.getOrUndefined)),
   cycleStartDate: Config.option(
-    Config.string().pipe(
-      Config.validate({
-        message: "Expected a real calendar date YYYY-MM-DD",
-        validation: BillingCycle.isCycleDate
-      }),
-      Config.nested("CALLBACK_CYCLE_START_DATE")
+    Config.string("CALLBACK_CYCLE_START_DATE").pipe(
+      Config.mapOrFail((raw) =>
+        BillingCycle.isCycleDate(raw)
+          ? Either.right(raw)
+          : Either.left(ConfigError.InvalidData([], `expected a real calendar date YYYY-MM-DD, got ${JSON.stringify(raw)}`))
+      )
     )
   ).pipe(Config.map(Option.getOrUndefined))
 })

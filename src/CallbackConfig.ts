@@ -73,6 +73,10 @@ export const defaults: Resolved = {
 const invalid = (name: string, value: unknown, expected: string) =>
   ConfigError.InvalidData([], `${name}: expected ${expected}, got ${JSON.stringify(value)}`)
 
+// Inside `Config.string(name)` the error's path already names the variable: the message names the value.
+const invalidValue = (value: unknown, expected: string) =>
+  ConfigError.InvalidData([], `expected ${expected}, got ${JSON.stringify(value)}`)
+
 /**
  * Checks options and fills in defaults; the error names the setting and its value.
  *
@@ -116,7 +120,7 @@ const seconds = (name: string, fallback: Duration.Duration) =>
       const value = Number(raw)
       return raw.trim() !== "" && Number.isFinite(value) && value >= 0
         ? Either.right(Duration.millis(Math.round(value * 1000)))
-        : Either.left(invalid(name, raw, "a non-negative number of seconds"))
+        : Either.left(invalidValue(raw, "a non-negative number of seconds"))
     }),
     Config.withDefault(fallback),
     Config.withDescription(`${name}, in seconds`)
@@ -128,18 +132,7 @@ const integer = (name: string, fallback: number, min: number) =>
       const value = Number(raw)
       return raw.trim() !== "" && Number.isSafeInteger(value) && value >= min
         ? Either.right(value)
-        : Either.left(invalid(name, raw, `an integer >= ${min}`))
-    }),
-    Config.withDefault(fallback)
-  )
-
-const boolean = (name: string, fallback: boolean) =>
-  Config.string(name).pipe(
-    Config.mapOrFail((raw) => {
-      const value = raw.trim().toLowerCase()
-      if (["true", "1", "yes", "on"].includes(value)) return Either.right(true)
-      if (["false", "0", "no", "off"].includes(value)) return Either.right(false)
-      return Either.left(invalid(name, raw, "true or false"))
+        : Either.left(invalidValue(raw, `an integer >= ${min}`))
     }),
     Config.withDefault(fallback)
   )
@@ -155,12 +148,13 @@ export const config: Config.Config<Resolved> = Config.all({
   maxConcurrent: integer("CALLBACK_MAX_CONCURRENT", defaults.maxConcurrent, 1),
   maxRetryAttempts: integer("CALLBACK_MAX_RETRY_ATTEMPTS", defaults.maxRetryAttempts, 1),
   retryDelay: seconds("CALLBACK_RETRY_DELAY", defaults.retryDelay),
-  enableRecovery: boolean("CALLBACK_ENABLE_RECOVERY", defaults.enableRecovery),
+  // true/false, yes/no, on/off, 1/0.
+  enableRecovery: Config.boolean("CALLBACK_ENABLE_RECOVERY").pipe(Config.withDefault(defaults.enableRecovery)),
   mode: Config.string("CALLBACK_MODE").pipe(
     Config.mapOrFail((raw): Either.Either<Mode, ConfigError.ConfigError> =>
       raw === "await" || raw === "background"
         ? Either.right(raw)
-        : Either.left(invalid("CALLBACK_MODE", raw, `"await" or "background"`))
+        : Either.left(invalidValue(raw, `"await" or "background"`))
     ),
     Config.withDefault<Mode>(defaults.mode)
   ),

@@ -1,0 +1,61 @@
+// Every setting read from the environment fails, when bad, with a ConfigError
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a table of layers of different outputs
+// that names its variable and its value, each once (secrets name the variable only).
+import { assert, describe, it } from "@effect/vitest"
+import { Cause, ConfigProvider, Effect, Exit, Layer } from "effect"
+import * as Cost from "../layers/Cost.js"
+import * as Prometheus from "../layers/Prometheus.js"
+import * as RedisTokenStore from "../layers/RedisTokenStore.js"
+import * as TokenUsage from "../layers/TokenUsage.js"
+import { Dispatcher, TokenStore } from "../src/index.js"
+
+const built = (env: Record<string, string>, layer: Layer.Layer<any, unknown>) =>
+  Effect.scoped(Layer.build(layer)).pipe(
+    Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))),
+    Effect.exit
+  )
+
+const occurrences = (text: string, part: string) => text.split(part).length - 1
+
+const base = Layer.merge(Dispatcher.layer(), TokenStore.layerMemory)
+
+const cases: ReadonlyArray<readonly [string, string, Layer.Layer<any, unknown>]> = [
+  ["CALLBACK_TIMEOUT", "abc", Dispatcher.layerConfig],
+  ["CALLBACK_MAX_CONCURRENT", "0", Dispatcher.layerConfig],
+  ["CALLBACK_MAX_RETRY_ATTEMPTS", "1.5", Dispatcher.layerConfig],
+  ["CALLBACK_RETRY_DELAY", "-1", Dispatcher.layerConfig],
+  ["CALLBACK_ENABLE_RECOVERY", "maybe", Dispatcher.layerConfig],
+  ["CALLBACK_MODE", "sometimes", Dispatcher.layerConfig],
+  ["CALLBACK_SHUTDOWN_TIMEOUT", "soon", Dispatcher.layerConfig],
+  ["CALLBACK_BUFFER_SIZE", "none", Dispatcher.layerConfig],
+  ["CALLBACK_BILLING_ANCHOR_DAY", "31", Layer.provide(TokenUsage.layerConfig(), base)],
+  ["CALLBACK_CYCLE_START_DATE", "2025-02-30", Layer.provide(TokenUsage.layerConfig(), base)],
+  ["CALLBACK_PRICE_TABLE", "{bad json", Layer.provide(Cost.layerConfig(), base)],
+  ["CALLBACK_METRICS_PORT", "70000", Prometheus.layerConfig()]
+]
+
+describe("configuration errors", () => {
+  for (const [variable, value, layer] of cases) {
+    it.effect(`${variable}=${value}`, () =>
+      Effect.gen(function*() {
+        const exit = yield* built({ [variable]: value }, layer)
+        assert.isTrue(Exit.isFailure(exit))
+        if (Exit.isFailure(exit)) {
+          const text = Cause.pretty(exit.cause).split("\n")[0]!
+          assert.strictEqual(occurrences(text, variable), 1, text)
+          assert.strictEqual(occurrences(text, JSON.stringify(value)), 1, text)
+        }
+      }))
+  }
+
+  it.effect("REDIS_URL names the variable, never the value (it may hold a password)", () =>
+    Effect.gen(function*() {
+      const exit = yield* built({ REDIS_URL: "http://user:secret@host" }, RedisTokenStore.layerConfig())
+      assert.isTrue(Exit.isFailure(exit))
+      if (Exit.isFailure(exit)) {
+        const text = Cause.pretty(exit.cause)
+        assert.include(text, "REDIS_URL")
+        assert.notInclude(text, "secret")
+      }
+    }))
+})
