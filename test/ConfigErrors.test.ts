@@ -1,5 +1,4 @@
 // Every setting read from the environment fails, when bad, with a ConfigError
-// eslint-disable-next-line @typescript-eslint/no-explicit-any -- a table of layers of different outputs
 // that names its variable and its value, each once (secrets name the variable only).
 import { assert, describe, it } from "@effect/vitest"
 import { Cause, ConfigProvider, Effect, Exit, Layer } from "effect"
@@ -9,7 +8,7 @@ import * as RedisTokenStore from "../layers/RedisTokenStore.js"
 import * as TokenUsage from "../layers/TokenUsage.js"
 import { Dispatcher, TokenStore } from "../src/index.js"
 
-const built = (env: Record<string, string>, layer: Layer.Layer<any, unknown>) =>
+const built = (env: Record<string, string>, layer: Layer.Layer<never, unknown>) =>
   Effect.scoped(Layer.build(layer)).pipe(
     Effect.withConfigProvider(ConfigProvider.fromMap(new Map(Object.entries(env)))),
     Effect.exit
@@ -19,7 +18,7 @@ const occurrences = (text: string, part: string) => text.split(part).length - 1
 
 const base = Layer.merge(Dispatcher.layer(), TokenStore.layerMemory)
 
-const cases: ReadonlyArray<readonly [string, string, Layer.Layer<any, unknown>]> = [
+const cases: ReadonlyArray<readonly [string, string, Layer.Layer<never, unknown>]> = [
   ["CALLBACK_TIMEOUT", "abc", Dispatcher.layerConfig],
   ["CALLBACK_MAX_CONCURRENT", "0", Dispatcher.layerConfig],
   ["CALLBACK_MAX_RETRY_ATTEMPTS", "1.5", Dispatcher.layerConfig],
