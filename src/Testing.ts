@@ -111,7 +111,11 @@ export const layerRecorder = (
 
 /**
  * A dispatcher (with the given options) and a recorder: everything a test
- * needs to see what handlers hear.
+ * needs to see what handlers hear. The shutdown timeout defaults to 1 second
+ * (real time): a background handler still busy when the test's scope closes
+ * (under `TestClock`, one sleeping on a clock nobody moves) delays the close
+ * by that much at most, and what it did not deliver is logged. To test
+ * background handlers, move the clock and `Dispatcher.flush` before asserting.
  *
  * @since 0.1.0
  * @category layers
@@ -119,7 +123,9 @@ export const layerRecorder = (
 export const layer = (
   options: CallbackConfig.Options & { readonly recorder?: RecorderOptions | undefined } = {}
 ): Layer.Layer<Recorder | Dispatcher.Dispatcher, HandlerRegistrationError | ConfigError.ConfigError> =>
-  layerRecorder(options.recorder).pipe(Layer.provideMerge(Dispatcher.layer(options)))
+  layerRecorder(options.recorder).pipe(
+    Layer.provideMerge(Dispatcher.layer({ shutdownTimeout: "1 second", ...options }))
+  )
 
 /**
  * Every event the recorder heard so far.

@@ -1,7 +1,7 @@
 // Regression tests for defects found in the dispatcher, each failing before its fix.
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Logger, Metric, Option, Scope, TestClock } from "effect"
-import { CallbackMetrics, Callbacks, Dispatcher, Handler } from "../src/index.js"
+import { CallbackMetrics, Callbacks, Dispatcher, Handler, Testing } from "../src/index.js"
 
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
 
@@ -103,7 +103,7 @@ describe("Dispatcher shutdown accounting", () => {
         ).pipe(Effect.map((counter) => counter.count))
       const success = yield* executions("success")
       const interrupted = yield* executions("interrupted")
-      // About a second's worth was delivered; the rest is accounted once.
+      // About a second's worth (the shutdown timeout) was delivered; the rest is accounted once.
       assert.isAtLeast(delivered, 90)
       assert.isAtMost(delivered, 101)
       assert.strictEqual(success, delivered)
@@ -140,4 +140,28 @@ describe("Dispatcher: a hook that ignores interruption", () => {
       yield* TestClock.adjust("9 seconds")
       assert.deepInclude(yield* stubborn(), { overrunning: 0 })
     }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxConcurrent: 1 }))))
+})
+
+describe("Testing.layer with a busy background handler", () => {
+  it.effect("the layer closes (bounded in real time) though the TestClock never moves, saying why", () => {
+    const lines: Array<string> = []
+    const logger = Logger.make(({ message }) => {
+      lines.push(Array.isArray(message) ? message.join(" ") : String(message))
+    })
+    return Effect.gen(function*() {
+      yield* Effect.scoped(
+        Effect.gen(function*() {
+          yield* Dispatcher.register(Handler.make({
+            name: "busy",
+            mode: "background",
+            onLlmEnd: () => Effect.sleep("1 hour")
+          }))
+          yield* Effect.succeed(1).pipe(Callbacks.instrument(options))
+        }).pipe(Effect.provide(Testing.layer({ shutdownTimeout: "50 millis" })))
+      )
+      const summary = lines.find((line) => line.includes("busy") && line.includes("not delivered"))
+      assert.isDefined(summary, lines.join("\n"))
+      assert.include(summary!, "TestClock")
+    }).pipe(Effect.provide(Logger.replace(Logger.defaultLogger, logger)))
+  })
 })

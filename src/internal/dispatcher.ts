@@ -1048,7 +1048,11 @@ export const make = (
         return Effect.logError(
           `callback handler ${entry.name}: ${lost} background deliveries not delivered at shutdown ` +
             `(${entry.stats.undelivered} never run, ${entry.stats.interruptedAtShutdown} interrupted in progress; ` +
-            `shutdown timeout ${Duration.format(options.shutdownTimeout)})`
+            `shutdown timeout ${Duration.format(options.shutdownTimeout)})` +
+            (clock === liveClock
+              ? ""
+              : "; the dispatcher runs on a clock other than the live one (a TestClock?): a handler " +
+                "sleeping on it waits until the clock is moved; adjust it and Dispatcher.flush before the layer closes")
         ).pipe(
           Effect.annotateLogs({
             handler: entry.name,
@@ -1162,7 +1166,19 @@ export const make = (
     // delivered (a delivery in progress is interrupted and counted as such).
     const drain = (entry: Entry) =>
       Effect.interruptible(Effect.zipRight(Effect.sync(() => (entry.stats.closing = true)), flushEntry(entry))).pipe(
+        // Bounded by the layer's clock (a TestClock moves it in tests), and, on
+        // any other clock than the live one, by the same duration of real
+        // time too: under a TestClock nobody moves, a busy handler would
+        // otherwise hold the layer's close for ever.
         Effect.timeoutOption(options.shutdownTimeout),
+        Effect.withClock(clock),
+        (bounded) =>
+          clock === liveClock
+            ? bounded
+            : Effect.map(
+              Effect.withClock(Effect.timeoutOption(bounded, options.shutdownTimeout), liveClock),
+              Option.flatten
+            ),
         Effect.flatMap((drained) =>
           Option.isSome(drained) ? Effect.void : Effect.forEach(entry.lanes!, (lane) =>
             Effect.flatMap(Queue.takeAll(lane.queue), (buffered) => {
