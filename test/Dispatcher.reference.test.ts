@@ -9,8 +9,6 @@
  */
 import { assert, describe, it } from "@effect/vitest"
 import {
-  Cause,
-  Chunk,
   Duration,
   Effect,
   Exit,
@@ -23,25 +21,10 @@ import {
   TestClock
 } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
+import { bareCall, type Behaviour, behaviours, behave, type CallFailed, normalize } from "./support/behaviours.js"
 import * as Reference from "./support/referenceDispatcher.js"
 
-const behaviours = [
-  "succeed",
-  "sync",
-  "fail",
-  "die",
-  "throw",
-  "hang",
-  "slow",
-  "interruptSelf",
-  "failOnce",
-  "suspend",
-  "ignoreInterruption"
-] as const
-type Behaviour = typeof behaviours[number]
-
 const callOutcomes = ["succeed", "fail", "die", "slowSucceed", "slowFail"] as const
-type CallOutcome = typeof callOutcomes[number]
 
 interface HandlerSpec {
   readonly start: Behaviour
@@ -52,7 +35,7 @@ interface HandlerSpec {
 }
 
 interface CallSpec {
-  readonly outcome: CallOutcome
+  readonly outcome: typeof callOutcomes[number]
   readonly startAt: number
   readonly interruptAt: number | undefined
 }
@@ -73,53 +56,6 @@ const STEP = 50
 // interruption times (x50 ms, odd multiples) never coincide with a timeout.
 const retry = Schedule.spaced("200 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
 
-class CallFailed {
-  readonly _tag = "CallFailed"
-}
-const defect = new Error("call defect")
-
-const bareCall = (outcome: CallOutcome): Effect.Effect<string, CallFailed> => {
-  switch (outcome) {
-    case "succeed":
-      return Effect.succeed("ok")
-    case "fail":
-      return Effect.fail(new CallFailed())
-    case "die":
-      return Effect.die(defect)
-    case "slowSucceed":
-      return Effect.sleep("700 millis").pipe(Effect.as("late"))
-    case "slowFail":
-      return Effect.sleep("700 millis").pipe(Effect.zipRight(Effect.fail(new CallFailed())))
-  }
-}
-
-const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<void, string> => {
-  switch (behaviour) {
-    case "succeed":
-      return Effect.void
-    case "sync":
-      return Effect.sync(() => undefined)
-    case "fail":
-      return Effect.fail("handler failed")
-    case "die":
-      return Effect.die(new Error("handler defect"))
-    case "throw":
-      throw new Error("handler threw")
-    case "hang":
-      return Effect.never
-    case "slow":
-      return Effect.sleep("300 millis")
-    case "interruptSelf":
-      return Effect.interrupt
-    case "failOnce":
-      return attempt === 1 ? Effect.fail("first attempt fails") : Effect.void
-    case "suspend":
-      return Effect.zipRight(Effect.yieldNow(), Effect.zipRight(Effect.yieldNow(), Effect.yieldNow()))
-    case "ignoreInterruption":
-      return Effect.uninterruptible(Effect.sleep("1500 millis"))
-  }
-}
-
 /** What the hooks of each handler were invoked with, and the hook shared by both implementations. */
 const makeHooks = (specs: ReadonlyArray<HandlerSpec>) => {
   const log = specs.map(() => [] as Array<string>)
@@ -133,15 +69,6 @@ const makeHooks = (specs: ReadonlyArray<HandlerSpec>) => {
   }
   return { log, hook }
 }
-
-const normalize = (exit: Exit.Exit<unknown, unknown>) =>
-  Exit.isSuccess(exit)
-    ? { success: exit.value }
-    : {
-      failures: Chunk.toReadonlyArray(Cause.failures(exit.cause)),
-      defects: Chunk.toReadonlyArray(Cause.defects(exit.cause)),
-      interrupted: Cause.isInterrupted(exit.cause)
-    }
 
 interface Run {
   readonly log: ReadonlyArray<ReadonlyArray<string>>

@@ -6,7 +6,6 @@
 import { assert, describe, it } from "@effect/vitest"
 import {
   Cause,
-  Chunk,
   Duration,
   Effect,
   Exit,
@@ -19,21 +18,13 @@ import {
   TestClock
 } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
+import { bareCall, type Behaviour, behaviours, behave, CallFailed, callOutcomes, normalize } from "./support/behaviours.js"
 
-const behaviours = [
-  "succeed",
-  "sync",
-  "fail",
-  "die",
-  "throw",
-  "hang",
-  "slow",
-  "interruptSelf",
-  "failOnce"
-] as const
-type Behaviour = typeof behaviours[number]
+// The isolation law's own behaviours: those of the reference comparison but
+// "suspend" and "ignoreInterruption", whose latency the bound below does not cover.
+const isolationBehaviours = behaviours.filter((b) => b !== "suspend" && b !== "ignoreInterruption")
 
-const outcomes = ["succeed", "fail", "die", "interrupt", "slowSucceed", "slowFail", "callerInterrupted"] as const
+const outcomes = [...callOutcomes, "callerInterrupted"] as const
 type Outcome = typeof outcomes[number]
 
 interface Spec {
@@ -45,62 +36,8 @@ interface Spec {
 const TIMEOUT = Duration.seconds(1)
 const STEP = Duration.millis(100)
 
-class CallFailed {
-  readonly _tag = "CallFailed"
-}
-const defect = new Error("call defect")
-
-const bareCall = (outcome: Outcome): Effect.Effect<{ content: string }, CallFailed> => {
-  switch (outcome) {
-    case "succeed":
-      return Effect.succeed({ content: "ok" })
-    case "fail":
-      return Effect.fail(new CallFailed())
-    case "die":
-      return Effect.die(defect)
-    case "interrupt":
-      return Effect.interrupt
-    case "slowSucceed":
-      return Effect.sleep("700 millis").pipe(Effect.as({ content: "late" }))
-    case "slowFail":
-      return Effect.sleep("700 millis").pipe(Effect.zipRight(Effect.fail(new CallFailed())))
-    case "callerInterrupted":
-      return Effect.never
-  }
-}
-
-const behave = (behaviour: Behaviour, attempt: () => number): Effect.Effect<void, string> => {
-  switch (behaviour) {
-    case "succeed":
-      return Effect.void
-    case "sync":
-      return Effect.sync(() => undefined)
-    case "fail":
-      return Effect.fail("handler failed")
-    case "die":
-      return Effect.die(new Error("handler defect"))
-    case "throw":
-      throw new Error("handler threw")
-    case "hang":
-      return Effect.never
-    case "slow":
-      return Effect.sleep("300 millis")
-    case "interruptSelf":
-      return Effect.interrupt
-    case "failOnce":
-      return attempt() === 1 ? Effect.fail("first attempt fails") : Effect.void
-  }
-}
-
-/** The parts of an Exit that must be preserved, without fiber ids. */
-const normalize = <A, E>(exit: Exit.Exit<A, E>) =>
-  Exit.isSuccess(exit)
-    ? { success: exit.value }
-    : {
-      failures: Chunk.toReadonlyArray(Cause.failures(exit.cause)),
-      defects: Chunk.toReadonlyArray(Cause.defects(exit.cause)),
-      interrupted: Cause.isInterrupted(exit.cause)
-    }
+const call = (outcome: Outcome): Effect.Effect<string, CallFailed> =>
+  outcome === "callerInterrupted" ? Effect.never : bareCall(outcome)
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
@@ -127,7 +64,7 @@ describe("isolation law", () => {
     {
       specs: fc.array(
         fc.record({
-          behaviour: fc.constantFrom(...behaviours),
+          behaviour: fc.constantFrom(...isolationBehaviours),
           priority: fc.integer({ min: 0, max: 2 }),
           mode: fc.constantFrom<Handler.Mode>("await", "await", "background")
         }),
@@ -146,7 +83,7 @@ describe("isolation law", () => {
           let attempts = 0
           const hook = (event: { readonly _tag: string }) => {
             heard[index]!.push(event)
-            return behave(spec.behaviour, () => ++attempts).pipe(
+            return behave(spec.behaviour, ++attempts).pipe(
               Effect.onExit((exit) =>
                 Effect.sync(() => {
                   if (event._tag === "Start" && !(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause))) {
@@ -172,11 +109,11 @@ describe("isolation law", () => {
           Layer.empty
         ).pipe(Layer.provideMerge(Dispatcher.layer({ shutdownTimeout: "1 minute", maxConcurrent })))
 
-        const bare = yield* drive(bareCall(outcome), outcome)
+        const bare = yield* drive(call(outcome), outcome)
         const scope = yield* Scope.make()
         const context = yield* Layer.buildWithScope(layer, scope)
         const instrumented = yield* drive(
-          bareCall(outcome).pipe(
+          call(outcome).pipe(
             Callbacks.instrument({ provider: "p", model: "m", messages: [{ role: "user", content: "x" }] }),
             Effect.provide(context)
           ),

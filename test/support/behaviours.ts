@@ -1,0 +1,85 @@
+/**
+ * What handlers and model calls do in the property tests (the isolation law
+ * and the reference-model comparison): one vocabulary for both.
+ */
+import { Cause, Chunk, Effect, Exit } from "effect"
+
+export const behaviours = [
+  "succeed",
+  "sync",
+  "fail",
+  "die",
+  "throw",
+  "hang",
+  "slow",
+  "interruptSelf",
+  "failOnce",
+  "suspend",
+  "ignoreInterruption"
+] as const
+export type Behaviour = typeof behaviours[number]
+
+/** A hook's effect for a behaviour; `attempt` is the 1-based attempt of this invocation. */
+export const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<void, string> => {
+  switch (behaviour) {
+    case "succeed":
+      return Effect.void
+    case "sync":
+      return Effect.sync(() => undefined)
+    case "fail":
+      return Effect.fail("handler failed")
+    case "die":
+      return Effect.die(new Error("handler defect"))
+    case "throw":
+      throw new Error("handler threw")
+    case "hang":
+      return Effect.never
+    case "slow":
+      return Effect.sleep("300 millis")
+    case "interruptSelf":
+      return Effect.interrupt
+    case "failOnce":
+      return attempt === 1 ? Effect.fail("first attempt fails") : Effect.void
+    case "suspend":
+      return Effect.zipRight(Effect.yieldNow(), Effect.zipRight(Effect.yieldNow(), Effect.yieldNow()))
+    case "ignoreInterruption":
+      return Effect.uninterruptible(Effect.sleep("1500 millis"))
+  }
+}
+
+export class CallFailed {
+  readonly _tag = "CallFailed"
+}
+
+const defect = new Error("call defect")
+
+export const callOutcomes = ["succeed", "fail", "die", "interrupt", "slowSucceed", "slowFail"] as const
+export type CallOutcome = typeof callOutcomes[number]
+
+/** A model call with the given outcome (slow ones take 700 ms). */
+export const bareCall = (outcome: CallOutcome): Effect.Effect<string, CallFailed> => {
+  switch (outcome) {
+    case "succeed":
+      return Effect.succeed("ok")
+    case "fail":
+      return Effect.fail(new CallFailed())
+    case "die":
+      return Effect.die(defect)
+    case "interrupt":
+      return Effect.interrupt
+    case "slowSucceed":
+      return Effect.sleep("700 millis").pipe(Effect.as("late"))
+    case "slowFail":
+      return Effect.sleep("700 millis").pipe(Effect.zipRight(Effect.fail(new CallFailed())))
+  }
+}
+
+/** The parts of an Exit that must be preserved, without fiber ids. */
+export const normalize = (exit: Exit.Exit<unknown, unknown>) =>
+  Exit.isSuccess(exit)
+    ? { success: exit.value }
+    : {
+      failures: Chunk.toReadonlyArray(Cause.failures(exit.cause)),
+      defects: Chunk.toReadonlyArray(Cause.defects(exit.cause)),
+      interrupted: Cause.isInterrupted(exit.cause)
+    }
