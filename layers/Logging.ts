@@ -3,9 +3,10 @@
  * (`llm start`, `llm end` at Info, `llm error` at Error, or Warning when the
  * call was interrupted), annotated with the call id, parent call id,
  * provider, model, user id, duration, token counts, cost, and for errors
- * their type and message.
+ * their type, kind and HTTP status (when the error carries one).
  *
- * Message and response content are redacted by default: only their length in
+ * Message and response content, and error messages (a provider's error often
+ * quotes the prompt), are redacted by default: only their length in
  * characters is logged. `includeContent` logs them, truncated to
  * `maxContentLength` characters.
  *
@@ -138,20 +139,13 @@ export const config: Config.Config<Options> = Config.all({
     Config.mapOrFail((raw) => {
       const level = parseLevel(raw)
       return level === undefined
-        ? Either.left(invalid("CALLBACK_LOG_LEVEL", raw, levelExpected))
+        ? Either.left(ConfigError.InvalidData([], `expected ${levelExpected}, got ${JSON.stringify(raw)}`))
         : Either.right(level.label as LogLevel.Literal)
     }),
     Config.withDefault<LogLevel.Literal>("Info")
   ),
-  includeContent: Config.string("CALLBACK_LOG_CONTENT").pipe(
-    Config.mapOrFail((raw) => {
-      const value = raw.trim().toLowerCase()
-      if (["true", "1", "yes", "on"].includes(value)) return Either.right(true)
-      if (["false", "0", "no", "off"].includes(value)) return Either.right(false)
-      return Either.left(invalid("CALLBACK_LOG_CONTENT", raw, "true or false"))
-    }),
-    Config.withDefault(false)
-  )
+  // true/false, yes/no, on/off, 1/0.
+  includeContent: Config.boolean("CALLBACK_LOG_CONTENT").pipe(Config.withDefault(false))
 })
 
 const textOf = (content: Message["content"]): string => {
@@ -161,6 +155,14 @@ const textOf = (content: Message["content"]): string => {
     if (typeof part.text === "string") text += part.text
   }
   return text
+}
+
+/** The HTTP status of a failure, where the error carries one (`status`, `statusCode`, `response.status`). */
+const statusOf = (error: unknown): number | undefined => {
+  if (typeof error !== "object" || error === null) return undefined
+  const e = error as { readonly status?: unknown; readonly statusCode?: unknown; readonly response?: { readonly status?: unknown } }
+  const status = e.status ?? e.statusCode ?? (typeof e.response === "object" && e.response !== null ? e.response.status : undefined)
+  return typeof status === "number" && Number.isInteger(status) && status >= 100 && status <= 599 ? status : undefined
 }
 
 /**
@@ -247,7 +249,12 @@ export const makeHandler = (options: Resolved): Handler.Handler => {
     annotations.duration_ms = event.durationMs
     annotations.error_kind = event.failure.kind
     annotations.error_type = event.failure.errorType
-    annotations.error_message = truncate(event.failure.message, options.maxContentLength)
+    // Error text is content: a provider error often quotes the prompt. Without
+    // `includeContent` only its length is logged; the type, kind and status stay.
+    if (options.includeContent) annotations.error_message = truncate(event.failure.message, options.maxContentLength)
+    else annotations.error_message_length = event.failure.message.length
+    const status = statusOf(event.failure.error)
+    if (status !== undefined) annotations.error_status = status
     annotations.interrupted = event.interrupted
     return log(level, `llm error ${event.call.provider}/${event.call.model}: ${event.failure.errorType}`, annotations)
   }

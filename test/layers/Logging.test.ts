@@ -91,14 +91,45 @@ describe("Logging", () => {
       assert.strictEqual(errors[0]!.level, "ERROR")
       assert.deepInclude(errors[0]!.annotations, {
         error_type: "RateLimited",
-        error_message: "slow down",
+        error_message_length: "slow down".length,
         error_kind: "failure",
         interrupted: false,
         user_id: "alice"
       })
+      assert.notProperty(errors[0]!.annotations, "error_message")
       assert.strictEqual(errors[1]!.level, "WARN")
       assert.deepInclude(errors[1]!.annotations, { error_kind: "interrupted", interrupted: true })
     }).pipe(Effect.provide(Layer.merge(withLogging(Logging.layer()), layer)))
+  })
+
+  class ProviderError {
+    readonly _tag = "ProviderError"
+    readonly status = 429
+    readonly message = `rate limited while processing: ${secret}`
+  }
+  const failing = Effect.exit(Effect.fail(new ProviderError()).pipe(Callbacks.instrument(options)))
+
+  it.effect("a provider error quoting the prompt is redacted: its length, type, kind and status only", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      yield* failing
+      assert.notInclude(JSON.stringify(lines), "launch code")
+      const error = lines.find((l) => l.annotations.phase === "error")!
+      assert.deepInclude(error.annotations, {
+        error_type: "ProviderError",
+        error_status: 429,
+        error_message_length: new ProviderError().message.length
+      })
+    }).pipe(Effect.provide(Layer.merge(withLogging(Logging.layer()), layer)))
+  })
+
+  it.effect("with includeContent the error message is logged, truncated", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      yield* failing
+      const error = lines.find((l) => l.annotations.phase === "error")!
+      assert.strictEqual(error.annotations.error_message, new ProviderError().message)
+    }).pipe(Effect.provide(Layer.merge(withLogging(Logging.layer({ includeContent: true })), layer)))
   })
 
   it.effect("includeContent: messages and response logged, truncated", () => {
