@@ -265,7 +265,7 @@ return out
 // ms), number of subjects, then requests and tokens per minute per subject
 // ("" for none). Per reservation the answer is 5 numbers. Expired holds are
 // purged first. A call already held or recorded answers {1} and holds nothing
-// more. Then each subject is judged like \`TokenStore.verdictOf\`: over its
+// more. Then each subject is judged as the in-memory store does: over its
 // limit (used + held + tokens > limit) gives {2, i, limit, used, held}, the
 // tightest winning; else over a rate limit gives {3, i, kind (0 requests, 1
 // tokens), limit, current}. Only when none refuses are the holds (and rate
@@ -896,6 +896,14 @@ export const fromClient = (
     })
   })
 
+/** A bounded `QUIT`, then a disconnect whatever happened. */
+const close = (client: Redis | Cluster, timeout: Duration.DurationInput): Effect.Effect<void> =>
+  tryRedis("close", () => client.quit()).pipe(
+    Effect.timeout(timeout),
+    Effect.ignore,
+    Effect.ensuring(Effect.sync(() => client.disconnect()))
+  )
+
 /**
  * Connects to Redis and builds the store; the connection is closed (a bounded
  * `QUIT`, then a disconnect) when the scope closes. Fails with a `ConfigError`
@@ -942,12 +950,7 @@ export const make = (
           logError(Effect.logDebug("RedisTokenStore: connection error", error.message)))
         return redis
       }),
-      (redis) =>
-        tryRedis("close", () => redis.quit()).pipe(
-          Effect.timeout(shutdownTimeout),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => redis.disconnect()))
-        )
+      (redis) => close(redis, shutdownTimeout)
     )
     yield* tryRedis("connect", () => redis.connect())
     return yield* fromClient(redis, options)
@@ -1017,12 +1020,7 @@ export const makeCluster = (
           logError(Effect.logDebug("RedisTokenStore: cluster connection error", error.message)))
         return cluster
       }),
-      (cluster) =>
-        tryRedis("close", () => cluster.quit()).pipe(
-          Effect.timeout(shutdownTimeout),
-          Effect.ignore,
-          Effect.ensuring(Effect.sync(() => cluster.disconnect()))
-        )
+      (cluster) => close(cluster, shutdownTimeout)
     )
     yield* tryRedis("connect", () => cluster.connect())
     return yield* fromClient(cluster, options)

@@ -1,11 +1,16 @@
 /**
  * Token-usage handlers: on `end`, they add the call's token usage to its
- * user's billing cycle in the `TokenStore` in context (in memory, Redis...).
+ * user's billing cycle in the `TokenStore` in context (in memory, Redis...),
+ * and to its team's and organisation's when the call names them. The same
+ * atomic record ends the call's budget hold (see `Budget.guard`).
  *
  * - `layer`: the total handler. It records the usage the provider reported
  *   (prompt, completion and total; a provider that reports only a total is
  *   recorded as `0 / 0 / total`). A call whose response carries no usage is
- *   not recorded (logged at debug level).
+ *   not recorded (logged at debug level) and its budget hold is released.
+ * - Usage that does not decode (negative, fractional, not a number) is never
+ *   recorded nor dropped silently: a warning with user, call id and value,
+ *   `token_usage_invalid_total`, and one handler failure (not retried).
  * - `layerDetailed`: the detailed handler. It records prompt and completion
  *   separately and estimates what the provider did not report with a real
  *   tokenizer (gpt-tokenizer), see "Estimation" below.

@@ -59,7 +59,7 @@ import { currentCallContext } from "./CallContext.js"
 import * as CallbackMetrics from "./CallbackMetrics.js"
 import type { Message, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
-import { type Level, type Subject, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
+import { type Level, type ReserveOutcome, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
 
 /**
  * A call was refused because one of its levels (user, team or organisation)
@@ -298,6 +298,33 @@ const admissionLabels: Readonly<Record<Level | "none", Readonly<Record<Outcome, 
 const counted = (level: Level | "none", outcome: Outcome) =>
   Effect.sync(() => CallbackMetrics.budgetAdmissionsTotal.unsafeUpdate(1, admissionLabels[level][outcome]))
 
+/** The typed error of a refused reservation. */
+const refusal = (
+  verdict: Exclude<ReserveOutcome, { readonly _tag: "Reserved" }>,
+  userId: string,
+  cycle: string
+): UsageLimitExceeded | RateLimitExceeded =>
+  verdict._tag === "OverLimit"
+    ? new UsageLimitExceeded({
+      userId,
+      level: verdict.subject.level,
+      id: verdict.subject.id,
+      cycle,
+      limit: verdict.limit,
+      currentUsage: verdict.used,
+      heldTokens: verdict.held,
+      requestedTokens: verdict.requested
+    })
+    : new RateLimitExceeded({
+      userId,
+      level: verdict.subject.level,
+      id: verdict.subject.id,
+      kind: verdict.kind,
+      limit: verdict.limit,
+      current: verdict.current,
+      retryAfterMillis: verdict.retryAfterMillis
+    })
+
 /** The gate of one guarded region. */
 const makeGate = (
   store: TokenStore["Type"],
@@ -353,34 +380,9 @@ const makeGate = (
           return noTicket
         }
         const verdict = outcome.right
-        if (verdict._tag === "OverLimit") {
-          yield* counted(verdict.subject.level, "over_limit")
-          return yield* Effect.fail(
-            new UsageLimitExceeded({
-              userId,
-              level: verdict.subject.level,
-              id: verdict.subject.id,
-              cycle,
-              limit: verdict.limit,
-              currentUsage: verdict.used,
-              heldTokens: verdict.held,
-              requestedTokens: verdict.requested
-            })
-          )
-        }
-        if (verdict._tag === "RateLimited") {
-          yield* counted(verdict.subject.level, "rate_limited")
-          return yield* Effect.fail(
-            new RateLimitExceeded({
-              userId,
-              level: verdict.subject.level,
-              id: verdict.subject.id,
-              kind: verdict.kind,
-              limit: verdict.limit,
-              current: verdict.current,
-              retryAfterMillis: verdict.retryAfterMillis
-            })
-          )
+        if (verdict._tag !== "Reserved") {
+          yield* counted(verdict.subject.level, verdict._tag === "OverLimit" ? "over_limit" : "rate_limited")
+          return yield* Effect.fail(refusal(verdict, userId, cycle))
         }
         yield* counted("none", "admitted")
         // A success is settled by its token-usage record (same call id), which
@@ -458,7 +460,7 @@ export const guard: {
   // The options are optional: tell `guard(self)` from `guard(options)` by the first argument.
   (args) => Effect.isEffect(args[0]),
   guardImpl
-) as never
+)
 
 /**
  * Checks a user's recorded usage now, without reserving anything: fails with
@@ -497,14 +499,3 @@ export const check = (
       }
     }).pipe(Effect.withSpan("Budget.check"))
   })
-
-/**
- * The subjects (user, team, organisation) a call is accounted at.
- *
- * @since 0.2.0
- * @category getters
- */
-export const subjectsOfCall = (
-  call: { readonly userId?: string | undefined; readonly teamId?: string | undefined; readonly orgId?: string | undefined }
-): ReadonlyArray<Subject> =>
-  call.userId === undefined ? [] : subjectsOf({ userId: call.userId, teamId: call.teamId, orgId: call.orgId })

@@ -7,10 +7,10 @@
  * @since 0.2.0
  */
 import * as Effect from "effect/Effect"
-import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import { globalValue } from "effect/GlobalValue"
+import { currentParents, parentsOf, removeParent } from "./internal/parents.js"
 
 /**
  * Context for the instrumented calls inside a region: the user, team and
@@ -42,60 +42,6 @@ export const currentCallContext: FiberRef.FiberRef<CallContext> = globalValue(
   Symbol.for("effect-llm-callbacks/Callbacks/currentCallContext"),
   () => FiberRef.unsafeMake<CallContext>({})
 )
-
-/**
- * The ids of the instrumented calls enclosing the current fiber, innermost
- * last. A mutable holder, one per fiber: `instrument` pushes and pops in
- * place, which spares the hot path two fiber-ref updates (each a copy of the
- * fiber's ref map). Sharing is prevented by `fork`: a forked fiber gets its own
- * copy (so it sees the parents of the moment it was forked), and `join` keeps
- * the parent fiber's holder.
- *
- * @internal
- */
-export class ParentStack {
-  constructor(readonly ids: Array<string>) {}
-}
-
-/** @internal */
-export const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
-  Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
-  () =>
-    FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
-      fork: (stack) => stack === undefined || stack.ids.length === 0 ? undefined : new ParentStack(stack.ids.slice()),
-      join: (parent) => parent
-    })
-)
-
-type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
-
-/** @internal */
-export const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
-  (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
-
-/** @internal */
-export const parentsOf = (fiber: AnyFiber): ParentStack => {
-  let stack = fiber.getFiberRef(currentParents)
-  if (stack === undefined) {
-    stack = new ParentStack([])
-    setFiberRef(fiber, currentParents, stack)
-  }
-  return stack
-}
-
-/** @internal */
-export const topOf = (stack: ParentStack | undefined): string | undefined =>
-  stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
-
-/** @internal */
-export const removeParent = (stack: ParentStack, callId: string): void => {
-  const ids = stack.ids
-  if (ids[ids.length - 1] === callId) ids.pop()
-  else {
-    const index = ids.lastIndexOf(callId)
-    if (index >= 0) ids.splice(index, 1)
-  }
-}
 
 /**
  * Makes `callId` the parent of the instrumented calls that start in this

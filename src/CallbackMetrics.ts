@@ -12,6 +12,8 @@
  * - `callback_dropped_total{callback_type}` (counter, background deliveries
  *   that could not be buffered or drained)
  * - `callback_retries_total{callback_type, phase}` (counter)
+ * - `budget_admissions_total{level, outcome}` (counter, `Budget.guard`)
+ * - `token_usage_invalid_total{callback_type}` (counter, the token handlers)
  *
  * Labels never carry user ids or call ids: their sets stay bounded by the
  * number of registered handlers.

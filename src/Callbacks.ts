@@ -17,15 +17,7 @@ import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import { dual } from "effect/Function"
 import * as Tracer from "effect/Tracer"
-import {
-  type CallContext,
-  currentCallContext,
-  currentParents,
-  parentsOf,
-  removeParent,
-  setFiberRef,
-  topOf
-} from "./CallContext.js"
+import { type CallContext, currentCallContext } from "./CallContext.js"
 import * as Cost from "./Cost.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
@@ -41,6 +33,7 @@ import {
   type StartEvent
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
+import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
 import { type Calls, CallsTypeId } from "./internal/calls.js"
 
 export {

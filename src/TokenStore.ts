@@ -598,12 +598,9 @@ export const rateWindowOf = (now: number): number => Math.floor(now / 60_000) * 
 /**
  * Chooses the refusal of a reservation among the subjects' verdicts: the
  * tightest token limit (least room left) first, else the first rate limit
- * hit; `Reserved` when there is none. Shared by the backends.
- *
- * @since 0.2.0
- * @category constructors
+ * hit; `Reserved` when there is none. (The Redis script applies the same rule.)
  */
-export const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveOutcome => {
+const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveOutcome => {
   let best: ReserveOutcome = reserved
   let room = Infinity
   for (const verdict of verdicts) {
@@ -621,14 +618,10 @@ export const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveO
 }
 
 /**
- * The verdict of one subject on a reservation of `tokens` (shared by the
- * in-memory backend and the tests' reference model; Redis applies the same
- * rule in its script).
- *
- * @since 0.2.0
- * @category constructors
+ * The verdict of one subject on a reservation of `tokens`: its token limit
+ * first, then its rate limits. (The Redis script applies the same rule.)
  */
-export const verdictOf = (
+const verdictOf = (
   subject: Subject,
   account: { readonly used: number; readonly held: number; readonly limit: number | undefined },
   window: { readonly requests: number; readonly tokens: number },
@@ -701,6 +694,8 @@ interface RateWindow {
   requests: number
   tokens: number
 }
+
+const emptyWindow = { requests: 0, tokens: 0 }
 
 const newAccount = (): Account => ({
   promptTokens: 0,
@@ -856,9 +851,8 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
         verdicts.push(verdictOf(
           subject,
           { used: current?.totalTokens ?? 0, held: current?.held ?? 0, limit: current?.limit },
-          rates.get(subjectKey(subject))?.window === rateWindowOf(now)
-            ? rates.get(subjectKey(subject))!
-            : { requests: 0, tokens: 0 },
+          // A rate window is kept only for subjects that have rate limits.
+          input.rateLimits?.[subject.level] === undefined ? emptyWindow : windowOf(subject, now),
           input.rateLimits?.[subject.level],
           input.tokens,
           now

@@ -5,6 +5,15 @@ import { CallbackMetrics, Callbacks, Dispatcher, Handler, Testing } from "../src
 
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
 
+/** A logger that keeps every message line. */
+const captureLines = () => {
+  const lines: Array<string> = []
+  const logger = Logger.make(({ message }) => {
+    lines.push(Array.isArray(message) ? message.join(" ") : String(message))
+  })
+  return { lines, logger }
+}
+
 /** A log of what each handler heard, as `<handler> <phase> <callId>`. */
 const makeLog = () => {
   const lines: Array<string> = []
@@ -69,10 +78,7 @@ describe("Dispatcher health", () => {
 
 describe("Dispatcher shutdown accounting", () => {
   it.effect("offered = delivered + failed + timed out + dropped + undelivered, exactly, with one summary line per handler", () => {
-    const lines: Array<string> = []
-    const logger = Logger.make(({ message }) => {
-      lines.push(Array.isArray(message) ? message.join(" ") : String(message))
-    })
+    const { lines, logger } = captureLines()
     return Effect.gen(function*() {
       const scope = yield* Scope.make()
       const context = yield* Layer.buildWithScope(
@@ -144,10 +150,7 @@ describe("Dispatcher: a hook that ignores interruption", () => {
 
 describe("Testing.layer with a busy background handler", () => {
   it.effect("the layer closes (bounded in real time) though the TestClock never moves, saying why", () => {
-    const lines: Array<string> = []
-    const logger = Logger.make(({ message }) => {
-      lines.push(Array.isArray(message) ? message.join(" ") : String(message))
-    })
+    const { lines, logger } = captureLines()
     return Effect.gen(function*() {
       yield* Effect.scoped(
         Effect.gen(function*() {
