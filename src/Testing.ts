@@ -111,11 +111,12 @@ export const layerRecorder = (
 
 /**
  * A dispatcher (with the given options) and a recorder: everything a test
- * needs to see what handlers hear. The shutdown timeout defaults to 1 second
- * (real time): a background handler still busy when the test's scope closes
- * (under `TestClock`, one sleeping on a clock nobody moves) delays the close
- * by that much at most, and what it did not deliver is logged. To test
- * background handlers, move the clock and `Dispatcher.flush` before asserting.
+ * needs to see what handlers hear. The shutdown timeout defaults to 1 second.
+ * A background handler still busy when the test's scope closes under a
+ * `TestClock` nobody moves (one sleeping on that clock) delays the close by
+ * the shutdown timeout of real time, at least 5 seconds, and what it did not
+ * deliver is logged. To test background handlers, move the clock and
+ * `Dispatcher.flush` before asserting.
  *
  * @since 0.1.0
  * @category layers

@@ -352,6 +352,9 @@ interface QueuedStart {
   start: (() => void) | undefined
 }
 
+/** The least real time the shutdown drain waits on a clock other than the live one (see `drain`). */
+const realTimeFloor = Duration.seconds(5)
+
 /** The default (live) clock, for which a timeout needs no fiber of its own. */
 const liveClock: Clock.Clock = Context.get(DefaultServices.liveServices, Clock.Clock)
 
@@ -1167,16 +1170,21 @@ export const make = (
     const drain = (entry: Entry) =>
       Effect.interruptible(Effect.zipRight(Effect.sync(() => (entry.stats.closing = true)), flushEntry(entry))).pipe(
         // Bounded by the layer's clock (a TestClock moves it in tests), and, on
-        // any other clock than the live one, by the same duration of real
-        // time too: under a TestClock nobody moves, a busy handler would
-        // otherwise hold the layer's close for ever.
+        // any other clock than the live one, by real time too: under a
+        // TestClock nobody moves, a busy handler would otherwise hold the
+        // layer's close for ever. The real-time bound is a safety net, never
+        // shorter than `realTimeFloor`, so that a test moving its clock on a
+        // slow machine still sees the virtual bound decide.
         Effect.timeoutOption(options.shutdownTimeout),
         Effect.withClock(clock),
         (bounded) =>
           clock === liveClock
             ? bounded
             : Effect.map(
-              Effect.withClock(Effect.timeoutOption(bounded, options.shutdownTimeout), liveClock),
+              Effect.withClock(
+                Effect.timeoutOption(bounded, Duration.max(options.shutdownTimeout, realTimeFloor)),
+                liveClock
+              ),
               Option.flatten
             ),
         Effect.flatMap((drained) =>
