@@ -21,20 +21,11 @@ import { type CallContext, currentCallContext } from "./CallContext.js"
 import * as Cost from "./Cost.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
-import {
-  type CallFailure,
-  type CallInfo,
-  decodeMessagesLenient,
-  decodeResponseLenient,
-  type EndEvent,
-  type ErrorEvent,
-  type LlmResponse,
-  type Message,
-  type StartEvent
-} from "./Events.js"
+import type { CallInfo, EndEvent, ErrorEvent, LlmResponse, Message, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
-import { type Calls, CallsTypeId } from "./internal/calls.js"
+import { type CallEvents, endEvent, errorEvent, makeCallEvents, randomCallId } from "./internal/callEvents.js"
+import { type Calls, CallsTypeId } from "./internal/dispatch/contract.js"
 
 export {
   /**
@@ -97,176 +88,6 @@ export interface InstrumentOptions<A> {
 }
 
 /**
- * A new call id: UUID-shaped, 74 random bits fixed per process followed by a
- * 48-bit counter. Unique across processes with overwhelming probability (call
- * ids are idempotency keys in a shared store), and cheaper than a UUID per call.
- */
-const nextCallId: () => string = (() => {
-  const prefix = crypto.randomUUID().slice(0, 24)
-  let counter = 0
-  return () => prefix + (counter++).toString(16).padStart(12, "0")
-})()
-
-type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
-
-const emptyTags: ReadonlyArray<string> = []
-const emptyRecord: Readonly<Record<string, unknown>> = {}
-
-/**
- * Describes a call's failure as data for handlers.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const failureFromCause = (cause: Cause.Cause<unknown>): CallFailure => {
-  const failure = Cause.failureOption(cause)
-  if (Option.isSome(failure)) {
-    const error = failure.value
-    return { kind: "failure", errorType: errorType(error), message: errorMessage(error), error }
-  }
-  const defect = Cause.dieOption(cause)
-  if (Option.isSome(defect)) {
-    const error = defect.value
-    return { kind: "defect", errorType: errorType(error), message: errorMessage(error), error }
-  }
-  return { kind: "interrupted", errorType: "Interrupted", message: "the call was interrupted", error: undefined }
-}
-
-const errorType = (error: unknown): string => {
-  if (typeof error === "object" && error !== null) {
-    if ("_tag" in error && typeof error._tag === "string") return error._tag
-    if (error instanceof Error) return error.name
-    return error.constructor?.name ?? "object"
-  }
-  return typeof error
-}
-
-const errorMessage = (error: unknown): string => {
-  if (typeof error === "object" && error !== null && "message" in error && typeof error.message === "string") {
-    return error.message
-  }
-  try {
-    return typeof error === "string" ? error : String(JSON.stringify(error))
-  } catch {
-    return String(error)
-  }
-}
-
-/**
- * The start of one call: its info, decoded messages and start event, from
- * which {@link endEvent} and {@link errorEvent} build its terminal event.
- *
- * @since 0.1.0
- * @category models
- */
-export interface CallEvents {
-  readonly call: CallInfo
-  readonly start: StartEvent
-}
-
-/**
- * Builds the call info and start event of one call from its options and the
- * current call context.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const makeCallEvents = (
-  options: Omit<InstrumentOptions<unknown>, "response">,
-  context: CallContext,
-  startedAt: number,
-  enclosingCallId?: string | undefined
-): CallEvents => {
-  const userId = options.userId ?? context.userId
-  const teamId = options.teamId ?? context.teamId
-  const orgId = options.orgId ?? context.orgId
-  const parentCallId = options.parentCallId ?? enclosingCallId ?? context.parentCallId
-  const tags = options.tags === undefined
-    ? context.tags ?? emptyTags
-    : context.tags === undefined
-    ? options.tags
-    : [...context.tags, ...options.tags]
-  const metadata = options.metadata === undefined
-    ? context.metadata ?? emptyRecord
-    : context.metadata === undefined
-    ? options.metadata
-    : { ...context.metadata, ...options.metadata }
-  const call: { -readonly [K in keyof CallInfo]: CallInfo[K] } = {
-    callId: options.callId ?? nextCallId(),
-    provider: options.provider,
-    model: options.model,
-    tags,
-    metadata,
-    startedAt
-  }
-  // Assigned, not spread: this runs once per call.
-  if (parentCallId !== undefined) call.parentCallId = parentCallId
-  if (userId !== undefined) call.userId = userId
-  if (teamId !== undefined) call.teamId = teamId
-  if (orgId !== undefined) call.orgId = orgId
-  const decoded = decodeMessagesLenient(options.messages)
-  const start: StartEvent = decoded.issues === undefined
-    ? { _tag: "Start", call, messages: decoded.messages, params: options.params ?? emptyRecord }
-    : {
-      _tag: "Start",
-      call,
-      messages: decoded.messages,
-      params: options.params ?? emptyRecord,
-      inputIssues: decoded.issues
-    }
-  return { call, start }
-}
-
-/**
- * The end event of a call that succeeded with `response` (decoded leniently:
- * what cannot be decoded is reported in `outputIssues`).
- *
- * @since 0.1.0
- * @category constructors
- */
-export const endEvent = (
-  events: CallEvents,
-  response: unknown,
-  durationMs: number,
-  timeToFirstTokenMs?: number | undefined,
-  issues?: ReadonlyArray<string> | undefined
-): EndEvent => {
-  const out = issues === undefined ? decodeResponseLenient(response) : { response: { content: "" }, issues }
-  return out.issues === undefined && timeToFirstTokenMs === undefined
-    ? { _tag: "End", call: events.call, messages: events.start.messages, response: out.response, durationMs }
-    : {
-      _tag: "End",
-      call: events.call,
-      messages: events.start.messages,
-      response: out.response,
-      durationMs,
-      ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {}),
-      ...(out.issues !== undefined ? { outputIssues: out.issues } : {})
-    }
-}
-
-/**
- * The error event of a call that failed, died or was interrupted.
- *
- * @since 0.1.0
- * @category constructors
- */
-export const errorEvent = (
-  events: CallEvents,
-  cause: Cause.Cause<unknown>,
-  durationMs: number,
-  timeToFirstTokenMs?: number | undefined
-): ErrorEvent => ({
-  _tag: "Error",
-  call: events.call,
-  messages: events.start.messages,
-  failure: failureFromCause(cause),
-  durationMs,
-  interrupted: Cause.isInterruptedOnly(cause),
-  ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {})
-})
-
-/**
  * A call in progress, for integrations that cannot express the call as one
  * effect (streams): `start` has been dispatched; `finish` dispatches the
  * terminal event exactly once.
@@ -304,6 +125,8 @@ export const operationName = (call: CallInfo): string => {
   const operation = call.metadata["gen_ai.operation.name"]
   return typeof operation === "string" && operation !== "" ? operation : "chat"
 }
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 
 const bigint0 = BigInt(0)
 
@@ -434,7 +257,8 @@ export const begin = (
       options,
       fiber.getFiberRef(currentCallContext),
       startedAt,
-      topOf(fiber.getFiberRef(currentParents))
+      topOf(fiber.getFiberRef(currentParents)),
+      calls.nextCallId
     )
     const context = fiber.currentContext
     const span = startSpan(fiber as AnyFiber, events.call, clock)
@@ -489,7 +313,8 @@ const instrumentImpl = <A, E, R>(
       options,
       fiber.getFiberRef(currentCallContext),
       startedAt,
-      topOf(parents)
+      topOf(parents),
+      calls.nextCallId
     )
     const callId = events.call.callId
     let entered = false
@@ -593,7 +418,8 @@ const admitBare = <A, E, R>(
     options,
     fiber.getFiberRef(currentCallContext),
     clock.unsafeCurrentTimeMillis(),
-    topOf(fiber.getFiberRef(currentParents))
+    topOf(fiber.getFiberRef(currentParents)),
+    randomCallId
   )
   return admitted(gate, events.start, self)
 }

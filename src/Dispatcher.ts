@@ -13,19 +13,16 @@
  *
  * @since 0.1.0
  */
-import { type Calls, CallsTypeId } from "./internal/calls.js"
 import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as CallbackConfig from "./CallbackConfig.js"
-import type * as Metrics from "./CallbackMetrics.js"
-import type { CallbackEvent, Phase } from "./Events.js"
-import type { Handler, Mode } from "./Handler.js"
-import type { HandlerError, HandlerRegistrationError } from "./HandlerError.js"
-import * as internal from "./internal/dispatcher.js"
+import type { Handler } from "./Handler.js"
+import type { HandlerRegistrationError } from "./HandlerError.js"
+import type * as contract from "./internal/dispatch/contract.js"
+import * as internal from "./internal/dispatch/registry.js"
 
 /**
  * The outcome of one handler for one event. Background handlers report
@@ -34,15 +31,7 @@ import * as internal from "./internal/dispatcher.js"
  * @since 0.1.0
  * @category models
  */
-export interface HandlerResult {
-  readonly handler: string
-  readonly phase: Phase
-  readonly mode: Mode
-  readonly status: Metrics.Status | "queued"
-  readonly attempts: number
-  readonly durationMs: number
-  readonly error: HandlerError | undefined
-}
+export interface HandlerResult extends contract.HandlerResult {}
 
 /**
  * Every handler's result for one event.
@@ -50,50 +39,26 @@ export interface HandlerResult {
  * @since 0.1.0
  * @category models
  */
-export interface DispatchReport {
-  readonly phase: Phase
-  readonly callId: string
-  readonly results: ReadonlyArray<HandlerResult>
-}
+export interface DispatchReport extends contract.DispatchReport {}
 
 /**
+ * A handler's latest error, dated by the `Clock` of the dispatcher's layer.
+ *
  * @since 0.1.0
  * @category models
  */
-export interface LastError {
-  readonly phase: Phase
-  readonly reason: HandlerError["reason"]
-  readonly message: string
-  /** Epoch milliseconds, from the `Clock` of the dispatcher's layer. */
-  readonly at: number
-}
+export interface LastError extends contract.LastError {}
 
 /**
+ * One handler's counters in a {@link HealthReport}. `overrunning` counts
+ * invocations given up on (timed out, or cancelled with their call) whose
+ * hook ignores interruption and is still running: they hold no concurrency
+ * slot, and show here until they really end.
+ *
  * @since 0.1.0
  * @category models
  */
-export interface HandlerHealth {
-  readonly name: string
-  readonly mode: Mode
-  readonly priority: number
-  readonly successes: number
-  readonly failures: number
-  readonly defects: number
-  readonly timeouts: number
-  readonly interruptions: number
-  readonly retries: number
-  readonly dropped: number
-  readonly inFlight: number
-  /**
-   * Invocations given up on (timed out, or cancelled with their call) whose
-   * hook ignores interruption and is still running. They hold no
-   * concurrency slot: a stuck hook never takes the global bound from the
-   * other handlers, and shows here until it really ends.
-   */
-  readonly overrunning: number
-  readonly pending: number
-  readonly lastError: Option.Option<LastError>
-}
+export interface HandlerHealth extends contract.HandlerHealth {}
 
 /**
  * `healthy`: every handler's latest invocation succeeded. `degraded`: some
@@ -102,12 +67,7 @@ export interface HandlerHealth {
  * @since 0.1.0
  * @category models
  */
-export interface HealthReport {
-  readonly status: "healthy" | "degraded" | "closed"
-  readonly handlers: ReadonlyArray<HandlerHealth>
-  readonly inFlight: number
-  readonly pending: number
-}
+export interface HealthReport extends contract.HealthReport {}
 
 /**
  * @since 0.1.0
@@ -115,25 +75,13 @@ export interface HealthReport {
  */
 export declare namespace Dispatcher {
   /**
+   * `register`, `dispatch`, `flush`, `health` and `handlers`; and, under a
+   * symbol key, the internal contract with `instrument`.
+   *
    * @since 0.1.0
    * @category models
    */
-  export interface Service {
-    /** Registers a handler for the lifetime of the scope; `context` satisfies its hooks. */
-    readonly register: <E, R>(
-      handler: Handler<E, R>,
-      context: Context.Context<R>
-    ) => Effect.Effect<void, HandlerRegistrationError, Scope.Scope>
-    /** Dispatches to the handlers registered now. */
-    readonly dispatch: (event: CallbackEvent) => Effect.Effect<DispatchReport>
-    /** Waits until every background delivery enqueued so far is done. */
-    readonly flush: Effect.Effect<void>
-    readonly health: Effect.Effect<HealthReport>
-    /** Names of the registered handlers. */
-    readonly handlers: Effect.Effect<ReadonlyArray<string>>
-    /** @internal The contract with `instrument` (see `internal/calls`). */
-    readonly [CallsTypeId]: Calls
-  }
+  export interface Service extends contract.Service {}
 }
 
 /**

@@ -12,7 +12,9 @@ import * as Exit from "effect/Exit"
 import type * as Schedule from "effect/Schedule"
 import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
-import type { EndEvent, ErrorEvent, StartEvent } from "./Events.js"
+import { dual } from "effect/Function"
+import type { EndEvent, ErrorEvent, Phase, PhaseEvents, StartEvent } from "./Events.js"
+import { type HookOf, phases, phaseTable } from "./internal/phases.js"
 
 /**
  * @since 0.1.0
@@ -61,18 +63,26 @@ export interface Policy {
 }
 
 /**
+ * A handler's hooks, one per phase (`onLlmStart`, `onLlmEnd`, `onLlmError`),
+ * each hearing its phase's event.
+ *
+ * @since 0.2.0
+ * @category models
+ */
+export type Hooks<E, R> = {
+  readonly [P in Phase as HookOf<P>]: ((event: PhaseEvents[P]) => Effect.Effect<void, E, R>) | undefined
+}
+
+/**
  * A handler whose hooks may fail with `E` and need `R`. `R` is satisfied when
  * the handler's layer is built ({@link toLayer} in `Dispatcher`).
  *
  * @since 0.1.0
  * @category models
  */
-export interface Handler<out E = never, out R = never> {
+export interface Handler<out E = never, out R = never> extends Hooks<E, R> {
   readonly [TypeId]: TypeId
   readonly name: string
-  readonly onLlmStart: ((event: StartEvent) => Effect.Effect<void, E, R>) | undefined
-  readonly onLlmEnd: ((event: EndEvent) => Effect.Effect<void, E, R>) | undefined
-  readonly onLlmError: ((event: ErrorEvent) => Effect.Effect<void, E, R>) | undefined
   /**
    * Background mode: hears runs of consecutive end events at once (those its
    * buffer holds when it gets to them), instead of `onLlmEnd` for each; one
@@ -82,6 +92,25 @@ export interface Handler<out E = never, out R = never> {
    */
   readonly onLlmEndBatch: ((events: ReadonlyArray<EndEvent>) => Effect.Effect<void, E, R>) | undefined
   readonly policy: Policy
+}
+
+/**
+ * The hook a handler runs for one event of `phase`: its hook for the phase,
+ * or, for `end` without `onLlmEnd`, its batch hook called with one event.
+ *
+ * @since 0.2.0
+ * @category getters
+ */
+export const hookOf = <E, R, P extends Phase>(
+  handler: Handler<E, R>,
+  phase: P
+): ((event: PhaseEvents[P]) => Effect.Effect<void, E, R>) | undefined => {
+  const hook = (handler as Hooks<E, R>)[phaseTable[phase].hook] as
+    | ((event: PhaseEvents[P]) => Effect.Effect<void, E, R>)
+    | undefined
+  if (hook !== undefined || phase !== "end") return hook
+  const batch = handler.onLlmEndBatch
+  return batch === undefined ? undefined : (event) => batch([event as EndEvent])
 }
 
 /**
@@ -175,18 +204,13 @@ export const isHandler = (u: unknown): u is Handler<unknown, unknown> =>
 export const withPolicy: {
   (policy: Policy): <E, R>(self: Handler<E, R>) => Handler<E, R>
   <E, R>(self: Handler<E, R>, policy: Policy): Handler<E, R>
-} = ((...args: Array<any>) => {
-  if (args.length === 1) return (self: Handler<any, any>) => withPolicyImpl(self, args[0])
-  return withPolicyImpl(args[0], args[1])
-}) as any
-
-const withPolicyImpl = <E, R>(self: Handler<E, R>, policy: Policy): Handler<E, R> => {
+} = dual(2, <E, R>(self: Handler<E, R>, policy: Policy): Handler<E, R> => {
   const merged: { -readonly [K in keyof Policy]: Policy[K] } = { ...self.policy }
   for (const key of Object.keys(policy) as Array<keyof Policy>) {
     if (policy[key] !== undefined) (merged as any)[key] = policy[key]
   }
   return { ...self, policy: merged }
-}
+})
 
 /**
  * The failure of a composite handler: which children failed and how.
@@ -203,16 +227,14 @@ export class CompositeHandlerError extends Data.TaggedError("CompositeHandlerErr
   }
 }
 
-const runAll = <Ev, E, R>(
-  children: ReadonlyArray<Handler<E, R>>,
-  pick: (handler: Handler<E, R>) => ((event: Ev) => Effect.Effect<void, E, R>) | undefined
-) => {
+/** The children's hooks of one phase as one hook, or `undefined` when no child has one. */
+const runAll = <E, R, P extends Phase>(children: ReadonlyArray<Handler<E, R>>, phase: P) => {
   const hooks = children.flatMap((child) => {
-    const hook = pick(child)
+    const hook = hookOf(child, phase)
     return hook === undefined ? [] : [{ name: child.name, hook }]
   })
   if (hooks.length === 0) return undefined
-  return (event: Ev): Effect.Effect<void, CompositeHandlerError, R> =>
+  return (event: PhaseEvents[P]): Effect.Effect<void, CompositeHandlerError, R> =>
     Effect.flatMap(
       Effect.forEach(hooks, ({ hook, name }) =>
         Effect.map(
@@ -240,15 +262,8 @@ export const composite = <E, R>(
   name: string,
   children: ReadonlyArray<Handler<E, R>>,
   policy: Policy = {}
-): Handler<CompositeHandlerError, R> => ({
-  [TypeId]: TypeId,
-  name,
-  onLlmStart: runAll(children, (h) => h.onLlmStart),
-  onLlmEnd: runAll(children, (h) => {
-    const batch = h.onLlmEndBatch
-    return h.onLlmEnd ?? (batch === undefined ? undefined : (event: EndEvent) => batch([event]))
-  }),
-  onLlmError: runAll(children, (h) => h.onLlmError),
-  onLlmEndBatch: undefined,
-  policy
-})
+): Handler<CompositeHandlerError, R> => {
+  const hooks = {} as { -readonly [K in keyof Hooks<CompositeHandlerError, R>]: Hooks<CompositeHandlerError, R>[K] }
+  for (const phase of phases) (hooks as Record<string, unknown>)[phaseTable[phase].hook] = runAll(children, phase)
+  return { [TypeId]: TypeId, name, ...hooks, onLlmEndBatch: undefined, policy }
+}

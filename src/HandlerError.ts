@@ -4,6 +4,7 @@
  * @since 0.1.0
  */
 import * as Schema from "effect/Schema"
+import { phases } from "./internal/phases.js"
 
 /**
  * What went wrong with one handler invocation. It is recorded in the dispatch
@@ -23,7 +24,7 @@ export class HandlerError extends Schema.TaggedError<HandlerError>("effect-llm-c
   {
     reason: Schema.Literal("Failed", "Defect", "Timeout", "Interrupted", "Dropped"),
     handler: Schema.String,
-    phase: Schema.Literal("start", "end", "error"),
+    phase: Schema.Literal(...phases),
     message: Schema.String,
     cause: Schema.optional(Schema.Unknown)
   }

@@ -1,0 +1,170 @@
+/**
+ * The events of one instrumented call, built from its options and the call
+ * context: its start event, and the terminal event derived from its `Exit`.
+ */
+import * as Cause from "effect/Cause"
+import * as Option from "effect/Option"
+import type { CallContext } from "../CallContext.js"
+import type { CallFailure, CallInfo, EndEvent, ErrorEvent, Message, StartEvent } from "../Events.js"
+import { decodeMessagesLenient, decodeResponseLenient } from "./decode.js"
+
+/** What a call's events are made of (`instrument`'s options, less the response reader). */
+export interface CallOptions {
+  readonly provider: string
+  readonly model: string
+  readonly messages?: ReadonlyArray<Message> | unknown
+  readonly userId?: string | undefined
+  readonly teamId?: string | undefined
+  readonly orgId?: string | undefined
+  readonly parentCallId?: string | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+  readonly params?: Readonly<Record<string, unknown>> | undefined
+  readonly callId?: string | undefined
+}
+
+/** A call id for a call that no dispatcher numbers (see `Calls.nextCallId`). */
+export const randomCallId = (): string => crypto.randomUUID()
+
+const emptyTags: ReadonlyArray<string> = []
+const emptyRecord: Readonly<Record<string, unknown>> = {}
+
+/**
+ * Describes a call's failure as data for handlers.
+ */
+export const failureFromCause = (cause: Cause.Cause<unknown>): CallFailure => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value
+    return { kind: "failure", errorType: errorType(error), message: errorMessage(error), error }
+  }
+  const defect = Cause.dieOption(cause)
+  if (Option.isSome(defect)) {
+    const error = defect.value
+    return { kind: "defect", errorType: errorType(error), message: errorMessage(error), error }
+  }
+  return { kind: "interrupted", errorType: "Interrupted", message: "the call was interrupted", error: undefined }
+}
+
+const errorType = (error: unknown): string => {
+  if (typeof error === "object" && error !== null) {
+    if ("_tag" in error && typeof error._tag === "string") return error._tag
+    if (error instanceof Error) return error.name
+    return error.constructor?.name ?? "object"
+  }
+  return typeof error
+}
+
+const errorMessage = (error: unknown): string => {
+  if (typeof error === "object" && error !== null && "message" in error && typeof error.message === "string") {
+    return error.message
+  }
+  try {
+    return typeof error === "string" ? error : String(JSON.stringify(error))
+  } catch {
+    return String(error)
+  }
+}
+
+/**
+ * The start of one call: its info, decoded messages and start event, from
+ * which {@link endEvent} and {@link errorEvent} build its terminal event.
+ */
+export interface CallEvents {
+  readonly call: CallInfo
+  readonly start: StartEvent
+}
+
+/**
+ * Builds the call info and start event of one call from its options and the
+ * current call context.
+ */
+export const makeCallEvents = (
+  options: CallOptions,
+  context: CallContext,
+  startedAt: number,
+  enclosingCallId: string | undefined,
+  newCallId: () => string
+): CallEvents => {
+  const userId = options.userId ?? context.userId
+  const teamId = options.teamId ?? context.teamId
+  const orgId = options.orgId ?? context.orgId
+  const parentCallId = options.parentCallId ?? enclosingCallId ?? context.parentCallId
+  const tags = options.tags === undefined
+    ? context.tags ?? emptyTags
+    : context.tags === undefined
+    ? options.tags
+    : [...context.tags, ...options.tags]
+  const metadata = options.metadata === undefined
+    ? context.metadata ?? emptyRecord
+    : context.metadata === undefined
+    ? options.metadata
+    : { ...context.metadata, ...options.metadata }
+  const call: { -readonly [K in keyof CallInfo]: CallInfo[K] } = {
+    callId: options.callId ?? newCallId(),
+    provider: options.provider,
+    model: options.model,
+    tags,
+    metadata,
+    startedAt
+  }
+  // Assigned, not spread: this runs once per call.
+  if (parentCallId !== undefined) call.parentCallId = parentCallId
+  if (userId !== undefined) call.userId = userId
+  if (teamId !== undefined) call.teamId = teamId
+  if (orgId !== undefined) call.orgId = orgId
+  const decoded = decodeMessagesLenient(options.messages)
+  const start: StartEvent = decoded.issues === undefined
+    ? { _tag: "Start", call, messages: decoded.messages, params: options.params ?? emptyRecord }
+    : {
+      _tag: "Start",
+      call,
+      messages: decoded.messages,
+      params: options.params ?? emptyRecord,
+      inputIssues: decoded.issues
+    }
+  return { call, start }
+}
+
+/**
+ * The end event of a call that succeeded with `response` (decoded leniently:
+ * what cannot be decoded is reported in `outputIssues`).
+ */
+export const endEvent = (
+  events: CallEvents,
+  response: unknown,
+  durationMs: number,
+  timeToFirstTokenMs?: number | undefined,
+  issues?: ReadonlyArray<string> | undefined
+): EndEvent => {
+  const out = issues === undefined ? decodeResponseLenient(response) : { response: { content: "" }, issues }
+  return out.issues === undefined && timeToFirstTokenMs === undefined
+    ? { _tag: "End", call: events.call, messages: events.start.messages, response: out.response, durationMs }
+    : {
+      _tag: "End",
+      call: events.call,
+      messages: events.start.messages,
+      response: out.response,
+      durationMs,
+      ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {}),
+      ...(out.issues !== undefined ? { outputIssues: out.issues } : {})
+    }
+}
+
+/**
+ * The error event of a call that failed, died or was interrupted.
+ */
+export const errorEvent = (
+  events: CallEvents,
+  cause: Cause.Cause<unknown>,
+  durationMs: number,
+  timeToFirstTokenMs?: number | undefined
+): ErrorEvent => ({
+  _tag: "Error",
+  call: events.call,
+  messages: events.start.messages,
+  failure: failureFromCause(cause),
+  durationMs,
+  interrupted: Cause.isInterruptedOnly(cause),
+  ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {})
+})

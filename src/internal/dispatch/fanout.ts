@@ -1,0 +1,136 @@
+/**
+ * The fan-out of one event: background deliveries are enqueued, then the
+ * await handlers run by priority group, highest first, the handlers of a
+ * group concurrently, each group after the one before has settled. It runs
+ * on the caller's fiber, synchronously as far as the handlers allow.
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import type * as Tracer from "effect/Tracer"
+import { type CallbackEvent, phaseOf } from "../../Events.js"
+import type { Phase } from "../phases.js"
+import type { DispatchReport } from "./contract.js"
+import { awaitAll, invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing } from "./invocation.js"
+import { enqueue } from "./lanes.js"
+import type { PhasePlan, State, Token } from "./plan.js"
+import { withoutUnreached } from "./plan.js"
+import { hasError, logFailures, makeResults, result, type Results } from "./report.js"
+
+/**
+ * Runs the await groups from `from` on, synchronously as far as they go:
+ * returns `undefined` when every invocation completed without suspending,
+ * or the effect that waits for the suspended ones and runs the rest.
+ */
+const runGroups = (
+  state: State,
+  plan: PhasePlan,
+  phase: Phase,
+  event: CallbackEvent,
+  results: Results,
+  from: number,
+  caller: Caller,
+  span: Tracer.AnySpan | undefined,
+  tracing: Tracing | undefined
+): Effect.Effect<void> | undefined => {
+  let time = performance.now()
+  for (let g = from; g < plan.groups.length; g++) {
+    const group = plan.groups[g]!
+    results.reached = g + 1
+    let waiting: Array<Pending> | undefined
+    for (let i = 0; i < group.length; i++) {
+      const entry = group[i]!
+      const startedAt = time
+      const started = invokeTraced(state, entry, phase, entry.hooks[phase]!, event, caller, span, tracing, (outcome) => {
+        // Cancelled (queued for a slot, or running) by the interruption of the start
+        // dispatch: the handler did not hear start, so it hears no terminal event either.
+        if (outcome.cancelled === true) (results.notStarted ??= []).push(entry.name)
+        time = result(state.clock, entry, phase, outcome, startedAt, results)
+      })
+      if (started !== undefined) {
+        ;(waiting ??= []).push(started)
+        time = performance.now()
+      }
+    }
+    if (waiting !== undefined) {
+      const rest = g + 1
+      return rest < plan.groups.length
+        ? Effect.zipRight(
+          awaitAll(waiting),
+          Effect.withFiberRuntime<void>((fiber) =>
+            runGroups(state, plan, phase, event, results, rest, callerOf(fiber), fiber.currentSpan, tracing) ??
+              Effect.void
+          )
+        )
+        : awaitAll(waiting)
+    }
+  }
+  return undefined
+}
+
+/**
+ * Dispatches one event of a call on the caller's fiber. Returns `undefined`
+ * when everything is done and nothing needs logging (the common case, with
+ * no effect allocated), or the effect that completes the dispatch.
+ */
+export const run = (
+  state: State,
+  token: Token,
+  event: CallbackEvent,
+  fiber: Fiber.RuntimeFiber<unknown, unknown>,
+  results: Results
+): Effect.Effect<void> | undefined => {
+  const phase = phaseOf(event)
+  let plan = token.snapshot.plans[phase]
+  if (phase !== "start" && token.excluded !== undefined) plan = withoutUnreached(plan, token.excluded)
+  if (plan.empty) return undefined
+  const tracing = tracingOf(fiber)
+  let backpressure: Array<Effect.Effect<void>> | undefined
+  for (let i = 0; i < plan.background.length; i++) {
+    const waiting = enqueue(state, plan.background[i]!, phase, event, fiber, results)
+    if (waiting !== undefined) (backpressure ??= []).push(waiting)
+  }
+  let rest: Effect.Effect<void> | undefined
+  if (backpressure !== undefined) {
+    // Backpressure: the await handlers run after the buffers took the
+    // deliveries (each wait is bounded by its handler's timeout).
+    rest = Effect.zipRight(
+      Effect.all(backpressure, { discard: true }),
+      Effect.withFiberRuntime<void>((fiber) =>
+        runGroups(state, plan, phase, event, results, 0, callerOf(fiber), fiber.currentSpan, tracing) ?? Effect.void
+      )
+    )
+  } else if (plan.groups.length > 0) {
+    rest = runGroups(state, plan, phase, event, results, 0, callerOf(fiber), fiber.currentSpan, tracing)
+  }
+  if (rest === undefined) {
+    if (phase === "start" && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)
+    return hasError(results.items) ? logFailures(event, results.items) : undefined
+  }
+  if (phase === "start") {
+    // Whichever way the start dispatch ends, the token says who did not
+    // hear it: those cancelled or dropped, and, when it was interrupted,
+    // the groups it never reached.
+    const startPlan = plan
+    rest = Effect.onExit(rest, (exit) =>
+      Effect.sync(() => {
+        const excluded = new Set<string>(results.notStarted)
+        if (Exit.isFailure(exit)) {
+          for (let g = results.reached ?? 0; g < startPlan.groups.length; g++) {
+            for (const entry of startPlan.groups[g]!) excluded.add(entry.name)
+          }
+        }
+        if (excluded.size > 0) token.excluded = excluded
+      }))
+  }
+  return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
+}
+
+/** {@link run}, reporting every handler's outcome. */
+export const dispatchWith = (state: State, token: Token, event: CallbackEvent): Effect.Effect<DispatchReport> =>
+  Effect.withFiberRuntime((fiber) => {
+    const results = makeResults(true)
+    const report: DispatchReport = { phase: phaseOf(event), callId: event.call.callId, results: results.items }
+    const rest = run(state, token, event, fiber, results)
+    return rest === undefined ? Effect.succeed(report) : Effect.as(rest, report)
+  })

@@ -1,0 +1,426 @@
+/**
+ * One handler invocation, from the hook call to its outcome.
+ *
+ * The fast path, explained once. A hook is called at once, on the
+ * dispatching fiber's stack. When it returns a completed effect (an `Exit`,
+ * as `Effect.void` or `Effect.fail(e)` are), its outcome is known on the spot:
+ * no fiber, timer or schedule driver is paid for. When it returns an effect
+ * that must be run, that effect runs on a fiber of its own, started at once;
+ * most complete without suspending, and their outcome is known on the spot
+ * too. A failure that the retry rule retries is fed to the handler's schedule
+ * right there: while attempts fail at once and the schedule asks for no
+ * delay, they are retried in the same loop, without a retry fiber.
+ *
+ * Only an invocation that suspends (an attempt, a retry delay, a schedule
+ * step) becomes pending: it then holds a timer for the handler's timeout
+ * (retries included), counts as in flight, and settles by itself, driven by
+ * fiber observers and timers rather than by a fiber of its own, whatever
+ * happens to the dispatching fiber. Settling calls `done` and frees the slot,
+ * exactly once.
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
+import type * as FiberRefs from "effect/FiberRefs"
+import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
+import * as ScheduleDecision from "effect/ScheduleDecision"
+import * as Intervals from "effect/ScheduleIntervals"
+import * as Tracer from "effect/Tracer"
+import * as Metrics from "../../CallbackMetrics.js"
+import type { CallbackEvent } from "../../Events.js"
+import type { Phase } from "../phases.js"
+import * as Outcome from "./outcome.js"
+import type { Entry, Hook, State } from "./plan.js"
+import { startTimer } from "./timer.js"
+
+/** Effect's default tracer, which exports nowhere: no handler spans under it. */
+const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+
+/** What a dispatch needs to open a span per handler invocation, when a real tracer is installed. */
+export interface Tracing {
+  readonly tracer: Tracer.Tracer
+  readonly clock: Clock.Clock
+}
+
+export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing | undefined => {
+  const tracer = fiber.currentTracer
+  if (tracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
+  return { tracer, clock: Context.get(fiber.currentDefaultServices, Clock.Clock) }
+}
+
+/**
+ * What hooks take from the dispatching fiber: its refs, read only when a hook
+ * needs a fiber of its own (`getFiberRefs` copies the fiber's ref map, which a
+ * hook that returns a completed effect never needs), and its clock (retry
+ * schedules step on it).
+ */
+export interface Caller {
+  readonly refs: () => FiberRefs.FiberRefs
+  readonly clock: Clock.Clock
+}
+
+export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Caller => {
+  let refs: FiberRefs.FiberRefs | undefined
+  return {
+    refs: () => refs ??= fiber.getFiberRefs(),
+    clock: Context.get(fiber.currentDefaultServices, Clock.Clock)
+  }
+}
+
+/** An invocation that did not complete synchronously. */
+export interface Pending {
+  /** Calls `f` once it has settled (at once if it has). An invocation has one listener. */
+  readonly onSettled: (f: () => void) => void
+  /** Settles it now: interrupted, or cancelled when it never heard the event. */
+  readonly cancel: () => void
+}
+
+/**
+ * Waits for pending invocations, with one callback each and no fiber. The
+ * dispatching fiber may be uninterruptible (terminal dispatch): the wait then
+ * ends when they settle, which their timeouts bound. When it is interrupted
+ * (start dispatch), they are cancelled.
+ */
+export const awaitAll = (pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    let left = pendings.length
+    const one = () => {
+      if (--left === 0) resume(Effect.void)
+    }
+    for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
+    return Effect.sync(() => {
+      for (let i = 0; i < pendings.length; i++) pendings[i]!.cancel()
+    })
+  })
+
+/** Schedules run their steps here: a step needs no service but the `now` it is given. */
+const stepRuntime = Runtime.defaultRuntime
+
+/** Attempts that fail at once and retry without delay before the loop yields (so that a timeout can fire). */
+const maxSyncAttempts = 64
+
+/** The effect of a hook call; a throw is a defect of the handler. */
+const call = (hook: Hook, arg: unknown): Effect.Effect<void, unknown> => {
+  try {
+    return hook(arg)
+  } catch (defect) {
+    return Exit.die(defect)
+  }
+}
+
+/** The outcome of one schedule step: the next state, the output, the decision. */
+type Step = Exit.Exit<readonly [unknown, unknown, ScheduleDecision.ScheduleDecision], unknown>
+
+/** An invocation past its first attempt: see the module's comment. */
+class Invocation implements Pending {
+  settled = false
+  attempts = 1
+  /** An attempt ran to its end (the hook processed the event): a cancellation is no longer "did not hear it". */
+  heard = false
+  /** Counts as in flight, under its timeout. */
+  suspended = false
+  running: Fiber.RuntimeFiber<void, unknown> | undefined = undefined
+  cancelTimer: (() => void) | undefined = undefined
+  cancelDelay: (() => void) | undefined = undefined
+  scheduleState: unknown = undefined
+  listener: (() => void) | undefined = undefined
+  private runtimeMemo: Runtime.Runtime<never> | undefined = undefined
+
+  constructor(
+    readonly state: State,
+    readonly entry: Entry,
+    readonly phase: Phase,
+    readonly hook: Hook,
+    readonly arg: unknown,
+    readonly caller: Caller,
+    readonly span: Tracer.AnySpan | undefined,
+    readonly done: (outcome: Outcome.Outcome) => void
+  ) {}
+
+  /** The runtime of the hook's fibers: the handler's context, the caller's refs. */
+  runtime(): Runtime.Runtime<never> {
+    return this.runtimeMemo ??= Runtime.make({
+      context: this.span === undefined ? this.entry.context : Context.add(this.entry.context, Tracer.ParentSpan, this.span),
+      fiberRefs: this.caller.refs(),
+      runtimeFlags: Runtime.defaultRuntimeFlags
+    })
+  }
+
+  /** Runs attempts from `effect` on, synchronously as far as they go. */
+  run(effect: Effect.Effect<void, unknown>): void {
+    let attemptsNow = 0
+    let next: Effect.Effect<void, unknown> | undefined = effect
+    while (next !== undefined) {
+      let exit: Exit.Exit<void, unknown> | null
+      if (Exit.isExit(next)) {
+        exit = next as Exit.Exit<void, unknown>
+      } else {
+        const fiber = Runtime.runFork(this.runtime())(next)
+        exit = fiber.unsafePoll()
+        if (exit === null) {
+          this.running = fiber
+          this.suspend()
+          fiber.addObserver(this.onAttemptExit)
+          return
+        }
+      }
+      next = this.afterAttempt(exit)
+      if (next !== undefined && ++attemptsNow >= maxSyncAttempts) next = Effect.zipRight(Effect.yieldNow(), next)
+    }
+  }
+
+  private readonly onAttemptExit = (exit: Exit.Exit<void, unknown>): void => {
+    if (this.settled) return
+    const next = this.afterAttempt(exit)
+    if (next !== undefined) this.run(next)
+  }
+
+  /** Settles on success or a final failure; else returns the next attempt, or `undefined` while a step or delay runs. */
+  private afterAttempt(exit: Exit.Exit<void, unknown>): Effect.Effect<void, unknown> | undefined {
+    this.running = undefined
+    this.heard = true
+    if (Exit.isSuccess(exit)) {
+      this.settle(Outcome.succeeded(this.attempts))
+      return undefined
+    }
+    const schedule = this.entry.schedule
+    if (schedule === undefined || !Outcome.isRetriable(exit.cause)) {
+      this.settle(Outcome.classify(this.entry.name, this.phase, exit.cause, this.attempts))
+      return undefined
+    }
+    const error = Option.getOrUndefined(Cause.failureOption(exit.cause))
+    const now = this.caller.clock.unsafeCurrentTimeMillis()
+    const step = schedule.step(now, error, this.scheduleState === undefined ? schedule.initial : this.scheduleState)
+    let stepped: Step | null
+    if (Exit.isExit(step)) {
+      stepped = step as Step
+    } else {
+      const fiber = Runtime.runFork(stepRuntime)(step)
+      stepped = fiber.unsafePoll()
+      if (stepped === null) {
+        this.suspend()
+        fiber.addObserver((stepExit) => {
+          if (this.settled) return
+          const next = this.afterStep(stepExit, exit.cause, now)
+          if (next !== undefined) this.run(next)
+        })
+        return undefined
+      }
+    }
+    return this.afterStep(stepped!, exit.cause, now)
+  }
+
+  /** The schedule's decision: give up, retry now, or retry after a delay. */
+  private afterStep(
+    stepped: Step,
+    cause: Cause.Cause<unknown>,
+    now: number
+  ): Effect.Effect<void, unknown> | undefined {
+    if (Exit.isFailure(stepped) || ScheduleDecision.isDone(stepped.value[2])) {
+      this.settle(Outcome.classify(this.entry.name, this.phase, cause, this.attempts))
+      return undefined
+    }
+    this.scheduleState = stepped.value[0]
+    const delay = Intervals.start(stepped.value[2].intervals) - now
+    if (delay <= 0) return this.nextAttempt()
+    this.suspend()
+    this.cancelDelay = startTimer(Duration.millis(delay), this.runtime(), () => {
+      this.cancelDelay = undefined
+      if (!this.settled) this.run(this.nextAttempt())
+    })
+    return undefined
+  }
+
+  private nextAttempt(): Effect.Effect<void, unknown> {
+    this.attempts++
+    return call(this.hook, this.arg)
+  }
+
+  /** From now on it is pending: in flight, under its timeout. */
+  private suspend(): void {
+    if (this.suspended) return
+    this.suspended = true
+    this.entry.stats.inFlight++
+    Metrics.activeCallbacks.unsafeUpdate(this.state.slots.active, [])
+    // With a zero timeout the timer may fire at once: `settle` is ready for it.
+    this.cancelTimer = startTimer(
+      this.entry.timeout,
+      this.runtime(),
+      () => this.settle(Outcome.timedOut(this.entry.name, this.phase, this.entry.timeout, this.attempts))
+    )
+  }
+
+  settle(outcome: Outcome.Outcome): void {
+    if (this.settled) return
+    this.settled = true
+    if (this.cancelTimer !== undefined) this.cancelTimer()
+    if (this.cancelDelay !== undefined) this.cancelDelay()
+    const running = this.running
+    if (running !== undefined && running.unsafePoll() === null) {
+      // Given up on (timed out, cancelled): interrupted, and no longer
+      // holding its slot, so that one stuck hook cannot take the global
+      // bound from every other handler. A hook that ignores the
+      // interruption goes on running: it is counted as overrunning in
+      // `health` until it really ends.
+      running.unsafeInterruptAsFork(FiberId.none)
+      if (running.unsafePoll() === null) {
+        const stats = this.entry.stats
+        stats.overrunning++
+        running.addObserver(() => stats.overrunning--)
+      }
+    }
+    if (this.suspended) this.entry.stats.inFlight--
+    this.done(outcome)
+    this.state.slots.release()
+    if (this.suspended) Metrics.activeCallbacks.unsafeUpdate(this.state.slots.active, [])
+    const listener = this.listener
+    this.listener = undefined
+    if (listener !== undefined) listener()
+  }
+
+  onSettled(f: () => void): void {
+    if (this.settled) f()
+    else this.listener = f
+  }
+
+  cancel(): void {
+    this.settle(
+      this.heard
+        ? Outcome.interrupted(this.entry.name, this.phase, this.attempts)
+        : Outcome.cancelled(this.entry.name, this.phase, this.attempts)
+    )
+  }
+}
+
+/** An invocation holding a slot; `undefined` when it completed synchronously (`done` was called). */
+const startWithSlot = (
+  state: State,
+  entry: Entry,
+  phase: Phase,
+  hook: Hook,
+  arg: unknown,
+  caller: Caller,
+  span: Tracer.AnySpan | undefined,
+  done: (outcome: Outcome.Outcome) => void
+): Pending | undefined => {
+  const effect = call(hook, arg)
+  if (Exit.isExit(effect) && Exit.isSuccess(effect)) {
+    // The commonest case of all, without an invocation object.
+    state.slots.release()
+    done(Outcome.SUCCESS)
+    return undefined
+  }
+  const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, done)
+  invocation.run(effect)
+  return invocation.settled ? undefined : invocation
+}
+
+/** An invocation waiting for a slot. */
+class Queued implements Pending {
+  settled = false
+  started: Pending | undefined = undefined
+  listener: (() => void) | undefined = undefined
+  handle: { start: (() => void) | undefined } | undefined = undefined
+
+  constructor(
+    readonly state: State,
+    readonly entry: Entry,
+    readonly phase: Phase,
+    readonly done: (outcome: Outcome.Outcome) => void
+  ) {}
+
+  readonly finish = (outcome: Outcome.Outcome): void => {
+    this.done(outcome)
+    this.settled = true
+    const listener = this.listener
+    this.listener = undefined
+    if (listener !== undefined) listener()
+  }
+
+  onSettled(f: () => void): void {
+    if (this.settled) f()
+    else this.listener = f
+  }
+
+  cancel(): void {
+    // Started and still pending: cancel it. Started and done at once: nothing to cancel.
+    // Still queued: it never runs.
+    if (this.started !== undefined) this.started.cancel()
+    else if (this.handle !== undefined && this.state.slots.cancel(this.handle)) {
+      this.finish(Outcome.cancelled(this.entry.name, this.phase, 0))
+    }
+  }
+}
+
+/**
+ * One invocation from start to outcome. Returns `undefined` when it
+ * completed synchronously (`done` was called), else the pending invocation.
+ */
+export const invoke = (
+  state: State,
+  entry: Entry,
+  phase: Phase,
+  hook: Hook,
+  arg: unknown,
+  caller: Caller,
+  span: Tracer.AnySpan | undefined,
+  done: (outcome: Outcome.Outcome) => void
+): Pending | undefined => {
+  if (state.slots.tryTake()) return startWithSlot(state, entry, phase, hook, arg, caller, span, done)
+  // Saturated: queue the start until a slot frees up; no fiber waits for it.
+  // The caller's refs are read now: by the time it starts, the caller has moved on.
+  caller.refs()
+  const queued = new Queued(state, entry, phase, done)
+  queued.handle = state.slots.enqueue(() => {
+    queued.started = startWithSlot(state, entry, phase, hook, arg, caller, span, queued.finish)
+  })
+  return queued.settled ? undefined : queued
+}
+
+/**
+ * {@link invoke}, in a child span of the call's span (`callback <handler>
+ * <phase>`) when a real tracer is installed; the hook's own spans nest in it.
+ */
+export const invokeTraced = (
+  state: State,
+  entry: Entry,
+  phase: Phase,
+  hook: Hook,
+  arg: CallbackEvent | ReadonlyArray<CallbackEvent>,
+  caller: Caller,
+  span: Tracer.AnySpan | undefined,
+  tracing: Tracing | undefined,
+  done: (outcome: Outcome.Outcome) => void
+): Pending | undefined => {
+  if (tracing === undefined) return invoke(state, entry, phase, hook, arg, caller, span, done)
+  const handlerSpan = tracing.tracer.span(
+    `callback ${entry.name} ${phase}`,
+    span === undefined ? Option.none() : Option.some(span),
+    Context.empty(),
+    [],
+    tracing.clock.unsafeCurrentTimeNanos(),
+    "internal"
+  )
+  handlerSpan.attribute("callback.handler", entry.name)
+  handlerSpan.attribute("callback.phase", phase)
+  handlerSpan.attribute("callback.mode", entry.mode)
+  if (Array.isArray(arg)) handlerSpan.attribute("callback.batch_size", arg.length)
+  else handlerSpan.attribute("llm.call_id", (arg as CallbackEvent).call.callId)
+  return invoke(state, entry, phase, hook, arg, caller, handlerSpan, (outcome) => {
+    handlerSpan.attribute("callback.status", outcome.status)
+    handlerSpan.attribute("callback.attempts", outcome.attempts)
+    handlerSpan.end(
+      tracing.clock.unsafeCurrentTimeNanos(),
+      outcome.error === undefined ? Exit.void : Exit.fail(outcome.error)
+    )
+    done(outcome)
+  })
+}

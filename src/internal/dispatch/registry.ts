@@ -1,0 +1,211 @@
+/**
+ * The dispatcher itself: its registry of handlers (each validated, given its
+ * metric labels and, in background mode, its lanes and consumers), the
+ * snapshot of plans that new calls take, health, flush, and the close.
+ */
+import type * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import type * as CallbackConfig from "../../CallbackConfig.js"
+import * as Metrics from "../../CallbackMetrics.js"
+import type { CallbackEvent } from "../../Events.js"
+import { type Handler, hookOf, type Mode } from "../../Handler.js"
+import { HandlerRegistrationError } from "../../HandlerError.js"
+import { makeHandlerLabels } from "../metricLabels.js"
+import { type Phase, phases } from "../phases.js"
+import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
+import { dispatchWith, run } from "./fanout.js"
+import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
+import { type Delivery, type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
+import { makeResults } from "./report.js"
+import { Slots } from "./slots.js"
+
+interface Checked {
+  readonly timeout: Duration.Duration
+  readonly mode: Mode
+  readonly priority: number
+  readonly bufferSize: number
+  readonly concurrency: number
+}
+
+/** A handler's policy, checked, with the dispatcher's defaults for what it leaves unset. */
+const validate = (
+  state: State,
+  registered: ReadonlyMap<string, Entry>,
+  handler: Handler<unknown, unknown>
+): Either.Either<Checked, HandlerRegistrationError> => {
+  const options = state.options
+  const fail = (reason: HandlerRegistrationError["reason"], message: string) =>
+    Either.left(new HandlerRegistrationError({ reason, handler: String(handler.name), message }))
+  if (typeof handler.name !== "string" || handler.name.trim() === "") {
+    return fail("InvalidName", "a handler needs a non-empty name")
+  }
+  if (state.closed) return fail("Closed", `cannot register ${handler.name}: the dispatcher is closed`)
+  if (registered.has(handler.name)) {
+    return fail("DuplicateName", `a handler named ${JSON.stringify(handler.name)} is already registered`)
+  }
+  const policy = handler.policy
+  let timeout = options.timeout
+  if (policy.timeout !== undefined) {
+    const decoded = Duration.decodeUnknown(policy.timeout)
+    // `Duration` clamps negative numbers to zero: reject them before it does.
+    const negative = (typeof policy.timeout === "number" || typeof policy.timeout === "bigint") && policy.timeout < 0
+    if (negative || Option.isNone(decoded) || Duration.toMillis(decoded.value) < 0) {
+      return fail("InvalidPolicy", `${handler.name}: timeout must be a non-negative duration, got ${String(policy.timeout)}`)
+    }
+    timeout = decoded.value
+  }
+  const mode = policy.mode ?? options.mode
+  if (mode !== "await" && mode !== "background") {
+    return fail("InvalidPolicy", `${handler.name}: mode must be "await" or "background", got ${String(mode)}`)
+  }
+  const priority = policy.priority ?? 0
+  if (!Number.isFinite(priority)) {
+    return fail("InvalidPolicy", `${handler.name}: priority must be a finite number, got ${String(priority)}`)
+  }
+  const bufferSize = policy.bufferSize ?? options.bufferSize
+  if (!Number.isSafeInteger(bufferSize) || bufferSize < 1) {
+    return fail("InvalidPolicy", `${handler.name}: bufferSize must be an integer >= 1, got ${String(bufferSize)}`)
+  }
+  const concurrency = policy.concurrency ?? 1
+  if (!Number.isSafeInteger(concurrency) || concurrency < 1) {
+    return fail("InvalidPolicy", `${handler.name}: concurrency must be an integer >= 1, got ${String(concurrency)}`)
+  }
+  return Either.right({ timeout, mode, priority, bufferSize, concurrency })
+}
+
+const healthOf = (entry: Entry): HandlerHealth => ({
+  name: entry.name,
+  mode: entry.mode,
+  priority: entry.priority,
+  successes: entry.stats.successes,
+  failures: entry.stats.failures,
+  defects: entry.stats.defects,
+  timeouts: entry.stats.timeouts,
+  interruptions: entry.stats.interruptions,
+  retries: entry.stats.retries,
+  dropped: entry.stats.dropped,
+  inFlight: entry.stats.inFlight,
+  overrunning: entry.stats.overrunning,
+  pending: entry.stats.pending,
+  lastError: entry.stats.lastError === undefined ? Option.none() : Option.some(entry.stats.lastError)
+})
+
+/** Per-dispatcher call ids: see `Calls.nextCallId`. */
+const callIds = (): () => string => {
+  const prefix = crypto.randomUUID().slice(0, 24)
+  let counter = 0
+  return () => prefix + (counter++).toString(16).padStart(12, "0")
+}
+
+/** Builds a dispatcher; closing the scope drains the background handlers. */
+export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, never, Scope.Scope> =>
+  Effect.gen(function*() {
+    const state: State = { options, slots: new Slots(options.maxConcurrent), clock: yield* Effect.clock, closed: false }
+    const entries = new Map<string, Entry>()
+    let snapshot: Snapshot = makeSnapshot([])
+    // Registered at once so that the gauge is exported before any invocation suspends.
+    Metrics.activeCallbacks.unsafeUpdate(0, [])
+
+    const defaultSchedule: Schedule.Schedule<unknown, unknown> | undefined =
+      options.enableRecovery && options.maxRetryAttempts > 1
+        ? Schedule.exponential(options.retryDelay).pipe(Schedule.intersect(Schedule.recurs(options.maxRetryAttempts - 1)))
+        : undefined
+
+    const backgrounds = () => Array.from(entries.values()).filter((entry) => entry.lanes !== undefined)
+
+    const register = <E, R>(
+      handler: Handler<E, R>,
+      context: Context.Context<R>
+    ): Effect.Effect<void, HandlerRegistrationError, Scope.Scope> =>
+      Effect.gen(function*() {
+        const checked = yield* validate(state, entries, handler as Handler<unknown, unknown>)
+        const lanes = checked.mode === "background"
+          ? yield* Effect.all(
+            Array.from({ length: checked.concurrency }, () =>
+              Effect.map(
+                Queue.bounded<Delivery>(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))),
+                (queue): Lane => ({ queue, waiters: [] })
+              ))
+          )
+          : undefined
+        const hooks = {} as Record<Phase, Hook | undefined>
+        for (const phase of phases) hooks[phase] = hookOf(handler, phase) as Hook | undefined
+        const entry: Entry = {
+          name: handler.name,
+          hooks,
+          endBatch: checked.mode === "background" ? handler.onLlmEndBatch as Hook | undefined : undefined,
+          context: context as Context.Context<never>,
+          timeout: checked.timeout,
+          schedule: options.enableRecovery ? handler.policy.retry ?? defaultSchedule : undefined,
+          mode: checked.mode,
+          priority: checked.priority,
+          labels: makeHandlerLabels(handler.name),
+          stats: makeStats(),
+          lanes
+        }
+        if (lanes !== undefined) {
+          // Finalizers run in reverse: the drain (below) while the consumers are
+          // alive, then the consumers are interrupted, then one summary line.
+          yield* Effect.addFinalizer(() => shutdownSummary(state, entry))
+          for (const lane of lanes) yield* Effect.forkScoped(Effect.interruptible(consume(state, entry, lane)))
+        }
+        yield* Effect.addFinalizer(() =>
+          Effect.suspend(() => {
+            entries.delete(entry.name)
+            snapshot = makeSnapshot(Array.from(entries.values()))
+            return lanes === undefined
+              ? Effect.void
+              : Effect.zipRight(
+                drain(state, entry),
+                Effect.forEach(lanes, (lane) => Queue.shutdown(lane.queue), { discard: true })
+              )
+          })
+        )
+        entries.set(entry.name, entry)
+        snapshot = makeSnapshot(Array.from(entries.values()))
+      })
+
+    const health = Effect.sync((): HealthReport => {
+      const all = Array.from(entries.values())
+      const handlers = all.map(healthOf)
+      const degraded = all.some((entry) => entry.stats.lastOutcome !== undefined && entry.stats.lastOutcome !== "success")
+      return {
+        status: state.closed ? "closed" : degraded ? "degraded" : "healthy",
+        handlers,
+        inFlight: state.slots.active,
+        pending: handlers.reduce((n, h) => n + h.pending, 0)
+      }
+    })
+
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        state.closed = true
+        return Effect.forEach(backgrounds(), (entry) => drain(state, entry), { concurrency: "unbounded", discard: true })
+      })
+    )
+
+    const begin = (): Token => ({ snapshot, excluded: undefined, empty: snapshot.empty })
+    // Tokens are made by `begin` above only: the cast recovers what it made.
+    const calls: Calls = {
+      begin,
+      nextCallId: callIds(),
+      run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, makeResults(false)),
+      dispatch: (token, event) => dispatchWith(state, token as Token, event)
+    }
+    return {
+      [CallsTypeId]: calls,
+      register,
+      dispatch: (event) => Effect.suspend(() => dispatchWith(state, begin(), event)),
+      flush: Effect.suspend(() =>
+        Effect.forEach(backgrounds(), flushEntry, { concurrency: "unbounded", discard: true })
+      ),
+      health,
+      handlers: Effect.sync(() => Array.from(entries.keys()))
+    }
+  })

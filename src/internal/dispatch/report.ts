@@ -1,0 +1,120 @@
+/**
+ * Accounting of outcomes: each is counted once in the handler's stats and
+ * metrics, kept for the dispatch report when asked for, and failures logged.
+ */
+import type * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Metrics from "../../CallbackMetrics.js"
+import type { CallbackEvent } from "../../Events.js"
+import type { Phase } from "../phases.js"
+import type { HandlerResult } from "./contract.js"
+import type { Outcome } from "./outcome.js"
+import type { Entry } from "./plan.js"
+
+/** The results of one dispatch. */
+export interface Results {
+  /**
+   * Keep every result (a report was asked for). Without it (the path
+   * `instrument` takes, which discards the report) only the results worth
+   * logging are kept, so a successful dispatch allocates nothing per handler.
+   */
+  readonly collect: boolean
+  readonly items: Array<HandlerResult>
+  /** How many await groups were started (start phase only). */
+  reached?: number
+  /** Handlers of started groups whose start was cancelled (queued for a slot, or running) or dropped. */
+  notStarted?: Array<string>
+}
+
+export const makeResults = (collect: boolean): Results => ({ collect, items: [] })
+
+/** Counts an outcome in the handler's stats and metrics. */
+const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome, seconds: number): void => {
+  const stats = entry.stats
+  const status = outcome.status
+  if (status === "queued") return
+  entry.labels.executionHooks[phase][status].update(1)
+  entry.labels.durationHooks[phase].update(seconds)
+  if (outcome.attempts > 1) {
+    stats.retries += outcome.attempts - 1
+    Metrics.retriesTotal.unsafeUpdate(outcome.attempts - 1, entry.labels.duration[phase])
+  }
+  stats.lastOutcome = status
+  switch (status) {
+    case "success":
+      stats.successes++
+      return
+    case "failed":
+      stats.failures++
+      break
+    case "defect":
+      stats.defects++
+      break
+    case "timeout":
+      stats.timeouts++
+      break
+    case "interrupted":
+      stats.interruptions++
+      break
+    case "dropped":
+      stats.dropped++
+      Metrics.droppedTotal.unsafeUpdate(1, entry.labels.handler)
+      break
+  }
+  Metrics.errorsTotal.unsafeUpdate(1, entry.labels.error[status])
+  if (outcome.error !== undefined) {
+    stats.lastError = {
+      phase,
+      reason: outcome.error.reason,
+      message: outcome.error.message,
+      at: clock.unsafeCurrentTimeMillis()
+    }
+  }
+}
+
+/** Records an outcome and adds it to `results`; returns the time it was recorded at. */
+export const result = (
+  clock: Clock.Clock,
+  entry: Entry,
+  phase: Phase,
+  outcome: Outcome,
+  startedAt: number,
+  results: Results
+): number => {
+  const now = performance.now()
+  const ms = now - startedAt
+  record(clock, entry, phase, outcome, ms / 1000)
+  if (results.collect || outcome.error !== undefined) {
+    results.items.push({
+      handler: entry.name,
+      phase,
+      mode: entry.mode,
+      status: outcome.status,
+      attempts: outcome.attempts,
+      durationMs: ms,
+      error: outcome.error
+    })
+  }
+  return now
+}
+
+export const hasError = (items: ReadonlyArray<HandlerResult>): boolean => {
+  for (let i = 0; i < items.length; i++) {
+    if (items[i]!.error !== undefined) return true
+  }
+  return false
+}
+
+/** One warning per failed invocation, annotated with the call and the handler. */
+export const logFailures = (event: CallbackEvent, results: ReadonlyArray<HandlerResult>): Effect.Effect<void> =>
+  Effect.forEach(results.filter((result) => result.error !== undefined), (result) =>
+    Effect.logWarning(`callback handler ${result.handler} ${result.status} on ${result.phase}`).pipe(
+      Effect.annotateLogs({
+        callId: event.call.callId,
+        handler: result.handler,
+        phase: result.phase,
+        reason: result.error!.reason,
+        error: result.error!.message,
+        attempts: result.attempts
+      })
+    ), { discard: true })
