@@ -5,10 +5,13 @@
  * callers interrupted at random times): per handler, the events its hooks
  * were invoked with for each call (attempts included) and in order; each
  * call's Exit and the virtual time it completed at; and the outcome counts of
- * `health`. `REFERENCE_RUNS` sets the number of cases (default 100).
+ * `health`. Concurrency bounds of 1, 2, 3 and unbounded; in some cases the
+ * layer is closed while calls are in flight. `REFERENCE_RUNS` sets the
+ * number of cases (default 300).
  */
 import { assert, describe, it } from "@effect/vitest"
 import {
+  Clock,
   Duration,
   Effect,
   Exit,
@@ -18,7 +21,8 @@ import {
   Option,
   Schedule,
   Scope,
-  TestClock
+  TestClock,
+  TestContext
 } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
 import { bareCall, type Behaviour, behaviours, behave, type CallFailed, normalize } from "./support/behaviours.js"
@@ -43,15 +47,31 @@ interface CallSpec {
 const TIMEOUT = Duration.seconds(1)
 
 /**
- * The concurrency bound of both implementations. Bounded, the order in which
- * invocations that arrive at the same instant get a slot is the scheduler's
- * (Effect's `Semaphore` lets a newcomer take a permit released at that instant
- * before a waiter resumes; the real dispatcher's queue is strictly FIFO), so
- * the two are not comparable event for event: bounded concurrency is covered by
- * the invariants of test/Isolation.property.test.ts and the regression tests.
+ * The concurrency bounds tried. Bounded, invocations wait for a slot first
+ * come, first served in both implementations (the reference with a FIFO
+ * semaphore of its own: Effect's `Semaphore` lets a newcomer take a permit
+ * released at the same instant). Bounded, when a slot frees up, the
+ * dispatches that resume at that instant run in the scheduler's order, which
+ * differs between the two implementations (the real one hands the slot over
+ * synchronously, the reference wakes fibers): which call gets the slot first
+ * is no semantic, and what depends on it (when a call completes, which phase
+ * an interruption or the layer's close lands in, which of a background
+ * consumer and an await invocation takes the last slot) is not compared.
+ * Bounded cases therefore have await handlers, no interruptions and no close:
+ * then every invocation's outcome depends on its own behaviour only (its
+ * timeout starts when it gets a slot), and the events heard, the Exits and
+ * the health counts must be equal.
  */
+const bounds = [1, 2, 3, 1_000] as const
 const unbounded = 1_000
-const STEP = 50
+// How far the clock moves at a time once nothing is scheduled by the test (sleepers in between run at their instants).
+const STEP = 500
+/**
+ * How long calls may take, in virtual time: more than the slowest workload
+ * (8 calls one at a time, each through 4 handlers timing out after 1 s in
+ * both phases), so that no call is cut off while its handlers still run.
+ */
+const horizon = 120_000
 // Hook and call durations (300, 700, 1500 ms, retries every 200 ms) and
 // interruption times (x50 ms, odd multiples) never coincide with a timeout.
 const retry = Schedule.spaced("200 millis").pipe(Schedule.intersect(Schedule.recurs(2)))
@@ -73,7 +93,8 @@ const makeHooks = (specs: ReadonlyArray<HandlerSpec>) => {
 interface Run {
   readonly log: ReadonlyArray<ReadonlyArray<string>>
   readonly calls: ReadonlyArray<{ readonly exit: unknown; readonly doneAt: number }>
-  readonly counts: ReadonlyArray<Reference.Counts>
+  /** Health counts, when the layer was not closed mid-flight (closing unregisters the handlers). */
+  readonly counts: ReadonlyArray<Reference.Counts> | undefined
 }
 
 /**
@@ -83,28 +104,61 @@ interface Run {
  */
 const startOf = (call: CallSpec, i: number): number => 150 * i + call.startAt
 
-/** Starts the calls at their times, interrupts them at theirs, and moves the clock until all are done. */
+/** Runs `effect` while moving the clock, until it completes. */
+const withClock = <A>(effect: Effect.Effect<A>) =>
+  Effect.gen(function*() {
+    const fiber = yield* Effect.fork(effect)
+    for (let i = 0; i < horizon / STEP && Option.isNone(yield* Fiber.poll(fiber)); i++) yield* TestClock.adjust(STEP)
+    const exit = yield* Fiber.poll(fiber)
+    if (Option.isNone(exit)) return yield* Effect.dieMessage(`did not complete within ${horizon / 1000} virtual seconds`)
+    return yield* exit.value
+  })
+
+/**
+ * Starts the calls at their times, interrupts them at theirs, closes the
+ * layer at `closeAt`, and moves the clock until all calls are done (at most
+ * `horizon`). Each call's completion is read from the clock when it
+ * completes: the clock jumps from one scheduled action to the next, and every
+ * `TestClock.adjust` costs real time (it waits for the fibers to settle).
+ */
 const drive = (
   calls: ReadonlyArray<CallSpec>,
+  closeAt: number | undefined,
+  close: Effect.Effect<void>,
   instrument: (index: number, call: Effect.Effect<string, CallFailed>) => Effect.Effect<string, CallFailed>
 ) =>
   Effect.gen(function*() {
     const fibers: Array<Fiber.RuntimeFiber<string, CallFailed> | undefined> = calls.map(() => undefined)
     const doneAt: Array<number | undefined> = calls.map(() => undefined)
-    for (let t = 0; t <= 20_000; t += STEP) {
-      for (const [i, call] of calls.entries()) {
-        if (startOf(call, i) === t) fibers[i] = yield* Effect.fork(instrument(i, bareCall(call.outcome)))
-        if (call.interruptAt !== undefined && startOf(call, i) + call.interruptAt === t) {
-          yield* Effect.fork(Fiber.interrupt(fibers[i]!))
-        }
+    let closing: Fiber.RuntimeFiber<void> | undefined
+    const origin = yield* Clock.currentTimeMillis
+    // What happens when: starts, interruptions, the close (never at the same instant as another).
+    const actions = new Map<number, Array<Effect.Effect<void>>>()
+    const at = (t: number, action: Effect.Effect<void>) => actions.set(t, [...(actions.get(t) ?? []), action])
+    if (closeAt !== undefined) at(closeAt, Effect.map(Effect.fork(close), (fiber) => void (closing = fiber)))
+    for (const [i, call] of calls.entries()) {
+      const started = instrument(i, bareCall(call.outcome)).pipe(
+        Effect.onExit(() => Effect.map(Clock.currentTimeMillis, (now) => void (doneAt[i] = now - origin)))
+      )
+      at(startOf(call, i), Effect.map(Effect.forkDaemon(started), (fiber) => void (fibers[i] = fiber)))
+      if (call.interruptAt !== undefined) {
+        // The fiber is read when the interruption is due, once the call started.
+        at(startOf(call, i) + call.interruptAt, Effect.asVoid(Effect.fork(Effect.suspend(() => Fiber.interrupt(fibers[i]!)))))
       }
-      for (const [i, fiber] of fibers.entries()) {
-        if (fiber !== undefined && doneAt[i] === undefined && Option.isSome(yield* Fiber.poll(fiber))) doneAt[i] = t
-      }
-      if (doneAt.every((d) => d !== undefined)) break
-      yield* TestClock.adjust(STEP)
     }
-    // A call still running after 20 virtual seconds hangs: reported, not awaited.
+    const times = Array.from(actions.keys()).sort((x, y) => x - y)
+    let now = 0
+    for (const t of times) {
+      if (t > now) yield* TestClock.adjust(t - now)
+      now = t
+      yield* Effect.all(actions.get(t)!, { discard: true })
+    }
+    while (now < horizon && doneAt.some((d) => d === undefined)) {
+      yield* TestClock.adjust(STEP)
+      now += STEP
+    }
+    if (closing !== undefined) yield* withClock(Fiber.join(closing))
+    // A call still running past the horizon hangs: reported, not awaited.
     return yield* Effect.forEach(fibers, (fiber, i) =>
       Effect.map(Fiber.poll(fiber!), (exit) => ({
         exit: Option.isSome(exit) ? normalize(exit.value) : "hung",
@@ -112,17 +166,13 @@ const drive = (
       })))
   })
 
-/** Runs `effect` while moving the clock, until it completes. */
-const withClock = <A>(effect: Effect.Effect<A>) =>
-  Effect.gen(function*() {
-    const fiber = yield* Effect.fork(effect)
-    for (let i = 0; i < 2_000 && Option.isNone(yield* Fiber.poll(fiber)); i++) yield* TestClock.adjust(STEP)
-    const exit = yield* Fiber.poll(fiber)
-    if (Option.isNone(exit)) return yield* Effect.dieMessage("did not complete within 100 virtual seconds")
-    return yield* exit.value
-  })
 
-const runReal = (specs: ReadonlyArray<HandlerSpec>, calls: ReadonlyArray<CallSpec>, maxConcurrent: number) =>
+const runReal = (
+  specs: ReadonlyArray<HandlerSpec>,
+  calls: ReadonlyArray<CallSpec>,
+  maxConcurrent: number,
+  closeAt: number | undefined
+) =>
   Effect.gen(function*() {
     const { hook, log } = makeHooks(specs)
     const scope = yield* Scope.make()
@@ -138,8 +188,16 @@ const runReal = (specs: ReadonlyArray<HandlerSpec>, calls: ReadonlyArray<CallSpe
         onLlmEnd: (event) => hook(index)("end", event.call.callId),
         onLlmError: (event) => hook(index)("error", event.call.callId)
       })).pipe(Scope.extend(scope), Effect.provide(context)))
-    const results = yield* drive(calls, (i, call) =>
-      call.pipe(Callbacks.instrument({ provider: "p", model: "m", callId: `c${i}` }), Effect.provide(context)))
+    const results = yield* drive(
+      calls,
+      closeAt,
+      Scope.close(scope, Exit.void),
+      (i, call) => call.pipe(Callbacks.instrument({ provider: "p", model: "m", callId: `c${i}` }), Effect.provide(context))
+    )
+    if (closeAt !== undefined) {
+      yield* TestClock.adjust("2 seconds")
+      return { log, calls: results, counts: undefined } satisfies Run
+    }
     yield* withClock(Dispatcher.flush.pipe(Effect.provide(context)))
     const health = yield* Dispatcher.health.pipe(Effect.provide(context))
     const counts = specs.map((_, index) => {
@@ -159,7 +217,12 @@ const runReal = (specs: ReadonlyArray<HandlerSpec>, calls: ReadonlyArray<CallSpe
     return { log, calls: results, counts } satisfies Run
   })
 
-const runReference = (specs: ReadonlyArray<HandlerSpec>, calls: ReadonlyArray<CallSpec>, maxConcurrent: number) =>
+const runReference = (
+  specs: ReadonlyArray<HandlerSpec>,
+  calls: ReadonlyArray<CallSpec>,
+  maxConcurrent: number,
+  closeAt: number | undefined
+) =>
   Effect.gen(function*() {
     const { hook, log } = makeHooks(specs)
     const scope = yield* Scope.make()
@@ -174,7 +237,12 @@ const runReference = (specs: ReadonlyArray<HandlerSpec>, calls: ReadonlyArray<Ca
       })),
       maxConcurrent
     ).pipe(Scope.extend(scope))
-    const results = yield* drive(calls, (i, call) => reference.instrument(`c${i}`, call))
+    const results = yield* drive(calls, closeAt, reference.close, (i, call) => reference.instrument(`c${i}`, call))
+    if (closeAt !== undefined) {
+      yield* Scope.close(scope, Exit.void)
+      yield* TestClock.adjust("2 seconds")
+      return { log, calls: results, counts: undefined } satisfies Run
+    }
     yield* withClock(reference.flush)
     const counts = specs.map((_, index) => ({ ...reference.counts(`h${index}`) }))
     yield* Scope.close(scope, Exit.void)
@@ -206,25 +274,120 @@ const callSpec = fc.record({
   interruptAt: fc.option(fc.constantFrom(150, 350, 550, 850, 1150), { nil: undefined })
 })
 
+const caseOf = fc.record({
+  specs: fc.array(handlerSpec, { minLength: 1, maxLength: 4 }),
+  calls: fc.array(callSpec, { minLength: 2, maxLength: 8 }),
+  maxConcurrent: fc.constantFrom(...bounds),
+  // Closing times are multiples of 50 ms plus 25: never at a start, an interruption or a timeout.
+  closeAt: fc.option(fc.integer({ min: 0, max: 30 }).map((k) => 100 * k + 25), { nil: undefined, freq: 4 })
+}).map(({ calls, closeAt, maxConcurrent, specs }) => {
+  const bounded = maxConcurrent !== unbounded
+  return {
+    specs: bounded ? specs.map((spec) => ({ ...spec, mode: "await" as const })) : specs,
+    calls: bounded ? calls.map((call) => ({ ...call, interruptAt: undefined })) : calls,
+    maxConcurrent,
+    closeAt: bounded ? undefined : closeAt
+  }
+})
+
+type Case = typeof caseOf extends fc.Arbitrary<infer A> ? A : never
+
+/** What differs between the two runs of a case, if anything. */
+const compare = (c: Case) =>
+  Effect.gen(function*() {
+    const real = yield* runReal(c.specs, c.calls, c.maxConcurrent, c.closeAt)
+    const reference = yield* runReference(c.specs, c.calls, c.maxConcurrent, c.closeAt)
+    const differences: Array<string> = []
+    const differ = (what: string, a: unknown, b: unknown) => {
+      if (JSON.stringify(a) !== JSON.stringify(b)) differences.push(`${what}: ${JSON.stringify(a)} vs ${JSON.stringify(b)}`)
+    }
+    for (const [index] of c.specs.entries()) {
+      differ(`h${index} heard`, byCall(real.log[index]!), byCall(reference.log[index]!))
+    }
+    differ("exits", real.calls.map((call) => call.exit), reference.calls.map((call) => call.exit))
+    differ("health counts", real.counts, reference.counts)
+    // Unbounded, both complete each call at the same virtual time.
+    if (c.maxConcurrent === unbounded) differ("completion times", real.calls, reference.calls)
+    return differences
+  })
+
+/**
+ * Cases that once differed: kept, and run first. (The differences found so
+ * far were of bounded cases in the scheduler's order, see `bounds`, and one
+ * defect, now a regression test in DispatcherRegressions.test.ts.)
+ */
+const regressions: ReadonlyArray<Case> = [
+  {
+    // A caller interrupted while a start hook is in its first attempt: that handler hears no terminal event.
+    specs: [{ start: "slow", end: "succeed", error: "succeed", priority: 0, mode: "await" }],
+    calls: [
+      { outcome: "succeed", startAt: 0, interruptAt: 150 },
+      { outcome: "succeed", startAt: 0, interruptAt: undefined }
+    ],
+    maxConcurrent: 1000,
+    closeAt: undefined
+  },
+  {
+    // An await handler holding the one slot past its timeout while another call waits.
+    specs: [
+      { start: "succeed", end: "ignoreInterruption", error: "succeed", priority: 1, mode: "await" },
+      { start: "succeed", end: "succeed", error: "succeed", priority: 0, mode: "await" }
+    ],
+    calls: [
+      { outcome: "succeed", startAt: 0, interruptAt: undefined },
+      { outcome: "succeed", startAt: 0, interruptAt: undefined }
+    ],
+    maxConcurrent: 1,
+    closeAt: undefined
+  },
+  {
+    // Retries 200 ms apart holding the one slot while a second call queues.
+    specs: [
+      { start: "fail", end: "succeed", error: "succeed", priority: 0, mode: "await" },
+      { start: "succeed", end: "succeed", error: "succeed", priority: 0, mode: "await" }
+    ],
+    calls: [
+      { outcome: "succeed", startAt: 0, interruptAt: undefined },
+      { outcome: "succeed", startAt: 0, interruptAt: undefined }
+    ],
+    maxConcurrent: 1,
+    closeAt: undefined
+  }
+]
+
+const runs = Number(process.env["REFERENCE_RUNS"] ?? 300)
+const seed = Number(process.env["REFERENCE_SEED"] ?? Math.floor(Math.random() * 2 ** 31))
+
 describe("Dispatcher against the reference model", () => {
-  it.effect.prop(
-    "same events per handler and call, same Exits at the same virtual times, same health counts",
-    {
-      specs: fc.array(handlerSpec, { minLength: 1, maxLength: 4 }),
-      calls: fc.array(callSpec, { minLength: 2, maxLength: 8 }),
-    },
-    ({ calls, specs }) =>
+  // Each case runs under a TestClock of its own, several cases at once: a
+  // TestClock's adjust waits in real time for fibers to settle (timers of a
+  // few milliseconds), which is what a case costs, not CPU. A failure names
+  // the seed (REFERENCE_SEED) and the case.
+  it.effect(
+    `same events per handler and call, same Exits at the same virtual times, same health counts (${runs} random cases)`,
+    () =>
       Effect.gen(function*() {
-        const real = yield* runReal(specs, calls, unbounded)
-        const reference = yield* runReference(specs, calls, unbounded)
-        for (const [index] of specs.entries()) {
-          assert.deepStrictEqual(byCall(real.log[index]!), byCall(reference.log[index]!), `h${index} heard`)
+        const cases = [...regressions, ...fc.sample(caseOf, { numRuns: runs, seed })]
+        const failures = yield* Effect.forEach(
+          cases,
+          (c, i) =>
+            compare(c).pipe(
+              Effect.provide(TestContext.TestContext),
+              Effect.map((differences) => differences.length === 0 ? undefined : { i, c, differences })
+            ),
+          { concurrency: 8 }
+        )
+        const failed = failures.filter((f) => f !== undefined)
+        // A message, not a deep comparison: a diff of long strings would take the reporter minutes.
+        if (failed.length > 0) {
+          assert.fail(
+            `${failed.length} of ${cases.length} cases differ (REFERENCE_SEED=${seed}):\n` +
+              failed.slice(0, 3).map((f) => `case ${f.i}: ${JSON.stringify(f.c)}\n  ${f.differences.join("\n  ")}`)
+                .join("\n")
+          )
         }
-        assert.deepStrictEqual(real.calls.map((c) => c.exit), reference.calls.map((c) => c.exit), "exits")
-        assert.deepStrictEqual(real.counts, reference.counts, "health counts")
-        // Nothing waits for a slot: both complete each call at the same virtual time.
-        assert.deepStrictEqual(real.calls, reference.calls, "completion times")
       }),
-    { fastCheck: { numRuns: Number(process.env["REFERENCE_RUNS"] ?? 100) }, timeout: 600_000 }
+    // About 70 ms a case here; generous for slow machines and long runs.
+    Math.max(600_000, runs * 500)
   )
 })

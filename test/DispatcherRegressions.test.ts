@@ -1,6 +1,6 @@
 // Regression tests for defects found in the dispatcher, each failing before its fix.
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer, Logger, Metric, Option, Scope, TestClock } from "effect"
+import { Effect, Exit, Fiber, Layer, Logger, Metric, Option, Schedule, Scope, TestClock } from "effect"
 import { CallbackMetrics, Callbacks, Dispatcher, Handler, Testing } from "../src/index.js"
 
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
@@ -60,6 +60,45 @@ describe("Dispatcher regressions", () => {
       }
       assert.include(log.lines, "A start c2")
       assert.include(log.lines, "A end c2")
+    }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxConcurrent: 1 }))))
+
+  // Found by the reference-model comparison: cancelling the pending invocations of an
+  // interrupted start dispatch one by one let a running one's freed slot go to a start
+  // of the same dispatch still queued, which then heard a start its call never made.
+  it.effect("an interrupted start dispatch cancels its queued invocations before freeing its slots", () =>
+    Effect.gen(function*() {
+      const log = makeLog()
+      yield* Dispatcher.register(Handler.make({
+        name: "A",
+        // Fails every attempt; retries 200 ms apart hold the one slot.
+        onLlmStart: (event) => Effect.zipRight(log.heard("A", "start")(event), Effect.fail("no")),
+        onLlmEnd: log.heard("A", "end"),
+        onLlmError: log.heard("A", "error"),
+        retry: Schedule.spaced("200 millis").pipe(Schedule.intersect(Schedule.recurs(2))),
+        timeout: "1 second"
+      }))
+      yield* Dispatcher.register(Handler.make({
+        name: "B",
+        onLlmStart: log.heard("B", "start"),
+        onLlmEnd: log.heard("B", "end"),
+        onLlmError: log.heard("B", "error"),
+        timeout: "1 second"
+      }))
+      const c0 = yield* Effect.fork(Effect.succeed("c0").pipe(Callbacks.instrument({ ...options, callId: "c0" })))
+      yield* TestClock.adjust("150 millis")
+      const c1 = yield* Effect.fork(Effect.succeed("c1").pipe(Callbacks.instrument({ ...options, callId: "c1" })))
+      // At 400 ms A's c0 start gives up, B's runs, A's c1 start takes the slot and retries.
+      yield* TestClock.adjust("550 millis")
+      yield* Fiber.interrupt(c1)
+      yield* TestClock.adjust("5 seconds")
+      assert.isTrue(Exit.isSuccess(yield* Fiber.await(c0)))
+      assert.deepStrictEqual(log.lines.filter((line) => line.startsWith("B") && line.endsWith("c1")), [], log.lines.join(", "))
+      // A heard c1's start (its attempts ran): it hears c1's error, once.
+      assert.deepStrictEqual(log.lines.filter((line) => line.startsWith("A") && line.endsWith("c1")), [
+        "A start c1",
+        "A start c1",
+        "A error c1"
+      ])
     }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxConcurrent: 1 }))))
 })
 

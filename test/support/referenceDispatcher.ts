@@ -4,7 +4,10 @@
  * dispatcher is checked on random concurrent workloads
  * (`test/Dispatcher.reference.test.ts`).
  *
- * - A global `Semaphore` bounds handler invocations in flight.
+ * - A global semaphore bounds handler invocations in flight. It is strictly
+ *   first come, first served, a released permit going to the longest
+ *   waiter (Effect's `Semaphore` lets a newcomer take a permit released at
+ *   the same instant, which the documented semantics do not).
  * - One invocation: `Effect.retry` on the handler's schedule (typed failures
  *   only), inside `Effect.timeout`, the whole inside a permit.
  * - A phase fans out to the await handlers by priority (higher first), each
@@ -15,6 +18,11 @@
  *   terminal event (dispatched uninterruptibly) only if it heard start: its
  *   group was reached and its start invocation was not cancelled before an
  *   attempt ended (a queued or background delivery counts once it is queued).
+ * - `close` (the layer closing) unregisters the handlers one after the other,
+ *   the last registered first, as a scope runs its finalizers: each is taken
+ *   out of the audience of calls that start afterwards and, in background
+ *   mode, refuses new deliveries (dropped: not heard), runs what it holds,
+ *   and stops. Await handlers go on hearing the calls that started before.
  */
 import {
   Cause,
@@ -25,6 +33,7 @@ import {
   Fiber,
   Option,
   Queue,
+  Ref,
   Schedule,
   type Scope
 } from "effect"
@@ -56,14 +65,57 @@ export interface Reference {
   /** Waits until every background delivery is done. */
   readonly flush: Effect.Effect<void>
   readonly counts: (name: string) => Counts
+  /** Closes it (the layer's scope closing): see the module's comment. */
+  readonly close: Effect.Effect<void>
 }
+
+/** A first-come-first-served semaphore of `permits`: see the module's comment. */
+const fifoSemaphore = (permits: number) =>
+  Effect.map(
+    Ref.make({ available: permits, waiters: [] as ReadonlyArray<Deferred.Deferred<void>> }),
+    (state) => {
+      const release = Effect.flatMap(
+        Ref.modify(state, (s) =>
+          s.waiters.length > 0
+            ? [s.waiters[0], { ...s, waiters: s.waiters.slice(1) }] as const
+            : [undefined, { ...s, available: s.available + 1 }] as const),
+        (next) => next === undefined ? Effect.void : Deferred.succeed(next, undefined)
+      )
+      // Run uninterruptibly but for the wait, which `restore` makes interruptible.
+      const acquire = (restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) =>
+        Effect.flatMap(Deferred.make<void>(), (turn) =>
+          Effect.flatMap(
+            Ref.modify(state, (s) =>
+              s.available > 0 && s.waiters.length === 0
+                ? [true, { ...s, available: s.available - 1 }] as const
+                : [false, { ...s, waiters: [...s.waiters, turn] }] as const),
+            (taken) =>
+              taken ? Effect.void : restore(Deferred.await(turn)).pipe(
+                // Interrupted while waiting: leave the line, or pass on a permit handed over meanwhile.
+                Effect.onInterrupt(() =>
+                  Effect.flatMap(
+                    Ref.modify(state, (s) =>
+                      s.waiters.includes(turn)
+                        ? [false, { ...s, waiters: s.waiters.filter((w) => w !== turn) }] as const
+                        : [true, s] as const),
+                    (handed) => handed ? release : Effect.void
+                  )
+                )
+              )
+          ))
+      return <A, E, R>(effect: Effect.Effect<A, E, R>) =>
+        Effect.uninterruptibleMask((restore) => Effect.zipRight(acquire(restore), Effect.ensuring(restore(effect), release)))
+    }
+  )
 
 export const make = (
   handlers: ReadonlyArray<RefHandler>,
   maxConcurrent: number
 ): Effect.Effect<Reference, never, Scope.Scope> =>
   Effect.gen(function*() {
-    const semaphore = yield* Effect.makeSemaphore(maxConcurrent)
+    const withPermit = yield* fifoSemaphore(maxConcurrent)
+    /** Unregistered handlers: out of the audience of new calls; in background mode, refusing deliveries. */
+    const removed = new Set<string>()
     const counts = new Map(handlers.map((h) => [h.name, zero()]))
 
     /**
@@ -112,7 +164,7 @@ export const make = (
           }),
           Effect.zipRight(Effect.sync(heard))
         )
-        yield* semaphore.withPermits(1)(classified).pipe(
+        yield* withPermit(classified).pipe(
           Effect.onInterrupt(() =>
             Effect.zipRight(record("interruptions"), Effect.sync(() => {
               if (ended) heard()
@@ -123,16 +175,21 @@ export const make = (
 
     // Background: one queue and one sequential consumer per handler.
     const queues = new Map<string, Queue.Queue<readonly [Phase, string, Deferred.Deferred<void>]>>()
+    const consumers = new Map<string, Fiber.RuntimeFiber<never>>()
+    const pendingDeliveries = new Map<string, Array<Deferred.Deferred<void>>>()
     for (const handler of handlers) {
       if (handler.mode !== "background") continue
       const queue = yield* Queue.unbounded<readonly [Phase, string, Deferred.Deferred<void>]>()
       queues.set(handler.name, queue)
-      yield* Effect.forkScoped(Effect.forever(
-        Effect.flatMap(Queue.take(queue), ([phase, callId, done]) =>
-          Effect.zipRight(invoke(handler, phase, callId, () => {}), Deferred.succeed(done, undefined)))
-      ))
+      pendingDeliveries.set(handler.name, [])
+      consumers.set(
+        handler.name,
+        yield* Effect.forkScoped(Effect.forever(
+          Effect.flatMap(Queue.take(queue), ([phase, callId, done]) =>
+            Effect.zipRight(invoke(handler, phase, callId, () => {}), Deferred.succeed(done, undefined)))
+        ))
+      )
     }
-    const pendingDeliveries: Array<Deferred.Deferred<void>> = []
 
     const awaitGroups = Array.from(new Set(handlers.filter((h) => h.mode === "await").map((h) => h.priority)))
       .sort((a, b) => b - a)
@@ -142,9 +199,9 @@ export const make = (
     const dispatch = (phase: Phase, callId: string, audience: ReadonlySet<string>, heard: Set<string>) =>
       Effect.gen(function*() {
         for (const handler of handlers) {
-          if (handler.mode !== "background" || !audience.has(handler.name)) continue
+          if (handler.mode !== "background" || !audience.has(handler.name) || removed.has(handler.name)) continue
           const done = yield* Deferred.make<void>()
-          pendingDeliveries.push(done)
+          pendingDeliveries.get(handler.name)!.push(done)
           yield* Queue.offer(queues.get(handler.name)!, [phase, callId, done])
           heard.add(handler.name)
         }
@@ -164,7 +221,8 @@ export const make = (
       Effect.uninterruptibleMask((restore) =>
         Effect.gen(function*() {
           const heard = new Set<string>()
-          const started = yield* Effect.exit(restore(dispatch("start", callId, everyone, heard)))
+          const audience = new Set(Array.from(everyone).filter((name) => !removed.has(name)))
+          const started = yield* Effect.exit(restore(dispatch("start", callId, audience, heard)))
           const exit = Exit.isFailure(started) ? (started as Exit.Exit<never, never>) : yield* Effect.exit(restore(call))
           // The terminal dispatch runs whatever the caller does: in a fiber of its own,
           // which the caller's interruption does not reach, while the caller waits for it
@@ -177,9 +235,17 @@ export const make = (
         })
       )
 
+    const flushOne = (name: string) =>
+      Effect.suspend(() => Effect.forEach(pendingDeliveries.get(name)!.slice(), Deferred.await, { discard: true }))
     return {
       instrument,
-      flush: Effect.suspend(() => Effect.forEach(pendingDeliveries.slice(), Deferred.await, { discard: true })),
-      counts: (name) => counts.get(name)!
+      flush: Effect.forEach(Array.from(pendingDeliveries.keys()), flushOne, { discard: true }),
+      counts: (name) => counts.get(name)!,
+      close: Effect.forEach(handlers.slice().reverse(), (handler) =>
+        Effect.suspend(() => {
+          removed.add(handler.name)
+          const consumer = consumers.get(handler.name)
+          return consumer === undefined ? Effect.void : Effect.zipRight(flushOne(handler.name), Fiber.interrupt(consumer))
+        }), { discard: true })
     }
   })

@@ -96,7 +96,13 @@ export const awaitAll = (pendings: ReadonlyArray<Pending>): Effect.Effect<void> 
       if (--left === 0) resume(Effect.void)
     }
     for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
+    // Those still waiting for a slot first: cancelling a running one frees
+    // its slot, which must not go to another invocation of this dispatch.
     return Effect.sync(() => {
+      for (let i = 0; i < pendings.length; i++) {
+        const pending = pendings[i]!
+        if (pending instanceof Queued && pending.started === undefined) pending.cancel()
+      }
       for (let i = 0; i < pendings.length; i++) pendings[i]!.cancel()
     })
   })
@@ -279,11 +285,13 @@ class Invocation implements Pending {
     }
     if (this.suspended) this.entry.stats.inFlight--
     this.done(outcome)
-    this.state.slots.release()
-    if (this.suspended) Metrics.activeCallbacks.unsafeUpdate(this.state.slots.active, [])
+    // The dispatch waiting for it is woken before the slot goes to the next
+    // invocation in line: at one instant, the waiting dispatch goes on first.
     const listener = this.listener
     this.listener = undefined
     if (listener !== undefined) listener()
+    this.state.slots.release()
+    if (this.suspended) Metrics.activeCallbacks.unsafeUpdate(this.state.slots.active, [])
   }
 
   onSettled(f: () => void): void {

@@ -84,8 +84,9 @@ export const enqueue = (
   const lanes = entry.lanes!
   const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(event.call.callId, lanes.length)]!
   const now = performance.now()
-  if (state.closed) {
-    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "the dispatcher is shutting down"), now, results)
+  if (state.closed || entry.stats.closing) {
+    const why = state.closed ? "the dispatcher is shutting down" : "the handler is being unregistered"
+    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), now, results)
     if (phase === "start") (results.notStarted ??= []).push(entry.name)
     return undefined
   }

@@ -157,6 +157,8 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
         }
         yield* Effect.addFinalizer(() =>
           Effect.suspend(() => {
+            // From now on the handler hears no new call, and takes no new background delivery.
+            entry.stats.closing = true
             entries.delete(entry.name)
             snapshot = makeSnapshot(Array.from(entries.values()))
             return lanes === undefined
