@@ -17,14 +17,14 @@ import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import { dual } from "effect/Function"
 import * as Tracer from "effect/Tracer"
-import { type CallContext, currentCallContext } from "./CallContext.js"
-import * as Cost from "./Cost.js"
+import { currentCallContext } from "./CallContext.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
 import type { CallInfo, EndEvent, ErrorEvent, LlmResponse, Message, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
-import { type CallEvents, endEvent, errorEvent, makeCallEvents, randomCallId } from "./internal/callEvents.js"
+import { enrichEnd } from "./internal/enrich.js"
+import { endEvent, errorEvent, makeCallEvents, randomCallId } from "./internal/callEvents.js"
 import { type Calls, CallsTypeId } from "./internal/dispatch/contract.js"
 
 export {
@@ -221,14 +221,6 @@ const endSpan = (
   span.end(timing ? clock.unsafeCurrentTimeNanos() : bigint0, exit)
 }
 
-/** The end event with `response.costEstimate` from the price table in force. */
-const priced = (context: Context.Context<never>, event: EndEvent): EndEvent => {
-  const table = Context.get(context, Cost.CurrentPriceTable)
-  if (table === Cost.empty) return event
-  const response = Cost.withEstimate(table, event.call.model, event.response)
-  return response === event.response ? event : { ...event, response }
-}
-
 const noDispatcher = (): undefined => undefined
 
 /** The dispatcher's contract with `instrument`, when a dispatcher is in context. */
@@ -278,7 +270,7 @@ export const begin = (
             finished = true
             const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
             const event = Exit.isSuccess(exit)
-              ? priced(
+              ? enrichEnd(
                 context,
                 endEvent(
                   events,
@@ -343,7 +335,7 @@ const instrumentImpl = <A, E, R>(
           // A throwing reader must not break the call: the handlers get the issue as data.
           issues = [`response: the response reader threw: ${String(error)}`]
         }
-        event = priced(outerContext, endEvent(events, response, durationMs, undefined, issues))
+        event = enrichEnd(outerContext, endEvent(events, response, durationMs, undefined, issues))
       } else {
         event = errorEvent(events, exit.cause, durationMs)
       }

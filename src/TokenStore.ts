@@ -509,17 +509,6 @@ const decodeLimit = (
 const decodeCycle = validator(CycleSchema)
 
 /**
- * Validates a `RecordInput`, failing with an `InvalidInput` error whose
- * message names the offending field and value, e.g.
- * `Invalid usage.promptTokens: expected a non-negative safe integer, got -1`.
- *
- * @since 0.1.0
- * @category validation
- */
-export const validateRecordInput = (input: RecordInput): Effect.Effect<RecordInput, TokenStoreError> =>
-  decodeRecordInput(input)
-
-/**
  * The error of a record whose counters would leave the safe integers: nothing
  * of it is written.
  *

@@ -1,0 +1,28 @@
+/**
+ * The steps that complete a call's end event before any handler hears it,
+ * each reading what it needs from the caller's context. They run in order,
+ * once per call; a step that has nothing to add returns the event as it is.
+ */
+import * as Context from "effect/Context"
+import * as Cost from "../Cost.js"
+import type { EndEvent } from "../Events.js"
+
+/** One step: the end event, completed from the caller's context. */
+export type EndStep = (context: Context.Context<never>, event: EndEvent) => EndEvent
+
+/** `response.costEstimate`, from the price table in force (`Cost.CurrentPriceTable`). */
+export const costEstimate: EndStep = (context, event) => {
+  const table = Context.get(context, Cost.CurrentPriceTable)
+  if (table === Cost.empty) return event
+  const response = Cost.withEstimate(table, event.call.model, event.response)
+  return response === event.response ? event : { ...event, response }
+}
+
+/** The steps, in order. */
+export const endSteps: ReadonlyArray<EndStep> = [costEstimate]
+
+/** The end event after every step. */
+export const enrichEnd = (context: Context.Context<never>, event: EndEvent): EndEvent => {
+  for (let i = 0; i < endSteps.length; i++) event = endSteps[i]!(context, event)
+  return event
+}
