@@ -20,11 +20,11 @@ import * as Tracer from "effect/Tracer"
 import { currentCallContext } from "./CallContext.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
-import type { CallInfo, EndEvent, ErrorEvent, LlmResponse, Message, StartEvent } from "./Events.js"
+import type { CallInfo, EndEvent, ErrorEvent, LlmResponse, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
 import { enrichEnd } from "./internal/enrich.js"
-import { endEvent, errorEvent, makeCallEvents, randomCallId } from "./internal/callEvents.js"
+import { type CallOptions, endEvent, errorEvent, makeCallEvents, randomCallId } from "./internal/callEvents.js"
 import { type Calls, CallsTypeId } from "./internal/dispatch/contract.js"
 
 export {
@@ -66,25 +66,9 @@ export {
  * @since 0.1.0
  * @category models
  */
-export interface InstrumentOptions<A> {
-  readonly provider: string
-  readonly model: string
-  /** `{ role, content }` messages; other shapes are decoded leniently (issues reported to handlers). */
-  readonly messages?: ReadonlyArray<Message> | unknown
-  readonly userId?: string | undefined
-  /** The team the call is billed to; default: the call context's. */
-  readonly teamId?: string | undefined
-  /** The organisation the call is billed to; default: the call context's. */
-  readonly orgId?: string | undefined
-  readonly parentCallId?: string | undefined
-  readonly tags?: ReadonlyArray<string> | undefined
-  readonly metadata?: Readonly<Record<string, unknown>> | undefined
-  /** Request parameters (`temperature`, `maxTokens`, ...). */
-  readonly params?: Readonly<Record<string, unknown>> | undefined
+export interface InstrumentOptions<A> extends CallOptions {
   /** Reads the response out of the call's result; by default the result itself is the response. */
   readonly response?: ((a: A) => LlmResponse | unknown) | undefined
-  /** A call id of the caller's choosing (e.g. to make a retried call idempotent); by default a new unique id. */
-  readonly callId?: string | undefined
 }
 
 /**

@@ -8,18 +8,23 @@ import type { CallContext } from "../CallContext.js"
 import type { CallFailure, CallInfo, EndEvent, ErrorEvent, Message, StartEvent } from "../Events.js"
 import { decodeMessagesLenient, decodeResponseLenient } from "./decode.js"
 
-/** What a call's events are made of (`instrument`'s options, less the response reader). */
+/** What a call's events are made of: `instrument`'s options, less the response reader. */
 export interface CallOptions {
   readonly provider: string
   readonly model: string
+  /** `{ role, content }` messages; other shapes are decoded leniently (issues reported to handlers). */
   readonly messages?: ReadonlyArray<Message> | unknown
   readonly userId?: string | undefined
+  /** The team the call is billed to; default: the call context's. */
   readonly teamId?: string | undefined
+  /** The organisation the call is billed to; default: the call context's. */
   readonly orgId?: string | undefined
   readonly parentCallId?: string | undefined
   readonly tags?: ReadonlyArray<string> | undefined
   readonly metadata?: Readonly<Record<string, unknown>> | undefined
+  /** Request parameters (`temperature`, `maxTokens`, ...). */
   readonly params?: Readonly<Record<string, unknown>> | undefined
+  /** A call id of the caller's choosing (e.g. to make a retried call idempotent); by default a new unique id. */
   readonly callId?: string | undefined
 }
 
