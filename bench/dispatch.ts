@@ -8,7 +8,10 @@
  * - `suspend`: handlers that suspend once (`Effect.promise(() => Promise.resolve())`,
  *   `await Promise.resolve()` for the others);
  * - `fail`: handlers that fail every attempt: 3 attempts without delay (ours and
- *   hand-written); LangChain does not retry, so its handlers throw once;
+ *   hand-written); LangChain does not retry, so its handlers throw once. No
+ *   variant writes its failures anywhere: ours runs without a logger (the
+ *   warning is still built), LangChain's `console.error` of each failure is
+ *   silenced for the run;
  * - `background`: no-op handlers in background mode (LangChain: handlers not awaited).
  *
  * Method: every variant runs the same loop shape (a JavaScript `for` loop
@@ -151,6 +154,16 @@ export interface Options {
 }
 
 export const run = async (options: Options = {}): Promise<Array<Record<string, string | number>>> => {
+  const consoleError = console.error
+  console.error = () => {}
+  try {
+    return await runSilenced(options)
+  } finally {
+    console.error = consoleError
+  }
+}
+
+const runSilenced = async (options: Options): Promise<Array<Record<string, string | number>>> => {
   const rounds = options.rounds ?? 7
   const configs = (options.kinds ?? kinds).flatMap((kind) => sizes.map((n) => ({ kind, n })))
   const prepared = configs.map(({ kind, n }) => {

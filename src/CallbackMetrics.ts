@@ -65,9 +65,7 @@ export const errorsTotal = Metric.counter("callback_errors_total", {
  * @since 0.1.0
  * @category metrics
  */
-export const activeCallbacks = Metric.gauge("active_callbacks", {
-  description: "Callback handler invocations in flight"
-})
+export const activeCallbacks = Metric.fromMetricKey(keys.activeKey)
 
 /**
  * @since 0.1.0

@@ -14,6 +14,11 @@ export type Status = "success" | "failed" | "defect" | "timeout" | "interrupted"
 
 const statuses: ReadonlyArray<Status> = ["success", "failed", "defect", "timeout", "interrupted", "dropped"]
 
+export const activeKey = MetricKey.gauge("active_callbacks", { description: "Callback handler invocations in flight" })
+
+/** The registry hook of `active_callbacks` (it has no labels), resolved once: an update is a call. */
+export const activeHook: MetricHook.MetricHook<number, unknown> = Metric.globalMetricRegistry.get(activeKey)
+
 export const executionsKey = MetricKey.counter("callback_executions_total", {
   description: "Callback handler invocations by handler, phase and outcome",
   incremental: true

@@ -34,7 +34,7 @@ import * as Runtime from "effect/Runtime"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as Intervals from "effect/ScheduleIntervals"
 import * as Tracer from "effect/Tracer"
-import * as Metrics from "../../CallbackMetrics.js"
+import { activeHook } from "../metricLabels.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
 import * as Outcome from "./outcome.js"
@@ -255,7 +255,7 @@ class Invocation implements Pending {
     if (this.suspended) return
     this.suspended = true
     this.entry.stats.inFlight++
-    Metrics.activeCallbacks.unsafeUpdate(this.state.slots.active, [])
+    activeHook.update(this.state.slots.active)
     // With a zero timeout the timer may fire at once: `settle` is ready for it.
     this.cancelTimer = startTimer(
       this.entry.timeout,
@@ -291,7 +291,7 @@ class Invocation implements Pending {
     this.listener = undefined
     if (listener !== undefined) listener()
     this.state.slots.release()
-    if (this.suspended) Metrics.activeCallbacks.unsafeUpdate(this.state.slots.active, [])
+    if (this.suspended) activeHook.update(this.state.slots.active)
   }
 
   onSettled(f: () => void): void {
