@@ -745,3 +745,32 @@ describe("Dispatcher", () => {
       }).pipe(Effect.provide(Testing.layer())))
   })
 })
+
+describe("Dispatcher metric series", () => {
+  const seriesOf = (name: string, handler: string) =>
+    Metric.unsafeSnapshot().filter((pair) =>
+      pair.metricKey.name === name &&
+      pair.metricKey.tags.some((tag) => tag.key === "callback_type" && tag.value === handler)
+    ).map((pair) =>
+      Object.fromEntries(pair.metricKey.tags.filter((tag) => tag.key !== "callback_type").map((tag) => [tag.key, tag.value]))
+    )
+
+  it.scoped("exist at 0 from registration for the outcomes a handler can have, and only those", () =>
+    Effect.gen(function*() {
+      yield* Dispatcher.register(Handler.make({ name: "series-await", onLlmEnd: () => Effect.void }))
+      yield* Dispatcher.register(Handler.make({ name: "series-bg", mode: "background", onLlmStart: () => Effect.void }))
+      const awaitStatuses = seriesOf("callback_executions_total", "series-await")
+      assert.deepStrictEqual(
+        awaitStatuses.map((tags) => `${tags["phase"]} ${tags["status"]}`).sort(),
+        ["end defect", "end failed", "end interrupted", "end success", "end timeout"]
+      )
+      assert.isTrue(
+        seriesOf("callback_executions_total", "series-bg").some((tags) => tags["phase"] === "start" && tags["status"] === "dropped")
+      )
+      // Background handlers' drop counter and queue gauge, at 0 before any event.
+      assert.strictEqual(yield* Metric.value(CallbackMetrics.droppedTotal.pipe(Metric.tagged("callback_type", "series-bg"))).pipe(Effect.map((s) => s.count)), 0)
+      assert.lengthOf(seriesOf("callback_dropped_total", "series-bg"), 1)
+      assert.lengthOf(seriesOf("callback_queue_depth", "series-bg"), 1)
+      assert.lengthOf(seriesOf("callback_dropped_total", "series-await"), 0)
+    }).pipe(Effect.provide(Dispatcher.layer())))
+})

@@ -58,43 +58,50 @@ export const durationKey = MetricKey.histogram(
  */
 export interface HandlerLabels {
   /**
-   * The registry hooks of `callback_executions_total` and
-   * `callback_duration_seconds` for this handler, resolved once: updating a
-   * hook directly skips the per-update lookup of the label set.
+   * The registry hook of `callback_executions_total` for this handler, a
+   * phase and an outcome, resolved once: updating a hook directly skips the
+   * per-update lookup of the label set.
    */
-  readonly executionHooks: Readonly<Record<Phase, Readonly<Record<Status, MetricHook.MetricHook<number, unknown>>>>>
+  readonly executionHook: (phase: Phase, status: Status) => MetricHook.MetricHook<number, unknown>
+  /** The registry hooks of `callback_duration_seconds`, per phase. */
   readonly durationHooks: Readonly<Record<Phase, MetricHook.MetricHook<number, unknown>>>
-  readonly execution: Readonly<Record<Phase, Readonly<Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>>>>
   readonly duration: Readonly<Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>>
   readonly error: Readonly<Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>>
   readonly handler: ReadonlyArray<MetricLabel.MetricLabel>
 }
 
-/** The label sets and metric hooks of one handler, resolved once at registration. */
-export const makeHandlerLabels = (handler: string): HandlerLabels => {
+/**
+ * The label sets and metric hooks of one handler. The series of the
+ * outcomes it can have (its phases; `dropped` in background mode only) are
+ * created at registration, so that they are exported at 0 before any event;
+ * the others are never created.
+ */
+export const makeHandlerLabels = (
+  handler: string,
+  hooked: ReadonlyArray<Phase>,
+  background: boolean
+): HandlerLabels => {
   const type = MetricLabel.make("callback_type", handler)
-  const execution = {} as Record<Phase, Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>>
   const duration = {} as Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>
+  const durationHooks = {} as Record<Phase, MetricHook.MetricHook<number, unknown>>
+  const executionHooks = {} as Record<Phase, Partial<Record<Status, MetricHook.MetricHook<number, unknown>>>>
   for (const phase of phases) {
-    const phaseLabel = MetricLabel.make("phase", phase)
-    duration[phase] = [type, phaseLabel]
-    execution[phase] = {} as Record<Status, ReadonlyArray<MetricLabel.MetricLabel>>
-    for (const status of statuses) execution[phase][status] = [type, phaseLabel, MetricLabel.make("status", status)]
+    duration[phase] = [type, MetricLabel.make("phase", phase)]
+    durationHooks[phase] = Metric.globalMetricRegistry.get(MetricKey.taggedWithLabels(durationKey, duration[phase]))
+    executionHooks[phase] = {}
+  }
+  const executionHook = (phase: Phase, status: Status) =>
+    executionHooks[phase][status] ??= Metric.globalMetricRegistry.get(
+      MetricKey.taggedWithLabels(executionsKey, [...duration[phase], MetricLabel.make("status", status)])
+    )
+  for (const phase of hooked) {
+    for (const status of statuses) {
+      if (status !== "dropped" || background) executionHook(phase, status)
+    }
   }
   const error = {} as Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>
   for (const status of statuses) {
     if (status !== "success") error[status] = [type, MetricLabel.make("error_type", status)]
   }
-  const executionHooks = {} as Record<Phase, Record<Status, MetricHook.MetricHook<number, unknown>>>
-  const durationHooks = {} as Record<Phase, MetricHook.MetricHook<number, unknown>>
-  for (const phase of phases) {
-    durationHooks[phase] = Metric.globalMetricRegistry.get(MetricKey.taggedWithLabels(durationKey, duration[phase]))
-    executionHooks[phase] = {} as Record<Status, MetricHook.MetricHook<number, unknown>>
-    for (const status of statuses) {
-      executionHooks[phase][status] = Metric.globalMetricRegistry.get(
-        MetricKey.taggedWithLabels(executionsKey, execution[phase][status])
-      )
-    }
-  }
-  return { executionHooks, durationHooks, execution, duration, error, handler: [type] }
+  return { executionHook, durationHooks, duration, error, handler: [type] }
 }

@@ -145,11 +145,18 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           schedule: options.enableRecovery ? handler.policy.retry ?? defaultSchedule : undefined,
           mode: checked.mode,
           priority: checked.priority,
-          labels: makeHandlerLabels(handler.name),
+          labels: makeHandlerLabels(
+            handler.name,
+            phases.filter((phase) => hooks[phase] !== undefined),
+            checked.mode === "background"
+          ),
           stats: makeStats(),
           lanes
         }
         if (lanes !== undefined) {
+          // Exported at 0 from registration: an alert on them sees 0, not "no data".
+          Metrics.droppedTotal.unsafeUpdate(0, entry.labels.handler)
+          Metrics.queueDepth.unsafeUpdate(0, entry.labels.handler)
           // Finalizers run in reverse: the drain (below) while the consumers are
           // alive, then the consumers are interrupted, then one summary line.
           yield* Effect.addFinalizer(() => shutdownSummary(state, entry))

@@ -33,7 +33,7 @@ const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome
   const stats = entry.stats
   const status = outcome.status
   if (status === "queued") return
-  entry.labels.executionHooks[phase][status].update(1)
+  entry.labels.executionHook(phase, status).update(1)
   entry.labels.durationHooks[phase].update(seconds)
   if (outcome.attempts > 1) {
     stats.retries += outcome.attempts - 1
