@@ -56,13 +56,13 @@ const runGroups = (
       const rest = g + 1
       return rest < plan.groups.length
         ? Effect.zipRight(
-          awaitAll(waiting),
+          awaitAll(state.slots, waiting),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroups(state, plan, phase, event, results, rest, callerOf(fiber), fiber.currentSpan, tracing) ??
               Effect.void
           )
         )
-        : awaitAll(waiting)
+        : awaitAll(state.slots, waiting)
     }
   }
   return undefined

@@ -39,6 +39,7 @@ import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
 import * as Outcome from "./outcome.js"
 import type { Entry, Hook, State } from "./plan.js"
+import type { QueuedStart, Slots } from "./slots.js"
 import { startTimer } from "./timer.js"
 
 /** Effect's default tracer, which exports nowhere: no handler spans under it. */
@@ -87,25 +88,42 @@ export interface Pending {
  * Waits for pending invocations, with one callback each and no fiber. The
  * dispatching fiber may be uninterruptible (terminal dispatch): the wait then
  * ends when they settle, which their timeouts bound. When it is interrupted
- * (start dispatch), they are cancelled.
+ * (start dispatch), they are cancelled, with the slot queue held (see
+ * `Slots.holding`).
  */
-export const awaitAll = (pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
+export const awaitAll = (slots: Slots, pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
     let left = pendings.length
     const one = () => {
       if (--left === 0) resume(Effect.void)
     }
     for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
-    // Those still waiting for a slot first: cancelling a running one frees
-    // its slot, which must not go to another invocation of this dispatch.
-    return Effect.sync(() => {
-      for (let i = 0; i < pendings.length; i++) {
-        const pending = pendings[i]!
-        if (pending instanceof Queued && pending.started === undefined) pending.cancel()
-      }
-      for (let i = 0; i < pendings.length; i++) pendings[i]!.cancel()
-    })
+    return Effect.sync(() =>
+      slots.holding(() => {
+        for (let i = 0; i < pendings.length; i++) pendings[i]!.cancel()
+      })
+    )
   })
+
+/** What both kinds of pending invocation share: the settled flag, and the one listener told of it. */
+abstract class Settles implements Pending {
+  settled = false
+  private listener: (() => void) | undefined = undefined
+
+  /** Tells the listener, once (`settled` is set by the subclass, before its outcome is reported). */
+  protected notify(): void {
+    const listener = this.listener
+    this.listener = undefined
+    if (listener !== undefined) listener()
+  }
+
+  onSettled(f: () => void): void {
+    if (this.settled) f()
+    else this.listener = f
+  }
+
+  abstract cancel(): void
+}
 
 /** Schedules run their steps here: a step needs no service but the `now` it is given. */
 const stepRuntime = Runtime.defaultRuntime
@@ -126,8 +144,7 @@ const call = (hook: Hook, arg: unknown): Effect.Effect<void, unknown> => {
 type Step = Exit.Exit<readonly [unknown, unknown, ScheduleDecision.ScheduleDecision], unknown>
 
 /** An invocation past its first attempt: see the module's comment. */
-class Invocation implements Pending {
-  settled = false
+class Invocation extends Settles {
   attempts = 1
   /** An attempt ran to its end (the hook processed the event): a cancellation is no longer "did not hear it". */
   heard = false
@@ -137,7 +154,6 @@ class Invocation implements Pending {
   cancelTimer: (() => void) | undefined = undefined
   cancelDelay: (() => void) | undefined = undefined
   scheduleState: unknown = undefined
-  listener: (() => void) | undefined = undefined
   private runtimeMemo: Runtime.Runtime<never> | undefined = undefined
 
   constructor(
@@ -149,7 +165,9 @@ class Invocation implements Pending {
     readonly caller: Caller,
     readonly span: Tracer.AnySpan | undefined,
     readonly done: (outcome: Outcome.Outcome) => void
-  ) {}
+  ) {
+    super()
+  }
 
   /** The runtime of the hook's fibers: the handler's context, the caller's refs. */
   runtime(): Runtime.Runtime<never> {
@@ -287,16 +305,9 @@ class Invocation implements Pending {
     this.done(outcome)
     // The dispatch waiting for it is woken before the slot goes to the next
     // invocation in line: at one instant, the waiting dispatch goes on first.
-    const listener = this.listener
-    this.listener = undefined
-    if (listener !== undefined) listener()
+    this.notify()
     this.state.slots.release()
     if (this.suspended) activeHook.update(this.state.slots.active)
-  }
-
-  onSettled(f: () => void): void {
-    if (this.settled) f()
-    else this.listener = f
   }
 
   cancel(): void {
@@ -332,30 +343,23 @@ const startWithSlot = (
 }
 
 /** An invocation waiting for a slot. */
-class Queued implements Pending {
-  settled = false
+class Queued extends Settles {
   started: Pending | undefined = undefined
-  listener: (() => void) | undefined = undefined
-  handle: { start: (() => void) | undefined } | undefined = undefined
+  handle: QueuedStart | undefined = undefined
 
   constructor(
     readonly state: State,
     readonly entry: Entry,
     readonly phase: Phase,
     readonly done: (outcome: Outcome.Outcome) => void
-  ) {}
+  ) {
+    super()
+  }
 
   readonly finish = (outcome: Outcome.Outcome): void => {
     this.done(outcome)
     this.settled = true
-    const listener = this.listener
-    this.listener = undefined
-    if (listener !== undefined) listener()
-  }
-
-  onSettled(f: () => void): void {
-    if (this.settled) f()
-    else this.listener = f
+    this.notify()
   }
 
   cancel(): void {

@@ -254,7 +254,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
       if (running !== undefined) {
         // Wait for the delivery that suspended, then run the rest of the batch.
         return Effect.zipRight(
-          awaitAll([running]),
+          awaitAll(state.slots, [running]),
           Effect.withFiberRuntime<void>((fiber) => runBatch(batch, callerOf(fiber), tracing))
         )
       }

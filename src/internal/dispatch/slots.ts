@@ -15,7 +15,24 @@ export class Slots {
   private queue: Array<QueuedStart | undefined> = []
   private head = 0
   private draining = false
+  private held = 0
   constructor(readonly max: number) {}
+
+  /**
+   * Runs `f` with the queue held: slots freed meanwhile go to queued starts
+   * only once `f` returned. A dispatch cancelling its invocations does so
+   * held, so that a slot one of them frees never goes to another of them
+   * still queued (which would then hear an event its call never had).
+   */
+  holding(f: () => void): void {
+    this.held++
+    try {
+      f()
+    } finally {
+      this.held--
+      this.drain()
+    }
+  }
 
   tryTake(): boolean {
     if (this.active < this.max) {
@@ -50,7 +67,7 @@ export class Slots {
   }
 
   private drain(): void {
-    if (this.draining) return
+    if (this.draining || this.held > 0) return
     this.draining = true
     try {
       while (this.active < this.max && this.head < this.queue.length) {
