@@ -16,7 +16,7 @@ import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import { type Handler, hookOf, type Mode } from "../../Handler.js"
 import { HandlerRegistrationError } from "../../HandlerError.js"
-import { makeHandlerLabels } from "../metricLabels.js"
+import { activeHook, makeHandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchWith, run } from "./fanout.js"
@@ -110,7 +110,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
     const entries = new Map<string, Entry>()
     let snapshot: Snapshot = makeSnapshot([])
     // Registered at once so that the gauge is exported before any invocation suspends.
-    Metrics.activeCallbacks.unsafeUpdate(0, [])
+    activeHook.update(0)
 
     const defaultSchedule: Schedule.Schedule<unknown, unknown> | undefined =
       options.enableRecovery && options.maxRetryAttempts > 1
