@@ -10,7 +10,8 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import { globalValue } from "effect/GlobalValue"
-import { currentParents, parentsOf, removeParent } from "./internal/parents.js"
+import { currentOperation } from "./internal/operation.js"
+import { currentParents, parentsOf, removeParent, topOf } from "./internal/parents.js"
 
 /**
  * Context for the instrumented calls inside a region: the user, team and
@@ -134,4 +135,52 @@ export const withCallContext: {
     const withContext = Effect.locallyWith(self, currentCallContext, (outer) => merge(outer, context))
     return context.parentCallId === undefined ? withContext : withParent(withContext, context.parentCallId)
   }
+)
+
+/**
+ * Runs `self` as one operation: every instrumented call made directly in it
+ * (not the calls nested inside those) is an attempt of that operation, with
+ * its `operationId` and its `attempt` number (1, 2, ...) in `CallInfo`. Put
+ * the retry inside it: each attempt is then a call of its own, heard and
+ * accounted on its own (its tokens recorded once, under its own call id), and
+ * a dashboard or a ledger can group them by operation.
+ *
+ * @example
+ * ```ts
+ * import { Effect, Schedule } from "effect"
+ * import { Callbacks } from "effect-llm-callbacks"
+ *
+ * declare const callModel: Effect.Effect<{ content: string }, Error>
+ *
+ * const answer = callModel.pipe(
+ *   Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "alice" }),
+ *   Effect.retry(Schedule.recurs(2)),
+ *   Callbacks.withOperation()
+ * )
+ * ```
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const withOperation: {
+  (options?: { readonly operationId?: string | undefined }): <A, E, R>(
+    self: Effect.Effect<A, E, R>
+  ) => Effect.Effect<A, E, R>
+  <A, E, R>(
+    self: Effect.Effect<A, E, R>,
+    options?: { readonly operationId?: string | undefined }
+  ): Effect.Effect<A, E, R>
+} = dual(
+  (args) => Effect.isEffect(args[0]),
+  <A, E, R>(
+    self: Effect.Effect<A, E, R>,
+    options?: { readonly operationId?: string | undefined }
+  ): Effect.Effect<A, E, R> =>
+    Effect.withFiberRuntime((fiber) =>
+      Effect.locally(self, currentOperation, {
+        id: options?.operationId ?? crypto.randomUUID(),
+        enclosing: topOf(fiber.getFiberRef(currentParents)),
+        attempts: 0
+      })
+    )
 )

@@ -20,11 +20,33 @@ import * as Tracer from "effect/Tracer"
 import { currentCallContext } from "./CallContext.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
-import type { CallInfo, EndEvent, ErrorEvent, LlmResponse, StartEvent } from "./Events.js"
+import type {
+  CallbackEvent,
+  CallInfo,
+  ChunkEvent,
+  EndEvent,
+  ErrorEvent,
+  LlmResponse,
+  StartEvent,
+  ToolEndEvent,
+  ToolErrorEvent
+} from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
 import { enrichEnd } from "./internal/enrich.js"
-import { type CallOptions, endEvent, errorEvent, makeCallEvents, randomCallId } from "./internal/callEvents.js"
+import {
+  type CallOptions,
+  endEvent,
+  errorEvent,
+  makeCallEvents,
+  makeToolEvents,
+  randomCallId,
+  type ToolOptions,
+  toolTerminal
+} from "./internal/callEvents.js"
+import { decodeResponseLenient } from "./internal/decode.js"
+import { currentOperation } from "./internal/operation.js"
+import { CurrentTokenCounter } from "./TokenCounter.js"
 import { type Calls, CallsTypeId } from "./internal/dispatch/contract.js"
 
 export {
@@ -53,6 +75,11 @@ export {
    * @category combinators
    */
   withCallContext,
+  /**
+   * @since 0.3.0
+   * @category combinators
+   */
+  withOperation,
   /**
    * @since 0.1.0
    * @category combinators
@@ -90,7 +117,24 @@ export interface ActiveCall {
   readonly startReport: Dispatch.DispatchReport
   /** Milliseconds since the call started, from `Clock`. */
   readonly elapsed: Effect.Effect<number>
-  /** Dispatches end (success) or error (failure) once; later calls do nothing. */
+  /**
+   * Whether some handler of the call hears stream chunks: when it is false,
+   * {@link ActiveCall.chunk} does nothing, and a stream need not build its deltas.
+   */
+  readonly hearsChunks: boolean
+  /**
+   * Offers one streamed delta (text, or reasoning) to the handlers' chunk
+   * hooks, synchronously, without ever waiting (see `Handler`'s
+   * `onLlmChunk`). Numbered in call order, from 0. Nothing after `finish`.
+   */
+  readonly chunk: (kind: ChunkEvent["kind"], delta: string) => void
+  /**
+   * Dispatches end (success) or error (failure) once; later calls do nothing.
+   * `response` is the response of a success, or what a failed or cut-off
+   * call produced before it ended: its usage, when absent, is then counted
+   * with the token counter in force (`TokenCounter.CurrentTokenCounter`) and
+   * flagged estimated.
+   */
   readonly finish: <A, E>(
     exit: Exit.Exit<A, E>,
     options?: { readonly response?: unknown; readonly timeToFirstTokenMs?: number | undefined }
@@ -154,43 +198,56 @@ const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpa
 }
 
 /**
- * Opens the span of one call, the way `Effect.withSpan` would (parent,
- * annotations and links from the fiber, the fiber's tracer and clock), but
- * synchronously and without capturing a stack trace. `undefined` when
- * tracing is disabled.
+ * Opens the span of one call or tool run, the way `Effect.withSpan` would
+ * (parent, annotations and links from the fiber, the fiber's tracer and
+ * clock), but synchronously and without capturing a stack trace.
+ * `undefined` when tracing is disabled.
  */
-const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock): Tracer.Span | undefined => {
+const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock, tool?: StartTool): Tracer.Span | undefined => {
   // Effect's default tracer exports nowhere: no span, so the hot path pays
   // nothing unless a real tracer (e.g. OpenTelemetry) is installed.
   if (fiber.currentTracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
   const operation = operationName(call)
   const links = fiber.getFiberRef(FiberRef.currentTracerSpanLinks)
   const span = fiber.currentTracer.span(
-    `${operation} ${call.model}`,
+    tool === undefined ? `${operation} ${call.model}` : `${operation} ${tool.name}`,
     parentOf(fiber.currentSpan),
     Context.empty(),
     links.length === 0 ? [] : Array.from(links),
     fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0,
-    "client"
+    tool === undefined ? "client" : "internal"
   )
   const annotations = fiber.getFiberRef(FiberRef.currentTracerSpanAnnotations)
   if (HashMap.size(annotations) > 0) HashMap.forEach(annotations, (value, key) => span.attribute(key, value))
   span.attribute("gen_ai.operation.name", operation)
-  span.attribute("gen_ai.provider.name", call.provider)
-  span.attribute("gen_ai.request.model", call.model)
   span.attribute("llm.call_id", call.callId)
+  if (tool === undefined) {
+    span.attribute("gen_ai.provider.name", call.provider)
+    span.attribute("gen_ai.request.model", call.model)
+  } else {
+    span.attribute("gen_ai.tool.name", tool.name)
+    if (tool.id !== undefined) span.attribute("gen_ai.tool.call.id", tool.id)
+  }
+  if (call.operationId !== undefined) span.attribute("llm.operation_id", call.operationId)
+  if (call.attempt !== undefined) span.attribute("llm.attempt", call.attempt)
   return span
 }
+
+type StartTool = { readonly name: string; readonly id?: string | undefined }
 
 /** Records the outcome of the call on its span and ends it (its status comes from `exit`). */
 const endSpan = (
   timing: boolean,
   span: Tracer.Span,
-  event: EndEvent | ErrorEvent,
+  event: EndEvent | ErrorEvent | ToolEndEvent | ToolErrorEvent,
   exit: Exit.Exit<unknown, unknown>,
   clock: Clock.Clock
 ): void => {
-  if (event._tag === "End") {
+  if (event._tag === "ToolEnd") {
+    // Nothing to add: the status is the exit's.
+  } else if (event._tag === "ToolError") {
+    span.attribute("error.type", event.failure.errorType)
+  } else if (event._tag === "End") {
     const response = event.response
     if (response.usage !== undefined) {
       span.attribute("gen_ai.usage.input_tokens", response.usage.promptTokens)
@@ -234,7 +291,8 @@ export const begin = (
       fiber.getFiberRef(currentCallContext),
       startedAt,
       topOf(fiber.getFiberRef(currentParents)),
-      calls.nextCallId
+      calls.nextCallId,
+      fiber.getFiberRef(currentOperation)
     )
     const context = fiber.currentContext
     const span = startSpan(fiber as AnyFiber, events.call, clock)
@@ -242,34 +300,85 @@ export const begin = (
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
       span === undefined ? effect : Effect.withParentSpan(effect, span)
     let finished = false
+    const sink = calls.chunks(token, fiber as AnyFiber, span)
+    let chunks = 0
+    const chunk = sink === undefined
+      ? (_kind: ChunkEvent["kind"], _delta: string) => {}
+      : (kind: ChunkEvent["kind"], delta: string) => {
+        if (finished) return
+        const event: ChunkEvent = {
+          _tag: "Chunk",
+          call: events.call,
+          index: chunks++,
+          kind,
+          delta,
+          elapsedMs: clock.unsafeCurrentTimeMillis() - startedAt
+        }
+        sink(event)
+      }
     return Effect.map(underSpan(calls.dispatch(token, events.start)), (startReport) =>
       Option.some<ActiveCall>({
         call: events.call,
         span,
         startReport,
         elapsed: Effect.sync(() => clock.unsafeCurrentTimeMillis() - startedAt),
+        hearsChunks: sink !== undefined,
+        chunk,
         finish: (exit, finishOptions) =>
           Effect.suspend(() => {
             if (finished) return Effect.succeedNone
             finished = true
             const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
-            const event = Exit.isSuccess(exit)
-              ? enrichEnd(
-                context,
-                endEvent(
-                  events,
-                  finishOptions !== undefined && "response" in finishOptions ? finishOptions.response : exit.value,
-                  durationMs,
-                  finishOptions?.timeToFirstTokenMs
-                )
-              )
-              : errorEvent(events, exit.cause, durationMs, finishOptions?.timeToFirstTokenMs)
-            if (span !== undefined) endSpan(timing, span, event, exit, clock)
-            return Effect.asSome(Effect.uninterruptible(underSpan(calls.dispatch(token, event))))
+            const ttft = finishOptions?.timeToFirstTokenMs
+            const dispatch = (event: EndEvent | ErrorEvent) => {
+              if (span !== undefined) endSpan(timing, span, event, exit, clock)
+              return Effect.asSome(Effect.uninterruptible(underSpan(calls.dispatch(token, event))))
+            }
+            if (Exit.isSuccess(exit)) {
+              const response = finishOptions !== undefined && "response" in finishOptions
+                ? finishOptions.response
+                : exit.value
+              return dispatch(enrichEnd(context, endEvent(events, response, durationMs, ttft)))
+            }
+            const partial = finishOptions?.response === undefined
+              ? undefined
+              : decodeResponseLenient(finishOptions.response).response
+            if (partial === undefined || partial.usage !== undefined) {
+              return dispatch(errorEvent(events, exit.cause, durationMs, ttft, partial))
+            }
+            return Effect.flatMap(
+              estimateUsage(context, events.call.model, events.start.messages, partial),
+              (response) => dispatch(errorEvent(events, exit.cause, durationMs, ttft, response))
+            )
           })
       })
     )
   })
+
+/**
+ * The response of a call cut off before its provider reported usage, with
+ * its usage counted by the token counter in force (prompt, and the output
+ * received) and flagged estimated; as it is when no counter is in force or
+ * the count fails.
+ */
+const estimateUsage = (
+  context: Context.Context<never>,
+  model: string,
+  messages: StartEvent["messages"],
+  response: LlmResponse
+): Effect.Effect<LlmResponse> => {
+  const counter = Context.get(context, CurrentTokenCounter)
+  if (counter === undefined) return Effect.succeed(response)
+  const model_ = response.model ?? model
+  return Effect.zipWith(
+    counter.countMessages(model_, messages),
+    counter.countText(model_, response.content),
+    (promptTokens, completionTokens): LlmResponse => ({
+      ...response,
+      usage: { promptTokens, completionTokens, totalTokens: promptTokens + completionTokens, estimated: true }
+    })
+  ).pipe(Effect.orElseSucceed(() => response))
+}
 
 const instrumentImpl = <A, E, R>(
   self: Effect.Effect<A, E, R>,
@@ -290,7 +399,8 @@ const instrumentImpl = <A, E, R>(
       fiber.getFiberRef(currentCallContext),
       startedAt,
       topOf(parents),
-      calls.nextCallId
+      calls.nextCallId,
+      fiber.getFiberRef(currentOperation)
     )
     const callId = events.call.callId
     let entered = false
@@ -395,7 +505,8 @@ const admitBare = <A, E, R>(
     fiber.getFiberRef(currentCallContext),
     clock.unsafeCurrentTimeMillis(),
     topOf(fiber.getFiberRef(currentParents)),
-    randomCallId
+    randomCallId,
+    fiber.getFiberRef(currentOperation)
   )
   return admitted(gate, events.start, self)
 }
@@ -436,3 +547,85 @@ export const instrument: {
   ): <A2 extends A, E, R>(self: Effect.Effect<A2, E, R>) => Effect.Effect<A2, E, R>
   <A, E, R>(self: Effect.Effect<A, E, R>, options: InstrumentOptions<NoInfer<A>>): Effect.Effect<A, E, R>
 } = dual(2, instrumentImpl)
+
+/**
+ * What `instrumentTool` needs to know about a tool run.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface ToolRunOptions extends ToolOptions {}
+
+const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions): Effect.Effect<A, E, R> =>
+  Effect.withFiberRuntime<A, E, R>((fiber) => {
+    const calls = lookupCalls(fiber.currentContext)
+    const token = calls?.begin()
+    if (calls === undefined || token === undefined || token.empty) return self
+    const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+    const startedAt = clock.unsafeCurrentTimeMillis()
+    const parents = parentsOf(fiber as AnyFiber)
+    const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
+    const callId = events.call.callId
+    const span = startSpan(fiber as AnyFiber, events.call, clock, events.start.tool)
+    const underSpan = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>): Effect.Effect<X, Y, Z> =>
+      span === undefined ? effect : Effect.withParentSpan(effect, span)
+    let entered = false
+    const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
+      if (span !== undefined && Exit.isFailure(exit)) {
+        const cause = uncapture(exit.cause, span)
+        if (cause !== exit.cause) exit = Exit.failCause(cause)
+      }
+      if (entered) removeParent(parents, callId)
+      const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt)
+      if (span !== undefined) endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock)
+      const rest = calls.run(token, event, fiber)
+      return rest === undefined ? exit : Effect.zipRight(rest, exit)
+    }
+    // Calls the tool makes (a sub-agent's model calls) see the tool run as their parent.
+    const body = (restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) => {
+      parents.ids.push(callId)
+      entered = true
+      return Effect.matchCauseEffect(restore(underSpan(self)), {
+        onFailure: (cause) => terminal(Exit.failCause(cause)),
+        onSuccess: (value) => terminal(Exit.succeed(value))
+      })
+    }
+    return Effect.uninterruptibleMask((restore) => {
+      const started = calls.run(token, events.start, fiber)
+      if (started === undefined) return body(restore)
+      return Effect.matchCauseEffect(restore(started), {
+        onFailure: (cause) => terminal(Exit.failCause(cause)),
+        onSuccess: () => body(restore)
+      })
+    })
+  })
+
+/**
+ * Wraps a tool run (hand-written tool code, in an agent loop or inside a
+ * model call) so that every registered handler hears `tool_start`, then
+ * exactly one of `tool_end` / `tool_error`, derived from its `Exit`, with the
+ * tool's name, parameters, result or failure and duration. Its result, typed
+ * error, defect and interruption are exactly the bare run's. Its parent is
+ * the LLM call that asked for it: `parentCallId`, else the enclosing
+ * instrumented call. Model calls made inside it see it as their parent.
+ * (`layers/AiLanguageModel` does this for `@effect/ai` toolkit handlers.)
+ *
+ * @example
+ * ```ts
+ * import { Effect } from "effect"
+ * import { Callbacks } from "effect-llm-callbacks"
+ *
+ * declare const getWeather: (city: string) => Effect.Effect<{ celsius: number }, Error>
+ *
+ * const run = getWeather("Paris").pipe(
+ *   Callbacks.instrumentTool({ name: "get_weather", params: { city: "Paris" }, parentCallId: "call-1" })
+ * )
+ * ```
+ *
+ * @since 0.3.0
+ * @category combinators
+ */
+export const instrumentTool: {
+  (options: ToolRunOptions): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions): Effect.Effect<A, E, R>
+} = dual(2, instrumentToolImpl)

@@ -1,5 +1,7 @@
 /**
- * The events a handler hears: `start`, then exactly one of `end` / `error`.
+ * The events a handler hears: `start`, then stream chunks, then exactly one
+ * of `end` / `error`; and for each tool run, `tool_start` then exactly one of
+ * `tool_end` / `tool_error`.
  *
  * Everything here is Schema-defined so that events can be logged, sent over a
  * wire, and decoded from the records of the Python design this library
@@ -47,8 +49,12 @@ export const Message = Schema.Struct({
 export type Message = typeof Message.Type
 
 /**
- * Token usage of one call. `estimated` is true when the counts were computed
- * with a tokenizer because the provider reported none.
+ * Token usage of one call, whatever the client library's shape. `promptTokens`
+ * counts every input token, cached ones included (`cachedTokens` read from the
+ * provider's prompt cache, `cacheWriteTokens` written to it);
+ * `completionTokens` counts every output token, reasoning ones included.
+ * `estimated` is true when the counts were computed with a tokenizer because
+ * the provider reported none (or the call was cut off before it could).
  *
  * @since 0.1.0
  * @category models
@@ -57,7 +63,11 @@ export const Usage = Schema.Struct({
   promptTokens: Schema.NonNegativeInt,
   completionTokens: Schema.NonNegativeInt,
   totalTokens: Schema.NonNegativeInt,
+  /** Input tokens served from the provider's prompt cache (cache read); part of `promptTokens`. */
   cachedTokens: Schema.optional(Schema.NonNegativeInt),
+  /** Input tokens written to the provider's prompt cache; part of `promptTokens`. */
+  cacheWriteTokens: Schema.optional(Schema.NonNegativeInt),
+  /** Reasoning tokens; part of `completionTokens`. */
   reasoningTokens: Schema.optional(Schema.NonNegativeInt),
   /** True when counted with a tokenizer because the provider reported no usage; absent means false. */
   estimated: Schema.optional(Schema.Boolean)
@@ -181,7 +191,15 @@ export const CallInfo = Schema.Struct({
   tags: Schema.Array(Schema.String),
   metadata: Schema.Record({ key: Schema.String, value: Schema.Unknown }),
   /** Epoch milliseconds, from Effect's `Clock`. */
-  startedAt: Schema.Number
+  startedAt: Schema.Number,
+  /**
+   * The operation this call is an attempt of (`Callbacks.withOperation`): every
+   * retried attempt of one logical call shares it. Absent: the call is an
+   * operation of its own.
+   */
+  operationId: Schema.optional(Schema.String),
+  /** The attempt number within its operation, from 1. Absent means 1. */
+  attempt: Schema.optional(Schema.Int)
 })
 
 /**
@@ -281,7 +299,15 @@ export const ErrorEvent = Schema.TaggedStruct(Phases.phaseTable.error.tag, {
   failure: CallFailure,
   durationMs: Schema.Number,
   interrupted: Schema.Boolean,
-  timeToFirstTokenMs: Schema.optional(Schema.Number)
+  timeToFirstTokenMs: Schema.optional(Schema.Number),
+  /**
+   * What the call produced before it failed or was cut off (a stream stopped
+   * early, or failing midway): the content received and the tokens it
+   * consumed (the prompt and the output received; estimated with a
+   * tokenizer when the provider reported none, and then flagged). Billed
+   * tokens are recorded from it like an end event's.
+   */
+  response: Schema.optional(LlmResponse)
 })
 
 /**
@@ -291,21 +317,130 @@ export const ErrorEvent = Schema.TaggedStruct(Phases.phaseTable.error.tag, {
 export type ErrorEvent = typeof ErrorEvent.Type
 
 /**
+ * One streamed piece of a call's output, between its start and its terminal
+ * event: a text delta, or a reasoning delta (`kind: "reasoning"`).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const ChunkEvent = Schema.TaggedStruct(Phases.phaseTable.chunk.tag, {
+  call: CallInfo,
+  /** Position of the chunk among the call's chunks, from 0. */
+  index: Schema.Int,
+  kind: Schema.Literal("text", "reasoning"),
+  delta: Schema.String,
+  /** Milliseconds since the call started. */
+  elapsedMs: Schema.Number
+})
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type ChunkEvent = typeof ChunkEvent.Type
+
+/**
+ * The tool a tool run executes: its name, and the id of the tool call the
+ * model made (the provider's id when known).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const ToolCall = Schema.Struct({ name: Schema.String, id: Schema.optional(Schema.String) })
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type ToolCall = typeof ToolCall.Type
+
+/**
+ * Emitted before a tool runs. `call` is the tool run's own info: its
+ * `callId` is the run's, its `parentCallId` the LLM call that asked for the
+ * tool, its `provider` and `model` that call's (when known), and
+ * `metadata["gen_ai.operation.name"]` is `"execute_tool"`.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const ToolStartEvent = Schema.TaggedStruct(Phases.phaseTable.tool_start.tag, {
+  call: CallInfo,
+  tool: ToolCall,
+  params: Schema.Unknown
+})
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type ToolStartEvent = typeof ToolStartEvent.Type
+
+/**
+ * Emitted once when a tool run succeeded.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const ToolEndEvent = Schema.TaggedStruct(Phases.phaseTable.tool_end.tag, {
+  call: CallInfo,
+  tool: ToolCall,
+  params: Schema.Unknown,
+  result: Schema.Unknown,
+  durationMs: Schema.Number
+})
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type ToolEndEvent = typeof ToolEndEvent.Type
+
+/**
+ * Emitted once when a tool run failed, died or was interrupted.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const ToolErrorEvent = Schema.TaggedStruct(Phases.phaseTable.tool_error.tag, {
+  call: CallInfo,
+  tool: ToolCall,
+  params: Schema.Unknown,
+  failure: CallFailure,
+  durationMs: Schema.Number,
+  interrupted: Schema.Boolean
+})
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export type ToolErrorEvent = typeof ToolErrorEvent.Type
+
+/**
  * Any event.
  *
  * @since 0.1.0
  * @category models
  */
-export const CallbackEvent = Schema.Union(StartEvent, EndEvent, ErrorEvent)
+export const CallbackEvent = Schema.Union(
+  StartEvent,
+  ChunkEvent,
+  ToolStartEvent,
+  ToolEndEvent,
+  ToolErrorEvent,
+  EndEvent,
+  ErrorEvent
+)
 
 /**
  * @since 0.1.0
  * @category models
  */
-export type CallbackEvent = StartEvent | EndEvent | ErrorEvent
+export type CallbackEvent = PhaseEvents[Phase]
 
 /**
- * The lifecycle phases: `start`, then exactly one of `end` / `error`.
+ * The lifecycle phases: `start`, `chunk`s, then exactly one of `end` /
+ * `error`; for tool runs `tool_start` then one of `tool_end` / `tool_error`.
  *
  * @since 0.1.0
  * @category models
@@ -320,6 +455,10 @@ export type Phase = Phases.Phase
  */
 export interface PhaseEvents {
   readonly start: StartEvent
+  readonly chunk: ChunkEvent
+  readonly tool_start: ToolStartEvent
+  readonly tool_end: ToolEndEvent
+  readonly tool_error: ToolErrorEvent
   readonly end: EndEvent
   readonly error: ErrorEvent
 }

@@ -1,5 +1,5 @@
 /**
- * Handlers: a name, up to three hooks, and a policy.
+ * Handlers: a name, hooks (one per lifecycle phase, each optional), and a policy.
  *
  * Hooks read everything about a call from the event they receive; a handler
  * keeps no per-call state of its own, so any number of calls can run at once.
@@ -13,7 +13,7 @@ import type * as Schedule from "effect/Schedule"
 import * as Cause from "effect/Cause"
 import * as Data from "effect/Data"
 import { dual } from "effect/Function"
-import type { EndEvent, ErrorEvent, Phase, PhaseEvents, StartEvent } from "./Events.js"
+import type { EndEvent, Phase, PhaseEvents } from "./Events.js"
 import { type HookOf, phases, phaseTable } from "./internal/phases.js"
 
 /**
@@ -63,8 +63,9 @@ export interface Policy {
 }
 
 /**
- * A handler's hooks, one per phase (`onLlmStart`, `onLlmEnd`, `onLlmError`),
- * each hearing its phase's event.
+ * A handler's hooks, one per phase (`onLlmStart`, `onLlmChunk`,
+ * `onToolStart`, `onToolEnd`, `onToolError`, `onLlmEnd`, `onLlmError`), each
+ * hearing its phase's event.
  *
  * @since 0.2.0
  * @category models
@@ -114,19 +115,46 @@ export const hookOf = <E, R, P extends Phase>(
 }
 
 /**
- * Options of {@link make}.
+ * Options of {@link make}: a name, any of the hooks, the policy, and
+ * `onLlmEndBatch`. Each hook may fail and need services of its own; the
+ * handler's error and requirement types are their unions.
  *
  * @since 0.1.0
  * @category models
  */
-export interface MakeOptions<E1, R1, E2, R2, E3, R3> extends Policy {
-  readonly name: string
-  readonly onLlmStart?: ((event: StartEvent) => Effect.Effect<void, E1, R1>) | undefined
-  readonly onLlmEnd?: ((event: EndEvent) => Effect.Effect<void, E2, R2>) | undefined
-  readonly onLlmError?: ((event: ErrorEvent) => Effect.Effect<void, E3, R3>) | undefined
-  /** See {@link Handler.onLlmEndBatch}. */
-  readonly onLlmEndBatch?: ((events: ReadonlyArray<EndEvent>) => Effect.Effect<void, E2, R2>) | undefined
-}
+export type MakeOptions =
+  & Policy
+  & { readonly name: string }
+  & { readonly [K in keyof Hooks<any, any>]?: Hooks<any, any>[K] }
+  & {
+    /** See {@link Handler.onLlmEndBatch}. */
+    readonly onLlmEndBatch?: ((events: ReadonlyArray<EndEvent>) => Effect.Effect<void, any, any>) | undefined
+  }
+
+type HookKey = keyof Hooks<any, any> | "onLlmEndBatch"
+
+/**
+ * The errors the hooks of some {@link MakeOptions} may fail with.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type ErrorOf<O> = {
+  [K in HookKey & keyof O]: Returned<O[K]> extends Effect.Effect<void, infer E, any> ? E : never
+}[HookKey & keyof O]
+
+/** What a hook returns; `never` for a hook that only throws (its throw is a defect, no typed error). */
+type Returned<F> = F extends (event: any) => infer X ? [X] extends [never] ? Effect.Effect<void> : X : never
+
+/**
+ * The services the hooks of some {@link MakeOptions} need.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type ContextOf<O> = {
+  [K in HookKey & keyof O]: Returned<O[K]> extends Effect.Effect<void, any, infer R> ? R : never
+}[HookKey & keyof O]
 
 /**
  * Defines a handler.
@@ -138,6 +166,8 @@ export interface MakeOptions<E1, R1, E2, R2, E3, R3> extends Policy {
  *
  * const printer = Handler.make({
  *   name: "printer",
+ *   onLlmChunk: (event) => Effect.log(`${event.call.callId} #${event.index}: ${event.delta}`),
+ *   onToolEnd: (event) => Effect.log(`tool ${event.tool.name} took ${event.durationMs} ms`),
  *   onLlmEnd: (event) => Effect.log(`${event.call.model}: ${event.response.content}`),
  *   timeout: "2 seconds"
  * })
@@ -146,24 +176,26 @@ export interface MakeOptions<E1, R1, E2, R2, E3, R3> extends Policy {
  * @since 0.1.0
  * @category constructors
  */
-export const make = <E1 = never, R1 = never, E2 = never, R2 = never, E3 = never, R3 = never>(
-  options: MakeOptions<E1, R1, E2, R2, E3, R3>
-): Handler<E1 | E2 | E3, R1 | R2 | R3> => ({
-  [TypeId]: TypeId,
-  name: options.name,
-  onLlmStart: options.onLlmStart,
-  onLlmEnd: options.onLlmEnd,
-  onLlmError: options.onLlmError,
-  onLlmEndBatch: options.onLlmEndBatch,
-  policy: {
-    timeout: options.timeout,
-    retry: options.retry,
-    mode: options.mode,
-    priority: options.priority,
-    bufferSize: options.bufferSize,
-    concurrency: options.concurrency
+export const make = <const O extends MakeOptions>(options: O): Handler<ErrorOf<O>, ContextOf<O>> => {
+  const handler: Record<string | symbol, unknown> = {
+    [TypeId]: TypeId,
+    name: options.name,
+    onLlmEndBatch: options.onLlmEndBatch,
+    policy: {
+      timeout: options.timeout,
+      retry: options.retry,
+      mode: options.mode,
+      priority: options.priority,
+      bufferSize: options.bufferSize,
+      concurrency: options.concurrency
+    }
   }
-})
+  for (const phase of phases) {
+    const hook = phaseTable[phase].hook
+    handler[hook] = options[hook]
+  }
+  return handler as unknown as Handler<ErrorOf<O>, ContextOf<O>>
+}
 
 /**
  * A hook that does its work synchronously, in the hook call itself, and

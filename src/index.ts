@@ -55,6 +55,11 @@ export * as HandlerError from "./HandlerError.js"
 export * as Testing from "./Testing.js"
 
 /**
+ * @since 0.3.0
+ */
+export * as TokenCounter from "./TokenCounter.js"
+
+/**
  * @since 0.1.0
  */
 export * as TokenStore from "./TokenStore.js"

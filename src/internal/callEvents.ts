@@ -3,10 +3,23 @@
  * context: its start event, and the terminal event derived from its `Exit`.
  */
 import * as Cause from "effect/Cause"
+import * as Exit from "effect/Exit"
 import * as Option from "effect/Option"
 import type { CallContext } from "../CallContext.js"
-import type { CallFailure, CallInfo, EndEvent, ErrorEvent, Message, StartEvent } from "../Events.js"
+import type {
+  CallFailure,
+  CallInfo,
+  EndEvent,
+  ErrorEvent,
+  LlmResponse,
+  Message,
+  StartEvent,
+  ToolEndEvent,
+  ToolErrorEvent,
+  ToolStartEvent
+} from "../Events.js"
 import { decodeMessagesLenient, decodeResponseLenient } from "./decode.js"
+import { nextAttempt, type Operation } from "./operation.js"
 
 /** What a call's events are made of: `instrument`'s options, less the response reader. */
 export interface CallOptions {
@@ -89,7 +102,8 @@ export const makeCallEvents = (
   context: CallContext,
   startedAt: number,
   enclosingCallId: string | undefined,
-  newCallId: () => string
+  newCallId: () => string,
+  operation: Operation | undefined
 ): CallEvents => {
   const userId = options.userId ?? context.userId
   const teamId = options.teamId ?? context.teamId
@@ -118,6 +132,13 @@ export const makeCallEvents = (
   if (userId !== undefined) call.userId = userId
   if (teamId !== undefined) call.teamId = teamId
   if (orgId !== undefined) call.orgId = orgId
+  if (operation !== undefined) {
+    const attempt = nextAttempt(operation, enclosingCallId)
+    if (attempt !== undefined) {
+      call.operationId = attempt.operationId
+      call.attempt = attempt.attempt
+    }
+  }
   const decoded = decodeMessagesLenient(options.messages)
   const start: StartEvent = decoded.issues === undefined
     ? { _tag: "Start", call, messages: decoded.messages, params: options.params ?? emptyRecord }
@@ -163,7 +184,8 @@ export const errorEvent = (
   events: CallEvents,
   cause: Cause.Cause<unknown>,
   durationMs: number,
-  timeToFirstTokenMs?: number | undefined
+  timeToFirstTokenMs?: number | undefined,
+  response?: LlmResponse | undefined
 ): ErrorEvent => ({
   _tag: "Error",
   call: events.call,
@@ -171,5 +193,80 @@ export const errorEvent = (
   failure: failureFromCause(cause),
   durationMs,
   interrupted: Cause.isInterruptedOnly(cause),
-  ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {})
+  ...(timeToFirstTokenMs !== undefined ? { timeToFirstTokenMs } : {}),
+  ...(response !== undefined ? { response } : {})
 })
+
+/** What a tool run's events are made of. */
+export interface ToolOptions {
+  /** The tool's name. */
+  readonly name: string
+  /** Its parameters, as the model gave them. */
+  readonly params?: unknown
+  /** The id of the model's tool call (the provider's), when known. */
+  readonly toolCallId?: string | undefined
+  /** The LLM call that asked for the tool; default: the enclosing instrumented call, else the call context's. */
+  readonly parentCallId?: string | undefined
+  /** The provider and model of that call, when known; default `"unknown"`. */
+  readonly provider?: string | undefined
+  readonly model?: string | undefined
+  readonly userId?: string | undefined
+  readonly tags?: ReadonlyArray<string> | undefined
+  readonly metadata?: Readonly<Record<string, unknown>> | undefined
+}
+
+/** The start of one tool run: its info and start event. */
+export interface ToolEvents {
+  readonly call: CallInfo
+  readonly start: ToolStartEvent
+}
+
+const executeTool = { "gen_ai.operation.name": "execute_tool" } as const
+
+/** Builds the info and start event of one tool run (see `ToolStartEvent`). */
+export const makeToolEvents = (
+  options: ToolOptions,
+  context: CallContext,
+  startedAt: number,
+  enclosingCallId: string | undefined,
+  newCallId: () => string
+): ToolEvents => {
+  const parentCallId = options.parentCallId ?? enclosingCallId ?? context.parentCallId
+  const userId = options.userId ?? context.userId
+  const call: { -readonly [K in keyof CallInfo]: CallInfo[K] } = {
+    callId: newCallId(),
+    provider: options.provider ?? "unknown",
+    model: options.model ?? "unknown",
+    tags: options.tags === undefined
+      ? context.tags ?? emptyTags
+      : context.tags === undefined
+      ? options.tags
+      : [...context.tags, ...options.tags],
+    metadata: { ...context.metadata, ...options.metadata, ...executeTool },
+    startedAt
+  }
+  if (parentCallId !== undefined) call.parentCallId = parentCallId
+  if (userId !== undefined) call.userId = userId
+  if (context.teamId !== undefined) call.teamId = context.teamId
+  if (context.orgId !== undefined) call.orgId = context.orgId
+  const tool = options.toolCallId === undefined ? { name: options.name } : { name: options.name, id: options.toolCallId }
+  return { call, start: { _tag: "ToolStart", call, tool, params: options.params } }
+}
+
+/** The terminal event of a tool run, from its `Exit`. */
+export const toolTerminal = (
+  events: ToolEvents,
+  exit: Exit.Exit<unknown, unknown>,
+  durationMs: number
+): ToolEndEvent | ToolErrorEvent =>
+  Exit.isSuccess(exit)
+    ? { _tag: "ToolEnd", call: events.call, tool: events.start.tool, params: events.start.params, result: exit.value, durationMs }
+    : {
+      _tag: "ToolError",
+      call: events.call,
+      tool: events.start.tool,
+      params: events.start.params,
+      failure: failureFromCause(exit.cause),
+      durationMs,
+      interrupted: Cause.isInterruptedOnly(exit.cause)
+    }

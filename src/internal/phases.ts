@@ -1,24 +1,42 @@
 /**
  * The lifecycle phases, as one table. Each row names the phase, the `_tag`
- * of its event schema and the handler hook that hears it; the event schemas
- * (`Events`), the handler's hooks (`Handler`, `Handler.composite`), the
- * metric labels (`CallbackMetrics`), the error schema (`HandlerError`) and
- * the dispatch plans all read it. Adding a phase is a row here, its event
- * schema, and its entry in `Events.PhaseEvents`.
+ * of its event schema, the handler hook that hears it and its role in a
+ * run's lifecycle; the event schemas (`Events`), the handler's hooks
+ * (`Handler`, `Handler.composite`), the metric labels (`CallbackMetrics`),
+ * the error schema (`HandlerError`) and the dispatch plans all read it.
+ * Adding a phase is a row here, its event schema, and its entry in
+ * `Events.PhaseEvents`.
+ *
+ * Roles:
+ * - `open`: the first event of a run (an LLM call, a tool run). It decides
+ *   who hears the rest: a handler that did not hear it hears nothing more
+ *   of that run.
+ * - `stream`: events between the open and the close of a run (stream
+ *   chunks). They must never slow the run: see `internal/dispatch/chunks`.
+ * - `close`: exactly one of them ends a run.
  */
 
 /** The phases, in lifecycle order. */
-export const phases = ["start", "end", "error"] as const
+export const phases = ["start", "chunk", "tool_start", "tool_end", "tool_error", "end", "error"] as const
 
 /** One of the {@link phases}. */
 export type Phase = (typeof phases)[number]
 
-/** Per phase: the `_tag` of its event and the name of the handler hook that hears it. */
+/** What a phase's event does in its run's lifecycle (see the module docs). */
+export type Role = "open" | "stream" | "close"
+
+/** Per phase: the `_tag` of its event, the name of the handler hook that hears it, its role. */
 export const phaseTable = {
-  start: { tag: "Start", hook: "onLlmStart" },
-  end: { tag: "End", hook: "onLlmEnd" },
-  error: { tag: "Error", hook: "onLlmError" }
-} as const satisfies { readonly [P in Phase]: { readonly tag: string; readonly hook: `on${string}` } }
+  start: { tag: "Start", hook: "onLlmStart", role: "open" },
+  chunk: { tag: "Chunk", hook: "onLlmChunk", role: "stream" },
+  tool_start: { tag: "ToolStart", hook: "onToolStart", role: "open" },
+  tool_end: { tag: "ToolEnd", hook: "onToolEnd", role: "close" },
+  tool_error: { tag: "ToolError", hook: "onToolError", role: "close" },
+  end: { tag: "End", hook: "onLlmEnd", role: "close" },
+  error: { tag: "Error", hook: "onLlmError", role: "close" }
+} as const satisfies {
+  readonly [P in Phase]: { readonly tag: string; readonly hook: `on${string}`; readonly role: Role }
+}
 
 /** The `_tag` of a phase's event. */
 export type TagOf<P extends Phase> = (typeof phaseTable)[P]["tag"]
@@ -30,3 +48,6 @@ export type HookOf<P extends Phase> = (typeof phaseTable)[P]["hook"]
 export const phaseByTag: { readonly [P in Phase as TagOf<P>]: P } = Object.fromEntries(
   phases.map((phase) => [phaseTable[phase].tag, phase])
 ) as never
+
+/** Whether a phase opens a run (its handlers' hearing decides who hears the rest). */
+export const opens = (phase: Phase): boolean => phaseTable[phase].role === "open"

@@ -12,6 +12,7 @@ import type * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import type * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
 import type * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent, Phase } from "../../Events.js"
 import type { Handler, Mode } from "../../Handler.js"
@@ -121,6 +122,17 @@ export interface Calls {
   ) => Effect.Effect<void> | undefined
   /** Dispatches one of the call's events and reports every handler's outcome. */
   readonly dispatch: (token: CallToken, event: CallbackEvent) => Effect.Effect<DispatchReport>
+  /**
+   * The sink of a call's stream chunks, which never waits (see
+   * `internal/dispatch/chunks`); `undefined` when no handler of the call has
+   * a chunk hook (nothing need be built per chunk). Hooks that need a fiber
+   * run with `fiber`'s refs and under `span`.
+   */
+  readonly chunks: (
+    token: CallToken,
+    fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    span: Tracer.AnySpan | undefined
+  ) => ((event: CallbackEvent) => void) | undefined
 }
 
 /** The dispatcher service. */

@@ -9,7 +9,8 @@ import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import type * as Tracer from "effect/Tracer"
 import { type CallbackEvent, phaseOf } from "../../Events.js"
-import type { Phase } from "../phases.js"
+import { opens, type Phase, phaseTable } from "../phases.js"
+import { awaitLines } from "./chunks.js"
 import type { DispatchReport } from "./contract.js"
 import { awaitAll, invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing } from "./invocation.js"
 import { enqueue } from "./lanes.js"
@@ -82,12 +83,23 @@ export const run = (
 ): Effect.Effect<void> | undefined => {
   const phase = phaseOf(event)
   let plan = token.snapshot.plans[phase]
-  if (phase !== "start" && token.excluded !== undefined) plan = withoutUnreached(plan, token.excluded)
+  const opening = opens(phase)
+  if (token.lines !== undefined && phaseTable[phase].role === "close") {
+    // A handler hears a call's end after every chunk of it (see `chunks`).
+    const waiting = awaitLines(state, token, callerOf(fiber))
+    if (waiting !== undefined) {
+      return Effect.zipRight(
+        waiting,
+        Effect.withFiberRuntime<void>((fiber) => run(state, token, event, fiber, results) ?? Effect.void)
+      )
+    }
+  }
+  if (!opening && token.excluded !== undefined) plan = withoutUnreached(plan, token.excluded)
   if (plan.empty) return undefined
   const tracing = tracingOf(fiber)
   let backpressure: Array<Effect.Effect<void>> | undefined
   for (let i = 0; i < plan.background.length; i++) {
-    const waiting = enqueue(state, plan.background[i]!, phase, event, fiber, results)
+    const waiting = enqueue(state, plan.background[i]!, phase, event, fiber.currentSpan, results, fiber)
     if (waiting !== undefined) (backpressure ??= []).push(waiting)
   }
   let rest: Effect.Effect<void> | undefined
@@ -104,10 +116,10 @@ export const run = (
     rest = runGroups(state, plan, phase, event, results, 0, callerOf(fiber), fiber.currentSpan, tracing)
   }
   if (rest === undefined) {
-    if (phase === "start" && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)
+    if (opening && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)
     return hasError(results.items) ? logFailures(event, results.items) : undefined
   }
-  if (phase === "start") {
+  if (opening) {
     // Whichever way the start dispatch ends, the token says who did not
     // hear it: those cancelled or dropped, and, when it was interrupted,
     // the groups it never reached.

@@ -16,9 +16,10 @@ import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
+import type * as Tracer from "effect/Tracer"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
-import type { Phase } from "../phases.js"
+import { opens, type Phase } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
 import { invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing, awaitAll } from "./invocation.js"
 import * as Outcome from "./outcome.js"
@@ -62,7 +63,17 @@ const offerInOrder = (lane: Lane, delivery: Delivery): Effect.Effect<void> =>
     })
   })
 
-/** A call's lane: a hash of its id, so that all its deliveries keep their order. */
+/**
+ * The key of an event's lane: its call's id, or for a tool run the call that
+ * asked for it, so that a call's deliveries, its tools' included, keep their
+ * order.
+ */
+const laneKeyOf = (event: CallbackEvent): string =>
+  event._tag === "ToolStart" || event._tag === "ToolEnd" || event._tag === "ToolError"
+    ? event.call.parentCallId ?? event.call.callId
+    : event.call.callId
+
+/** A lane: a hash of its key, so that all the deliveries of one key keep their order. */
 const laneOf = (callId: string, lanes: number): number => {
   let hash = 0
   for (let i = 0; i < callId.length; i++) hash = (hash * 31 + callId.charCodeAt(i)) | 0
@@ -71,31 +82,38 @@ const laneOf = (callId: string, lanes: number): number => {
 
 /**
  * Offers an event to a background handler. Returns `undefined` when it was
- * buffered (or refused) at once, else the effect that waits for room.
+ * buffered (or refused) at once, else the effect that waits for room. Stream
+ * chunks (`fiber` undefined) never wait: a full buffer drops them.
  */
 export const enqueue = (
   state: State,
   entry: Entry,
   phase: Phase,
   event: CallbackEvent,
-  fiber: Fiber.RuntimeFiber<unknown, unknown>,
-  results: Results
+  span: Tracer.AnySpan | undefined,
+  results: Results,
+  fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined
 ): Effect.Effect<void> | undefined => {
   const lanes = entry.lanes!
-  const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(event.call.callId, lanes.length)]!
+  const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(laneKeyOf(event), lanes.length)]!
   const now = performance.now()
   if (state.closed || entry.stats.closing) {
     const why = state.closed ? "the dispatcher is shutting down" : "the handler is being unregistered"
     result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), now, results)
-    if (phase === "start") (results.notStarted ??= []).push(entry.name)
+    if (opens(phase)) (results.notStarted ??= []).push(entry.name)
     return undefined
   }
-  const delivery: Delivery = { _tag: "Event", event, phase, span: fiber.currentSpan }
+  const delivery: Delivery = { _tag: "Event", event, phase, span }
   entry.stats.pending++
   // Producers already waiting go first.
   if (lane.waiters.length === 0 && Queue.unsafeOffer(lane.queue, delivery)) {
     Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
     result(state.clock, entry, phase, Outcome.QUEUED, now, results)
+    return undefined
+  }
+  if (fiber === undefined) {
+    entry.stats.pending--
+    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), now, results)
     return undefined
   }
   // Buffer full: wait for room (backpressure), bounded by the handler's
@@ -108,8 +126,8 @@ export const enqueue = (
       if (cancelTimer !== undefined) cancelTimer()
       entry.stats.pending--
       result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), now, results)
-      // A handler whose start was dropped did not hear it: no terminal event either.
-      if (phase === "start") (results.notStarted ??= []).push(entry.name)
+      // A handler whose start was dropped did not hear it: nothing more of the run either.
+      if (opens(phase)) (results.notStarted ??= []).push(entry.name)
     }
     lane.waiters.push({
       delivery,

@@ -107,6 +107,8 @@ export interface Entry {
   readonly stats: Stats
   /** Background mode: one buffer per lane; a call's deliveries always take the same lane. */
   readonly lanes: ReadonlyArray<Lane> | undefined
+  /** The most deliveries it holds waiting: its background buffers, or its stream chunks queued per call. */
+  readonly bufferSize: number
 }
 
 /** Who hears one phase. */
@@ -149,13 +151,28 @@ export const withoutUnreached = (plan: PhasePlan, excluded: ReadonlySet<string>)
   const groups = plan.groups
     .map((group) => group.filter((entry) => !excluded.has(entry.name)))
     .filter((group) => group.length > 0)
-  return { groups, background: plan.background, empty: groups.length === 0 && plan.background.length === 0 }
+  const background = plan.background.filter((entry) => !excluded.has(entry.name))
+  return { groups, background, empty: groups.length === 0 && background.length === 0 }
+}
+
+/**
+ * The stream chunks of one call for one await handler whose chunk hook
+ * suspended: the delivery in flight, and the chunks waiting behind it, in
+ * order (see `chunks`).
+ */
+export interface ChunkLine {
+  running: { readonly cancel: () => void } | undefined
+  readonly queue: Array<CallbackEvent>
+  /** Told once the line is idle again. */
+  readonly idle: Array<() => void>
 }
 
 /** A call's token (see `contract`): its snapshot, and the handlers that did not hear its start. */
 export interface Token extends CallToken {
   readonly snapshot: Snapshot
   excluded: ReadonlySet<string> | undefined
+  /** Await handlers with stream chunks still in flight or queued for this call. */
+  lines: Map<Entry, ChunkLine> | undefined
 }
 
 /** What the parts of one dispatcher share. */

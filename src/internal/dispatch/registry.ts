@@ -19,7 +19,9 @@ import { HandlerRegistrationError } from "../../HandlerError.js"
 import { activeHook, makeHandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
+import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
+import { callerOf } from "./invocation.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Delivery, type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { makeResults } from "./report.js"
@@ -151,7 +153,8 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
             checked.mode === "background"
           ),
           stats: makeStats(),
-          lanes
+          lanes,
+          bufferSize: checked.bufferSize
         }
         if (lanes !== undefined) {
           // Exported at 0 from registration: an alert on them sees 0, not "no data".
@@ -199,13 +202,18 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       })
     )
 
-    const begin = (): Token => ({ snapshot, excluded: undefined, empty: snapshot.empty })
+    const begin = (): Token => ({ snapshot, excluded: undefined, lines: undefined, empty: snapshot.empty })
     // Tokens are made by `begin` above only: the cast recovers what it made.
     const calls: Calls = {
       begin,
       nextCallId: callIds(),
       run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, makeResults(false)),
-      dispatch: (token, event) => dispatchWith(state, token as Token, event)
+      dispatch: (token, event) => dispatchWith(state, token as Token, event),
+      chunks: (token, fiber, span) => {
+        if ((token as Token).snapshot.plans.chunk.empty) return undefined
+        const caller = callerOf(fiber)
+        return (event) => dispatchChunk(state, token as Token, event, caller, span)
+      }
     }
     return {
       [CallsTypeId]: calls,

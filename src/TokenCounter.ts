@@ -1,0 +1,38 @@
+/**
+ * Token counting for what the provider did not report: the usage of a call
+ * cut off before its provider could report it (a stream stopped early, or
+ * failing midway) is counted with the counter in force, and flagged
+ * `estimated`. No counter is in force by default (nothing is counted, and
+ * the error event's response carries no usage); `TokenUsage.layerTokenCounter`
+ * provides one over a real tokenizer (gpt-tokenizer).
+ *
+ * @since 0.3.0
+ */
+import * as Context from "effect/Context"
+import type * as Effect from "effect/Effect"
+import type { Message } from "./Events.js"
+
+/**
+ * Counts the tokens of a prompt (contents plus the chat format's overhead)
+ * and of a text, for a model. A count that cannot be made fails (the caller
+ * then reports no usage rather than a guess).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface TokenCounter {
+  readonly countMessages: (model: string, messages: ReadonlyArray<Message>) => Effect.Effect<number, unknown>
+  readonly countText: (model: string, text: string) => Effect.Effect<number, unknown>
+}
+
+/**
+ * The token counter in force, read by `Callbacks.begin` when a call is cut
+ * off; `undefined` (the default) counts nothing.
+ *
+ * @since 0.3.0
+ * @category references
+ */
+export class CurrentTokenCounter extends Context.Reference<CurrentTokenCounter>()(
+  "effect-llm-callbacks/TokenCounter/CurrentTokenCounter",
+  { defaultValue: (): TokenCounter | undefined => undefined }
+) {}
