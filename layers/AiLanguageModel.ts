@@ -19,6 +19,7 @@ import * as LanguageModel from "@effect/ai/LanguageModel"
 import * as Model from "@effect/ai/Model"
 import * as Prompt from "@effect/ai/Prompt"
 import type * as Response from "@effect/ai/Response"
+import type * as Toolkit from "@effect/ai/Toolkit"
 import type * as Cause from "effect/Cause"
 import * as Channel from "effect/Channel"
 import type * as Chunk from "effect/Chunk"
@@ -31,7 +32,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Callbacks from "../src/Callbacks.js"
 import * as Dispatcher from "../src/Dispatcher.js"
-import type { LlmResponse, Message, Usage } from "../src/Events.js"
+import { type LlmResponse, type Message, type Usage, usageFromUnknown } from "../src/Events.js"
 
 // =============================================================================
 // Models
@@ -143,35 +144,16 @@ export const messagesOf = (prompt: unknown): ReadonlyArray<Message> => {
   }
 }
 
-const count = (u: unknown): number | undefined => typeof u === "number" && Number.isInteger(u) && u >= 0 ? u : undefined
-
 /**
- * Maps `@effect/ai` usage to the events' usage: input → prompt, output → completion, total, cached input,
- * reasoning. Returns `undefined` when the provider reported none (input and output both unknown), so the
- * detailed token handler estimates it; fields that are not non-negative integers count as unknown.
+ * Maps `@effect/ai` usage to the events' one normalized usage (`Events.usageFromUnknown`): input →
+ * prompt, output → completion, total, cached input, reasoning. Returns `undefined` when the provider
+ * reported none (input and output both unknown), so the detailed token handler estimates it; fields that
+ * are not non-negative integers count as unknown.
  *
  * @since 0.1.0
  * @category conversions
  */
-export const usageOf = (usage: Partial<Response.Usage> | undefined): Usage | undefined => {
-  if (usage === undefined) return undefined
-  const promptTokens = count(usage.inputTokens)
-  const completionTokens = count(usage.outputTokens)
-  if (promptTokens === undefined && completionTokens === undefined) return undefined
-  const prompt = promptTokens ?? 0
-  const completion = completionTokens ?? 0
-  const total = count(usage.totalTokens)
-  const cachedTokens = count(usage.cachedInputTokens)
-  const reasoningTokens = count(usage.reasoningTokens)
-  return {
-    promptTokens: prompt,
-    completionTokens: completion,
-    // `totalTokens` is 0 when a provider reported nothing for it.
-    totalTokens: total !== undefined && total > 0 ? total : prompt + completion,
-    ...(cachedTokens !== undefined ? { cachedTokens } : {}),
-    ...(reasoningTokens !== undefined ? { reasoningTokens } : {})
-  }
-}
+export const usageOf = (usage: Partial<Response.Usage> | undefined): Usage | undefined => usageFromUnknown(usage)
 
 /**
  * Accumulates the parts of a response (all at once or streamed) into an {@link LlmResponse}: text parts
@@ -196,6 +178,7 @@ export interface ResponseAccumulator {
  */
 export const makeAccumulator = (): ResponseAccumulator => {
   const text: Array<string> = []
+  const reasoning: Array<string> = []
   let usage: Usage | undefined
   let finishReason: string | undefined
   let model: string | undefined
@@ -208,6 +191,12 @@ export const makeAccumulator = (): ResponseAccumulator => {
           break
         case "text-delta":
           text.push(part.delta)
+          break
+        case "reasoning":
+          reasoning.push(part.text)
+          break
+        case "reasoning-delta":
+          reasoning.push(part.delta)
           break
         case "finish":
           finished = true
@@ -222,6 +211,7 @@ export const makeAccumulator = (): ResponseAccumulator => {
     finished: () => finished,
     response: () => ({
       content: text.join(""),
+      ...(reasoning.length > 0 ? { reasoning: reasoning.join("") } : {}),
       ...(usage !== undefined ? { usage } : {}),
       ...(finishReason !== undefined ? { finishReason } : {}),
       ...(model !== undefined ? { model } : {})
@@ -308,6 +298,35 @@ const normalise = <O extends { readonly prompt: Prompt.RawInput }>(options: O): 
   }
 }
 
+/**
+ * The toolkit of a call with each tool run instrumented (`Callbacks.instrumentTool`): its handlers hear
+ * `tool_start` and `tool_end` / `tool_error` with the tool's name, parameters and result, as runs whose
+ * parent is the model call. A tool whose failure is returned to the model (failure mode `"return"`) is
+ * heard as `tool_error`.
+ */
+const withInstrumentedToolkit = <O extends Readonly<Record<string, unknown>>>(resolved: Resolved, options: O): O => {
+  const toolkit = options["toolkit"]
+  if (toolkit === undefined || toolkit === null) return options
+  const wrapHandler = (withHandler: Toolkit.WithHandler<any>): Toolkit.WithHandler<any> => ({
+    tools: withHandler.tools,
+    handle: (name: any, params: any) =>
+      Callbacks.instrumentTool(withHandler.handle(name, params), {
+        name: String(name),
+        params,
+        provider: resolved.provider,
+        model: resolved.model,
+        failureOf: (result: { readonly isFailure: boolean; readonly result: unknown }) =>
+          result.isFailure ? result.result : undefined
+      })
+  })
+  return {
+    ...options,
+    toolkit: Effect.isEffect(toolkit)
+      ? Effect.map(toolkit as Effect.Effect<Toolkit.WithHandler<any>>, wrapHandler)
+      : wrapHandler(toolkit as Toolkit.WithHandler<any>)
+  }
+}
+
 const instrumentEffect = <A extends { readonly content: ReadonlyArray<Response.AnyPart> }, E, R>(
   resolved: Resolved,
   operation: Operation,
@@ -317,7 +336,7 @@ const instrumentEffect = <A extends { readonly content: ReadonlyArray<Response.A
   const normalised = normalise(options)
   return withDispatcher(
     resolved,
-    Callbacks.instrument(call(normalised), {
+    Callbacks.instrument(call(withInstrumentedToolkit(resolved, normalised)), {
       provider: resolved.provider,
       model: resolved.model,
       messages: messagesOf(normalised.prompt),
@@ -377,6 +396,8 @@ const instrumentStream = <E, R>(
     const normalised = normalise(options)
     const accumulator = makeAccumulator()
     let timeToFirstTokenMs: number | undefined
+    // Something came from the provider: the prompt was consumed, whatever happens next.
+    let received = false
     let ended = false
     let failure: Cause.Cause<E> | undefined
     // Acquired uninterruptibly with its release: a stream whose start was dispatched always gets its
@@ -400,36 +421,48 @@ const instrumentStream = <E, R>(
     const release = (active: Option.Option<Callbacks.ActiveCall>) =>
       Option.isNone(active) ? Effect.void : Callbacks.popParent(active.value.call.callId).pipe(
         Effect.zipRight(Effect.fiberId),
-        Effect.flatMap((fiberId) =>
-          active.value.finish(
-            failure !== undefined
-              ? Exit.failCause(failure)
-              : ended || accumulator.finished()
-              ? Exit.void
-              // The consumer stopped early (`Stream.take`, its own failure) or was interrupted: the model's
-              // stream did not finish, and what the consumer did is no failure of the model.
-              : Exit.interrupt(fiberId),
-            { response: accumulator.response(), timeToFirstTokenMs }
+        Effect.flatMap((fiberId) => {
+          const exit = failure !== undefined
+            ? Exit.failCause(failure)
+            : ended || accumulator.finished()
+            ? Exit.void
+            // The consumer stopped early (`Stream.take`, its own failure) or was interrupted: the model's
+            // stream did not finish, and what the consumer did is no failure of the model.
+            : Exit.interrupt(fiberId)
+          // A stream cut off after it began streaming consumed its prompt and the output received: the
+          // error event carries them (counted by the token counter in force when not reported).
+          return active.value.finish(
+            exit,
+            Exit.isSuccess(exit) || received
+              ? { response: accumulator.response(), timeToFirstTokenMs }
+              : { timeToFirstTokenMs }
           )
-        )
+        })
       )
     return Effect.flatMap(Effect.acquireRelease(acquire, release), (active): Effect.Effect<
       Stream.Stream<Response.AnyPart, E, R>,
       never,
       Scope.Scope
     > => {
-      if (Option.isNone(active)) return Effect.succeed(call(normalised))
+      if (Option.isNone(active)) return Effect.succeed(call(withInstrumentedToolkit(resolved, normalised)))
       const startedAt = active.value.call.startedAt
+      const hearsChunks = active.value.hearsChunks
+      const emit = active.value.chunk
       return Effect.clockWith((clock) =>
         Effect.succeed(Stream.pipeThroughChannel(
-          call(normalised),
+          call(withInstrumentedToolkit(resolved, normalised)),
           observe<E>(
             (chunk) => {
+              received = true
               for (const part of chunk) {
                 if (timeToFirstTokenMs === undefined && isFirstToken(part)) {
                   timeToFirstTokenMs = clock.unsafeCurrentTimeMillis() - startedAt
                 }
                 accumulator.add(part)
+                if (hearsChunks) {
+                  if (part.type === "text-delta") emit("text", part.delta)
+                  else if (part.type === "reasoning-delta") emit("reasoning", part.delta)
+                }
               }
             },
             (cause) => {

@@ -43,10 +43,25 @@ export interface FakeUsage {
 }
 
 /**
+ * A tool call the fake model makes: the tool's name and parameters (as the toolkit's schema expects them),
+ * and its id (default `fake_tool_<call>_<n>`).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface FakeToolCall {
+  readonly name: string
+  readonly params: unknown
+  readonly id?: string | undefined
+}
+
+/**
  * What the fake does with one call. Every reply may wait a `delay` first.
  *
  * - `Text`: succeeds with `text`. `usage` omitted means the finish part reports no usage (all fields
- *   `undefined`). A stream sends `text` as word deltas, `deltaDelay` apart.
+ *   `undefined`). A stream sends `text` as word deltas, `deltaDelay` apart. `reasoning` comes first, as
+ *   a reasoning part (streamed as word deltas too); `toolCalls` come after the text, as tool-call parts,
+ *   which `@effect/ai` resolves with the call's toolkit.
  * - `Fail`: fails with the given `AiError`.
  * - `FailMidStream`: a stream sends `afterDeltas` deltas of `text` and then fails with `error`;
  *   `generateText` / `generateObject` fail with `error`.
@@ -58,6 +73,8 @@ export interface FakeUsage {
 export type FakeReply = Data.TaggedEnum<{
   Text: {
     readonly text: string
+    readonly reasoning?: string | undefined
+    readonly toolCalls?: ReadonlyArray<FakeToolCall> | undefined
     readonly usage?: FakeUsage | undefined
     readonly finishReason?: Response.FinishReason | undefined
     readonly delay?: Duration.DurationInput | undefined
@@ -202,6 +219,20 @@ const encodeUsage = (usage: FakeUsage | undefined): typeof Response.Usage.Encode
       ...(usage.cachedInputTokens === undefined ? {} : { cachedInputTokens: usage.cachedInputTokens })
     }
 
+const toolCallParts = (
+  index: number,
+  toolCalls: ReadonlyArray<FakeToolCall> | undefined
+): Array<Response.ToolCallPartEncoded> =>
+  (toolCalls ?? []).map((call, n) => ({
+    type: "tool-call",
+    id: call.id ?? `fake_tool_${index}_${n}`,
+    name: call.name,
+    params: call.params
+  }))
+
+const finishReasonOf = (reply: { readonly finishReason?: Response.FinishReason | undefined; readonly toolCalls?: ReadonlyArray<FakeToolCall> | undefined }): Response.FinishReason =>
+  reply.finishReason ?? ((reply.toolCalls?.length ?? 0) > 0 ? "tool-calls" : "stop")
+
 const sleep = (delay: Duration.DurationInput | undefined): Effect.Effect<void> =>
   delay === undefined ? Effect.void : Effect.sleep(delay)
 
@@ -272,7 +303,7 @@ export const makeFakeModel = (
       text: string,
       count: number,
       deltaDelay: Duration.DurationInput | undefined
-    ): Stream.Stream<Response.StreamPartEncoded> =>
+    ): Stream.Stream<{ readonly type: "text-delta"; readonly id: string; readonly delta: string }> =>
       Stream.fromIterable(splitDeltas(text).slice(0, count)).pipe(
         Stream.zipWithIndex,
         Stream.mapEffect(([delta, n]) =>
@@ -287,11 +318,10 @@ export const makeFakeModel = (
           yield* sleep(reply.delay)
           switch (reply._tag) {
             case "Text": {
-              const parts: Array<Response.PartEncoded> = [
-                yield* metadata(index),
-                { type: "text", text: reply.text },
-                finish(providerOptions.span, index, reply.finishReason ?? "stop", reply.usage)
-              ]
+              const parts: Array<Response.PartEncoded> = [yield* metadata(index)]
+              if (reply.reasoning !== undefined) parts.push({ type: "reasoning", text: reply.reasoning })
+              parts.push({ type: "text", text: reply.text }, ...toolCallParts(index, reply.toolCalls))
+              parts.push(finish(providerOptions.span, index, finishReasonOf(reply), reply.usage))
               return parts
             }
             case "Fail":
@@ -313,22 +343,35 @@ export const makeFakeModel = (
             case "Text":
             case "FailMidStream": {
               const id = `fake_text_${index}`
-              const head = Stream.concat(
-                Stream.fromEffect(metadata(index)),
-                Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-start", id })
-              )
+              const meta = Stream.fromEffect(metadata(index))
+              const textStart = Stream.make<Array<Response.StreamPartEncoded>>({ type: "text-start", id })
+              const head = Stream.concat(meta, textStart)
               if (reply._tag === "FailMidStream") {
                 return head.pipe(
                   Stream.concat(deltas(id, reply.text, Math.max(0, reply.afterDeltas), reply.deltaDelay)),
                   Stream.concat(Stream.fail(reply.error))
                 )
               }
-              return head.pipe(
+              const reasoningId = `fake_reasoning_${index}`
+              const reasoning = reply.reasoning === undefined ? Stream.empty : Stream.concat(
+                Stream.make<Array<Response.StreamPartEncoded>>({ type: "reasoning-start", id: reasoningId }),
+                Stream.concat(
+                  Stream.map(
+                    deltas(reasoningId, reply.reasoning, Number.POSITIVE_INFINITY, reply.deltaDelay),
+                    (part): Response.StreamPartEncoded => ({ type: "reasoning-delta", id: reasoningId, delta: part.delta })
+                  ),
+                  Stream.make<Array<Response.StreamPartEncoded>>({ type: "reasoning-end", id: reasoningId })
+                )
+              )
+              return meta.pipe(
+                Stream.concat(reasoning),
+                Stream.concat(textStart),
                 Stream.concat(deltas(id, reply.text, Number.POSITIVE_INFINITY, reply.deltaDelay)),
                 Stream.concat(Stream.suspend(() =>
                   Stream.make<Array<Response.StreamPartEncoded>>(
                     { type: "text-end", id },
-                    finish(providerOptions.span, index, reply.finishReason ?? "stop", reply.usage)
+                    ...toolCallParts(index, reply.toolCalls),
+                    finish(providerOptions.span, index, finishReasonOf(reply), reply.usage)
                   )
                 ))
               )

@@ -200,17 +200,33 @@ local function purge(usage, holds, held, now)
 end
 `
 
+// The hash fields of the counters, in the order of `TokenStore.counters`.
+const counterFields = [
+  "prompt_tokens",
+  "completion_tokens",
+  "total_tokens",
+  "cost_micros",
+  "cached_tokens",
+  "cache_write_tokens",
+  "reasoning_tokens",
+  "estimated_tokens"
+] as const
+
+const luaFields = `{ ${counterFields.map((field) => `"${field}"`).join(", ")} }`
+
 // Records, each at one or more subjects ("units"): KEYS are 4 per unit (usage
 // hash, marker, holds, held); ARGV[1] is the marker TTL (ms), ARGV[2] the
-// number of records, then per record: its number of units, call id, prompt,
-// completion, total, cost. Every unit of a record is checked before anything
-// is written: a stored counter that is not an integer (-1) or an increment
-// that would take a counter past 2^53 - 1 (-2) fails the record with nothing
-// written, so counters move together or not at all. Otherwise each unit
-// whose marker is absent is incremented and marked, and every unit's hold of
-// the call ends; the answer is 1 (recorded) or 0 (the first unit's marker was
-// present: duplicate).
+// number of records, then per record: its number of units, call id, and one
+// increment per counter field (FIELDS, in order). Every unit of a record is
+// checked before anything is written: a stored counter that is not an integer
+// (-1) or an increment that would take a counter past 2^53 - 1 (-2) fails the
+// record with nothing written, so counters move together or not at all.
+// Otherwise each unit whose marker is absent is incremented and marked (the
+// Python design's three fields always, the others when not 0), and every
+// unit's hold of the call ends; the answer is 1 (recorded) or 0 (the first
+// unit's marker was present: duplicate).
 const recordScript = `${releaseLua}
+local FIELDS = ${luaFields}
 local ttl = ARGV[1]
 local out = {}
 local k = 1
@@ -218,15 +234,16 @@ local a = 3
 for r = 1, tonumber(ARGV[2]) do
   local n = tonumber(ARGV[a])
   local member = ARGV[a + 1]
-  local inc = { tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5]) }
-  a = a + 6
+  local inc = {}
+  for j = 1, #FIELDS do inc[j] = tonumber(ARGV[a + 1 + j]) end
+  a = a + 2 + #FIELDS
   local status = 1
   local fresh = {}
   for u = 0, n - 1 do
     fresh[u] = redis.call("EXISTS", KEYS[k + 4 * u + 1]) == 0
     if fresh[u] then
-      local current = redis.call("HMGET", KEYS[k + 4 * u], "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros")
-      for j = 1, 4 do
+      local current = redis.call("HMGET", KEYS[k + 4 * u], unpack(FIELDS))
+      for j = 1, #FIELDS do
         local v = current[j]
         if v and not string.match(v, "^%-?%d+$") then
           status = -1
@@ -240,10 +257,9 @@ for r = 1, tonumber(ARGV[2]) do
     for u = 0, n - 1 do
       local usage = KEYS[k + 4 * u]
       if fresh[u] then
-        redis.call("HINCRBY", usage, "prompt_tokens", inc[1])
-        redis.call("HINCRBY", usage, "completion_tokens", inc[2])
-        redis.call("HINCRBY", usage, "total_tokens", inc[3])
-        if inc[4] ~= 0 then redis.call("HINCRBY", usage, "cost_micros", inc[4]) end
+        for j = 1, #FIELDS do
+          if j <= 3 or inc[j] ~= 0 then redis.call("HINCRBY", usage, FIELDS[j], inc[j]) end
+        end
         redis.call("SET", KEYS[k + 4 * u + 1], "1", "PX", ttl)
       end
       release_hold(usage, KEYS[k + 4 * u + 2], KEYS[k + 4 * u + 3], member)
@@ -347,14 +363,14 @@ return 1
 // Reads a usage hash after purging its expired holds: KEYS usage, holds, held; ARGV[1] now.
 const readScript = `${purgeLua}
 purge(KEYS[1], KEYS[2], KEYS[3], tonumber(ARGV[1]))
-return redis.call("HMGET", KEYS[1], "prompt_tokens", "completion_tokens", "total_tokens", "cost_micros", "usage_limit", "held_tokens")
+return redis.call("HMGET", KEYS[1], "usage_limit", "held_tokens", unpack(${luaFields}))
 `
 
 const commands = {
-  record: "effectLlmCallbacksTokenStoreRecordV3",
+  record: "effectLlmCallbacksTokenStoreRecordV4",
   reserve: "effectLlmCallbacksTokenStoreReserveV2",
   release: "effectLlmCallbacksTokenStoreReleaseV1",
-  read: "effectLlmCallbacksTokenStoreReadV1"
+  read: "effectLlmCallbacksTokenStoreReadV2"
 } as const
 
 type Scripts = {
@@ -407,7 +423,6 @@ const parseCount = (method: string, field: string, value: unknown) =>
 const countOrZero = (method: string, field: string, value: unknown) =>
   Effect.map(parseCount(method, field, value), Option.getOrElse(() => 0))
 
-const counterFields = ["prompt_tokens", "completion_tokens", "total_tokens", "cost_micros"] as const
 
 const invalidOption = (name: string, message: string) => ConfigError.InvalidData([name], message)
 
@@ -547,14 +562,7 @@ export const fromClient = (
       const args: Array<string | number> = [ttlMillis, batch.length]
       for (const { input, units } of batch) {
         for (const unit of units) keys.push(unit.usage, unit.marker, ...holdKeys(unit.usage))
-        args.push(
-          units.length,
-          input.callId,
-          input.usage.promptTokens,
-          input.usage.completionTokens,
-          input.usage.totalTokens,
-          input.costMicros ?? 0
-        )
+        args.push(units.length, input.callId, ...TokenStore.incrementsOf(input))
       }
       script[commands.record](keys.length, ...keys, ...args).then(
         (outcomes) =>
@@ -869,22 +877,22 @@ export const fromClient = (
       stats: (owner, cycle) =>
         Effect.flatMap(
           read("stats", owner, cycle),
-          ([prompt, completion, total, cost, limit, held]) =>
-            Effect.all({
-              promptTokens: countOrZero("stats", "prompt_tokens", prompt),
-              completionTokens: countOrZero("stats", "completion_tokens", completion),
-              totalTokens: countOrZero("stats", "total_tokens", total),
-              costMicros: countOrZero("stats", "cost_micros", cost),
-              limit: parseCount("stats", "usage_limit", limit),
-              heldTokens: countOrZero("stats", "held_tokens", held)
-            })
+          ([limit, held, ...counts]) =>
+            Effect.zipWith(
+              Effect.all({
+                limit: parseCount("stats", "usage_limit", limit),
+                held: countOrZero("stats", "held_tokens", held)
+              }),
+              Effect.forEach(counterFields, (field, c) => countOrZero("stats", field, counts[c])),
+              ({ held, limit }, counts) => TokenStore.statsOf(counts, limit, held)
+            )
         ),
       reset: (owner, cycle) =>
         Effect.asVoid(tryRedis("reset", () => redis.hdel(usageKey(prefix, owner, cycle), ...counterFields))),
       setLimit: (owner, cycle, limit) =>
         Effect.asVoid(tryRedis("setLimit", () => redis.hset(usageKey(prefix, owner, cycle), "usage_limit", limit))),
       checkLimit: (owner, cycle) =>
-        Effect.flatMap(read("checkLimit", owner, cycle), ([, , total, , limit, held]) =>
+        Effect.flatMap(read("checkLimit", owner, cycle), ([limit, held, , , total]) =>
           Effect.all([
             countOrZero("checkLimit", "total_tokens", total),
             parseCount("checkLimit", "usage_limit", limit),

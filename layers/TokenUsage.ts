@@ -78,9 +78,10 @@ import * as Budget from "../src/Budget.js"
 import * as CallbackMetrics from "../src/CallbackMetrics.js"
 import * as Cost from "../src/Cost.js"
 import * as Dispatcher from "../src/Dispatcher.js"
-import type { EndEvent, Message, Usage } from "../src/Events.js"
+import type { EndEvent, ErrorEvent, Message, Usage } from "../src/Events.js"
 import * as Handler from "../src/Handler.js"
 import type { HandlerRegistrationError } from "../src/HandlerError.js"
+import * as TokenCounter from "../src/TokenCounter.js"
 import * as TokenStore from "../src/TokenStore.js"
 
 // -----------------------------------------------------------------------------
@@ -392,7 +393,10 @@ export const needsEstimate = (usage: Usage | undefined): boolean =>
  * @since 0.1.0
  * @category estimation
  */
-export const resolveUsage = (estimator: Estimator, event: EndEvent): Effect.Effect<Usage, TokenizerError> => {
+export const resolveUsage = (
+  estimator: Estimator,
+  event: Pick<EndEvent, "call" | "messages" | "response">
+): Effect.Effect<Usage, TokenizerError> => {
   const reported = event.response.usage
   if (reported !== undefined && !needsEstimate(reported)) return Effect.succeed(reported)
   const model = event.response.model ?? event.call.model
@@ -409,7 +413,11 @@ export const resolveUsage = (estimator: Estimator, event: EndEvent): Effect.Effe
         estimated: true
       })
     }
-    return Effect.map(estimator.countText(model, event.response.content), (completion) => ({
+    const reasoning = event.response.reasoning
+    const output = reasoning === undefined
+      ? estimator.countText(model, event.response.content)
+      : Effect.zipWith(estimator.countText(model, event.response.content), estimator.countText(model, reasoning), (a, b) => a + b)
+    return Effect.map(output, (completion) => ({
       promptTokens: prompt,
       completionTokens: completion,
       totalTokens: prompt + completion,
@@ -422,7 +430,7 @@ export const resolveUsage = (estimator: Estimator, event: EndEvent): Effect.Effe
 // Handlers
 // -----------------------------------------------------------------------------
 
-const logNoUser = (name: string, event: EndEvent) =>
+const logNoUser = (name: string, event: EndEvent | ErrorEvent) =>
   Effect.logWarning("token usage not recorded: the call has no user id").pipe(
     Effect.annotateLogs({ handler: name, callId: event.call.callId, model: event.call.model })
   )
@@ -451,9 +459,12 @@ const invalidUsage = (name: string, event: EndEvent, userId: string) => {
   )
 }
 
+/** What a call billed: an end event, or an error event carrying what the call consumed before it failed. */
+type Billed = EndEvent | (Pick<EndEvent, "call" | "messages" | "response"> & { readonly _tag: "Error" })
+
 const makeHandler = <E>(
   defaultName: string,
-  usageOf: (event: EndEvent) => Effect.Effect<Usage | undefined, E>
+  usageOf: (event: Billed) => Effect.Effect<Usage | undefined, E>
 ) =>
 (options: Options = {}): Effect.Effect<
   Handler.Handler<TokenStore.TokenStoreError | E>,
@@ -465,16 +476,20 @@ const makeHandler = <E>(
     const store = yield* TokenStore.TokenStore
     const name = options.name ?? defaultName
     const costOf = options.costMicros ?? Cost.microsOf
-    const inputFor = (event: EndEvent, userId: string, usage: Usage, cycle: string): TokenStore.RecordInput => ({
+    const inputFor = (event: Billed, userId: string, usage: Usage, cycle: string): TokenStore.RecordInput => ({
       callId: event.call.callId,
       userId,
       cycle,
       usage: {
         promptTokens: usage.promptTokens,
         completionTokens: usage.completionTokens,
-        totalTokens: usage.totalTokens
+        totalTokens: usage.totalTokens,
+        cachedTokens: usage.cachedTokens,
+        cacheWriteTokens: usage.cacheWriteTokens,
+        reasoningTokens: usage.reasoningTokens
       },
-      costMicros: costOf(event),
+      costMicros: event._tag === "End" ? costOf(event) : Cost.microsOf(event),
+      estimated: usage.estimated,
       teamId: event.call.teamId,
       orgId: event.call.orgId
     })
@@ -541,9 +556,25 @@ const makeHandler = <E>(
         const recorded = present.length === 0 ? Effect.void : Effect.asVoid(store.recordMany(present))
         return failed ? Effect.zipRight(recorded, Effect.fail(failure as TokenStore.TokenStoreError | E)) : recorded
       })
+    // A call that failed or was cut off after it consumed tokens (a stream stopped early or failing
+    // midway) is billed for them: its error event carries them, recorded as an end's are.
+    const onLlmError = (event: ErrorEvent): Effect.Effect<void, TokenStore.TokenStoreError | E> => {
+      const response = event.response
+      if (response === undefined) return Effect.void
+      const userId = event.call.userId
+      if (userId === undefined) return logNoUser(name, event)
+      return Effect.flatMap(usageOf({ _tag: "Error", call: event.call, messages: event.messages, response }), (usage) =>
+        usage === undefined
+          ? Effect.void
+          : Effect.flatMap(
+            cycle(event.call.startedAt),
+            (cycle) => store.record(inputFor({ _tag: "Error", call: event.call, messages: event.messages, response }, userId, usage, cycle))
+          ))
+    }
     return Handler.make({
       name,
       onLlmEnd,
+      onLlmError,
       onLlmEndBatch,
       mode: options.mode ?? "await",
       retry: options.retry,
@@ -667,4 +698,24 @@ export const layerPromptCounter: Layer.Layer<Budget.CurrentPromptCounter> = Laye
       (model, messages) =>
         Effect.catchAll(estimator.countMessages(model, messages), () => Budget.byteBound(model, messages))
     ))
+)
+
+/**
+ * Counts what providers did not report with gpt-tokenizer (the model's
+ * encoding and chat format): the usage of a call cut off before its provider
+ * reported it (a stream stopped early, or failing midway) is then counted
+ * when the call ends, carried by its error event flagged estimated, and
+ * recorded by the token handlers. Without it, only the detailed handler
+ * counts such usage (it has a tokenizer of its own); the total handler and
+ * the metrics see none.
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layerTokenCounter: Layer.Layer<TokenCounter.CurrentTokenCounter> = Layer.unwrapEffect(
+  Effect.map(makeEstimator, (estimator) =>
+    Layer.succeed(TokenCounter.CurrentTokenCounter, {
+      countMessages: estimator.countMessages,
+      countText: estimator.countText
+    }))
 )

@@ -33,7 +33,7 @@ import type {
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
-import { enrichEnd } from "./internal/enrich.js"
+import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
   type CallOptions,
   endEvent,
@@ -344,11 +344,11 @@ export const begin = (
               ? undefined
               : decodeResponseLenient(finishOptions.response).response
             if (partial === undefined || partial.usage !== undefined) {
-              return dispatch(errorEvent(events, exit.cause, durationMs, ttft, partial))
+              return dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, partial)))
             }
             return Effect.flatMap(
               estimateUsage(context, events.call.model, events.start.messages, partial),
-              (response) => dispatch(errorEvent(events, exit.cause, durationMs, ttft, response))
+              (response) => dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, response)))
             )
           })
       })
@@ -372,7 +372,9 @@ const estimateUsage = (
   const model_ = response.model ?? model
   return Effect.zipWith(
     counter.countMessages(model_, messages),
-    counter.countText(model_, response.content),
+    response.reasoning === undefined
+      ? counter.countText(model_, response.content)
+      : Effect.zipWith(counter.countText(model_, response.content), counter.countText(model_, response.reasoning), (a, b) => a + b),
     (promptTokens, completionTokens): LlmResponse => ({
       ...response,
       usage: { promptTokens, completionTokens, totalTokens: promptTokens + completionTokens, estimated: true }
@@ -554,9 +556,16 @@ export const instrument: {
  * @since 0.3.0
  * @category models
  */
-export interface ToolRunOptions extends ToolOptions {}
+export interface ToolRunOptions<A = any> extends ToolOptions {
+  /**
+   * For tools that return their failure as a result (to hand it to the
+   * model): the failure within a result, or `undefined` when it is none. A
+   * result with a failure is heard as `tool_error`; the effect still succeeds.
+   */
+  readonly failureOf?: ((result: A) => unknown) | undefined
+}
 
-const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions): Effect.Effect<A, E, R> =>
+const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions<A>): Effect.Effect<A, E, R> =>
   Effect.withFiberRuntime<A, E, R>((fiber) => {
     const calls = lookupCalls(fiber.currentContext)
     const token = calls?.begin()
@@ -576,7 +585,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
         if (cause !== exit.cause) exit = Exit.failCause(cause)
       }
       if (entered) removeParent(parents, callId)
-      const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt)
+      const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt, options.failureOf)
       if (span !== undefined) endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock)
       const rest = calls.run(token, event, fiber)
       return rest === undefined ? exit : Effect.zipRight(rest, exit)
@@ -626,6 +635,6 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
  * @category combinators
  */
 export const instrumentTool: {
-  (options: ToolRunOptions): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions): Effect.Effect<A, E, R>
+  <A = any>(options: ToolRunOptions<A>): <A2 extends A, E, R>(self: Effect.Effect<A2, E, R>) => Effect.Effect<A2, E, R>
+  <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions<NoInfer<A>>): Effect.Effect<A, E, R>
 } = dual(2, instrumentToolImpl)

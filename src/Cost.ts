@@ -37,7 +37,8 @@ export const Price = Schema.Number.pipe(
 
 /**
  * The prices of one model, per million tokens. `cachedInput` (input tokens
- * served from the provider's prompt cache) defaults to `input`.
+ * served from the provider's prompt cache) and `cacheWrite` (input tokens
+ * written to it) default to `input`.
  *
  * @since 0.1.0
  * @category schemas
@@ -45,7 +46,8 @@ export const Price = Schema.Number.pipe(
 export const ModelPrice = Schema.Struct({
   input: Price,
   output: Price,
-  cachedInput: Schema.optional(Price)
+  cachedInput: Schema.optional(Price),
+  cacheWrite: Schema.optional(Price)
 })
 
 /**
@@ -91,6 +93,7 @@ export interface ExactPrice {
   readonly input: Decimal
   readonly output: Decimal
   readonly cachedInput: Decimal
+  readonly cacheWrite: Decimal
 }
 
 /**
@@ -132,7 +135,8 @@ const makeTable = (prices: Prices): PriceTable => {
     exact.set(model, {
       input,
       output: decimalOf(price.output),
-      cachedInput: price.cachedInput === undefined ? input : decimalOf(price.cachedInput)
+      cachedInput: price.cachedInput === undefined ? input : decimalOf(price.cachedInput),
+      cacheWrite: price.cacheWrite === undefined ? input : decimalOf(price.cacheWrite)
     })
   }
   return { prices, lookup: (model) => exact.get(model) }
@@ -187,27 +191,30 @@ export const withPriceTable: {
 const pow10 = (n: number): bigint => 10n ** BigInt(n)
 
 /**
- * The exact cost of a usage at a model's prices, in integer micro-units
- * (rounded once, half up). Cached tokens are part of the prompt tokens and
- * are charged at the cached-input price; reasoning tokens are part of the
- * completion tokens.
+ * The exact cost of a usage at a model's prices, in integer micro-units,
+ * rounded once for the whole call (half up), never per kind of token. Each
+ * input token is priced once: cached ones (read from the prompt cache) at the
+ * cached-input price, cache writes at the cache-write price, the rest at the
+ * input price; reasoning tokens are output tokens.
  *
  * @since 0.1.0
  * @category computations
  */
 export const micros = (
   price: ExactPrice,
-  usage: Pick<Usage, "promptTokens" | "completionTokens" | "cachedTokens">
+  usage: Pick<Usage, "promptTokens" | "completionTokens" | "cachedTokens" | "cacheWriteTokens">
 ): number => {
   const cached = Math.min(usage.cachedTokens ?? 0, usage.promptTokens)
-  const scale = Math.max(price.input.scale, price.output.scale, price.cachedInput.scale)
+  const written = Math.min(usage.cacheWriteTokens ?? 0, usage.promptTokens - cached)
+  const uncached = usage.promptTokens - cached - written
+  const scale = Math.max(price.input.scale, price.output.scale, price.cachedInput.scale, price.cacheWrite.scale)
   // Fast path in doubles: every product and the sum are integers, exact as
   // long as the sum is a safe integer (the terms are non-negative).
   if (scale <= 15) {
     const termNumber = (tokens: number, decimal: Decimal): number =>
       tokens * Number(decimal.numerator) * 10 ** (scale - decimal.scale)
-    const sum = termNumber(usage.promptTokens - cached, price.input) + termNumber(cached, price.cachedInput) +
-      termNumber(usage.completionTokens, price.output)
+    const sum = termNumber(uncached, price.input) + termNumber(cached, price.cachedInput) +
+      termNumber(written, price.cacheWrite) + termNumber(usage.completionTokens, price.output)
     if (Number.isSafeInteger(sum)) {
       const unit = 10 ** scale
       const rest = sum % unit
@@ -217,7 +224,7 @@ export const micros = (
   }
   const term = (tokens: number, decimal: Decimal): bigint =>
     BigInt(tokens) * decimal.numerator * pow10(scale - decimal.scale)
-  const total = term(usage.promptTokens - cached, price.input) + term(cached, price.cachedInput) +
+  const total = term(uncached, price.input) + term(cached, price.cachedInput) + term(written, price.cacheWrite) +
     term(usage.completionTokens, price.output)
   const unit = pow10(scale)
   const quotient = total / unit
@@ -234,7 +241,7 @@ export const micros = (
 export const microsFor = (
   table: PriceTable,
   model: string,
-  usage: Pick<Usage, "promptTokens" | "completionTokens" | "cachedTokens">
+  usage: Pick<Usage, "promptTokens" | "completionTokens" | "cachedTokens" | "cacheWriteTokens">
 ): number | undefined => {
   const price = table.lookup(model)
   return price === undefined ? undefined : micros(price, usage)
@@ -273,7 +280,7 @@ export const fromMicros = (micros: number): number => micros / MICROS_PER_UNIT
  * @since 0.1.0
  * @category getters
  */
-export const microsOf = (event: EndEvent): number | undefined => {
+export const microsOf = (event: { readonly response: Pick<LlmResponse, "costEstimate"> }): number | undefined => {
   const estimate = event.response.costEstimate
   return estimate === undefined || !Number.isFinite(estimate) || estimate < 0 ? undefined : toMicros(estimate)
 }

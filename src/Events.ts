@@ -79,6 +79,104 @@ export const Usage = Schema.Struct({
  */
 export type Usage = typeof Usage.Type
 
+const countOf = (u: unknown): number | undefined =>
+  typeof u === "number" && Number.isSafeInteger(u) && u >= 0 ? u : undefined
+
+const field = (u: unknown, key: string): unknown =>
+  typeof u === "object" && u !== null ? (u as Record<string, unknown>)[key] : undefined
+
+/**
+ * The one normalized {@link Usage} of a client library's or a provider's
+ * usage, whatever its shape: this library's own; `@effect/ai`'s flat one
+ * (`inputTokens`, `outputTokens`, `totalTokens`, `cachedInputTokens`,
+ * `reasoningTokens`); the nested one of newer AI SDKs (`inputTokens: { total,
+ * cacheRead, cacheWrite }`, `outputTokens: { total, reasoning }`); OpenAI's
+ * Chat Completions (`prompt_tokens`, `completion_tokens`,
+ * `prompt_tokens_details.cached_tokens`, ...) and Responses (`input_tokens`,
+ * `output_tokens`, `input_tokens_details.cached_tokens`,
+ * `output_tokens_details.reasoning_tokens`) usage; and Anthropic's, whose
+ * `input_tokens` leaves out the cache (`cache_read_input_tokens`,
+ * `cache_creation_input_tokens` are added to the prompt). `undefined` when
+ * neither input nor output is reported; a field that is not a non-negative
+ * integer counts as unreported.
+ *
+ * @since 0.3.0
+ * @category conversions
+ */
+export const usageFromUnknown = (u: unknown): Usage | undefined => {
+  if (typeof u !== "object" || u === null) return undefined
+  let prompt: number | undefined
+  let completion: number | undefined
+  let total: number | undefined
+  let cached: number | undefined
+  let cacheWrite: number | undefined
+  let reasoning: number | undefined
+  let estimated: boolean | undefined
+  if ("promptTokens" in u || "completionTokens" in u) {
+    prompt = countOf(field(u, "promptTokens"))
+    completion = countOf(field(u, "completionTokens"))
+    total = countOf(field(u, "totalTokens"))
+    cached = countOf(field(u, "cachedTokens"))
+    cacheWrite = countOf(field(u, "cacheWriteTokens"))
+    reasoning = countOf(field(u, "reasoningTokens"))
+    if (field(u, "estimated") === true) estimated = true
+  } else if ("inputTokens" in u || "outputTokens" in u) {
+    const input = field(u, "inputTokens")
+    const output = field(u, "outputTokens")
+    if (typeof input === "object" && input !== null) {
+      prompt = countOf(field(input, "total"))
+      cached = countOf(field(input, "cacheRead"))
+      cacheWrite = countOf(field(input, "cacheWrite"))
+    } else {
+      prompt = countOf(input)
+      cached = countOf(field(u, "cachedInputTokens"))
+    }
+    if (typeof output === "object" && output !== null) {
+      completion = countOf(field(output, "total"))
+      reasoning = countOf(field(output, "reasoning"))
+    } else {
+      completion = countOf(output)
+      reasoning = countOf(field(u, "reasoningTokens"))
+    }
+    total = countOf(field(u, "totalTokens"))
+  } else if ("prompt_tokens" in u || "completion_tokens" in u) {
+    prompt = countOf(field(u, "prompt_tokens"))
+    completion = countOf(field(u, "completion_tokens"))
+    total = countOf(field(u, "total_tokens")) ?? countOf(field(u, "tokens_used"))
+    cached = countOf(field(field(u, "prompt_tokens_details"), "cached_tokens"))
+    reasoning = countOf(field(field(u, "completion_tokens_details"), "reasoning_tokens"))
+  } else if ("input_tokens" in u || "output_tokens" in u) {
+    const read = countOf(field(u, "cache_read_input_tokens"))
+    const write = countOf(field(u, "cache_creation_input_tokens"))
+    completion = countOf(field(u, "output_tokens"))
+    total = countOf(field(u, "total_tokens"))
+    if (read !== undefined || write !== undefined) {
+      // Anthropic: input_tokens are the uncached ones only.
+      prompt = (countOf(field(u, "input_tokens")) ?? 0) + (read ?? 0) + (write ?? 0)
+      cached = read
+      cacheWrite = write
+    } else {
+      prompt = countOf(field(u, "input_tokens"))
+      cached = countOf(field(field(u, "input_tokens_details"), "cached_tokens"))
+      reasoning = countOf(field(field(u, "output_tokens_details"), "reasoning_tokens"))
+    }
+  }
+  if (prompt === undefined && completion === undefined) return undefined
+  const promptTokens = prompt ?? 0
+  const completionTokens = completion ?? 0
+  const usage: { -readonly [K in keyof Usage]: Usage[K] } = {
+    promptTokens,
+    completionTokens,
+    // A total of 0 next to counts means the provider did not report one.
+    totalTokens: total !== undefined && total > 0 ? total : promptTokens + completionTokens
+  }
+  if (cached !== undefined) usage.cachedTokens = cached
+  if (cacheWrite !== undefined) usage.cacheWriteTokens = cacheWrite
+  if (reasoning !== undefined) usage.reasoningTokens = reasoning
+  if (estimated === true) usage.estimated = true
+  return usage
+}
+
 /**
  * What the model answered, as far as the handlers are concerned.
  *
@@ -90,6 +188,8 @@ export type Usage = typeof Usage.Type
  */
 export const LlmResponse = Schema.Struct({
   content: Schema.String,
+  /** The reasoning text the provider streamed, when it did (its tokens are output tokens). */
+  reasoning: Schema.optional(Schema.String),
   usage: Schema.optional(Usage),
   finishReason: Schema.optional(Schema.String),
   model: Schema.optional(Schema.String),

@@ -48,7 +48,57 @@ export interface TokenCounts {
   readonly promptTokens: number
   readonly completionTokens: number
   readonly totalTokens: number
+  /** Input tokens read from the provider's prompt cache; part of `promptTokens`. */
+  readonly cachedTokens?: number | undefined
+  /** Input tokens written to the provider's prompt cache; part of `promptTokens`. */
+  readonly cacheWriteTokens?: number | undefined
+  /** Reasoning tokens; part of `completionTokens`. */
+  readonly reasoningTokens?: number | undefined
 }
+
+/**
+ * The counters a record adds to, in storage order: the three of the Python
+ * design, the cost, the kinds of tokens kept apart, and the tokens recorded
+ * as estimated. (The Redis hash fields are their snake_case names.)
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const counters = [
+  "promptTokens",
+  "completionTokens",
+  "totalTokens",
+  "costMicros",
+  "cachedTokens",
+  "cacheWriteTokens",
+  "reasoningTokens",
+  "estimatedTokens"
+] as const
+
+/**
+ * One of the {@link counters}.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export type Counter = (typeof counters)[number]
+
+/**
+ * What a record adds to each counter, in the order of {@link counters}.
+ *
+ * @since 0.3.0
+ * @category getters
+ */
+export const incrementsOf = (input: RecordInput): ReadonlyArray<number> => [
+  input.usage.promptTokens,
+  input.usage.completionTokens,
+  input.usage.totalTokens,
+  input.costMicros ?? 0,
+  input.usage.cachedTokens ?? 0,
+  input.usage.cacheWriteTokens ?? 0,
+  input.usage.reasoningTokens ?? 0,
+  input.estimated === true ? input.usage.totalTokens : 0
+]
 
 /**
  * The levels a call is accounted and limited at: its user and, when the call
@@ -112,6 +162,11 @@ export const subjectsOf = (
 export interface UsageStats extends TokenCounts {
   /** Accumulated cost in millionths of the currency unit. */
   readonly costMicros: number
+  readonly cachedTokens: number
+  readonly cacheWriteTokens: number
+  readonly reasoningTokens: number
+  /** The total tokens of the calls recorded with estimated usage (counted with a tokenizer). */
+  readonly estimatedTokens: number
   readonly limit: Option.Option<number>
   /** Tokens held by admitted calls that have not been recorded or released yet (see `reserve`). */
   readonly heldTokens: number
@@ -150,6 +205,8 @@ export interface RecordInput {
   readonly usage: TokenCounts
   /** Cost of the call in millionths of the currency unit. */
   readonly costMicros?: number | undefined
+  /** The usage was counted with a tokenizer, not reported: its total is added to `estimatedTokens` too. */
+  readonly estimated?: boolean | undefined
   /** The call's team: its usage is added there too. */
   readonly teamId?: string | undefined
   /** The call's organisation: its usage is added there too. */
@@ -365,7 +422,14 @@ const SubjectSchema = Schema.Struct({ level: LevelSchema, id: Id })
 const sumsFit = (issue: ParseResult.ParseIssue) =>
   `expected counts whose sum (promptTokens + completionTokens) is a safe integer, got ${showValue(issue.actual)}`
 
-const UsageSchema = Schema.Struct({ promptTokens: Count, completionTokens: Count, totalTokens: Count }).annotations({
+const UsageSchema = Schema.Struct({
+  promptTokens: Count,
+  completionTokens: Count,
+  totalTokens: Count,
+  cachedTokens: Schema.optional(Schema.UndefinedOr(Count)),
+  cacheWriteTokens: Schema.optional(Schema.UndefinedOr(Count)),
+  reasoningTokens: Schema.optional(Schema.UndefinedOr(Count))
+}).annotations({
   message: (issue) => `expected { promptTokens, completionTokens, totalTokens }, got ${showValue(issue.actual)}`
 }).pipe(
   Schema.filter((u) => Number.isSafeInteger(u.promptTokens + u.completionTokens), { message: sumsFit })
@@ -377,6 +441,7 @@ const RecordInputSchema = Schema.Struct({
   cycle: Cycle,
   usage: UsageSchema,
   costMicros: Schema.optional(Schema.UndefinedOr(Count)),
+  estimated: Schema.optional(Schema.UndefinedOr(Schema.Boolean)),
   teamId: Schema.optional(Schema.UndefinedOr(Id)),
   orgId: Schema.optional(Schema.UndefinedOr(Id))
 })
@@ -439,6 +504,8 @@ const validator = <A, I>(schema: Schema.Schema<A, I>) => {
 
 const isCount = (u: unknown): boolean => typeof u === "number" && Number.isSafeInteger(u) && u >= 0
 
+const isOptionalCount = (u: unknown): boolean => u === undefined || isCount(u)
+
 const isId = (u: unknown): boolean => typeof u === "string" && u.length > 0 && !loneSurrogate.test(u)
 
 /** The same rules as `RecordInputSchema`, as a plain predicate for the hot path. */
@@ -447,6 +514,9 @@ const isValidRecordInput = (input: RecordInput): boolean =>
   BillingCycle.isCycleDate(input.cycle) && typeof input.usage === "object" && input.usage !== null &&
   isCount(input.usage.promptTokens) && isCount(input.usage.completionTokens) && isCount(input.usage.totalTokens) &&
   Number.isSafeInteger(input.usage.promptTokens + input.usage.completionTokens) &&
+  isOptionalCount(input.usage.cachedTokens) && isOptionalCount(input.usage.cacheWriteTokens) &&
+  isOptionalCount(input.usage.reasoningTokens) &&
+  (input.estimated === undefined || typeof input.estimated === "boolean") &&
   (input.costMicros === undefined || isCount(input.costMicros)) &&
   (input.teamId === undefined || isId(input.teamId)) && (input.orgId === undefined || isId(input.orgId))
 
@@ -576,6 +646,27 @@ export const makeLimitCheck = (currentUsage: number, limit: Option.Option<number
     })
   })
 
+/** The position of `totalTokens` among the counters. */
+const total = counters.indexOf("totalTokens")
+
+/**
+ * The stats of a subject and cycle from its counters (in the order of
+ * {@link counters}; none recorded: zeros), limit and held tokens, shared by
+ * the backends.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const statsOf = (
+  counts: ReadonlyArray<number> | undefined,
+  limit: Option.Option<number>,
+  heldTokens: number
+): UsageStats => {
+  const stats = { limit, heldTokens } as { -readonly [K in keyof UsageStats]: UsageStats[K] }
+  for (let c = 0; c < counters.length; c++) stats[counters[c]!] = counts?.[c] ?? 0
+  return stats
+}
+
 /**
  * The start of the one-minute rate window containing `now` (epoch ms).
  *
@@ -669,10 +760,8 @@ interface Hold {
 }
 
 interface Account {
-  promptTokens: number
-  completionTokens: number
-  totalTokens: number
-  costMicros: number
+  /** Per counter, in the order of `counters`. */
+  readonly counts: Array<number>
   limit: number | undefined
   held: number
   readonly holds: Map<string, Hold>
@@ -687,10 +776,7 @@ interface RateWindow {
 const emptyWindow = { requests: 0, tokens: 0 }
 
 const newAccount = (): Account => ({
-  promptTokens: 0,
-  completionTokens: 0,
-  totalTokens: 0,
-  costMicros: 0,
+  counts: counters.map(() => 0),
   limit: undefined,
   held: 0,
   holds: new Map()
@@ -784,17 +870,15 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
 
     const recordAt = (input: RecordInput, now: number): Either.Either<RecordOutcome, TokenStoreError> => {
       const subjects = subjectsOf(input)
-      const cost = input.costMicros ?? 0
+      const increments = incrementsOf(input)
       // Every level is checked before anything is written: counters move together or not at all.
       const fresh = subjects.map((subject) => !isMarked(subject, input.callId, now))
       for (let i = 0; i < subjects.length; i++) {
         if (!fresh[i]) continue
         const current = find(subjects[i]!, input.cycle)
-        if (
-          current !== undefined && !(fits(current.promptTokens + input.usage.promptTokens) &&
-            fits(current.completionTokens + input.usage.completionTokens) &&
-            fits(current.totalTokens + input.usage.totalTokens) && fits(current.costMicros + cost))
-        ) return Either.left(overflowError(subjects[i]!, input.cycle))
+        if (current !== undefined && !current.counts.every((count, c) => fits(count + increments[c]!))) {
+          return Either.left(overflowError(subjects[i]!, input.cycle))
+        }
       }
       for (let i = 0; i < subjects.length; i++) {
         const subject = subjects[i]!
@@ -803,10 +887,7 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
           markers.delete(marker)
           if (windowMillis > 0) markers.set(marker, now + windowMillis)
           const current = account(subject, input.cycle)
-          current.promptTokens += input.usage.promptTokens
-          current.completionTokens += input.usage.completionTokens
-          current.totalTokens += input.usage.totalTokens
-          current.costMicros += cost
+          for (let c = 0; c < increments.length; c++) current.counts[c]! += increments[c]!
         }
         releaseHold(find(subject, input.cycle), input.callId)
       }
@@ -839,7 +920,7 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
         }
         verdicts.push(verdictOf(
           subject,
-          { used: current?.totalTokens ?? 0, held: current?.held ?? 0, limit: current?.limit },
+          { used: current?.counts[total] ?? 0, held: current?.held ?? 0, limit: current?.limit },
           // A rate window is kept only for subjects that have rate limits.
           input.rateLimits?.[subject.level] === undefined ? emptyWindow : windowOf(subject, now),
           input.rateLimits?.[subject.level],
@@ -866,10 +947,7 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       const accounts = cycles.get(cycle)
       const current = accounts?.get(subjectKey(subject))
       if (accounts === undefined || current === undefined) return
-      current.promptTokens = 0
-      current.completionTokens = 0
-      current.totalTokens = 0
-      current.costMicros = 0
+      current.counts.fill(0)
       if (current.limit === undefined && current.holds.size === 0) {
         accounts.delete(subjectKey(subject))
         if (accounts.size === 0) cycles.delete(cycle)
@@ -904,14 +982,7 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       stats: (owner, cycle) =>
         Effect.map(Clock.currentTimeMillis, (now): UsageStats => {
           const current = purged(owner, cycle, now)
-          return {
-            promptTokens: current?.promptTokens ?? 0,
-            completionTokens: current?.completionTokens ?? 0,
-            totalTokens: current?.totalTokens ?? 0,
-            costMicros: current?.costMicros ?? 0,
-            limit: Option.fromNullable(current?.limit),
-            heldTokens: current?.held ?? 0
-          }
+          return statsOf(current?.counts, Option.fromNullable(current?.limit), current?.held ?? 0)
         }),
       reset: (owner, cycle) => Effect.sync(() => clear(subjectOf(owner), cycle)),
       setLimit: (owner, cycle, limit) =>
@@ -921,7 +992,7 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       checkLimit: (owner, cycle) =>
         Effect.map(Clock.currentTimeMillis, (now) => {
           const current = purged(owner, cycle, now)
-          return makeLimitCheck(current?.totalTokens ?? 0, Option.fromNullable(current?.limit), current?.held ?? 0)
+          return makeLimitCheck(current?.counts[total] ?? 0, Option.fromNullable(current?.limit), current?.held ?? 0)
         }),
       users: (cycle) =>
         Effect.sync(() => {

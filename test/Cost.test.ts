@@ -42,6 +42,62 @@ describe("Cost", () => {
     assert.strictEqual(Cost.microsFor(prices, "unknown", usage(10, 0)), undefined)
   })
 
+  it("rounds once per call, never per kind of token", () => {
+    // gpt-4o-mini, 9 prompt tokens of which 6 cached, no completion:
+    // 3 × 0.15 + 6 × 0.075 = 0.45 + 0.45 = 0.9 micro-units -> 1 (per-group rounding: 0 + 0 = 0).
+    assert.strictEqual(Cost.microsFor(prices, "gpt-4o-mini", usage(9, 0, 6)), 1)
+    // Cache writes at their own price; each input token is priced once:
+    // (100 - 30 - 50) × 3 + 30 × 0.3 + 50 × 3.75 + 10 × 15 = 60 + 9 + 187.5 + 150 = 406.5 -> 407.
+    const anthropic = table({ claude: { input: 3, output: 15, cachedInput: 0.3, cacheWrite: 3.75 } })
+    assert.strictEqual(
+      Cost.microsFor(anthropic, "claude", { ...usage(100, 10, 30), cacheWriteTokens: 50 }),
+      407
+    )
+    // No cacheWrite price: cache writes at the input price.
+    assert.strictEqual(Cost.microsFor(prices, "gpt-4o", { ...usage(1000, 0), cacheWriteTokens: 400 }), 2500)
+  })
+
+  it("micros equals exact arithmetic for short-decimal prices (the plain-number path)", () =>
+    fc.assert(
+      fc.property(
+        // Prices as providers publish them: a few digits, up to 4 decimals (0.075, 2.5, 0.0375...).
+        // Bounded so that every case stays on the plain-number path (asserted below).
+        fc.array(fc.tuple(fc.nat(200_000), fc.integer({ min: 0, max: 4 })), { minLength: 4, maxLength: 4 }),
+        fc.nat(200_000),
+        fc.nat(200_000),
+        fc.nat(200_000),
+        fc.nat(200_000),
+        (digits, prompt, completion, cachedTokens, cacheWriteTokens) => {
+          const [input, output, cachedInput, cacheWrite] = digits.map(([n, k]) => n / 10 ** k) as [
+            number,
+            number,
+            number,
+            number
+          ]
+          const t = table({ m: { input, output, cachedInput, cacheWrite } })
+          const cached = Math.min(cachedTokens, prompt)
+          const written = Math.min(cacheWriteTokens, prompt - cached)
+          const terms = [
+            [prompt - cached - written, input],
+            [cached, cachedInput],
+            [written, cacheWrite],
+            [completion, output]
+          ] as const
+          const scale = Math.max(...terms.map(([, price]) => Cost.decimalOf(price).scale))
+          const total = terms.reduce((n, [tokens, price]) => {
+            const d = Cost.decimalOf(price)
+            return n + BigInt(tokens) * d.numerator * 10n ** BigInt(scale - d.scale)
+          }, 0n)
+          // The case is one the plain-number path computes (scale and sum small enough).
+          if (scale > 15 || total > BigInt(Number.MAX_SAFE_INTEGER)) return false
+          const unit = 10n ** BigInt(scale)
+          const expected = Number(total / unit + (2n * (total % unit) >= unit ? 1n : 0n))
+          return Cost.microsFor(t, "m", { ...usage(prompt, completion, cachedTokens), cacheWriteTokens }) === expected
+        }
+      ),
+      { numRuns: 2_000 }
+    ))
+
   it("no float drift: summing per-call micros equals the exact total", () =>
     fc.assert(
       fc.property(

@@ -257,9 +257,15 @@ export const makeToolEvents = (
 export const toolTerminal = (
   events: ToolEvents,
   exit: Exit.Exit<unknown, unknown>,
-  durationMs: number
-): ToolEndEvent | ToolErrorEvent =>
-  Exit.isSuccess(exit)
+  durationMs: number,
+  failureOf?: ((result: any) => unknown) | undefined
+): ToolEndEvent | ToolErrorEvent => {
+  if (Exit.isSuccess(exit) && failureOf !== undefined) {
+    // A tool that returns its failure to the model succeeds as an effect, and failed as a tool.
+    const failure = failureOf(exit.value)
+    if (failure !== undefined) exit = Exit.fail(failure)
+  }
+  return Exit.isSuccess(exit)
     ? { _tag: "ToolEnd", call: events.call, tool: events.start.tool, params: events.start.params, result: exit.value, durationMs }
     : {
       _tag: "ToolError",
@@ -270,3 +276,4 @@ export const toolTerminal = (
       durationMs,
       interrupted: Cause.isInterruptedOnly(exit.cause)
     }
+}

@@ -5,7 +5,7 @@
  */
 import * as Context from "effect/Context"
 import * as Cost from "../Cost.js"
-import type { EndEvent } from "../Events.js"
+import type { EndEvent, ErrorEvent } from "../Events.js"
 
 /** One step: the end event, completed from the caller's context. */
 export type EndStep = (context: Context.Context<never>, event: EndEvent) => EndEvent
@@ -25,4 +25,17 @@ export const endSteps: ReadonlyArray<EndStep> = [costEstimate]
 export const enrichEnd = (context: Context.Context<never>, event: EndEvent): EndEvent => {
   for (let i = 0; i < endSteps.length; i++) event = endSteps[i]!(context, event)
   return event
+}
+
+/**
+ * The error event of a call that consumed tokens before it failed (its
+ * `response` carries them), with their cost from the price table in force.
+ */
+export const enrichError = (context: Context.Context<never>, event: ErrorEvent): ErrorEvent => {
+  const response = event.response
+  if (response === undefined || response.usage === undefined) return event
+  const table = Context.get(context, Cost.CurrentPriceTable)
+  if (table === Cost.empty) return event
+  const priced = Cost.withEstimate(table, event.call.model, response)
+  return priced === response ? event : { ...event, response: priced }
 }

@@ -80,6 +80,10 @@ describe("RedisTokenStore", () => {
         completionTokens: 30,
         totalTokens: 150,
         costMicros: 0,
+        cachedTokens: 0,
+        cacheWriteTokens: 0,
+        reasoningTokens: 0,
+        estimatedTokens: 0,
         limit: Option.some(1000),
         heldTokens: 0
       })

@@ -123,6 +123,10 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 7,
           totalTokens: 19,
           costMicros: 250,
+          cachedTokens: 0,
+          cacheWriteTokens: 0,
+          reasoningTokens: 0,
+          estimatedTokens: 0,
           limit: Option.none(),
           heldTokens: 0
         })
@@ -139,15 +143,23 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 0,
           totalTokens: 0,
           costMicros: 0,
+          cachedTokens: 0,
+          cacheWriteTokens: 0,
+          reasoningTokens: 0,
+          estimatedTokens: 0,
           limit: Option.none(),
           heldTokens: 0
         })
         assert.deepStrictEqual(Object.keys(stats).sort(), [
+          "cacheWriteTokens",
+          "cachedTokens",
           "completionTokens",
           "costMicros",
+          "estimatedTokens",
           "heldTokens",
           "limit",
           "promptTokens",
+          "reasoningTokens",
           "totalTokens"
         ])
       }))
@@ -173,6 +185,10 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 50,
           totalTokens: 150,
           costMicros: 7,
+          cachedTokens: 0,
+          cacheWriteTokens: 0,
+          reasoningTokens: 0,
+          estimatedTokens: 0,
           limit: Option.none(),
           heldTokens: 0
         })
@@ -238,6 +254,10 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
           completionTokens: 0,
           totalTokens: 0,
           costMicros: 0,
+          cachedTokens: 0,
+          cacheWriteTokens: 0,
+          reasoningTokens: 0,
+          estimatedTokens: 0,
           limit: Option.some(1_000),
           heldTokens: 0
         })
@@ -468,6 +488,10 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
             completionTokens: 0,
             totalTokens: i + 1,
             costMicros: 0,
+            cachedTokens: 0,
+            cacheWriteTokens: 0,
+            reasoningTokens: 0,
+            estimatedTokens: 0,
             limit: Option.some(1_000 + i),
             heldTokens: 0
           }, `user #${i}`)
@@ -476,14 +500,18 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
       }))
 
     it.effect.prop(
-      "stats are the sums over distinct call ids, whatever the duplicates",
+      "stats are the sums over distinct call ids of every kind of token, whatever the duplicates",
       {
         calls: FastCheck.array(
           FastCheck.record({
             user: FastCheck.integer({ min: 0, max: 2 }),
             prompt: FastCheck.integer({ min: 0, max: 1_000_000 }),
             completion: FastCheck.integer({ min: 0, max: 1_000_000 }),
-            cost: FastCheck.option(FastCheck.integer({ min: 0, max: 1_000 }), { nil: undefined })
+            cost: FastCheck.option(FastCheck.integer({ min: 0, max: 1_000 }), { nil: undefined }),
+            cached: FastCheck.option(FastCheck.integer({ min: 0, max: 1_000 }), { nil: undefined }),
+            cacheWrite: FastCheck.option(FastCheck.integer({ min: 0, max: 1_000 }), { nil: undefined }),
+            reasoning: FastCheck.option(FastCheck.integer({ min: 0, max: 1_000 }), { nil: undefined }),
+            estimated: FastCheck.boolean()
           }),
           { minLength: 1, maxLength: 15 }
         ),
@@ -502,8 +530,14 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
               callId: `${run}-${i}`,
               userId: `${run}-u${call.user}`,
               cycle,
-              usage: usage(call.prompt, call.completion),
-              costMicros: call.cost
+              usage: {
+                ...usage(call.prompt, call.completion),
+                cachedTokens: call.cached,
+                cacheWriteTokens: call.cacheWrite,
+                reasoningTokens: call.reasoning
+              },
+              costMicros: call.cost,
+              estimated: call.estimated
             })
           }, { concurrency: 8 })
           assert.strictEqual(outcomes.filter((o) => o === "recorded").length, calls.length)
@@ -511,11 +545,16 @@ export const tokenStoreConformance = <E>(name: string, storeLayer: Layer.Layer<T
             const mine = calls.filter((call) => call.user === user)
             const prompt = mine.reduce((sum, call) => sum + call.prompt, 0)
             const completion = mine.reduce((sum, call) => sum + call.completion, 0)
+            const sum = (f: (call: (typeof mine)[number]) => number) => mine.reduce((n, call) => n + f(call), 0)
             assert.deepStrictEqual(yield* store.stats(`${run}-u${user}`, cycle), {
               promptTokens: prompt,
               completionTokens: completion,
               totalTokens: prompt + completion,
-              costMicros: mine.reduce((sum, call) => sum + (call.cost ?? 0), 0),
+              costMicros: sum((call) => call.cost ?? 0),
+              cachedTokens: sum((call) => call.cached ?? 0),
+              cacheWriteTokens: sum((call) => call.cacheWrite ?? 0),
+              reasoningTokens: sum((call) => call.reasoning ?? 0),
+              estimatedTokens: sum((call) => call.estimated ? call.prompt + call.completion : 0),
               limit: Option.none(),
               heldTokens: 0
             })
