@@ -1,5 +1,6 @@
 /**
- * Test kit: a recorder handler that captures every event in order, for users
+ * Test kit: a recorder handler that captures every event in order (every
+ * phase: starts, stream chunks, tool runs, ends and errors), for users
  * testing their apps and their own handlers.
  *
  * @example
@@ -25,6 +26,7 @@ import * as Dispatcher from "./Dispatcher.js"
 import type { CallbackEvent } from "./Events.js"
 import * as Handler from "./Handler.js"
 import type { HandlerRegistrationError } from "./HandlerError.js"
+import { phases, phaseTable } from "./internal/phases.js"
 
 /**
  * @since 0.1.0
@@ -89,13 +91,14 @@ export const layerRecorder = (
           discarded++
         }
       })
+      // Every phase: the table names the hooks.
+      const hooks: Record<string, typeof push> = {}
+      for (const phase of phases) hooks[phaseTable[phase].hook] = push
       yield* Dispatcher.register(Handler.make({
         name: options.name ?? "recorder",
         mode: options.mode,
         priority: options.priority,
-        onLlmStart: push,
-        onLlmEnd: push,
-        onLlmError: push
+        ...hooks
       }))
       return {
         events: Effect.sync(() => events.slice()),

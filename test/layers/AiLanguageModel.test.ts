@@ -76,6 +76,9 @@ const toolLoop = Layer.unwrapEffect(Effect.gen(function*() {
   return Layer.mergeAll(instrumentedModel, handlers, Testing.layer())
 }))
 
+/** The events heard, less stream chunks (tested on their own). */
+const lifecycle = Effect.map(Testing.events, (events) => events.filter((event) => event._tag !== "Chunk"))
+
 const collect = <E, R>(stream: Stream.Stream<Response.AnyPart, E, R>) =>
   Stream.runCollect(stream).pipe(Effect.map(Chunk.toReadonlyArray))
 
@@ -132,7 +135,7 @@ describe("AiLanguageModel", () => {
         yield* TestClock.adjust("1500 millis")
         const response = yield* Fiber.join(fiber)
         assert.strictEqual(response.text, "Hi")
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.strictEqual(events.length, 2)
         const s = start(events[0])
         assert.deepStrictEqual(s.messages, [{ role: "user", content: "hello there" }])
@@ -163,7 +166,7 @@ describe("AiLanguageModel", () => {
       Effect.gen(function*() {
         const response = yield* LanguageModel.generateText({ prompt: "hello" })
         assert.strictEqual(response.usage.totalTokens, undefined)
-        const e = end((yield* Testing.events)[1])
+        const e = end((yield* lifecycle)[1])
         assert.isUndefined(e.response.usage)
         assert.strictEqual(e.response.content, "no usage")
         assert.isUndefined(e.outputIssues)
@@ -187,7 +190,7 @@ describe("AiLanguageModel", () => {
         assert.isTrue(Exit.isFailure(exit))
         const failure = Exit.isFailure(exit) ? Cause.failureOption(exit.cause) : undefined
         assert.isTrue(failure !== undefined && failure._tag === "Some" && Equal.equals(failure.value, expected))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.strictEqual(events.length, 2)
         const e = error(events[1])
         assert.strictEqual(e.failure.kind, "failure")
@@ -202,7 +205,7 @@ describe("AiLanguageModel", () => {
       Effect.gen(function*() {
         const exit = yield* Effect.exit(LanguageModel.generateText({ prompt: "x" }))
         assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
-        const e = error((yield* Testing.events)[1])
+        const e = error((yield* lifecycle)[1])
         assert.strictEqual(e.failure.kind, "defect")
         assert.strictEqual(e.failure.message, "kaput")
       }).pipe(Effect.provide(instrumented([FakeReply.Die({ defect: new Error("kaput") })]))))
@@ -212,7 +215,7 @@ describe("AiLanguageModel", () => {
         const fiber = yield* Effect.fork(LanguageModel.generateText({ prompt: "x" }))
         yield* TestClock.adjust("1 second")
         yield* Fiber.interrupt(fiber)
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         const e = error(events[1])
         assert.isTrue(e.interrupted)
@@ -227,7 +230,7 @@ describe("AiLanguageModel", () => {
         const Person = Schema.Struct({ name: Schema.String })
         const response = yield* LanguageModel.generateObject({ prompt: "who", schema: Person, objectName: "person" })
         assert.deepStrictEqual(response.value, { name: "Ada" })
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         const s = start(events[0])
         assert.deepStrictEqual(s.params, { operation: "generateObject", objectName: "person" })
         const e = end(events[1])
@@ -243,7 +246,7 @@ describe("AiLanguageModel", () => {
       Effect.gen(function*() {
         const exit = yield* Effect.exit(LanguageModel.generateObject({ prompt: "who", schema: Schema.Struct({ n: Schema.Number }) }))
         assert.isTrue(Exit.isFailure(exit))
-        const e = error((yield* Testing.events)[1])
+        const e = error((yield* lifecycle)[1])
         assert.strictEqual(e.failure.errorType, "MalformedOutput")
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "not json" })]))))
   })
@@ -264,7 +267,7 @@ describe("AiLanguageModel", () => {
     it.effect("summaries reach the handlers", () =>
       Effect.gen(function*() {
         yield* LanguageModel.generateText({ prompt: Prompt.make(mixedPrompt) })
-        const s = start((yield* Testing.events)[0])
+        const s = start((yield* lifecycle)[0])
         assert.deepStrictEqual(s.messages, [
           { role: "system", content: "Be brief." },
           {
@@ -306,7 +309,7 @@ describe("AiLanguageModel", () => {
         const exit = yield* Effect.exit(LanguageModel.generateText({ prompt: hostile }))
         assert.isTrue(Exit.isFailure(bare) && Cause.isDie(bare.cause))
         assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         assert.deepStrictEqual(start(events[0]).messages, [])
         assert.strictEqual(error(events[1]).failure.kind, "defect")
@@ -363,7 +366,7 @@ describe("AiLanguageModel", () => {
             parentCallId: "agent-step-1"
           })
         )
-        const s = start((yield* Testing.events)[0])
+        const s = start((yield* lifecycle)[0])
         assert.strictEqual(s.call.userId, "alice")
         assert.deepStrictEqual(s.call.tags, ["chat"])
         assert.deepStrictEqual(s.call.metadata, { session: "s1" })
@@ -380,7 +383,7 @@ describe("AiLanguageModel", () => {
           Callbacks.instrument({ provider: "agent", model: "loop" }),
           AiLanguageModel.withCallContext({ userId: "bob" })
         )
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         const parent = start(events[0])
         const children = events.filter((event) => event._tag === "Start" && event.call.provider === "fake")
         assert.strictEqual(children.length, 2)
@@ -389,17 +392,23 @@ describe("AiLanguageModel", () => {
           assert.strictEqual(child.call.userId, "bob")
         }
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "one" }), FakeReply.Text({ text: "two" })]))))
-    it.effect("a tool loop: the model call made by a tool handler has the calling model call as parent", () =>
+    it.effect("a tool loop: the tool run's parent is the model call that asked for it, the tool's own model call's is the tool run", () =>
       Effect.gen(function*() {
         const response = yield* LanguageModel.generateText({ prompt: "outer", toolkit: Tools })
         assert.deepStrictEqual(response.toolResults.map((part) => part.result), ["inner answer"])
-        const events = yield* Testing.events
-        assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Start", "End", "End"])
+        const events = yield* lifecycle
+        assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "ToolStart", "Start", "End", "ToolEnd", "End"])
         const outer = start(events[0])
-        const inner = start(events[1])
+        const tool = events[1]!
+        const inner = start(events[2])
         assert.deepStrictEqual(outer.params, { operation: "generateText", tools: ["Lookup"] })
-        assert.strictEqual(inner.call.parentCallId, outer.call.callId)
-        assert.strictEqual(end(events[3]).call.callId, outer.call.callId)
+        assert.strictEqual(tool._tag === "ToolStart" && tool.tool.name, "Lookup")
+        assert.strictEqual(tool.call.parentCallId, outer.call.callId)
+        assert.strictEqual(tool.call.metadata["gen_ai.operation.name"], "execute_tool")
+        assert.strictEqual(inner.call.parentCallId, tool.call.callId)
+        const toolEnd = events[4]!
+        assert.strictEqual(toolEnd._tag === "ToolEnd" && toolEnd.call.callId, tool.call.callId)
+        assert.strictEqual(end(events[5]).call.callId, outer.call.callId)
       }).pipe(Effect.provide(toolLoop)))
   })
 
@@ -421,7 +430,7 @@ describe("AiLanguageModel", () => {
             Layer.provide(Layer.effect(LanguageModel.LanguageModel, AiTesting.makeFakeModel([FakeReply.Text({ text: "a" })])))
           ))
         )
-        const starts = (yield* Testing.events).filter((event) => event._tag === "Start")
+        const starts = (yield* lifecycle).filter((event) => event._tag === "Start")
         assert.deepStrictEqual(starts.map((event) => [event.call.provider, event.call.model]), [
           ["acme", "unknown"],
           ["override", "unknown"],
@@ -433,7 +442,7 @@ describe("AiLanguageModel", () => {
       Effect.gen(function*() {
         assert.strictEqual(yield* Model.ProviderName, "fake")
         yield* LanguageModel.generateText({ prompt: "x" })
-        assert.strictEqual((yield* Testing.events).length, 2)
+        assert.strictEqual((yield* lifecycle).length, 2)
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "a" })]))))
 
     it.scoped("the dispatcher the layer was built with serves calls made where there is none", () =>
@@ -445,7 +454,7 @@ describe("AiLanguageModel", () => {
         )
         yield* model.generateText({ prompt: "x" })
         yield* Stream.runDrain(model.streamText({ prompt: "y" }))
-        const events = yield* Testing.events.pipe(Effect.provide(testing))
+        const events = yield* lifecycle.pipe(Effect.provide(testing))
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "End", "Start", "End"])
       }))
 
@@ -470,8 +479,14 @@ describe("AiLanguageModel", () => {
         const parts = yield* Fiber.join(fiber)
         const text = parts.flatMap((part) => part.type === "text-delta" ? [part.delta] : []).join("")
         assert.strictEqual(text, "one two three")
-        const events = yield* Testing.events
-        assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "End"])
+        const all = yield* Testing.events
+        // Every text delta is a chunk event, numbered, timed from the call's start.
+        assert.deepStrictEqual(
+          all.flatMap((event) => event._tag === "Chunk" ? [[event.index, event.kind, event.delta, event.elapsedMs]] : []),
+          [[0, "text", "one ", 200], [1, "text", "two ", 250], [2, "text", "three", 300]]
+        )
+        assert.deepStrictEqual(all.map((event) => event._tag), ["Start", "Chunk", "Chunk", "Chunk", "End"])
+        const events = all.filter((event) => event._tag !== "Chunk")
         const s = start(events[0])
         assert.deepStrictEqual(s.params, { operation: "streamText" })
         assert.deepStrictEqual(s.messages, [{ role: "user", content: "hi" }])
@@ -545,7 +560,7 @@ describe("AiLanguageModel", () => {
     it.effect("a stream failing mid-way: handlers hear one error with the time to first token", () =>
       Effect.gen(function*() {
         yield* Effect.exit(collect(LanguageModel.streamText({ prompt: "hi" })))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         const e = error(events[1])
         assert.strictEqual(e.failure.kind, "failure")
@@ -561,7 +576,7 @@ describe("AiLanguageModel", () => {
     it.effect("a stream failing before any part: one error event", () =>
       Effect.gen(function*() {
         yield* Effect.exit(collect(LanguageModel.streamText({ prompt: "hi" })))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         assert.isUndefined(error(events[1]).timeToFirstTokenMs)
       }).pipe(Effect.provide(instrumented([FakeReply.Fail({ error: unknownError("streamText") })]))))
@@ -570,7 +585,7 @@ describe("AiLanguageModel", () => {
       Effect.gen(function*() {
         const exit = yield* Effect.exit(collect(LanguageModel.streamText({ prompt: "hi" })))
         assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         assert.strictEqual(error(events[1]).failure.kind, "defect")
       }).pipe(Effect.provide(instrumented([FakeReply.Die({ defect: "gone" })]))))
@@ -579,7 +594,7 @@ describe("AiLanguageModel", () => {
       Effect.gen(function*() {
         const parts = yield* collect(LanguageModel.streamText({ prompt: "hi" }).pipe(Stream.take(3)))
         assert.strictEqual(parts.length, 3)
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         const e = error(events[1])
         assert.isTrue(e.interrupted)
@@ -592,7 +607,7 @@ describe("AiLanguageModel", () => {
         yield* collect(
           LanguageModel.streamText({ prompt: "hi" }).pipe(Stream.takeUntil((part) => part.type === "finish"))
         )
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "End"])
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "a b" })]))))
 
@@ -604,7 +619,7 @@ describe("AiLanguageModel", () => {
           )
         )
         assert.isTrue(Exit.isFailure(exit))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         assert.isTrue(error(events[1]).interrupted)
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "a b" })]))))
@@ -614,7 +629,7 @@ describe("AiLanguageModel", () => {
         const fiber = yield* Effect.fork(collect(LanguageModel.streamText({ prompt: "hi" })))
         yield* TestClock.adjust("150 millis")
         yield* Fiber.interrupt(fiber)
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "Error"])
         const e = error(events[1])
         assert.isTrue(e.interrupted)
@@ -637,7 +652,7 @@ describe("AiLanguageModel", () => {
             )
         })
         yield* Stream.runDrain(AiLanguageModel.wrap(model).streamText({ prompt: "hi" }))
-        const events = yield* Testing.events
+        const events = yield* lifecycle
         assert.deepStrictEqual(events.map((event) => event._tag), ["Start", "End"])
         assert.deepStrictEqual(end(events[1]).response, { content: "bare text" })
       }).pipe(Effect.provide(Testing.layer())))
@@ -645,9 +660,9 @@ describe("AiLanguageModel", () => {
     it.effect("every stream is started lazily: a stream built but never run is not heard", () =>
       Effect.gen(function*() {
         const stream = LanguageModel.streamText({ prompt: "hi" })
-        assert.deepStrictEqual(yield* Testing.events, [])
+        assert.deepStrictEqual(yield* lifecycle, [])
         yield* Stream.runDrain(stream)
-        assert.strictEqual((yield* Testing.events).length, 2)
+        assert.strictEqual((yield* lifecycle).length, 2)
       }).pipe(Effect.provide(instrumented([FakeReply.Text({ text: "a" })]))))
   })
 })

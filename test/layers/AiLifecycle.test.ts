@@ -1,0 +1,195 @@
+import * as AiError from "@effect/ai/AiError"
+import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as Tool from "@effect/ai/Tool"
+import * as Toolkit from "@effect/ai/Toolkit"
+import { assert, describe, it } from "@effect/vitest"
+import { Chunk, Effect, Fiber, Layer, Schema, Stream, TestClock } from "effect"
+import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
+import * as AiTesting from "../../layers/AiTesting.js"
+import * as TokenUsage from "../../layers/TokenUsage.js"
+import { Callbacks, type Events, Testing, TokenStore } from "../../src/index.js"
+
+const { FakeReply } = AiTesting
+
+const Weather = Tool.make("Weather", {
+  parameters: { city: Schema.String },
+  success: Schema.Number,
+  failure: Schema.String,
+  failureMode: "return"
+})
+const Tools = Toolkit.make(Weather)
+const ToolHandlers = Tools.toLayer({
+  Weather: ({ city }) => city === "Atlantis" ? Effect.fail("no such city") : Effect.succeed(21)
+})
+
+const model = (script: AiTesting.FakeScript) =>
+  Layer.mergeAll(
+    AiTesting.layerFakeModel(script, { model: "fake-1", provider: "fake" }).pipe(
+      AiLanguageModel.withCallbacks({ model: "fake-1" })
+    ),
+    ToolHandlers,
+    Testing.layer()
+  )
+
+const tags = (events: ReadonlyArray<Events.CallbackEvent>) => events.map((event) => event._tag)
+
+describe("@effect/ai: tools, reasoning, cached tokens", () => {
+  it.effect("generateText with a toolkit: the model's tool calls are tool runs, children of the model call", () =>
+    Effect.gen(function*() {
+      const response = yield* LanguageModel.generateText({ prompt: "weather?", toolkit: Tools })
+      assert.deepStrictEqual(response.toolResults.map((part) => part.result), [21, "no such city"])
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "ToolStart", "ToolEnd", "ToolStart", "ToolError", "End"])
+      const llm = events[0]!
+      const [okStart, ok, failedStart, failed] = events.slice(1, 5) as [
+        Events.ToolStartEvent,
+        Events.ToolEndEvent,
+        Events.ToolStartEvent,
+        Events.ToolErrorEvent
+      ]
+      for (const event of [okStart, failedStart]) {
+        assert.strictEqual(event.call.parentCallId, llm.call.callId)
+        assert.strictEqual(event.call.provider, "fake")
+        assert.strictEqual(event.call.model, "fake-1")
+        assert.strictEqual(event.tool.name, "Weather")
+      }
+      assert.deepStrictEqual(okStart.params, { city: "Paris" })
+      assert.strictEqual((ok.result as { readonly result: unknown }).result, 21)
+      // The tool's failure is returned to the model (failure mode "return"): heard as a failure of the tool.
+      assert.deepStrictEqual(failedStart.params, { city: "Atlantis" })
+      assert.strictEqual(failed.failure.error, "no such city")
+      const end = events[5] as Events.EndEvent
+      assert.deepStrictEqual(end.response.usage, {
+        promptTokens: 50,
+        completionTokens: 10,
+        totalTokens: 60,
+        cachedTokens: 30,
+        reasoningTokens: 4
+      })
+      assert.strictEqual(end.response.reasoning, "compare the cities")
+      assert.strictEqual(end.response.finishReason, "tool-calls")
+    }).pipe(Effect.provide(model([
+      FakeReply.Text({
+        text: "Let me look.",
+        reasoning: "compare the cities",
+        toolCalls: [{ name: "Weather", params: { city: "Paris" } }, { name: "Weather", params: { city: "Atlantis" } }],
+        usage: { inputTokens: 50, outputTokens: 10, cachedInputTokens: 30, reasoningTokens: 4 }
+      })
+    ]))))
+
+  it.effect("streamText: reasoning and text deltas are chunks of their kind, in order; tool runs between start and end", () =>
+    Effect.gen(function*() {
+      const parts = yield* LanguageModel.streamText({ prompt: "weather?", toolkit: Tools }).pipe(
+        Stream.runCollect,
+        Effect.map(Chunk.toReadonlyArray)
+      )
+      assert.isTrue(parts.some((part) => part.type === "tool-result"))
+      const events = yield* Testing.events
+      const chunks = events.filter((event): event is Events.ChunkEvent => event._tag === "Chunk")
+      assert.deepStrictEqual(chunks.map((chunk) => [chunk.index, chunk.kind, chunk.delta]), [
+        [0, "reasoning", "think "],
+        [1, "reasoning", "first"],
+        [2, "text", "It "],
+        [3, "text", "is "],
+        [4, "text", "21"]
+      ])
+      assert.deepStrictEqual(tags(events.filter((event) => event._tag !== "Chunk")), ["Start", "ToolStart", "ToolEnd", "End"])
+      const start = events[0]!
+      const toolStart = events.find((event) => event._tag === "ToolStart")!
+      assert.strictEqual(toolStart.call.parentCallId, start.call.callId)
+      assert.strictEqual(events[events.length - 1]!._tag, "End")
+    }).pipe(Effect.provide(model([
+      FakeReply.Text({
+        text: "It is 21",
+        reasoning: "think first",
+        toolCalls: [{ name: "Weather", params: { city: "Paris" } }],
+        usage: { inputTokens: 5, outputTokens: 3 }
+      })
+    ]))))
+})
+
+describe("@effect/ai: aborted streams are accounted", () => {
+  const accounted = (script: AiTesting.FakeScript) =>
+    Layer.mergeAll(
+      AiTesting.layerFakeModel(script, { model: "gpt-4o-mini", provider: "openai" }).pipe(
+        AiLanguageModel.withCallbacks({ model: "gpt-4o-mini" })
+      ),
+      TokenUsage.layer({ cycleStartDate: "2026-12-01" }).pipe(
+        Layer.provideMerge(Layer.merge(Testing.layer(), TokenStore.layerMemory))
+      ),
+      TokenUsage.layerTokenCounter
+    )
+
+  const stats = Effect.flatMap(TokenStore.TokenStore, (store) => store.stats("alice", "2026-12-01"))
+
+  it.effect("a consumer that stops early: the prompt and the output received, counted and flagged, in the error event and the store", () =>
+    Effect.gen(function*() {
+      const parts = yield* LanguageModel.streamText({ prompt: "Tell me a story" }).pipe(
+        Stream.filter((part) => part.type === "text-delta"),
+        Stream.take(2),
+        Stream.runCollect,
+        Callbacks.withCallContext({ userId: "alice" })
+      )
+      assert.strictEqual(Chunk.size(parts), 2)
+      const error = (yield* Testing.events).find((event): event is Events.ErrorEvent => event._tag === "Error")!
+      assert.isTrue(error.interrupted)
+      assert.strictEqual(error.response?.content, "Once upon ")
+      const usage = error.response!.usage!
+      assert.isTrue(usage.estimated)
+      assert.isAbove(usage.promptTokens, 3)
+      assert.strictEqual(usage.completionTokens, 3) // "Once upon " in o200k_base
+      const stored = yield* stats
+      assert.strictEqual(stored.totalTokens, usage.totalTokens)
+      assert.strictEqual(stored.estimatedTokens, usage.totalTokens)
+    }).pipe(Effect.provide(accounted([
+      FakeReply.Text({ text: "Once upon a time there was a cat", usage: { inputTokens: 12, outputTokens: 8 } })
+    ]))))
+
+  it.effect("a stream failing midway: what was received is billed; a stream failing before any part bills nothing", () =>
+    Effect.gen(function*() {
+      const failure = new AiError.UnknownError({ module: "Test", method: "stream", description: "reset" })
+      const run = LanguageModel.streamText({ prompt: "Tell me a story" }).pipe(
+        Stream.runDrain,
+        Effect.either,
+        Callbacks.withCallContext({ userId: "alice" })
+      )
+      yield* run
+      const afterMidway = yield* stats
+      const error = (yield* Testing.events).find((event): event is Events.ErrorEvent => event._tag === "Error")!
+      assert.strictEqual(error.response?.content, "Once upon a ")
+      assert.isTrue(error.response?.usage?.estimated)
+      assert.strictEqual(afterMidway.totalTokens, error.response!.usage!.totalTokens)
+      yield* run
+      assert.deepStrictEqual(yield* stats, afterMidway)
+      const errors = (yield* Testing.events).filter((event): event is Events.ErrorEvent => event._tag === "Error")
+      assert.strictEqual(errors.length, 2)
+      assert.strictEqual(errors[1]!.response, undefined)
+    }).pipe(Effect.provide(accounted([
+      FakeReply.FailMidStream({
+        text: "Once upon a time",
+        afterDeltas: 3,
+        error: new AiError.UnknownError({ module: "Test", method: "stream", description: "reset" })
+      }),
+      FakeReply.Fail({ error: new AiError.UnknownError({ module: "Test", method: "stream", description: "429" }) })
+    ]))))
+
+  it.effect("several streams cut at once: each billed once, the store's total the sum of the error events'", () =>
+    Effect.gen(function*() {
+      const fibers = yield* Effect.forEach(Array.from({ length: 8 }, (_, i) => i), (i) =>
+        LanguageModel.streamText({ prompt: `story ${i}` }).pipe(
+          Stream.filter((part) => part.type === "text-delta"),
+          Stream.take(1 + (i % 3)),
+          Stream.runDrain,
+          Callbacks.withCallContext({ userId: "alice" }),
+          Effect.fork
+        ))
+      yield* TestClock.adjust("10 seconds")
+      yield* Fiber.joinAll(fibers)
+      const errors = (yield* Testing.events).filter((event): event is Events.ErrorEvent => event._tag === "Error")
+      assert.strictEqual(errors.length, 8)
+      const sum = errors.reduce((n, event) => n + event.response!.usage!.totalTokens, 0)
+      assert.strictEqual((yield* stats).totalTokens, sum)
+    }).pipe(Effect.provide(accounted(() =>
+      FakeReply.Text({ text: "one two three four five", deltaDelay: "100 millis", usage: { inputTokens: 3, outputTokens: 5 } })
+    ))))
+})
