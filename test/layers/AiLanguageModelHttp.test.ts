@@ -4,6 +4,8 @@
  */
 import * as AiError from "@effect/ai/AiError"
 import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as Tool from "@effect/ai/Tool"
+import * as Toolkit from "@effect/ai/Toolkit"
 import * as OpenAiLanguageModel from "@effect/ai-openai/OpenAiLanguageModel"
 import { assert, describe, it } from "@effect/vitest"
 import * as Cause from "effect/Cause"
@@ -15,6 +17,7 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
@@ -25,6 +28,10 @@ import * as TokenStore from "../../src/TokenStore.js"
 import * as MockOpenAiServer from "../support/MockOpenAiServer.js"
 
 const { MockReply } = MockOpenAiServer
+
+const Weather = Tool.make("Weather", { parameters: { city: Schema.String }, success: Schema.Number })
+const Tools = Toolkit.make(Weather)
+const ToolHandlers = Tools.toLayer({ Weather: () => Effect.succeed(21) })
 
 const cycle = "2026-11-01"
 
@@ -51,7 +58,11 @@ const stats = (userId: string) => Effect.flatMap(TokenStore.TokenStore, (store) 
 
 const asAlice = AiLanguageModel.withCallContext({ userId: "alice" })
 
-const tags = Effect.map(Testing.events, (events) => events.map((event) => event._tag))
+/** The tags of the events heard, stream chunks left out (tested on their own). */
+const tags = Effect.map(
+  Testing.events,
+  (events) => events.flatMap((event) => event._tag === "Chunk" ? [] : [event._tag])
+)
 
 const lastEnd = Effect.map(Testing.events, (events) => events[events.length - 1] as EndEvent)
 const lastError = Effect.map(Testing.events, (events) => events[events.length - 1] as ErrorEvent)
@@ -238,5 +249,57 @@ describe("AiLanguageModel over HTTP", () => {
         assert.strictEqual(error.failure.kind, "failure")
         assert.isTrue(Equal.equals(error.failure.error, caught))
       }).pipe(Effect.provide(instrumented(server)))
+    }))
+
+  it.scopedLive("tools, reasoning and cached tokens over HTTP: tool runs under the model call, reasoning chunks, kinds kept apart in the store", () =>
+    Effect.gen(function*() {
+      const server = yield* MockOpenAiServer.make({
+        script: () =>
+          MockReply.Text({
+            text: "Checking the weather.",
+            reasoning: "the user wants weather",
+            toolCalls: [{ name: "Weather", arguments: { city: "Paris" } }],
+            usage: { inputTokens: 120, outputTokens: 30, cachedTokens: 100, reasoningTokens: 12 }
+          })
+      })
+      yield* Effect.gen(function*() {
+        const response = yield* LanguageModel.generateText({ prompt: "Weather in Paris?", toolkit: Tools }).pipe(asAlice)
+        assert.deepStrictEqual(response.toolResults.map((part) => part.result), [21])
+        assert.deepStrictEqual(yield* tags, ["Start", "ToolStart", "ToolEnd", "End"])
+        const end = yield* lastEnd
+        assert.strictEqual(end.response.reasoning, "the user wants weather")
+        assert.deepStrictEqual(end.response.usage, {
+          promptTokens: 120,
+          completionTokens: 30,
+          totalTokens: 150,
+          cachedTokens: 100,
+          reasoningTokens: 12
+        })
+        const parts = yield* Stream.runCollect(LanguageModel.streamText({ prompt: "Weather in Paris?", toolkit: Tools })).pipe(
+          asAlice
+        )
+        assert.isTrue(Chunk.toReadonlyArray(parts).some((part) => part.type === "tool-result"))
+        const events = yield* Testing.events
+        const streamed = events.slice(4)
+        const chunks = streamed.flatMap((event) => event._tag === "Chunk" ? [`${event.kind}:${event.delta}`] : [])
+        assert.deepStrictEqual(chunks, [
+          "reasoning:the ",
+          "reasoning:user ",
+          "reasoning:wants ",
+          "reasoning:weather",
+          "text:Checking ",
+          "text:the ",
+          "text:weather."
+        ])
+        assert.deepStrictEqual(
+          streamed.flatMap((event) => event._tag === "Chunk" ? [] : [event._tag]),
+          ["Start", "ToolStart", "ToolEnd", "End"]
+        )
+        const recorded = yield* stats("alice")
+        assert.deepStrictEqual(
+          [recorded.totalTokens, recorded.cachedTokens, recorded.reasoningTokens],
+          [300, 200, 24]
+        )
+      }).pipe(Effect.provide(Layer.merge(instrumented(server), ToolHandlers)))
     }))
 })

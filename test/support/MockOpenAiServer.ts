@@ -53,11 +53,26 @@ export interface MockUsage {
 }
 
 /**
+ * A function call the mock model makes: the tool's name, its arguments, and its call id (default
+ * `call_mock_<request>_<n>`).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface MockToolCall {
+  readonly name: string
+  readonly arguments: unknown
+  readonly callId?: string | undefined
+}
+
+/**
  * What the server does with one request.
  *
  * - `Text`: a successful response with `text`; `usage` omitted means the response carries no `usage`
  *   (a provider that reports none). `delay` is waited before the response starts, `deltaDelay` between
- *   two streamed deltas.
+ *   two streamed deltas. `reasoning` comes first, as a reasoning item with a summary (streamed as
+ *   summary text deltas); `toolCalls` come after the message, as `function_call` items (their
+ *   `arguments` JSON-encoded).
  * - `HttpError`: a non-2xx status with an OpenAI-style JSON error body (or the given `body`: a string is
  *   sent as `text/plain`, anything else as JSON).
  * - `DropMidStream`: when streaming, `afterDeltas` deltas of `text` (default: the default reply's text)
@@ -70,6 +85,8 @@ export interface MockUsage {
 export type MockReply = Data.TaggedEnum<{
   Text: {
     readonly text: string
+    readonly reasoning?: string | undefined
+    readonly toolCalls?: ReadonlyArray<MockToolCall> | undefined
     readonly usage?: MockUsage | undefined
     readonly delay?: Duration.DurationInput | undefined
     readonly deltaDelay?: Duration.DurationInput | undefined
@@ -307,6 +324,22 @@ const messageItem = (id: string, status: "in_progress" | "completed", content: R
   content
 })
 
+const reasoningItem = (id: string, text: string | undefined) => ({
+  id,
+  type: "reasoning",
+  summary: text === undefined ? [] : [{ type: "summary_text", text }]
+})
+
+const functionCallItems = (index: number, toolCalls: ReadonlyArray<MockToolCall> | undefined) =>
+  (toolCalls ?? []).map((call, n) => ({
+    id: `fc_mock_${index}_${n}`,
+    type: "function_call",
+    call_id: call.callId ?? `call_mock_${index}_${n}`,
+    name: call.name,
+    arguments: JSON.stringify(call.arguments),
+    status: "completed"
+  }))
+
 const responseObject = (options: {
   readonly id: string
   readonly model: string
@@ -430,7 +463,7 @@ const replyJson = (
   createdAt: number
 ): Effect.Effect<void> =>
   MockReply.$match(reply, {
-    Text: ({ delay, text, usage }) =>
+    Text: ({ delay, reasoning, text, toolCalls, usage }) =>
       Effect.zipRight(
         delay === undefined ? Effect.void : Effect.sleep(delay),
         sendJson(
@@ -441,7 +474,11 @@ const replyJson = (
             model: request.model,
             createdAt,
             status: "completed",
-            output: [messageItem(`msg_mock_${request.index}`, "completed", [outputText(text)])],
+            output: [
+              ...(reasoning === undefined ? [] : [reasoningItem(`rs_mock_${request.index}`, reasoning)]),
+              messageItem(`msg_mock_${request.index}`, "completed", [outputText(text)]),
+              ...functionCallItems(request.index, toolCalls)
+            ],
             usage
           })
         )
@@ -479,12 +516,45 @@ const replyStream = (
   const deltaDelay = reply._tag === "Text" ? reply.deltaDelay : undefined
   const responseId = `resp_mock_${request.index}`
   const itemId = `msg_mock_${request.index}`
+  const reasoning = reply._tag === "Text" ? reply.reasoning : undefined
+  const reasoningId = `rs_mock_${request.index}`
+  // The reasoning item comes first, then the message, then the function calls.
+  const messageIndex = reasoning === undefined ? 0 : 1
   let sequenceNumber = 0
   const event = <A extends { readonly type: string }>(fields: A) =>
     sse({ ...fields, sequence_number: sequenceNumber++ })
   const response_ = (status: "in_progress" | "completed", output: ReadonlyArray<unknown>, usage?: MockUsage) =>
     responseObject({ id: responseId, model: request.model, createdAt, status, output, usage })
-  const position = { item_id: itemId, output_index: 0, content_index: 0 }
+  const position = { item_id: itemId, output_index: messageIndex, content_index: 0 }
+  const summaryPosition = { item_id: reasoningId, output_index: 0, summary_index: 0 }
+  const reasoningEvents = reasoning === undefined ? Effect.void : Effect.zipRight(
+    write(
+      response,
+      event({ type: "response.output_item.added", output_index: 0, item: reasoningItem(reasoningId, undefined) }) +
+        event({ type: "response.reasoning_summary_part.added", ...summaryPosition, part: { type: "summary_text", text: "" } })
+    ),
+    Effect.zipRight(
+      Effect.forEach(splitDeltas(reasoning), (delta, index) =>
+        Effect.zipRight(
+          index > 0 && deltaDelay !== undefined ? Effect.sleep(deltaDelay) : Effect.void,
+          write(response, event({ type: "response.reasoning_summary_text.delta", ...summaryPosition, delta }))
+        ), { discard: true }),
+      write(
+        response,
+        event({ type: "response.reasoning_summary_text.done", ...summaryPosition, text: reasoning }) +
+          event({ type: "response.reasoning_summary_part.done", ...summaryPosition, part: { type: "summary_text", text: reasoning } }) +
+          event({ type: "response.output_item.done", output_index: 0, item: reasoningItem(reasoningId, reasoning) })
+      )
+    )
+  )
+  const calls = reply._tag === "Text" ? functionCallItems(request.index, reply.toolCalls) : []
+  const callEvents = calls.map((item, n) => {
+    const output_index = messageIndex + 1 + n
+    return event({ type: "response.output_item.added", output_index, item: { ...item, arguments: "", status: "in_progress" } }) +
+      event({ type: "response.function_call_arguments.delta", output_index, item_id: item.id, delta: item.arguments }) +
+      event({ type: "response.function_call_arguments.done", output_index, item_id: item.id, arguments: item.arguments }) +
+      event({ type: "response.output_item.done", output_index, item })
+  }).join("")
 
   const head = Effect.suspend(() => {
     response.writeHead(200, {
@@ -495,15 +565,22 @@ const replyStream = (
     return write(
       response,
       event({ type: "response.created", response: response_("in_progress", []) }) +
-        event({ type: "response.in_progress", response: response_("in_progress", []) }) +
+        event({ type: "response.in_progress", response: response_("in_progress", []) })
+    )
+  }).pipe(
+    Effect.zipRight(reasoningEvents),
+    Effect.zipRight(Effect.suspend(() =>
+      write(
+        response,
         event({
           type: "response.output_item.added",
-          output_index: 0,
+          output_index: messageIndex,
           item: messageItem(itemId, "in_progress", [])
         }) +
-        event({ type: "response.content_part.added", ...position, part: outputText("") })
-    )
-  })
+          event({ type: "response.content_part.added", ...position, part: outputText("") })
+      )
+    ))
+  )
   const body = Effect.forEach(sent, (delta, index) =>
     Effect.zipRight(
       index > 0 && deltaDelay !== undefined ? Effect.sleep(deltaDelay) : Effect.void,
@@ -511,12 +588,14 @@ const replyStream = (
     ), { discard: true })
   const tail = Effect.suspend(() => {
     const item = messageItem(itemId, "completed", [outputText(text)])
+    const output = [...(reasoning === undefined ? [] : [reasoningItem(reasoningId, reasoning)]), item, ...calls]
     return end(
       response,
       event({ type: "response.output_text.done", ...position, text, logprobs: [] }) +
         event({ type: "response.content_part.done", ...position, part: outputText(text) }) +
-        event({ type: "response.output_item.done", output_index: 0, item }) +
-        event({ type: "response.completed", response: response_("completed", [item], usage) })
+        event({ type: "response.output_item.done", output_index: messageIndex, item }) +
+        callEvents +
+        event({ type: "response.completed", response: response_("completed", output, usage) })
     )
   })
 
