@@ -2,13 +2,17 @@
  * Structured logs of every call through Effect's `Logger`: one line per phase
  * (`llm start`, `llm end` at Info, `llm error` at Error, or Warning when the
  * call was interrupted), annotated with the call id, parent call id,
- * provider, model, user id, duration, token counts, cost, and for errors
- * their type, kind and HTTP status (when the error carries one).
+ * operation id and attempt, provider, model, user id, duration, token counts
+ * (cached, cache-write and reasoning ones apart), cost, and for errors their
+ * type, kind and HTTP status (when the error carries one) and what a cut-off
+ * call consumed. Tool runs get `tool start`, `tool end` (Info) and `tool
+ * error` (Error) lines with the tool's name, its run's and its parent call's
+ * ids and the duration. Stream chunks are not logged one by one.
  *
- * Message and response content, and error messages (a provider's error often
- * quotes the prompt), are redacted by default: only their length in
- * characters is logged. `includeContent` logs them, truncated to
- * `maxContentLength` characters.
+ * Message and response content, tool parameters and results, and error
+ * messages (a provider's error often quotes the prompt), are redacted by
+ * default: only their length in characters is logged. `includeContent` logs
+ * them, truncated to `maxContentLength` characters.
  *
  * `level` (`CALLBACK_LOG_LEVEL`) is the minimum level of these lines: with
  * `Error`, only errors are logged; with `None`, nothing. Effect's own
@@ -34,7 +38,17 @@ import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as LogLevel from "effect/LogLevel"
 import * as Dispatcher from "../src/Dispatcher.js"
-import type { EndEvent, ErrorEvent, Message, StartEvent } from "../src/Events.js"
+import type {
+  CallbackEvent,
+  EndEvent,
+  ErrorEvent,
+  Message,
+  StartEvent,
+  ToolEndEvent,
+  ToolErrorEvent,
+  ToolStartEvent,
+  Usage
+} from "../src/Events.js"
 import * as Handler from "../src/Handler.js"
 import type { HandlerRegistrationError } from "../src/HandlerError.js"
 
@@ -174,7 +188,7 @@ const statusOf = (error: unknown): number | undefined => {
 export const truncate = (text: string, max: number): string =>
   text.length <= max ? text : `${text.slice(0, max)}…[+${text.length - max} chars]`
 
-const callAnnotations = (event: StartEvent | EndEvent | ErrorEvent): Record<string, unknown> => {
+const callAnnotations = (event: CallbackEvent): Record<string, unknown> => {
   const call = event.call
   const annotations: Record<string, unknown> = {
     call_id: call.callId,
@@ -182,8 +196,37 @@ const callAnnotations = (event: StartEvent | EndEvent | ErrorEvent): Record<stri
     model: call.model
   }
   if (call.parentCallId !== undefined) annotations.parent_call_id = call.parentCallId
+  if (call.operationId !== undefined) annotations.operation_id = call.operationId
+  if (call.attempt !== undefined) annotations.attempt = call.attempt
   if (call.userId !== undefined) annotations.user_id = call.userId
   return annotations
+}
+
+const usageAnnotations = (usage: Usage, annotations: Record<string, unknown>): void => {
+  annotations.prompt_tokens = usage.promptTokens
+  annotations.completion_tokens = usage.completionTokens
+  annotations.total_tokens = usage.totalTokens
+  if (usage.cachedTokens !== undefined) annotations.cached_tokens = usage.cachedTokens
+  if (usage.cacheWriteTokens !== undefined) annotations.cache_write_tokens = usage.cacheWriteTokens
+  if (usage.reasoningTokens !== undefined) annotations.reasoning_tokens = usage.reasoningTokens
+  if (usage.estimated === true) annotations.tokens_estimated = true
+}
+
+/** The length of a value's JSON text (what `includeContent` would log). */
+const jsonLength = (u: unknown): number => {
+  try {
+    return JSON.stringify(u)?.length ?? 0
+  } catch {
+    return 0
+  }
+}
+
+const jsonText = (u: unknown): string => {
+  try {
+    return JSON.stringify(u) ?? String(u)
+  } catch {
+    return String(u)
+  }
 }
 
 /**
@@ -224,14 +267,7 @@ export const makeHandler = (options: Resolved): Handler.Handler => {
     annotations.phase = "end"
     annotations.duration_ms = event.durationMs
     if (event.timeToFirstTokenMs !== undefined) annotations.time_to_first_token_ms = event.timeToFirstTokenMs
-    if (response.usage !== undefined) {
-      annotations.prompt_tokens = response.usage.promptTokens
-      annotations.completion_tokens = response.usage.completionTokens
-      annotations.total_tokens = response.usage.totalTokens
-      if (response.usage.cachedTokens !== undefined) annotations.cached_tokens = response.usage.cachedTokens
-      if (response.usage.reasoningTokens !== undefined) annotations.reasoning_tokens = response.usage.reasoningTokens
-      if (response.usage.estimated === true) annotations.tokens_estimated = true
-    }
+    if (response.usage !== undefined) usageAnnotations(response.usage, annotations)
     if (response.finishReason !== undefined) annotations.finish_reason = response.finishReason
     if (response.model !== undefined) annotations.response_model = response.model
     if (response.costEstimate !== undefined) annotations.cost_estimate = response.costEstimate
@@ -256,10 +292,59 @@ export const makeHandler = (options: Resolved): Handler.Handler => {
     const status = statusOf(event.failure.error)
     if (status !== undefined) annotations.error_status = status
     annotations.interrupted = event.interrupted
+    // What a cut-off call consumed (billed).
+    if (event.response?.usage !== undefined) usageAnnotations(event.response.usage, annotations)
+    if (event.response?.costEstimate !== undefined) annotations.cost_estimate = event.response.costEstimate
     return log(level, `llm error ${event.call.provider}/${event.call.model}: ${event.failure.errorType}`, annotations)
   }
 
-  return Handler.make({ name: options.name, onLlmStart, onLlmEnd, onLlmError, mode: options.mode })
+  const toolAnnotations = (event: ToolStartEvent | ToolEndEvent | ToolErrorEvent, phase: string) => {
+    const annotations = callAnnotations(event)
+    annotations.phase = phase
+    annotations.tool_name = event.tool.name
+    if (event.tool.id !== undefined) annotations.tool_call_id = event.tool.id
+    if (options.includeContent) annotations.tool_params = truncate(jsonText(event.params), options.maxContentLength)
+    else annotations.tool_params_chars = jsonLength(event.params)
+    return annotations
+  }
+
+  const onToolStart = (event: ToolStartEvent): Effect.Effect<void> =>
+    enabled(LogLevel.Info)
+      ? log(LogLevel.Info, `tool start ${event.tool.name}`, toolAnnotations(event, "tool_start"))
+      : Effect.void
+
+  const onToolEnd = (event: ToolEndEvent): Effect.Effect<void> => {
+    if (!enabled(LogLevel.Info)) return Effect.void
+    const annotations = toolAnnotations(event, "tool_end")
+    annotations.duration_ms = event.durationMs
+    if (options.includeContent) annotations.tool_result = truncate(jsonText(event.result), options.maxContentLength)
+    else annotations.tool_result_chars = jsonLength(event.result)
+    return log(LogLevel.Info, `tool end ${event.tool.name}`, annotations)
+  }
+
+  const onToolError = (event: ToolErrorEvent): Effect.Effect<void> => {
+    const level = event.interrupted ? LogLevel.Warning : LogLevel.Error
+    if (!enabled(level)) return Effect.void
+    const annotations = toolAnnotations(event, "tool_error")
+    annotations.duration_ms = event.durationMs
+    annotations.error_kind = event.failure.kind
+    annotations.error_type = event.failure.errorType
+    if (options.includeContent) annotations.error_message = truncate(event.failure.message, options.maxContentLength)
+    else annotations.error_message_length = event.failure.message.length
+    annotations.interrupted = event.interrupted
+    return log(level, `tool error ${event.tool.name}: ${event.failure.errorType}`, annotations)
+  }
+
+  return Handler.make({
+    name: options.name,
+    onLlmStart,
+    onLlmEnd,
+    onLlmError,
+    onToolStart,
+    onToolEnd,
+    onToolError,
+    mode: options.mode
+  })
 }
 
 /**

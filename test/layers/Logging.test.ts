@@ -132,6 +132,47 @@ describe("Logging", () => {
     }).pipe(Effect.provide(Layer.merge(withLogging(Logging.layer({ includeContent: true })), layer)))
   })
 
+  describe("tool runs", () => {
+    const tool = Effect.fail(new ProviderError()).pipe(
+      Callbacks.instrumentTool({ name: "lookup", params: { query: secret }, parentCallId: "call-7", toolCallId: "tc_1" }),
+      Effect.exit,
+      Effect.zipRight(Effect.succeed({ answer: secret }).pipe(Callbacks.instrumentTool({ name: "lookup", params: { query: "q" } })))
+    )
+
+    it.effect("tool start, end and error lines with the tool, its run and parent; params, results and error text redacted", () => {
+      const { layer, lines } = capture()
+      return Effect.gen(function*() {
+        yield* tool
+        assert.deepStrictEqual(lines.map((l) => [l.level, l.message]), [
+          ["INFO", "tool start lookup"],
+          ["ERROR", "tool error lookup: ProviderError"],
+          ["INFO", "tool start lookup"],
+          ["INFO", "tool end lookup"]
+        ])
+        assert.deepInclude(lines[0]!.annotations, {
+          phase: "tool_start",
+          tool_name: "lookup",
+          tool_call_id: "tc_1",
+          parent_call_id: "call-7",
+          tool_params_chars: JSON.stringify({ query: secret }).length
+        })
+        assert.deepInclude(lines[1]!.annotations, { error_type: "ProviderError", error_kind: "failure" })
+        assert.deepInclude(lines[3]!.annotations, { tool_result_chars: JSON.stringify({ answer: secret }).length })
+        assert.notInclude(JSON.stringify(lines), "launch code")
+      }).pipe(Effect.provide(Layer.merge(withLogging(Logging.layer()), layer)))
+    })
+
+    it.effect("with includeContent the params, result and error text are logged", () => {
+      const { layer, lines } = capture()
+      return Effect.gen(function*() {
+        yield* tool
+        assert.strictEqual(lines[0]!.annotations.tool_params, JSON.stringify({ query: secret }))
+        assert.strictEqual(lines[1]!.annotations.error_message, new ProviderError().message)
+        assert.strictEqual(lines[3]!.annotations.tool_result, JSON.stringify({ answer: secret }))
+      }).pipe(Effect.provide(Layer.merge(withLogging(Logging.layer({ includeContent: true })), layer)))
+    })
+  })
+
   it.effect("includeContent: messages and response logged, truncated", () => {
     const { layer, lines } = capture()
     return Effect.gen(function*() {
