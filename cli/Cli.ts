@@ -48,6 +48,14 @@ export interface UsageRow {
   readonly promptTokens: number
   readonly completionTokens: number
   readonly totalTokens: number
+  /** Input tokens read from the prompt cache (part of `promptTokens`). */
+  readonly cachedTokens: number
+  /** Input tokens written to the prompt cache (part of `promptTokens`). */
+  readonly cacheWriteTokens: number
+  /** Reasoning tokens (part of `completionTokens`). */
+  readonly reasoningTokens: number
+  /** Tokens of calls whose usage was estimated with a tokenizer (part of `totalTokens`). */
+  readonly estimatedTokens: number
   /** Accumulated cost in millionths of the currency unit. */
   readonly costMicros: number
   readonly limit: Option.Option<number>
@@ -70,6 +78,10 @@ export const makeRow = (user: string, cycle: string, stats: TokenStore.UsageStat
     promptTokens: stats.promptTokens,
     completionTokens: stats.completionTokens,
     totalTokens: stats.totalTokens,
+    cachedTokens: stats.cachedTokens,
+    cacheWriteTokens: stats.cacheWriteTokens,
+    reasoningTokens: stats.reasoningTokens,
+    estimatedTokens: stats.estimatedTokens,
     costMicros: stats.costMicros,
     limit: check.limit,
     remaining: check.remaining,
@@ -91,7 +103,20 @@ export const formatCost = (costMicros: number): string => {
   return `${sign}${Math.floor(micros / 1_000_000)}.${String(micros % 1_000_000).padStart(6, "0")}`
 }
 
-const tableColumns = ["user", "prompt", "completion", "total", "cost", "limit", "remaining", "exceeded"] as const
+const tableColumns = [
+  "user",
+  "prompt",
+  "cached",
+  "cache_write",
+  "completion",
+  "reasoning",
+  "total",
+  "estimated",
+  "cost",
+  "limit",
+  "remaining",
+  "exceeded"
+] as const
 
 const orDash = (value: Option.Option<number>): string => Option.match(value, { onNone: () => "-", onSome: String })
 
@@ -106,8 +131,12 @@ export const formatTable = (rows: ReadonlyArray<UsageRow>): string => {
   const cells = rows.map((row) => [
     row.user,
     String(row.promptTokens),
+    String(row.cachedTokens),
+    String(row.cacheWriteTokens),
     String(row.completionTokens),
+    String(row.reasoningTokens),
     String(row.totalTokens),
+    String(row.estimatedTokens),
     formatCost(row.costMicros),
     orDash(row.limit),
     orDash(row.remaining),
@@ -121,7 +150,8 @@ export const formatTable = (rows: ReadonlyArray<UsageRow>): string => {
 
 /**
  * The rows as JSON: an array of objects with `user`, `cycle`, `promptTokens`,
- * `completionTokens`, `totalTokens`, `costMicros`, `cost` (a decimal string),
+ * `completionTokens`, `totalTokens`, `cachedTokens`, `cacheWriteTokens`,
+ * `reasoningTokens`, `estimatedTokens`, `costMicros`, `cost` (a decimal string),
  * `limit` and `remaining` (`null` without a limit) and `exceeded`.
  *
  * @since 0.1.0
@@ -135,6 +165,10 @@ export const formatJson = (rows: ReadonlyArray<UsageRow>): string =>
       promptTokens: row.promptTokens,
       completionTokens: row.completionTokens,
       totalTokens: row.totalTokens,
+      cachedTokens: row.cachedTokens,
+      cacheWriteTokens: row.cacheWriteTokens,
+      reasoningTokens: row.reasoningTokens,
+      estimatedTokens: row.estimatedTokens,
       costMicros: row.costMicros,
       cost: formatCost(row.costMicros),
       limit: Option.getOrNull(row.limit),

@@ -71,6 +71,7 @@ const seed = (
     readonly userId: string
     readonly usage: TokenStore.TokenCounts
     readonly costMicros?: number
+    readonly estimated?: boolean
     readonly cycle?: string
   }>
 ) =>
@@ -85,7 +86,8 @@ const seed = (
             userId: record.userId,
             cycle: record.cycle ?? cycle,
             usage: record.usage,
-            costMicros: record.costMicros
+            costMicros: record.costMicros,
+            estimated: record.estimated
           })
         }
       })
@@ -99,8 +101,8 @@ describe("effect-llm-callbacks CLI", () => {
   it("usage prints every user of the cycle as a table", async () => {
     const keyPrefix = uniqueKeyPrefix("cli_table")
     await seed(keyPrefix, [
-      { userId: "alice", usage: counts(100, 50), costMicros: 1_234_567 },
-      { userId: "alice", usage: counts(1, 2), costMicros: 3 },
+      { userId: "alice", usage: { ...counts(100, 50), cachedTokens: 60, reasoningTokens: 20 }, costMicros: 1_234_567 },
+      { userId: "alice", usage: { ...counts(1, 2), cacheWriteTokens: 1 }, costMicros: 3, estimated: true },
       { userId: "bob", usage: counts(10, 5) },
       { userId: "carol", usage: counts(7, 7), cycle: "2025-12-01" }
     ])
@@ -108,9 +110,22 @@ describe("effect-llm-callbacks CLI", () => {
     assert.strictEqual(result.code, 0, result.stderr)
     assert.deepStrictEqual(lines(result.stdout), [
       ["Cycle", cycle],
-      ["user", "prompt", "completion", "total", "cost", "limit", "remaining", "exceeded"],
-      ["alice", "101", "52", "153", "1.234570", "-", "-", "no"],
-      ["bob", "10", "5", "15", "0.000000", "-", "-", "no"]
+      [
+        "user",
+        "prompt",
+        "cached",
+        "cache_write",
+        "completion",
+        "reasoning",
+        "total",
+        "estimated",
+        "cost",
+        "limit",
+        "remaining",
+        "exceeded"
+      ],
+      ["alice", "101", "60", "1", "52", "20", "153", "3", "1.234570", "-", "-", "no"],
+      ["bob", "10", "0", "0", "5", "0", "15", "0", "0.000000", "-", "-", "no"]
     ])
   })
 
@@ -128,6 +143,10 @@ describe("effect-llm-callbacks CLI", () => {
       promptTokens: 100,
       completionTokens: 50,
       totalTokens: 150,
+      cachedTokens: 0,
+      cacheWriteTokens: 0,
+      reasoningTokens: 0,
+      estimatedTokens: 0,
       costMicros: 2_500_000,
       cost: "2.500000",
       limit: null,
@@ -140,6 +159,10 @@ describe("effect-llm-callbacks CLI", () => {
       promptTokens: 10,
       completionTokens: 5,
       totalTokens: 15,
+      cachedTokens: 0,
+      cacheWriteTokens: 0,
+      reasoningTokens: 0,
+      estimatedTokens: 0,
       costMicros: 0,
       cost: "0.000000",
       limit: null,
@@ -183,8 +206,8 @@ describe("effect-llm-callbacks CLI", () => {
     const table = await cli(["usage", ...common])
     assert.strictEqual(table.code, 0, table.stderr)
     assert.deepStrictEqual(lines(table.stdout).slice(2), [
-      ["alice", "100", "50", "150", "0.000000", "150", "0", "yes"],
-      ["dave", "0", "0", "0", "0.000000", "0", "0", "yes"]
+      ["alice", "100", "0", "0", "50", "0", "150", "0", "0.000000", "150", "0", "yes"],
+      ["dave", "0", "0", "0", "0", "0", "0", "0", "0.000000", "0", "0", "yes"]
     ])
   })
 
