@@ -18,7 +18,15 @@ import * as Ref from "effect/Ref"
 import * as Schedule from "effect/Schedule"
 import * as TokenUsage from "../layers/TokenUsage.js"
 import * as Cost from "../src/Cost.js"
-import type { CallbackEvent, EndEvent } from "../src/Events.js"
+import type {
+  CallbackEvent,
+  ChunkEvent,
+  EndEvent,
+  ErrorEvent,
+  StartEvent,
+  ToolEndEvent,
+  ToolErrorEvent
+} from "../src/Events.js"
 import * as Handler from "../src/Handler.js"
 import { hash } from "./Workload.js"
 
@@ -164,6 +172,11 @@ export interface LedgerState {
   /** Tokens of the calls without usage, counted by the same estimator the detailed handler uses. */
   readonly estimatedTokens: number
   readonly estimatedCalls: number
+  /** Tool runs heard (`tool_end` or `tool_error`), and those whose parent is a model call heard before. */
+  readonly toolRuns: number
+  readonly toolRunsWithParent: number
+  /** Stream chunks heard, by kind. */
+  readonly chunks: { readonly text: number; readonly reasoning: number }
 }
 
 const emptyEntry: LedgerEntry = { calls: 0, promptTokens: 0, completionTokens: 0, totalTokens: 0, costMicros: 0 }
@@ -188,7 +201,19 @@ export interface Ledger {
  */
 export const ledger: Effect.Effect<Ledger> = Effect.gen(function*() {
   const estimator = yield* TokenUsage.makeEstimator
-  const state = yield* Ref.make<LedgerState>({ users: {}, reportedTokens: 0, estimatedTokens: 0, estimatedCalls: 0 })
+  const state = yield* Ref.make<LedgerState>({
+    users: {},
+    reportedTokens: 0,
+    estimatedTokens: 0,
+    estimatedCalls: 0,
+    toolRuns: 0,
+    toolRunsWithParent: 0,
+    chunks: { text: 0, reasoning: 0 }
+  })
+  // Model calls heard starting, by id: a tool run's parent must be one of them. Cleared at each end.
+  const open = new Set<string>()
+  let text = 0
+  let reasoning = 0
   const onLlmEnd = (event: EndEvent): Effect.Effect<void, TokenUsage.TokenizerError> => {
     const userId = event.call.userId
     if (userId === undefined) return Effect.void
@@ -197,6 +222,7 @@ export const ledger: Effect.Effect<Ledger> = Effect.gen(function*() {
         const entry = current.users[userId] ?? emptyEntry
         const estimated = usage.estimated === true
         return {
+          ...current,
           users: {
             ...current.users,
             [userId]: {
@@ -213,5 +239,27 @@ export const ledger: Effect.Effect<Ledger> = Effect.gen(function*() {
         }
       }))
   }
-  return { handler: Handler.make({ name: "ledger", onLlmEnd }), state: Ref.get(state) }
+  const onToolTerminal = (event: ToolEndEvent | ToolErrorEvent) =>
+    Ref.update(state, (current) => ({
+      ...current,
+      toolRuns: current.toolRuns + 1,
+      toolRunsWithParent: current.toolRunsWithParent +
+        (event.call.parentCallId !== undefined && open.has(event.call.parentCallId) ? 1 : 0)
+    }))
+  return {
+    handler: Handler.make({
+      name: "ledger",
+      onLlmStart: Handler.sync((event: StartEvent) => void open.add(event.call.callId)),
+      // Chunks are counted in the hook call itself: no fiber, never slowing a stream.
+      onLlmChunk: Handler.sync((event: ChunkEvent) => {
+        if (event.kind === "text") text++
+        else reasoning++
+      }),
+      onToolEnd: onToolTerminal,
+      onToolError: onToolTerminal,
+      onLlmEnd: (event: EndEvent) => Effect.ensuring(onLlmEnd(event), Effect.sync(() => open.delete(event.call.callId))),
+      onLlmError: Handler.sync((event: ErrorEvent) => void open.delete(event.call.callId))
+    }),
+    state: Effect.map(Ref.get(state), (current) => ({ ...current, chunks: { text, reasoning } }))
+  }
 })

@@ -52,30 +52,62 @@ export interface UsageRow {
  * @category formatting
  */
 export const usageTable = (rows: ReadonlyArray<UsageRow>, ledger: LedgerState): string => {
-  const sum = { calls: 0, prompt: 0, completion: 0, total: 0, cost: 0 }
+  const sum = { calls: 0, prompt: 0, cached: 0, completion: 0, reasoning: 0, total: 0, estimated: 0, cost: 0 }
   const lines = rows.map(({ stats, user }) => {
     const calls = ledger.users[user]?.calls ?? 0
     sum.calls += calls
     sum.prompt += stats.promptTokens
+    sum.cached += stats.cachedTokens
     sum.completion += stats.completionTokens
+    sum.reasoning += stats.reasoningTokens
     sum.total += stats.totalTokens
+    sum.estimated += stats.estimatedTokens
     sum.cost += stats.costMicros
     return [
       user,
       String(calls),
       int(stats.promptTokens),
+      int(stats.cachedTokens),
       int(stats.completionTokens),
+      int(stats.reasoningTokens),
       int(stats.totalTokens),
+      int(stats.estimatedTokens),
       formatCost(stats.costMicros)
     ]
   })
   return table(
-    ["user", "calls", "prompt", "completion", "total", "cost (USD)"],
+    ["user", "calls", "prompt", "cached", "completion", "reasoning", "total", "estimated", "cost (USD)"],
     [
       ...lines,
-      ["all users", String(sum.calls), int(sum.prompt), int(sum.completion), int(sum.total), formatCost(sum.cost)]
+      [
+        "all users",
+        String(sum.calls),
+        int(sum.prompt),
+        int(sum.cached),
+        int(sum.completion),
+        int(sum.reasoning),
+        int(sum.total),
+        int(sum.estimated),
+        formatCost(sum.cost)
+      ]
     ]
   )
+}
+
+/**
+ * What the handlers heard besides starts and ends: tool runs (and their parents), stream chunks by kind.
+ *
+ * @since 0.3.0
+ * @category formatting
+ */
+export const lifecycleSummary = (ledger: LedgerState, calls: ReadonlyArray<PlannedCall>): string => {
+  const planned = calls.filter((call) => call.reply._tag === "Text" && call.reply.toolCalls.length > 0).length
+  return [
+    `  cached input tokens are part of prompt, reasoning tokens part of completion; estimated: counted with a tokenizer`,
+    `  tool runs heard: ${ledger.toolRuns} (the model asked for ${planned}), each a child of the model call that asked: ` +
+      `${ledger.toolRunsWithParent}/${ledger.toolRuns}`,
+    `  stream chunks heard: ${int(ledger.chunks.text)} text, ${int(ledger.chunks.reasoning)} reasoning`
+  ].join("\n")
 }
 
 /**

@@ -54,6 +54,10 @@ export type Reply =
   | {
     readonly _tag: "Text"
     readonly text: string
+    /** The reasoning summary the model streams first (o3-mini). */
+    readonly reasoning: string | undefined
+    /** The tool calls the model makes (`lookup_order`), resolved by the demo's toolkit. */
+    readonly toolCalls: ReadonlyArray<MockOpenAiServer.MockToolCall>
     /** `undefined`: the response carries no usage (the detailed token handler estimates it). */
     readonly usage: MockOpenAiServer.MockUsage | undefined
     readonly delayMs: number
@@ -73,6 +77,8 @@ export interface PlannedCall {
   readonly streamed: boolean
   readonly system: string
   readonly prompt: string
+  /** The call offers the model the demo's toolkit (`lookup_order`). */
+  readonly tools: boolean
   readonly reply: Reply
 }
 
@@ -226,12 +232,16 @@ export const plan = (options: PlanOptions): ReadonlyArray<PlannedCall> => {
     const streamed = next() < streamRate
     const prompt = `${tasks[Math.floor(next() * tasks.length)]!} ${tagOf(index)}`
     const system = systems[model]
+    // A quarter of the support assistant's calls look an order up with a tool.
+    const tools = model === "gpt-4o-mini" && next() < 0.25
     let reply: Reply
     if (next() < errorRate) {
       reply = { _tag: "HttpError", status: next() < 0.6 ? 429 : 500 }
     } else {
       const words = model === "gpt-4o-mini" ? between(next, 20, 60) : between(next, 40, 100)
       const text = replyText(next, words)
+      const reasoning = model === "o3-mini" ? replyText(next, between(next, 8, 20)) : undefined
+      const toolCalls = tools ? [{ name: "lookup_order", arguments: { orderId: `ord-${1000 + index}` } }] : []
       // The chat format adds a few tokens per message; the server's count is what it bills.
       const inputTokens = tokensOf(wordCount(system) + wordCount(prompt)) + 7
       const reasoningTokens = model === "o3-mini" ? between(next, 64, 512) : 0
@@ -247,9 +257,9 @@ export const plan = (options: PlanOptions): ReadonlyArray<PlannedCall> => {
         : model === "gpt-4o"
         ? between(next, 30, 120)
         : between(next, 60, 200)
-      reply = { _tag: "Text", text, usage, delayMs }
+      reply = { _tag: "Text", text, reasoning, toolCalls, usage, delayMs }
     }
-    calls.push({ index, userId: userId(user, options.users), model, streamed, system, prompt, reply })
+    calls.push({ index, userId: userId(user, options.users), model, streamed, system, prompt, tools, reply })
   }
   return calls
 }
@@ -338,6 +348,8 @@ export const script = (
       })
       : MockOpenAiServer.MockReply.Text({
         text: reply.text,
+        reasoning: reply.reasoning,
+        toolCalls: reply.toolCalls,
         usage: reply.usage,
         delay: `${reply.delayMs} millis`,
         deltaDelay: "1 millis"

@@ -15,6 +15,8 @@
  * @since 0.1.0
  */
 import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as Tool from "@effect/ai/Tool"
+import * as Toolkit from "@effect/ai/Toolkit"
 import * as OpenAiLanguageModel from "@effect/ai-openai/OpenAiLanguageModel"
 import * as Command from "@effect/cli/Command"
 import * as HelpDoc from "@effect/cli/HelpDoc"
@@ -215,6 +217,19 @@ const scrape = (url: string): Effect.Effect<string, DemoError> =>
     })
   )
 
+/** The demo's one tool: the support assistant looks an order up. */
+const LookupOrder = Tool.make("lookup_order", {
+  description: "Looks an order up by its id",
+  parameters: { orderId: Schema.String },
+  success: Schema.Struct({ orderId: Schema.String, status: Schema.String })
+})
+
+const DemoTools = Toolkit.make(LookupOrder)
+
+const DemoToolHandlers = DemoTools.toLayer({
+  lookup_order: ({ orderId }) => Effect.succeed({ orderId, status: "shipped" })
+})
+
 const promptOf = (call: Workload.PlannedCall) => [
   { role: "system" as const, content: call.system },
   { role: "user" as const, content: call.prompt }
@@ -223,16 +238,24 @@ const promptOf = (call: Workload.PlannedCall) => [
 /** One call of the workload, through the instrumented `LanguageModel` of its model. */
 const runCall = (
   call: Workload.PlannedCall,
-  model: Context.Context<LanguageModel.LanguageModel>
+  model: Context.Context<LanguageModel.LanguageModel>,
+  tools: Context.Context<Tool.Handler<"lookup_order">>
 ): Effect.Effect<Report.Outcome> => {
   const prompt = promptOf(call)
-  const text = call.streamed
+  const text = call.tools
+    ? call.streamed
+      ? LanguageModel.streamText({ prompt, toolkit: DemoTools }).pipe(
+        Stream.runFold("", (text, part) => (part.type === "text-delta" ? text + part.delta : text))
+      )
+      : Effect.map(LanguageModel.generateText({ prompt, toolkit: DemoTools }), (response) => response.text)
+    : call.streamed
     ? LanguageModel.streamText({ prompt }).pipe(
       Stream.runFold("", (text, part) => (part.type === "text-delta" ? text + part.delta : text))
     )
     : Effect.map(LanguageModel.generateText({ prompt }), (response) => response.text)
   return text.pipe(
     Effect.provide(model),
+    Effect.provide(tools),
     AiLanguageModel.withCallContext({
       userId: call.userId,
       tags: ["demo", call.streamed ? "stream" : "generate"],
@@ -344,10 +367,11 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
     yield* heading(`Running ${calls.length} calls`)
     const progress = yield* Progress.make({ total: calls.length })
     const started = yield* Clock.currentTimeMillis
+    const tools = yield* Layer.build(DemoToolHandlers)
     const outcomes = yield* Effect.forEach(
       calls,
       (call) =>
-        Effect.tap(runCall(call, models.get(call.model)!), (outcome) => progress.step(Exit.isSuccess(outcome.exit))),
+        Effect.tap(runCall(call, models.get(call.model)!, tools), (outcome) => progress.step(Exit.isSuccess(outcome.exit))),
       { concurrency: options.concurrency }
     ).pipe(Effect.provide(callbacks))
     yield* progress.end
@@ -372,6 +396,7 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
     const ledgerState = yield* ledger.state
     yield* heading(`Token usage per user, billing cycle ${cycle} (read back from the token store)`)
     yield* Console.log(Report.usageTable(rows, ledgerState))
+    yield* Console.log(Report.lifecycleSummary(ledgerState, calls))
 
     const health = yield* Effect.provide(Dispatcher.health, callbacks)
     yield* heading("Handler health (Dispatcher.health)")

@@ -60,7 +60,10 @@ const assertReport = (result: Result, users: number): number => {
   assert.include(out, "progress 40/40 (100%)")
   assert.notInclude(out, "\r")
   // The usage table, one line per user, read back from the store.
-  assert.match(out, /^\s*user\s+calls\s+prompt\s+completion\s+total\s+cost \(USD\)$/m)
+  assert.match(
+    out,
+    /^\s*user\s+calls\s+prompt\s+cached\s+completion\s+reasoning\s+total\s+estimated\s+cost \(USD\)$/m
+  )
   for (let n = 0; n < users; n++) assert.isDefined(row(out, Workload.userId(n, users)), `row of user ${n + 1}`)
   const all = row(out, "all users")
   assert.isDefined(all)
@@ -87,7 +90,14 @@ const assertReport = (result: Result, users: number): number => {
   assert.match(out, /users whose stored tokens and cost equal the sum of their End events: (\d+)\/\1/)
   assert.include(out, "calls failed because of a handler: 0")
   assert.notInclude(out, "DISCREPANCY")
-  return count(all![4])
+  // Tool runs and stream chunks: every tool run the model asked for, a child of its model call.
+  const tools = /tool runs heard: (\d+) \(the model asked for (\d+)\), each a child of the model call that asked: (\d+)\/(\d+)/
+    .exec(out)
+  assert.isNotNull(tools, describeResult(result))
+  assert.strictEqual(tools![1], tools![2])
+  assert.strictEqual(tools![3], tools![4])
+  assert.match(out, /stream chunks heard: [1-9][\d,]* text, [\d,]+ reasoning/)
+  return count(all![6])
 }
 
 describe("npm run demo", () => {
@@ -183,7 +193,15 @@ describe("the demo's proof", () => {
       requests: outcomes.length,
       errors: outcomes.filter((o) => o.call.reply._tag === "HttpError").length
     },
-    ledger: { users: {}, reportedTokens: 0, estimatedTokens: 0, estimatedCalls: 0 },
+    ledger: {
+      users: {},
+      reportedTokens: 0,
+      estimatedTokens: 0,
+      estimatedCalls: 0,
+      toolRuns: 0,
+      toolRunsWithParent: 0,
+      chunks: { text: 0, reasoning: 0 }
+    },
     store: []
   })
 
@@ -205,7 +223,8 @@ describe("the demo's proof", () => {
   it("does not hold when a call returned another text, or the store lost tokens", () => {
     const altered: Report.Outcome = { call: text, exit: Exit.succeed("something else") }
     assert.isFalse(Report.verify(evidence([altered])).holds)
-    const lost = { ...evidence([answered(text)]), ledger: { users: {}, reportedTokens: 10, estimatedTokens: 0, estimatedCalls: 0 } }
+    const base = evidence([answered(text)])
+    const lost = { ...base, ledger: { ...base.ledger, reportedTokens: 10 } }
     assert.isFalse(Report.verify(lost).holds)
   })
 
