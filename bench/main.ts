@@ -10,6 +10,7 @@ import * as ai from "./ai.js"
 import * as budget from "./budget.js"
 import * as dispatch from "./dispatch.js"
 import * as memory from "./memory.js"
+import * as stream from "./stream.js"
 import * as throughput from "./throughput.js"
 import * as tokens from "./tokens.js"
 import type { Row } from "./common.js"
@@ -136,6 +137,25 @@ const main = async () => {
     target: "< 5%",
     met: percent < 5 ? "yes" : "no"
   })
+
+  // 7. Stream instrumentation overhead.
+  const streamRows = await stream.run()
+  section(
+    "streamText on the fake model (60 text deltas), CPU µs per stream: bare vs instrumented, interleaved rounds",
+    streamRows
+  )
+  for (const row of streamRows.slice(1)) {
+    const overhead = Number.parseFloat(String(row.overhead))
+    const target = row.variant === "handlers" ? 5 : 10
+    summary.push({
+      benchmark: `streamText instrumentation, ${row.variant}`,
+      measured: `${row["CPU µs/stream (median)"]} µs`,
+      anchor: `${streamRows[0]?.["CPU µs/stream (median)"]} µs bare`,
+      ratio: `${overhead}%`,
+      target: `<= ${target}%`,
+      met: overhead <= target ? "yes" : "no"
+    })
+  }
 
   console.log(`\nSummary (${((Date.now() - started) / 1000).toFixed(0)} s, node ${process.version})`)
   console.table(summary)

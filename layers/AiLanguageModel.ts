@@ -28,7 +28,6 @@ import * as Exit from "effect/Exit"
 import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
-import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import * as Callbacks from "../src/Callbacks.js"
 import * as Dispatcher from "../src/Dispatcher.js"
@@ -392,7 +391,7 @@ const instrumentStream = <E, R>(
   options: Readonly<Record<string, unknown>> & { readonly prompt: Prompt.RawInput },
   call: (options: any) => Stream.Stream<Response.AnyPart, E, R>
 ): Stream.Stream<Response.AnyPart, E, R> =>
-  Stream.unwrapScoped(Effect.suspend(() => {
+  Stream.suspend(() => {
     const normalised = normalise(options)
     const accumulator = makeAccumulator()
     let timeToFirstTokenMs: number | undefined
@@ -400,8 +399,9 @@ const instrumentStream = <E, R>(
     let received = false
     let ended = false
     let failure: Cause.Cause<E> | undefined
-    // Acquired uninterruptibly with its release: a stream whose start was dispatched always gets its
-    // terminal event, whether it completes, fails, is cut short by its consumer or is interrupted.
+    // Acquired uninterruptibly with its release (one channel, no scope of its own): a stream whose start
+    // was dispatched always gets its terminal event, whether it completes, fails, is cut short by its
+    // consumer or is interrupted.
     const acquire: Effect.Effect<Option.Option<Callbacks.ActiveCall>> = Effect.flatMap(
       withDispatcher(
         resolved,
@@ -439,43 +439,35 @@ const instrumentStream = <E, R>(
           )
         })
       )
-    return Effect.flatMap(Effect.acquireRelease(acquire, release), (active): Effect.Effect<
-      Stream.Stream<Response.AnyPart, E, R>,
-      never,
-      Scope.Scope
-    > => {
-      if (Option.isNone(active)) return Effect.succeed(call(withInstrumentedToolkit(resolved, normalised)))
-      const startedAt = active.value.call.startedAt
-      const hearsChunks = active.value.hearsChunks
-      const emit = active.value.chunk
-      return Effect.clockWith((clock) =>
-        Effect.succeed(Stream.pipeThroughChannel(
-          call(withInstrumentedToolkit(resolved, normalised)),
-          observe<E>(
-            (chunk) => {
-              received = true
-              for (const part of chunk) {
-                if (timeToFirstTokenMs === undefined && isFirstToken(part)) {
-                  timeToFirstTokenMs = clock.unsafeCurrentTimeMillis() - startedAt
-                }
-                accumulator.add(part)
-                if (hearsChunks) {
-                  if (part.type === "text-delta") emit("text", part.delta)
-                  else if (part.type === "reasoning-delta") emit("reasoning", part.delta)
-                }
+    const use = (active: Option.Option<Callbacks.ActiveCall>) => {
+      const stream = call(withInstrumentedToolkit(resolved, normalised))
+      if (Option.isNone(active)) return Stream.toChannel(stream)
+      const { chunk: emit, elapsedMillis, hearsChunks } = active.value
+      return Stream.toChannel(Stream.pipeThroughChannel(
+        stream,
+        observe<E>(
+          (chunk) => {
+            received = true
+            for (const part of chunk) {
+              if (timeToFirstTokenMs === undefined && isFirstToken(part)) timeToFirstTokenMs = elapsedMillis()
+              accumulator.add(part)
+              if (hearsChunks) {
+                if (part.type === "text-delta") emit("text", part.delta)
+                else if (part.type === "reasoning-delta") emit("reasoning", part.delta)
               }
-            },
-            (cause) => {
-              failure = cause
-            },
-            () => {
-              ended = true
             }
-          )
-        ))
-      )
-    })
-  }))
+          },
+          (cause) => {
+            failure = cause
+          },
+          () => {
+            ended = true
+          }
+        )
+      ))
+    }
+    return Stream.fromChannel(Channel.acquireUseRelease(acquire, use, release))
+  })
 
 /**
  * Wraps a `LanguageModel` service so that every call is instrumented.

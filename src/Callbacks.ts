@@ -117,6 +117,8 @@ export interface ActiveCall {
   readonly startReport: Dispatch.DispatchReport
   /** Milliseconds since the call started, from `Clock`. */
   readonly elapsed: Effect.Effect<number>
+  /** Milliseconds since the call started, read from the call's `Clock` at once (for a stream's own loop). */
+  readonly elapsedMillis: () => number
   /**
    * Whether some handler of the call hears stream chunks: when it is false,
    * {@link ActiveCall.chunk} does nothing, and a stream need not build its deltas.
@@ -322,6 +324,7 @@ export const begin = (
         span,
         startReport,
         elapsed: Effect.sync(() => clock.unsafeCurrentTimeMillis() - startedAt),
+        elapsedMillis: () => clock.unsafeCurrentTimeMillis() - startedAt,
         hearsChunks: sink !== undefined,
         chunk,
         finish: (exit, finishOptions) =>
