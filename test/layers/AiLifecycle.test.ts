@@ -3,11 +3,11 @@ import * as LanguageModel from "@effect/ai/LanguageModel"
 import * as Tool from "@effect/ai/Tool"
 import * as Toolkit from "@effect/ai/Toolkit"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Layer, Schema, Stream, TestClock } from "effect"
+import { Chunk, Effect, Fiber, Layer, Schedule, Schema, Stream, TestClock } from "effect"
 import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
 import * as AiTesting from "../../layers/AiTesting.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
-import { Callbacks, type Events, Testing, TokenStore } from "../../src/index.js"
+import { Callbacks, Dispatcher, type Events, Handler, Testing, TokenStore } from "../../src/index.js"
 
 const { FakeReply } = AiTesting
 
@@ -192,4 +192,77 @@ describe("@effect/ai: aborted streams are accounted", () => {
     }).pipe(Effect.provide(accounted(() =>
       FakeReply.Text({ text: "one two three four five", deltaDelay: "100 millis", usage: { inputTokens: 3, outputTokens: 5 } })
     ))))
+})
+
+describe("@effect/ai: chunk and tool hooks never change what the caller gets", () => {
+  const script = () =>
+    FakeReply.Text({
+      text: "It is warm in Paris",
+      reasoning: "weather lookup",
+      toolCalls: [{ name: "Weather", params: { city: "Paris" } }, { name: "Weather", params: { city: "Atlantis" } }],
+      usage: { inputTokens: 5, outputTokens: 5 },
+      deltaDelay: "10 millis"
+    })
+
+  const bare = Layer.merge(AiTesting.layerFakeModel(script, { model: "fake-1", provider: "fake" }), ToolHandlers)
+
+  const behaviours = {
+    fail: () => Effect.fail("hook failed"),
+    die: () => Effect.die(new Error("hook died")),
+    throw: () => {
+      throw new Error("hook threw")
+    },
+    hang: () => Effect.never,
+    slow: () => Effect.sleep("2 seconds")
+  } as const
+
+  const withHooks = (behaviour: keyof typeof behaviours) =>
+    Layer.mergeAll(
+      AiTesting.layerFakeModel(script, { model: "fake-1", provider: "fake" }).pipe(
+        AiLanguageModel.withCallbacks({ model: "fake-1" })
+      ),
+      ToolHandlers,
+      Dispatcher.toLayer(Handler.make({
+        name: `broken-${behaviour}`,
+        onLlmChunk: behaviours[behaviour],
+        onToolStart: behaviours[behaviour],
+        onToolEnd: behaviours[behaviour],
+        onToolError: behaviours[behaviour],
+        timeout: "1 second",
+        retry: Schedule.recurs(1)
+      }))
+    ).pipe(Layer.provideMerge(Dispatcher.layer()))
+
+  const both = Effect.gen(function*() {
+    const streamed = yield* LanguageModel.streamText({ prompt: "weather?", toolkit: Tools }).pipe(
+      Stream.runCollect,
+      Effect.map((parts) =>
+        Chunk.toReadonlyArray(parts).map((part) =>
+          part.type === "tool-result"
+            ? [part.type, part.name, part.result]
+            : part.type === "text-delta" || part.type === "reasoning-delta"
+            ? [part.type, part.delta]
+            : [part.type]
+        )
+      )
+    )
+    const generated = yield* LanguageModel.generateText({ prompt: "weather?", toolkit: Tools })
+    return { streamed, text: generated.text, toolResults: generated.toolResults.map((part) => part.result) }
+  })
+
+  const run = <E>(layer: Layer.Layer<LanguageModel.LanguageModel | Tool.Handler<"Weather">, E>) =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Effect.provide(both, layer))
+      yield* TestClock.adjust("1 minute")
+      return yield* Fiber.join(fiber)
+    })
+
+  for (const behaviour of Object.keys(behaviours) as Array<keyof typeof behaviours>) {
+    it.effect(`hooks that ${behaviour}: the same parts, text and tool results as without the layer`, () =>
+      Effect.gen(function*() {
+        const expected = yield* run(bare)
+        assert.isAbove(expected.streamed.length, 5)
+        assert.deepStrictEqual(yield* run(withHooks(behaviour)), expected)
+      }))
+  }
 })
