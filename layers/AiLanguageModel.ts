@@ -29,6 +29,7 @@ import { dual } from "effect/Function"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Stream from "effect/Stream"
+import * as Tracer from "effect/Tracer"
 import * as Callbacks from "../src/Callbacks.js"
 import * as Dispatcher from "../src/Dispatcher.js"
 import { type LlmResponse, type Message, type Usage, usageFromUnknown } from "../src/Events.js"
@@ -181,6 +182,7 @@ export const makeAccumulator = (): ResponseAccumulator => {
   let usage: Usage | undefined
   let finishReason: string | undefined
   let model: string | undefined
+  let id: string | undefined
   let finished = false
   return {
     add: (part) => {
@@ -204,6 +206,7 @@ export const makeAccumulator = (): ResponseAccumulator => {
           break
         case "response-metadata":
           if (Option.isSome(part.modelId)) model = part.modelId.value
+          if (Option.isSome(part.id)) id = part.id.value
           break
       }
     },
@@ -213,7 +216,8 @@ export const makeAccumulator = (): ResponseAccumulator => {
       ...(reasoning.length > 0 ? { reasoning: reasoning.join("") } : {}),
       ...(usage !== undefined ? { usage } : {}),
       ...(finishReason !== undefined ? { finishReason } : {}),
-      ...(model !== undefined ? { model } : {})
+      ...(model !== undefined ? { model } : {}),
+      ...(id !== undefined ? { id } : {})
     })
   }
 }
@@ -440,8 +444,11 @@ const instrumentStream = <E, R>(
         })
       )
     const use = (active: Option.Option<Callbacks.ActiveCall>) => {
-      const stream = call(withInstrumentedToolkit(resolved, normalised))
-      if (Option.isNone(active)) return Stream.toChannel(stream)
+      const bare = call(withInstrumentedToolkit(resolved, normalised))
+      if (Option.isNone(active)) return Stream.toChannel(bare)
+      // The model's own spans (and its HTTP client's) are children of the call's span: one trace.
+      const span = active.value.span
+      const stream = span === undefined ? bare : Stream.provideService(bare, Tracer.ParentSpan, span)
       const { chunk: emit, elapsedMillis, hearsChunks } = active.value
       return Stream.toChannel(Stream.pipeThroughChannel(
         stream,

@@ -29,6 +29,7 @@
 import * as Metrics from "@effect/opentelemetry/Metrics"
 import * as Resource from "@effect/opentelemetry/Resource"
 import { PrometheusExporter } from "@opentelemetry/exporter-prometheus"
+import type { MetricDescriptor, MetricProducer } from "@opentelemetry/sdk-metrics"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
@@ -37,6 +38,8 @@ import * as Either from "effect/Either"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
 import type * as Scope from "effect/Scope"
+import * as CallbackMetrics from "../src/CallbackMetrics.js"
+import * as GenAiMetrics from "./GenAiMetrics.js"
 
 /**
  * The endpoint could not be served: `AddressInUse` when another process
@@ -73,6 +76,11 @@ export interface Options {
   readonly serviceName?: string | undefined
   /** Bound on closing the server when the layer's scope closes. Default 3 seconds. */
   readonly shutdownTimeout?: Duration.DurationInput | undefined
+  /**
+   * Units of the application's own metrics, by Effect metric name, exported
+   * as `# UNIT` (the library's metrics have theirs: {@link defaultUnits}).
+   */
+  readonly units?: Readonly<Record<string, string>> | undefined
 }
 
 /**
@@ -87,6 +95,7 @@ export interface Resolved {
   readonly endpoint: string
   readonly serviceName: string
   readonly shutdownTimeout: Duration.Duration
+  readonly units: Readonly<Record<string, string>>
 }
 
 /**
@@ -98,8 +107,19 @@ export const defaults: Resolved = {
   port: 9464,
   endpoint: "/metrics",
   serviceName: "effect-llm-callbacks",
-  shutdownTimeout: Duration.seconds(3)
+  shutdownTimeout: Duration.seconds(3),
+  units: {}
 }
+
+/**
+ * The units of the library's metrics: the dispatcher's (`CallbackMetrics`)
+ * and the GenAI ones (`GenAiMetrics`: `s`, `{token}`...). Metrics without a
+ * unit are exported with `1`.
+ *
+ * @since 0.3.0
+ * @category constants
+ */
+export const defaultUnits: Readonly<Record<string, string>> = { ...CallbackMetrics.units, ...GenAiMetrics.units }
 
 const invalid = (name: string, value: unknown, expected: string) =>
   ConfigError.InvalidData([], `${name}: expected ${expected}, got ${JSON.stringify(value)}`)
@@ -113,7 +133,7 @@ const isPort = (port: number): boolean => Number.isSafeInteger(port) && port >= 
  * @category constructors
  */
 export const resolve = (options: Options = {}): Either.Either<Resolved, ConfigError.ConfigError> => {
-  const { endpoint, host, port, serviceName, shutdownTimeout } = options
+  const { endpoint, host, port, serviceName, shutdownTimeout, units } = options
   if (port !== undefined && !isPort(port)) return Either.left(invalid("port", port, "an integer from 1 to 65535"))
   if (host !== undefined && host.trim() === "") return Either.left(invalid("host", host, "a host name or address"))
   if (endpoint !== undefined && !endpoint.startsWith("/")) {
@@ -135,7 +155,8 @@ export const resolve = (options: Options = {}): Either.Either<Resolved, ConfigEr
     port: port ?? defaults.port,
     endpoint: endpoint ?? defaults.endpoint,
     serviceName: serviceName ?? defaults.serviceName,
-    shutdownTimeout: timeout
+    shutdownTimeout: timeout,
+    units: units ?? defaults.units
   })
 }
 
@@ -158,6 +179,24 @@ export const config: Config.Config<Options> = Config.all({
   port: Config.port("CALLBACK_METRICS_PORT").pipe(
     Config.withDefault(defaults.port)
   )
+})
+
+/**
+ * The producer with each metric's unit set from `units` (by Effect metric
+ * name): Effect metrics carry none, and `@effect/opentelemetry` exports them
+ * with `1`.
+ */
+const withUnits = (producer: MetricProducer, units: Readonly<Record<string, string>>): MetricProducer => ({
+  collect: (options) =>
+    producer.collect(options).then((result) => {
+      for (const scope of result.resourceMetrics.scopeMetrics) {
+        for (const metric of scope.metrics) {
+          const unit = units[metric.descriptor.name]
+          if (unit !== undefined) (metric as { descriptor: MetricDescriptor }).descriptor = { ...metric.descriptor, unit }
+        }
+      }
+      return result
+    })
 })
 
 const listenError = (options: Resolved, error: unknown): PrometheusError => {
@@ -192,7 +231,7 @@ export const make = (
       endpoint: options.endpoint,
       preventServerStart: true
     })
-    const producer = yield* Metrics.makeProducer
+    const producer = withUnits(yield* Metrics.makeProducer, { ...defaultUnits, ...options.units })
     // Its finalizer shuts the exporter down (closing the server), bounded.
     yield* Effect.acquireRelease(
       Effect.sync(() => exporter.setMetricProducer(producer)),

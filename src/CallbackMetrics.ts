@@ -116,3 +116,22 @@ export const invalidUsageTotal = Metric.counter("token_usage_invalid_total", {
   description: "Calls whose reported token usage was invalid and was not recorded",
   incremental: true
 })
+
+/**
+ * The unit of each metric of this module, for exporters (the `Prometheus`
+ * layer exports it as `# UNIT`).
+ *
+ * @since 0.3.0
+ * @category metrics
+ */
+export const units: Readonly<Record<string, string>> = {
+  callback_executions_total: "{invocation}",
+  callback_duration_seconds: "s",
+  callback_errors_total: "{error}",
+  active_callbacks: "{invocation}",
+  callback_queue_depth: "{delivery}",
+  callback_dropped_total: "{delivery}",
+  callback_retries_total: "{retry}",
+  budget_admissions_total: "{call}",
+  token_usage_invalid_total: "{call}"
+}

@@ -46,6 +46,7 @@ import {
 } from "./internal/callEvents.js"
 import { decodeResponseLenient } from "./internal/decode.js"
 import { currentOperation } from "./internal/operation.js"
+import * as SemanticConventions from "./SemanticConventions.js"
 import { CurrentTokenCounter } from "./TokenCounter.js"
 import { type Calls, CallsTypeId } from "./internal/dispatch/contract.js"
 
@@ -205,7 +206,13 @@ const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpa
  * clock), but synchronously and without capturing a stack trace.
  * `undefined` when tracing is disabled.
  */
-const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock, tool?: StartTool): Tracer.Span | undefined => {
+const startSpan = (
+  fiber: AnyFiber,
+  call: CallInfo,
+  clock: Clock.Clock,
+  tool?: StartTool,
+  params?: Readonly<Record<string, unknown>>
+): Tracer.Span | undefined => {
   // Effect's default tracer exports nowhere: no span, so the hot path pays
   // nothing unless a real tracer (e.g. OpenTelemetry) is installed.
   if (fiber.currentTracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
@@ -224,8 +231,13 @@ const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock, tool?: S
   span.attribute("gen_ai.operation.name", operation)
   span.attribute("llm.call_id", call.callId)
   if (tool === undefined) {
-    span.attribute("gen_ai.provider.name", call.provider)
+    for (const name of conventionsOf(fiber).provider) span.attribute(name, call.provider)
     span.attribute("gen_ai.request.model", call.model)
+    if (params !== undefined) for (const [name, value] of SemanticConventions.requestAttributes(params)) span.attribute(name, value)
+    const address = call.metadata["server.address"]
+    const port = call.metadata["server.port"]
+    if (typeof address === "string") span.attribute("server.address", address)
+    if (typeof port === "number") span.attribute("server.port", port)
   } else {
     span.attribute("gen_ai.tool.name", tool.name)
     if (tool.id !== undefined) span.attribute("gen_ai.tool.call.id", tool.id)
@@ -237,31 +249,66 @@ const startSpan = (fiber: AnyFiber, call: CallInfo, clock: Clock.Clock, tool?: S
 
 type StartTool = { readonly name: string; readonly id?: string | undefined }
 
+type Conventions = ReturnType<typeof SemanticConventions.names>
+
+const conventionsOf = (fiber: AnyFiber): Conventions =>
+  SemanticConventions.names(Context.get(fiber.currentContext, SemanticConventions.CurrentVersion))
+
 /** Records the outcome of the call on its span and ends it (its status comes from `exit`). */
 const endSpan = (
   timing: boolean,
   span: Tracer.Span,
   event: EndEvent | ErrorEvent | ToolEndEvent | ToolErrorEvent,
   exit: Exit.Exit<unknown, unknown>,
-  clock: Clock.Clock
+  clock: Clock.Clock,
+  conventions: Conventions
 ): void => {
   if (event._tag === "ToolEnd") {
     // Nothing to add: the status is the exit's.
   } else if (event._tag === "ToolError") {
-    span.attribute("error.type", event.failure.errorType)
-  } else if (event._tag === "End") {
-    const response = event.response
-    if (response.usage !== undefined) {
-      span.attribute("gen_ai.usage.input_tokens", response.usage.promptTokens)
-      span.attribute("gen_ai.usage.output_tokens", response.usage.completionTokens)
-    }
-    if (response.model !== undefined) span.attribute("gen_ai.response.model", response.model)
-    if (response.finishReason !== undefined) span.attribute("gen_ai.response.finish_reasons", response.finishReason)
-    if (response.costEstimate !== undefined) span.attribute("llm.cost_estimate", response.costEstimate)
+    span.attribute("error.type", SemanticConventions.errorType(event.failure.error, event.failure.errorType))
   } else {
-    span.attribute("error.type", event.failure.errorType)
+    if (event._tag === "Error") {
+      span.attribute("error.type", SemanticConventions.errorType(event.failure.error, event.failure.errorType))
+    }
+    // A success's response, or what a cut-off call consumed.
+    const response = event.response
+    if (response !== undefined) responseAttributes(span, response, conventions)
+    if (event.timeToFirstTokenMs !== undefined) {
+      span.attribute("gen_ai.response.time_to_first_chunk", event.timeToFirstTokenMs / 1000)
+    }
   }
   span.end(timing ? clock.unsafeCurrentTimeNanos() : bigint0, exit)
+}
+
+/**
+ * A string-array attribute. Effect's OpenTelemetry bridge turns an array
+ * into its JSON text; the conventions want an array, so the OpenTelemetry
+ * span under the bridge's (its `span` field, when there is one) gets it as
+ * such.
+ */
+const stringArray = (span: Tracer.Span, key: string, values: ReadonlyArray<string>): void => {
+  span.attribute(key, values)
+  const otel = (span as { readonly span?: { readonly setAttribute?: unknown } }).span
+  if (typeof otel?.setAttribute === "function") (otel.setAttribute as (k: string, v: ReadonlyArray<string>) => void).call(otel, key, values)
+}
+
+const responseAttributes = (span: Tracer.Span, response: LlmResponse, conventions: Conventions): void => {
+  const usage = response.usage
+  if (usage !== undefined) {
+    for (const name of conventions.inputTokens) span.attribute(name, usage.promptTokens)
+    for (const name of conventions.outputTokens) span.attribute(name, usage.completionTokens)
+    if (usage.cachedTokens !== undefined) span.attribute("gen_ai.usage.cache_read.input_tokens", usage.cachedTokens)
+    if (usage.cacheWriteTokens !== undefined) {
+      span.attribute("gen_ai.usage.cache_creation.input_tokens", usage.cacheWriteTokens)
+    }
+    if (usage.reasoningTokens !== undefined) span.attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoningTokens)
+    if (usage.estimated === true) span.attribute("llm.usage.estimated", true)
+  }
+  if (response.model !== undefined) span.attribute("gen_ai.response.model", response.model)
+  if (response.id !== undefined) span.attribute("gen_ai.response.id", response.id)
+  if (response.finishReason !== undefined) stringArray(span, "gen_ai.response.finish_reasons", [response.finishReason])
+  if (response.costEstimate !== undefined) span.attribute("llm.cost_estimate", response.costEstimate)
 }
 
 const noDispatcher = (): undefined => undefined
@@ -297,25 +344,30 @@ export const begin = (
       fiber.getFiberRef(currentOperation)
     )
     const context = fiber.currentContext
-    const span = startSpan(fiber as AnyFiber, events.call, clock)
+    const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
+    const conventions = span === undefined ? undefined : conventionsOf(fiber as AnyFiber)
     const timing = span !== undefined && fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
       span === undefined ? effect : Effect.withParentSpan(effect, span)
     let finished = false
     const sink = calls.chunks(token, fiber as AnyFiber, span)
     let chunks = 0
+    let previous = 0
     const chunk = sink === undefined
       ? (_kind: ChunkEvent["kind"], _delta: string) => {}
       : (kind: ChunkEvent["kind"], delta: string) => {
         if (finished) return
+        const elapsedMs = clock.unsafeCurrentTimeMillis() - startedAt
         const event: ChunkEvent = {
           _tag: "Chunk",
           call: events.call,
           index: chunks++,
           kind,
           delta,
-          elapsedMs: clock.unsafeCurrentTimeMillis() - startedAt
+          elapsedMs,
+          intervalMs: elapsedMs - previous
         }
+        previous = elapsedMs
         sink(event)
       }
     return Effect.map(underSpan(calls.dispatch(token, events.start)), (startReport) =>
@@ -334,7 +386,7 @@ export const begin = (
             const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
             const ttft = finishOptions?.timeToFirstTokenMs
             const dispatch = (event: EndEvent | ErrorEvent) => {
-              if (span !== undefined) endSpan(timing, span, event, exit, clock)
+              if (span !== undefined) endSpan(timing, span, event, exit, clock, conventions!)
               return Effect.asSome(Effect.uninterruptible(underSpan(calls.dispatch(token, event))))
             }
             if (Exit.isSuccess(exit)) {
@@ -414,7 +466,7 @@ const instrumentImpl = <A, E, R>(
     // handler invocations. Like the call context below, it is set on the
     // fiber in place and restored once the terminal event is dispatched.
     const outerContext = fiber.currentContext
-    const span = startSpan(fiber as AnyFiber, events.call, clock)
+    const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
     if (span !== undefined) setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
     const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
       if (span !== undefined && Exit.isFailure(exit)) {
@@ -442,7 +494,7 @@ const instrumentImpl = <A, E, R>(
         const rest = calls.run(token, event, fiber)
         return rest === undefined ? exit : Effect.zipRight(rest, exit)
       }
-      endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock)
+      endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber as AnyFiber))
       const rest = calls.run(token, event, fiber)
       if (rest === undefined) {
         setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)
@@ -589,7 +641,9 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
       }
       if (entered) removeParent(parents, callId)
       const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt, options.failureOf)
-      if (span !== undefined) endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock)
+      if (span !== undefined) {
+        endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber as AnyFiber))
+      }
       const rest = calls.run(token, event, fiber)
       return rest === undefined ? exit : Effect.zipRight(rest, exit)
     }

@@ -193,6 +193,8 @@ export const LlmResponse = Schema.Struct({
   usage: Schema.optional(Usage),
   finishReason: Schema.optional(Schema.String),
   model: Schema.optional(Schema.String),
+  /** The provider's id of the response (`gen_ai.response.id`). */
+  id: Schema.optional(Schema.String),
   /** Set by the cost handler, in the currency of its price table. */
   costEstimate: Schema.optional(Schema.Number)
 })
@@ -430,7 +432,9 @@ export const ChunkEvent = Schema.TaggedStruct(Phases.phaseTable.chunk.tag, {
   kind: Schema.Literal("text", "reasoning"),
   delta: Schema.String,
   /** Milliseconds since the call started. */
-  elapsedMs: Schema.Number
+  elapsedMs: Schema.Number,
+  /** Milliseconds since the call's previous chunk (since its start for the first). */
+  intervalMs: Schema.Number
 })
 
 /**

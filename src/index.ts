@@ -50,6 +50,11 @@ export * as Handler from "./Handler.js"
 export * as HandlerError from "./HandlerError.js"
 
 /**
+ * @since 0.3.0
+ */
+export * as SemanticConventions from "./SemanticConventions.js"
+
+/**
  * @since 0.1.0
  */
 export * as Testing from "./Testing.js"

@@ -148,7 +148,8 @@ describe("AiLanguageModel", () => {
           content: "Hi",
           usage: { promptTokens: 5, completionTokens: 7, totalTokens: 12, cachedTokens: 2, reasoningTokens: 3 },
           finishReason: "stop",
-          model: "fake-1"
+          model: "fake-1",
+          id: "fake_0"
         })
         assert.strictEqual(e.durationMs, 1500)
         assert.isUndefined(e.outputIssues)
@@ -495,7 +496,8 @@ describe("AiLanguageModel", () => {
           content: "one two three",
           usage: { promptTokens: 1, completionTokens: 3, totalTokens: 4 },
           finishReason: "stop",
-          model: "fake-1"
+          model: "fake-1",
+          id: "fake_0"
         })
         assert.strictEqual(e.timeToFirstTokenMs, 200)
         assert.strictEqual(e.durationMs, 200 + 2 * 50)

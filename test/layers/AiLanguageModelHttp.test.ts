@@ -95,7 +95,8 @@ describe("AiLanguageModel over HTTP", () => {
           content: "Paris.",
           usage: { promptTokens: 11, completionTokens: 7, totalTokens: 18, cachedTokens: 3, reasoningTokens: 2 },
           finishReason: "stop",
-          model: "gpt-4o-mini"
+          model: "gpt-4o-mini",
+          id: "resp_mock_0"
         })
         const recorded = yield* stats("alice")
         assert.deepStrictEqual(

@@ -3,9 +3,9 @@ import * as OtelTracer from "@effect/opentelemetry/Tracer"
 import { assert, describe, it } from "@effect/vitest"
 import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
 import { BasicTracerProvider, InMemorySpanExporter, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
-import { Effect, Exit, Fiber, Layer, Metric, MetricLabel, Option, TestClock } from "effect"
+import { Effect, Either, Exit, Fiber, Layer, Metric, MetricLabel, Option, TestClock } from "effect"
 import * as GenAiMetrics from "../../layers/GenAiMetrics.js"
-import { Callbacks, Dispatcher, Handler, Testing } from "../../src/index.js"
+import { Callbacks, Cost, Dispatcher, Handler, Testing } from "../../src/index.js"
 
 // Effect metrics are global to the process: every test uses its own model name.
 let counter = 0
@@ -129,6 +129,109 @@ describe("GenAiMetrics", () => {
         }
       }
     }).pipe(Effect.provide(MetricsLive)))
+
+  const counter = (metric: Metric.Metric.Counter<number>, model: string, extra: Record<string, string> = {}) =>
+    Effect.map(Metric.value(Metric.taggedWithLabels(metric, labels(model, extra))), (state) => state.count)
+
+  it.effect("streams: time to first chunk per call, time per output chunk for every chunk after the first", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("stream")
+      const fiber = yield* Effect.fork(Effect.gen(function*() {
+        const active = Option.getOrThrow(yield* Callbacks.begin({ provider: "openai", model }))
+        yield* Effect.sleep("400 millis")
+        active.chunk("text", "a")
+        yield* Effect.sleep("100 millis")
+        active.chunk("text", "b")
+        yield* Effect.sleep("300 millis")
+        active.chunk("reasoning", "c")
+        yield* active.finish(Exit.succeed(undefined), { response: { content: "abc", usage }, timeToFirstTokenMs: 400 })
+      }))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      const first = yield* Metric.value(Metric.taggedWithLabels(GenAiMetrics.timeToFirstChunk, labels(model)))
+      assert.deepStrictEqual([first.count, first.sum], [1, 0.4])
+      const perChunk = yield* Metric.value(Metric.taggedWithLabels(GenAiMetrics.timePerOutputChunk, labels(model)))
+      assert.strictEqual(perChunk.count, 2)
+      assert.closeTo(perChunk.sum, 0.4, 1e-9)
+    }).pipe(Effect.provide(MetricsLive)))
+
+  it.effect("error.type is the HTTP status of an HTTP error; a cut-off call's tokens are recorded with it", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("http")
+      const rateLimited = { _tag: "HttpResponseError", message: "quota", response: { status: 429 } }
+      yield* Effect.exit(Effect.fail(rateLimited).pipe(Callbacks.instrument({ provider: "openai", model })))
+      assert.strictEqual((yield* duration(model, { "error.type": "429" })).count, 1)
+      const active = Option.getOrThrow(yield* Callbacks.begin({ provider: "openai", model }))
+      yield* active.finish(Exit.fail({ _tag: "Reset", status: 500 }), {
+        response: { content: "partial", usage: { promptTokens: 7, completionTokens: 3, totalTokens: 10, estimated: true } }
+      })
+      const input = yield* Metric.value(
+        Metric.taggedWithLabels(GenAiMetrics.tokenUsage, labels(model, { "gen_ai.token.type": "input", "error.type": "500" }))
+      )
+      assert.deepStrictEqual([input.count, input.sum], [1, 7])
+      assert.strictEqual(yield* counter(GenAiMetrics.estimatedTokens, model, { "gen_ai.token.type": "output" }), 3)
+    }).pipe(Effect.provide(MetricsLive)))
+
+  it.effect("cost, estimated tokens and calls without usage: counters that reconcile with the token store", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("cost")
+      const table = Cost.decode({ [model]: { input: 2.5, output: 10 } }).pipe(Either.getOrThrow)
+      yield* Effect.succeed({ content: "", usage }).pipe(
+        Callbacks.instrument({ provider: "openai", model }),
+        Cost.withPriceTable(table)
+      )
+      // 120 × 2.5 + 30 × 10 = 600 micro-units
+      assert.strictEqual(yield* counter(GenAiMetrics.costMicros, model), 600)
+      yield* Effect.succeed({ content: "", usage: { ...usage, estimated: true } }).pipe(
+        Callbacks.instrument({ provider: "openai", model })
+      )
+      assert.strictEqual(yield* counter(GenAiMetrics.estimatedTokens, model, { "gen_ai.token.type": "input" }), 120)
+      assert.strictEqual(yield* counter(GenAiMetrics.estimatedTokens, model, { "gen_ai.token.type": "output" }), 30)
+      yield* Effect.succeed({ content: "" }).pipe(Callbacks.instrument({ provider: "openai", model }))
+      assert.strictEqual(yield* counter(GenAiMetrics.callsWithoutUsage, model), 1)
+    }).pipe(Effect.provide(MetricsLive)))
+
+  const allowed = uniqueModel("allowed")
+  it.effect("labels from callers are bounded: past the allow-list and the first values seen, 'other', counted", () =>
+    Effect.gen(function*() {
+      const seen = [uniqueModel("seen"), uniqueModel("seen")]
+      const rest = Array.from({ length: 20 }, () => uniqueModel("rest"))
+      const folded = Metric.value(Metric.taggedWithLabels(GenAiMetrics.foldedLabels, [MetricLabel.make("label", "model")]))
+      const before = (yield* folded).count
+      for (const model of [allowed, ...seen, ...rest, allowed]) {
+        yield* Effect.succeed({ content: "", usage }).pipe(Callbacks.instrument({ provider: "openai", model }))
+      }
+      assert.strictEqual((yield* duration(allowed)).count, 2)
+      for (const model of seen) assert.strictEqual((yield* duration(model)).count, 1)
+      for (const model of rest) assert.strictEqual((yield* duration(model)).count, 0)
+      assert.isAtLeast((yield* duration(GenAiMetrics.other)).count, 20)
+      assert.strictEqual((yield* folded).count - before, 20)
+    }).pipe(Effect.provide(
+      GenAiMetrics.layer({ models: [allowed], maxValues: 2 }).pipe(Layer.provideMerge(Dispatcher.layer()))
+    )), { timeout: 30_000 })
+
+  it.effect("the response model and the server are labels; the legacy conventions name the provider gen_ai.system", () =>
+    Effect.gen(function*() {
+      const model = uniqueModel("legacy")
+      yield* Effect.succeed({ content: "", usage, model: `${model}-2024` }).pipe(
+        Callbacks.instrument({
+          provider: "openai",
+          model,
+          metadata: { "server.address": "api.openai.com", "server.port": 443 }
+        })
+      )
+      const legacy = yield* Metric.value(Metric.taggedWithLabels(GenAiMetrics.operationDuration, [
+        MetricLabel.make("gen_ai.operation.name", "chat"),
+        MetricLabel.make("gen_ai.system", "openai"),
+        MetricLabel.make("gen_ai.request.model", model),
+        MetricLabel.make("gen_ai.response.model", `${model}-2024`),
+        MetricLabel.make("server.address", "api.openai.com"),
+        MetricLabel.make("server.port", "443")
+      ]))
+      assert.strictEqual(legacy.count, 1)
+    }).pipe(Effect.provide(
+      GenAiMetrics.layer({ semanticConventions: "legacy" }).pipe(Layer.provideMerge(Dispatcher.layer()))
+    )))
 })
 
 // -- spans ---------------------------------------------------------------------
@@ -172,8 +275,8 @@ describe("the span of an instrumented call", () => {
         "gen_ai.usage.output_tokens": 30,
         "llm.call_id": "call-1"
       })
-      // a string: the Effect bridge would turn an array into its JSON text
-      assert.strictEqual(call!.attributes["gen_ai.response.finish_reasons"], "stop")
+      // A string array, as the conventions say (not the JSON text Effect's bridge would make of it).
+      assert.deepStrictEqual(call!.attributes["gen_ai.response.finish_reasons"], ["stop"])
       assert.notStrictEqual(call!.status.code, SpanStatusCode.ERROR)
     }).pipe(Effect.provide(Layer.merge(Testing.layer(), layer)))
   })

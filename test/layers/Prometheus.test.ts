@@ -66,6 +66,12 @@ describe("Prometheus", () => {
       assert.strictEqual(sample(text, "active_callbacks", {}), 0)
       assert.strictEqual(typeOf(text, "gen_ai_client_token_usage"), "histogram")
       assert.strictEqual(typeOf(text, "gen_ai_client_operation_duration"), "histogram")
+      // units: seconds and tokens as the GenAI conventions say, the dispatcher's histogram in seconds
+      const unitOf = (name: string) => new RegExp(`^# UNIT ${name} (\\S+)$`, "m").exec(text)?.[1]
+      assert.strictEqual(unitOf("gen_ai_client_operation_duration"), "s")
+      assert.strictEqual(unitOf("gen_ai_client_token_usage"), "{token}")
+      assert.strictEqual(unitOf("callback_duration_seconds"), "s")
+      assert.strictEqual(unitOf("callback_executions_total"), "{invocation}")
 
       // values after 3 calls
       assert.strictEqual(
