@@ -206,6 +206,10 @@ const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpa
  * clock), but synchronously and without capturing a stack trace.
  * `undefined` when tracing is disabled.
  */
+/** A real tracer is installed and enabled (Effect's default one exports nowhere). */
+const tracing = (fiber: AnyFiber): boolean =>
+  fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
+
 const startSpan = (
   fiber: AnyFiber,
   call: CallInfo,
@@ -215,7 +219,7 @@ const startSpan = (
 ): Tracer.Span | undefined => {
   // Effect's default tracer exports nowhere: no span, so the hot path pays
   // nothing unless a real tracer (e.g. OpenTelemetry) is installed.
-  if (fiber.currentTracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
+  if (!tracing(fiber)) return undefined
   const operation = operationName(call)
   const links = fiber.getFiberRef(FiberRef.currentTracerSpanLinks)
   const span = fiber.currentTracer.span(
@@ -445,7 +449,8 @@ const instrumentImpl = <A, E, R>(
     const gate = fiber.getFiberRef(currentGate)
     const calls = lookupCalls(fiber.currentContext)
     const token = calls?.begin()
-    if (calls === undefined || token === undefined || token.empty) {
+    // No handler would hear the call: it runs bare, unless a tracer wants its span.
+    if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) {
       return gate === undefined ? self : admitBare(fiber as AnyFiber, gate, self, options)
     }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
@@ -624,7 +629,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
   Effect.withFiberRuntime<A, E, R>((fiber) => {
     const calls = lookupCalls(fiber.currentContext)
     const token = calls?.begin()
-    if (calls === undefined || token === undefined || token.empty) return self
+    if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) return self
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
     const parents = parentsOf(fiber as AnyFiber)
