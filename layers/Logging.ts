@@ -1,7 +1,8 @@
 /**
  * Structured logs of every call through Effect's `Logger`: one line per phase
  * (`llm start`, `llm end` at Info, `llm error` at Error, or Warning when the
- * call was interrupted), annotated with the call id, parent call id,
+ * call was interrupted), annotated with the handler's name, the trace and
+ * span ids (with a tracer installed), the call id, parent call id,
  * operation id and attempt, provider, model, user id, duration, token counts
  * (cached, cache-write and reasoning ones apart), cost, and for errors their
  * type, kind and HTTP status (when the error carries one) and what a cut-off
@@ -249,8 +250,17 @@ export const makeHandler = (options: Resolved): Handler.Handler => {
       }))
     }
   }
+  // Every line names the handler and, with a tracer installed, the trace and span it belongs to.
   const log = (level: LogLevel.LogLevel, message: string, annotations: Record<string, unknown>) =>
-    Effect.annotateLogs(Effect.logWithLevel(level, message), annotations)
+    Effect.withFiberRuntime<void>((fiber) => {
+      annotations.handler = options.name
+      const span = fiber.currentSpan
+      if (span !== undefined) {
+        annotations.trace_id = span.traceId
+        annotations.span_id = span.spanId
+      }
+      return Effect.annotateLogs(Effect.logWithLevel(level, message), annotations)
+    })
 
   const onLlmStart = (event: StartEvent): Effect.Effect<void> => {
     if (!enabled(LogLevel.Info)) return Effect.void

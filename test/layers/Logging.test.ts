@@ -51,6 +51,7 @@ describe("Logging", () => {
       ])
       const [start, end] = lines as [Line, Line]
       assert.deepInclude(start.annotations, {
+        handler: "logging",
         call_id: "call-1",
         provider: "openai",
         model: "gpt-4o-mini",

@@ -125,7 +125,12 @@ describe("spans of @effect/ai calls over HTTP", () => {
       const spanText = JSON.stringify(exporter.getFinishedSpans().filter((span) => span === call || span.name.startsWith("callback")).map((span) => span.attributes))
       assert.notInclude(spanText, "4111")
       assert.notInclude(logs.lines.join("\n"), "4111")
-      assert.isAbove(logs.lines.length, 0)
+      // Each line names its handler and the trace it belongs to: the call's.
+      const line = logs.lines.map((text) => JSON.parse(text) as { readonly annotations: Record<string, unknown> })
+        .find((parsed) => parsed.annotations["phase"] === "error")!
+      assert.strictEqual(line.annotations["handler"], "logging")
+      assert.strictEqual(line.annotations["trace_id"], call.spanContext().traceId)
+      assert.isString(line.annotations["span_id"])
       const metrics = JSON.stringify((yield* Metric.snapshot).map((pair) => pair.metricKey.tags))
       assert.notInclude(metrics, "4111")
     }))
