@@ -58,6 +58,11 @@ export interface Options {
   readonly model?: string | undefined
   /** Request parameters added to every start event (e.g. the `temperature` the model layer was built with). */
   readonly params?: Readonly<Record<string, unknown>> | undefined
+  /**
+   * The provider's server (`server.address`, `server.port` of the GenAI conventions), added to every
+   * call's metadata: spans and the GenAI metrics carry it.
+   */
+  readonly server?: { readonly address: string; readonly port?: number | undefined } | undefined
 }
 
 /**
@@ -267,6 +272,7 @@ interface Resolved {
   readonly provider: string
   readonly model: string
   readonly params: Readonly<Record<string, unknown>> | undefined
+  readonly metadata: Readonly<Record<string, unknown>> | undefined
   readonly dispatcher: Dispatcher.Dispatcher.Service | undefined
 }
 
@@ -344,6 +350,7 @@ const instrumentEffect = <A extends { readonly content: ReadonlyArray<Response.A
       model: resolved.model,
       messages: messagesOf(normalised.prompt),
       params: paramsOf(operation, normalised, resolved.params),
+      metadata: resolved.metadata,
       response: responseOf
     })
   )
@@ -413,7 +420,8 @@ const instrumentStream = <E, R>(
           provider: resolved.provider,
           model: resolved.model,
           messages: messagesOf(normalised.prompt),
-          params: paramsOf("streamText", normalised, resolved.params)
+          params: paramsOf("streamText", normalised, resolved.params),
+          metadata: resolved.metadata
         })
       ),
       (active): Effect.Effect<Option.Option<Callbacks.ActiveCall>> =>
@@ -490,6 +498,12 @@ export const wrap = (
     provider: options.provider ?? unknown,
     model: options.model ?? unknown,
     params: options.params,
+    metadata: options.server === undefined
+      ? undefined
+      : {
+        "server.address": options.server.address,
+        ...(options.server.port === undefined ? {} : { "server.port": options.server.port })
+      },
     dispatcher: options.dispatcher
   }
   return {

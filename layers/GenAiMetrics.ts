@@ -12,6 +12,8 @@
  *   from the start to the first chunk.
  * - `gen_ai.client.operation.time_per_output_chunk` (histogram, `s`): every
  *   chunk of a stream after the first, the time since the previous one.
+ * - `gen_ai.execute_tool.duration` (histogram, `s`): tool runs, by
+ *   `gen_ai.tool.name`, with `error.type` when the tool failed.
  * - `llm_cost_micros_total` (counter): cost in millionths of the price
  *   table's currency.
  * - `llm_tokens_estimated_total` (counter, `gen_ai.token.type`): tokens
@@ -28,7 +30,7 @@
  * metadata, e.g. `AiLanguageModel`'s `server` option).
  *
  * Cardinality is bounded: labels that come from callers (provider, request
- * and response model, server address) keep the values of an allow-list
+ * and response model, server address, tool name) keep the values of an allow-list
  * (`models`: default the price table's models, see `Cost`) and the first
  * `maxValues` others seen (default 50 per label); any other value is
  * `other`, and counted in `llm_metric_labels_folded_total`. Labels never
@@ -60,7 +62,15 @@ import * as MetricLabel from "effect/MetricLabel"
 import { operationName } from "../src/Callbacks.js"
 import * as Cost from "../src/Cost.js"
 import * as Dispatcher from "../src/Dispatcher.js"
-import type { CallInfo, ChunkEvent, EndEvent, ErrorEvent, LlmResponse } from "../src/Events.js"
+import type {
+  CallInfo,
+  ChunkEvent,
+  EndEvent,
+  ErrorEvent,
+  LlmResponse,
+  ToolEndEvent,
+  ToolErrorEvent
+} from "../src/Events.js"
 import * as Handler from "../src/Handler.js"
 import type { HandlerRegistrationError } from "../src/HandlerError.js"
 import * as SemanticConventions from "../src/SemanticConventions.js"
@@ -179,6 +189,16 @@ export const timePerOutputChunk = Metric.histogram(
  * @since 0.3.0
  * @category metrics
  */
+export const toolDuration = Metric.histogram(
+  "gen_ai.execute_tool.duration",
+  operationDurationBoundaries,
+  "Duration of tool runs"
+)
+
+/**
+ * @since 0.3.0
+ * @category metrics
+ */
 export const costMicros = Metric.counter("llm_cost_micros_total", {
   description: "Cost of the calls in millionths of the price table's currency",
   incremental: true
@@ -222,6 +242,7 @@ export const units: Readonly<Record<string, string>> = {
   "gen_ai.client.operation.duration": "s",
   "gen_ai.client.operation.time_to_first_chunk": "s",
   "gen_ai.client.operation.time_per_output_chunk": "s",
+  "gen_ai.execute_tool.duration": "s",
   "llm_cost_micros_total": "{micro}",
   "llm_tokens_estimated_total": "{token}",
   "llm_calls_without_usage_total": "{call}",
@@ -304,6 +325,7 @@ export const makeHandler = (options: Options = {}): Handler.Handler => {
   const foldModel = makeFolder("model", models, max)
   const foldResponseModel = makeFolder("response_model", models, max)
   const foldServer = makeFolder("server", [], max)
+  const foldTool = makeFolder("tool", [], max)
   // Metric hooks are looked up by label array, so reusing arrays keeps an
   // update to a map lookup. Bounded: past the limit, labels are built per call.
   const cache = new Map<string, CallLabels>()
@@ -368,10 +390,25 @@ export const makeHandler = (options: Options = {}): Handler.Handler => {
   const onLlmChunk = Handler.sync((event: ChunkEvent) => {
     if (event.index > 0) timePerOutputChunk.unsafeUpdate(event.intervalMs / 1000, labelsOf(event.call, undefined).base)
   })
+  const toolLabels = (event: ToolEndEvent | ToolErrorEvent) => {
+    const labels = [
+      MetricLabel.make("gen_ai.operation.name", "execute_tool"),
+      MetricLabel.make("gen_ai.tool.name", foldTool(event.tool.name))
+    ]
+    if (event._tag === "ToolError") {
+      labels.push(MetricLabel.make("error.type", SemanticConventions.errorType(event.failure.error, event.failure.errorType)))
+    }
+    return labels
+  }
+  const onToolTerminal = Handler.sync((event: ToolEndEvent | ToolErrorEvent) =>
+    toolDuration.unsafeUpdate(event.durationMs / 1000, toolLabels(event))
+  )
   return Handler.make({
     name: options.name ?? "gen-ai-metrics",
     onLlmEnd,
     onLlmError,
+    onToolEnd: onToolTerminal,
+    onToolError: onToolTerminal,
     ...(options.chunkMetrics === false ? {} : { onLlmChunk })
   })
 }

@@ -191,6 +191,24 @@ describe("GenAiMetrics", () => {
       assert.strictEqual(yield* counter(GenAiMetrics.callsWithoutUsage, model), 1)
     }).pipe(Effect.provide(MetricsLive)))
 
+  it.effect("tool runs: gen_ai.execute_tool.duration by tool name, with error.type when the tool failed", () =>
+    Effect.gen(function*() {
+      const tool = uniqueModel("tool")
+      const fiber = yield* Effect.fork(Effect.gen(function*() {
+        yield* Effect.sleep("250 millis").pipe(Callbacks.instrumentTool({ name: tool }))
+        yield* Effect.exit(Effect.fail({ _tag: "Quota", status: 429 }).pipe(Callbacks.instrumentTool({ name: tool })))
+      }))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.join(fiber)
+      const toolLabels = [MetricLabel.make("gen_ai.operation.name", "execute_tool"), MetricLabel.make("gen_ai.tool.name", tool)]
+      const ok = yield* Metric.value(Metric.taggedWithLabels(GenAiMetrics.toolDuration, toolLabels))
+      assert.deepStrictEqual([ok.count, ok.sum], [1, 0.25])
+      const failed = yield* Metric.value(
+        Metric.taggedWithLabels(GenAiMetrics.toolDuration, [...toolLabels, MetricLabel.make("error.type", "429")])
+      )
+      assert.strictEqual(failed.count, 1)
+    }).pipe(Effect.provide(MetricsLive)))
+
   const allowed = uniqueModel("allowed")
   it.effect("labels from callers are bounded: past the allow-list and the first values seen, 'other', counted", () =>
     Effect.gen(function*() {
