@@ -325,7 +325,7 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
       Layer.mergeAll(
         TokenUsage.layerDetailed({ cycleStartDate: cycle }),
         CostLayer.layer({ prices: Workload.prices }),
-        GenAiMetrics.layer(),
+        GenAiMetrics.layerWithPrices(Workload.prices),
         Dispatcher.toLayer(Handlers.flaky({ seed: options.seed })),
         Dispatcher.toLayer(Handlers.auditLog(written)),
         Dispatcher.toLayer(ledger.handler)
@@ -356,7 +356,7 @@ export const run = (options: DemoOptions): Effect.Effect<void, DemoError> =>
         model,
         yield* Layer.build(
           OpenAiLanguageModel.model(model).pipe(
-            AiLanguageModel.withCallbacks({ model }),
+            AiLanguageModel.withCallbacks({ model, server: { address: "127.0.0.1", port: server.port } }),
             Layer.provide(Layer.succeedContext(client))
           )
         )
