@@ -397,7 +397,14 @@ export const begin = (
               const response = finishOptions !== undefined && "response" in finishOptions
                 ? finishOptions.response
                 : exit.value
-              return dispatch(enrichEnd(context, endEvent(events, response, durationMs, ttft)))
+              const ended = endEvent(events, response, durationMs, ttft)
+              if (ended.response.usage === undefined && ended.outputIssues === undefined && hasCounter(context)) {
+                return Effect.flatMap(
+                  estimateUsage(context, events.call.model, events.start.messages, ended.response),
+                  (estimated) => dispatch(enrichEnd(context, { ...ended, response: estimated }))
+                )
+              }
+              return dispatch(enrichEnd(context, ended))
             }
             const partial = finishOptions?.response === undefined
               ? undefined
@@ -414,8 +421,11 @@ export const begin = (
     )
   })
 
+/** A token counter is in force (`TokenCounter.CurrentTokenCounter`). */
+const hasCounter = (context: Context.Context<never>): boolean => Context.get(context, CurrentTokenCounter) !== undefined
+
 /**
- * The response of a call cut off before its provider reported usage, with
+ * The response of a call whose provider reported no usage (it was cut off, or the provider reports none), with
  * its usage counted by the token counter in force (prompt, and the output
  * received) and flagged estimated; as it is when no counter is in force or
  * the count fails.
@@ -481,20 +491,27 @@ const instrumentImpl = <A, E, R>(
       // Leave the call (see `inner`).
       if (entered) removeParent(parents, callId)
       const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
-      let event: EndEvent | ErrorEvent
-      if (Exit.isSuccess(exit)) {
-        let response: unknown
-        let issues: Array<string> | undefined
-        try {
-          response = read === undefined ? exit.value : read(exit.value)
-        } catch (error) {
-          // A throwing reader must not break the call: the handlers get the issue as data.
-          issues = [`response: the response reader threw: ${String(error)}`]
-        }
-        event = enrichEnd(outerContext, endEvent(events, response, durationMs, undefined, issues))
-      } else {
-        event = errorEvent(events, exit.cause, durationMs)
+      if (Exit.isFailure(exit)) return dispatchTerminal(errorEvent(events, exit.cause, durationMs), exit)
+      let response: unknown
+      let issues: Array<string> | undefined
+      try {
+        response = read === undefined ? exit.value : read(exit.value)
+      } catch (error) {
+        // A throwing reader must not break the call: the handlers get the issue as data.
+        issues = [`response: the response reader threw: ${String(error)}`]
       }
+      const ended = endEvent(events, response, durationMs, undefined, issues)
+      // No usage reported: counted with the token counter in force (if any), before any handler hears it.
+      if (ended.response.usage === undefined && ended.outputIssues === undefined && hasCounter(outerContext)) {
+        const success = exit
+        return Effect.flatMap(
+          estimateUsage(outerContext, events.call.model, events.start.messages, ended.response),
+          (estimated) => dispatchTerminal(enrichEnd(outerContext, { ...ended, response: estimated }), success)
+        )
+      }
+      return dispatchTerminal(enrichEnd(outerContext, ended), exit)
+    }
+    const dispatchTerminal = (event: EndEvent | ErrorEvent, exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
       if (span === undefined) {
         const rest = calls.run(token, event, fiber)
         return rest === undefined ? exit : Effect.zipRight(rest, exit)

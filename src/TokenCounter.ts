@@ -1,9 +1,12 @@
 /**
  * Token counting for what the provider did not report: the usage of a call
- * cut off before its provider could report it (a stream stopped early, or
- * failing midway) is counted with the counter in force, and flagged
- * `estimated`. No counter is in force by default (nothing is counted, and
- * the error event's response carries no usage); `TokenUsage.layerTokenCounter`
+ * whose provider reported none, or cut off before it could (a stream stopped
+ * early, or failing midway), is counted with the counter in force before any
+ * handler hears the call's end or error, and flagged `estimated`: every
+ * handler (the token handlers, the metrics) then sees the same counts, so the
+ * dashboards reconcile with the token store. No counter is in force by
+ * default (nothing is counted: the event carries no usage, and the detailed
+ * token handler estimates on its own); `TokenUsage.layerTokenCounter`
  * provides one over a real tokenizer (gpt-tokenizer).
  *
  * @since 0.3.0

@@ -3,9 +3,10 @@ import * as LanguageModel from "@effect/ai/LanguageModel"
 import * as Tool from "@effect/ai/Tool"
 import * as Toolkit from "@effect/ai/Toolkit"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Layer, Schedule, Schema, Stream, TestClock } from "effect"
+import { Chunk, Effect, Fiber, Layer, Metric, MetricLabel, Schedule, Schema, Stream, TestClock } from "effect"
 import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
 import * as AiTesting from "../../layers/AiTesting.js"
+import * as GenAiMetrics from "../../layers/GenAiMetrics.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import { Callbacks, Dispatcher, type Events, Handler, Testing, TokenStore } from "../../src/index.js"
 
@@ -265,4 +266,43 @@ describe("@effect/ai: chunk and tool hooks never change what the caller gets", (
         assert.deepStrictEqual(yield* run(withHooks(behaviour)), expected)
       }))
   }
+})
+
+describe("metrics reconcile with the token store", () => {
+  it.effect("with a token counter in force, the GenAI metrics' tokens equal the store's, estimated ones included", () =>
+    Effect.gen(function*() {
+      const model = `reconcile-${process.pid}-${Date.now()}`
+      const replies = [
+        FakeReply.Text({ text: "Reported usage here", usage: { inputTokens: 40, outputTokens: 12 } }),
+        FakeReply.Text({ text: "No usage reported for this answer" }),
+        FakeReply.Text({ text: "Another one without usage" }),
+        FakeReply.Text({ text: "And one with", usage: { inputTokens: 9, outputTokens: 3 } })
+      ]
+      const layer = Layer.mergeAll(
+        AiTesting.layerFakeModel(replies, { model, provider: "openai" }).pipe(AiLanguageModel.withCallbacks({ model })),
+        TokenUsage.layer({ cycleStartDate: "2026-12-01" }),
+        GenAiMetrics.layer({ name: `gen-ai-${model}`, models: [model] }),
+        TokenUsage.layerTokenCounter
+      ).pipe(Layer.provideMerge(Layer.merge(Dispatcher.layer(), TokenStore.layerMemory)))
+      const stored = yield* Effect.gen(function*() {
+        yield* Effect.forEach(replies, () => LanguageModel.generateText({ prompt: "Say something" }), { discard: true })
+        const store = yield* TokenStore.TokenStore
+        return yield* store.stats("alice", "2026-12-01")
+      }).pipe(Callbacks.withCallContext({ userId: "alice" }), Effect.provide(layer))
+      const labels = (type: string) => [
+        MetricLabel.make("gen_ai.operation.name", "chat"),
+        MetricLabel.make("gen_ai.provider.name", "openai"),
+        MetricLabel.make("gen_ai.request.model", model),
+        MetricLabel.make("gen_ai.response.model", model),
+        MetricLabel.make("gen_ai.token.type", type)
+      ]
+      const tokens = (type: string) =>
+        Effect.map(Metric.value(Metric.taggedWithLabels(GenAiMetrics.tokenUsage, labels(type))), (state) => state.sum)
+      const estimated = (type: string) =>
+        Effect.map(Metric.value(Metric.taggedWithLabels(GenAiMetrics.estimatedTokens, labels(type))), (state) => state.count)
+      assert.strictEqual((yield* tokens("input")) + (yield* tokens("output")), stored.totalTokens)
+      assert.strictEqual((yield* estimated("input")) + (yield* estimated("output")), stored.estimatedTokens)
+      assert.isAbove(stored.estimatedTokens, 0)
+      assert.strictEqual(stored.totalTokens - stored.estimatedTokens, 40 + 12 + 9 + 3)
+    }))
 })

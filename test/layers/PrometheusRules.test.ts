@@ -62,7 +62,7 @@ describe.skipIf(!available && !ci)("shipped Prometheus rules and Grafana dashboa
       const check = yield* run("promtool", ["check", "rules", rules])
       assert.strictEqual(check.code, 0, check.output)
       assert.include(check.output, "SUCCESS")
-      const test = yield* run("promtool", ["test", "rules", "effect-llm-callbacks.rules.test.yml"], rulesDir)
+      const test = yield* run("promtool", ["test", "rules", "effect-llm-callbacks.rules.promtool.yml"], rulesDir)
       assert.strictEqual(test.code, 0, test.output)
       assert.include(test.output, "SUCCESS")
     }))
