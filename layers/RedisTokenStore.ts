@@ -900,7 +900,8 @@ export const fromClient = (
           ]).pipe(Effect.map(([total, limit, held]) => TokenStore.makeLimitCheck(total, limit, held)))),
       users: scanUsers,
       reserve,
-      release
+      release,
+      idempotencyWindowMillis: ttlMillis
     })
   })
 

@@ -289,12 +289,14 @@ export interface ReleaseInput {
 
 /**
  * `"recorded"` when the usage was added, `"duplicate"` when this call had
- * already been recorded (within the idempotency window) and nothing was added.
+ * already been recorded (within the idempotency window) and nothing was added,
+ * `"queued"` when the store could not take it now and an outbox holds it
+ * until it is written (see `Outbox`).
  *
  * @since 0.1.0
  * @category models
  */
-export type RecordOutcome = "recorded" | "duplicate"
+export type RecordOutcome = "recorded" | "duplicate" | "queued"
 
 /**
  * A failure of the token store: the backend is unreachable (`Unavailable`),
@@ -353,6 +355,12 @@ export interface Service {
   readonly reserve: (input: ReserveInput) => Effect.Effect<ReserveOutcome, TokenStoreError>
   /** Ends a call's holds without recording usage; idempotent. */
   readonly release: (input: ReleaseInput) => Effect.Effect<void, TokenStoreError>
+  /**
+   * How long a recorded call id is remembered (the dedupe window): a record
+   * retried within it counts once. An outbox replaying records must not
+   * keep them longer (see `Outbox`).
+   */
+  readonly idempotencyWindowMillis: number
 }
 
 /**
@@ -624,7 +632,8 @@ export const withValidation = (backend: Service): Service => ({
   release: (input) =>
     isValidReleaseInput(input)
       ? backend.release(input)
-      : Effect.flatMap(decodeReleaseInput(input), () => backend.release(input))
+      : Effect.flatMap(decodeReleaseInput(input), () => backend.release(input)),
+  idempotencyWindowMillis: backend.idempotencyWindowMillis
 })
 
 /**
@@ -1008,7 +1017,8 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       release: (input) =>
         Effect.sync(() => {
           for (const subject of input.subjects) releaseHold(find(subject, input.cycle), input.callId)
-        })
+        }),
+      idempotencyWindowMillis: windowMillis
     }
     return Effect.succeed(withValidation(backend))
   })

@@ -52,6 +52,11 @@ export * as HandlerError from "./HandlerError.js"
 /**
  * @since 0.3.0
  */
+export * as Outbox from "./Outbox.js"
+
+/**
+ * @since 0.3.0
+ */
 export * as SemanticConventions from "./SemanticConventions.js"
 
 /**

@@ -31,7 +31,8 @@ const failingStore = (failure: Effect.Effect<never, TokenStore.TokenStoreError>)
     checkLimit: () => failure,
     users: () => failure,
     reserve: () => failure,
-    release: () => failure
+    release: () => failure,
+    idempotencyWindowMillis: 86_400_000
   })
 
 const unavailable = Effect.fail(new TokenStore.TokenStoreError({ reason: "Unavailable", message: "store is down" }))

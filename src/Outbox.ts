@@ -1,0 +1,603 @@
+/**
+ * No usage record lost: an outbox in front of a `TokenStore`. A record the
+ * store refuses for a transient reason (`Unavailable`, `Timeout`), or whose
+ * attempt is cut short (the handler's timeout, an interruption), is kept in
+ * the outbox (`"queued"`) and retried with backoff until the store takes it;
+ * records are idempotent per call id, so a record that had reached the store
+ * anyway counts once. Records that fail for good (invalid input) fail as
+ * before.
+ *
+ * - **Bounded**: at most `maxRecords` records and `maxBytes` bytes are held.
+ *   A record that does not fit is refused (the record fails `Unavailable`),
+ *   counted in `token_outbox_dropped_total{reason="full"}` and logged with
+ *   its user, cycle and tokens, so that it can be reconciled by hand.
+ * - **Dedupe window**: a record older than `maxAge` (default 23 hours) is
+ *   given up, counted (`reason="expired"`) and logged: past the store's
+ *   idempotency window a replay could count twice. A `maxAge` longer than the
+ *   store's window (`TokenStore.idempotencyWindowMillis`) is refused when the
+ *   layer is built.
+ * - **Durable**: where pending records are kept is the `OutboxStorage`
+ *   service: `layerStorageMemory` (lost with the process: what is pending at
+ *   shutdown is logged), or `layers/SqlOutbox` (a SQLite file: a record is
+ *   written there before `record` answers `"queued"`, survives a crash or
+ *   `SIGKILL`, and is replayed when the layer starts again).
+ * - **Visible**: `Outbox.stats` (pending, bytes, oldest age, written,
+ *   dropped, expired, rejected) and the metrics `token_outbox_pending`,
+ *   `token_outbox_bytes`, `token_outbox_oldest_age_seconds`,
+ *   `token_outbox_written_total`, `token_outbox_dropped_total{reason}`.
+ *
+ * The layer is scoped: closing it tries to write what is pending (bounded by
+ * `shutdownTimeout`); what is left stays in durable storage, or is reported
+ * lost for the memory storage.
+ *
+ * @since 0.3.0
+ */
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as ConfigError from "effect/ConfigError"
+import * as Context from "effect/Context"
+import * as Data from "effect/Data"
+import * as DefaultServices from "effect/DefaultServices"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as MetricLabel from "effect/MetricLabel"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as TokenStore from "./TokenStore.js"
+
+// -----------------------------------------------------------------------------
+// Storage
+// -----------------------------------------------------------------------------
+
+/**
+ * A record waiting in the outbox: its id (one per user and call), the
+ * record, when it was first queued (epoch ms), its size in bytes.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Entry {
+  readonly id: string
+  readonly input: TokenStore.RecordInput
+  readonly enqueuedAt: number
+}
+
+/**
+ * The storage of the outbox failed (the durable file cannot be written).
+ *
+ * @since 0.3.0
+ * @category errors
+ */
+export class OutboxError extends Data.TaggedError("OutboxError")<{
+  readonly message: string
+  readonly cause?: unknown
+}> {}
+
+/**
+ * Where pending records are kept. `append` answers once the entry is stored
+ * (durably, for a durable storage).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Storage {
+  /** Survives the process: what is pending at shutdown or at a crash is replayed by the next start. */
+  readonly durable: boolean
+  readonly load: Effect.Effect<ReadonlyArray<Entry>, OutboxError>
+  readonly append: (entry: Entry) => Effect.Effect<void, OutboxError>
+  readonly remove: (ids: ReadonlyArray<string>) => Effect.Effect<void, OutboxError>
+}
+
+/**
+ * @since 0.3.0
+ * @category tags
+ */
+export class OutboxStorage extends Context.Tag("effect-llm-callbacks/Outbox/OutboxStorage")<OutboxStorage, Storage>() {}
+
+/**
+ * The outbox kept in memory: nothing survives the process (what is pending
+ * at shutdown is logged as lost).
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layerStorageMemory: Layer.Layer<OutboxStorage> = Layer.sync(OutboxStorage, () => ({
+  durable: false,
+  load: Effect.succeed([]),
+  append: () => Effect.void,
+  remove: () => Effect.void
+}))
+
+/**
+ * The id of a record in the outbox: one per user and call id (the store's
+ * idempotency key).
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const entryId = (input: Pick<TokenStore.RecordInput, "userId" | "callId">): string =>
+  JSON.stringify([input.userId, input.callId])
+
+/**
+ * The size of an entry as the outbox counts it against `maxBytes`: its
+ * record's JSON text in UTF-8.
+ *
+ * @since 0.3.0
+ * @category getters
+ */
+export const sizeOf = (entry: Entry): number => utf8.encode(JSON.stringify(entry.input)).length
+
+const utf8 = new TextEncoder()
+
+// -----------------------------------------------------------------------------
+// Metrics
+// -----------------------------------------------------------------------------
+
+/**
+ * @since 0.3.0
+ * @category metrics
+ */
+export const pendingGauge = Metric.gauge("token_outbox_pending", {
+  description: "Usage records waiting in the outbox for the token store"
+})
+
+/**
+ * @since 0.3.0
+ * @category metrics
+ */
+export const bytesGauge = Metric.gauge("token_outbox_bytes", {
+  description: "Bytes of the usage records waiting in the outbox"
+})
+
+/**
+ * @since 0.3.0
+ * @category metrics
+ */
+export const oldestAgeGauge = Metric.gauge("token_outbox_oldest_age_seconds", {
+  description: "Age of the oldest usage record waiting in the outbox"
+})
+
+/**
+ * @since 0.3.0
+ * @category metrics
+ */
+export const writtenTotal = Metric.counter("token_outbox_written_total", {
+  description: "Usage records the outbox wrote to the token store",
+  incremental: true
+})
+
+/**
+ * By `reason`: `full` (refused, the outbox was full), `expired` (older than
+ * the outbox's maximum age), `rejected` (the store refused it for good).
+ *
+ * @since 0.3.0
+ * @category metrics
+ */
+export const droppedTotal = Metric.counter("token_outbox_dropped_total", {
+  description: "Usage records the outbox could not write, by reason",
+  incremental: true
+})
+
+const reasons = {
+  full: [MetricLabel.make("reason", "full")],
+  expired: [MetricLabel.make("reason", "expired")],
+  rejected: [MetricLabel.make("reason", "rejected")]
+} as const
+
+// -----------------------------------------------------------------------------
+// Service
+// -----------------------------------------------------------------------------
+
+/**
+ * What the outbox holds and did.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Stats {
+  readonly pending: number
+  readonly bytes: number
+  /** Age of the oldest pending record, ms (0 when none). */
+  readonly oldestAgeMillis: number
+  readonly written: number
+  /** Refused because the outbox was full. */
+  readonly dropped: number
+  /** Given up after `maxAge`. */
+  readonly expired: number
+  /** Refused for good by the store (invalid). */
+  readonly rejected: number
+  readonly durable: boolean
+}
+
+/**
+ * @since 0.3.0
+ * @category models
+ */
+export declare namespace Outbox {
+  /**
+   * @since 0.3.0
+   * @category models
+   */
+  export interface Service {
+    readonly stats: Effect.Effect<Stats>
+    /** Waits until nothing is pending (the store took everything). Unbounded: bound it with a timeout. */
+    readonly flush: Effect.Effect<void>
+  }
+}
+
+/**
+ * @since 0.3.0
+ * @category tags
+ */
+export class Outbox extends Context.Tag("effect-llm-callbacks/Outbox")<Outbox, Outbox.Service>() {}
+
+/**
+ * Options of the outbox.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Options {
+  /** Most records held; default 100,000. */
+  readonly maxRecords?: number | undefined
+  /** Most bytes held (the records' JSON); default 64 MiB. */
+  readonly maxBytes?: number | undefined
+  /** A record older than this is given up; default 23 hours. At most the store's idempotency window. */
+  readonly maxAge?: Duration.DurationInput | undefined
+  /** Pause between rounds that made no progress; default exponential from 100 ms, at most 10 s. */
+  readonly retry?: Schedule.Schedule<unknown, unknown> | undefined
+  /** Records written to the store at once; default 256. */
+  readonly batchSize?: number | undefined
+  /** Bound on the last attempt to write what is pending when the layer closes (real time); default 5 seconds. */
+  readonly shutdownTimeout?: Duration.DurationInput | undefined
+  /** Bound on one attempt of the outbox to write a record (a store that hangs does not stall it); default 5 seconds. */
+  readonly attemptTimeout?: Duration.DurationInput | undefined
+}
+
+const liveClock: Clock.Clock = Context.get(DefaultServices.liveServices, Clock.Clock)
+
+const transient = (error: TokenStore.TokenStoreError): boolean =>
+  error.reason === "Unavailable" || error.reason === "Timeout"
+
+const invalid = (name: string, message: string) => ConfigError.InvalidData([name], message)
+
+const describe = (input: TokenStore.RecordInput) => ({
+  userId: input.userId,
+  cycle: input.cycle,
+  callId: input.callId,
+  promptTokens: input.usage.promptTokens,
+  completionTokens: input.usage.completionTokens,
+  totalTokens: input.usage.totalTokens
+})
+
+/**
+ * Builds the outbox over the `TokenStore` and the `OutboxStorage` in
+ * context: the store to use instead (records that cannot be written now are
+ * queued) and the outbox's service. Records left in the storage by a previous
+ * run are replayed at once.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const make = (
+  options: Options = {}
+): Effect.Effect<
+  { readonly store: TokenStore.Service; readonly outbox: Outbox.Service },
+  ConfigError.ConfigError | OutboxError,
+  TokenStore.TokenStore | OutboxStorage | Scope.Scope
+> =>
+  Effect.gen(function*() {
+    const inner = yield* TokenStore.TokenStore
+    const storage = yield* OutboxStorage
+    const maxRecords = options.maxRecords ?? 100_000
+    const maxBytes = options.maxBytes ?? 64 * 1024 * 1024
+    const batchSize = options.batchSize ?? 256
+    if (!Number.isSafeInteger(maxRecords) || maxRecords < 1) {
+      return yield* Effect.fail(invalid("maxRecords", `Expected an integer >= 1, got ${String(maxRecords)}`))
+    }
+    if (!Number.isSafeInteger(maxBytes) || maxBytes < 1) {
+      return yield* Effect.fail(invalid("maxBytes", `Expected an integer >= 1, got ${String(maxBytes)}`))
+    }
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
+      return yield* Effect.fail(invalid("batchSize", `Expected an integer >= 1, got ${String(batchSize)}`))
+    }
+    const maxAge = Duration.decodeUnknown(options.maxAge ?? Duration.hours(23))
+    if (Option.isNone(maxAge) || !Duration.isFinite(maxAge.value) || Duration.toMillis(maxAge.value) <= 0) {
+      return yield* Effect.fail(invalid("maxAge", `Expected a finite, positive duration, got ${String(options.maxAge)}`))
+    }
+    const maxAgeMillis = Duration.toMillis(maxAge.value)
+    if (maxAgeMillis > inner.idempotencyWindowMillis) {
+      return yield* Effect.fail(
+        invalid(
+          "maxAge",
+          `${Duration.format(maxAge.value)} is longer than the token store's idempotency window ` +
+            `(${Duration.format(Duration.millis(inner.idempotencyWindowMillis))}): a record replayed after the ` +
+            `window could count twice. Shorten maxAge or lengthen the store's window.`
+        )
+      )
+    }
+    const clock = yield* Effect.clock
+    const attemptTimeout = options.attemptTimeout ?? Duration.seconds(5)
+    const attempt = (input: TokenStore.RecordInput) =>
+      inner.record(input).pipe(
+        Effect.timeoutFail({
+          duration: attemptTimeout,
+          onTimeout: () =>
+            new TokenStore.TokenStoreError({
+              reason: "Timeout",
+              message: `Outbox: the store did not answer within ${Duration.format(Duration.decode(attemptTimeout))}`
+            })
+        })
+      )
+    const pending = new Map<string, Entry & { readonly bytes: number }>()
+    let bytes = 0
+    const counts = { written: 0, dropped: 0, expired: 0, rejected: 0 }
+    const wakeup = yield* Queue.sliding<void>(1)
+    const idle: Array<() => void> = []
+
+    const gauges = () => {
+      pendingGauge.unsafeUpdate(pending.size, [])
+      bytesGauge.unsafeUpdate(bytes, [])
+      const oldest = pending.values().next()
+      oldestAgeGauge.unsafeUpdate(
+        oldest.done ? 0 : (clock.unsafeCurrentTimeMillis() - oldest.value.enqueuedAt) / 1000,
+        []
+      )
+      if (pending.size === 0) for (const f of idle.splice(0)) f()
+    }
+    const hold = (entry: Entry) => {
+      if (pending.has(entry.id)) return
+      const size = sizeOf(entry)
+      pending.set(entry.id, { ...entry, bytes: size })
+      bytes += size
+    }
+    const drop = (ids: ReadonlyArray<string>) =>
+      Effect.suspend(() => {
+        for (const id of ids) {
+          const entry = pending.get(id)
+          if (entry === undefined) continue
+          pending.delete(id)
+          bytes -= entry.bytes
+        }
+        gauges()
+        return storage.remove(ids)
+      })
+
+    // Left by a previous run (durable storage): replayed from now on.
+    for (const entry of yield* storage.load) hold(entry)
+    if (pending.size > 0) {
+      yield* Effect.logInfo(`Outbox: ${pending.size} usage records left by a previous run will be replayed`)
+    }
+    gauges()
+
+    const enqueue = (input: TokenStore.RecordInput): Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError> =>
+      Effect.suspend(() => {
+        const entry: Entry = { id: entryId(input), input, enqueuedAt: clock.unsafeCurrentTimeMillis() }
+        if (pending.has(entry.id)) return Effect.succeed("queued" as const)
+        const size = sizeOf(entry)
+        if (pending.size + 1 > maxRecords || bytes + size > maxBytes) {
+          counts.dropped++
+          droppedTotal.unsafeUpdate(1, reasons.full)
+          return Effect.logError("Outbox full: a usage record could not be written nor kept").pipe(
+            Effect.annotateLogs({ ...describe(input), pending: pending.size, bytes }),
+            Effect.zipRight(Effect.fail(
+              new TokenStore.TokenStoreError({
+                reason: "Unavailable",
+                message: `Outbox: the store is unavailable and the outbox is full (${pending.size} records, ${bytes} ` +
+                  `bytes); the record of call ${input.callId} (user ${JSON.stringify(input.userId)}, cycle ` +
+                  `${input.cycle}, ${input.usage.totalTokens} tokens) was not kept`
+              })
+            ))
+          )
+        }
+        return storage.append(entry).pipe(
+          Effect.mapError((error) =>
+            new TokenStore.TokenStoreError({ reason: "Unavailable", message: `Outbox: ${error.message}`, cause: error })
+          ),
+          Effect.tap(() =>
+            Effect.sync(() => {
+              hold(entry)
+              gauges()
+              Queue.unsafeOffer(wakeup, undefined)
+            })
+          ),
+          Effect.as("queued" as const)
+        )
+      })
+
+    const record = (input: TokenStore.RecordInput): Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError> =>
+      Effect.uninterruptibleMask((restore) =>
+        restore(inner.record(input)).pipe(
+          Effect.catchIf(transient, () => enqueue(input)),
+          // Cut short (the handler's timeout, an interruption): it may or may not have reached the
+          // store; the outbox makes sure it does (once: records are idempotent).
+          Effect.onInterrupt(() => Effect.ignore(enqueue(input)))
+        )
+      )
+
+    const recordMany = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
+      Effect.flatMap(
+        Effect.forEach(inputs, (input) => Effect.either(record(input)), { concurrency: "unbounded" }),
+        (results) => {
+          const failure = results.find(Either.isLeft)
+          return failure === undefined
+            ? Effect.succeed(results.map((result) => (result as Either.Right<never, TokenStore.RecordOutcome>).right))
+            : Effect.fail(failure.left)
+        }
+      )
+
+    /** One round: expire what is too old, try the oldest `batchSize`; fails when the store took nothing. */
+    const round = Effect.suspend(() => {
+      const now = clock.unsafeCurrentTimeMillis()
+      const expired: Array<Entry> = []
+      const batch: Array<Entry> = []
+      // Oldest first (insertion order): the expired ones lead, then the batch.
+      for (const entry of pending.values()) {
+        if (now - entry.enqueuedAt > maxAgeMillis) expired.push(entry)
+        else if (batch.length < batchSize) batch.push(entry)
+        else break
+      }
+      const expire = expired.length === 0 ? Effect.void : Effect.forEach(expired, (entry) =>
+        Effect.logError("Outbox: a usage record outlived the outbox's maximum age and is given up").pipe(
+          Effect.annotateLogs({ ...describe(entry.input), ageMillis: now - entry.enqueuedAt })
+        ), { discard: true }).pipe(
+          Effect.zipRight(Effect.sync(() => {
+            counts.expired += expired.length
+            droppedTotal.unsafeUpdate(expired.length, reasons.expired)
+          })),
+          Effect.zipRight(drop(expired.map((entry) => entry.id)))
+        )
+      return Effect.zipRight(
+        expire,
+        Effect.flatMap(
+          Effect.forEach(batch, (entry) => Effect.either(attempt(entry.input)), { concurrency: "unbounded" }),
+          (results) => {
+            const done: Array<string> = []
+            const rejected: Array<Entry> = []
+            results.forEach((result, i) => {
+              const entry = batch[i]!
+              if (Either.isRight(result)) done.push(entry.id)
+              else if (!transient(result.left)) rejected.push(entry)
+            })
+            counts.written += done.length
+            if (done.length > 0) writtenTotal.unsafeUpdate(done.length, [])
+            const reject = rejected.length === 0 ? Effect.void : Effect.forEach(rejected, (entry) =>
+              Effect.logError("Outbox: the token store refused a queued usage record for good").pipe(
+                Effect.annotateLogs(describe(entry.input))
+              ), { discard: true }).pipe(
+                Effect.zipRight(Effect.sync(() => {
+                  counts.rejected += rejected.length
+                  droppedTotal.unsafeUpdate(rejected.length, reasons.rejected)
+                }))
+              )
+            const progressed = done.length + rejected.length > 0 || batch.length === 0
+            return Effect.zipRight(
+              Effect.zipRight(reject, drop([...done, ...rejected.map((entry) => entry.id)])),
+              progressed ? Effect.void : Effect.fail("no progress" as const)
+            )
+          }
+        )
+      )
+    })
+
+    const schedule = options.retry ??
+      Schedule.exponential("100 millis").pipe(Schedule.either(Schedule.spaced("10 seconds")))
+    // Rounds while records are pending; a round the store took nothing from is retried on the schedule.
+    const writer = Effect.forever(
+      Effect.zipRight(
+        Effect.suspend(() => (pending.size === 0 ? Queue.take(wakeup) : Effect.void)),
+        Effect.retry(round, schedule).pipe(Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause)
+            ? Effect.failCause(cause as Cause.Cause<never>)
+            : Effect.logError("Outbox: a round failed", cause)
+        ))
+      )
+    )
+    yield* Effect.forkScoped(Effect.interruptible(writer))
+
+    const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(5)
+    const flush = Effect.async<void>((resume) => {
+      if (pending.size === 0) return resume(Effect.void)
+      idle.push(() => resume(Effect.void))
+    })
+    // Closing: one last effort, bounded; what is left stays in durable storage, or is lost (and said so).
+    yield* Effect.addFinalizer(() =>
+      Effect.suspend(() => {
+        if (pending.size === 0) return Effect.void
+        const drain = Effect.whileLoop({
+          while: () => pending.size > 0,
+          body: () => Effect.catchAll(round, () => Effect.sleep("50 millis")),
+          step: () => undefined
+        })
+        // Bounded in real time: under a TestClock nobody moves, the close must not hang.
+        return Effect.interruptible(drain).pipe(
+          Effect.timeoutOption(shutdownTimeout),
+          Effect.withClock(liveClock),
+          Effect.zipRight(Effect.suspend(() =>
+            pending.size === 0
+              ? Effect.void
+              : storage.durable
+              ? Effect.logWarning(
+                `Outbox: ${pending.size} usage records kept in the durable outbox; the next start replays them`
+              )
+              : Effect.logError(
+                `Outbox: ${pending.size} usage records could not be written and are lost (the outbox is in memory)`
+              ).pipe(Effect.annotateLogs({ records: Array.from(pending.values(), (entry) => describe(entry.input)) }))
+          ))
+        )
+      })
+    )
+
+    const store: TokenStore.Service = {
+      ...inner,
+      record,
+      recordMany
+    }
+    const outbox: Outbox.Service = {
+      stats: Effect.sync((): Stats => {
+        const oldest = pending.values().next()
+        return {
+          pending: pending.size,
+          bytes,
+          oldestAgeMillis: oldest.done ? 0 : clock.unsafeCurrentTimeMillis() - oldest.value.enqueuedAt,
+          written: counts.written,
+          dropped: counts.dropped,
+          expired: counts.expired,
+          rejected: counts.rejected,
+          durable: storage.durable
+        }
+      }),
+      flush
+    }
+    return { store, outbox }
+  })
+
+/**
+ * The outbox in front of the `TokenStore` in context: provides that store
+ * (with records that cannot be written now queued) and the `Outbox` service.
+ * Needs an `OutboxStorage` (`layerStorageMemory`, or `layers/SqlOutbox`).
+ *
+ * @example
+ * ```ts
+ * import { Layer } from "effect"
+ * import { Outbox } from "effect-llm-callbacks"
+ * import * as RedisTokenStore from "effect-llm-callbacks/layers/RedisTokenStore"
+ * import * as SqlOutbox from "effect-llm-callbacks/layers/SqlOutbox"
+ *
+ * const Store = Outbox.layer({ maxAge: "12 hours" }).pipe(
+ *   Layer.provide(RedisTokenStore.layerConfig()),
+ *   Layer.provide(SqlOutbox.layerSqlite({ filename: "/var/lib/my-app/outbox.db" }))
+ * )
+ * ```
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layer = (
+  options: Options = {}
+): Layer.Layer<TokenStore.TokenStore | Outbox, ConfigError.ConfigError | OutboxError, TokenStore.TokenStore | OutboxStorage> =>
+  Layer.scopedContext(
+    Effect.map(make(options), ({ outbox, store }) =>
+      Context.make(TokenStore.TokenStore, store).pipe(Context.add(Outbox, outbox)))
+  )
+
+/**
+ * The outbox's stats.
+ *
+ * @since 0.3.0
+ * @category accessors
+ */
+export const stats: Effect.Effect<Stats, never, Outbox> = Effect.flatMap(Outbox, (outbox) => outbox.stats)
+
+/**
+ * Waits until the outbox is empty.
+ *
+ * @since 0.3.0
+ * @category accessors
+ */
+export const flush: Effect.Effect<void, never, Outbox> = Effect.flatMap(Outbox, (outbox) => outbox.flush)

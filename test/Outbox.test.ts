@@ -1,0 +1,212 @@
+import { assert, describe, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, HashMap, Layer, Logger, Schedule, TestClock } from "effect"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as SqlOutbox from "../layers/SqlOutbox.js"
+import { Outbox, TokenStore } from "../src/index.js"
+
+const cycle = "2026-12-01"
+
+const usage = (n: number) => ({ promptTokens: n, completionTokens: 1, totalTokens: n + 1 })
+
+/**
+ * A memory store behind a switch: `down` refuses records (Unavailable) without writing them; `lossy`
+ * writes them and loses the reply (Timeout), as a connection reset after the script ran does.
+ */
+const switchable = Effect.gen(function*() {
+  const memory = yield* TokenStore.makeMemory()
+  const state = { down: false, lossy: false, attempts: 0 }
+  const fail = (reason: "Unavailable" | "Timeout") =>
+    Effect.fail(new TokenStore.TokenStoreError({ reason, message: `store ${reason}` }))
+  const store: TokenStore.Service = {
+    ...memory,
+    record: (input) =>
+      Effect.suspend(() => {
+        state.attempts++
+        if (state.down) return fail("Unavailable")
+        if (state.lossy) return Effect.zipRight(memory.record(input), fail("Timeout"))
+        return memory.record(input)
+      })
+  }
+  return { store, memory, state }
+})
+
+const withOutbox = <E>(
+  store: TokenStore.Service,
+  options: Outbox.Options = {},
+  storage: Layer.Layer<Outbox.OutboxStorage, E> = Outbox.layerStorageMemory as Layer.Layer<Outbox.OutboxStorage, E>
+) =>
+  Outbox.layer({ retry: Schedule.spaced("100 millis"), ...options }).pipe(
+    Layer.provide(Layer.merge(Layer.succeed(TokenStore.TokenStore, store), storage))
+  )
+
+const capture = () => {
+  const lines: Array<{ readonly message: string; readonly annotations: Record<string, unknown> }> = []
+  const layer = Logger.replace(
+    Logger.defaultLogger,
+    Logger.make(({ annotations, message }) => {
+      lines.push({
+        message: Array.isArray(message) ? message.join(" ") : String(message),
+        annotations: Object.fromEntries(HashMap.toEntries(annotations))
+      })
+    })
+  )
+  return { lines, layer }
+}
+
+describe("Outbox", () => {
+  it.effect("a record the store cannot take now is queued, then written once the store is back", () =>
+    Effect.gen(function*() {
+      const { memory, state, store } = yield* switchable
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        state.down = true
+        const outcomes = yield* Effect.forEach([1, 2, 3], (n) =>
+          wrapped.record({ callId: `c${n}`, userId: "alice", cycle, usage: usage(n) }))
+        assert.deepStrictEqual(outcomes, ["queued", "queued", "queued"])
+        assert.deepInclude(yield* Outbox.stats, { pending: 3, written: 0 })
+        assert.strictEqual((yield* memory.stats("alice", cycle)).totalTokens, 0)
+        yield* TestClock.adjust("1 second")
+        assert.strictEqual((yield* Outbox.stats).pending, 3)
+        state.down = false
+        yield* TestClock.adjust("1 second")
+        assert.deepInclude(yield* Outbox.stats, { pending: 0, written: 3 })
+        assert.strictEqual((yield* memory.stats("alice", cycle)).totalTokens, 2 + 3 + 4)
+        // Written: the store's answers pass through again.
+        assert.strictEqual(yield* wrapped.record({ callId: "c9", userId: "alice", cycle, usage: usage(1) }), "recorded")
+      }).pipe(Effect.provide(withOutbox(store)))
+    }))
+
+  it.effect("2,000 concurrent records while the store goes down, loses replies and comes back: every one counted once", () =>
+    Effect.gen(function*() {
+      const { memory, state, store } = yield* switchable
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        const records = Array.from({ length: 2_000 }, (_, i) => ({
+          callId: `c${i}`,
+          userId: `u${i % 7}`,
+          cycle,
+          usage: usage(i % 50)
+        }))
+        const fiber = yield* Effect.fork(Effect.forEach(records, (record, i) =>
+          Effect.zipRight(
+            Effect.sync(() => {
+              // The store's weather changes as the records come.
+              state.down = Math.floor(i / 300) % 3 === 1
+              state.lossy = Math.floor(i / 200) % 4 === 2
+            }),
+            wrapped.record(record)
+          ), { concurrency: 64 }))
+        const outcomes = yield* Fiber.join(fiber)
+        assert.isTrue(outcomes.includes("queued"))
+        state.down = false
+        state.lossy = false
+        yield* TestClock.adjust("10 seconds")
+        yield* Outbox.flush
+        const stats = yield* Outbox.stats
+        assert.deepInclude(stats, { pending: 0, dropped: 0, expired: 0, rejected: 0 })
+        for (let u = 0; u < 7; u++) {
+          const expected = records.filter((r) => r.userId === `u${u}`).reduce((n, r) => n + r.usage.totalTokens, 0)
+          assert.strictEqual((yield* memory.stats(`u${u}`, cycle)).totalTokens, expected)
+        }
+      }).pipe(Effect.provide(withOutbox(store, { batchSize: 64 })))
+    }))
+
+  it.effect("full: a record that does not fit is refused, counted and logged with its user, cycle and tokens", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      const { state, store } = yield* switchable
+      state.down = true
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        for (const n of [1, 2]) yield* wrapped.record({ callId: `c${n}`, userId: "bob", cycle, usage: usage(n) })
+        const refused = yield* Effect.exit(wrapped.record({ callId: "c3", userId: "bob", cycle, usage: usage(40) }))
+        assert.isTrue(Exit.isFailure(refused))
+        assert.deepInclude(yield* Outbox.stats, { pending: 2, dropped: 1 })
+        const line = lines.find((l) => l.message.includes("Outbox full"))!
+        assert.deepInclude(line.annotations, { userId: "bob", cycle, callId: "c3", totalTokens: 41 })
+      }).pipe(Effect.provide(withOutbox(store, { maxRecords: 2, shutdownTimeout: "100 millis" })))
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("a record older than maxAge is given up, counted and logged; a maxAge past the store's window is refused", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      const { state, store } = yield* switchable
+      state.down = true
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        yield* wrapped.record({ callId: "old", userId: "carol", cycle, usage: usage(5) })
+        yield* TestClock.adjust("2 minutes")
+        assert.deepInclude(yield* Outbox.stats, { pending: 0, expired: 1 })
+        assert.deepInclude(lines.find((l) => l.message.includes("maximum age"))!.annotations, {
+          userId: "carol",
+          callId: "old",
+          totalTokens: 6
+        })
+      }).pipe(Effect.provide(withOutbox(store, { maxAge: "1 minute" })))
+      const refused = yield* Effect.exit(Layer.build(withOutbox(store, { maxAge: "25 hours" })).pipe(Effect.scoped))
+      assert.isTrue(Exit.isFailure(refused))
+      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "maxAge")
+      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "idempotency window")
+    }).pipe(Effect.provide(layer))
+  })
+
+  it.effect("an attempt cut short (the handler's timeout) is queued too, and written once", () =>
+    Effect.gen(function*() {
+      const memory = yield* TokenStore.makeMemory()
+      let hang = true
+      const store: TokenStore.Service = {
+        ...memory,
+        record: (input) => Effect.suspend(() => (hang ? Effect.never : memory.record(input)))
+      }
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        const cut = yield* Effect.exit(
+          wrapped.record({ callId: "c1", userId: "dan", cycle, usage: usage(7) }).pipe(
+            Effect.timeout("1 second"),
+            Effect.fork,
+            Effect.tap(() => TestClock.adjust("1 second")),
+            Effect.flatMap(Fiber.join)
+          )
+        )
+        assert.isTrue(Exit.isFailure(cut))
+        assert.strictEqual((yield* Outbox.stats).pending, 1)
+        hang = false
+        // The outbox's own attempt hung too (5 s bound), then it retried.
+        yield* TestClock.adjust("10 seconds")
+        assert.strictEqual((yield* memory.stats("dan", cycle)).totalTokens, 8)
+      }).pipe(Effect.provide(withOutbox(store)))
+    }))
+
+  it.live("durable (SQLite file): what is pending at close is kept and replayed by the next start, exactly", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-"))
+      const filename = path.join(dir, "outbox.db")
+      const { memory, state, store } = yield* switchable
+      state.down = true
+      const storage = SqlOutbox.layerSqlite({ filename })
+      // First run: the store is down throughout; records are kept in the file.
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        yield* Effect.forEach(Array.from({ length: 100 }, (_, i) => i), (i) =>
+          wrapped.record({ callId: `c${i}`, userId: "erin", cycle, usage: usage(i) }), { concurrency: 10 })
+        assert.deepInclude(yield* Outbox.stats, { pending: 100, durable: true })
+      }).pipe(Effect.provide(withOutbox(store, { shutdownTimeout: "200 millis" }, storage)), Effect.scoped)
+      assert.strictEqual((yield* memory.stats("erin", cycle)).totalTokens, 0)
+      // Second run, the store back: the file's records are replayed, each once.
+      state.down = false
+      yield* Effect.gen(function*() {
+        yield* Outbox.flush.pipe(Effect.timeout("10 seconds"))
+        assert.deepInclude(yield* Outbox.stats, { pending: 0, written: 100 })
+      }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
+      const expected = Array.from({ length: 100 }, (_, i) => i + 1).reduce((a, b) => a + b, 0)
+      assert.strictEqual((yield* memory.stats("erin", cycle)).totalTokens, expected)
+      // A third start finds nothing to replay.
+      yield* Effect.gen(function*() {
+        assert.strictEqual((yield* Outbox.stats).pending, 0)
+      }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
+      fs.rmSync(dir, { recursive: true, force: true })
+    }))
+})
