@@ -61,6 +61,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import { Cluster, Redis, ReplyError } from "ioredis"
 import * as TokenStore from "../src/TokenStore.js"
@@ -90,6 +91,15 @@ export interface Options {
    * trips over the one connection. (On a Cluster the scripts are kept out of it.)
    */
   readonly autoPipelining?: boolean | undefined
+  /**
+   * `"wait"` (default): the layer is built once Redis answers, retrying a
+   * refused or reset connection a few times (about 3 seconds in all), and
+   * fails past that. `"background"`: the layer is built at once and ioredis
+   * goes on connecting in the background; until it is connected every
+   * command fails `Unavailable` (with an `Outbox` in front, records are
+   * queued meanwhile), so an app starts during a Redis outage.
+   */
+  readonly connection?: "wait" | "background" | undefined
   /**
    * Most records (or reservations) sent in one script call (default 256).
    * Those issued in the same event-loop turn are batched: across users on a
@@ -961,9 +971,27 @@ export const make = (
       }),
       (redis) => close(redis, shutdownTimeout)
     )
-    yield* tryRedis("connect", () => redis.connect())
+    yield* connectWith(redis, options?.connection)
     return yield* fromClient(redis, options)
   })
+
+/**
+ * Connects: waiting, with a bounded retry (a reset while the app starts does
+ * not fail it), or in the background (see `Options.connection`).
+ */
+const connectWith = (client: Redis | Cluster, connection: "wait" | "background" | undefined) => {
+  const connect = tryRedis("connect", () => client.connect())
+  if (connection === "background") {
+    // ioredis goes on reconnecting (its retry strategy) whether or not this first attempt succeeds.
+    return Effect.sync(() => void client.connect().catch(() => undefined))
+  }
+  return Effect.retry(
+    connect,
+    Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4)), Schedule.whileInput(
+      (error: TokenStore.TokenStoreError) => error.reason !== "InvalidInput"
+    ))
+  )
+}
 
 /**
  * Options of the Redis Cluster token store.
@@ -1031,7 +1059,7 @@ export const makeCluster = (
       }),
       (cluster) => close(cluster, shutdownTimeout)
     )
-    yield* tryRedis("connect", () => cluster.connect())
+    yield* connectWith(cluster, options.connection)
     return yield* fromClient(cluster, options)
   })
 

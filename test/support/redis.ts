@@ -4,6 +4,7 @@
  */
 import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
+import { spawnSync } from "node:child_process"
 import { Redis } from "ioredis"
 import { assert, inject } from "vitest"
 import { usageKey } from "../../layers/RedisTokenStore.js"
@@ -110,3 +111,22 @@ export const assertStoredTotals = (
       )
     }
   })
+
+const redisServerOnPath = spawnSync("sh", ["-c", "command -v redis-server"]).status === 0
+const ci = process.env["CI"] !== undefined && process.env["CI"] !== ""
+
+/**
+ * Whether the suites that start redis-server of their own are skipped: outside CI when it is not on
+ * PATH (a banner names the suite and how to enable it); with `CI` set they run, and fail without it.
+ */
+export const skipWithoutRedis: boolean = !redisServerOnPath && !ci
+
+/** Prints the banner of a suite skipped for want of redis-server. */
+export const bannerWithoutRedis = (suite: string): void => {
+  if (skipWithoutRedis) {
+    console.warn(
+      `\n[skipped] ${suite}: redis-server is not on PATH. Install it (apt-get install -y redis-server) ` +
+        `to run this suite; with CI set it fails instead of being skipped.\n`
+    )
+  }
+}

@@ -1,0 +1,169 @@
+/**
+ * No usage record lost, end to end: an app process (test/support/outboxWorker.ts) records the usage of
+ * its calls into a Redis of the test's own (append-only file, so that a stopped server comes back with
+ * its data) through the token-usage handler and a durable outbox (SQLite file).
+ *
+ * Per mode (await, background), 10,000 calls: the first app process makes 2,500 with Redis up, Redis is
+ * stopped, it makes 2,500 more (their records kept in the outbox file) and is killed with SIGKILL. A
+ * second process starts during the outage (the store connects in the background), replays the outbox
+ * file and makes the last 5,000 calls; Redis is started again after `OUTBOX_OUTAGE_SECONDS` (default 6;
+ * the issue's figure, 60, by setting it) of outage. Once the second process says its outbox is drained,
+ * Redis holds exactly the usage of the 10,000 calls: 0 lost, 0 counted twice.
+ *
+ * The processes are killed at a quiescent point (their calls returned, the dispatcher flushed): a
+ * background delivery still in a handler's buffer when the process dies is not yet in the outbox.
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Effect } from "effect"
+import { type ChildProcess, spawn } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as readline from "node:readline"
+import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import { freePort } from "../support/globalSetup.js"
+import { bannerWithoutRedis, skipWithoutRedis } from "../support/redis.js"
+
+bannerWithoutRedis("test/layers/OutboxRedis.test.ts")
+
+const root = path.resolve(import.meta.dirname, "../..")
+const worker = path.join(root, "test", "support", "outboxWorker.ts")
+const outageSeconds = Number(process.env["OUTBOX_OUTAGE_SECONDS"] ?? 6)
+const calls = 10_000
+
+const usageOf = (i: number) => ({ promptTokens: 10 + (i % 17), completionTokens: 1 + (i % 5) })
+
+/** A redis-server with an append-only file in `dir`, on `port`: stopping and starting it keeps the data. */
+const startRedis = (dir: string, port: number) =>
+  Effect.async<ChildProcess, Error>((resume) => {
+    const child = spawn("redis-server", [
+      "--port",
+      String(port),
+      "--bind",
+      "127.0.0.1",
+      "--dir",
+      dir,
+      "--appendonly",
+      "yes",
+      "--appendfsync",
+      "always",
+      "--save",
+      ""
+    ], { stdio: ["ignore", "pipe", "pipe"] })
+    child.once("error", (error) => resume(Effect.fail(error)))
+    const lines = readline.createInterface({ input: child.stdout! })
+    lines.on("line", (line) => {
+      if (line.includes("Ready to accept connections")) resume(Effect.succeed(child))
+    })
+  })
+
+const stop = (child: ChildProcess, signal: NodeJS.Signals) =>
+  Effect.async<void>((resume) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resume(Effect.void)
+    child.once("exit", () => resume(Effect.void))
+    child.kill(signal)
+  })
+
+interface App {
+  readonly child: ChildProcess
+  /** Resolves when the process prints `line`. */
+  readonly until: (line: string) => Effect.Effect<void>
+  /** Lets a paused process go on. */
+  readonly resume: Effect.Effect<void>
+}
+
+const startApp = (args: ReadonlyArray<string>): Effect.Effect<App> =>
+  Effect.sync(() => {
+    // The worker itself, not a wrapper (tsx's command line runs it in a child of its own, which a
+    // SIGKILL of the wrapper would not reach).
+    const child = spawn(process.execPath, ["--import", "tsx", worker, ...args], {
+      cwd: root,
+      stdio: ["pipe", "pipe", "pipe"]
+    })
+    const seen = new Set<string>()
+    const waiting = new Map<string, Array<() => void>>()
+    let stderr = ""
+    child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)))
+    readline.createInterface({ input: child.stdout! }).on("line", (line) => {
+      seen.add(line)
+      for (const resume of waiting.get(line) ?? []) resume()
+      waiting.delete(line)
+    })
+    return {
+      child,
+      resume: Effect.sync(() => void child.stdin!.write("continue\n")),
+      until: (line) =>
+        Effect.async<void>((resume) => {
+          if (seen.has(line)) return resume(Effect.void)
+          const onExit = () => resume(Effect.dieMessage(`the app exited before printing ${line}: ${stderr}`))
+          child.once("exit", onExit)
+          waiting.set(line, [...(waiting.get(line) ?? []), () => {
+            child.off("exit", onExit)
+            resume(Effect.void)
+          }])
+        })
+    }
+  })
+
+describe.skipIf(skipWithoutRedis)("the outbox across a Redis outage and a killed app (real processes)", () => {
+  for (const mode of ["await", "background"] as const) {
+    it.live(
+      `${mode} mode: ${calls.toLocaleString("en-US")} calls, Redis stopped ${outageSeconds} s, the app SIGKILLed during the outage: 0 lost, 0 double`,
+      () =>
+        Effect.gen(function*() {
+          const dir = fs.mkdtempSync(path.join(os.tmpdir(), `outbox-${mode}-`))
+          const port = yield* Effect.promise(freePort)
+          const url = `redis://127.0.0.1:${port}`
+          const keyPrefix = `outbox_${mode}`
+          const outboxFile = path.join(dir, "outbox.db")
+          let redis = yield* startRedis(dir, port)
+          const apps: Array<ChildProcess> = []
+          try {
+            // First process: a quarter with Redis up, then Redis stops, another quarter, then SIGKILL.
+            const first = yield* startApp([url, keyPrefix, outboxFile, mode, "0", String(calls / 2), String(calls / 4)])
+            apps.push(first.child)
+            yield* first.until("paused")
+            yield* stop(redis, "SIGTERM")
+            yield* first.resume
+            yield* first.until("idle")
+            yield* stop(first.child, "SIGKILL")
+            // Second process, during the outage: replays the file, makes the other half.
+            const second = yield* startApp([url, keyPrefix, outboxFile, mode, String(calls / 2), String(calls)])
+            apps.push(second.child)
+            yield* second.until("idle")
+            yield* Effect.sleep(`${outageSeconds} seconds`)
+            redis = yield* startRedis(dir, port)
+            yield* second.until("drained").pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => "the outbox did not drain" }))
+            // What Redis holds is what the calls used: every call once.
+            const stored = yield* Effect.gen(function*() {
+              const store = yield* RedisTokenStore.make({ url, keyPrefix })
+              const users = yield* store.users("2026-12-01")
+              return yield* Effect.forEach(users, (user) => Effect.map(store.stats(user, "2026-12-01"), (stats) => [user, stats] as const))
+            }).pipe(Effect.scoped, Effect.orDie)
+            const expected = new Map<string, { prompt: number; completion: number }>()
+            for (let i = 0; i < calls; i++) {
+              const user = `user-${i % 13}`
+              const sum = expected.get(user) ?? { prompt: 0, completion: 0 }
+              sum.prompt += usageOf(i).promptTokens
+              sum.completion += usageOf(i).completionTokens
+              expected.set(user, sum)
+            }
+            assert.strictEqual(stored.length, 13)
+            for (const [user, stats] of stored) {
+              const sum = expected.get(user)!
+              assert.deepStrictEqual(
+                [stats.promptTokens, stats.completionTokens, stats.totalTokens],
+                [sum.prompt, sum.completion, sum.prompt + sum.completion],
+                user
+              )
+            }
+          } finally {
+            for (const app of apps) yield* stop(app, "SIGKILL")
+            yield* stop(redis, "SIGTERM")
+            fs.rmSync(dir, { recursive: true, force: true })
+          }
+        }),
+      240_000
+    )
+  }
+})
