@@ -123,27 +123,12 @@ export const operationDurationBoundaries = MetricBoundaries.fromIterable([
 
 /**
  * The advised boundaries of `gen_ai.client.operation.time_to_first_chunk` and
- * `time_per_output_chunk`, in seconds.
+ * `time_per_output_chunk`, in seconds: those of the operation duration.
  *
  * @since 0.3.0
  * @category metrics
  */
-export const chunkBoundaries = MetricBoundaries.fromIterable([
-  0.01,
-  0.02,
-  0.04,
-  0.08,
-  0.16,
-  0.32,
-  0.64,
-  1.28,
-  2.56,
-  5.12,
-  10.24,
-  20.48,
-  40.96,
-  81.92
-])
+export const chunkBoundaries = operationDurationBoundaries
 
 /**
  * @since 0.1.0

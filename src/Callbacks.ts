@@ -21,7 +21,6 @@ import { currentCallContext } from "./CallContext.js"
 import { Dispatcher } from "./Dispatcher.js"
 import type * as Dispatch from "./Dispatcher.js"
 import type {
-  CallbackEvent,
   CallInfo,
   ChunkEvent,
   EndEvent,

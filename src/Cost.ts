@@ -21,7 +21,7 @@ import * as Either from "effect/Either"
 import { dual } from "effect/Function"
 import type * as ParseResult from "effect/ParseResult"
 import * as Schema from "effect/Schema"
-import type { EndEvent, LlmResponse, Usage } from "./Events.js"
+import type { LlmResponse, Usage } from "./Events.js"
 
 /**
  * A price per million tokens: a non-negative, finite number.

@@ -158,7 +158,7 @@ export const awaitLines = (state: State, token: Token, caller: Caller): Effect.E
         if (done) return
         const dropped = line.queue.splice(0)
         const results = makeResults(false)
-        for (const event of dropped) {
+        for (let i = 0; i < dropped.length; i++) {
           entry.stats.pending--
           result(
             state.clock,
