@@ -61,7 +61,6 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
-import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import { Cluster, Redis, ReplyError } from "ioredis"
 import * as TokenStore from "../src/TokenStore.js"
@@ -977,21 +976,39 @@ export const make = (
 
 /**
  * Connects: waiting, with a bounded retry (a reset while the app starts does
- * not fail it), or in the background (see `Options.connection`).
+ * not fail it), or in the background (see `Options.connection`). After a
+ * failed first attempt ioredis reconnects by itself (its retry strategy):
+ * the wait is for it to be ready, bounded in real time (network time, not
+ * the app's clock).
  */
 const connectWith = (client: Redis | Cluster, connection: "wait" | "background" | undefined) => {
-  const connect = tryRedis("connect", () => client.connect())
   if (connection === "background") {
-    // ioredis goes on reconnecting (its retry strategy) whether or not this first attempt succeeds.
+    // ioredis goes on reconnecting whether or not this first attempt succeeds.
     return Effect.sync(() => void client.connect().catch(() => undefined))
   }
-  return Effect.retry(
-    connect,
-    Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(4)), Schedule.whileInput(
-      (error: TokenStore.TokenStoreError) => error.reason !== "InvalidInput"
-    ))
+  return tryRedis("connect", () => client.connect()).pipe(
+    Effect.catchAll((error) => Effect.mapError(ready(client, 3_000), () => error))
   )
 }
+
+/** Succeeds once the client is ready, fails after `millis` of real time. */
+const ready = (client: Redis | Cluster, millis: number): Effect.Effect<void, "timeout"> =>
+  Effect.async<void, "timeout">((resume) => {
+    if (client.status === "ready") return resume(Effect.void)
+    const onReady = () => {
+      clearTimeout(timer)
+      resume(Effect.void)
+    }
+    const timer = setTimeout(() => {
+      client.off("ready", onReady)
+      resume(Effect.fail("timeout"))
+    }, millis)
+    client.once("ready", onReady)
+    return Effect.sync(() => {
+      clearTimeout(timer)
+      client.off("ready", onReady)
+    })
+  })
 
 /**
  * Options of the Redis Cluster token store.

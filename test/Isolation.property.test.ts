@@ -1,7 +1,8 @@
 /**
  * The central law of the library: whatever the handlers do, the instrumented
- * call's Exit equals the bare call's, every handler hears exactly one terminal
- * event per call (after its start), and await-mode handlers add a bounded delay.
+ * call's (or tool run's) Exit equals the bare one's, every handler hears
+ * exactly one terminal event per call (after its start), and await-mode
+ * handlers add a bounded delay.
  */
 import { assert, describe, it } from "@effect/vitest"
 import {
@@ -72,9 +73,18 @@ describe("isolation law", () => {
       ),
       outcome: fc.constantFrom(...outcomes),
       // Small bounds exercise the queue of invocations waiting for a slot.
-      maxConcurrent: fc.constantFrom(1, 2, 100)
+      maxConcurrent: fc.constantFrom(1, 2, 100),
+      // An LLM call (start, end / error) or a tool run (tool_start, tool_end / tool_error): the same law.
+      kind: fc.constantFrom<"llm" | "tool">("llm", "tool")
     },
-    ({ maxConcurrent, outcome, specs }: { specs: ReadonlyArray<Spec>; outcome: Outcome; maxConcurrent: number }) =>
+    (
+      { kind, maxConcurrent, outcome, specs }: {
+        specs: ReadonlyArray<Spec>
+        outcome: Outcome
+        maxConcurrent: number
+        kind: "llm" | "tool"
+      }
+    ) =>
       Effect.gen(function*() {
         const heard = specs.map(() => [] as Array<{ readonly _tag: string }>)
         // Whether a handler's start hook ran to an end of its own (not interrupted).
@@ -86,7 +96,8 @@ describe("isolation law", () => {
             return behave(spec.behaviour, ++attempts).pipe(
               Effect.onExit((exit) =>
                 Effect.sync(() => {
-                  if (event._tag === "Start" && !(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause))) {
+                  const opening = event._tag === "Start" || event._tag === "ToolStart"
+                  if (opening && !(Exit.isFailure(exit) && Cause.isInterruptedOnly(exit.cause))) {
                     startSettled[index] = true
                   }
                 })
@@ -99,9 +110,9 @@ describe("isolation law", () => {
             mode: spec.mode,
             timeout: TIMEOUT,
             retry: Schedule.spaced("200 millis").pipe(Schedule.intersect(Schedule.recurs(2))),
-            onLlmStart: hook,
-            onLlmEnd: hook,
-            onLlmError: hook
+            ...(kind === "llm"
+              ? { onLlmStart: hook, onLlmEnd: hook, onLlmError: hook }
+              : { onToolStart: hook, onToolEnd: hook, onToolError: hook })
           })
         })
         const layer = handlers.reduce<Layer.Layer<never, unknown, Dispatcher.Dispatcher>>(
@@ -114,7 +125,10 @@ describe("isolation law", () => {
         const context = yield* Layer.buildWithScope(layer, scope)
         const instrumented = yield* drive(
           call(outcome).pipe(
-            Callbacks.instrument({ provider: "p", model: "m", messages: [{ role: "user", content: "x" }] }),
+            (self) =>
+              kind === "llm"
+                ? Callbacks.instrument(self, { provider: "p", model: "m", messages: [{ role: "user", content: "x" }] })
+                : Callbacks.instrumentTool(self, { name: "t", params: { q: 1 } }),
             Effect.provide(context)
           ),
           outcome
@@ -135,14 +149,15 @@ describe("isolation law", () => {
           if (distinct.length === 0 && outcome === "callerInterrupted" && specs[index]!.mode === "await") continue
           // A start cancelled by the caller's interruption was not heard: no terminal event
           // follows. A start that ran to its end (or to its timeout) is followed by exactly one.
+          const [open, end, error] = kind === "llm" ? ["Start", "End", "Error"] : ["ToolStart", "ToolEnd", "ToolError"]
           if (outcome === "callerInterrupted" && distinct.length === 1 && !startSettled[index]) {
-            assert.strictEqual(distinct[0]!._tag, "Start", label)
+            assert.strictEqual(distinct[0]!._tag, open, label)
             continue
           }
           assert.strictEqual(distinct.length, 2, label)
-          assert.strictEqual(distinct[0]!._tag, "Start", label)
-          assert.include(["End", "Error"], distinct[1]!._tag, label)
-          if (outcome !== "succeed" && outcome !== "slowSucceed") assert.strictEqual(distinct[1]!._tag, "Error", label)
+          assert.strictEqual(distinct[0]!._tag, open, label)
+          assert.include([end, error], distinct[1]!._tag, label)
+          if (outcome !== "succeed" && outcome !== "slowSucceed") assert.strictEqual(distinct[1]!._tag, error, label)
         }
 
         // 3. Await handlers add at most one timeout per priority group and phase

@@ -2,6 +2,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
@@ -240,6 +241,22 @@ describe("RedisTokenStore", () => {
   })
 
   describe("faults", () => {
+    it.scopedLive("a connection reset while the layer starts does not fail it: it waits for the reconnection", () =>
+      Effect.gen(function*() {
+        const target = new URL(redisUrl())
+        const proxy = yield* FaultProxy.make({ targetPort: Number(target.port) })
+        yield* proxy.setFaults({ dropReply: 0, reset: 1 })
+        const starting = yield* Effect.fork(RedisTokenStore.make({ url: proxy.url, keyPrefix: uniqueKeyPrefix("reset") }))
+        yield* Effect.sleep("400 millis")
+        assert.isAtLeast((yield* proxy.counters).resets, 1)
+        yield* proxy.setFaults({ dropReply: 0, reset: 0 })
+        const store = yield* Fiber.join(starting)
+        assert.strictEqual(
+          yield* store.record({ callId: freshId("call"), userId: "erin", cycle: "2025-03-01", usage: usage(3, 1) }),
+          "recorded"
+        )
+      }))
+
     it.scopedLive("a lost reply is retried with the same call id and counted once", () =>
       Effect.gen(function*() {
         const target = new URL(redisUrl())
