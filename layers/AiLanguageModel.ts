@@ -457,7 +457,7 @@ const instrumentStream = <E, R>(
       // The model's own spans (and its HTTP client's) are children of the call's span: one trace.
       const span = active.value.span
       const stream = span === undefined ? bare : Stream.provideService(bare, Tracer.ParentSpan, span)
-      const { chunk: emit, elapsedMillis, hearsChunks } = active.value
+      const { chunk: emit, elapsedMillis } = active.value
       return Stream.toChannel(Stream.pipeThroughChannel(
         stream,
         observe<E>(
@@ -466,10 +466,8 @@ const instrumentStream = <E, R>(
             for (const part of chunk) {
               if (timeToFirstTokenMs === undefined && isFirstToken(part)) timeToFirstTokenMs = elapsedMillis()
               accumulator.add(part)
-              if (hearsChunks) {
-                if (part.type === "text-delta") emit("text", part.delta)
-                else if (part.type === "reasoning-delta") emit("reasoning", part.delta)
-              }
+              if (part.type === "text-delta") emit("text", part.delta)
+              else if (part.type === "reasoning-delta") emit("reasoning", part.delta)
             }
           },
           (cause) => {

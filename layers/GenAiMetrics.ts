@@ -11,7 +11,9 @@
  * - `gen_ai.client.operation.time_to_first_chunk` (histogram, `s`): streams,
  *   from the start to the first chunk.
  * - `gen_ai.client.operation.time_per_output_chunk` (histogram, `s`): every
- *   chunk of a stream after the first, the time since the previous one.
+ *   chunk of a stream after the first, the time since the previous one
+ *   (recorded when the stream ends, from its terminal event: no hook runs
+ *   per chunk).
  * - `gen_ai.execute_tool.duration` (histogram, `s`): tool runs, by
  *   `gen_ai.tool.name`, with `error.type` when the tool failed.
  * - `llm_cost_micros_total` (counter): cost in millionths of the price
@@ -64,7 +66,6 @@ import * as Cost from "../src/Cost.js"
 import * as Dispatcher from "../src/Dispatcher.js"
 import type {
   CallInfo,
-  ChunkEvent,
   EndEvent,
   ErrorEvent,
   LlmResponse,
@@ -264,7 +265,7 @@ export interface Options {
   readonly maxValues?: number | undefined
   /** Which GenAI conventions' names to use. Default: `SemanticConventions.CurrentVersion` when the layer is built. */
   readonly semanticConventions?: SemanticConventions.Version | undefined
-  /** Record `time_per_output_chunk` for every chunk (a synchronous chunk hook). Default `true`. */
+  /** Record `time_per_output_chunk` for every chunk after the first (when the stream ends). Default `true`. */
   readonly chunkMetrics?: boolean | undefined
 }
 
@@ -302,6 +303,7 @@ const responseModelOf = (response: LlmResponse | undefined): string | undefined 
  */
 export const makeHandler = (options: Options = {}): Handler.Handler => {
   const includeEstimated = options.includeEstimated ?? true
+  const chunkMetrics = options.chunkMetrics ?? true
   const cacheSize = options.labelCacheSize ?? 1024
   const max = options.maxValues ?? 50
   const names = SemanticConventions.names(options.semanticConventions ?? "current")
@@ -360,6 +362,7 @@ export const makeHandler = (options: Options = {}): Handler.Handler => {
     const labels = labelsOf(event.call, responseModelOf(event.response))
     operationDuration.unsafeUpdate(event.durationMs / 1000, labels.base)
     if (event.timeToFirstTokenMs !== undefined) timeToFirstChunk.unsafeUpdate(event.timeToFirstTokenMs / 1000, labels.base)
+    if (chunkMetrics) recordIntervals(event.chunkIntervalsMs, labels.base)
     recordUsage(labels, event.response)
   })
   const onLlmError = Handler.sync((event: ErrorEvent) => {
@@ -369,12 +372,15 @@ export const makeHandler = (options: Options = {}): Handler.Handler => {
     ]
     operationDuration.unsafeUpdate(event.durationMs / 1000, [...labels.base, ...errorLabels])
     if (event.timeToFirstTokenMs !== undefined) timeToFirstChunk.unsafeUpdate(event.timeToFirstTokenMs / 1000, labels.base)
+    if (chunkMetrics) recordIntervals(event.chunkIntervalsMs, labels.base)
     // A call cut off after it consumed tokens: they were billed.
     if (event.response !== undefined) recordUsage(labels, event.response, errorLabels)
   })
-  const onLlmChunk = Handler.sync((event: ChunkEvent) => {
-    if (event.index > 0) timePerOutputChunk.unsafeUpdate(event.intervalMs / 1000, labelsOf(event.call, undefined).base)
-  })
+  // Every chunk after the first, recorded when the stream ends: no hook per chunk.
+  const recordIntervals = (intervals: ReadonlyArray<number> | undefined, labels: ReadonlyArray<MetricLabel.MetricLabel>) => {
+    if (intervals === undefined) return
+    for (let i = 0; i < intervals.length; i++) timePerOutputChunk.unsafeUpdate(intervals[i]! / 1000, labels)
+  }
   const toolLabels = (event: ToolEndEvent | ToolErrorEvent) => {
     const labels = [
       MetricLabel.make("gen_ai.operation.name", "execute_tool"),
@@ -393,8 +399,7 @@ export const makeHandler = (options: Options = {}): Handler.Handler => {
     onLlmEnd,
     onLlmError,
     onToolEnd: onToolTerminal,
-    onToolError: onToolTerminal,
-    ...(options.chunkMetrics === false ? {} : { onLlmChunk })
+    onToolError: onToolTerminal
   })
 }
 

@@ -128,6 +128,8 @@ export interface ActiveCall {
    * Offers one streamed delta (text, or reasoning) to the handlers' chunk
    * hooks, synchronously, without ever waiting (see `Handler`'s
    * `onLlmChunk`). Numbered in call order, from 0. Nothing after `finish`.
+   * Call it for every delta even when `hearsChunks` is false: the time
+   * between chunks goes to the terminal event (`chunkIntervalsMs`).
    */
   readonly chunk: (kind: ChunkEvent["kind"], delta: string) => void
   /**
@@ -316,6 +318,9 @@ const responseAttributes = (span: Tracer.Span, response: LlmResponse, convention
 
 const noDispatcher = (): undefined => undefined
 
+/** The most chunk intervals a terminal event carries. */
+const maxIntervals = 10_000
+
 /** The dispatcher's contract with `instrument`, when a dispatcher is in context. */
 const lookupCalls = (context: Context.Context<never>): Calls | undefined =>
   Context.getOrElse(context, Dispatcher, noDispatcher)?.[CallsTypeId]
@@ -356,23 +361,18 @@ export const begin = (
     const sink = calls.chunks(token, fiber as AnyFiber, span)
     let chunks = 0
     let previous = 0
-    const chunk = sink === undefined
-      ? (_kind: ChunkEvent["kind"], _delta: string) => {}
-      : (kind: ChunkEvent["kind"], delta: string) => {
-        if (finished) return
-        const elapsedMs = clock.unsafeCurrentTimeMillis() - startedAt
-        const event: ChunkEvent = {
-          _tag: "Chunk",
-          call: events.call,
-          index: chunks++,
-          kind,
-          delta,
-          elapsedMs,
-          intervalMs: elapsedMs - previous
-        }
-        previous = elapsedMs
-        sink(event)
+    // The time between chunks is kept for the terminal event (no event is built per chunk for it).
+    const intervals: Array<number> = []
+    const chunk = (kind: ChunkEvent["kind"], delta: string) => {
+      if (finished) return
+      const elapsedMs = clock.unsafeCurrentTimeMillis() - startedAt
+      const index = chunks++
+      if (index > 0 && intervals.length < maxIntervals) intervals.push(elapsedMs - previous)
+      if (sink !== undefined) {
+        sink({ _tag: "Chunk", call: events.call, index, kind, delta, elapsedMs, intervalMs: elapsedMs - previous })
       }
+      previous = elapsedMs
+    }
     return Effect.map(underSpan(calls.dispatch(token, events.start)), (startReport) =>
       Option.some<ActiveCall>({
         call: events.call,
@@ -388,7 +388,8 @@ export const begin = (
             finished = true
             const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
             const ttft = finishOptions?.timeToFirstTokenMs
-            const dispatch = (event: EndEvent | ErrorEvent) => {
+            const dispatch = (terminal: EndEvent | ErrorEvent) => {
+              const event = intervals.length === 0 ? terminal : { ...terminal, chunkIntervalsMs: intervals }
               if (span !== undefined) endSpan(timing, span, event, exit, clock, conventions!)
               return Effect.asSome(Effect.uninterruptible(underSpan(calls.dispatch(token, event))))
             }

@@ -380,6 +380,11 @@ export const EndEvent = Schema.TaggedStruct(Phases.phaseTable.end.tag, {
   durationMs: Schema.Number,
   /** Time to the first streamed part, for streams. */
   timeToFirstTokenMs: Schema.optional(Schema.Number),
+  /**
+   * For streams: the time between consecutive chunks, ms, for each chunk
+   * after the first (the GenAI `time_per_output_chunk`; at most 10,000 kept).
+   */
+  chunkIntervalsMs: Schema.optional(Schema.Array(Schema.Number)),
   outputIssues: Schema.optional(Schema.Array(Schema.String))
 })
 
@@ -402,6 +407,8 @@ export const ErrorEvent = Schema.TaggedStruct(Phases.phaseTable.error.tag, {
   durationMs: Schema.Number,
   interrupted: Schema.Boolean,
   timeToFirstTokenMs: Schema.optional(Schema.Number),
+  /** For streams: the time between consecutive chunks, ms (see `EndEvent`). */
+  chunkIntervalsMs: Schema.optional(Schema.Array(Schema.Number)),
   /**
    * What the call produced before it failed or was cut off (a stream stopped
    * early, or failing midway): the content received and the tokens it
