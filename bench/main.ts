@@ -9,6 +9,7 @@
 import * as ai from "./ai.js"
 import * as budget from "./budget.js"
 import * as dispatch from "./dispatch.js"
+import * as markers from "./markers.js"
 import * as memory from "./memory.js"
 import * as stream from "./stream.js"
 import * as throughput from "./throughput.js"
@@ -138,7 +139,19 @@ const main = async () => {
     met: percent < 5 ? "yes" : "no"
   })
 
-  // 7. Stream instrumentation overhead.
+  // 7. Redis memory per recorded call (the idempotency marker).
+  const markerRows = await markers.run()
+  section("Redis memory per recorded call, INFO memory before and after 50,000 records", markerRows)
+  summary.push({
+    benchmark: "Redis memory per recorded call (marker, 24 h window)",
+    measured: `${markerRows[0]?.["bytes/call"]} bytes`,
+    anchor: "-",
+    ratio: "-",
+    target: "<= 64 bytes",
+    met: num(markerRows[0], "bytes/call") <= 64 ? "yes" : "no"
+  })
+
+  // 8. Stream instrumentation overhead.
   const streamRows = await stream.run()
   section(
     "streamText on the fake model (60 text deltas), CPU µs per stream: bare vs instrumented, interleaved rounds",
