@@ -653,8 +653,13 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
     const callId = events.call.callId
     const span = startSpan(fiber as AnyFiber, events.call, clock, events.start.tool)
-    const underSpan = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>): Effect.Effect<X, Y, Z> =>
-      span === undefined ? effect : Effect.withParentSpan(effect, span)
+    // As for a model call: the run's span is the parent of the tool's own spans and of the handler
+    // invocations, set on the fiber in place and restored once the terminal event is dispatched.
+    const outerContext = fiber.currentContext
+    if (span !== undefined) {
+      setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
+    }
+    const leave = () => setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)
     let entered = false
     const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
       if (span !== undefined && Exit.isFailure(exit)) {
@@ -663,17 +668,23 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
       }
       if (entered) removeParent(parents, callId)
       const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt, options.failureOf)
-      if (span !== undefined) {
-        endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber as AnyFiber))
+      if (span === undefined) {
+        const rest = calls.run(token, event, fiber)
+        return rest === undefined ? exit : Effect.zipRight(rest, exit)
       }
+      endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber as AnyFiber))
       const rest = calls.run(token, event, fiber)
-      return rest === undefined ? exit : Effect.zipRight(rest, exit)
+      if (rest === undefined) {
+        leave()
+        return exit
+      }
+      return Effect.zipRight(Effect.ensuring(rest, Effect.sync(leave)), exit)
     }
     // Calls the tool makes (a sub-agent's model calls) see the tool run as their parent.
     const body = (restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) => {
       parents.ids.push(callId)
       entered = true
-      return Effect.matchCauseEffect(restore(underSpan(self)), {
+      return Effect.matchCauseEffect(restore(self), {
         onFailure: (cause) => terminal(Exit.failCause(cause)),
         onSuccess: (value) => terminal(Exit.succeed(value))
       })

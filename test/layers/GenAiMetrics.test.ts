@@ -380,6 +380,32 @@ describe("the span of an instrumented call", () => {
     }).pipe(Effect.scoped, Effect.provide(Layer.merge(Testing.layer(), layer)))
   })
 
+  it.effect("a tool run: an execute_tool span below the call's, parent of the tool's own spans and its handlers'", () => {
+    const { exporter, layer } = makeTracing()
+    return Effect.gen(function*() {
+      yield* Dispatcher.register(Handler.make({ name: "tool-reader", onToolStart: () => Effect.void }))
+      yield* Effect.gen(function*() {
+        yield* Effect.withSpan(Effect.succeed(21), "weather api").pipe(
+          Callbacks.instrumentTool({ name: "get_weather", toolCallId: "tc_9", params: { city: "Paris" } })
+        )
+        return { content: "21" }
+      }).pipe(Callbacks.instrument({ provider: "openai", model: "tools" }))
+      const spans = exporter.getFinishedSpans()
+      const call = spans.find((s) => s.name === "chat tools")!
+      const tool = spans.find((s) => s.name === "execute_tool get_weather")!
+      const api = spans.find((s) => s.name === "weather api")!
+      const handler = spans.find((s) => s.name === "callback tool-reader tool_start")!
+      assert.strictEqual(tool.parentSpanContext?.spanId, call.spanContext().spanId)
+      assert.strictEqual(api.parentSpanContext?.spanId, tool.spanContext().spanId)
+      assert.strictEqual(handler.parentSpanContext?.spanId, tool.spanContext().spanId)
+      assert.deepInclude(tool.attributes, {
+        "gen_ai.operation.name": "execute_tool",
+        "gen_ai.tool.name": "get_weather",
+        "gen_ai.tool.call.id": "tc_9"
+      })
+    }).pipe(Effect.scoped, Effect.provide(Layer.merge(Testing.layer(), layer)))
+  })
+
   it.effect("no span when tracing is disabled", () => {
     const { exporter, layer } = makeTracing()
     return Effect.gen(function*() {
