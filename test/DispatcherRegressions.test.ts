@@ -102,6 +102,40 @@ describe("Dispatcher regressions", () => {
     }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer({ maxConcurrent: 1 }))))
 })
 
+describe("Dispatcher: a background handler whose start was dropped", () => {
+  it.effect("hears no terminal event of that call, though its buffer has room again by then", () =>
+    Effect.gen(function*() {
+      const heard: Array<string> = []
+      const note = (event: { readonly _tag: string; readonly call: { readonly callId: string } }) =>
+        Effect.sync(() => heard.push(`${event._tag} ${event.call.callId}`))
+      yield* Dispatcher.register(Handler.make({
+        name: "bg",
+        mode: "background",
+        bufferSize: 1,
+        timeout: "10 seconds",
+        retry: Schedule.stop,
+        onLlmStart: (event) => Effect.zipRight(note(event), event.call.callId === "c1" ? Effect.sleep("5 seconds") : Effect.void),
+        onLlmEnd: note,
+        onLlmError: note
+      }))
+      // c1's start keeps the consumer busy 5 s and c2's fills the buffer: c3's start waits for room, and
+      // its caller is interrupted meanwhile: that start is dropped. c3's error event then waits for room,
+      // which comes at 5 s: the handler must not hear it.
+      const c1 = yield* Effect.fork(Effect.succeed({ content: "ok" }).pipe(Callbacks.instrument({ ...options, callId: "c1" })))
+      const c2 = yield* Effect.fork(Effect.succeed({ content: "ok" }).pipe(Callbacks.instrument({ ...options, callId: "c2" })))
+      yield* TestClock.adjust("100 millis")
+      const c3 = yield* Effect.fork(Effect.succeed({ content: "ok" }).pipe(Callbacks.instrument({ ...options, callId: "c3" })))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.interrupt(c3).pipe(Effect.fork)
+      yield* TestClock.adjust("30 seconds")
+      yield* Fiber.joinAll([c1, c2])
+      yield* Dispatcher.flush
+      assert.notInclude(heard, "Start c3", JSON.stringify(heard))
+      assert.notInclude(heard, "Error c3", JSON.stringify(heard))
+      assert.includeMembers(heard, ["Start c1", "Start c2", "End c1", "End c2"])
+    }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer())))
+})
+
 describe("Dispatcher health", () => {
   it.effect("lastError.at comes from the Clock (TestClock here), not the wall clock", () =>
     Effect.gen(function*() {
