@@ -21,9 +21,11 @@
  * @since 0.3.0
  */
 import * as Config from "effect/Config"
+import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import { dual } from "effect/Function"
+import * as Layer from "effect/Layer"
 
 /**
  * @since 0.3.0
@@ -77,6 +79,23 @@ export const config: Config.Config<Version> = Config.string("OTEL_SEMCONV_STABIL
   }),
   Config.withDefault<Version>("current")
 )
+
+/**
+ * Puts the version read from the environment ({@link config}:
+ * `OTEL_SEMCONV_STABILITY_OPT_IN`) in force for what the layer is provided to.
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layerConfig: Layer.Layer<CurrentVersion, ConfigError.ConfigError> = Layer.effect(CurrentVersion, config)
+
+/**
+ * Puts a version in force for what the layer is provided to.
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layer = (version: Version): Layer.Layer<CurrentVersion> => Layer.succeed(CurrentVersion, version)
 
 const current = {
   provider: ["gen_ai.provider.name"],
