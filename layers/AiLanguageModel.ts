@@ -4,12 +4,17 @@
  *
  * - `start` carries the prompt as `{ role, content }` messages (text parts joined, other parts such as
  *   images, files and tool calls summarised), the provider, the model and the request options.
- * - `end` carries the text, the usage of the finish part (input → prompt, output → completion, total,
- *   cached input, reasoning), the finish reason and the model id the provider answered with.
+ * - `end` carries the text and reasoning, the usage of the finish part (input → prompt, output →
+ *   completion, total, cached input, reasoning), the finish reason, the response id and the model id the
+ *   provider answered with.
  * - `error` carries the `AiError` (or the defect); an interrupted call is marked interrupted.
- * - Streams: `start` is dispatched when the stream starts, before its first part is requested; `end`
- *   (with the time to the first token) once the stream completes; `error` when it fails; `error` marked
- *   interrupted when the consumer stops early or is interrupted. Exactly one terminal event per stream.
+ * - Streams: `start` is dispatched when the stream starts, before its first part is requested; a `chunk`
+ *   per text and reasoning delta (for handlers with a chunk hook); `end` (with the time to the first
+ *   token and between chunks) once the stream completes; `error` when it fails; `error` marked
+ *   interrupted when the consumer stops early or is interrupted, carrying what the stream had consumed.
+ *   Exactly one terminal event per stream; its span is the parent of the model's and HTTP spans.
+ * - Tools: every toolkit handler the model's tool calls run is a tool run (`tool_start`, then `tool_end`
+ *   or `tool_error`), a child of the model call.
  *
  * Per-call user id, tags, metadata and parent call id come from {@link withCallContext}.
  *

@@ -47,7 +47,7 @@ import { decodeResponseLenient } from "./internal/decode.js"
 import { currentOperation } from "./internal/operation.js"
 import * as SemanticConventions from "./SemanticConventions.js"
 import { CurrentTokenCounter } from "./TokenCounter.js"
-import { type Calls, CallsTypeId } from "./internal/dispatch/contract.js"
+import { type Calls, CallsTypeId, type CallToken } from "./internal/dispatch/contract.js"
 
 export {
   /**
@@ -121,7 +121,8 @@ export interface ActiveCall {
   readonly elapsedMillis: () => number
   /**
    * Whether some handler of the call hears stream chunks: when it is false,
-   * {@link ActiveCall.chunk} does nothing, and a stream need not build its deltas.
+   * {@link ActiveCall.chunk} builds no event (it only notes the time between
+   * chunks for the terminal event).
    */
   readonly hearsChunks: boolean
   /**
@@ -397,14 +398,8 @@ export const begin = (
               const response = finishOptions !== undefined && "response" in finishOptions
                 ? finishOptions.response
                 : exit.value
-              const ended = endEvent(events, response, durationMs, ttft)
-              if (ended.response.usage === undefined && ended.outputIssues === undefined && hasCounter(context)) {
-                return Effect.flatMap(
-                  estimateUsage(context, events.call.model, events.start.messages, ended.response),
-                  (estimated) => dispatch(enrichEnd(context, { ...ended, response: estimated }))
-                )
-              }
-              return dispatch(enrichEnd(context, ended))
+              const completed = completeEnd(context, events, endEvent(events, response, durationMs, ttft))
+              return Effect.isEffect(completed) ? Effect.flatMap(completed, dispatch) : dispatch(completed)
             }
             const partial = finishOptions?.response === undefined
               ? undefined
@@ -421,8 +416,52 @@ export const begin = (
     )
   })
 
-/** A token counter is in force (`TokenCounter.CurrentTokenCounter`). */
-const hasCounter = (context: Context.Context<never>): boolean => Context.get(context, CurrentTokenCounter) !== undefined
+/**
+ * The end event as handlers hear it: when the provider reported no usage and
+ * a token counter is in force, the usage is counted first (the only case that
+ * returns an effect); then the steps of `enrich` (the cost).
+ */
+const completeEnd = (
+  context: Context.Context<never>,
+  events: { readonly call: CallInfo; readonly start: StartEvent },
+  ended: EndEvent
+): EndEvent | Effect.Effect<EndEvent> =>
+  ended.response.usage === undefined && ended.outputIssues === undefined &&
+    Context.get(context, CurrentTokenCounter) !== undefined
+    ? Effect.map(
+      estimateUsage(context, events.call.model, events.start.messages, ended.response),
+      (response) => enrichEnd(context, { ...ended, response })
+    )
+    : enrichEnd(context, ended)
+
+/**
+ * Dispatches a run's terminal event on its fiber and gives back the run's
+ * exit. With a span: the span is ended first, and the fiber's context (where
+ * the span was set in place) is restored once the dispatch is done.
+ */
+const closeRun = <A, E>(
+  calls: Calls,
+  token: CallToken,
+  fiber: AnyFiber,
+  event: EndEvent | ErrorEvent | ToolEndEvent | ToolErrorEvent,
+  exit: Exit.Exit<A, E>,
+  span: Tracer.Span | undefined,
+  clock: Clock.Clock,
+  outerContext: Context.Context<never>
+): Effect.Effect<A, E> => {
+  if (span === undefined) {
+    const rest = calls.run(token, event, fiber)
+    return rest === undefined ? exit : Effect.zipRight(rest, exit)
+  }
+  endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber))
+  const leave = () => setFiberRef(fiber, FiberRef.currentContext, outerContext)
+  const rest = calls.run(token, event, fiber)
+  if (rest === undefined) {
+    leave()
+    return exit
+  }
+  return Effect.zipRight(Effect.ensuring(rest, Effect.sync(leave)), exit)
+}
 
 /**
  * The response of a call whose provider reported no usage (it was cut off, or the provider reports none), with
@@ -500,33 +539,14 @@ const instrumentImpl = <A, E, R>(
         // A throwing reader must not break the call: the handlers get the issue as data.
         issues = [`response: the response reader threw: ${String(error)}`]
       }
-      const ended = endEvent(events, response, durationMs, undefined, issues)
-      // No usage reported: counted with the token counter in force (if any), before any handler hears it.
-      if (ended.response.usage === undefined && ended.outputIssues === undefined && hasCounter(outerContext)) {
-        const success = exit
-        return Effect.flatMap(
-          estimateUsage(outerContext, events.call.model, events.start.messages, ended.response),
-          (estimated) => dispatchTerminal(enrichEnd(outerContext, { ...ended, response: estimated }), success)
-        )
-      }
-      return dispatchTerminal(enrichEnd(outerContext, ended), exit)
+      const completed = completeEnd(outerContext, events, endEvent(events, response, durationMs, undefined, issues))
+      const success = exit
+      return Effect.isEffect(completed)
+        ? Effect.flatMap(completed, (event) => dispatchTerminal(event, success))
+        : dispatchTerminal(completed, exit)
     }
-    const dispatchTerminal = (event: EndEvent | ErrorEvent, exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
-      if (span === undefined) {
-        const rest = calls.run(token, event, fiber)
-        return rest === undefined ? exit : Effect.zipRight(rest, exit)
-      }
-      endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber as AnyFiber))
-      const rest = calls.run(token, event, fiber)
-      if (rest === undefined) {
-        setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)
-        return exit
-      }
-      return Effect.zipRight(
-        Effect.ensuring(rest, Effect.sync(() => setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext))),
-        exit
-      )
-    }
+    const dispatchTerminal = (event: EndEvent | ErrorEvent, exit: Exit.Exit<A, E>): Effect.Effect<A, E> =>
+      closeRun(calls, token, fiber as AnyFiber, event, exit, span, clock, outerContext)
     // Nested instrumented calls see this call as their parent. This region is
     // uninterruptible and `terminal` always runs, so leaving is guaranteed
     // without a second acquire/release on the hot path.
@@ -659,7 +679,6 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     if (span !== undefined) {
       setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
     }
-    const leave = () => setFiberRef(fiber as AnyFiber, FiberRef.currentContext, outerContext)
     let entered = false
     const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
       if (span !== undefined && Exit.isFailure(exit)) {
@@ -668,17 +687,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
       }
       if (entered) removeParent(parents, callId)
       const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt, options.failureOf)
-      if (span === undefined) {
-        const rest = calls.run(token, event, fiber)
-        return rest === undefined ? exit : Effect.zipRight(rest, exit)
-      }
-      endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber as AnyFiber))
-      const rest = calls.run(token, event, fiber)
-      if (rest === undefined) {
-        leave()
-        return exit
-      }
-      return Effect.zipRight(Effect.ensuring(rest, Effect.sync(leave)), exit)
+      return closeRun(calls, token, fiber as AnyFiber, event, exit, span, clock, outerContext)
     }
     // Calls the tool makes (a sub-agent's model calls) see the tool run as their parent.
     const body = (restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) => {
