@@ -11,10 +11,11 @@
  * of cases (default 200), `CHUNK_REFERENCE_SEED` their seed (a failure
  * names it).
  */
-import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, FastCheck as fc, Fiber, Layer, Option, Schedule, Scope, TestClock, TestContext } from "effect"
+import { describe, it } from "@effect/vitest"
+import { Effect, Exit, FastCheck as fc, Fiber, Layer, Option, Schedule, Scope, TestClock } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
 import { type Behaviour, behaviours, behave } from "./support/behaviours.js"
+import { compareCases } from "./support/referenceCases.js"
 import * as Reference from "./support/referenceChunks.js"
 
 interface HandlerSpec {
@@ -214,25 +215,11 @@ describe("stream chunks against the reference model", () => {
   it.effect(
     `same chunks and ends per handler and call, at the same virtual times; same counts (${runs} random cases)`,
     () =>
-      Effect.gen(function*() {
-        const cases = fc.sample(caseOf, { numRuns: runs, seed })
-        const failures = yield* Effect.forEach(
-          cases,
-          (c, i) =>
-            compare(c).pipe(
-              Effect.provide(TestContext.TestContext),
-              Effect.map((differences) => differences.length === 0 ? undefined : { i, c, differences })
-            ),
-          { concurrency: 8 }
-        )
-        const failed = failures.filter((f) => f !== undefined)
-        if (failed.length > 0) {
-          assert.fail(
-            `${failed.length} of ${cases.length} cases differ (CHUNK_REFERENCE_SEED=${seed}):\n` +
-              failed.slice(0, 3).map((f) => `case ${f.i}: ${JSON.stringify(f.c)}\n  ${f.differences.join("\n  ")}`)
-                .join("\n")
-          )
-        }
+      compareCases({
+        cases: fc.sample(caseOf, { numRuns: runs, seed }),
+        compare,
+        seed: `CHUNK_REFERENCE_SEED=${seed}`,
+        concurrency: 8
       }),
     Math.max(600_000, runs * 500)
   )

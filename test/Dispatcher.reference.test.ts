@@ -10,7 +10,7 @@
  * number of cases (default 300), `REFERENCE_SEED` their seed (a failure
  * names it), `REFERENCE_CONCURRENCY` how many run at once (default 8).
  */
-import { assert, describe, it } from "@effect/vitest"
+import { describe, it } from "@effect/vitest"
 import {
   Clock,
   Duration,
@@ -22,11 +22,11 @@ import {
   Option,
   Schedule,
   Scope,
-  TestClock,
-  TestContext
+  TestClock
 } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
 import { bareCall, type Behaviour, behaviours, behave, type CallFailed, normalize } from "./support/behaviours.js"
+import { compareCases } from "./support/referenceCases.js"
 import * as Reference from "./support/referenceDispatcher.js"
 
 const callOutcomes = ["succeed", "fail", "die", "slowSucceed", "slowFail"] as const
@@ -368,33 +368,14 @@ const runs = Number(process.env["REFERENCE_RUNS"] ?? 300)
 const seed = Number(process.env["REFERENCE_SEED"] ?? Math.floor(Math.random() * 2 ** 31))
 
 describe("Dispatcher against the reference model", () => {
-  // Each case runs under a TestClock of its own, several cases at once: a
-  // TestClock's adjust waits in real time for fibers to settle (timers of a
-  // few milliseconds), which is what a case costs, not CPU. A failure names
-  // the seed (REFERENCE_SEED) and the case.
   it.effect(
     `same events per handler and call, same Exits at the same virtual times, same health counts (${runs} random cases)`,
     () =>
-      Effect.gen(function*() {
-        const cases = [...regressions, ...fc.sample(caseOf, { numRuns: runs, seed })]
-        const failures = yield* Effect.forEach(
-          cases,
-          (c, i) =>
-            compare(c).pipe(
-              Effect.provide(TestContext.TestContext),
-              Effect.map((differences) => differences.length === 0 ? undefined : { i, c, differences })
-            ),
-          { concurrency: Number(process.env["REFERENCE_CONCURRENCY"] ?? 8) }
-        )
-        const failed = failures.filter((f) => f !== undefined)
-        // A message, not a deep comparison: a diff of long strings would take the reporter minutes.
-        if (failed.length > 0) {
-          assert.fail(
-            `${failed.length} of ${cases.length} cases differ (REFERENCE_SEED=${seed}):\n` +
-              failed.slice(0, 3).map((f) => `case ${f.i}: ${JSON.stringify(f.c)}\n  ${f.differences.join("\n  ")}`)
-                .join("\n")
-          )
-        }
+      compareCases({
+        cases: [...regressions, ...fc.sample(caseOf, { numRuns: runs, seed })],
+        compare,
+        seed: `REFERENCE_SEED=${seed}`,
+        concurrency: Number(process.env["REFERENCE_CONCURRENCY"] ?? 8)
       }),
     // About 70 ms a case here; generous for slow machines and long runs.
     Math.max(600_000, runs * 500)
