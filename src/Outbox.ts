@@ -7,7 +7,8 @@
  * anyway counts once. Records that fail for good (invalid input) fail as
  * before.
  *
- * - **Bounded**: at most `maxRecords` records and `maxBytes` bytes are held.
+ * - **Bounded**: at most `maxRecords` records and `maxBytes` bytes are taken
+ *   in (records a previous run left in durable storage are all replayed).
  *   A record that does not fit is refused (the record fails `Unavailable`),
  *   counted in `token_outbox_dropped_total{reason="full"}` and logged with
  *   its user, cycle and tokens, so that it can be reconciled by hand.
@@ -56,7 +57,7 @@ import * as TokenStore from "./TokenStore.js"
 
 /**
  * A record waiting in the outbox: its id (one per user and call), the
- * record, when it was first queued (epoch ms), its size in bytes.
+ * record, and when it was first queued (epoch ms).
  *
  * @since 0.3.0
  * @category models
