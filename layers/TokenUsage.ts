@@ -491,7 +491,10 @@ const makeHandler = <E>(
       costMicros: event._tag === "End" ? costOf(event) : Cost.microsOf(event),
       estimated: usage.estimated,
       teamId: event.call.teamId,
-      orgId: event.call.orgId
+      orgId: event.call.orgId,
+      provider: event.call.provider,
+      // The model that answered when the provider names it (a dated version), else the one asked for.
+      model: event.response?.model ?? event.call.model
     })
     // A call admitted by a budget holds tokens until its record ends the hold;
     // a call that will not be recorded releases it now.

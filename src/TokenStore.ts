@@ -211,6 +211,10 @@ export interface RecordInput {
   readonly teamId?: string | undefined
   /** The call's organisation: its usage is added there too. */
   readonly orgId?: string | undefined
+  /** The provider that served the call (kept by stores with a ledger). */
+  readonly provider?: string | undefined
+  /** The model that answered (kept by stores with a ledger). */
+  readonly model?: string | undefined
 }
 
 /**
@@ -415,6 +419,12 @@ const Id = Schema.String.annotations({ message: nonEmptyString }).pipe(
   Schema.filter((s) => s.length > 0 && !loneSurrogate.test(s), { message: nonEmptyString })
 )
 
+const label = expected("a string of well-formed unicode")
+
+const Label = Schema.String.annotations({ message: label }).pipe(
+  Schema.filter((s) => !loneSurrogate.test(s), { message: label })
+)
+
 const cycleDate = expected("a billing cycle start date YYYY-MM-DD (a real calendar date)")
 
 const Cycle = Schema.String.annotations({ message: cycleDate }).pipe(
@@ -451,7 +461,9 @@ const RecordInputSchema = Schema.Struct({
   costMicros: Schema.optional(Schema.UndefinedOr(Count)),
   estimated: Schema.optional(Schema.UndefinedOr(Schema.Boolean)),
   teamId: Schema.optional(Schema.UndefinedOr(Id)),
-  orgId: Schema.optional(Schema.UndefinedOr(Id))
+  orgId: Schema.optional(Schema.UndefinedOr(Id)),
+  provider: Schema.optional(Schema.UndefinedOr(Label)),
+  model: Schema.optional(Schema.UndefinedOr(Label))
 })
 
 const RateLimitSchema = Schema.Struct({
@@ -514,6 +526,8 @@ const isCount = (u: unknown): boolean => typeof u === "number" && Number.isSafeI
 
 const isOptionalCount = (u: unknown): boolean => u === undefined || isCount(u)
 
+const isLabel = (u: unknown): boolean => typeof u === "string" && !loneSurrogate.test(u)
+
 const isId = (u: unknown): boolean => typeof u === "string" && u.length > 0 && !loneSurrogate.test(u)
 
 /** The same rules as `RecordInputSchema`, as a plain predicate for the hot path. */
@@ -526,7 +540,8 @@ const isValidRecordInput = (input: RecordInput): boolean =>
   isOptionalCount(input.usage.reasoningTokens) &&
   (input.estimated === undefined || typeof input.estimated === "boolean") &&
   (input.costMicros === undefined || isCount(input.costMicros)) &&
-  (input.teamId === undefined || isId(input.teamId)) && (input.orgId === undefined || isId(input.orgId))
+  (input.teamId === undefined || isId(input.teamId)) && (input.orgId === undefined || isId(input.orgId)) &&
+  (input.provider === undefined || isLabel(input.provider)) && (input.model === undefined || isLabel(input.model))
 
 const isLevel = (u: unknown): boolean => u === "user" || u === "team" || u === "org"
 
@@ -687,9 +702,13 @@ export const rateWindowOf = (now: number): number => Math.floor(now / 60_000) * 
 /**
  * Chooses the refusal of a reservation among the subjects' verdicts: the
  * tightest token limit (least room left) first, else the first rate limit
- * hit; `Reserved` when there is none. (The Redis script applies the same rule.)
+ * hit; `Reserved` when there is none. Shared by the backends (the Redis
+ * script applies the same rule).
+ *
+ * @since 0.3.0
+ * @category constructors
  */
-const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveOutcome => {
+export const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveOutcome => {
   let best: ReserveOutcome = reserved
   let room = Infinity
   for (const verdict of verdicts) {
@@ -708,9 +727,13 @@ const chooseRefusal = (verdicts: ReadonlyArray<ReserveOutcome>): ReserveOutcome 
 
 /**
  * The verdict of one subject on a reservation of `tokens`: its token limit
- * first, then its rate limits. (The Redis script applies the same rule.)
+ * first, then its rate limits. Shared by the backends (the Redis script
+ * applies the same rule).
+ *
+ * @since 0.3.0
+ * @category constructors
  */
-const verdictOf = (
+export const verdictOf = (
   subject: Subject,
   account: { readonly used: number; readonly held: number; readonly limit: number | undefined },
   window: { readonly requests: number; readonly tokens: number },

@@ -1,11 +1,18 @@
 // Global test setup: provides the shared Redis to the suites that need it
 // (`redisUrl()` in test/support/redis.ts). `REDIS_URL` wins; otherwise a
 // redis-server is started on a free loopback port and killed by PID at
-// teardown. When none is available the run fails on CI; locally only the
-// suites that need Redis fail, with a message saying how to install it.
+// teardown. And a PostgreSQL database of the run's own (`postgresUrl()` in
+// test/support/postgres.ts), created on `DATABASE_URL`'s server or the local
+// one and dropped at teardown. When a server is missing the run fails on CI;
+// locally the suites that need it are skipped, with a banner saying how to
+// enable them.
 //
 // The redis-server process helpers live here, not in redis.ts, because a
 // global setup runs outside the test workers and must not import "vitest".
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Redacted from "effect/Redacted"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as net from "node:net"
 import type { TestProject } from "vitest/node"
@@ -101,7 +108,63 @@ export const stopRedisProcess = (process_: RedisProcess): Promise<void> =>
     process.kill(child.pid, "SIGTERM")
   })
 
+/** The server the SQL suites use: `DATABASE_URL`, else the local PostgreSQL (trust auth). */
+const postgresServerUrl = (): string => process.env["DATABASE_URL"] || "postgres://postgres@127.0.0.1:5432/postgres"
+
+/** The URL of another database on the same server. */
+const withDatabase = (url: string, database: string): string => {
+  const parsed = new URL(url)
+  parsed.pathname = `/${database}`
+  return parsed.toString()
+}
+
+const postgresHint = "Start PostgreSQL on 127.0.0.1:5432 (trust auth; e.g. `apt-get install -y postgresql`) or set " +
+  "DATABASE_URL to a server where the user may create databases."
+
+/**
+ * Creates a database of this run's own on the PostgreSQL server (dropped at
+ * teardown), so the SQL suites never touch data they did not create.
+ */
+const setupPostgres = async (project: TestProject): Promise<() => Promise<void>> => {
+  const server = postgresServerUrl()
+  const database = `effect_llm_callbacks_test_${process.pid}_${Date.now().toString(36)}`
+  const onServer = (statement: string) =>
+    Effect.runPromise(
+      Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement)).pipe(
+        Effect.provide(PgClient.layer({ url: Redacted.make(server), connectTimeout: "3 seconds" })),
+        Effect.timeout("10 seconds")
+      )
+    )
+  try {
+    await onServer(`CREATE DATABASE "${database}"`)
+  } catch (error) {
+    const message = `PostgreSQL at ${new URL(server).host}: ${describeError(error)}. ${postgresHint}`
+    if (process.env["CI"]) throw new Error(`The tests need PostgreSQL and none could be used: ${message}`)
+    project.provide("postgresUrl", "")
+    project.provide("postgresSetupError", message)
+    return async () => {}
+  }
+  project.provide("postgresUrl", withDatabase(server, database))
+  project.provide("postgresSetupError", "")
+  return () => onServer(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).then(() => undefined, () => undefined)
+}
+
+const describeError = (error: unknown): string => {
+  const cause = typeof error === "object" && error !== null && "cause" in error ? error.cause : undefined
+  const inner = cause instanceof Error ? `: ${cause.message}` : ""
+  return `${error instanceof Error ? error.message : String(error)}${inner}`
+}
+
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const teardownPostgres = await setupPostgres(project)
+  const teardownRedis = await setupRedis(project)
+  return async () => {
+    await teardownRedis()
+    await teardownPostgres()
+  }
+}
+
+const setupRedis = async (project: TestProject): Promise<() => Promise<void>> => {
   const fromEnv = process.env["REDIS_URL"]
   if (fromEnv !== undefined && fromEnv !== "") {
     project.provide("redisUrl", fromEnv)

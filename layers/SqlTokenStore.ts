@@ -1,0 +1,700 @@
+/**
+ * The token store on `@effect/sql`: PostgreSQL (`@effect/sql-pg`) or SQLite
+ * (`@effect/sql-sqlite-node`), with a ledger of one row per recorded call,
+ * the billing source of truth.
+ *
+ * Tables (created by `@effect/sql`'s Migrator, its own migrations table
+ * `effect_llm_callbacks_token_store_migrations`):
+ *
+ * - `effect_llm_callbacks_ledger`: one row per user and call id (the primary
+ *   key): cycle, team, organisation, provider, model, prompt, completion,
+ *   total, cached, cache-write and reasoning tokens, cost in micro-units, the
+ *   estimated flag (0 / 1) and `recorded_at` (epoch ms, Effect's `Clock`).
+ *   Rows are never deleted: a call id is remembered for ever, so a record
+ *   replayed at any age (an outbox, a retry after a lost reply) counts once
+ *   (`idempotencyWindowMillis` is unbounded).
+ * - `effect_llm_callbacks_accounts`: the counters and limit of each subject
+ *   (user, team, organisation) and cycle, moved in the same transaction as
+ *   the ledger row.
+ * - `effect_llm_callbacks_holds`, `effect_llm_callbacks_rate_windows`: budget
+ *   reservations and one-minute rate windows (see `TokenStore.reserve`).
+ *
+ * Every operation is one transaction. Concurrent writers of one subject
+ * (several processes on one database) are serialized by row locks in
+ * PostgreSQL, taken in one order (organisation, team, user) by every
+ * operation, and by SQLite's write lock; a transaction that meets a deadlock,
+ * a serialization failure or a busy SQLite file is run again (at most
+ * `contentionRetries` times). A database that cannot be reached fails with
+ * reason `Unavailable` (an `Outbox` in front keeps such records and retries
+ * them), an operation past `timeout` with `Timeout`.
+ *
+ * Time (hold expiry, rate windows, `recorded_at`) is Effect's `Clock`, not the
+ * database's, as in the other stores.
+ *
+ * @since 0.3.0
+ */
+import * as Migrator from "@effect/sql/Migrator"
+import * as SqlClient from "@effect/sql/SqlClient"
+import type * as SqlError from "@effect/sql/SqlError"
+import * as Clock from "effect/Clock"
+import type * as ConfigError from "effect/ConfigError"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import type * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import * as TokenStore from "../src/TokenStore.js"
+
+// -----------------------------------------------------------------------------
+// Schema
+// -----------------------------------------------------------------------------
+
+/** The counters' columns, in the order of `TokenStore.counters`. */
+const counterColumns = [
+  "prompt_tokens",
+  "completion_tokens",
+  "total_tokens",
+  "cost_micros",
+  "cached_tokens",
+  "cache_write_tokens",
+  "reasoning_tokens",
+  "estimated_tokens"
+] as const
+
+const migrations = Migrator.fromRecord({
+  "0001_create_token_store": Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    yield* sql`CREATE TABLE IF NOT EXISTS effect_llm_callbacks_ledger (
+      user_id TEXT NOT NULL,
+      call_id TEXT NOT NULL,
+      cycle TEXT NOT NULL,
+      team_id TEXT,
+      org_id TEXT,
+      provider TEXT,
+      model TEXT,
+      prompt_tokens BIGINT NOT NULL,
+      completion_tokens BIGINT NOT NULL,
+      total_tokens BIGINT NOT NULL,
+      cached_tokens BIGINT NOT NULL,
+      cache_write_tokens BIGINT NOT NULL,
+      reasoning_tokens BIGINT NOT NULL,
+      cost_micros BIGINT NOT NULL,
+      estimated SMALLINT NOT NULL,
+      recorded_at BIGINT NOT NULL,
+      PRIMARY KEY (user_id, call_id)
+    )`
+    yield* sql`CREATE INDEX IF NOT EXISTS effect_llm_callbacks_ledger_cycle
+      ON effect_llm_callbacks_ledger (cycle, user_id, recorded_at)`
+    yield* sql`CREATE TABLE IF NOT EXISTS effect_llm_callbacks_accounts (
+      cycle TEXT NOT NULL,
+      level TEXT NOT NULL,
+      subject_id TEXT NOT NULL,
+      prompt_tokens BIGINT NOT NULL DEFAULT 0,
+      completion_tokens BIGINT NOT NULL DEFAULT 0,
+      total_tokens BIGINT NOT NULL DEFAULT 0,
+      cost_micros BIGINT NOT NULL DEFAULT 0,
+      cached_tokens BIGINT NOT NULL DEFAULT 0,
+      cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+      reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+      estimated_tokens BIGINT NOT NULL DEFAULT 0,
+      token_limit BIGINT,
+      fresh SMALLINT NOT NULL DEFAULT 0,
+      PRIMARY KEY (cycle, level, subject_id)
+    )`
+    yield* sql`CREATE TABLE IF NOT EXISTS effect_llm_callbacks_holds (
+      cycle TEXT NOT NULL,
+      level TEXT NOT NULL,
+      subject_id TEXT NOT NULL,
+      call_id TEXT NOT NULL,
+      tokens BIGINT NOT NULL,
+      expires_at BIGINT NOT NULL,
+      PRIMARY KEY (cycle, level, subject_id, call_id)
+    )`
+    yield* sql`CREATE TABLE IF NOT EXISTS effect_llm_callbacks_rate_windows (
+      level TEXT NOT NULL,
+      subject_id TEXT NOT NULL,
+      window_start BIGINT NOT NULL,
+      requests BIGINT NOT NULL,
+      tokens BIGINT NOT NULL,
+      PRIMARY KEY (level, subject_id)
+    )`
+  })
+})
+
+/**
+ * Creates the tables (once per database; concurrent starts are safe: the
+ * Migrator locks its table).
+ *
+ * @since 0.3.0
+ * @category migrations
+ */
+export const migrate: Effect.Effect<void, Migrator.MigrationError | SqlError.SqlError, SqlClient.SqlClient> = Effect
+  .asVoid(
+    Migrator.make({})({ loader: migrations, table: "effect_llm_callbacks_token_store_migrations" })
+  )
+
+// -----------------------------------------------------------------------------
+// Ledger
+// -----------------------------------------------------------------------------
+
+/**
+ * One recorded call, as the ledger holds it.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface LedgerRow {
+  readonly callId: string
+  readonly userId: string
+  readonly cycle: string
+  readonly teamId: string | undefined
+  readonly orgId: string | undefined
+  readonly provider: string | undefined
+  readonly model: string | undefined
+  readonly promptTokens: number
+  readonly completionTokens: number
+  readonly totalTokens: number
+  readonly cachedTokens: number
+  readonly cacheWriteTokens: number
+  readonly reasoningTokens: number
+  readonly costMicros: number
+  readonly estimated: boolean
+  /** When it was recorded, epoch ms. */
+  readonly recordedAt: number
+}
+
+/**
+ * Which ledger rows to read: a cycle, optionally one user, at most `limit`
+ * rows (oldest first).
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface LedgerQuery {
+  readonly cycle: string
+  readonly userId?: string | undefined
+  readonly limit?: number | undefined
+}
+
+interface RawLedgerRow {
+  readonly call_id: string
+  readonly user_id: string
+  readonly cycle: string
+  readonly team_id: string | null
+  readonly org_id: string | null
+  readonly provider: string | null
+  readonly model: string | null
+  readonly prompt_tokens: number | string | bigint
+  readonly completion_tokens: number | string | bigint
+  readonly total_tokens: number | string | bigint
+  readonly cached_tokens: number | string | bigint
+  readonly cache_write_tokens: number | string | bigint
+  readonly reasoning_tokens: number | string | bigint
+  readonly cost_micros: number | string | bigint
+  readonly estimated: number | string | bigint
+  readonly recorded_at: number | string | bigint
+}
+
+// PostgreSQL returns BIGINT and SUM as strings; every stored value is a safe integer.
+const num = (u: unknown): number => u === null || u === undefined ? 0 : Number(u)
+
+const orUndefined = (s: string | null): string | undefined => s === null ? undefined : s
+
+const ledgerRowOf = (row: RawLedgerRow): LedgerRow => ({
+  callId: row.call_id,
+  userId: row.user_id,
+  cycle: row.cycle,
+  teamId: orUndefined(row.team_id),
+  orgId: orUndefined(row.org_id),
+  provider: orUndefined(row.provider),
+  model: orUndefined(row.model),
+  promptTokens: num(row.prompt_tokens),
+  completionTokens: num(row.completion_tokens),
+  totalTokens: num(row.total_tokens),
+  cachedTokens: num(row.cached_tokens),
+  cacheWriteTokens: num(row.cache_write_tokens),
+  reasoningTokens: num(row.reasoning_tokens),
+  costMicros: num(row.cost_micros),
+  estimated: num(row.estimated) === 1,
+  recordedAt: num(row.recorded_at)
+})
+
+// -----------------------------------------------------------------------------
+// Errors
+// -----------------------------------------------------------------------------
+
+const isSqlError = (u: unknown): boolean =>
+  typeof u === "object" && u !== null && (u as { readonly _tag?: unknown })._tag === "SqlError"
+
+const codeOf = (u: unknown): string | undefined => {
+  if (typeof u !== "object" || u === null) return undefined
+  const code = (u as { readonly code?: unknown }).code
+  return typeof code === "string" ? code : undefined
+}
+
+const causeOf = (error: unknown): unknown =>
+  typeof error === "object" && error !== null && "cause" in error ? (error as { readonly cause: unknown }).cause : error
+
+/** PostgreSQL deadlock and serialization failures, a busy SQLite file: the transaction may simply be run again. */
+const isContention = (error: unknown): boolean => {
+  const code = codeOf(causeOf(error))
+  return code === "40P01" || code === "40001" || (code?.startsWith("SQLITE_BUSY") ?? false) ||
+    (code?.startsWith("SQLITE_LOCKED") ?? false)
+}
+
+const unreachableCodes = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EPIPE",
+  "ENOTFOUND",
+  "EAI_AGAIN",
+  "EHOSTUNREACH",
+  "57P01",
+  "57P02",
+  "57P03"
+])
+
+const isUnreachable = (error: unknown): boolean => {
+  const cause = causeOf(error)
+  const code = codeOf(cause)
+  if (code !== undefined && (unreachableCodes.has(code) || code.startsWith("08"))) return true
+  const message = `${(error as { readonly message?: unknown }).message ?? ""} ${
+    cause instanceof Error ? cause.message : ""
+  }`
+  return /Failed to acquire connection|Connection terminated|Connection error|connect/i.test(message) ||
+    isContention(error)
+}
+
+const describe = (error: unknown): string => {
+  const cause = causeOf(error)
+  const outer = (error as { readonly message?: unknown }).message
+  const inner = cause instanceof Error ? cause.message : undefined
+  return [outer, inner].filter((m) => typeof m === "string" && m.length > 0).join(": ") || String(error)
+}
+
+const storeError = (method: string) => (error: unknown): TokenStore.TokenStoreError =>
+  error instanceof TokenStore.TokenStoreError ? error : new TokenStore.TokenStoreError({
+    reason: isUnreachable(error) ? "Unavailable" : "Unknown",
+    message: `SqlTokenStore.${method}: ${describe(error)}`,
+    cause: error
+  })
+
+// -----------------------------------------------------------------------------
+// Store
+// -----------------------------------------------------------------------------
+
+/**
+ * Options of the SQL store.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export interface Options {
+  /** Bound on one operation, its transaction and retries included; default 5 seconds. */
+  readonly timeout?: Duration.DurationInput | undefined
+  /** How often a transaction that met a deadlock or a busy file is run again; default 10. */
+  readonly contentionRetries?: number | undefined
+}
+
+const maxCount = Number.MAX_SAFE_INTEGER
+
+const realClock = Clock.make()
+
+const levelRank = { org: 0, team: 1, user: 2 } as const
+
+/** Subjects in lock order: organisation, team, user (every operation takes its row locks in this order). */
+const inLockOrder = (subjects: ReadonlyArray<TokenStore.Subject>): ReadonlyArray<TokenStore.Subject> =>
+  [...subjects].sort((a, b) => levelRank[a.level] - levelRank[b.level])
+
+const sameKey = (a: TokenStore.Subject, row: { readonly level: string; readonly subject_id: string }): boolean =>
+  a.level === row.level && a.id === row.subject_id
+
+interface AccountRow {
+  readonly level: string
+  readonly subject_id: string
+  readonly total_tokens: number | string
+  readonly token_limit: number | string | null
+  readonly fresh: number | string
+}
+
+/**
+ * Builds the store over the `SqlClient` in context, creating its tables.
+ * Creating them is retried for a few seconds (a database restarting as the
+ * application starts), then fails.
+ *
+ * @since 0.3.0
+ * @category constructors
+ */
+export const make = (
+  options?: Options
+): Effect.Effect<TokenStore.Service, TokenStore.TokenStoreError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const timeout = Duration.decode(options?.timeout ?? Duration.seconds(5))
+    const contentionRetries = options?.contentionRetries ?? 10
+    if (!Duration.greaterThan(timeout, Duration.zero)) {
+      return yield* Effect.dieMessage("SqlTokenStore.make: timeout must be positive")
+    }
+    if (!Number.isSafeInteger(contentionRetries) || contentionRetries < 0) {
+      return yield* Effect.dieMessage(
+        `SqlTokenStore.make: contentionRetries must be a non-negative integer, got ${String(contentionRetries)}`
+      )
+    }
+    yield* migrate.pipe(
+      Effect.mapError(storeError("make (creating the tables)")),
+      Effect.retry({
+        schedule: Schedule.exponential("100 millis").pipe(Schedule.intersect(Schedule.recurs(5))),
+        while: (error) => error.reason === "Unavailable"
+      }),
+      Effect.withClock(realClock)
+    )
+
+    const contention = Schedule.exponential("5 millis").pipe(
+      Schedule.jittered,
+      Schedule.intersect(Schedule.recurs(contentionRetries))
+    )
+
+    /**
+     * One operation: a transaction, run again on contention, bounded by the
+     * timeout, errors named. The operation's time is the `Clock`'s; the waits
+     * between attempts and the timeout are real time (as a driver's are), so
+     * a test clock never holds them.
+     */
+    const run = <A>(method: string, body: (now: number) => Effect.Effect<A, unknown>) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        sql.withTransaction(body(now)).pipe(
+          // A COMMIT or ROLLBACK that fails (the connection lost) is a defect in @effect/sql: here it is
+          // what it is, a database out of reach, whose outcome is unknown (a record retried counts once).
+          Effect.catchSomeDefect((defect) => isSqlError(defect) ? Option.some(Effect.fail(defect)) : Option.none()),
+          Effect.retry({ schedule: contention, while: isContention }),
+          Effect.mapError(storeError(method)),
+          Effect.timeoutFail({
+            duration: timeout,
+            onTimeout: () =>
+              new TokenStore.TokenStoreError({
+                reason: "Timeout",
+                message: `SqlTokenStore.${method}: no answer within ${Duration.format(timeout)}`
+              })
+          }),
+          Effect.withClock(realClock)
+        ))
+
+    const subjectsWhere = (subjects: ReadonlyArray<TokenStore.Subject>) =>
+      sql.or(subjects.map((s) => sql`(level = ${s.level} AND subject_id = ${s.id})`))
+
+    const recordAt = (input: TokenStore.RecordInput, now: number) =>
+      Effect.gen(function*() {
+        const subjects = inLockOrder(TokenStore.subjectsOf(input))
+        const increments = TokenStore.incrementsOf(input)
+        const usage = input.usage
+        const inserted = yield* sql`INSERT INTO effect_llm_callbacks_ledger ${
+          sql.insert({
+            user_id: input.userId,
+            call_id: input.callId,
+            cycle: input.cycle,
+            team_id: input.teamId ?? null,
+            org_id: input.orgId ?? null,
+            provider: input.provider ?? null,
+            model: input.model ?? null,
+            prompt_tokens: usage.promptTokens,
+            completion_tokens: usage.completionTokens,
+            total_tokens: usage.totalTokens,
+            cached_tokens: usage.cachedTokens ?? 0,
+            cache_write_tokens: usage.cacheWriteTokens ?? 0,
+            reasoning_tokens: usage.reasoningTokens ?? 0,
+            cost_micros: input.costMicros ?? 0,
+            estimated: input.estimated === true ? 1 : 0,
+            recorded_at: now
+          })
+        } ON CONFLICT (user_id, call_id) DO NOTHING RETURNING call_id`
+        const fresh = inserted.length > 0
+        if (fresh) {
+          for (const subject of subjects) {
+            const values: Record<string, unknown> = { cycle: input.cycle, level: subject.level, subject_id: subject.id }
+            for (let c = 0; c < counterColumns.length; c++) values[counterColumns[c]!] = increments[c]!
+            const updated = yield* sql`INSERT INTO effect_llm_callbacks_accounts ${sql.insert(values)}
+              ON CONFLICT (cycle, level, subject_id) DO UPDATE SET
+                prompt_tokens = effect_llm_callbacks_accounts.prompt_tokens + excluded.prompt_tokens,
+                completion_tokens = effect_llm_callbacks_accounts.completion_tokens + excluded.completion_tokens,
+                total_tokens = effect_llm_callbacks_accounts.total_tokens + excluded.total_tokens,
+                cost_micros = effect_llm_callbacks_accounts.cost_micros + excluded.cost_micros,
+                cached_tokens = effect_llm_callbacks_accounts.cached_tokens + excluded.cached_tokens,
+                cache_write_tokens = effect_llm_callbacks_accounts.cache_write_tokens + excluded.cache_write_tokens,
+                reasoning_tokens = effect_llm_callbacks_accounts.reasoning_tokens + excluded.reasoning_tokens,
+                estimated_tokens = effect_llm_callbacks_accounts.estimated_tokens + excluded.estimated_tokens
+              WHERE ${
+              sql.and(counterColumns.map((column) =>
+                sql`${sql.literal(`effect_llm_callbacks_accounts.${column} + excluded.${column}`)} <= ${maxCount}`
+              ))
+            }
+              RETURNING level`
+            // Nothing of the record is kept: the transaction rolls back.
+            if (updated.length === 0) return yield* Effect.fail(TokenStore.overflowError(subject, input.cycle))
+          }
+        }
+        yield* sql`DELETE FROM effect_llm_callbacks_holds
+          WHERE cycle = ${input.cycle} AND call_id = ${input.callId} AND ${subjectsWhere(subjects)}`
+        return fresh ? "recorded" as const : "duplicate" as const
+      })
+
+    const accountOf = (subject: TokenStore.Subject, cycle: string, now: number) =>
+      Effect.gen(function*() {
+        const rows = yield* sql<Record<string, number | string | null>>`SELECT ${sql.literal([...counterColumns, "token_limit"].join(", "))} FROM effect_llm_callbacks_accounts
+          WHERE cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id}`
+        const held = yield* sql<{ readonly held: number | string | null }>`SELECT COALESCE(SUM(tokens), 0) AS held
+          FROM effect_llm_callbacks_holds
+          WHERE cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id} AND expires_at > ${now}`
+        const row = rows[0]
+        return {
+          counts: row === undefined ? undefined : counterColumns.map((column) => num(row[column])),
+          limit: row === undefined || row["token_limit"] === null ? Option.none() : Option.some(num(row["token_limit"])),
+          held: num(held[0]?.held)
+        }
+      })
+
+    const reserveAt = (input: TokenStore.ReserveInput, now: number) =>
+      Effect.gen(function*() {
+        const subjects = inLockOrder(input.subjects)
+        // Creates the missing accounts and locks them all, in lock order, in one statement.
+        const accounts = yield* sql<AccountRow>`INSERT INTO effect_llm_callbacks_accounts ${
+          sql.insert(subjects.map((s) => ({ cycle: input.cycle, level: s.level, subject_id: s.id, fresh: 1 })))
+        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
+          RETURNING level, subject_id, total_tokens, token_limit, fresh`
+        // Accounts made here for a reservation that is refused are removed again.
+        const forget = (outcome: TokenStore.ReserveOutcome) =>
+          Effect.as(
+            outcome._tag === "Reserved" ? Effect.void : Effect.forEach(
+              accounts.filter((row) => num(row.fresh) === 1),
+              (row) =>
+                sql`DELETE FROM effect_llm_callbacks_accounts
+                  WHERE cycle = ${input.cycle} AND level = ${row.level} AND subject_id = ${row.subject_id}`,
+              { discard: true }
+            ),
+            outcome
+          )
+        const first = input.subjects[0]!
+        // Reserving the same call again (a retry after a lost reply), or one already recorded, holds nothing more.
+        const held = yield* sql`SELECT 1 AS found FROM effect_llm_callbacks_holds
+          WHERE cycle = ${input.cycle} AND level = ${first.level} AND subject_id = ${first.id}
+            AND call_id = ${input.callId} AND expires_at > ${now}`
+        const recorded = first.level !== "user" ? [] : yield* sql`SELECT 1 AS found FROM effect_llm_callbacks_ledger
+          WHERE user_id = ${first.id} AND call_id = ${input.callId}`
+        if (held.length > 0 || recorded.length > 0) return yield* forget({ _tag: "Reserved" })
+        yield* sql`DELETE FROM effect_llm_callbacks_holds
+          WHERE cycle = ${input.cycle} AND ${subjectsWhere(subjects)} AND expires_at <= ${now}`
+        const heldRows = yield* sql<{ readonly level: string; readonly subject_id: string; readonly held: unknown }>`
+          SELECT level, subject_id, SUM(tokens) AS held FROM effect_llm_callbacks_holds
+          WHERE cycle = ${input.cycle} AND ${subjectsWhere(subjects)}
+          GROUP BY level, subject_id`
+        const window = TokenStore.rateWindowOf(now)
+        const verdicts: Array<TokenStore.ReserveOutcome> = []
+        for (const subject of input.subjects) {
+          const account = accounts.find((row) => sameKey(subject, row))
+          const held = num(heldRows.find((row) => sameKey(subject, row))?.held)
+          if (held + input.tokens > Number.MAX_SAFE_INTEGER) {
+            return yield* Effect.fail(TokenStore.overflowError(subject, input.cycle, "reserve"))
+          }
+          const rate = input.rateLimits?.[subject.level]
+          let current = { requests: 0, tokens: 0 }
+          if (rate !== undefined) {
+            // Rolls the subject's window to the current minute and locks it.
+            const rows = yield* sql<{ readonly requests: unknown; readonly tokens: unknown }>`
+              INSERT INTO effect_llm_callbacks_rate_windows ${
+              sql.insert({ level: subject.level, subject_id: subject.id, window_start: window, requests: 0, tokens: 0 })
+            } ON CONFLICT (level, subject_id) DO UPDATE SET
+                requests = CASE WHEN effect_llm_callbacks_rate_windows.window_start = excluded.window_start
+                  THEN effect_llm_callbacks_rate_windows.requests ELSE 0 END,
+                tokens = CASE WHEN effect_llm_callbacks_rate_windows.window_start = excluded.window_start
+                  THEN effect_llm_callbacks_rate_windows.tokens ELSE 0 END,
+                window_start = excluded.window_start
+              RETURNING requests, tokens`
+            current = { requests: num(rows[0]?.requests), tokens: num(rows[0]?.tokens) }
+          }
+          verdicts.push(TokenStore.verdictOf(
+            subject,
+            {
+              used: num(account?.total_tokens),
+              held,
+              limit: account === undefined || account.token_limit === null ? undefined : num(account.token_limit)
+            },
+            current,
+            rate,
+            input.tokens,
+            now
+          ))
+        }
+        const outcome = TokenStore.chooseRefusal(verdicts)
+        if (outcome._tag !== "Reserved") return yield* forget(outcome)
+        yield* sql`INSERT INTO effect_llm_callbacks_holds ${
+          sql.insert(subjects.map((s) => ({
+            cycle: input.cycle,
+            level: s.level,
+            subject_id: s.id,
+            call_id: input.callId,
+            tokens: input.tokens,
+            expires_at: now + input.holdTtlMillis
+          })))
+        } ON CONFLICT (cycle, level, subject_id, call_id) DO UPDATE SET
+            tokens = excluded.tokens, expires_at = excluded.expires_at`
+        for (const subject of subjects) {
+          if (input.rateLimits?.[subject.level] === undefined) continue
+          yield* sql`UPDATE effect_llm_callbacks_rate_windows
+            SET requests = requests + 1, tokens = tokens + ${input.tokens}
+            WHERE level = ${subject.level} AND subject_id = ${subject.id}`
+        }
+        return outcome
+      })
+
+    const recordAll = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
+      Effect.gen(function*() {
+        // Each record is its own transaction: a failed one does not keep the others out.
+        const results = yield* Effect.forEach(inputs, (input) => Effect.either(run("recordMany", (now) => recordAt(input, now))))
+        const outcomes: Array<TokenStore.RecordOutcome> = []
+        for (const result of results) {
+          if (result._tag === "Left") return yield* Effect.fail(result.left)
+          outcomes.push(result.right)
+        }
+        return outcomes
+      })
+
+    const backend: TokenStore.Service = {
+      record: (input) => run("record", (now) => recordAt(input, now)),
+      recordMany: recordAll,
+      stats: (owner, cycle) =>
+        run("stats", (now) =>
+          Effect.map(
+            accountOf(TokenStore.subjectOf(owner), cycle, now),
+            (account) => TokenStore.statsOf(account.counts, account.limit, account.held)
+          )),
+      reset: (owner, cycle) => {
+        const subject = TokenStore.subjectOf(owner)
+        return run("reset", (now) =>
+          Effect.gen(function*() {
+            yield* sql`UPDATE effect_llm_callbacks_accounts
+              SET ${sql.literal(counterColumns.map((column) => `${column} = 0`).join(", "))} WHERE cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id}`
+            // An account with neither a limit nor a hold is gone, as if never used.
+            yield* sql`DELETE FROM effect_llm_callbacks_accounts
+              WHERE cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id}
+                AND token_limit IS NULL AND NOT EXISTS (
+                  SELECT 1 FROM effect_llm_callbacks_holds h
+                  WHERE h.cycle = ${cycle} AND h.level = ${subject.level} AND h.subject_id = ${subject.id}
+                    AND h.expires_at > ${now})`
+          }))
+      },
+      setLimit: (owner, cycle, limit) => {
+        const subject = TokenStore.subjectOf(owner)
+        return run(
+          "setLimit",
+          () =>
+            sql`INSERT INTO effect_llm_callbacks_accounts ${
+              sql.insert({ cycle, level: subject.level, subject_id: subject.id, token_limit: limit })
+            } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET token_limit = excluded.token_limit`
+        ).pipe(Effect.asVoid)
+      },
+      checkLimit: (owner, cycle) =>
+        run("checkLimit", (now) =>
+          Effect.map(
+            accountOf(TokenStore.subjectOf(owner), cycle, now),
+            (account) => TokenStore.makeLimitCheck(account.counts?.[2] ?? 0, account.limit, account.held)
+          )),
+      users: (cycle) =>
+        run("users", () =>
+          sql<{ readonly subject_id: string }>`SELECT subject_id FROM effect_llm_callbacks_accounts
+            WHERE cycle = ${cycle} AND level = 'user'`).pipe(
+            // Sorted here, by code units like the other stores, not by the database's collation.
+            Effect.map((rows) => rows.map((row) => row.subject_id).sort())
+          ),
+      reserve: (input) => run("reserve", (now) => reserveAt(input, now)),
+      release: (input) =>
+        run("release", () =>
+          sql`DELETE FROM effect_llm_callbacks_holds
+            WHERE cycle = ${input.cycle} AND call_id = ${input.callId} AND ${subjectsWhere(input.subjects)}`).pipe(
+            Effect.asVoid
+          ),
+      // The ledger keeps every call id: a replay of any age counts once.
+      idempotencyWindowMillis: Number.POSITIVE_INFINITY
+    }
+    return TokenStore.withValidation(backend)
+  })
+
+/**
+ * Reads the ledger: the recorded calls of a cycle (optionally of one user),
+ * oldest first.
+ *
+ * @since 0.3.0
+ * @category ledger
+ */
+export const ledger = (
+  query: LedgerQuery
+): Effect.Effect<ReadonlyArray<LedgerRow>, TokenStore.TokenStoreError, SqlClient.SqlClient> =>
+  Effect.gen(function*() {
+    const sql = yield* SqlClient.SqlClient
+    const rows = yield* sql<RawLedgerRow>`SELECT * FROM effect_llm_callbacks_ledger
+      WHERE cycle = ${query.cycle}${query.userId === undefined ? sql`` : sql` AND user_id = ${query.userId}`}
+      ORDER BY recorded_at, user_id, call_id${query.limit === undefined ? sql`` : sql` LIMIT ${query.limit}`}`
+    return rows.map(ledgerRowOf)
+  }).pipe(Effect.mapError(storeError("ledger")))
+
+/**
+ * The token store over the `SqlClient` in context.
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layer = (
+  options?: Options
+): Layer.Layer<TokenStore.TokenStore, TokenStore.TokenStoreError, SqlClient.SqlClient> =>
+  Layer.effect(TokenStore.TokenStore, make(options))
+
+const importDriver = <A>(name: string, load: () => Promise<A>) =>
+  Effect.tryPromise({
+    try: load,
+    catch: (cause) =>
+      new TokenStore.TokenStoreError({
+        reason: "Unknown",
+        message: `SqlTokenStore: cannot load ${name} (install it: npm install ${name}): ${describe(cause)}`,
+        cause
+      })
+  })
+
+/**
+ * The token store in PostgreSQL, through `@effect/sql-pg` (an optional peer,
+ * loaded when the layer is built): a connection pool for the URL, closed
+ * with the layer. The `SqlClient` is provided too (for {@link ledger}).
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layerPg = (
+  config: { readonly url: Redacted.Redacted<string> } & Options
+): Layer.Layer<TokenStore.TokenStore | SqlClient.SqlClient, TokenStore.TokenStoreError | ConfigError.ConfigError> =>
+  Layer.unwrapEffect(Effect.map(
+    importDriver("@effect/sql-pg", () => import("@effect/sql-pg/PgClient")),
+    (PgClient) =>
+      Layer.provideMerge(
+        layer(config),
+        PgClient.layer({ url: config.url }).pipe(Layer.mapError(storeError("connect")))
+      )
+  ))
+
+/**
+ * The token store in a local SQLite file (created if missing), through
+ * `@effect/sql-sqlite-node`. The `SqlClient` is provided too (for
+ * {@link ledger}).
+ *
+ * @since 0.3.0
+ * @category layers
+ */
+export const layerSqlite = (
+  config: { readonly filename: string } & Options
+): Layer.Layer<TokenStore.TokenStore | SqlClient.SqlClient, TokenStore.TokenStoreError | ConfigError.ConfigError> =>
+  Layer.unwrapEffect(Effect.map(
+    importDriver("@effect/sql-sqlite-node", () => import("@effect/sql-sqlite-node/SqliteClient")),
+    (SqliteClient) =>
+      Layer.provideMerge(
+        layer(config),
+        SqliteClient.layer({ filename: config.filename }).pipe(Layer.mapError(storeError("open")))
+      )
+  ))

@@ -1,0 +1,228 @@
+// The SQL token store: the conformance suites (limits and budgets included)
+// against a SQLite file and a real PostgreSQL (a database of the run's own),
+// the ledger, and two clients writing one database at once.
+import * as SqlClient from "@effect/sql/SqlClient"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
+import { assert, describe, it, layer } from "@effect/vitest"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schedule from "effect/Schedule"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
+import * as Outbox from "../../src/Outbox.js"
+import * as TokenStore from "../../src/TokenStore.js"
+import { budgetConformance } from "../support/budgetConformance.js"
+import * as FaultProxy from "../support/FaultProxy.js"
+import { bannerWithoutPostgres, postgresClient, postgresUrl, skipWithoutPostgres } from "../support/postgres.js"
+import { freshCycle, freshId, makeWorkload, tokenStoreConformance } from "../support/tokenStoreConformance.js"
+
+bannerWithoutPostgres("test/layers/SqlTokenStore.test.ts (PostgreSQL)")
+
+const directory = fs.mkdtempSync(path.join(os.tmpdir(), "effect-llm-callbacks-sql-"))
+const sqliteFile = (name: string) => path.join(directory, `${name}.sqlite`)
+
+const sqliteClient = (name: string): Layer.Layer<SqlClient.SqlClient> =>
+  SqliteClient.layer({ filename: sqliteFile(name) }).pipe(Layer.orDie)
+
+const sqliteStore = (name: string) => SqlTokenStore.layer().pipe(Layer.provide(sqliteClient(name)))
+
+const postgresStore = SqlTokenStore.layer().pipe(Layer.provide(postgresClient))
+
+tokenStoreConformance("SQL (SQLite)", sqliteStore("conformance"))
+budgetConformance("SQL (SQLite)", sqliteStore("budget"))
+
+describe.skipIf(skipWithoutPostgres)("PostgreSQL", () => {
+  tokenStoreConformance("SQL (PostgreSQL)", postgresStore)
+  budgetConformance("SQL (PostgreSQL)", postgresStore)
+})
+
+const usage = (promptTokens: number, completionTokens: number): TokenStore.TokenCounts => ({
+  promptTokens,
+  completionTokens,
+  totalTokens: promptTokens + completionTokens
+})
+
+/** The ledger suite, against one backend: `client` is a client of the database, `store` the store over it. */
+const ledgerSuite = (name: string, client: Layer.Layer<SqlClient.SqlClient>) =>
+  layer(Layer.provideMerge(SqlTokenStore.layer(), client), { timeout: "60 seconds" })(`SqlTokenStore ledger: ${name}`, (it) => {
+    it.effect("one row per recorded call, with everything billed; the totals are its sums", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const cycle = freshCycle()
+        const userId = freshId("ledger")
+        const teamId = freshId("team")
+        const first = {
+          callId: freshId("call"),
+          userId,
+          teamId,
+          cycle,
+          usage: { ...usage(100, 40), cachedTokens: 60, cacheWriteTokens: 5, reasoningTokens: 30 },
+          costMicros: 1_234,
+          provider: "openai",
+          model: "gpt-4o-mini-2024-07-18"
+        }
+        const second = { callId: freshId("call"), userId, cycle, usage: usage(7, 3), estimated: true }
+        assert.strictEqual(yield* store.record(first), "recorded")
+        assert.strictEqual(yield* store.record(first), "duplicate")
+        assert.deepStrictEqual(yield* store.recordMany([second, first]), ["recorded", "duplicate"])
+        const rows = yield* SqlTokenStore.ledger({ cycle, userId })
+        assert.strictEqual(rows.length, 2)
+        assert.deepInclude(rows.find((row) => row.callId === first.callId), {
+          userId,
+          cycle,
+          teamId,
+          orgId: undefined,
+          provider: "openai",
+          model: "gpt-4o-mini-2024-07-18",
+          promptTokens: 100,
+          completionTokens: 40,
+          totalTokens: 140,
+          cachedTokens: 60,
+          cacheWriteTokens: 5,
+          reasoningTokens: 30,
+          costMicros: 1_234,
+          estimated: false
+        })
+        assert.deepInclude(rows.find((row) => row.callId === second.callId), {
+          provider: undefined,
+          model: undefined,
+          totalTokens: 10,
+          estimated: true,
+          costMicros: 0
+        })
+        const stats = yield* store.stats(userId, cycle)
+        assert.strictEqual(stats.totalTokens, rows.reduce((n, row) => n + row.totalTokens, 0))
+        assert.strictEqual(stats.estimatedTokens, 10)
+        assert.strictEqual((yield* store.stats({ level: "team", id: teamId }, cycle)).totalTokens, 140)
+        // A reset clears the counters; the ledger keeps the history, and the call ids still count once.
+        yield* store.reset(userId, cycle)
+        assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, 0)
+        assert.strictEqual((yield* SqlTokenStore.ledger({ cycle, userId })).length, 2)
+        assert.strictEqual(yield* store.record(first), "duplicate")
+        assert.strictEqual((yield* SqlTokenStore.ledger({ cycle, userId, limit: 1 })).length, 1)
+      }))
+
+    it.effect("a record that would overflow a counter leaves no ledger row", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const cycle = freshCycle()
+        const userId = freshId("overflow")
+        const teamId = freshId("team")
+        yield* store.record({ callId: freshId("call"), userId: freshId("other"), teamId, cycle, usage: usage(Number.MAX_SAFE_INTEGER - 5, 0) })
+        const error = yield* Effect.flip(store.record({ callId: freshId("call"), userId, teamId, cycle, usage: usage(10, 0) }))
+        assert.strictEqual(error.reason, "InvalidInput")
+        assert.include(error.message, "team")
+        assert.deepStrictEqual(yield* SqlTokenStore.ledger({ cycle, userId }), [])
+        // The user's counters did not move either: the record was one transaction.
+        assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, 0)
+      }))
+
+    it.effect("two clients on one database, recording the same calls at once, count each call once", () =>
+      Effect.gen(function*() {
+        const cycle = freshCycle()
+        const { expected, records } = makeWorkload({ calls: 400, users: 5, userPrefix: freshId("twice") })
+        const recordAll = (order: ReadonlyArray<(typeof records)[number]>) =>
+          Effect.flatMap(TokenStore.TokenStore, (store) =>
+            Effect.forEach(order, (r) => store.record({ ...r, cycle }), { concurrency: 8 }))
+        // A second client (its own connections) beside the suite's: both write every call, in opposite orders.
+        const [a, b] = yield* Effect.all([
+          recordAll(records),
+          recordAll([...records].reverse()).pipe(Effect.provide(SqlTokenStore.layer().pipe(Layer.provide(client))))
+        ], { concurrency: 2 })
+        const recorded = [...a, ...b].filter((outcome) => outcome === "recorded").length
+        assert.strictEqual(recorded, records.length)
+        const store = yield* TokenStore.TokenStore
+        for (const [userId, totals] of expected) {
+          const stats = yield* store.stats(userId, cycle)
+          assert.deepStrictEqual(
+            { promptTokens: stats.promptTokens, completionTokens: stats.completionTokens, totalTokens: stats.totalTokens },
+            totals,
+            userId
+          )
+          const rows = yield* SqlTokenStore.ledger({ cycle, userId })
+          assert.strictEqual(rows.reduce((n, row) => n + row.totalTokens, 0), totals.totalTokens, userId)
+        }
+      }))
+  })
+
+ledgerSuite("SQLite", sqliteClient("ledger"))
+
+describe.skipIf(skipWithoutPostgres)("PostgreSQL", () => {
+  ledgerSuite("PostgreSQL", postgresClient)
+})
+
+describe("SqlTokenStore errors", () => {
+  it.effect("a database that cannot be reached is Unavailable (an outbox keeps such records)", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        Effect.scoped(Layer.build(SqlTokenStore.layerPg({ url: Redacted.make("postgres://postgres@127.0.0.1:1/none") })))
+      )
+      assert.isTrue(error instanceof TokenStore.TokenStoreError && error.reason === "Unavailable")
+      assert.include(error.message, "ECONNREFUSED")
+    }), { timeout: 30_000 })
+
+  it.effect("the store remembers call ids for ever: an outbox of any age fits its window", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      assert.strictEqual(store.idempotencyWindowMillis, Number.POSITIVE_INFINITY)
+      assert.isTrue(Option.isNone((yield* store.stats("nobody", "2025-01-01")).limit))
+    }).pipe(Effect.provide(sqliteStore("window"))))
+})
+
+describe.skipIf(skipWithoutPostgres)("SqlTokenStore through PostgreSQL outages", () => {
+  it.live("connections reset and replies lost: with an outbox, every record is stored exactly once", () =>
+    Effect.gen(function*() {
+      const target = new URL(postgresUrl())
+      const proxy = yield* FaultProxy.make({ targetPort: Number(target.port || 5432), seed: 11 })
+      const viaProxy = new URL(target.toString())
+      viaProxy.port = String(proxy.port)
+      const client = PgClient.layer({ url: Redacted.make(viaProxy.toString()), connectTimeout: "2 seconds" }).pipe(
+        Layer.orDie
+      )
+      const store = Outbox.layer({ retry: Schedule.spaced("50 millis"), attemptTimeout: "2 seconds" }).pipe(
+        Layer.provide(Outbox.layerStorageMemory),
+        Layer.provide(SqlTokenStore.layer({ timeout: "2 seconds" })),
+        Layer.provideMerge(client)
+      )
+      const cycle = freshCycle()
+      const { expected, records } = makeWorkload({ calls: 300, users: 4, userPrefix: freshId("outage") })
+      const outcomes = yield* Effect.gen(function*() {
+        const tokens = yield* TokenStore.TokenStore
+        const write = (part: ReadonlyArray<(typeof records)[number]>) =>
+          Effect.forEach(part, (r) => tokens.record({ ...r, cycle }), { concurrency: 8 })
+        const before = yield* write(records.slice(0, 100))
+        // The database unreachable: every connection is reset.
+        yield* proxy.setFaults({ dropReply: 0, reset: 1 })
+        const during = yield* write(records.slice(100, 200))
+        // Back, but flaky: replies lost after the server did the work, connections reset.
+        yield* proxy.setFaults({ dropReply: 0.05, reset: 0.05 })
+        const flaky = yield* write(records.slice(200))
+        yield* proxy.setFaults({ dropReply: 0, reset: 0 })
+        yield* Outbox.flush.pipe(Effect.timeout("60 seconds"))
+        const stats = yield* Outbox.stats
+        assert.deepInclude(stats, { pending: 0, dropped: 0, expired: 0, rejected: 0 })
+        for (const [userId, totals] of expected) {
+          const stored = yield* tokens.stats(userId, cycle)
+          assert.deepStrictEqual(
+            { promptTokens: stored.promptTokens, completionTokens: stored.completionTokens, totalTokens: stored.totalTokens },
+            totals,
+            userId
+          )
+          const rows = yield* SqlTokenStore.ledger({ cycle, userId })
+          assert.strictEqual(rows.reduce((n, row) => n + row.totalTokens, 0), totals.totalTokens, userId)
+        }
+        return { before, during, flaky }
+      }).pipe(Effect.provide(store))
+      assert.isTrue(outcomes.before.every((outcome) => outcome === "recorded"))
+      // Nothing was written while the database could not be reached: the outbox held it all.
+      assert.isTrue(outcomes.during.every((outcome) => outcome === "queued"))
+      const counters = yield* proxy.counters
+      assert.isAbove(counters.resets, 0)
+      assert.isAbove(counters.repliesDropped, 0)
+    }).pipe(Effect.scoped), { timeout: 120_000 })
+})
