@@ -1,14 +1,20 @@
 /**
  * The `effect-llm-callbacks` command line: reads and administers the token
- * store kept in Redis (`layers/RedisTokenStore.ts`).
+ * store kept in Redis (`layers/RedisTokenStore.ts`) or in a SQL database
+ * (`layers/SqlTokenStore.ts`: PostgreSQL or SQLite), and reads the SQL
+ * store's ledger.
  *
- * - `usage [--redis URL] [--user ID] [--cycle YYYY-MM-DD] [--json] [--key-prefix P]`
+ * - `usage [--redis URL | --database URL] [--user ID] [--cycle YYYY-MM-DD] [--json] [--key-prefix P]`
  *   prints per-user usage and limits of a billing cycle, as a table or JSON;
  * - `set-limit --user ID --limit N [--cycle YYYY-MM-DD]` sets a user's limit;
- * - `reset --user ID [--cycle YYYY-MM-DD]` clears a user's usage (the limit stays).
+ * - `reset --user ID [--cycle YYYY-MM-DD]` clears a user's usage (the limit stays);
+ * - `ledger --database URL [--user ID] [--cycle YYYY-MM-DD] [--json] [--max-rows N]`
+ *   prints the recorded calls of a cycle, one per line, and their sums.
  *
- * The Redis URL comes from `--redis`, else from `REDIS_URL`; the key prefix
- * from `--key-prefix`, else `REDIS_KEY_PREFIX`, else `token_usage`. The cycle
+ * The store: `--redis URL` (else `REDIS_URL`) or `--database URL` (else
+ * `DATABASE_URL`), `postgres://...` or `sqlite:FILE`; an explicit flag wins,
+ * then `REDIS_URL`, then `DATABASE_URL`. The key prefix (Redis) comes from
+ * `--key-prefix`, else `REDIS_KEY_PREFIX`, else `token_usage`. The cycle
  * defaults to the current monthly cycle (UTC, starting on the 1st).
  *
  * @since 0.1.0
@@ -22,13 +28,17 @@ import * as ValidationError from "@effect/cli/ValidationError"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
 import * as Console from "effect/Console"
+import * as Context from "effect/Context"
 import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schema from "effect/Schema"
 import * as RedisTokenStore from "../layers/RedisTokenStore.js"
+import type * as SqlTokenStore from "../layers/SqlTokenStore.js"
 import * as BillingCycle from "../src/BillingCycle.js"
 import * as TokenStore from "../src/TokenStore.js"
 
@@ -179,6 +189,77 @@ export const formatJson = (rows: ReadonlyArray<UsageRow>): string =>
     2
   )
 
+const ledgerColumns = [
+  "recorded_at",
+  "user",
+  "call",
+  "provider",
+  "model",
+  "prompt",
+  "cached",
+  "cache_write",
+  "completion",
+  "reasoning",
+  "total",
+  "estimated",
+  "cost"
+] as const
+
+/**
+ * Ledger rows as a plain-text table (numbers right aligned), then a line with
+ * the number of calls and the sums of tokens and cost.
+ *
+ * @since 0.3.0
+ * @category formatting
+ */
+export const formatLedgerTable = (rows: ReadonlyArray<SqlTokenStore.LedgerRow>): string => {
+  const cells = rows.map((row) => [
+    new Date(row.recordedAt).toISOString(),
+    row.userId,
+    row.callId,
+    row.provider ?? "-",
+    row.model ?? "-",
+    String(row.promptTokens),
+    String(row.cachedTokens),
+    String(row.cacheWriteTokens),
+    String(row.completionTokens),
+    String(row.reasoningTokens),
+    String(row.totalTokens),
+    row.estimated ? "yes" : "no",
+    formatCost(row.costMicros)
+  ])
+  const widths = ledgerColumns.map((header, i) => Math.max(header.length, ...cells.map((line) => line[i]!.length)))
+  const render = (line: ReadonlyArray<string>) =>
+    line.map((cell, i) => (i < 5 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ").trimEnd()
+  const sum = (f: (row: SqlTokenStore.LedgerRow) => number) => rows.reduce((n, row) => n + f(row), 0)
+  const footer = `${rows.length} calls, ${sum((row) => row.totalTokens)} tokens (${
+    sum((row) => row.promptTokens)
+  } prompt, ${sum((row) => row.completionTokens)} completion), cost ${formatCost(sum((row) => row.costMicros))}`
+  return [render(ledgerColumns), ...cells.map(render), footer].join("\n")
+}
+
+/**
+ * Ledger rows as JSON: an array of the rows' fields, with `recordedAt` as an
+ * ISO date and `cost` as a decimal string beside `costMicros`.
+ *
+ * @since 0.3.0
+ * @category formatting
+ */
+export const formatLedgerJson = (rows: ReadonlyArray<SqlTokenStore.LedgerRow>): string =>
+  JSON.stringify(
+    rows.map((row) => ({
+      ...row,
+      teamId: row.teamId ?? null,
+      orgId: row.orgId ?? null,
+      provider: row.provider ?? null,
+      model: row.model ?? null,
+      recordedAt: new Date(row.recordedAt).toISOString(),
+      cost: formatCost(row.costMicros)
+    })),
+    null,
+    2
+  )
+
 // -----------------------------------------------------------------------------
 // Errors
 // -----------------------------------------------------------------------------
@@ -228,11 +309,11 @@ export const redisLocation = (url: string): string => {
   }
 }
 
-const toCliError = (url: string) => (error: ConfigError.ConfigError | TokenStore.TokenStoreError): CliError =>
+const toCliError = (where: string) => (error: ConfigError.ConfigError | TokenStore.TokenStoreError): CliError =>
   ConfigError.isConfigError(error)
     ? new CliError({ reason: "InvalidArguments", message: describeConfigError(error) })
     : error.reason === "Unavailable" || error.reason === "Timeout"
-    ? new CliError({ reason: "Failed", message: `Cannot reach Redis at ${redisLocation(url)}: ${error.message}` })
+    ? new CliError({ reason: "Failed", message: `Cannot reach ${where}: ${error.message}` })
     : new CliError({ reason: error.reason === "InvalidInput" ? "InvalidArguments" : "Failed", message: error.message })
 
 // -----------------------------------------------------------------------------
@@ -250,8 +331,15 @@ export const redisTimeout: Duration.Duration = Duration.seconds(3)
 const redis = Options.redacted("redis").pipe(
   Options.withPseudoName("URL"),
   Options.withDescription("Redis URL (redis:// or rediss://); default: the REDIS_URL environment variable"),
-  Options.withFallbackConfig(Config.option(Config.redacted("REDIS_URL")).pipe(Config.map(Option.getOrUndefined))),
-  Options.map(Option.fromNullable)
+  Options.optional
+)
+
+const database = Options.redacted("database").pipe(
+  Options.withPseudoName("URL"),
+  Options.withDescription(
+    "SQL token store: postgres://... or sqlite:FILE; default: the DATABASE_URL environment variable (when REDIS_URL is unset)"
+  ),
+  Options.optional
 )
 
 const keyPrefix = Options.text("key-prefix").pipe(
@@ -283,9 +371,100 @@ const limit = Options.integer("limit").pipe(
 
 interface StoreOptions {
   readonly redis: Option.Option<Redacted.Redacted<string>>
+  readonly database: Option.Option<Redacted.Redacted<string>>
   readonly keyPrefix: string
   readonly cycle: Option.Option<BillingCycle.CycleDate>
 }
+
+/** Where a SQL store is: a PostgreSQL URL, or a SQLite file. */
+type Database =
+  | { readonly _tag: "Postgres"; readonly url: Redacted.Redacted<string> }
+  | { readonly _tag: "Sqlite"; readonly filename: string }
+
+/**
+ * The database of a `--database` value: `postgres://` or `postgresql://` URLs,
+ * `sqlite:FILE` (a path, relative to the working directory, or absolute).
+ *
+ * @since 0.3.0
+ * @category parsing
+ */
+export const parseDatabase = (value: Redacted.Redacted<string>): Either.Either<Database, CliError> => {
+  const text = Redacted.value(value)
+  if (/^postgres(ql)?:\/\//.test(text)) return Either.right({ _tag: "Postgres", url: value })
+  if (text.startsWith("sqlite:") && text.length > "sqlite:".length) {
+    return Either.right({ _tag: "Sqlite", filename: text.slice("sqlite:".length) })
+  }
+  return Either.left(
+    new CliError({
+      reason: "InvalidArguments",
+      message: "Invalid --database: expected postgres://... or sqlite:FILE (the value is not shown: it may hold a password)"
+    })
+  )
+}
+
+const databaseLocation = (database: Database): string =>
+  database._tag === "Sqlite" ? `the SQLite file ${database.filename}` : `PostgreSQL at ${redisLocation(Redacted.value(database.url))}`
+
+/** The store the options name: an explicit flag, then REDIS_URL, then DATABASE_URL. */
+const chooseStore = (
+  options: StoreOptions
+): Effect.Effect<
+  | { readonly _tag: "Redis"; readonly url: Redacted.Redacted<string> }
+  | { readonly _tag: "Sql"; readonly database: Database },
+  CliError
+> =>
+  Effect.gen(function*() {
+    if (Option.isSome(options.database) && Option.isSome(options.redis)) {
+      return yield* new CliError({ reason: "InvalidArguments", message: "Pass either --redis or --database, not both" })
+    }
+    if (Option.isSome(options.database)) {
+      return { _tag: "Sql" as const, database: yield* parseDatabase(options.database.value) }
+    }
+    if (Option.isSome(options.redis)) return { _tag: "Redis" as const, url: options.redis.value }
+    const fromEnv = (name: string) =>
+      Config.option(Config.redacted(name)).pipe(
+        Effect.map(Option.filter((url) => Redacted.value(url) !== "")),
+        Effect.orElseSucceed(() => Option.none())
+      )
+    const redisUrl = yield* fromEnv("REDIS_URL")
+    if (Option.isSome(redisUrl)) return { _tag: "Redis" as const, url: redisUrl.value }
+    const databaseUrl = yield* fromEnv("DATABASE_URL")
+    if (Option.isSome(databaseUrl)) return { _tag: "Sql" as const, database: yield* parseDatabase(databaseUrl.value) }
+    return yield* new CliError({
+      reason: "InvalidArguments",
+      message: "No Redis URL: pass --redis URL or set REDIS_URL (or --database URL / DATABASE_URL for a SQL store)"
+    })
+  })
+
+/**
+ * The SQL store of a database and a reader of its ledger; closed with the
+ * scope. The SQL modules (optional peers) are loaded only here.
+ */
+const sqlStore = (database: Database) =>
+  Effect.gen(function*() {
+    const [Sql, SqlClient] = yield* Effect.promise(() =>
+      Promise.all([import("../layers/SqlTokenStore.js"), import("@effect/sql/SqlClient")])
+    )
+    const layer = database._tag === "Postgres"
+      ? Sql.layerPg({ url: database.url, timeout: redisTimeout })
+      : Sql.layerSqlite({ filename: database.filename, timeout: redisTimeout })
+    const context = yield* Layer.build(layer).pipe(
+      Effect.mapError(toCliError(databaseLocation(database))),
+      Effect.timeoutFail({
+        duration: redisTimeout,
+        onTimeout: () =>
+          new CliError({
+            reason: "Failed",
+            message: `Cannot reach ${databaseLocation(database)}: no answer within ${Duration.format(redisTimeout)}`
+          })
+      })
+    )
+    return {
+      store: Context.get(context, TokenStore.TokenStore),
+      ledger: (query: SqlTokenStore.LedgerQuery) =>
+        Effect.provideService(Sql.ledger(query), SqlClient.SqlClient, Context.get(context, SqlClient.SqlClient))
+    }
+  })
 
 /**
  * Runs `f` with the Redis token store and the resolved cycle; the connection
@@ -301,14 +480,14 @@ const withStore = <A>(
       onNone: () => BillingCycle.current(),
       onSome: Effect.succeed
     })
-    const url = yield* Option.match(options.redis, {
-      onNone: () =>
-        Effect.fail(
-          new CliError({ reason: "InvalidArguments", message: "No Redis URL: pass --redis URL or set REDIS_URL" })
-        ),
-      onSome: Effect.succeed
-    })
-    const toError = toCliError(Redacted.value(url))
+    const chosen = yield* chooseStore(options)
+    if (chosen._tag === "Sql") {
+      const toError = toCliError(databaseLocation(chosen.database))
+      const { store } = yield* sqlStore(chosen.database)
+      return yield* Effect.mapError(f(store, resolved), toError)
+    }
+    const url = chosen.url
+    const toError = toCliError(`Redis at ${redisLocation(Redacted.value(url))}`)
     // ioredis bounds the TCP connect, not the handshake after it (a server
     // that accepts and never answers): the whole connect is bounded here.
     const store = yield* RedisTokenStore.make({
@@ -335,7 +514,7 @@ const withStore = <A>(
 
 const usage = Command.make(
   "usage",
-  { redis, keyPrefix, cycle, user: Options.optional(user), json: Options.boolean("json") },
+  { redis, database, keyPrefix, cycle, user: Options.optional(user), json: Options.boolean("json") },
   (options) =>
     withStore(options, (store, cycle) =>
       Effect.gen(function*() {
@@ -361,7 +540,7 @@ const usage = Command.make(
 
 const setLimit = Command.make(
   "set-limit",
-  { redis, keyPrefix, cycle, user, limit },
+  { redis, database, keyPrefix, cycle, user, limit },
   (options) =>
     withStore(options, (store, cycle) => Effect.as(store.setLimit(options.user, cycle, options.limit), cycle)).pipe(
       Effect.flatMap((cycle) =>
@@ -372,7 +551,7 @@ const setLimit = Command.make(
 
 const reset = Command.make(
   "reset",
-  { redis, keyPrefix, cycle, user },
+  { redis, database, keyPrefix, cycle, user },
   (options) =>
     withStore(options, (store, cycle) => Effect.as(store.reset(options.user, cycle), cycle)).pipe(
       Effect.flatMap((cycle) =>
@@ -381,16 +560,56 @@ const reset = Command.make(
     )
 ).pipe(Command.withDescription("Clear a user's usage counters for a billing cycle (the limit is kept)"))
 
+const maxRows = Options.integer("max-rows").pipe(
+  Options.withPseudoName("N"),
+  Options.withDescription("Print at most N calls (the oldest first); default 10000"),
+  Options.withSchema(
+    Schema.Number.pipe(
+      Schema.filter((n) => Number.isSafeInteger(n) && n > 0, {
+        message: (issue) => `Expected a positive integer, got ${String(issue.actual)}`
+      })
+    )
+  ),
+  Options.withDefault(10_000)
+)
+
+const ledgerCommand = Command.make(
+  "ledger",
+  { database, cycle, user: Options.optional(user), json: Options.boolean("json"), maxRows },
+  (options) =>
+    Effect.gen(function*() {
+      const resolved = yield* Option.match(options.cycle, { onNone: () => BillingCycle.current(), onSome: Effect.succeed })
+      const chosen = yield* chooseStore({ ...options, redis: Option.none(), keyPrefix: "" })
+      if (chosen._tag !== "Sql") {
+        return yield* new CliError({
+          reason: "InvalidArguments",
+          message: "The ledger is kept by the SQL store: pass --database URL or set DATABASE_URL"
+        })
+      }
+      const toError = toCliError(databaseLocation(chosen.database))
+      const { ledger } = yield* sqlStore(chosen.database)
+      const rows = yield* ledger({ cycle: resolved, userId: Option.getOrUndefined(options.user), limit: options.maxRows })
+        .pipe(Effect.mapError(toError))
+      yield* Console.log(
+        options.json
+          ? formatLedgerJson(rows)
+          : rows.length === 0
+          ? `No recorded calls in cycle ${resolved}.`
+          : `Cycle ${resolved}\n${formatLedgerTable(rows)}`
+      )
+    }).pipe(Effect.scoped)
+).pipe(Command.withDescription("Print the recorded calls of a billing cycle from the SQL store's ledger, and their sums"))
+
 /**
  * The root command, `effect-llm-callbacks`, with the subcommands `usage`,
- * `set-limit` and `reset`.
+ * `set-limit`, `reset` and `ledger`.
  *
  * @since 0.1.0
  * @category commands
  */
 export const command = Command.make("effect-llm-callbacks").pipe(
   Command.withDescription("Token usage administration for effect-llm-callbacks"),
-  Command.withSubcommands([usage, setLimit, reset])
+  Command.withSubcommands([usage, setLimit, reset, ledgerCommand])
 )
 
 /**
@@ -398,8 +617,10 @@ export const command = Command.make("effect-llm-callbacks").pipe(
  * command when none is.
  */
 const usageText = (args: ReadonlyArray<string>): string => {
-  const target = args.find((arg) => arg === "usage" || arg === "set-limit" || arg === "reset")
-  const usageOf = target === "usage"
+  const target = args.find((arg) => arg === "usage" || arg === "set-limit" || arg === "reset" || arg === "ledger")
+  const usageOf = target === "ledger"
+    ? Command.getUsage(ledgerCommand)
+    : target === "usage"
     ? Command.getUsage(usage)
     : target === "set-limit"
     ? Command.getUsage(setLimit)

@@ -2,15 +2,20 @@
 // against the shared test Redis, each test under its own key prefix.
 import { assert, describe, it } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import type * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
 import { execFile } from "node:child_process"
 import * as fs from "node:fs"
+import * as os from "node:os"
 import * as net from "node:net"
 import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import { beforeAll } from "vitest"
 import * as RedisTokenStore from "../layers/RedisTokenStore.js"
+import * as SqlTokenStore from "../layers/SqlTokenStore.js"
 import * as BillingCycle from "../src/BillingCycle.js"
-import type * as TokenStore from "../src/TokenStore.js"
+import * as TokenStore from "../src/TokenStore.js"
+import { postgresUrl, skipWithoutPostgres } from "./support/postgres.js"
 import { freePort, redisUrl, uniqueKeyPrefix } from "./support/redis.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
@@ -33,6 +38,7 @@ const baseEnv = (): NodeJS.ProcessEnv => {
   const env = { ...process.env }
   delete env["REDIS_URL"]
   delete env["REDIS_KEY_PREFIX"]
+  delete env["DATABASE_URL"]
   return env
 }
 
@@ -316,6 +322,115 @@ describe("effect-llm-callbacks CLI", () => {
         for (const socket of sockets) socket.destroy()
         await new Promise((resolve) => server.close(resolve))
       }
+    })
+  })
+
+  describe("the SQL store and its ledger", () => {
+    const directory = fs.mkdtempSync(path.join(os.tmpdir(), "effect-llm-callbacks-cli-"))
+
+    /** Records calls through the SQL store of a database, as an application would. */
+    const seedSql = (
+      store: Layer.Layer<TokenStore.TokenStore, unknown>,
+      records: ReadonlyArray<TokenStore.RecordInput>
+    ) =>
+      Effect.runPromise(
+        Effect.flatMap(TokenStore.TokenStore, (tokens) => Effect.forEach(records, tokens.record)).pipe(
+          Effect.provide(store),
+          Effect.orDie
+        )
+      )
+
+    const calls = (userPrefix: string): ReadonlyArray<TokenStore.RecordInput> => [
+      {
+        callId: "c1",
+        userId: `${userPrefix}alice`,
+        cycle,
+        usage: { ...counts(100, 50), cachedTokens: 60, reasoningTokens: 20 },
+        costMicros: 1_234_567,
+        provider: "openai",
+        model: "gpt-4o-mini"
+      },
+      { callId: "c2", userId: `${userPrefix}alice`, cycle, usage: counts(1, 2), estimated: true },
+      { callId: "c3", userId: `${userPrefix}bob`, cycle, usage: counts(10, 5), provider: "anthropic", model: "claude" }
+    ]
+
+    it("usage, set-limit and ledger on a SQLite file", async () => {
+      const file = path.join(directory, "store.sqlite")
+      await seedSql(SqlTokenStore.layerSqlite({ filename: file }), calls(""))
+      const database = `sqlite:${file}`
+      const usage = await cli(["usage", "--database", database, "--cycle", cycle])
+      assert.strictEqual(usage.code, 0, usage.stderr)
+      assert.deepStrictEqual(lines(usage.stdout).slice(2), [
+        ["alice", "101", "60", "0", "52", "20", "153", "3", "1.234567", "-", "-", "no"],
+        ["bob", "10", "0", "0", "5", "0", "15", "0", "0.000000", "-", "-", "no"]
+      ])
+      const limit = await cli(["set-limit", "--database", database, "--cycle", cycle, "--user", "bob", "--limit", "15"])
+      assert.strictEqual(limit.code, 0, limit.stderr)
+      const bob = await cli(["usage", "--database", database, "--cycle", cycle, "--user", "bob", "--json"])
+      assert.deepInclude((JSON.parse(bob.stdout) as ReadonlyArray<object>)[0], { limit: 15, exceeded: true })
+
+      const table = await cli(["ledger", "--database", database, "--cycle", cycle])
+      assert.strictEqual(table.code, 0, table.stderr)
+      const rows = lines(table.stdout)
+      assert.deepStrictEqual(rows[1], [
+        "recorded_at",
+        "user",
+        "call",
+        "provider",
+        "model",
+        "prompt",
+        "cached",
+        "cache_write",
+        "completion",
+        "reasoning",
+        "total",
+        "estimated",
+        "cost"
+      ])
+      assert.deepStrictEqual(rows.slice(2, 5).map((row) => row.slice(1)).sort(), [
+        ["alice", "c1", "openai", "gpt-4o-mini", "100", "60", "0", "50", "20", "150", "no", "1.234567"],
+        ["alice", "c2", "-", "-", "1", "0", "0", "2", "0", "3", "yes", "0.000000"],
+        ["bob", "c3", "anthropic", "claude", "10", "0", "0", "5", "0", "15", "no", "0.000000"]
+      ])
+      assert.strictEqual(table.stdout.trim().split("\n").at(-1), "3 calls, 168 tokens (111 prompt, 57 completion), cost 1.234567")
+
+      // DATABASE_URL names the store when no flag does; --user restricts the ledger to one user.
+      const json = await cli(["ledger", "--cycle", cycle, "--user", "bob", "--json"], { ...baseEnv(), DATABASE_URL: database })
+      assert.strictEqual(json.code, 0, json.stderr)
+      assert.deepStrictEqual(
+        (JSON.parse(json.stdout) as ReadonlyArray<Record<string, unknown>>).map((row) => [row["callId"], row["totalTokens"], row["model"]]),
+        [["c3", 15, "claude"]]
+      )
+    })
+
+    it.skipIf(skipWithoutPostgres)("ledger on PostgreSQL, the password never shown", async () => {
+      const prefix = `cli-${Date.now().toString(36)}-`
+      const url = postgresUrl()
+      await seedSql(SqlTokenStore.layerPg({ url: Redacted.make(url) }), calls(prefix))
+      const result = await cli(["ledger", "--database", url, "--cycle", cycle, "--user", `${prefix}alice`, "--json"])
+      assert.strictEqual(result.code, 0, result.stderr)
+      assert.deepStrictEqual(
+        (JSON.parse(result.stdout) as ReadonlyArray<Record<string, unknown>>).map((row) => [row["callId"], row["cost"]]),
+        [["c1", "1.234567"], ["c2", "0.000000"]]
+      )
+      const port = await freePort()
+      const down = await cli(["ledger", "--database", `postgres://app:hunter2@127.0.0.1:${port}/db`, "--cycle", cycle])
+      assert.strictEqual(down.code, 1, down.stderr)
+      assert.include(down.stderr, `Cannot reach PostgreSQL at 127.0.0.1:${port}`)
+      assert.notInclude(down.stderr, "hunter2")
+    })
+
+    it("a --database that is neither postgres:// nor sqlite:, or both stores named: exit code 2", async () => {
+      const wrong = await cli(["usage", "--database", "mysql://root:hunter2@127.0.0.1/x"])
+      assert.strictEqual(wrong.code, 2, wrong.stderr)
+      assert.include(wrong.stderr, "Invalid --database: expected postgres://... or sqlite:FILE")
+      assert.notInclude(wrong.stderr, "hunter2")
+      const both = await cli(["usage", "--database", "sqlite:x", "--redis", redisUrl()])
+      assert.strictEqual(both.code, 2, both.stderr)
+      assert.include(both.stderr, "Pass either --redis or --database, not both")
+      const redisLedger = await cli(["ledger"], { ...baseEnv(), REDIS_URL: redisUrl() })
+      assert.strictEqual(redisLedger.code, 2, redisLedger.stderr)
+      assert.include(redisLedger.stderr, "The ledger is kept by the SQL store")
     })
   })
 
