@@ -17,12 +17,14 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import type * as Scope from "effect/Scope"
 import * as CallbackConfig from "./CallbackConfig.js"
 import type { Handler } from "./Handler.js"
 import type { HandlerRegistrationError } from "./HandlerError.js"
 import type * as contract from "./internal/dispatch/contract.js"
 import * as internal from "./internal/dispatch/registry.js"
+import * as Outbox from "./Outbox.js"
 
 /**
  * The outcome of one handler for one event. Background handlers report
@@ -62,7 +64,11 @@ export interface HandlerHealth extends contract.HandlerHealth {}
 
 /**
  * `healthy`: every handler's latest invocation succeeded. `degraded`: some
- * handler's latest invocation did not. `closed`: the dispatcher is shutting down.
+ * handler's latest invocation did not, or (read through {@link health} with
+ * an `Outbox` in context) records are waiting in the token store's outbox.
+ * `closed`: the dispatcher is shutting down. `outbox`: the outbox's stats
+ * (pending records and bytes, the oldest one's age, written, dropped,
+ * expired, rejected), when there is one.
  *
  * @since 0.1.0
  * @category models
@@ -167,7 +173,21 @@ export const toLayer = <E, R, E2 = never, R2 = never>(
 export const flush: Effect.Effect<void, never, Dispatcher> = Effect.flatMap(Dispatcher, (d) => d.flush)
 
 /**
+ * The dispatcher's health and, when an `Outbox` is in context (the token
+ * store's, see `Outbox.layer`), the outbox's: the report is `degraded`
+ * while records wait there for the store.
+ *
  * @since 0.1.0
  * @category accessors
  */
-export const health: Effect.Effect<HealthReport, never, Dispatcher> = Effect.flatMap(Dispatcher, (d) => d.health)
+export const health: Effect.Effect<HealthReport, never, Dispatcher> = Effect.flatMap(Dispatcher, (d) =>
+  Effect.flatMap(Effect.serviceOption(Outbox.Outbox), (outbox) =>
+    Option.match(outbox, {
+      onNone: () => d.health,
+      onSome: (outbox) =>
+        Effect.zipWith(d.health, outbox.stats, (report, stats): HealthReport => ({
+          ...report,
+          status: report.status === "healthy" && stats.pending > 0 ? "degraded" : report.status,
+          outbox: stats
+        }))
+    })))

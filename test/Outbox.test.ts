@@ -4,7 +4,7 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as SqlOutbox from "../layers/SqlOutbox.js"
-import { Outbox, TokenStore } from "../src/index.js"
+import { Dispatcher, Outbox, TokenStore } from "../src/index.js"
 
 const cycle = "2026-12-01"
 
@@ -76,6 +76,29 @@ describe("Outbox", () => {
         // Written: the store's answers pass through again.
         assert.strictEqual(yield* wrapped.record({ callId: "c9", userId: "alice", cycle, usage: usage(1) }), "recorded")
       }).pipe(Effect.provide(withOutbox(store)))
+    }))
+
+  it.effect("Dispatcher.health shows the outbox, degraded while records wait in it", () =>
+    Effect.gen(function*() {
+      const { state, store } = yield* switchable
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        assert.deepInclude(yield* Dispatcher.health, { status: "healthy" })
+        assert.deepInclude((yield* Dispatcher.health).outbox, { pending: 0, written: 0 })
+        state.down = true
+        yield* wrapped.record({ callId: "h1", userId: "alice", cycle, usage: usage(5) })
+        yield* TestClock.adjust("10 seconds")
+        const down = yield* Dispatcher.health
+        assert.strictEqual(down.status, "degraded")
+        assert.deepInclude(down.outbox, { pending: 1, oldestAgeMillis: 10_000 })
+        state.down = false
+        yield* TestClock.adjust("1 second")
+        const back = yield* Dispatcher.health
+        assert.strictEqual(back.status, "healthy")
+        assert.deepInclude(back.outbox, { pending: 0, written: 1 })
+      }).pipe(Effect.provide(Layer.merge(withOutbox(store), Dispatcher.layer())))
+      // Without an outbox in context, the report has none.
+      assert.isUndefined((yield* Effect.provide(Dispatcher.health, Dispatcher.layer())).outbox)
     }))
 
   it.effect("2,000 concurrent records while the store goes down, loses replies and comes back: every one counted once", () =>

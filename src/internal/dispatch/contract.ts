@@ -39,6 +39,18 @@ export interface DispatchReport {
   readonly results: ReadonlyArray<HandlerResult>
 }
 
+/** What an outbox reports (`Outbox.Stats`). */
+export interface OutboxStats {
+  readonly pending: number
+  readonly bytes: number
+  readonly oldestAgeMillis: number
+  readonly written: number
+  readonly dropped: number
+  readonly expired: number
+  readonly rejected: number
+  readonly durable: boolean
+}
+
 /** A handler's latest error. */
 export interface LastError {
   readonly phase: Phase
@@ -81,6 +93,8 @@ export interface HealthReport {
   readonly handlers: ReadonlyArray<HandlerHealth>
   readonly inFlight: number
   readonly pending: number
+  /** The token store's outbox, when one is in the context of the `Dispatcher.health` call. */
+  readonly outbox?: OutboxStats | undefined
 }
 
 /** The key of the contract on the dispatcher service. */
