@@ -16,7 +16,7 @@ import * as SqlTokenStore from "../layers/SqlTokenStore.js"
 import * as BillingCycle from "../src/BillingCycle.js"
 import * as TokenStore from "../src/TokenStore.js"
 import { postgresUrl, skipWithoutPostgres } from "./support/postgres.js"
-import { freePort, redisUrl, uniqueKeyPrefix } from "./support/redis.js"
+import { bannerWithoutRedis, freePort, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "./support/redis.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 // Built apart from `dist/` so that the package test, which rebuilds `dist/`,
@@ -100,11 +100,19 @@ const seed = (
     )
   )
 
+/** Tests that need the shared Redis; skipped without it outside CI (see `bannerWithoutRedis`). */
+const itRedis = it.skipIf(skipWithoutRedis)
+
+bannerWithoutRedis("test/cli.test.ts (the commands on Redis)")
+
+/** A Redis URL for arguments refused before any connection is made. */
+const unusedRedis = "redis://127.0.0.1:1"
+
 const lines = (text: string): ReadonlyArray<ReadonlyArray<string>> =>
   text.trim().split("\n").map((line) => line.trim().split(/\s+/))
 
 describe("effect-llm-callbacks CLI", () => {
-  it("usage prints every user of the cycle as a table", async () => {
+  itRedis("usage prints every user of the cycle as a table", async () => {
     const keyPrefix = uniqueKeyPrefix("cli_table")
     await seed(keyPrefix, [
       { userId: "alice", usage: { ...counts(100, 50), cachedTokens: 60, reasoningTokens: 20 }, costMicros: 1_234_567 },
@@ -135,7 +143,7 @@ describe("effect-llm-callbacks CLI", () => {
     ])
   })
 
-  it("usage --json prints a JSON array, --user restricts it to one user", async () => {
+  itRedis("usage --json prints a JSON array, --user restricts it to one user", async () => {
     const keyPrefix = uniqueKeyPrefix("cli_json")
     await seed(keyPrefix, [
       { userId: "alice", usage: counts(100, 50), costMicros: 2_500_000 },
@@ -192,7 +200,7 @@ describe("effect-llm-callbacks CLI", () => {
     assert.deepStrictEqual(JSON.parse(one.stdout), [alice])
   })
 
-  it("set-limit then usage shows the limit, the remaining tokens and whether it is exceeded", async () => {
+  itRedis("set-limit then usage shows the limit, the remaining tokens and whether it is exceeded", async () => {
     const keyPrefix = uniqueKeyPrefix("cli_limit")
     await seed(keyPrefix, [{ userId: "alice", usage: counts(100, 50) }])
     const common = ["--redis", redisUrl(), "--key-prefix", keyPrefix, "--cycle", cycle]
@@ -217,7 +225,7 @@ describe("effect-llm-callbacks CLI", () => {
     ])
   })
 
-  it("reset clears the usage of one user and keeps the limit", async () => {
+  itRedis("reset clears the usage of one user and keeps the limit", async () => {
     const keyPrefix = uniqueKeyPrefix("cli_reset")
     await seed(keyPrefix, [
       { userId: "alice", usage: counts(100, 50), costMicros: 10 },
@@ -237,7 +245,7 @@ describe("effect-llm-callbacks CLI", () => {
     )
   })
 
-  it("takes the URL from REDIS_URL, the prefix from REDIS_KEY_PREFIX and the current cycle by default", async () => {
+  itRedis("takes the URL from REDIS_URL, the prefix from REDIS_KEY_PREFIX and the current cycle by default", async () => {
     const keyPrefix = uniqueKeyPrefix("cli_env")
     const current = Effect.runSync(BillingCycle.current())
     await seed(keyPrefix, [{ userId: "erin", usage: counts(3, 4), cycle: current }])
@@ -264,26 +272,26 @@ describe("effect-llm-callbacks CLI", () => {
       assert.strictEqual(result.stdout, "")
     }
 
-    it("an unknown flag", () => expectUsageError(["usage", "--redis", redisUrl(), "--bogus"], "'--bogus'"))
+    it("an unknown flag", () => expectUsageError(["usage", "--redis", unusedRedis, "--bogus"], "'--bogus'"))
 
     it("an unknown subcommand", () => expectUsageError(["frobnicate"], "Invalid subcommand"))
 
     it("a cycle that is not a calendar date", () =>
       expectUsageError(
-        ["usage", "--redis", redisUrl(), "--cycle", "2025-02-30"],
+        ["usage", "--redis", unusedRedis, "--cycle", "2025-02-30"],
         "Expected a real calendar date YYYY-MM-DD, got \"2025-02-30\""
       ))
 
     it("a negative limit", () =>
       expectUsageError(
-        ["set-limit", "--redis", redisUrl(), "--user", "alice", "--limit=-5"],
+        ["set-limit", "--redis", unusedRedis, "--user", "alice", "--limit=-5"],
         "Expected a non-negative integer, got -5"
       ))
 
     it("a missing --limit", () =>
-      expectUsageError(["set-limit", "--redis", redisUrl(), "--user", "alice"], "--limit"))
+      expectUsageError(["set-limit", "--redis", unusedRedis, "--user", "alice"], "--limit"))
 
-    it("an empty user id", () =>
+    itRedis("an empty user id", () =>
       expectUsageError(
         ["reset", "--redis", redisUrl(), "--key-prefix", uniqueKeyPrefix("cli_empty_user"), "--user", ""],
         "Invalid userId"
@@ -425,10 +433,10 @@ describe("effect-llm-callbacks CLI", () => {
       assert.strictEqual(wrong.code, 2, wrong.stderr)
       assert.include(wrong.stderr, "Invalid --database: expected postgres://... or sqlite:FILE")
       assert.notInclude(wrong.stderr, "hunter2")
-      const both = await cli(["usage", "--database", "sqlite:x", "--redis", redisUrl()])
+      const both = await cli(["usage", "--database", "sqlite:x", "--redis", unusedRedis])
       assert.strictEqual(both.code, 2, both.stderr)
       assert.include(both.stderr, "Pass either --redis or --database, not both")
-      const redisLedger = await cli(["ledger"], { ...baseEnv(), REDIS_URL: redisUrl() })
+      const redisLedger = await cli(["ledger"], { ...baseEnv(), REDIS_URL: unusedRedis })
       assert.strictEqual(redisLedger.code, 2, redisLedger.stderr)
       assert.include(redisLedger.stderr, "The ledger is kept by the SQL store")
     })

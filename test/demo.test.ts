@@ -14,7 +14,7 @@ import * as Report from "../demo/Report.js"
 import * as Workload from "../demo/Workload.js"
 import * as RedisTokenStore from "../layers/RedisTokenStore.js"
 import * as BillingCycle from "../src/BillingCycle.js"
-import { freePort, redisUrl } from "./support/redis.js"
+import { bannerWithoutRedis, freePort, redisUrl, skipWithoutRedis } from "./support/redis.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 const tsx = path.join(root, "node_modules", "tsx", "dist", "cli.mjs")
@@ -100,6 +100,8 @@ const assertReport = (result: Result, users: number): number => {
   return count(all![6])
 }
 
+bannerWithoutRedis("test/demo.test.ts (the demo on Redis)")
+
 describe("npm run demo", () => {
   it.live("runs the workload on the in-memory store and proves no call failed because of a handler", () =>
     Effect.gen(function*() {
@@ -110,7 +112,7 @@ describe("npm run demo", () => {
       assert.include(result.stdout, `prometheus           http://127.0.0.1:${port}/metrics`)
     }))
 
-  it.live("keeps the usage in Redis under a key prefix of its own, and falls back to a free metrics port", () =>
+  it.live.skipIf(skipWithoutRedis)("keeps the usage in Redis under a key prefix of its own, and falls back to a free metrics port", () =>
     Effect.gen(function*() {
       // Another process holds the metrics port: the demo must serve on another one, not fail.
       const busy = yield* Effect.acquireRelease(

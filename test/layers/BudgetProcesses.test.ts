@@ -9,7 +9,7 @@ import type * as Scope from "effect/Scope"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import type * as TokenStore from "../../src/TokenStore.js"
 import { currentCycle } from "../support/budget.js"
-import { redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import { bannerWithoutRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { redisCluster } from "../support/redisCluster.js"
 
 const root = path.resolve(import.meta.dirname, "..", "..")
@@ -63,6 +63,9 @@ const fourProcesses = (
     assert.strictEqual(stats.heldTokens, 0)
   })
 
+bannerWithoutRedis("test/layers/BudgetProcesses.test.ts")
+
+describe.skipIf(skipWithoutRedis)("Redis", () => {
 describe("Budgets across processes", () => {
   it.live("4 processes x 50 calls against one Redis: 10 admitted, usage exact", () =>
     Effect.gen(function*() {
@@ -76,4 +79,5 @@ describe("Budgets across processes", () => {
       const keyPrefix = uniqueKeyPrefix("processes")
       yield* fourProcesses(RedisTokenStore.makeCluster({ nodes: cluster.nodes, keyPrefix }), { nodes: cluster.nodes }, keyPrefix)
     }).pipe(Effect.scoped), 120_000)
+})
 })

@@ -5,7 +5,7 @@ import { Cluster } from "ioredis"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import { budgetConformance } from "../support/budgetConformance.js"
-import { uniqueKeyPrefix } from "../support/redis.js"
+import { bannerWithoutRedis, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { redisCluster } from "../support/redisCluster.js"
 import { tokenStoreConformance } from "../support/tokenStoreConformance.js"
 
@@ -17,6 +17,9 @@ const clusterStore = (name: string) =>
 
 const usage = { promptTokens: 3, completionTokens: 4, totalTokens: 7 }
 
+bannerWithoutRedis("test/layers/RedisCluster.test.ts")
+
+describe.skipIf(skipWithoutRedis)("Redis", () => {
 describe("RedisTokenStore on a Redis Cluster", () => {
   it.scoped("2,000 concurrent records of 50 users and 7 teams, with the default batching and auto-pipelining: exact", () =>
     Effect.gen(function*() {
@@ -81,3 +84,4 @@ describe("RedisTokenStore on a Redis Cluster", () => {
 // Last in the file: @effect/vitest's `layer` installs its environment on the shared `it`.
 tokenStoreConformance("redis cluster", clusterStore("conformance"))
 budgetConformance("redis cluster", clusterStore("budget"))
+})

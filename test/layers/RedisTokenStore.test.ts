@@ -9,7 +9,16 @@ import * as Schedule from "effect/Schedule"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import * as FaultProxy from "../support/FaultProxy.js"
-import { assertStoredTotals, dedicatedRedis, directClient, freePort, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import {
+  assertStoredTotals,
+  bannerWithoutRedis,
+  dedicatedRedis,
+  directClient,
+  freePort,
+  redisUrl,
+  skipWithoutRedis,
+  uniqueKeyPrefix
+} from "../support/redis.js"
 import {
   freshId,
   makeWorkload,
@@ -17,6 +26,9 @@ import {
   tokenStoreConformance
 } from "../support/tokenStoreConformance.js"
 
+bannerWithoutRedis("test/layers/RedisTokenStore.test.ts")
+
+describe.skipIf(skipWithoutRedis)("Redis", () => {
 tokenStoreConformance(
   "redis",
   Layer.unwrapEffect(
@@ -364,4 +376,5 @@ describe("RedisTokenStore", () => {
         assert.strictEqual(yield* record("after"), "duplicate")
       }), 30_000)
   })
+})
 })

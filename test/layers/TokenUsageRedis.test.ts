@@ -12,7 +12,7 @@ import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import { CallbackMetrics, Callbacks, Dispatcher, TokenStore } from "../../src/index.js"
 import * as FaultProxy from "../support/FaultProxy.js"
-import { assertStoredTotals, dedicatedRedis, redisUrl, uniqueKeyPrefix } from "../support/redis.js"
+import { assertStoredTotals, bannerWithoutRedis, dedicatedRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { freshId, makeWorkload } from "../support/tokenStoreConformance.js"
 
 const cycle = "2025-03-01"
@@ -57,6 +57,9 @@ const failureCount = (name: string) =>
     ])
   ).pipe(Effect.map((state) => state.count))
 
+bannerWithoutRedis("test/layers/TokenUsageRedis.test.ts")
+
+describe.skipIf(skipWithoutRedis)("Redis", () => {
 describe("TokenUsage over Redis", () => {
   it.scopedLive(
     "10,000 concurrent instrumented calls through dropped replies and resets: exact totals, no call failed",
@@ -177,4 +180,5 @@ describe("TokenUsage over Redis", () => {
       assert.isAbove(recorded.totalTokens, 0)
       assert.strictEqual(recorded.totalTokens % 10, 0)
     }), 30_000)
+})
 })

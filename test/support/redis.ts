@@ -116,16 +116,18 @@ const redisServerOnPath = spawnSync("sh", ["-c", "command -v redis-server"]).sta
 const ci = process.env["CI"] !== undefined && process.env["CI"] !== ""
 
 /**
- * Whether the suites that start redis-server of their own are skipped: outside CI when it is not on
- * PATH (a banner names the suite and how to enable it); with `CI` set they run, and fail without it.
+ * Whether the Redis suites are skipped: outside CI when redis-server is not on PATH (the suites that
+ * start servers of their own need it) or no shared Redis could be had (`REDIS_URL`, or one the global
+ * setup starts); a banner names the suite and how to enable it. With `CI` set they run, and fail.
  */
-export const skipWithoutRedis: boolean = !redisServerOnPath && !ci
+export const skipWithoutRedis: boolean = (!redisServerOnPath || inject("redisUrl") === "") && !ci
 
-/** Prints the banner of a suite skipped for want of redis-server. */
+/** Prints the banner of a suite skipped for want of Redis. */
 export const bannerWithoutRedis = (suite: string): void => {
   if (skipWithoutRedis) {
+    const why = !redisServerOnPath ? "redis-server is not on PATH" : inject("redisSetupError")
     console.warn(
-      `\n[skipped] ${suite}: redis-server is not on PATH. Install it (apt-get install -y redis-server) ` +
+      `\n[skipped] ${suite}: ${why}. Install redis-server (apt-get install -y redis-server) ` +
         `to run this suite; with CI set it fails instead of being skipped.\n`
     )
   }
