@@ -9,8 +9,11 @@
  *   fields `prompt_tokens`, `completion_tokens`, `total_tokens`, `cost_micros`
  *   (when a cost was recorded), `usage_limit` (when a limit is set) and
  *   `held_tokens` (held by admitted calls, see `TokenStore.reserve`);
- * - `<base>:call:<callId>`: the idempotency marker of a recorded call,
- *   expiring after the idempotency TTL (default 24 hours);
+ * - `<base>:m` and `<base>:m:<period>:<bucket>`: the idempotency markers of
+ *   recorded calls, a 22-character digest of each call id in small hashes,
+ *   kept at least the idempotency TTL (default 24 hours) and at most a quarter
+ *   of it more (about 40 bytes a call; see the marker layout in the code);
+ *   `<base>:call:<callId>`, the marker key of earlier versions, is still read;
  * - `<base>:<cycle>:holds` and `<base>:<cycle>:held`: the holds of admitted
  *   calls (a sorted set by expiry, and their sizes);
  * - `<base>:rate:<minute>`: a rate window's request and token counts.
@@ -25,7 +28,7 @@
  *
  * Records are written by one Lua script: for each record and level, if the
  * call's marker exists it is a duplicate, else the counters are incremented
- * and the marker set, atomically, and the call's hold ends; a stored counter
+ * and the marker added, atomically, and the call's hold ends; a stored counter
  * that is not an integer, or an increment that would pass 2^53 - 1, fails the
  * record with nothing written. A retry after a lost reply therefore counts
  * once. Records (and reservations) issued in the same event-loop turn share
@@ -48,6 +51,7 @@
  *
  * @since 0.1.0
  */
+import { createHash, hash } from "node:crypto"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
@@ -80,7 +84,11 @@ export interface Options {
   readonly commandTimeout?: Duration.DurationInput | undefined
   /** Longest wait for a connection to be established; default 5 seconds. */
   readonly connectTimeout?: Duration.DurationInput | undefined
-  /** How long a recorded call id is remembered for idempotency; default 24 hours. */
+  /**
+   * How long a recorded call id is remembered for idempotency (the dedupe window; also
+   * `REDIS_IDEMPOTENCY_TTL`); default 24 hours. A marker is kept at least this long, at most a
+   * quarter of it more.
+   */
   readonly idempotencyTtl?: Duration.DurationInput | undefined
   /** Longest wait for a graceful `QUIT` when the layer closes; default 2 seconds. */
   readonly shutdownTimeout?: Duration.DurationInput | undefined
@@ -174,6 +182,23 @@ export const usageKey = (prefix: string, owner: TokenStore.Owner, cycle: string)
 export const callKey = (prefix: string, owner: TokenStore.Owner, callId: string): string =>
   `${subjectBase(prefix, TokenStore.subjectOf(owner))}:call:${encodeKeyPart(callId)}`
 
+/**
+ * The prefix of the marker hashes of a subject (a user id, or any level):
+ * `<base>:m`, the hashes being `<base>:m:<period>:<bucket>`.
+ * (Scripts name it among their keys for its slot; no key has this name.)
+ *
+ * @since 0.3.0
+ * @category keys
+ */
+export const markersKey = (prefix: string, owner: TokenStore.Owner): string =>
+  `${subjectBase(prefix, TokenStore.subjectOf(owner))}:m`
+
+/** A call id's marker: 132 bits of its SHA-256, base64url (22 characters), a field of a marker hash. */
+const digestOf = (callId: string): string =>
+  // `crypto.hash` (Node 20.12+) is the fast one-shot form.
+  (typeof hash === "function" ? hash("sha256", callId, "base64url") : createHash("sha256").update(callId).digest("base64url"))
+    .slice(0, 22)
+
 const holdKeys = (usage: string): readonly [string, string] => [`${usage}:holds`, `${usage}:held`]
 
 const escapeGlob = (s: string): string => s.replace(/[*?[\]\\]/g, "\\$&")
@@ -209,6 +234,128 @@ local function purge(usage, holds, held, now)
 end
 `
 
+// The idempotency markers of a subject. A marker is a field (the call id's
+// digest: 132 bits of SHA-256, base64url) of a small hash,
+// `<base>:m:<period>:<bucket>`. Periods are a quarter of the window long
+// (`<period>` is their number since the epoch); a period's hashes expire a
+// period and a window after it starts, so a marker lives at least the window.
+// The hash `<base>:m` counts the markers of each live period (a field per
+// period). A period's markers are spread over buckets by linear hashing on
+// the digest's first 30 bits: n markers use ceil(n / 40) buckets, one more
+// split off each time the count passes a multiple of 40, so every bucket
+// stays small (well under Redis' default listpack limit of 128 entries: a
+// compact encoding) whatever the traffic, and a lookup reads the counts once
+// and one bucket a period. A call is marked when its digest is in its bucket
+// of a live period, or when its key of the layout before marker hashes
+// (`<base>:call:<id>`) exists (read, never written: exact through an upgrade).
+const markerLua = `
+local function period_width(window)
+  return math.max(1, math.floor(window / 4))
+end
+local B64 = {}
+do
+  local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+  for i = 1, 64 do B64[string.byte(alphabet, i)] = i - 1 end
+end
+local function hash_of(digest)
+  local h = 0
+  for i = 1, 5 do h = h * 64 + B64[string.byte(digest, i)] end
+  return h
+end
+local function clock_ms()
+  local t = redis.call("TIME")
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+-- Linear hashing: the level and split pointer of n markers (ceil(n / 40) buckets, at least one).
+local function layout(n)
+  local buckets = math.max(1, math.ceil(n / 40))
+  local level = 0
+  while 2 ^ (level + 1) <= buckets do level = level + 1 end
+  return level, buckets - 2 ^ level
+end
+local function bucket_of(n, h)
+  local level, split = layout(n)
+  local bucket = h % (2 ^ level)
+  if bucket < split then bucket = h % (2 ^ (level + 1)) end
+  return bucket
+end
+-- Periods and buckets are integers below 2^47: Lua prints them whole.
+local function bucket_key(prefix, period, bucket)
+  return prefix .. ":" .. period .. ":" .. bucket
+end
+-- The counts of the live periods of the subjects this script call reads (a
+-- batch holds several records of one subject), by their counts' key.
+local counts = {}
+local function counts_of(prefix, now, window)
+  local found = counts[prefix]
+  if found == nil then
+    local width = period_width(window)
+    local live = {}
+    local period = math.floor(now / width)
+    while (period + 1) * width + window > now do
+      live[#live + 1] = period
+      period = period - 1
+    end
+    local values = redis.call("HMGET", prefix, unpack(live))
+    found = {}
+    for i = 1, #live do found[live[i]] = tonumber(values[i]) or 0 end
+    counts[prefix] = found
+  end
+  return found
+end
+local function marked(prefix, legacy, digest, now, window)
+  if redis.call("EXISTS", legacy) == 1 then return true end
+  local h = hash_of(digest)
+  for period, n in pairs(counts_of(prefix, now, window)) do
+    if n > 0 and redis.call("HEXISTS", bucket_key(prefix, period, bucket_of(n, h)), digest) == 1 then
+      return true
+    end
+  end
+  return false
+end
+local function mark(prefix, digest, now, window)
+  local width = period_width(window)
+  local period = math.floor(now / width)
+  local expires = (period + 1) * width + window
+  local found = counts_of(prefix, now, window)
+  local before = found[period] or 0
+  local n = redis.call("HINCRBY", prefix, period, 1)
+  found[period] = n
+  if n == 1 then
+    -- A new period: the counts of periods no longer live go.
+    for _, field in ipairs(redis.call("HKEYS", prefix)) do
+      if (tonumber(field) + 1) * width + window <= now then redis.call("HDEL", prefix, field) end
+    end
+    redis.call("PEXPIREAT", prefix, expires)
+  end
+  local key = bucket_key(prefix, period, bucket_of(n, hash_of(digest)))
+  redis.call("HSET", key, digest, "")
+  redis.call("PEXPIREAT", key, expires)
+  local level, split = layout(before)
+  local after_level, after_split = layout(n)
+  if after_level ~= level or after_split ~= split then
+    -- A bucket more: the one at the pointer splits, the markers whose next bit is set move to its sibling.
+    local from = bucket_key(prefix, period, split)
+    local sibling = split + 2 ^ level
+    local to = bucket_key(prefix, period, sibling)
+    local moved = {}
+    local entries = {}
+    for _, field in ipairs(redis.call("HKEYS", from)) do
+      if hash_of(field) % (2 ^ (level + 1)) == sibling then
+        moved[#moved + 1] = field
+        entries[#entries + 1] = field
+        entries[#entries + 1] = ""
+      end
+    end
+    if #moved > 0 then
+      redis.call("HSET", to, unpack(entries))
+      redis.call("HDEL", from, unpack(moved))
+      redis.call("PEXPIREAT", to, expires)
+    end
+  end
+end
+`
+
 // The hash fields of the counters, in the order of `TokenStore.counters`.
 const counterFields = [
   "prompt_tokens",
@@ -223,10 +370,12 @@ const counterFields = [
 
 const luaFields = `{ ${counterFields.map((field) => `"${field}"`).join(", ")} }`
 
-// Records, each at one or more subjects ("units"): KEYS are 4 per unit (usage
-// hash, marker, holds, held); ARGV[1] is the marker TTL (ms), ARGV[2] the
-// number of records, then per record: its number of units, call id, and one
-// increment per counter field (FIELDS, in order). Every unit of a record is
+// Records, each at one or more subjects ("units"): KEYS are 5 per unit (usage
+// hash, legacy marker, holds, held, marker prefix); ARGV[1] is the
+// idempotency window (ms), ARGV[2] the number of records, then per record:
+// its number of units, call id, the call id's digest and its number, and one
+// increment per counter field (FIELDS, in order). Time is Redis' (`TIME`), the
+// clock that expires the markers. Every unit of a record is
 // checked before anything is written: a stored counter that is not an integer
 // (-1) or an increment that would take a counter past 2^53 - 1 (-2) fails the
 // record with nothing written, so counters move together or not at all.
@@ -234,24 +383,26 @@ const luaFields = `{ ${counterFields.map((field) => `"${field}"`).join(", ")} }`
 // Python design's three fields always, the others when not 0), and every
 // unit's hold of the call ends; the answer is 1 (recorded) or 0 (the first
 // unit's marker was present: duplicate).
-const recordScript = `${releaseLua}
+const recordScript = `${releaseLua}${markerLua}
 local FIELDS = ${luaFields}
-local ttl = ARGV[1]
+local window = tonumber(ARGV[1])
+local now = clock_ms()
 local out = {}
 local k = 1
 local a = 3
 for r = 1, tonumber(ARGV[2]) do
   local n = tonumber(ARGV[a])
   local member = ARGV[a + 1]
+  local digest = ARGV[a + 2]
   local inc = {}
-  for j = 1, #FIELDS do inc[j] = tonumber(ARGV[a + 1 + j]) end
-  a = a + 2 + #FIELDS
+  for j = 1, #FIELDS do inc[j] = tonumber(ARGV[a + 2 + j]) end
+  a = a + 3 + #FIELDS
   local status = 1
   local fresh = {}
   for u = 0, n - 1 do
-    fresh[u] = redis.call("EXISTS", KEYS[k + 4 * u + 1]) == 0
+    fresh[u] = not marked(KEYS[k + 5 * u + 4], KEYS[k + 5 * u + 1], digest, now, window)
     if fresh[u] then
-      local current = redis.call("HMGET", KEYS[k + 4 * u], unpack(FIELDS))
+      local current = redis.call("HMGET", KEYS[k + 5 * u], unpack(FIELDS))
       for j = 1, #FIELDS do
         local v = current[j]
         if v and not string.match(v, "^%-?%d+$") then
@@ -264,31 +415,32 @@ for r = 1, tonumber(ARGV[2]) do
   end
   if status == 1 then
     for u = 0, n - 1 do
-      local usage = KEYS[k + 4 * u]
+      local usage = KEYS[k + 5 * u]
       if fresh[u] then
         for j = 1, #FIELDS do
           if j <= 3 or inc[j] ~= 0 then redis.call("HINCRBY", usage, FIELDS[j], inc[j]) end
         end
-        redis.call("SET", KEYS[k + 4 * u + 1], "1", "PX", ttl)
+        mark(KEYS[k + 5 * u + 4], digest, now, window)
       end
-      release_hold(usage, KEYS[k + 4 * u + 2], KEYS[k + 4 * u + 3], member)
+      release_hold(usage, KEYS[k + 5 * u + 2], KEYS[k + 5 * u + 3], member)
     end
     out[r] = fresh[0] and 1 or 0
   else
     out[r] = status
   end
-  k = k + 4 * n
+  k = k + 5 * n
 end
 return out
 `
 
 // Reservations, each checked and held atomically (the script is one atomic
-// step; its reservations are decided one after the other). KEYS are 5 per
-// subject of each reservation (usage hash, holds, held, rate window, marker);
-// ARGV[1] is the rate-window TTL (ms), ARGV[2] the number of reservations,
-// then per reservation: call id, tokens, hold expiry (epoch ms), now (epoch
-// ms), number of subjects, then requests and tokens per minute per subject
-// ("" for none). Per reservation the answer is 5 numbers. Expired holds are
+// step; its reservations are decided one after the other). KEYS are 6 per
+// subject of each reservation (usage hash, holds, held, rate window, legacy
+// marker, marker prefix); ARGV[1] is the rate-window TTL (ms), ARGV[2] the
+// idempotency window (ms), ARGV[3] the number of reservations, then per
+// reservation: call id, tokens, hold expiry (epoch ms), now (epoch ms),
+// number of subjects, the call id's digest and its number, then requests and
+// tokens per minute per subject ("" for none). Per reservation the answer is 5 numbers. Expired holds are
 // purged first. A call already held or recorded answers {1} and holds nothing
 // more. Then each subject is judged as the in-memory store does: over its
 // limit (used + held + tokens > limit) gives {2, i, limit, used, held}, the
@@ -296,19 +448,23 @@ return out
 // tokens), limit, current}. Only when none refuses are the holds (and rate
 // counts) written: {1}. A held sum that would pass 2^53 - 1 gives {-2, i}; a
 // counter that is not an integer {-1, i}.
-const reserveScript = `${purgeLua}
+const reserveScript = `${purgeLua}${markerLua}
+local window = tonumber(ARGV[2])
 local function reserve_one(k, a)
   local member = ARGV[a]
   local tokens = tonumber(ARGV[a + 1])
   local now = tonumber(ARGV[a + 3])
   local n = tonumber(ARGV[a + 4])
-  for i = 0, n - 1 do purge(KEYS[k + 5 * i + 1], KEYS[k + 5 * i + 2], KEYS[k + 5 * i + 3], now) end
-  if redis.call("HEXISTS", KEYS[k + 3], member) == 1 or redis.call("EXISTS", KEYS[k + 5]) == 1 then return {1} end
+  local digest = ARGV[a + 5]
+  for i = 0, n - 1 do purge(KEYS[k + 6 * i + 1], KEYS[k + 6 * i + 2], KEYS[k + 6 * i + 3], now) end
+  if redis.call("HEXISTS", KEYS[k + 3], member) == 1 or marked(KEYS[k + 6], KEYS[k + 5], digest, clock_ms(), window) then
+    return {1}
+  end
   local best = nil
   local room = nil
   local rate = nil
   for i = 0, n - 1 do
-    local current = redis.call("HMGET", KEYS[k + 5 * i + 1], "total_tokens", "held_tokens", "usage_limit")
+    local current = redis.call("HMGET", KEYS[k + 6 * i + 1], "total_tokens", "held_tokens", "usage_limit")
     for j = 1, 3 do
       if current[j] and not string.match(current[j], "^%-?%d+$") then return {-1, i} end
     end
@@ -322,10 +478,10 @@ local function reserve_one(k, a)
         best = {2, i, limit, used, held}
       end
     elseif rate == nil then
-      local rpm = ARGV[a + 5 + 2 * i]
-      local tpm = ARGV[a + 6 + 2 * i]
+      local rpm = ARGV[a + 6 + 2 * i]
+      local tpm = ARGV[a + 7 + 2 * i]
       if rpm ~= "" or tpm ~= "" then
-        local w = redis.call("HMGET", KEYS[k + 5 * i + 4], "requests", "tokens")
+        local w = redis.call("HMGET", KEYS[k + 6 * i + 4], "requests", "tokens")
         local requests = tonumber(w[1] or "0")
         local counted = tonumber(w[2] or "0")
         if rpm ~= "" and requests + 1 > tonumber(rpm) then
@@ -339,26 +495,26 @@ local function reserve_one(k, a)
   if best then return best end
   if rate then return rate end
   for i = 0, n - 1 do
-    redis.call("ZADD", KEYS[k + 5 * i + 2], ARGV[a + 2], member)
-    redis.call("HSET", KEYS[k + 5 * i + 3], member, tokens)
-    redis.call("HINCRBY", KEYS[k + 5 * i + 1], "held_tokens", tokens)
-    if ARGV[a + 5 + 2 * i] ~= "" or ARGV[a + 6 + 2 * i] ~= "" then
-      redis.call("HINCRBY", KEYS[k + 5 * i + 4], "requests", 1)
-      redis.call("HINCRBY", KEYS[k + 5 * i + 4], "tokens", tokens)
-      redis.call("PEXPIRE", KEYS[k + 5 * i + 4], ARGV[1])
+    redis.call("ZADD", KEYS[k + 6 * i + 2], ARGV[a + 2], member)
+    redis.call("HSET", KEYS[k + 6 * i + 3], member, tokens)
+    redis.call("HINCRBY", KEYS[k + 6 * i + 1], "held_tokens", tokens)
+    if ARGV[a + 6 + 2 * i] ~= "" or ARGV[a + 7 + 2 * i] ~= "" then
+      redis.call("HINCRBY", KEYS[k + 6 * i + 4], "requests", 1)
+      redis.call("HINCRBY", KEYS[k + 6 * i + 4], "tokens", tokens)
+      redis.call("PEXPIRE", KEYS[k + 6 * i + 4], ARGV[1])
     end
   end
   return {1}
 end
 local out = {}
 local k = 0
-local a = 3
-for r = 1, tonumber(ARGV[2]) do
+local a = 4
+for r = 1, tonumber(ARGV[3]) do
   local n = tonumber(ARGV[a + 4])
   local one = reserve_one(k, a)
   for j = 1, 5 do out[#out + 1] = one[j] or 0 end
-  k = k + 5 * n
-  a = a + 5 + 2 * n
+  k = k + 6 * n
+  a = a + 6 + 2 * n
 end
 return out
 `
@@ -376,8 +532,8 @@ return redis.call("HMGET", KEYS[1], "usage_limit", "held_tokens", unpack(${luaFi
 `
 
 const commands = {
-  record: "effectLlmCallbacksTokenStoreRecordV4",
-  reserve: "effectLlmCallbacksTokenStoreReserveV2",
+  record: "effectLlmCallbacksTokenStoreRecordV5",
+  reserve: "effectLlmCallbacksTokenStoreReserveV3",
   release: "effectLlmCallbacksTokenStoreReleaseV1",
   read: "effectLlmCallbacksTokenStoreReadV2"
 } as const
@@ -468,7 +624,9 @@ export const isRedisUrl = (s: string): boolean => {
 interface Unit {
   readonly subject: TokenStore.Subject
   readonly usage: string
-  readonly marker: string
+  /** The marker key of the layout before marker hashes: read, never written. */
+  readonly legacyMarker: string
+  readonly markers: string
 }
 
 /** A record (or, on a Cluster, the units of one record in one slot) waiting for its script call. */
@@ -557,7 +715,8 @@ export const fromClient = (
     const unitOf = (input: TokenStore.RecordInput, subject: TokenStore.Subject): Unit => ({
       subject,
       usage: usageKey(prefix, subject, input.cycle),
-      marker: callKey(prefix, subject, input.callId)
+      legacyMarker: callKey(prefix, subject, input.callId),
+      markers: markersKey(prefix, subject)
     })
 
     // Records issued in the same event-loop turn go to Redis as one script
@@ -570,8 +729,8 @@ export const fromClient = (
       const keys: Array<string> = []
       const args: Array<string | number> = [ttlMillis, batch.length]
       for (const { input, units } of batch) {
-        for (const unit of units) keys.push(unit.usage, unit.marker, ...holdKeys(unit.usage))
-        args.push(units.length, input.callId, ...TokenStore.incrementsOf(input))
+        for (const unit of units) keys.push(unit.usage, unit.legacyMarker, ...holdKeys(unit.usage), unit.markers)
+        args.push(units.length, input.callId, digestOf(input.callId), ...TokenStore.incrementsOf(input))
       }
       script[commands.record](keys.length, ...keys, ...args).then(
         (outcomes) =>
@@ -745,16 +904,17 @@ export const fromClient = (
     const sendReservations = (batch: ReadonlyArray<QueuedReservation>) => {
       const keys: Array<string> = []
       // A window is read during its minute only; it may go a minute later.
-      const args: Array<string | number> = [120_000, batch.length]
+      const args: Array<string | number> = [120_000, ttlMillis, batch.length]
       for (const { input, now, subjects } of batch) {
-        args.push(input.callId, input.tokens, now + input.holdTtlMillis, now, subjects.length)
+        args.push(input.callId, input.tokens, now + input.holdTtlMillis, now, subjects.length, digestOf(input.callId))
         for (const subject of subjects) {
           const usage = usageKey(prefix, subject, input.cycle)
           keys.push(
             usage,
             ...holdKeys(usage),
             `${subjectBase(prefix, subject)}:rate:${TokenStore.rateWindowOf(now)}`,
-            callKey(prefix, subject, input.callId)
+            callKey(prefix, subject, input.callId),
+            markersKey(prefix, subject)
           )
           const rate = input.rateLimits?.[subject.level]
           args.push(rate?.requestsPerMinute ?? "", rate?.tokensPerMinute ?? "")

@@ -43,7 +43,7 @@ const usage = (promptTokens: number, completionTokens: number): TokenStore.Token
 })
 
 describe("RedisTokenStore", () => {
-  it.scoped("lays keys out as <prefix>:{<user>}:<cycle>, with a marker per call", () =>
+  it.scoped("lays keys out as <prefix>:{<user>}:<cycle>, with the call's marker in a marker hash", () =>
     Effect.gen(function*() {
       const keyPrefix = uniqueKeyPrefix("layout")
       const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix, idempotencyTtl: "1 hour" })
@@ -57,11 +57,22 @@ describe("RedisTokenStore", () => {
       })
       yield* store.setLimit("a:b{c} d%", "2025-03-01", 500)
       const hashKey = `${keyPrefix}:{a%3Ab%7Bc%7D%20d%25}:2025-03-01`
-      const markerKey = `${keyPrefix}:{a%3Ab%7Bc%7D%20d%25}:call:call%3A1%20%7Bx%7D`
-      assert.deepStrictEqual((yield* Effect.promise(() => redis.keys(`${keyPrefix}:*`))).sort(), [
-        markerKey,
-        hashKey
-      ].sort())
+      const countsKey = `${keyPrefix}:{a%3Ab%7Bc%7D%20d%25}:m`
+      const keys = (yield* Effect.promise(() => redis.keys(`${keyPrefix}:*`))).sort()
+      // The marker hash of the current period (a quarter of the window), bucket 0.
+      const markerKey = keys.find((key) => key.startsWith(`${countsKey}:`))
+      assert.isDefined(markerKey, keys.join(", "))
+      assert.match(markerKey!, /:m:\d+:0$/)
+      assert.deepStrictEqual(keys, [hashKey, countsKey, markerKey!].sort())
+      // Periods are numbered since the epoch: 15 minutes each here.
+      const period = /:m:(\d+):/.exec(markerKey!)![1]!
+      assert.isTrue(Math.abs(Number(period) - Date.now() / 900_000) < 2, period)
+      assert.deepStrictEqual(yield* Effect.promise(() => redis.hgetall(countsKey)), { [period]: "1" })
+      // The digest of the call id (132 bits of SHA-256, base64url).
+      const digests = yield* Effect.promise(() => redis.hkeys(markerKey!))
+      assert.strictEqual(digests.length, 1)
+      assert.match(digests[0]!, /^[A-Za-z0-9_-]{22}$/)
+      assert.strictEqual(yield* Effect.promise(() => redis.object("ENCODING", markerKey!)), "listpack")
       assert.deepStrictEqual(yield* Effect.promise(() => redis.hgetall(hashKey)), {
         prompt_tokens: "7",
         completion_tokens: "3",
@@ -69,11 +80,79 @@ describe("RedisTokenStore", () => {
         cost_micros: "12",
         usage_limit: "500"
       })
-      const ttl = yield* Effect.promise(() => redis.pttl(markerKey))
-      assert.isTrue(ttl > 0 && ttl <= 3_600_000, `marker TTL ${ttl}`)
+      // It lives at least the window (1 hour), at most a period (15 minutes) more.
+      const ttl = yield* Effect.promise(() => redis.pttl(markerKey!))
+      assert.isTrue(ttl > 3_600_000 - 60_000 && ttl <= 4_500_000, `marker TTL ${ttl}`)
       assert.strictEqual(RedisTokenStore.usageKey(keyPrefix, "a:b{c} d%", "2025-03-01"), hashKey)
-      assert.strictEqual(RedisTokenStore.callKey(keyPrefix, "a:b{c} d%", "call:1 {x}"), markerKey)
+      assert.strictEqual(RedisTokenStore.markersKey(keyPrefix, "a:b{c} d%"), countsKey)
     }))
+
+  it.scoped("2,000 calls of one user: 50 marker buckets of about 40, compact, and every call counts once", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("markers")
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix })
+      const redis = yield* directClient(redisUrl())
+      const cycle = "2025-03-01"
+      const calls = Array.from({ length: 2_000 }, (_, i) => ({ callId: `m${i}`, userId: "heavy", cycle, usage: usage(1, 1) }))
+      const first = yield* Effect.forEach(calls, store.record, { concurrency: 50 })
+      assert.isTrue(first.every((outcome) => outcome === "recorded"))
+      // Every call again, in another order: each one a duplicate.
+      const again = yield* Effect.forEach([...calls].reverse(), store.record, { concurrency: 50 })
+      assert.isTrue(again.every((outcome) => outcome === "duplicate"))
+      assert.strictEqual((yield* store.stats("heavy", cycle)).totalTokens, 4_000)
+      const markerKeys = yield* Effect.promise(() => redis.keys(`${keyPrefix}:{heavy}:m:*`))
+      let fields = 0
+      for (const key of markerKeys) {
+        const size = yield* Effect.promise(() => redis.hlen(key))
+        fields += size
+        assert.isAtMost(size, 128, key)
+        assert.strictEqual(yield* Effect.promise(() => redis.object("ENCODING", key)), "listpack", key)
+      }
+      assert.strictEqual(fields, 2_000)
+      // Linear hashing: 2,000 markers in ceil(2,000 / 40) = 50 buckets, numbered 0 to 49.
+      assert.deepStrictEqual(
+        markerKeys.map((key) => Number(/:(\d+)$/.exec(key)![1])).sort((a, b) => a - b),
+        Array.from({ length: 50 }, (_, i) => i)
+      )
+    }))
+
+  it.scoped("a marker of the layout before marker hashes (<base>:call:<id>) still makes a duplicate", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("legacy")
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix })
+      const redis = yield* directClient(redisUrl())
+      yield* Effect.promise(() => redis.set(RedisTokenStore.callKey(keyPrefix, "old", "c1"), "1", "PX", 60_000))
+      const input = { callId: "c1", userId: "old", cycle: "2025-03-01", usage: usage(5, 5) }
+      assert.strictEqual(yield* store.record(input), "duplicate")
+      assert.strictEqual((yield* store.stats("old", "2025-03-01")).totalTokens, 0)
+      assert.strictEqual(yield* store.record({ ...input, callId: "c2" }), "recorded")
+    }))
+
+  it.live("a short window: a call id is remembered at least the window, and forgotten within a period after", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("window")
+      // A window of 2 s: periods of 500 ms.
+      const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix, idempotencyTtl: "2 seconds" })
+      const input = { callId: "w1", userId: "u", cycle: "2025-03-01", usage: usage(1, 0) }
+      assert.strictEqual(yield* store.record(input), "recorded")
+      yield* Effect.sleep("1500 millis")
+      assert.strictEqual(yield* store.record(input), "duplicate")
+      yield* Effect.sleep("1200 millis")
+      // 2.7 s after: past the window plus a period.
+      assert.strictEqual(yield* store.record(input), "recorded")
+      assert.strictEqual((yield* store.stats("u", "2025-03-01")).totalTokens, 2)
+      // 400 calls over about 1.2 s (three periods, each split into buckets), each replayed at once and
+      // again at the end: within the window every replay is a duplicate, whatever its period.
+      const calls = Array.from({ length: 400 }, (_, i) => ({ ...input, callId: `spread-${i}`, userId: "spread" }))
+      for (let i = 0; i < calls.length; i += 40) {
+        const slice = calls.slice(i, i + 40)
+        assert.isTrue((yield* Effect.forEach(slice, store.record, { concurrency: 10 })).every((o) => o === "recorded"))
+        assert.isTrue((yield* Effect.forEach(slice, store.record, { concurrency: 10 })).every((o) => o === "duplicate"))
+        yield* Effect.sleep("120 millis")
+      }
+      assert.isTrue((yield* Effect.forEach(calls, store.record, { concurrency: 10 })).every((o) => o === "duplicate"))
+      assert.strictEqual((yield* store.stats("spread", "2025-03-01")).totalTokens, 400)
+    }).pipe(Effect.scoped))
 
   it.scoped("reads hashes written by the Python design (token_usage:<user>:<cycle> fields)", () =>
     Effect.gen(function*() {
