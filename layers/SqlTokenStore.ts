@@ -648,6 +648,14 @@ export const layer = (
 ): Layer.Layer<TokenStore.TokenStore, TokenStore.TokenStoreError, SqlClient.SqlClient> =>
   Layer.effect(TokenStore.TokenStore, make(options))
 
+/** A database out of reach as the application starts: a few attempts over about 3 seconds, then the layer fails. */
+const connectRetry = Schedule.exponential("100 millis").pipe(
+  Schedule.intersect(Schedule.recurs(5)),
+  Schedule.whileInput((error: TokenStore.TokenStoreError | ConfigError.ConfigError) =>
+    error instanceof TokenStore.TokenStoreError && error.reason === "Unavailable"
+  )
+)
+
 const importDriver = <A>(name: string, load: () => Promise<A>) =>
   Effect.tryPromise({
     try: load,
@@ -662,7 +670,10 @@ const importDriver = <A>(name: string, load: () => Promise<A>) =>
 /**
  * The token store in PostgreSQL, through `@effect/sql-pg` (an optional peer,
  * loaded when the layer is built): a connection pool for the URL, closed
- * with the layer. The `SqlClient` is provided too (for {@link ledger}).
+ * with the layer. A server out of reach at start is tried again for about 3
+ * seconds (a reset or a restart does not fail the application), then the
+ * layer fails with reason `Unavailable`. The `SqlClient` is provided too
+ * (for {@link ledger}).
  *
  * @since 0.3.0
  * @category layers
@@ -675,7 +686,13 @@ export const layerPg = (
     (PgClient) =>
       Layer.provideMerge(
         layer(config),
-        PgClient.layer({ url: config.url }).pipe(Layer.mapError(storeError("connect")))
+        // Retried on a real clock: a test clock in the application never holds its start.
+        Layer.scopedContext(
+          Layer.build(PgClient.layer({ url: config.url }).pipe(Layer.mapError(storeError("connect")))).pipe(
+            Effect.retry(connectRetry),
+            Effect.withClock(realClock)
+          )
+        )
       )
   ))
 

@@ -14,6 +14,10 @@ import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
+import * as TokenUsage from "../../layers/TokenUsage.js"
+import * as BillingCycle from "../../src/BillingCycle.js"
+import * as Callbacks from "../../src/Callbacks.js"
+import * as Dispatcher from "../../src/Dispatcher.js"
 import * as Outbox from "../../src/Outbox.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import { budgetConformance } from "../support/budgetConformance.js"
@@ -155,6 +159,46 @@ ledgerSuite("SQLite", sqliteClient("ledger"))
 
 if (!skipWithoutPostgres) ledgerSuite("PostgreSQL", postgresClient)
 
+describe("SqlTokenStore with the token handler", () => {
+  it.effect("each instrumented call is a ledger row: user, team, provider, the model that answered, tokens, cost", () =>
+    Effect.gen(function*() {
+      const userId = freshId("e2e")
+      const call = (n: number) =>
+        Effect.succeed(n).pipe(
+          Callbacks.instrument({
+            provider: "openai",
+            model: "gpt-4o-mini",
+            userId,
+            teamId: "team-e2e",
+            response: (n) => ({
+              content: "ok",
+              model: "gpt-4o-mini-2024-07-18",
+              usage: { promptTokens: 1_000 * n, completionTokens: 100 * n, totalTokens: 1_100 * n }
+            })
+          })
+        )
+      yield* Effect.forEach([1, 2, 3], call, { concurrency: 3 })
+      const cycle = yield* BillingCycle.current()
+      const rows = yield* SqlTokenStore.ledger({ cycle, userId })
+      assert.deepStrictEqual(rows.map((row) => row.totalTokens).sort(), [1_100, 2_200, 3_300])
+      for (const row of rows) {
+        assert.deepInclude(row, { teamId: "team-e2e", provider: "openai", model: "gpt-4o-mini-2024-07-18", estimated: false })
+        // The handler's cost of the call (here: 1 micro-unit per 10 tokens).
+        assert.strictEqual(row.costMicros, row.totalTokens / 10)
+      }
+      const store = yield* TokenStore.TokenStore
+      assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, 6_600)
+      assert.strictEqual((yield* store.stats({ level: "team", id: "team-e2e" }, cycle)).totalTokens, 6_600)
+    }).pipe(
+      Effect.provide(
+        TokenUsage.layer({ costMicros: (event) => (event.response.usage?.totalTokens ?? 0) / 10 }).pipe(
+          Layer.provideMerge(Dispatcher.layer()),
+          Layer.provideMerge(Layer.provideMerge(SqlTokenStore.layer(), sqliteClient("e2e")))
+        )
+      )
+    ))
+})
+
 describe("SqlTokenStore errors", () => {
   it.effect("a database that cannot be reached is Unavailable (an outbox keeps such records)", () =>
     Effect.gen(function*() {
@@ -174,6 +218,23 @@ describe("SqlTokenStore errors", () => {
 })
 
 describe.skipIf(skipWithoutPostgres)("SqlTokenStore through PostgreSQL outages", () => {
+  it.live("a server that resets the first connections at start: the layer connects once it answers", () =>
+    Effect.gen(function*() {
+      const target = new URL(postgresUrl())
+      const proxy = yield* FaultProxy.make({ targetPort: Number(target.port || 5432), faults: { dropReply: 0, reset: 1 } })
+      const viaProxy = new URL(target.toString())
+      viaProxy.port = String(proxy.port)
+      // The server answers again 400 ms after the start.
+      yield* proxy.setFaults({ dropReply: 0, reset: 0 }).pipe(Effect.delay("400 millis"), Effect.fork)
+      const cycle = freshCycle()
+      const outcome = yield* Effect.flatMap(TokenStore.TokenStore, (store) =>
+        store.record({ callId: freshId("start"), userId: freshId("user"), cycle, usage: usage(1, 1) })).pipe(
+          Effect.provide(SqlTokenStore.layerPg({ url: Redacted.make(viaProxy.toString()) }))
+        )
+      assert.strictEqual(outcome, "recorded")
+      assert.isAbove((yield* proxy.counters).resets, 0)
+    }).pipe(Effect.scoped), { timeout: 60_000 })
+
   it.live("connections reset and replies lost: with an outbox, every record is stored exactly once", () =>
     Effect.gen(function*() {
       const target = new URL(postgresUrl())
