@@ -12,7 +12,8 @@
  * - `<base>:m` and `<base>:m:<period>:<bucket>`: the idempotency markers of
  *   recorded calls, a 22-character digest of each call id in small hashes,
  *   kept at least the idempotency TTL (default 24 hours) and at most a quarter
- *   of it more (about 40 bytes a call; see the marker layout in the code);
+ *   of it more (about 37 bytes a call, up to 74 for subjects with few calls;
+ *   see the marker layout in the code);
  *   `<base>:call:<callId>`, the marker key of earlier versions, is still read;
  * - `<base>:<cycle>:holds` and `<base>:<cycle>:held`: the holds of admitted
  *   calls (a sorted set by expiry, and their sizes);
@@ -240,8 +241,10 @@ end
 // (`<period>` is their number since the epoch); a period's hashes expire a
 // period and a window after it starts, so a marker lives at least the window.
 // The hash `<base>:m` counts the markers of each live period (a field per
-// period). A period's markers are spread over buckets by linear hashing on
-// the digest's first 30 bits: n markers use ceil(n / 40) buckets, one more
+// period) and holds a period's first 16 markers itself (fields
+// `<period>|<digest>`: a subject with few calls has one key); from the 17th
+// on, a period's markers are in buckets, spread by linear hashing on the
+// digest's first 30 bits: n markers use ceil(n / 40) buckets, one more
 // split off each time the count passes a multiple of 40, so every bucket
 // stays small (well under Redis' default listpack limit of 128 entries: a
 // compact encoding) whatever the traffic, and a lookup reads the counts once
@@ -303,11 +306,15 @@ local function counts_of(prefix, now, window)
   end
   return found
 end
+-- A period's first markers are fields of the counts' hash itself, named <period>|<digest>.
+local inline = 16
 local function marked(prefix, legacy, digest, now, window)
   if redis.call("EXISTS", legacy) == 1 then return true end
   local h = hash_of(digest)
   for period, n in pairs(counts_of(prefix, now, window)) do
-    if n > 0 and redis.call("HEXISTS", bucket_key(prefix, period, bucket_of(n, h)), digest) == 1 then
+    if n > 0 and n <= inline then
+      if redis.call("HEXISTS", prefix, period .. "|" .. digest) == 1 then return true end
+    elseif n > inline and redis.call("HEXISTS", bucket_key(prefix, period, bucket_of(n, h)), digest) == 1 then
       return true
     end
   end
@@ -322,11 +329,33 @@ local function mark(prefix, digest, now, window)
   local n = redis.call("HINCRBY", prefix, period, 1)
   found[period] = n
   if n == 1 then
-    -- A new period: the counts of periods no longer live go.
+    -- A new period: the counts and markers of periods no longer live go.
     for _, field in ipairs(redis.call("HKEYS", prefix)) do
-      if (tonumber(field) + 1) * width + window <= now then redis.call("HDEL", prefix, field) end
+      if (tonumber(string.match(field, "^%d+")) + 1) * width + window <= now then redis.call("HDEL", prefix, field) end
     end
     redis.call("PEXPIREAT", prefix, expires)
+  end
+  if n <= inline then
+    redis.call("HSET", prefix, period .. "|" .. digest, "")
+    return
+  end
+  if n == inline + 1 then
+    -- The period outgrows the counts' hash: its markers move to its first bucket.
+    local head = period .. "|"
+    local moved = {}
+    local entries = { digest, "" }
+    for _, field in ipairs(redis.call("HKEYS", prefix)) do
+      if string.sub(field, 1, #head) == head then
+        moved[#moved + 1] = field
+        entries[#entries + 1] = string.sub(field, #head + 1)
+        entries[#entries + 1] = ""
+      end
+    end
+    local first = bucket_key(prefix, period, 0)
+    redis.call("HSET", first, unpack(entries))
+    redis.call("PEXPIREAT", first, expires)
+    if #moved > 0 then redis.call("HDEL", prefix, unpack(moved)) end
+    return
   end
   local key = bucket_key(prefix, period, bucket_of(n, hash_of(digest)))
   redis.call("HSET", key, digest, "")
