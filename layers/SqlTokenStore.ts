@@ -36,10 +36,13 @@
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
 import type * as SqlError from "@effect/sql/SqlError"
+import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import type * as ConfigError from "effect/ConfigError"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
@@ -296,6 +299,8 @@ export interface Options {
   readonly timeout?: Duration.DurationInput | undefined
   /** How often a transaction that met a deadlock or a busy file is run again; default 10. */
   readonly contentionRetries?: number | undefined
+  /** Most records written in one transaction (those issued in the same event-loop turn); default 256. */
+  readonly batchSize?: number | undefined
 }
 
 const maxCount = Number.MAX_SAFE_INTEGER
@@ -334,8 +339,12 @@ export const make = (
     const sql = yield* SqlClient.SqlClient
     const timeout = Duration.decode(options?.timeout ?? Duration.seconds(5))
     const contentionRetries = options?.contentionRetries ?? 10
+    const batchSize = options?.batchSize ?? 256
     if (!Duration.greaterThan(timeout, Duration.zero)) {
       return yield* Effect.dieMessage("SqlTokenStore.make: timeout must be positive")
+    }
+    if (!Number.isSafeInteger(batchSize) || batchSize < 1) {
+      return yield* Effect.dieMessage(`SqlTokenStore.make: batchSize must be a positive integer, got ${String(batchSize)}`)
     }
     if (!Number.isSafeInteger(contentionRetries) || contentionRetries < 0) {
       return yield* Effect.dieMessage(
@@ -384,59 +393,120 @@ export const make = (
     const subjectsWhere = (subjects: ReadonlyArray<TokenStore.Subject>) =>
       sql.or(subjects.map((s) => sql`(level = ${s.level} AND subject_id = ${s.id})`))
 
-    const recordAt = (input: TokenStore.RecordInput, now: number) =>
+    const ledgerRow = (input: TokenStore.RecordInput, now: number) => ({
+      user_id: input.userId,
+      call_id: input.callId,
+      cycle: input.cycle,
+      team_id: input.teamId ?? null,
+      org_id: input.orgId ?? null,
+      provider: input.provider ?? null,
+      model: input.model ?? null,
+      prompt_tokens: input.usage.promptTokens,
+      completion_tokens: input.usage.completionTokens,
+      total_tokens: input.usage.totalTokens,
+      cached_tokens: input.usage.cachedTokens ?? 0,
+      cache_write_tokens: input.usage.cacheWriteTokens ?? 0,
+      reasoning_tokens: input.usage.reasoningTokens ?? 0,
+      cost_micros: input.costMicros ?? 0,
+      estimated: input.estimated === true ? 1 : 0,
+      recorded_at: now
+    })
+
+    const accountKey = (cycle: string, subject: TokenStore.Subject): string =>
+      JSON.stringify([levelRank[subject.level], subject.id, cycle])
+
+    /**
+     * Writes a batch of records in the current transaction, in a handful of
+     * statements whatever its size. The accounts of the whole batch are
+     * locked first, in lock order (a concurrent batch of another process
+     * waits instead of deadlocking), returning their counters; the ledger
+     * rows go in at once, written in (user, call id) order, and say which
+     * records are new (the first of a call id within the batch counts, a
+     * later one is a duplicate); each new record's increments are checked
+     * against the locked counters in order (a record that would pass 2^53 - 1
+     * at any of its subjects fails alone: its ledger row is taken out again);
+     * the sums go into the accounts in one statement; the holds of every
+     * record end.
+     */
+    const writeBatch = (batch: ReadonlyArray<{ readonly input: TokenStore.RecordInput; readonly now: number }>) =>
       Effect.gen(function*() {
-        const subjects = inLockOrder(TokenStore.subjectsOf(input))
-        const increments = TokenStore.incrementsOf(input)
-        const usage = input.usage
-        const inserted = yield* sql`INSERT INTO effect_llm_callbacks_ledger ${
-          sql.insert({
-            user_id: input.userId,
-            call_id: input.callId,
-            cycle: input.cycle,
-            team_id: input.teamId ?? null,
-            org_id: input.orgId ?? null,
-            provider: input.provider ?? null,
-            model: input.model ?? null,
-            prompt_tokens: usage.promptTokens,
-            completion_tokens: usage.completionTokens,
-            total_tokens: usage.totalTokens,
-            cached_tokens: usage.cachedTokens ?? 0,
-            cache_write_tokens: usage.cacheWriteTokens ?? 0,
-            reasoning_tokens: usage.reasoningTokens ?? 0,
-            cost_micros: input.costMicros ?? 0,
-            estimated: input.estimated === true ? 1 : 0,
-            recorded_at: now
-          })
-        } ON CONFLICT (user_id, call_id) DO NOTHING RETURNING call_id`
-        const fresh = inserted.length > 0
-        if (fresh) {
-          for (const subject of subjects) {
-            const values: Record<string, unknown> = { cycle: input.cycle, level: subject.level, subject_id: subject.id }
-            for (let c = 0; c < counterColumns.length; c++) values[counterColumns[c]!] = increments[c]!
-            const updated = yield* sql`INSERT INTO effect_llm_callbacks_accounts ${sql.insert(values)}
-              ON CONFLICT (cycle, level, subject_id) DO UPDATE SET
-                prompt_tokens = effect_llm_callbacks_accounts.prompt_tokens + excluded.prompt_tokens,
-                completion_tokens = effect_llm_callbacks_accounts.completion_tokens + excluded.completion_tokens,
-                total_tokens = effect_llm_callbacks_accounts.total_tokens + excluded.total_tokens,
-                cost_micros = effect_llm_callbacks_accounts.cost_micros + excluded.cost_micros,
-                cached_tokens = effect_llm_callbacks_accounts.cached_tokens + excluded.cached_tokens,
-                cache_write_tokens = effect_llm_callbacks_accounts.cache_write_tokens + excluded.cache_write_tokens,
-                reasoning_tokens = effect_llm_callbacks_accounts.reasoning_tokens + excluded.reasoning_tokens,
-                estimated_tokens = effect_llm_callbacks_accounts.estimated_tokens + excluded.estimated_tokens
-              WHERE ${
-              sql.and(counterColumns.map((column) =>
-                sql`${sql.literal(`effect_llm_callbacks_accounts.${column} + excluded.${column}`)} <= ${maxCount}`
-              ))
-            }
-              RETURNING level`
-            // Nothing of the record is kept: the transaction rolls back.
-            if (updated.length === 0) return yield* Effect.fail(TokenStore.overflowError(subject, input.cycle))
-          }
+        const keys = new Map<string, { readonly cycle: string; readonly subject: TokenStore.Subject }>()
+        for (const { input } of batch) {
+          for (const subject of TokenStore.subjectsOf(input)) keys.set(accountKey(input.cycle, subject), { cycle: input.cycle, subject })
         }
-        yield* sql`DELETE FROM effect_llm_callbacks_holds
-          WHERE cycle = ${input.cycle} AND call_id = ${input.callId} AND ${subjectsWhere(subjects)}`
-        return fresh ? "recorded" as const : "duplicate" as const
+        const sortedKeys = [...keys.keys()].sort()
+        const lockedRows = yield* sql<Record<string, unknown>>`INSERT INTO effect_llm_callbacks_accounts ${
+          sql.insert(sortedKeys.map((key) => {
+            const { cycle, subject } = keys.get(key)!
+            return { cycle, level: subject.level, subject_id: subject.id, fresh: 0 }
+          }))
+        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
+          RETURNING cycle, level, subject_id, ${sql.literal(counterColumns.join(", "))}`
+        const counts = new Map<string, Array<number>>()
+        for (const row of lockedRows) {
+          const key = accountKey(String(row["cycle"]), { level: row["level"] as TokenStore.Level, id: String(row["subject_id"]) })
+          counts.set(key, counterColumns.map((column) => num(row[column])))
+        }
+        const order = batch.map((_, i) => i).sort((a, b) => {
+          const x = batch[a]!.input
+          const y = batch[b]!.input
+          return x.userId < y.userId ? -1 : x.userId > y.userId ? 1 : x.callId < y.callId ? -1 : x.callId > y.callId ? 1 : 0
+        })
+        const inserted = yield* sql<{ readonly user_id: string; readonly call_id: string }>`
+          INSERT INTO effect_llm_callbacks_ledger ${sql.insert(order.map((i) => ledgerRow(batch[i]!.input, batch[i]!.now)))}
+          ON CONFLICT (user_id, call_id) DO NOTHING RETURNING user_id, call_id`
+        const fresh = new Set(inserted.map((row) => JSON.stringify([row.user_id, row.call_id])))
+        const results: Array<Either.Either<TokenStore.RecordOutcome, TokenStore.TokenStoreError>> = new Array(batch.length)
+        const overflowed: Array<TokenStore.RecordInput> = []
+        for (const i of order) {
+          const input = batch[i]!.input
+          const id = JSON.stringify([input.userId, input.callId])
+          if (!fresh.has(id)) {
+            results[i] = Either.right("duplicate")
+            continue
+          }
+          // The first of this call id in the batch; any later one is a duplicate.
+          fresh.delete(id)
+          const increments = TokenStore.incrementsOf(input)
+          const subjects = TokenStore.subjectsOf(input)
+          const over = subjects.find((subject) => {
+            const current = counts.get(accountKey(input.cycle, subject))!
+            return current.some((count, c) => count + increments[c]! > maxCount)
+          })
+          if (over !== undefined) {
+            results[i] = Either.left(TokenStore.overflowError(over, input.cycle))
+            overflowed.push(input)
+            continue
+          }
+          for (const subject of subjects) {
+            const current = counts.get(accountKey(input.cycle, subject))!
+            for (let c = 0; c < current.length; c++) current[c]! += increments[c]!
+          }
+          results[i] = Either.right("recorded")
+        }
+        if (overflowed.length > 0) {
+          yield* sql`DELETE FROM effect_llm_callbacks_ledger WHERE ${
+            sql.or(overflowed.map((input) => sql`(user_id = ${input.userId} AND call_id = ${input.callId})`))
+          }`
+        }
+        // The locked rows' new counters, written back at once (every row exists and is locked).
+        yield* sql`INSERT INTO effect_llm_callbacks_accounts ${
+          sql.insert(sortedKeys.map((key) => {
+            const { cycle, subject } = keys.get(key)!
+            const values: Record<string, unknown> = { cycle, level: subject.level, subject_id: subject.id }
+            const current = counts.get(key)!
+            for (let c = 0; c < counterColumns.length; c++) values[counterColumns[c]!] = current[c]!
+            return values
+          }))
+        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET ${
+          sql.literal(counterColumns.map((column) => `${column} = excluded.${column}`).join(", "))
+        }`
+        yield* sql`DELETE FROM effect_llm_callbacks_holds WHERE ${
+          sql.or(batch.map(({ input }) =>
+            sql`(cycle = ${input.cycle} AND call_id = ${input.callId} AND ${subjectsWhere(TokenStore.subjectsOf(input))})`
+          ))
+        }`
+        return results
       })
 
     const accountOf = (subject: TokenStore.Subject, cycle: string, now: number) =>
@@ -547,20 +617,71 @@ export const make = (
         return outcome
       })
 
+    /** A batch of records in one transaction (one commit, one log flush, for all); see `writeBatch`. */
+    const recordBatch = (method: string, batch: ReadonlyArray<{ readonly input: TokenStore.RecordInput; readonly now: number }>) =>
+      run(method, () => writeBatch(batch))
+
     const recordAll = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
       Effect.gen(function*() {
-        // Each record is its own transaction: a failed one does not keep the others out.
-        const results = yield* Effect.forEach(inputs, (input) => Effect.either(run("recordMany", (now) => recordAt(input, now))))
+        if (inputs.length === 0) return []
+        const now = yield* Clock.currentTimeMillis
+        const results = yield* recordBatch("recordMany", inputs.map((input) => ({ input, now })))
         const outcomes: Array<TokenStore.RecordOutcome> = []
         for (const result of results) {
-          if (result._tag === "Left") return yield* Effect.fail(result.left)
+          if (Either.isLeft(result)) return yield* Effect.fail(storeError("recordMany")(result.left))
           outcomes.push(result.right)
         }
         return outcomes
       })
 
+    // Records issued in the same event-loop turn share one transaction (as
+    // the Redis store shares a script call): each keeps its own outcome.
+    interface Queued {
+      readonly input: TokenStore.RecordInput
+      readonly now: number
+      readonly resume: (effect: Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
+      cancelled: boolean
+    }
+    let queue: Array<Queued> = []
+    let scheduled = false
+    const flush = () => {
+      scheduled = false
+      const batch = queue.filter((item) => !item.cancelled).slice(0, batchSize)
+      queue = queue.filter((item) => !item.cancelled).slice(batchSize)
+      if (queue.length > 0) schedule()
+      if (batch.length === 0) return
+      Effect.runFork(recordBatch("record", batch)).addObserver((exit) => {
+        if (Exit.isFailure(exit)) {
+          const failure = Cause.failureOption(exit.cause)
+          const error = Option.isSome(failure) ? failure.value : storeError("record")(Cause.squash(exit.cause))
+          for (const item of batch) item.resume(Effect.fail(error))
+          return
+        }
+        exit.value.forEach((result, i) =>
+          batch[i]!.resume(Either.isLeft(result) ? Effect.fail(storeError("record")(result.left)) : Effect.succeed(result.right))
+        )
+      })
+    }
+    const schedule = () => {
+      if (!scheduled) {
+        scheduled = true
+        setImmediate(flush)
+      }
+    }
+    const record = (input: TokenStore.RecordInput) =>
+      Effect.flatMap(Clock.currentTimeMillis, (now) =>
+        Effect.async<TokenStore.RecordOutcome, TokenStore.TokenStoreError>((resume) => {
+          const item: Queued = { input, now, resume, cancelled: false }
+          queue.push(item)
+          schedule()
+          // Interrupted while waiting for its batch: it is not written. Once the batch runs, it is.
+          return Effect.sync(() => {
+            item.cancelled = true
+          })
+        }))
+
     const backend: TokenStore.Service = {
-      record: (input) => run("record", (now) => recordAt(input, now)),
+      record,
       recordMany: recordAll,
       stats: (owner, cycle) =>
         run("stats", (now) =>
