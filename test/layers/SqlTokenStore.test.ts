@@ -6,6 +6,8 @@ import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { assert, describe, it, layer } from "@effect/vitest"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
@@ -53,7 +55,12 @@ const usage = (promptTokens: number, completionTokens: number): TokenStore.Token
 })
 
 /** The ledger suite, against one backend: `client` is a client of the database, `store` the store over it. */
-const ledgerSuite = (name: string, client: Layer.Layer<SqlClient.SqlClient>) =>
+const ledgerSuite = (
+  name: string,
+  client: Layer.Layer<SqlClient.SqlClient>,
+  /** The driver answers asynchronously (PostgreSQL): a caller can be interrupted while its batch is written. */
+  asyncDriver: boolean
+) =>
   layer(Layer.provideMerge(SqlTokenStore.layer(), client), { timeout: "60 seconds" })(`SqlTokenStore ledger: ${name}`, (it) => {
     it.effect("one row per recorded call, with everything billed; the totals are its sums", () =>
       Effect.gen(function*() {
@@ -127,6 +134,49 @@ const ledgerSuite = (name: string, client: Layer.Layer<SqlClient.SqlClient>) =>
         assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, 0)
       }))
 
+    it.effect("callers interrupted while their records wait for a batch: what the ledger holds is what the counters hold, and a retry makes it whole", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const cycle = freshCycle()
+        const { expected, records } = makeWorkload({ calls: 300, users: 3, userPrefix: freshId("interrupted"), seed: 5 })
+        // Every third caller is interrupted: half of them at once, before their batch runs (not written), the
+        // others one event-loop turn later, while their batch is being written (written, the caller gone).
+        const turn = Effect.promise(() => new Promise<void>((resolve) => setImmediate(resolve)))
+        const fibers = yield* Effect.forEach(records, (r) => Effect.fork(store.record({ ...r, cycle })))
+        yield* Effect.forEach(fibers, (fiber, i) =>
+          i % 3 !== 0 ? Effect.void : i % 2 === 0 ? Fiber.interrupt(fiber) : Effect.zipRight(turn, Fiber.interrupt(fiber)), {
+          concurrency: "unbounded",
+          discard: true
+        })
+        const exits = yield* Effect.forEach(fibers, Fiber.await)
+        const recorded = new Set<string>()
+        exits.forEach((exit, i) => {
+          if (Exit.isSuccess(exit)) {
+            assert.strictEqual(exit.value, "recorded")
+            recorded.add(records[i]!.callId)
+          } else assert.isTrue(i % 3 === 0 && Exit.isInterrupted(exit), `call ${i}`)
+        })
+        const ledgerNow = new Map<string, number>()
+        for (const userId of expected.keys()) {
+          const rows = yield* SqlTokenStore.ledger({ cycle, userId })
+          for (const row of rows) ledgerNow.set(row.callId, row.totalTokens)
+          // The counters hold exactly what the ledger holds.
+          assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, rows.reduce((n, row) => n + row.totalTokens, 0))
+        }
+        for (const callId of recorded) assert.isTrue(ledgerNow.has(callId), callId)
+        // Both cases happened: interrupted callers whose records were written, and others whose were not.
+        const interrupted = records.filter((_, i) => Exit.isInterrupted(exits[i]!))
+        // (SQLite answers synchronously: a batch is written within the turn that starts it.)
+        if (asyncDriver) assert.isTrue(interrupted.some((r) => ledgerNow.has(r.callId)), "an interrupted caller's record written")
+        assert.isTrue(interrupted.some((r) => !ledgerNow.has(r.callId)), "an interrupted caller's record not written")
+        // The interrupted callers retry: those whose batch ran are duplicates, the others are recorded now.
+        const again = yield* Effect.forEach(records, (r) => store.record({ ...r, cycle }), { concurrency: 20 })
+        again.forEach((outcome, i) => assert.strictEqual(outcome, ledgerNow.has(records[i]!.callId) ? "duplicate" : "recorded"))
+        for (const [userId, totals] of expected) {
+          assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, totals.totalTokens, userId)
+        }
+      }))
+
     it.effect("two clients on one database, recording the same calls at once, count each call once", () =>
       Effect.gen(function*() {
         const cycle = freshCycle()
@@ -155,9 +205,9 @@ const ledgerSuite = (name: string, client: Layer.Layer<SqlClient.SqlClient>) =>
       }))
   })
 
-ledgerSuite("SQLite", sqliteClient("ledger"))
+ledgerSuite("SQLite", sqliteClient("ledger"), false)
 
-if (!skipWithoutPostgres) ledgerSuite("PostgreSQL", postgresClient)
+if (!skipWithoutPostgres) ledgerSuite("PostgreSQL", postgresClient, true)
 
 describe("SqlTokenStore with the token handler", () => {
   it.effect("each instrumented call is a ledger row: user, team, provider, the model that answered, tokens, cost", () =>
