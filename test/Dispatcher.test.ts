@@ -7,6 +7,7 @@ import {
   Duration,
   Effect,
   Either,
+  Equal,
   Exit,
   Fiber,
   Layer,
@@ -17,6 +18,7 @@ import {
   TestClock
 } from "effect"
 import { CallbackMetrics, Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
+import * as Outcome from "../src/internal/dispatch/outcome.js"
 
 const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
@@ -773,4 +775,22 @@ describe("Dispatcher metric series", () => {
       assert.lengthOf(seriesOf("callback_queue_depth", "series-bg"), 1)
       assert.lengthOf(seriesOf("callback_dropped_total", "series-await"), 0)
     }).pipe(Effect.provide(Dispatcher.layer())))
+})
+
+describe("HandlerError made by the dispatcher", () => {
+  it("is the same object as the class makes: prototype, own properties, JSON, equality, text", () => {
+    for (const cause of [undefined, new Error("boom"), { _tag: "Oops" }]) {
+      const args = { reason: "Failed" as const, handler: "h", phase: "end" as const, message: "Error: boom" }
+      const made = new HandlerError.HandlerError(cause === undefined ? args : { ...args, cause })
+      const cheap = Outcome.handlerError(args.reason, args.handler, args.phase, args.message, cause)
+      assert.isTrue(cheap instanceof HandlerError.HandlerError && cheap instanceof Error)
+      assert.deepStrictEqual(Object.getOwnPropertyNames(cheap), Object.getOwnPropertyNames(made))
+      assert.deepStrictEqual(Object.keys(cheap), Object.keys(made))
+      assert.strictEqual(JSON.stringify(cheap), JSON.stringify(made))
+      assert.strictEqual(String(cheap), String(made))
+      assert.isTrue(Equal.equals(cheap, made))
+      assert.strictEqual(cheap.cause, made.cause)
+      assert.strictEqual(cheap.stack?.split("\n")[0], "HandlerError: Error: boom")
+    }
+  })
 })

@@ -4,6 +4,9 @@
  */
 import type * as Clock from "effect/Clock"
 import * as Effect from "effect/Effect"
+import * as FiberRef from "effect/FiberRef"
+import * as HashSet from "effect/HashSet"
+import * as LogLevel from "effect/LogLevel"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
@@ -107,6 +110,15 @@ export const hasError = (items: ReadonlyArray<HandlerResult>): boolean => {
 
 /** One warning per failed invocation, annotated with the call and the handler. */
 export const logFailures = (event: CallbackEvent, results: ReadonlyArray<HandlerResult>): Effect.Effect<void> =>
+  Effect.withFiberRuntime((fiber) =>
+    // Nobody would read the warnings (no logger, or none at this level): they are not built.
+    HashSet.size(fiber.getFiberRef(FiberRef.currentLoggers)) === 0 ||
+      LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), LogLevel.Warning)
+      ? Effect.void
+      : warnings(event, results)
+  )
+
+const warnings = (event: CallbackEvent, results: ReadonlyArray<HandlerResult>): Effect.Effect<void> =>
   Effect.forEach(results.filter((result) => result.error !== undefined), (result) =>
     Effect.logWarning(`callback handler ${result.handler} ${result.status} on ${result.phase}`).pipe(
       Effect.annotateLogs({
