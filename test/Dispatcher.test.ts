@@ -10,7 +10,10 @@ import {
   Equal,
   Exit,
   Fiber,
+  HashMap,
   Layer,
+  Logger,
+  LogLevel,
   Metric,
   Option,
   Schedule,
@@ -792,5 +795,39 @@ describe("HandlerError made by the dispatcher", () => {
       assert.strictEqual(cheap.cause, made.cause)
       assert.strictEqual(cheap.stack?.split("\n")[0], "HandlerError: Error: boom")
     }
+  })
+})
+
+describe("Dispatcher: the warning of a failed invocation", () => {
+  const failing = Handler.make({ name: "flaky", onLlmStart: () => Effect.fail("nope"), retry: Schedule.recurs(1) })
+  const call = Effect.succeed("ok").pipe(Callbacks.instrument({ provider: "openai", model: "m", userId: "u" }))
+  const capture = () => {
+    const lines: Array<{ readonly message: unknown; readonly level: string; readonly annotations: Record<string, unknown> }> = []
+    const logger = Logger.make(({ annotations, logLevel, message }) => {
+      lines.push({ message, level: logLevel.label, annotations: Object.fromEntries(HashMap.toEntries(annotations)) })
+    })
+    return { lines, layer: Logger.replace(Logger.defaultLogger, logger) }
+  }
+
+  it.scoped("is logged once per failed invocation, with the call, handler, phase, reason, error and attempts", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      yield* Dispatcher.register(failing)
+      yield* call
+      const warnings = lines.filter((line) => line.level === "WARN")
+      assert.strictEqual(warnings.length, 1)
+      assert.deepInclude(warnings[0]!.annotations, { handler: "flaky", phase: "start", reason: "Failed", error: "nope", attempts: 2 })
+    }).pipe(Effect.provide(Layer.merge(Dispatcher.layer(), layer)))
+  })
+
+  it.scoped("is not built when no logger would take it (the minimum level is above warnings)", () => {
+    const { layer, lines } = capture()
+    return Effect.gen(function*() {
+      yield* Dispatcher.register(failing)
+      yield* call
+      assert.deepStrictEqual(lines.filter((line) => line.level === "WARN"), [])
+      // The failure is still counted.
+      assert.strictEqual((yield* Dispatcher.health).handlers.find((h) => h.name === "flaky")?.failures, 1)
+    }).pipe(Effect.provide(Layer.mergeAll(Dispatcher.layer(), layer, Logger.minimumLogLevel(LogLevel.Error))))
   })
 })

@@ -3,10 +3,14 @@
  * metrics, kept for the dispatch report when asked for, and failures logged.
  */
 import type * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
-import * as HashSet from "effect/HashSet"
+import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
+import * as Tracer from "effect/Tracer"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
@@ -111,12 +115,26 @@ export const hasError = (items: ReadonlyArray<HandlerResult>): boolean => {
 /** One warning per failed invocation, annotated with the call and the handler. */
 export const logFailures = (event: CallbackEvent, results: ReadonlyArray<HandlerResult>): Effect.Effect<void> =>
   Effect.withFiberRuntime((fiber) =>
-    // Nobody would read the warnings (no logger, or none at this level): they are not built.
-    HashSet.size(fiber.getFiberRef(FiberRef.currentLoggers)) === 0 ||
-      LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), LogLevel.Warning)
-      ? Effect.void
-      : warnings(event, results)
+    // Nobody would read the warnings: they are not built.
+    readsWarnings(fiber) ? warnings(event, results) : Effect.void
   )
+
+/**
+ * Whether a warning logged on this fiber would go anywhere: a logger other
+ * than Effect's tracer logger (which writes to spans, and only when a tracer
+ * is installed), at a minimum level that lets warnings through.
+ */
+const readsWarnings = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => {
+  if (LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), LogLevel.Warning)) return false
+  const tracing = fiber.currentTracer !== nativeTracer
+  for (const logger of fiber.getFiberRef(FiberRef.currentLoggers)) {
+    if (logger !== Logger.tracerLogger || tracing) return true
+  }
+  return false
+}
+
+/** Effect's default tracer, which records nothing. */
+const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 
 const warnings = (event: CallbackEvent, results: ReadonlyArray<HandlerResult>): Effect.Effect<void> =>
   Effect.forEach(results.filter((result) => result.error !== undefined), (result) =>
