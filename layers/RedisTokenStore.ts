@@ -386,16 +386,7 @@ end
 `
 
 // The hash fields of the counters, in the order of `TokenStore.counters`.
-const counterFields = [
-  "prompt_tokens",
-  "completion_tokens",
-  "total_tokens",
-  "cost_micros",
-  "cached_tokens",
-  "cache_write_tokens",
-  "reasoning_tokens",
-  "estimated_tokens"
-] as const
+const counterFields = TokenStore.counterFields
 
 const luaFields = `{ ${counterFields.map((field) => `"${field}"`).join(", ")} }`
 

@@ -54,16 +54,7 @@ import * as TokenStore from "../src/TokenStore.js"
 // -----------------------------------------------------------------------------
 
 /** The counters' columns, in the order of `TokenStore.counters`. */
-const counterColumns = [
-  "prompt_tokens",
-  "completion_tokens",
-  "total_tokens",
-  "cost_micros",
-  "cached_tokens",
-  "cache_write_tokens",
-  "reasoning_tokens",
-  "estimated_tokens"
-] as const
+const counterColumns = TokenStore.counterFields
 
 const migrations = Migrator.fromRecord({
   "0001_create_token_store": Effect.gen(function*() {

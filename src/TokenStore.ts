@@ -76,6 +76,24 @@ export const counters = [
 ] as const
 
 /**
+ * The snake_case name of each of the {@link counters}, in the same order: the
+ * Redis hash fields and the SQL columns.
+ *
+ * @since 0.3.0
+ * @category models
+ */
+export const counterFields = [
+  "prompt_tokens",
+  "completion_tokens",
+  "total_tokens",
+  "cost_micros",
+  "cached_tokens",
+  "cache_write_tokens",
+  "reasoning_tokens",
+  "estimated_tokens"
+] as const
+
+/**
  * One of the {@link counters}.
  *
  * @since 0.3.0

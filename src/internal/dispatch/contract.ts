@@ -17,6 +17,7 @@ import type * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent, Phase } from "../../Events.js"
 import type { Handler, Mode } from "../../Handler.js"
 import type { HandlerError, HandlerRegistrationError } from "../../HandlerError.js"
+import type { Stats } from "../../Outbox.js"
 
 /**
  * The outcome of one handler for one event. Background handlers report
@@ -39,17 +40,6 @@ export interface DispatchReport {
   readonly results: ReadonlyArray<HandlerResult>
 }
 
-/** What an outbox reports (`Outbox.Stats`). */
-export interface OutboxStats {
-  readonly pending: number
-  readonly bytes: number
-  readonly oldestAgeMillis: number
-  readonly written: number
-  readonly dropped: number
-  readonly expired: number
-  readonly rejected: number
-  readonly durable: boolean
-}
 
 /** A handler's latest error. */
 export interface LastError {
@@ -94,7 +84,7 @@ export interface HealthReport {
   readonly inFlight: number
   readonly pending: number
   /** The token store's outbox, when one is in the context of the `Dispatcher.health` call. */
-  readonly outbox?: OutboxStats | undefined
+  readonly outbox?: Stats | undefined
 }
 
 /** The key of the contract on the dispatcher service. */
