@@ -12,9 +12,11 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import { fileURLToPath } from "node:url"
 import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import * as BillingCycle from "../../src/BillingCycle.js"
@@ -247,6 +249,50 @@ describe("SqlTokenStore with the token handler", () => {
         )
       )
     ))
+})
+
+describe("SqlTokenStore: two processes on one database", () => {
+  const worker = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "support", "sqlWorker.ts")
+  const runWorker = (args: ReadonlyArray<string>) =>
+    new Promise<{ readonly recorded: number; readonly duplicate: number }>((resolve, reject) => {
+      execFile(process.execPath, ["--import", "tsx", worker, ...args], { timeout: 120_000 }, (error, stdout, stderr) => {
+        if (error !== null) reject(new Error(`worker failed: ${error.message}\n${stderr}`))
+        else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!))
+      })
+    })
+
+  const bothProcesses = (kind: "pg" | "sqlite", where: string, store: Layer.Layer<TokenStore.TokenStore | SqlClient.SqlClient, unknown>) =>
+    Effect.gen(function*() {
+      const prefix = freshId(`procs-${kind}`)
+      const calls = 2_000
+      // Both processes record every call, in opposite orders, at the same time.
+      const [a, b] = yield* Effect.promise(() =>
+        Promise.all([
+          runWorker([kind, where, prefix, String(calls), "forward"]),
+          runWorker([kind, where, prefix, String(calls), "reverse"])
+        ])
+      )
+      assert.strictEqual(a.recorded + b.recorded, calls)
+      assert.strictEqual(a.duplicate + b.duplicate, calls)
+      const tokens = yield* TokenStore.TokenStore
+      for (let u = 0; u < 5; u++) {
+        let total = 0
+        for (let i = u; i < calls; i += 5) total += 10 + (i % 13) + 1 + (i % 7)
+        assert.strictEqual((yield* tokens.stats(`${prefix}-u${u}`, "2026-12-01")).totalTokens, total, `user ${u}`)
+        const rows = yield* SqlTokenStore.ledger({ cycle: "2026-12-01", userId: `${prefix}-u${u}` })
+        assert.strictEqual(rows.length, calls / 5)
+      }
+    }).pipe(Effect.provide(store))
+
+  it.live("SQLite file: each call counted once, the ledger holds each once", () =>
+    bothProcesses("sqlite", sqliteFile("processes"), SqlTokenStore.layerSqlite({ filename: sqliteFile("processes") })), {
+    timeout: 180_000
+  })
+
+  it.live.skipIf(skipWithoutPostgres)("PostgreSQL: each call counted once, the ledger holds each once", () =>
+    Effect.suspend(() =>
+      bothProcesses("pg", postgresUrl(), SqlTokenStore.layerPg({ url: Redacted.make(postgresUrl()) }))
+    ), { timeout: 180_000 })
 })
 
 describe("SqlTokenStore errors", () => {
