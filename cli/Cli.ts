@@ -152,10 +152,22 @@ export const formatTable = (rows: ReadonlyArray<UsageRow>): string => {
     orDash(row.remaining),
     row.exceeded ? "yes" : "no"
   ])
-  const widths = tableColumns.map((header, i) => Math.max(header.length, ...cells.map((line) => line[i]!.length)))
+  return renderTable(tableColumns, cells, 1).join("\n")
+}
+
+/**
+ * The header and the rows, each a line: columns two spaces apart, the first
+ * `textColumns` left aligned, the others (numbers) right aligned.
+ */
+const renderTable = (
+  headers: ReadonlyArray<string>,
+  cells: ReadonlyArray<ReadonlyArray<string>>,
+  textColumns: number
+): Array<string> => {
+  const widths = headers.map((header, i) => Math.max(header.length, ...cells.map((line) => line[i]!.length)))
   const render = (line: ReadonlyArray<string>) =>
-    line.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ").trimEnd()
-  return [render(tableColumns), ...cells.map(render)].join("\n")
+    line.map((cell, i) => (i < textColumns ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ").trimEnd()
+  return [render(headers), ...cells.map(render)]
 }
 
 /**
@@ -228,14 +240,11 @@ export const formatLedgerTable = (rows: ReadonlyArray<SqlTokenStore.LedgerRow>):
     row.estimated ? "yes" : "no",
     formatCost(row.costMicros)
   ])
-  const widths = ledgerColumns.map((header, i) => Math.max(header.length, ...cells.map((line) => line[i]!.length)))
-  const render = (line: ReadonlyArray<string>) =>
-    line.map((cell, i) => (i < 5 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ").trimEnd()
   const sum = (f: (row: SqlTokenStore.LedgerRow) => number) => rows.reduce((n, row) => n + f(row), 0)
   const footer = `${rows.length} calls, ${sum((row) => row.totalTokens)} tokens (${
     sum((row) => row.promptTokens)
   } prompt, ${sum((row) => row.completionTokens)} completion), cost ${formatCost(sum((row) => row.costMicros))}`
-  return [render(ledgerColumns), ...cells.map(render), footer].join("\n")
+  return [...renderTable(ledgerColumns, cells, 5), footer].join("\n")
 }
 
 /**
