@@ -8,8 +8,7 @@
  *
  * Run alone: `npx tsx bench/sql.ts`.
  */
-import * as SqlClient from "@effect/sql/SqlClient"
-import * as PgClient from "@effect/sql-pg/PgClient"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Layer, Redacted } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -17,6 +16,7 @@ import * as path from "node:path"
 import { pathToFileURL } from "node:url"
 import * as SqlTokenStore from "../layers/SqlTokenStore.js"
 import { TokenStore } from "../src/index.js"
+import { createDatabase, type OwnDatabase, postgresServerUrl } from "../test/support/globalSetup.js"
 
 const cycle = "2026-12-01"
 const users = 50
@@ -57,25 +57,8 @@ const workload = (
     }).pipe(Effect.provide(store), Effect.orDie)
   )
 
-const postgres = async (): Promise<{ readonly url: string; readonly drop: () => Promise<void> } | undefined> => {
-  const server = process.env["DATABASE_URL"] || "postgres://postgres@127.0.0.1:5432/postgres"
-  const database = `effect_llm_callbacks_bench_${process.pid}`
-  const onServer = (statement: string) =>
-    Effect.runPromise(
-      Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement)).pipe(
-        Effect.provide(PgClient.layer({ url: Redacted.make(server), connectTimeout: "2 seconds" })),
-        Effect.timeout("10 seconds")
-      )
-    )
-  try {
-    await onServer(`CREATE DATABASE "${database}"`)
-  } catch {
-    return undefined
-  }
-  const url = new URL(server)
-  url.pathname = `/${database}`
-  return { url: url.toString(), drop: () => onServer(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).then(() => undefined) }
-}
+const postgres = (): Promise<OwnDatabase | undefined> =>
+  createDatabase(postgresServerUrl(), `effect_llm_callbacks_bench_${process.pid}`).catch(() => undefined)
 
 /**
  * @since 0.3.0

@@ -109,17 +109,38 @@ export const stopRedisProcess = (process_: RedisProcess): Promise<void> =>
   })
 
 /** The server the SQL suites use: `DATABASE_URL`, else the local PostgreSQL (trust auth). */
-const postgresServerUrl = (): string => process.env["DATABASE_URL"] || "postgres://postgres@127.0.0.1:5432/postgres"
-
-/** The URL of another database on the same server. */
-const withDatabase = (url: string, database: string): string => {
-  const parsed = new URL(url)
-  parsed.pathname = `/${database}`
-  return parsed.toString()
-}
+export const postgresServerUrl = (): string => process.env["DATABASE_URL"] || "postgres://postgres@127.0.0.1:5432/postgres"
 
 const postgresHint = "Start PostgreSQL on 127.0.0.1:5432 (trust auth; e.g. `apt-get install -y postgresql`) or set " +
   "DATABASE_URL to a server where the user may create databases."
+
+/** A database of its own on a PostgreSQL server, and how to drop it. */
+export interface OwnDatabase {
+  readonly url: string
+  readonly drop: () => Promise<void>
+}
+
+/**
+ * Creates a database named `name` on the PostgreSQL server of `serverUrl`
+ * (its user must be allowed to create databases); fails when the server
+ * cannot be reached or refuses.
+ */
+export const createDatabase = async (serverUrl: string, name: string): Promise<OwnDatabase> => {
+  const onServer = (statement: string) =>
+    Effect.runPromise(
+      Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement)).pipe(
+        Effect.provide(PgClient.layer({ url: Redacted.make(serverUrl), connectTimeout: "3 seconds" })),
+        Effect.timeout("10 seconds")
+      )
+    )
+  await onServer(`CREATE DATABASE "${name}"`)
+  const url = new URL(serverUrl)
+  url.pathname = `/${name}`
+  return {
+    url: url.toString(),
+    drop: () => onServer(`DROP DATABASE IF EXISTS "${name}" WITH (FORCE)`).then(() => undefined, () => undefined)
+  }
+}
 
 /**
  * Creates a database of this run's own on the PostgreSQL server (dropped at
@@ -127,16 +148,9 @@ const postgresHint = "Start PostgreSQL on 127.0.0.1:5432 (trust auth; e.g. `apt-
  */
 const setupPostgres = async (project: TestProject): Promise<() => Promise<void>> => {
   const server = postgresServerUrl()
-  const database = `effect_llm_callbacks_test_${process.pid}_${Date.now().toString(36)}`
-  const onServer = (statement: string) =>
-    Effect.runPromise(
-      Effect.flatMap(SqlClient.SqlClient, (sql) => sql.unsafe(statement)).pipe(
-        Effect.provide(PgClient.layer({ url: Redacted.make(server), connectTimeout: "3 seconds" })),
-        Effect.timeout("10 seconds")
-      )
-    )
+  let database: OwnDatabase
   try {
-    await onServer(`CREATE DATABASE "${database}"`)
+    database = await createDatabase(server, `effect_llm_callbacks_test_${process.pid}_${Date.now().toString(36)}`)
   } catch (error) {
     const message = `PostgreSQL at ${new URL(server).host}: ${describeError(error)}. ${postgresHint}`
     if (process.env["CI"]) throw new Error(`The tests need PostgreSQL and none could be used: ${message}`)
@@ -144,9 +158,9 @@ const setupPostgres = async (project: TestProject): Promise<() => Promise<void>>
     project.provide("postgresSetupError", message)
     return async () => {}
   }
-  project.provide("postgresUrl", withDatabase(server, database))
+  project.provide("postgresUrl", database.url)
   project.provide("postgresSetupError", "")
-  return () => onServer(`DROP DATABASE IF EXISTS "${database}" WITH (FORCE)`).then(() => undefined, () => undefined)
+  return database.drop
 }
 
 const describeError = (error: unknown): string => {
