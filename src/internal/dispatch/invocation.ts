@@ -43,7 +43,7 @@ import type { QueuedStart, Slots } from "./slots.js"
 import { startTimer } from "./timer.js"
 
 /** Effect's default tracer, which exports nowhere: no handler spans under it. */
-const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
+export const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 
 /** What a dispatch needs to open a span per handler invocation, when a real tracer is installed. */
 export interface Tracing {

@@ -3,18 +3,16 @@
  * metrics, kept for the dispatch report when asked for, and failures logged.
  */
 import type * as Clock from "effect/Clock"
-import * as Context from "effect/Context"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
-import * as Tracer from "effect/Tracer"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
+import { nativeTracer } from "./invocation.js"
 import type { Outcome } from "./outcome.js"
 import type { Entry } from "./plan.js"
 
@@ -132,9 +130,6 @@ const readsWarnings = (fiber: Fiber.RuntimeFiber<unknown, unknown>): boolean => 
   }
   return false
 }
-
-/** Effect's default tracer, which records nothing. */
-const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
 
 const warnings = (event: CallbackEvent, results: ReadonlyArray<HandlerResult>): Effect.Effect<void> =>
   Effect.forEach(results.filter((result) => result.error !== undefined), (result) =>
