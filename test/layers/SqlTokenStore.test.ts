@@ -56,6 +56,22 @@ const usage = (promptTokens: number, completionTokens: number): TokenStore.Token
   totalTokens: promptTokens + completionTokens
 })
 
+/** Each user's stored totals are exactly `expected`, and so are the sums of their ledger rows. */
+const assertTotalsAndLedger = (cycle: string, expected: ReadonlyMap<string, TokenStore.TokenCounts>) =>
+  Effect.gen(function*() {
+    const store = yield* TokenStore.TokenStore
+    for (const [userId, totals] of expected) {
+      const stats = yield* store.stats(userId, cycle)
+      assert.deepStrictEqual(
+        { promptTokens: stats.promptTokens, completionTokens: stats.completionTokens, totalTokens: stats.totalTokens },
+        totals,
+        userId
+      )
+      const rows = yield* SqlTokenStore.ledger({ cycle, userId })
+      assert.strictEqual(rows.reduce((n, row) => n + row.totalTokens, 0), totals.totalTokens, userId)
+    }
+  })
+
 /** The ledger suite, against one backend: `client` is a client of the database, `store` the store over it. */
 const ledgerSuite = (
   name: string,
@@ -193,17 +209,7 @@ const ledgerSuite = (
         ], { concurrency: 2 })
         const recorded = [...a, ...b].filter((outcome) => outcome === "recorded").length
         assert.strictEqual(recorded, records.length)
-        const store = yield* TokenStore.TokenStore
-        for (const [userId, totals] of expected) {
-          const stats = yield* store.stats(userId, cycle)
-          assert.deepStrictEqual(
-            { promptTokens: stats.promptTokens, completionTokens: stats.completionTokens, totalTokens: stats.totalTokens },
-            totals,
-            userId
-          )
-          const rows = yield* SqlTokenStore.ledger({ cycle, userId })
-          assert.strictEqual(rows.reduce((n, row) => n + row.totalTokens, 0), totals.totalTokens, userId)
-        }
+        yield* assertTotalsAndLedger(cycle, expected)
       }))
   })
 
@@ -362,16 +368,7 @@ describe.skipIf(skipWithoutPostgres)("SqlTokenStore through PostgreSQL outages",
         yield* Outbox.flush.pipe(Effect.timeout("60 seconds"))
         const stats = yield* Outbox.stats
         assert.deepInclude(stats, { pending: 0, dropped: 0, expired: 0, rejected: 0 })
-        for (const [userId, totals] of expected) {
-          const stored = yield* tokens.stats(userId, cycle)
-          assert.deepStrictEqual(
-            { promptTokens: stored.promptTokens, completionTokens: stored.completionTokens, totalTokens: stored.totalTokens },
-            totals,
-            userId
-          )
-          const rows = yield* SqlTokenStore.ledger({ cycle, userId })
-          assert.strictEqual(rows.reduce((n, row) => n + row.totalTokens, 0), totals.totalTokens, userId)
-        }
+        yield* assertTotalsAndLedger(cycle, expected)
         return { before, during, flaky }
       }).pipe(Effect.provide(store))
       assert.isTrue(outcomes.before.every((outcome) => outcome === "recorded"))
