@@ -175,7 +175,9 @@ export const usageKey = (prefix: string, owner: TokenStore.Owner, cycle: string)
   `${subjectBase(prefix, TokenStore.subjectOf(owner))}:${cycle}`
 
 /**
- * The key of the idempotency marker of a call at a subject (a user id, or any level).
+ * The key of the idempotency marker of a call at a subject (a user id, or
+ * any level) as versions before 0.3 wrote it: still read, never written (see
+ * {@link markersKey} for the markers now).
  *
  * @since 0.1.0
  * @category keys

@@ -19,7 +19,9 @@
  * - `effect_llm_callbacks_holds`, `effect_llm_callbacks_rate_windows`: budget
  *   reservations and one-minute rate windows (see `TokenStore.reserve`).
  *
- * Every operation is one transaction. Concurrent writers of one subject
+ * Every operation is one transaction; records issued in the same event-loop
+ * turn (up to `batchSize`) share one, each keeping its own outcome.
+ * Concurrent writers of one subject
  * (several processes on one database) are serialized by row locks in
  * PostgreSQL, taken in one order (organisation, team, user) by every
  * operation, and by SQLite's write lock; a transaction that meets a deadlock,
@@ -286,7 +288,7 @@ const storeError = (method: string) => (error: unknown): TokenStore.TokenStoreEr
  * @category models
  */
 export interface Options {
-  /** Bound on one operation, its transaction and retries included; default 5 seconds. */
+  /** Bound on one operation (a batch of records is one), its transaction and retries included; default 5 seconds. */
   readonly timeout?: Duration.DurationInput | undefined
   /** How often a transaction that met a deadlock or a busy file is run again; default 10. */
   readonly contentionRetries?: number | undefined
