@@ -131,7 +131,7 @@ describe("RedisTokenStore", () => {
   it.live("a short window: a call id is remembered at least the window, and forgotten within a period after", () =>
     Effect.gen(function*() {
       const keyPrefix = uniqueKeyPrefix("window")
-      // A window of 2 s: periods of 500 ms.
+      // A window of 2 s: periods of 500 ms. Real time: Redis expires the markers on its own clock.
       const store = yield* RedisTokenStore.make({ url: redisUrl(), keyPrefix, idempotencyTtl: "2 seconds" })
       const input = { callId: "w1", userId: "u", cycle: "2025-03-01", usage: usage(1, 0) }
       assert.strictEqual(yield* store.record(input), "recorded")
