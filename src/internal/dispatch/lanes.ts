@@ -6,7 +6,6 @@
  * delivery is dropped. At close the buffers are drained, bounded by the
  * shutdown timeout; what is left is counted once, as not delivered.
  */
-import * as Chunk from "effect/Chunk"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
@@ -14,7 +13,6 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as Option from "effect/Option"
-import * as Queue from "effect/Queue"
 import * as Runtime from "effect/Runtime"
 import type * as Tracer from "effect/Tracer"
 import * as Metrics from "../../CallbackMetrics.js"
@@ -37,7 +35,7 @@ const admitWaiters = (lane: Lane): void => {
   while (done < waiters.length) {
     const waiter = waiters[done]!
     if (waiter.waiting()) {
-      if (!Queue.unsafeOffer(lane.queue, waiter.delivery)) break
+      if (!lane.buffer.offer(waiter.delivery)) break
       waiter.admitted()
     }
     done++
@@ -51,7 +49,7 @@ const admitWaiters = (lane: Lane): void => {
  */
 const offerInOrder = (lane: Lane, delivery: Delivery): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
-    if (lane.waiters.length === 0 && Queue.unsafeOffer(lane.queue, delivery)) return resume(Effect.void)
+    if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) return resume(Effect.void)
     let waiting = true
     const release = () => {
       waiting = false
@@ -106,7 +104,7 @@ export const enqueue = (
   const delivery: Delivery = { _tag: "Event", event, phase, span }
   entry.stats.pending++
   // Producers already waiting go first.
-  if (lane.waiters.length === 0 && Queue.unsafeOffer(lane.queue, delivery)) {
+  if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) {
     Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
     result(state.clock, entry, phase, Outcome.QUEUED, now, results)
     return undefined
@@ -283,20 +281,21 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
       : Effect.forEach(batch.failed, ([event, results]) => logFailures(event, results), { discard: true })
   }
   return Effect.forever(
-    Effect.flatMap(
-      Queue.takeBetween(lane.queue, 1, 4096),
-      (taken) =>
-        Effect.withFiberRuntime<void>((fiber) => {
-          // Room was made: let waiting producers in before running the batch.
-          admitWaiters(lane)
-          const batch: Batch = { items: Chunk.toReadonlyArray(taken), next: 0, failed: [] }
-          // Interrupted (shutdown): the delivery in progress is accounted by
-          // its own (interrupted) outcome, the ones not started yet once, here.
-          return Effect.onInterrupt(
-            runBatch(batch, callerOf(fiber), tracingOf(fiber)),
-            () => undelivered(entry, batch.items.slice(batch.next))
-          )
-        })
+    Effect.zipRight(
+      lane.buffer.waitNonEmpty,
+      // Taken and started in one step: interrupted before it, the deliveries
+      // stay in the buffer (the drain counts them); after it, `onInterrupt` does.
+      Effect.withFiberRuntime<void>((fiber) => {
+        const batch: Batch = { items: lane.buffer.takeAll(), next: 0, failed: [] }
+        // Room was made: let waiting producers in before running the batch.
+        admitWaiters(lane)
+        // Interrupted (shutdown): the delivery in progress is accounted by
+        // its own (interrupted) outcome, the ones not started yet once, here.
+        return Effect.onInterrupt(
+          runBatch(batch, callerOf(fiber), tracingOf(fiber)),
+          () => undelivered(entry, batch.items.slice(batch.next))
+        )
+      })
     )
   )
 }
@@ -339,7 +338,8 @@ export const drain = (state: State, entry: Entry): Effect.Effect<void> =>
         ),
     Effect.flatMap((drained) =>
       Option.isSome(drained) ? Effect.void : Effect.forEach(entry.lanes!, (lane) =>
-        Effect.flatMap(Queue.takeAll(lane.queue), (buffered) => {
+        Effect.suspend(() => {
+          const buffered = lane.buffer.takeAll()
           const waiting: Array<Delivery> = []
           for (const waiter of lane.waiters) {
             if (!waiter.waiting()) continue
@@ -347,7 +347,7 @@ export const drain = (state: State, entry: Entry): Effect.Effect<void> =>
             waiter.abandon()
           }
           lane.waiters.length = 0
-          return undelivered(entry, [...Chunk.toReadonlyArray(buffered), ...waiting])
+          return undelivered(entry, [...buffered, ...waiting])
         }), { discard: true })
     )
   )

@@ -8,7 +8,6 @@ import type * as Context from "effect/Context"
 import type * as Deferred from "effect/Deferred"
 import type * as Duration from "effect/Duration"
 import type * as Effect from "effect/Effect"
-import type * as Queue from "effect/Queue"
 import type * as Schedule from "effect/Schedule"
 import type * as Tracer from "effect/Tracer"
 import type * as CallbackConfig from "../../CallbackConfig.js"
@@ -17,6 +16,7 @@ import type { CallbackEvent } from "../../Events.js"
 import type { Mode } from "../../Handler.js"
 import type { HandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
+import type { Buffer } from "./buffer.js"
 import type { CallToken, LastError } from "./contract.js"
 import type { Slots } from "./slots.js"
 
@@ -78,7 +78,7 @@ export type Delivery =
  * waiting producer costs a callback and a timer: no fiber per waiter.
  */
 export interface Lane {
-  readonly queue: Queue.Queue<Delivery>
+  readonly buffer: Buffer<Delivery>
   readonly waiters: Array<Waiter>
 }
 

@@ -8,7 +8,6 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
-import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import type * as CallbackConfig from "../../CallbackConfig.js"
@@ -18,12 +17,13 @@ import { type Handler, hookOf, type Mode } from "../../Handler.js"
 import { HandlerRegistrationError } from "../../HandlerError.js"
 import { activeHook, makeHandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
+import { Buffer } from "./buffer.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
 import { callerOf } from "./invocation.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
-import { type Delivery, type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
+import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { makeResults } from "./report.js"
 import { Slots } from "./slots.js"
 
@@ -128,13 +128,10 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       Effect.gen(function*() {
         const checked = yield* validate(state, entries, handler as Handler<unknown, unknown>)
         const lanes = checked.mode === "background"
-          ? yield* Effect.all(
-            Array.from({ length: checked.concurrency }, () =>
-              Effect.map(
-                Queue.bounded<Delivery>(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))),
-                (queue): Lane => ({ queue, waiters: [] })
-              ))
-          )
+          ? Array.from({ length: checked.concurrency }, (): Lane => ({
+            buffer: new Buffer(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))),
+            waiters: []
+          }))
           : undefined
         const hooks = {} as Record<Phase, Hook | undefined>
         for (const phase of phases) hooks[phase] = hookOf(handler, phase) as Hook | undefined
@@ -171,12 +168,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
             entry.stats.closing = true
             entries.delete(entry.name)
             snapshot = makeSnapshot(Array.from(entries.values()))
-            return lanes === undefined
-              ? Effect.void
-              : Effect.zipRight(
-                drain(state, entry),
-                Effect.forEach(lanes, (lane) => Queue.shutdown(lane.queue), { discard: true })
-              )
+            return lanes === undefined ? Effect.void : drain(state, entry)
           })
         )
         entries.set(entry.name, entry)

@@ -1,0 +1,57 @@
+/**
+ * The bounded buffer of a background lane: many producers, one consumer.
+ *
+ * Producers put deliveries in synchronously; the consumer waits until there
+ * is something, then takes everything buffered at once. The consumer, when it waits, is woken once per turn of
+ * the event loop (`setImmediate`), not once per delivery: deliveries made
+ * meanwhile, by calls completing in the same turn, are taken as one batch,
+ * for the price of one fiber wake-up. A background delivery is not awaited
+ * by its call, so the turn it waits is latency no call sees.
+ */
+import * as Effect from "effect/Effect"
+
+export class Buffer<A> {
+  private items: Array<A> = []
+  private wake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
+  private waking = false
+
+  constructor(readonly capacity: number) {}
+
+  get size(): number {
+    return this.items.length
+  }
+
+  /** Puts `a` in, unless the buffer is full. */
+  offer(a: A): boolean {
+    if (this.size >= this.capacity) return false
+    this.items.push(a)
+    if (this.wake !== undefined && !this.waking) {
+      this.waking = true
+      setImmediate(this.wakeUp)
+    }
+    return true
+  }
+
+  private readonly wakeUp = (): void => {
+    this.waking = false
+    const wake = this.wake
+    this.wake = undefined
+    if (wake !== undefined) wake(Effect.void)
+  }
+
+  /** Takes everything buffered, in order. */
+  takeAll(): Array<A> {
+    const all = this.items
+    this.items = []
+    return all
+  }
+
+  /** Waits until something is buffered (the one consumer's wait). */
+  readonly waitNonEmpty: Effect.Effect<void> = Effect.async<void>((resume) => {
+    if (this.size > 0) return resume(Effect.void)
+    this.wake = resume
+    return Effect.sync(() => {
+      this.wake = undefined
+    })
+  })
+}
