@@ -1,4 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
+import { execFile } from "node:child_process"
+import { fileURLToPath } from "node:url"
 import {
   Cause,
   ConfigProvider,
@@ -200,6 +202,57 @@ describe("Dispatcher", () => {
         assert.strictEqual(health.handlers[0]!.failures, 1)
         assert.strictEqual(health.handlers[0]!.timeouts, 0)
       }))
+
+    it.live("on the live clock: one timer for a handler's invocations, each timed out at its own deadline", () =>
+      Effect.gen(function*() {
+        // Calls started 10 ms apart. The handler hangs on every third call;
+        // on the others it finishes after 5 ms (leaving the deadline list as
+        // its last node) or after 25 ms (leaving it from the middle). Each hung
+        // call times out no earlier than 400 ms after its own start.
+        let index = 0
+        const handler = Handler.make({
+          name: "some-hang",
+          onLlmStart: () =>
+            Effect.suspend(() => {
+              const i = index++
+              return i % 3 === 0 ? Effect.never : Effect.sleep(i % 3 === 1 ? "5 millis" : "25 millis")
+            }),
+          timeout: "400 millis",
+          retry: Schedule.stop
+        })
+        const layer = withHandlers([handler])
+        const result = yield* Effect.gen(function*() {
+          const fibers = []
+          for (let i = 0; i < 20; i++) {
+            fibers.push(yield* Effect.fork(timed(call)))
+            yield* Effect.sleep("10 millis")
+          }
+          const elapsed = yield* Fiber.joinAll(fibers)
+          return { elapsed, health: yield* Dispatcher.health }
+        }).pipe(Effect.provide(layer))
+        const hung = result.elapsed.filter((_, i) => i % 3 === 0)
+        const quick = result.elapsed.filter((_, i) => i % 3 !== 0)
+        for (const ms of hung) assert.isAtLeast(ms, 400)
+        for (const ms of quick) assert.isBelow(ms, 400)
+        const stats = result.health.handlers[0]!
+        assert.strictEqual(stats.timeouts, 7)
+        assert.strictEqual(stats.successes, 13)
+        assert.strictEqual(stats.inFlight, 0)
+      }), 20_000)
+
+    it.live("a settled invocation's timeout does not hold the process open", () =>
+      Effect.gen(function*() {
+        const worker = fileURLToPath(new URL("./support/exitWorker.ts", import.meta.url))
+        const started = Date.now()
+        const stdout = yield* Effect.async<string, Error>((resume) => {
+          execFile(process.execPath, ["--import", "tsx", worker], { timeout: 50_000 }, (error, stdout, stderr) =>
+            resume(error === null ? Effect.succeed(stdout) : Effect.fail(new Error(`${error.message}\n${stderr}`))))
+        })
+        const report = JSON.parse(stdout.trim()) as { successes: number; ms: number }
+        assert.strictEqual(report.successes, 40) // start and end of 20 calls
+        // The handlers' timeout is 60 s: the process ended long before it.
+        assert.isBelow(Date.now() - started, 45_000)
+      }), 60_000)
 
     it.effect("a timed-out handler fiber is interrupted", () =>
       Effect.gen(function*() {

@@ -40,7 +40,8 @@ import type { Phase } from "../phases.js"
 import * as Outcome from "./outcome.js"
 import type { Entry, Hook, State } from "./plan.js"
 import type { QueuedStart, Slots } from "./slots.js"
-import { startTimer } from "./timer.js"
+import type { Timed } from "./deadlines.js"
+import { liveClock, startTimer } from "./timer.js"
 
 /** Effect's default tracer, which exports nowhere: no handler spans under it. */
 export const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
@@ -144,14 +145,19 @@ const call = (hook: Hook, arg: unknown): Effect.Effect<void, unknown> => {
 type Step = Exit.Exit<readonly [unknown, unknown, ScheduleDecision.ScheduleDecision], unknown>
 
 /** An invocation past its first attempt: see the module's comment. */
-class Invocation extends Settles {
+class Invocation extends Settles implements Timed {
   attempts = 1
   /** An attempt ran to its end (the hook processed the event): a cancellation is no longer "did not hear it". */
   heard = false
   /** Counts as in flight, under its timeout. */
   suspended = false
   running: Fiber.RuntimeFiber<void, unknown> | undefined = undefined
+  /** Its timeout on a clock other than the live one (else it is in the handler's `deadlines`). */
   cancelTimer: (() => void) | undefined = undefined
+  deadline = 0
+  previousTimed: Timed | undefined = undefined
+  nextTimed: Timed | undefined = undefined
+  timed = false
   cancelDelay: (() => void) | undefined = undefined
   scheduleState: unknown = undefined
   private runtimeMemo: Runtime.Runtime<never> | undefined = undefined
@@ -274,17 +280,24 @@ class Invocation extends Settles {
     this.suspended = true
     this.entry.stats.inFlight++
     activeHook.update(this.state.slots.active)
-    // With a zero timeout the timer may fire at once: `settle` is ready for it.
-    this.cancelTimer = startTimer(
-      this.entry.timeout,
-      this.runtime(),
-      () => this.settle(Outcome.timedOut(this.entry.name, this.phase, this.entry.timeout, this.attempts))
-    )
+    const deadlines = this.entry.deadlines
+    if (deadlines === undefined) return
+    if (this.caller.clock === liveClock) {
+      deadlines.add(this)
+    } else {
+      // With a zero timeout the timer may fire at once: `settle` is ready for it.
+      this.cancelTimer = startTimer(this.entry.timeout, this.runtime(), () => this.expire())
+    }
+  }
+
+  expire(): void {
+    this.settle(Outcome.timedOut(this.entry.name, this.phase, this.entry.timeout, this.attempts))
   }
 
   settle(outcome: Outcome.Outcome): void {
     if (this.settled) return
     this.settled = true
+    if (this.timed) this.entry.deadlines!.remove(this)
     if (this.cancelTimer !== undefined) this.cancelTimer()
     if (this.cancelDelay !== undefined) this.cancelDelay()
     const running = this.running

@@ -17,6 +17,7 @@ import type { Mode } from "../../Handler.js"
 import type { HandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
+import type { Deadlines } from "./deadlines.js"
 import type { CallToken, LastError } from "./contract.js"
 import type { Slots } from "./slots.js"
 
@@ -100,6 +101,8 @@ export interface Entry {
   readonly endBatch: Hook | undefined
   readonly context: Context.Context<never>
   readonly timeout: Duration.Duration
+  /** Its pending invocations' timeouts on the live clock; `undefined` when the timeout is infinite. */
+  readonly deadlines: Deadlines | undefined
   readonly schedule: Schedule.Schedule<unknown, unknown> | undefined
   readonly mode: Mode
   readonly priority: number

@@ -18,6 +18,7 @@ import { HandlerRegistrationError } from "../../HandlerError.js"
 import { activeHook, makeHandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
 import { Buffer } from "./buffer.js"
+import { Deadlines } from "./deadlines.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
@@ -141,6 +142,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           endBatch: checked.mode === "background" ? handler.onLlmEndBatch as Hook | undefined : undefined,
           context: context as Context.Context<never>,
           timeout: checked.timeout,
+          deadlines: Duration.isFinite(checked.timeout) ? new Deadlines(checked.timeout) : undefined,
           schedule: options.enableRecovery ? handler.policy.retry ?? defaultSchedule : undefined,
           mode: checked.mode,
           priority: checked.priority,
