@@ -6,7 +6,8 @@
  * the event loop (`setImmediate`), not once per delivery: deliveries made
  * meanwhile, by calls completing in the same turn, are taken as one batch,
  * for the price of one fiber wake-up. A background delivery is not awaited
- * by its call, so the turn it waits is latency no call sees.
+ * by its call, so the turn it waits is latency no call sees. (On a clock
+ * other than the live one, a `TestClock`, it is woken at once.)
  */
 import * as Effect from "effect/Effect"
 
@@ -15,7 +16,12 @@ export class Buffer<A> {
   private wake: ((effect: Effect.Effect<void>) => void) | undefined = undefined
   private waking = false
 
-  constructor(readonly capacity: number) {}
+  /**
+   * `perTurn`: wake the consumer once per event-loop turn (the live clock);
+   * else at once, so that on a `TestClock` deliveries happen at the virtual
+   * instant they are made, before the clock can be moved.
+   */
+  constructor(readonly capacity: number, private readonly perTurn: boolean) {}
 
   get size(): number {
     return this.items.length
@@ -26,8 +32,12 @@ export class Buffer<A> {
     if (this.size >= this.capacity) return false
     this.items.push(a)
     if (this.wake !== undefined && !this.waking) {
-      this.waking = true
-      setImmediate(this.wakeUp)
+      if (this.perTurn) {
+        this.waking = true
+        setImmediate(this.wakeUp)
+      } else {
+        this.wakeUp()
+      }
     }
     return true
   }

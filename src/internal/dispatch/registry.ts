@@ -27,6 +27,7 @@ import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { makeResults } from "./report.js"
 import { Slots } from "./slots.js"
+import { liveClock } from "./timer.js"
 
 interface Checked {
   readonly timeout: Duration.Duration
@@ -130,7 +131,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
         const checked = yield* validate(state, entries, handler as Handler<unknown, unknown>)
         const lanes = checked.mode === "background"
           ? Array.from({ length: checked.concurrency }, (): Lane => ({
-            buffer: new Buffer(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency))),
+            buffer: new Buffer(Math.max(1, Math.ceil(checked.bufferSize / checked.concurrency)), state.clock === liveClock),
             waiters: []
           }))
           : undefined
