@@ -117,7 +117,9 @@ export interface Calls {
   /**
    * Dispatches one of the call's events on the given (current) fiber,
    * synchronously as far as the handlers allow; `undefined` when nothing is
-   * left to do. The report is discarded.
+   * left to do. The report is discarded. A start dispatch may be
+   * interrupted (what it waits for is then cancelled); a terminal one must be
+   * run uninterruptibly, as `instrument` does: its waits have no canceller.
    */
   readonly run: (
     token: CallToken,

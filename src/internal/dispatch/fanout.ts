@@ -12,7 +12,7 @@ import { type CallbackEvent, phaseOf } from "../../Events.js"
 import { opens, type Phase, phaseTable } from "../phases.js"
 import { awaitLines } from "./chunks.js"
 import type { DispatchReport } from "./contract.js"
-import { awaitAll, invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing } from "./invocation.js"
+import { awaitAll, cancelAll, invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing } from "./invocation.js"
 import { enqueue } from "./lanes.js"
 import type { PhasePlan, State, Token } from "./plan.js"
 import { withoutUnreached } from "./plan.js"
@@ -54,16 +54,18 @@ const runGroups = (
       }
     }
     if (waiting !== undefined) {
+      // Cancelled by `run`'s finalizer if the wait is interrupted.
+      results.waiting = waiting
       const rest = g + 1
       return rest < plan.groups.length
         ? Effect.zipRight(
-          awaitAll(state.slots, waiting),
+          awaitAll(waiting),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroups(state, plan, phase, event, results, rest, callerOf(fiber), fiber.currentSpan, tracing) ??
               Effect.void
           )
         )
-        : awaitAll(state.slots, waiting)
+        : awaitAll(waiting)
     }
   }
   return undefined
@@ -121,11 +123,13 @@ export const run = (
   }
   if (opening) {
     // Whichever way the start dispatch ends, the token says who did not
-    // hear it: those cancelled or dropped, and, when it was interrupted,
-    // the groups it never reached.
+    // hear it: those cancelled (here, when it was interrupted while they were
+    // pending or queued) or dropped, and, when it was interrupted, the groups
+    // it never reached.
     const startPlan = plan
     rest = Effect.onExit(rest, (exit) =>
       Effect.sync(() => {
+        if (Exit.isFailure(exit) && results.waiting !== undefined) cancelAll(state.slots, results.waiting)
         const excluded = new Set<string>(results.notStarted)
         if (Exit.isFailure(exit)) {
           for (let g = results.reached ?? 0; g < startPlan.groups.length; g++) {
@@ -133,6 +137,13 @@ export const run = (
           }
         }
         if (excluded.size > 0) token.excluded = excluded
+      }))
+  } else if (results.collect) {
+    // A dispatch by hand may be interrupted too (instrument's terminal
+    // dispatches run uninterruptibly: nothing to cancel).
+    rest = Effect.onInterrupt(rest, () =>
+      Effect.sync(() => {
+        if (results.waiting !== undefined) cancelAll(state.slots, results.waiting)
       }))
   }
   return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)

@@ -86,24 +86,29 @@ export interface Pending {
 }
 
 /**
- * Waits for pending invocations, with one callback each and no fiber. The
- * dispatching fiber may be uninterruptible (terminal dispatch): the wait then
- * ends when they settle, which their timeouts bound. When it is interrupted
- * (start dispatch), they are cancelled, with the slot queue held (see
- * `Slots.holding`).
+ * Waits for pending invocations, with one callback each and no fiber, and
+ * no canceller: a wait that may be interrupted (a start dispatch, a
+ * background consumer at shutdown, a dispatch by hand) cancels them in its
+ * own finalizer, with {@link cancelAll}; a terminal dispatch runs
+ * uninterruptibly, and its wait ends when they settle, which their timeouts
+ * bound. (A canceller would cost every wait an interruption handler.)
  */
-export const awaitAll = (slots: Slots, pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
+export const awaitAll = (pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
     let left = pendings.length
     const one = () => {
       if (--left === 0) resume(Effect.void)
     }
     for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
-    return Effect.sync(() =>
-      slots.holding(() => {
-        for (let i = 0; i < pendings.length; i++) pendings[i]!.cancel()
-      })
-    )
+  })
+
+/**
+ * Cancels pending invocations (their wait was interrupted), with the slot
+ * queue held (see `Slots.holding`); those settled already are left as they are.
+ */
+export const cancelAll = (slots: Slots, pendings: ReadonlyArray<Pending>): void =>
+  slots.holding(() => {
+    for (let i = 0; i < pendings.length; i++) pendings[i]!.cancel()
   })
 
 /** What both kinds of pending invocation share: the settled flag, and the one listener told of it. */

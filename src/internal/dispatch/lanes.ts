@@ -19,7 +19,7 @@ import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import { opens, type Phase } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
-import { invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing, awaitAll } from "./invocation.js"
+import { awaitAll, callerOf, type Caller, cancelAll, invokeTraced, type Pending, tracingOf, type Tracing } from "./invocation.js"
 import * as Outcome from "./outcome.js"
 import type { Delivery, Entry, Lane, State } from "./plan.js"
 import { logFailures, makeResults, result, type Results } from "./report.js"
@@ -218,6 +218,8 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
   interface Batch {
     readonly items: ReadonlyArray<Delivery>
     next: number
+    /** The delivery that suspended, waited for: cancelled if the consumer is interrupted meanwhile. */
+    running: Pending | undefined
     readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]>
   }
   /** Accounts one delivery's outcome, and keeps its failure for the log. */
@@ -269,8 +271,9 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
       }
       if (running !== undefined) {
         // Wait for the delivery that suspended, then run the rest of the batch.
+        batch.running = running
         return Effect.zipRight(
-          awaitAll(state.slots, [running]),
+          awaitAll([running]),
           Effect.withFiberRuntime<void>((fiber) => runBatch(batch, callerOf(fiber), tracing))
         )
       }
@@ -286,14 +289,20 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
       // Taken and started in one step: interrupted before it, the deliveries
       // stay in the buffer (the drain counts them); after it, `onInterrupt` does.
       Effect.withFiberRuntime<void>((fiber) => {
-        const batch: Batch = { items: lane.buffer.takeAll(), next: 0, failed: [] }
+        const batch: Batch = { items: lane.buffer.takeAll(), next: 0, running: undefined, failed: [] }
         // Room was made: let waiting producers in before running the batch.
         admitWaiters(lane)
         // Interrupted (shutdown): the delivery in progress is accounted by
         // its own (interrupted) outcome, the ones not started yet once, here.
         return Effect.onInterrupt(
           runBatch(batch, callerOf(fiber), tracingOf(fiber)),
-          () => undelivered(entry, batch.items.slice(batch.next))
+          () =>
+            Effect.zipRight(
+              Effect.sync(() => {
+                if (batch.running !== undefined) cancelAll(state.slots, [batch.running])
+              }),
+              undelivered(entry, batch.items.slice(batch.next))
+            )
         )
       })
     )

@@ -14,6 +14,7 @@ import type { Phase } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
 import { nativeTracer } from "./invocation.js"
 import type { Outcome } from "./outcome.js"
+import type { Pending } from "./invocation.js"
 import type { Entry } from "./plan.js"
 
 /** The results of one dispatch. */
@@ -29,6 +30,8 @@ export interface Results {
   reached?: number
   /** Handlers of started groups whose start was cancelled (queued for a slot, or running) or dropped. */
   notStarted?: Array<string>
+  /** The invocations the dispatch waits for now: cancelled when that wait is interrupted. */
+  waiting?: ReadonlyArray<Pending>
 }
 
 export const makeResults = (collect: boolean): Results => ({ collect, items: [] })
