@@ -10,7 +10,7 @@
  * - `fail`: handlers that fail every attempt: 3 attempts without delay (ours and
  *   hand-written); LangChain does not retry, so its handlers throw once. No
  *   variant writes its failures anywhere: ours runs without a logger (the
- *   warning is still built), LangChain's `console.error` of each failure is
+ *   warning is not built), LangChain's `console.warn` of each failure is
  *   silenced for the run;
  * - `background`: no-op handlers in background mode (LangChain: handlers not awaited).
  *
@@ -154,12 +154,16 @@ export interface Options {
 }
 
 export const run = async (options: Options = {}): Promise<Array<Record<string, string | number>>> => {
-  const consoleError = console.error
+  // LangChain reports each handler failure with console.warn (console.error
+  // when the handler raises errors): silenced, like ours, which runs without a logger.
+  const { error, warn } = console
   console.error = () => {}
+  console.warn = () => {}
   try {
     return await runSilenced(options)
   } finally {
-    console.error = consoleError
+    console.error = error
+    console.warn = warn
   }
 }
 
