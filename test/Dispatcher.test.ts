@@ -615,6 +615,30 @@ describe("Dispatcher", () => {
         assert.isAbove(h.retries, 0)
       }))
 
+    it.live("on the live clock, deliveries made in one event-loop turn are taken as one batch", () =>
+      Effect.gen(function*() {
+        const batches: Array<number> = []
+        const bulk = Handler.make({
+          name: "bulk-turn",
+          mode: "background",
+          onLlmEndBatch: (events) => Effect.sync(() => void batches.push(events.length))
+        })
+        // 50 calls whose I/O completes in the same turn (setImmediate callbacks queued together).
+        const io = Effect.async<typeof response>((resume) => {
+          setImmediate(() => resume(Effect.succeed(response)))
+        })
+        yield* Effect.gen(function*() {
+          yield* Effect.forEach(Array.from({ length: 50 }), () => io.pipe(Callbacks.instrument(options)), {
+            concurrency: "unbounded",
+            discard: true
+          })
+          yield* Dispatcher.flush
+        }).pipe(Effect.provide(withHandlers([bulk])))
+        assert.strictEqual(batches.reduce((a, b) => a + b, 0), 50)
+        // Woken once per turn, not once per delivery (which would make about 50 batches).
+        assert.isAtMost(batches.length, 3)
+      }))
+
     it.effect("a batch-only handler in await mode hears each end event alone", () =>
       Effect.gen(function*() {
         const batches: Array<number> = []
