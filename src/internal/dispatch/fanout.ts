@@ -138,13 +138,6 @@ export const run = (
         }
         if (excluded.size > 0) token.excluded = excluded
       }))
-  } else if (results.collect) {
-    // A dispatch by hand may be interrupted too (instrument's terminal
-    // dispatches run uninterruptibly: nothing to cancel).
-    rest = Effect.onInterrupt(rest, () =>
-      Effect.sync(() => {
-        if (results.waiting !== undefined) cancelAll(state.slots, results.waiting)
-      }))
   }
   return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
 }
@@ -155,5 +148,14 @@ export const dispatchWith = (state: State, token: Token, event: CallbackEvent): 
     const results = makeResults(true)
     const report: DispatchReport = { phase: phaseOf(event), callId: event.call.callId, results: results.items }
     const rest = run(state, token, event, fiber, results)
-    return rest === undefined ? Effect.succeed(report) : Effect.as(rest, report)
+    if (rest === undefined) return Effect.succeed(report)
+    // A dispatch by hand may be interrupted whatever its event (`run` cancels
+    // only for a start dispatch: instrument's terminal ones are uninterruptible).
+    return Effect.as(
+      Effect.onInterrupt(rest, () =>
+        Effect.sync(() => {
+          if (results.waiting !== undefined) cancelAll(state.slots, results.waiting)
+        })),
+      report
+    )
   })

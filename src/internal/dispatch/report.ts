@@ -12,9 +12,8 @@ import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
-import { nativeTracer } from "./invocation.js"
+import { nativeTracer, type Pending } from "./invocation.js"
 import type { Outcome } from "./outcome.js"
-import type { Pending } from "./invocation.js"
 import type { Entry } from "./plan.js"
 
 /** The results of one dispatch. */
