@@ -11,6 +11,7 @@ import {
   Either,
   Equal,
   Exit,
+  FiberRef,
   Fiber,
   HashMap,
   Layer,
@@ -480,6 +481,46 @@ describe("Dispatcher", () => {
         )
         assert.deepStrictEqual(seen.caller, Option.some({ who: "caller" }))
         assert.isTrue(Option.isNone(seen.own))
+      }))
+
+    it.effect("hooks that suspend see their call's fiber refs as a fiber forked from it does, and their own handler's services", () =>
+      Effect.gen(function*() {
+        class Who extends Context.Tag("test/Who")<Who, string>() {}
+        const ref = FiberRef.unsafeMake("none", { fork: (value: string) => `${value} (forked)` })
+        const seen: Array<string> = []
+        const hook = (event: Events.StartEvent | Events.EndEvent) =>
+          Effect.gen(function*() {
+            yield* Effect.sleep("10 millis")
+            const who = yield* Who
+            const annotations = yield* Effect.logAnnotations
+            // A child of the hook's fiber (the ref forked once more), joined: its change comes back.
+            yield* Fiber.join(yield* Effect.fork(FiberRef.update(ref, (value) => `${value} +child`)))
+            yield* Effect.sleep("10 millis")
+            seen.push(`${who} ${event._tag} ${HashMap.unsafeGet(annotations, "call")} ${yield* FiberRef.get(ref)}`)
+          })
+        const handler = (name: string) =>
+          Dispatcher.toLayer(Handler.make({ name, onLlmStart: hook, onLlmEnd: hook, retry: Schedule.stop })).pipe(
+            Layer.provide(Layer.succeed(Who, name))
+          )
+        const layer = Layer.merge(handler("a"), handler("b")).pipe(Layer.provideMerge(Dispatcher.layer()))
+        const callers = yield* runWithClock(
+          Effect.forEach([1, 2, 3, 4], (i) =>
+            Effect.gen(function*() {
+              yield* call
+              return yield* FiberRef.get(ref)
+            }).pipe(Effect.locally(ref, `call-${i}`), Effect.annotateLogs("call", i)), { concurrency: "unbounded" }).pipe(
+              Effect.provide(layer)
+            ),
+          "10 millis"
+        )
+        // The callers' own refs are as they set them.
+        assert.deepStrictEqual(callers, ["call-1", "call-2", "call-3", "call-4"])
+        const expected = [1, 2, 3, 4].flatMap((i) =>
+          ["a", "b"].flatMap((who) =>
+            ["Start", "End"].map((tag) => `${who} ${tag} ${i} call-${i} (forked) (forked) +child`)
+          )
+        )
+        assert.deepStrictEqual([...seen].sort(), expected.sort())
       }))
 
     it.effect("composite: children run in order, isolated; the composite fails with every child failure", () =>

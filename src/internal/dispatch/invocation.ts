@@ -28,7 +28,7 @@ import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
-import type * as FiberRefs from "effect/FiberRefs"
+import * as FiberRefs from "effect/FiberRefs"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
 import * as ScheduleDecision from "effect/ScheduleDecision"
@@ -66,15 +66,28 @@ export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing 
  */
 export interface Caller {
   readonly refs: () => FiberRefs.FiberRefs
+  /**
+   * Its refs as a fiber forked from it inherits them, forked once for all of
+   * the dispatch's hook fibers. (A ref's `fork` is a function of the value
+   * alone, so forking once gives every child the same values as forking per
+   * child; `Runtime.runFork` would fork the whole map again for each.)
+   */
+  readonly forked: () => FiberRefs.FiberRefs
   readonly clock: Clock.Clock
 }
 
+/** The fiber id that the refs inherited by hook fibers are forked as (see `Caller.forked`). */
+const hooksFiberId = FiberId.runtime(-1, 0)
+
 export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Caller => {
   let refs: FiberRefs.FiberRefs | undefined
-  return {
+  let forked: FiberRefs.FiberRefs | undefined
+  const caller: Caller = {
     refs: () => refs ??= fiber.getFiberRefs(),
+    forked: () => forked ??= FiberRefs.forkAs(caller.refs(), hooksFiberId),
     clock: Context.get(fiber.currentDefaultServices, Clock.Clock)
   }
+  return caller
 }
 
 /** An invocation that did not complete synchronously. */
@@ -131,6 +144,13 @@ abstract class Settles implements Pending {
   abstract cancel(): void
 }
 
+/** Hook fibers are forked from it with refs of their own (`updateRefs`): its empty refs cost nothing to fork. */
+const bareRuntime: Runtime.Runtime<never> = Runtime.make({
+  context: Context.empty(),
+  fiberRefs: FiberRefs.empty(),
+  runtimeFlags: Runtime.defaultRuntimeFlags
+})
+
 /** Schedules run their steps here: a step needs no service but the `now` it is given. */
 const stepRuntime = Runtime.defaultRuntime
 
@@ -166,6 +186,7 @@ class Invocation extends Settles implements Timed {
   cancelDelay: (() => void) | undefined = undefined
   scheduleState: unknown = undefined
   private runtimeMemo: Runtime.Runtime<never> | undefined = undefined
+  private refsMemo: FiberRefs.FiberRefs | undefined = undefined
 
   constructor(
     readonly state: State,
@@ -180,14 +201,27 @@ class Invocation extends Settles implements Timed {
     super()
   }
 
-  /** The runtime of the hook's fibers: the handler's context, the caller's refs. */
+  /** The runtime of its timer fibers (off the live clock) and retry delays: the handler's context, the caller's refs. */
   runtime(): Runtime.Runtime<never> {
     return this.runtimeMemo ??= Runtime.make({
-      context: this.span === undefined ? this.entry.context : Context.add(this.entry.context, Tracer.ParentSpan, this.span),
+      context: this.context(),
       fiberRefs: this.caller.refs(),
       runtimeFlags: Runtime.defaultRuntimeFlags
     })
   }
+
+  /** The context of the hook's fibers: the handler's, with the call's span as parent when traced. */
+  private context(): Context.Context<never> {
+    return this.span === undefined ? this.entry.context : Context.add(this.entry.context, Tracer.ParentSpan, this.span)
+  }
+
+  /** The refs every attempt's fiber starts from: the caller's, forked once, with the hook's context. */
+  private readonly hookRefs = (): FiberRefs.FiberRefs =>
+    this.refsMemo ??= FiberRefs.updateAs(this.caller.forked(), {
+      fiberId: hooksFiberId,
+      fiberRef: FiberRef.currentContext,
+      value: this.context()
+    })
 
   /** Runs attempts from `effect` on, synchronously as far as they go. */
   run(effect: Effect.Effect<void, unknown>): void {
@@ -198,7 +232,7 @@ class Invocation extends Settles implements Timed {
       if (Exit.isExit(next)) {
         exit = next as Exit.Exit<void, unknown>
       } else {
-        const fiber = Runtime.runFork(this.runtime())(next)
+        const fiber = Runtime.runFork(bareRuntime, next, { updateRefs: this.hookRefs })
         exit = fiber.unsafePoll()
         if (exit === null) {
           this.running = fiber
