@@ -958,7 +958,8 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
     const reserveAt = (input: ReserveInput, now: number): Either.Either<ReserveOutcome, TokenStoreError> => {
       const first = input.subjects[0]!
       // Reserving the same call again (a retry after a lost reply), or one already recorded, holds nothing more.
-      if (find(first, input.cycle)?.holds.has(input.callId) === true || isMarked(first, input.callId, now)) {
+      const own = find(first, input.cycle)?.holds.get(input.callId)
+      if ((own !== undefined && own.expiresAt > now) || isMarked(first, input.callId, now)) {
         return Either.right(reserved)
       }
       const verdicts: Array<ReserveOutcome> = []

@@ -239,6 +239,23 @@ export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<Token
         assert.deepInclude(yield* store.stats(userId, cycle), { totalTokens: 30, heldTokens: 0 })
       }))
 
+    it.effect("a call reserved again once its hold expired holds again, within the limit", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const userId = freshId("expired")
+        const cycle = yield* currentCycle
+        yield* store.setLimit(userId, cycle, 100)
+        const reserve = (callId: string) =>
+          store.reserve({ callId, cycle, subjects: [{ level: "user", id: userId }], tokens: 70, holdTtlMillis: 60_000 })
+        const callId = freshId("call")
+        assert.strictEqual((yield* reserve(callId))._tag, "Reserved")
+        yield* TestClock.adjust("60 seconds")
+        // Its hold is gone: the same call is held anew, and counts against the limit again.
+        assert.strictEqual((yield* reserve(callId))._tag, "Reserved")
+        assert.strictEqual((yield* store.stats(userId, cycle)).heldTokens, 70)
+        assert.strictEqual((yield* reserve(freshId("other")))._tag, "OverLimit")
+      }))
+
     it.effect("the user, team and organisation given to instrument are the ones enforced", () =>
       Effect.gen(function*() {
         const store = yield* TokenStore.TokenStore
