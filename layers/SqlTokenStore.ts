@@ -20,7 +20,8 @@
  *   reservations and one-minute rate windows (see `TokenStore.reserve`).
  *
  * Every operation is one transaction; records issued in the same event-loop
- * turn (up to `batchSize`) share one, each keeping its own outcome.
+ * turn (up to `batchSize`) share one, each keeping its own outcome, and so do
+ * reservations (decided one after the other, as if alone).
  * Concurrent writers of one subject
  * (several processes on one database) are serialized by row locks in
  * PostgreSQL, taken in one order (organisation, team, user) by every
@@ -292,7 +293,7 @@ export interface Options {
   readonly timeout?: Duration.DurationInput | undefined
   /** How often a transaction that met a deadlock or a busy file is run again; default 10. */
   readonly contentionRetries?: number | undefined
-  /** Most records written in one transaction (those issued in the same event-loop turn); default 256. */
+  /** Most records, or reservations, made in one transaction (those issued in the same event-loop turn); default 256. */
   readonly batchSize?: number | undefined
 }
 
@@ -301,10 +302,6 @@ const maxCount = Number.MAX_SAFE_INTEGER
 const realClock = Clock.make()
 
 const levelRank = { org: 0, team: 1, user: 2 } as const
-
-/** Subjects in lock order: organisation, team, user (every operation takes its row locks in this order). */
-const inLockOrder = (subjects: ReadonlyArray<TokenStore.Subject>): ReadonlyArray<TokenStore.Subject> =>
-  [...subjects].sort((a, b) => levelRank[a.level] - levelRank[b.level])
 
 const sameKey = (a: TokenStore.Subject, row: { readonly level: string; readonly subject_id: string }): boolean =>
   a.level === row.level && a.id === row.subject_id
@@ -405,6 +402,7 @@ export const make = (
       recorded_at: now
     })
 
+    /** An account's key; sorted, keys are in lock order (organisation, team, user), every batch's order. */
     const accountKey = (cycle: string, subject: TokenStore.Subject): string =>
       JSON.stringify([levelRank[subject.level], subject.id, cycle])
 
@@ -517,47 +515,43 @@ export const make = (
         }
       })
 
-    const reserveAt = (input: TokenStore.ReserveInput, now: number) =>
+    /** A subject's live holds during a batch of reservations, by call id. */
+    type Holds = Map<string, { tokens: number; expiresAt: number }>
+
+    /**
+     * Decides one reservation of a batch, in its transaction, its accounts
+     * locked (see `reserveBatch`): `accounts` holds their counters and limits,
+     * which nothing can change before the transaction ends (records and
+     * limits lock them too), `holds` their holds as the batch has left them
+     * so far. Its new holds go into `holds` and, as rows, into `made`, which
+     * the batch writes at once; it writes only its rate windows. Fails only
+     * with the database's errors; a hold that would pass 2^53 - 1 is this
+     * reservation's own failure.
+     */
+    const reserveOne = (
+      input: TokenStore.ReserveInput,
+      now: number,
+      accounts: ReadonlyMap<string, AccountRow>,
+      holds: ReadonlyMap<string, Holds>,
+      recorded: ReadonlySet<string>,
+      made: Map<string, Record<string, unknown>>
+    ): Effect.Effect<Either.Either<TokenStore.ReserveOutcome, TokenStore.TokenStoreError>, SqlError.SqlError> =>
       Effect.gen(function*() {
-        const subjects = inLockOrder(input.subjects)
-        // Creates the missing accounts and locks them all, in lock order, in one statement.
-        const accounts = yield* sql<AccountRow>`INSERT INTO effect_llm_callbacks_accounts ${
-          sql.insert(subjects.map((s) => ({ cycle: input.cycle, level: s.level, subject_id: s.id, fresh: 1 })))
-        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
-          RETURNING level, subject_id, total_tokens, token_limit, fresh`
-        // Accounts made here for a reservation that is refused are removed again.
-        const forget = (outcome: TokenStore.ReserveOutcome) =>
-          Effect.as(
-            outcome._tag === "Reserved" ? Effect.void : Effect.forEach(
-              accounts.filter((row) => num(row.fresh) === 1),
-              (row) =>
-                sql`DELETE FROM effect_llm_callbacks_accounts
-                  WHERE cycle = ${input.cycle} AND level = ${row.level} AND subject_id = ${row.subject_id}`,
-              { discard: true }
-            ),
-            outcome
-          )
         const first = input.subjects[0]!
         // Reserving the same call again (a retry after a lost reply), or one already recorded, holds nothing more.
-        const held = yield* sql`SELECT 1 AS found FROM effect_llm_callbacks_holds
-          WHERE cycle = ${input.cycle} AND level = ${first.level} AND subject_id = ${first.id}
-            AND call_id = ${input.callId} AND expires_at > ${now}`
-        const recorded = first.level !== "user" ? [] : yield* sql`SELECT 1 AS found FROM effect_llm_callbacks_ledger
-          WHERE user_id = ${first.id} AND call_id = ${input.callId}`
-        if (held.length > 0 || recorded.length > 0) return yield* forget({ _tag: "Reserved" })
-        yield* sql`DELETE FROM effect_llm_callbacks_holds
-          WHERE cycle = ${input.cycle} AND ${subjectsWhere(subjects)} AND expires_at <= ${now}`
-        const heldRows = yield* sql<{ readonly level: string; readonly subject_id: string; readonly held: unknown }>`
-          SELECT level, subject_id, SUM(tokens) AS held FROM effect_llm_callbacks_holds
-          WHERE cycle = ${input.cycle} AND ${subjectsWhere(subjects)}
-          GROUP BY level, subject_id`
+        const own = holds.get(accountKey(input.cycle, first))!.get(input.callId)
+        if ((own !== undefined && own.expiresAt > now) || (first.level === "user" && recorded.has(JSON.stringify([first.id, input.callId])))) {
+          return Either.right({ _tag: "Reserved" } as const)
+        }
         const window = TokenStore.rateWindowOf(now)
         const verdicts: Array<TokenStore.ReserveOutcome> = []
         for (const subject of input.subjects) {
-          const account = accounts.find((row) => sameKey(subject, row))
-          const held = num(heldRows.find((row) => sameKey(subject, row))?.held)
+          const key = accountKey(input.cycle, subject)
+          const account = accounts.get(key)
+          let held = 0
+          for (const hold of holds.get(key)!.values()) if (hold.expiresAt > now) held += hold.tokens
           if (held + input.tokens > Number.MAX_SAFE_INTEGER) {
-            return yield* Effect.fail(TokenStore.overflowError(subject, input.cycle, "reserve"))
+            return Either.left(TokenStore.overflowError(subject, input.cycle, "reserve"))
           }
           const rate = input.rateLimits?.[subject.level]
           let current = { requests: 0, tokens: 0 }
@@ -589,36 +583,117 @@ export const make = (
           ))
         }
         const outcome = TokenStore.chooseRefusal(verdicts)
-        if (outcome._tag !== "Reserved") return yield* forget(outcome)
-        yield* sql`INSERT INTO effect_llm_callbacks_holds ${
-          sql.insert(subjects.map((s) => ({
+        if (outcome._tag !== "Reserved") return Either.right(outcome)
+        for (const subject of input.subjects) {
+          const key = accountKey(input.cycle, subject)
+          const hold = { tokens: input.tokens, expiresAt: now + input.holdTtlMillis }
+          holds.get(key)!.set(input.callId, hold)
+          made.set(JSON.stringify([key, input.callId]), {
             cycle: input.cycle,
-            level: s.level,
-            subject_id: s.id,
+            level: subject.level,
+            subject_id: subject.id,
             call_id: input.callId,
-            tokens: input.tokens,
-            expires_at: now + input.holdTtlMillis
-          })))
-        } ON CONFLICT (cycle, level, subject_id, call_id) DO UPDATE SET
-            tokens = excluded.tokens, expires_at = excluded.expires_at`
-        for (const subject of subjects) {
+            tokens: hold.tokens,
+            expires_at: hold.expiresAt
+          })
           if (input.rateLimits?.[subject.level] === undefined) continue
           yield* sql`UPDATE effect_llm_callbacks_rate_windows
             SET requests = requests + 1, tokens = tokens + ${input.tokens}
             WHERE level = ${subject.level} AND subject_id = ${subject.id}`
         }
-        return outcome
+        return Either.right(outcome)
       })
 
-    /** A batch of records in one transaction (one commit, one log flush, for all); see `writeBatch`. */
-    const recordBatch = (method: string, batch: ReadonlyArray<{ readonly input: TokenStore.RecordInput; readonly now: number }>) =>
-      run(method, () => writeBatch(batch))
+    /**
+     * A batch of reservations in the current transaction, decided one after
+     * the other in the order they were made, each as if alone (a later one
+     * sees the holds of those before it), in a handful of statements
+     * whatever its size (rate windows aside: two per rate-limited subject).
+     * The accounts of the whole batch are locked first, in lock order, in one
+     * statement that creates the missing ones (a concurrent batch of another
+     * process waits for them instead of deadlocking, and no reservation of
+     * the batch waits again); then their live holds and the ledger rows of
+     * the batch's call ids are read at once, the expired holds deleted; the
+     * reservations are decided in memory, and the new holds written at once.
+     * Accounts the batch created that no reservation of it holds on are
+     * removed again, as if never made.
+     */
+    const reserveBatch = (batch: ReadonlyArray<{ readonly input: TokenStore.ReserveInput; readonly now: number }>) =>
+      Effect.gen(function*() {
+        const keys = new Map<string, { readonly cycle: string; readonly subject: TokenStore.Subject }>()
+        for (const { input } of batch) {
+          for (const subject of input.subjects) keys.set(accountKey(input.cycle, subject), { cycle: input.cycle, subject })
+        }
+        const sortedKeys = [...keys.keys()].sort()
+        const inBatch = sql.or(sortedKeys.map((key) => {
+          const { cycle, subject } = keys.get(key)!
+          return sql`(cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id})`
+        }))
+        const locked = yield* sql<AccountRow & { readonly cycle: string }>`INSERT INTO effect_llm_callbacks_accounts ${
+          sql.insert(sortedKeys.map((key) => {
+            const { cycle, subject } = keys.get(key)!
+            return { cycle, level: subject.level, subject_id: subject.id, fresh: 1 }
+          }))
+        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
+          RETURNING cycle, level, subject_id, total_tokens, token_limit, fresh`
+        const accounts = new Map<string, AccountRow>()
+        for (const row of locked) {
+          accounts.set(accountKey(String(row.cycle), { level: row.level as TokenStore.Level, id: String(row.subject_id) }), row)
+        }
+        // Holds past their expiry at the batch's earliest time are gone; each reservation
+        // counts those live at its own time.
+        let earliest = Infinity
+        for (const { now } of batch) earliest = Math.min(earliest, now)
+        yield* sql`DELETE FROM effect_llm_callbacks_holds WHERE (${inBatch}) AND expires_at <= ${earliest}`
+        const holdRows = yield* sql<
+          { readonly cycle: string; readonly level: string; readonly subject_id: string; readonly call_id: string; readonly tokens: unknown; readonly expires_at: unknown }
+        >`SELECT cycle, level, subject_id, call_id, tokens, expires_at FROM effect_llm_callbacks_holds WHERE ${inBatch}`
+        const holds = new Map<string, Holds>(sortedKeys.map((key) => [key, new Map()]))
+        for (const row of holdRows) {
+          holds.get(accountKey(String(row.cycle), { level: row.level as TokenStore.Level, id: String(row.subject_id) }))
+            ?.set(String(row.call_id), { tokens: num(row.tokens), expiresAt: num(row.expires_at) })
+        }
+        const userCalls = batch.filter(({ input }) => input.subjects[0]!.level === "user")
+        const recorded = new Set<string>()
+        if (userCalls.length > 0) {
+          const rows = yield* sql<{ readonly user_id: string; readonly call_id: string }>`
+            SELECT user_id, call_id FROM effect_llm_callbacks_ledger WHERE ${
+            sql.or(userCalls.map(({ input }) => sql`(user_id = ${input.subjects[0]!.id} AND call_id = ${input.callId})`))
+          }`
+          for (const row of rows) recorded.add(JSON.stringify([row.user_id, row.call_id]))
+        }
+        const results: Array<Either.Either<TokenStore.ReserveOutcome, TokenStore.TokenStoreError>> = []
+        const made = new Map<string, Record<string, unknown>>()
+        const holding = new Set<string>()
+        for (const { input, now } of batch) {
+          const result = yield* reserveOne(input, now, accounts, holds, recorded, made)
+          results.push(result)
+          if (Either.isRight(result) && result.right._tag === "Reserved") {
+            for (const subject of input.subjects) holding.add(accountKey(input.cycle, subject))
+          }
+        }
+        if (made.size > 0) {
+          yield* sql`INSERT INTO effect_llm_callbacks_holds ${sql.insert([...made.values()])}
+            ON CONFLICT (cycle, level, subject_id, call_id) DO UPDATE SET
+              tokens = excluded.tokens, expires_at = excluded.expires_at`
+        }
+        const unused = sortedKeys.filter((key) => num(accounts.get(key)!.fresh) === 1 && !holding.has(key))
+        if (unused.length > 0) {
+          yield* sql`DELETE FROM effect_llm_callbacks_accounts WHERE ${
+            sql.or(unused.map((key) => {
+              const { cycle, subject } = keys.get(key)!
+              return sql`(cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id})`
+            }))
+          }`
+        }
+        return results
+      })
 
     const recordAll = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
       Effect.gen(function*() {
         if (inputs.length === 0) return []
         const now = yield* Clock.currentTimeMillis
-        const results = yield* recordBatch("recordMany", inputs.map((input) => ({ input, now })))
+        const results = yield* run("recordMany", () => writeBatch(inputs.map((input) => ({ input, now }))))
         const outcomes: Array<TokenStore.RecordOutcome> = []
         for (const result of results) {
           if (Either.isLeft(result)) return yield* Effect.fail(storeError("recordMany")(result.left))
@@ -627,51 +702,80 @@ export const make = (
         return outcomes
       })
 
-    // Records issued in the same event-loop turn share one transaction (as
-    // the Redis store shares a script call): each keeps its own outcome.
-    interface Queued {
-      readonly input: TokenStore.RecordInput
-      readonly now: number
-      readonly resume: (effect: Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError>) => void
-      cancelled: boolean
-    }
-    let queue: Array<Queued> = []
-    let scheduled = false
-    const flush = () => {
-      scheduled = false
-      const batch = queue.filter((item) => !item.cancelled).slice(0, batchSize)
-      queue = queue.filter((item) => !item.cancelled).slice(batchSize)
-      if (queue.length > 0) schedule()
-      if (batch.length === 0) return
-      Effect.runFork(recordBatch("record", batch)).addObserver((exit) => {
-        if (Exit.isFailure(exit)) {
-          const failure = Cause.failureOption(exit.cause)
-          const error = Option.isSome(failure) ? failure.value : storeError("record")(Cause.squash(exit.cause))
-          for (const item of batch) item.resume(Effect.fail(error))
-          return
-        }
-        exit.value.forEach((result, i) =>
-          batch[i]!.resume(Either.isLeft(result) ? Effect.fail(storeError("record")(result.left)) : Effect.succeed(result.right))
-        )
-      })
-    }
-    const schedule = () => {
-      if (!scheduled) {
-        scheduled = true
-        setImmediate(flush)
+    /**
+     * An operation whose calls issued in the same event-loop turn (up to
+     * `batchSize`) share one transaction, as the Redis store's share a
+     * script call; each keeps its own outcome, and its time is its caller's
+     * `Clock`. A caller interrupted while its call waits for its batch takes
+     * it out; once the batch runs, the call is made, and `abandoned` is given
+     * what became of it.
+     */
+    const perTurn = <I, O>(
+      method: string,
+      body: (
+        batch: ReadonlyArray<{ readonly input: I; readonly now: number }>
+      ) => Effect.Effect<ReadonlyArray<Either.Either<O, TokenStore.TokenStoreError>>, unknown>,
+      abandoned: (input: I, outcome: O) => void = () => {}
+    ) => {
+      interface Queued {
+        readonly input: I
+        readonly now: number
+        readonly resume: (effect: Effect.Effect<O, TokenStore.TokenStoreError>) => void
+        cancelled: boolean
       }
-    }
-    const record = (input: TokenStore.RecordInput) =>
-      Effect.flatMap(Clock.currentTimeMillis, (now) =>
-        Effect.async<TokenStore.RecordOutcome, TokenStore.TokenStoreError>((resume) => {
-          const item: Queued = { input, now, resume, cancelled: false }
-          queue.push(item)
-          schedule()
-          // Interrupted while waiting for its batch: it is not written. Once the batch runs, it is.
-          return Effect.sync(() => {
-            item.cancelled = true
+      let queue: Array<Queued> = []
+      let scheduled = false
+      const flush = () => {
+        scheduled = false
+        const batch = queue.filter((item) => !item.cancelled).slice(0, batchSize)
+        queue = queue.filter((item) => !item.cancelled).slice(batchSize)
+        if (queue.length > 0) schedule()
+        if (batch.length === 0) return
+        Effect.runFork(run(method, () => body(batch))).addObserver((exit) => {
+          if (Exit.isFailure(exit)) {
+            const failure = Cause.failureOption(exit.cause)
+            const error = Option.isSome(failure) ? failure.value : storeError(method)(Cause.squash(exit.cause))
+            for (const item of batch) item.resume(Effect.fail(error))
+            return
+          }
+          exit.value.forEach((result, i) => {
+            const item = batch[i]!
+            if (item.cancelled && Either.isRight(result)) abandoned(item.input, result.right)
+            item.resume(Either.isLeft(result) ? Effect.fail(storeError(method)(result.left)) : Effect.succeed(result.right))
           })
-        }))
+        })
+      }
+      const schedule = () => {
+        if (!scheduled) {
+          scheduled = true
+          setImmediate(flush)
+        }
+      }
+      return (input: I): Effect.Effect<O, TokenStore.TokenStoreError> =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) =>
+          Effect.async<O, TokenStore.TokenStoreError>((resume) => {
+            const item: Queued = { input, now, resume, cancelled: false }
+            queue.push(item)
+            schedule()
+            return Effect.sync(() => {
+              item.cancelled = true
+            })
+          }))
+    }
+
+    const release = (input: TokenStore.ReleaseInput) =>
+      run("release", () =>
+        sql`DELETE FROM effect_llm_callbacks_holds
+          WHERE cycle = ${input.cycle} AND call_id = ${input.callId} AND ${subjectsWhere(input.subjects)}`).pipe(
+          Effect.asVoid
+        )
+
+    // A record whose caller was interrupted once its batch ran is counted: a retry of it is a duplicate.
+    const record = perTurn("record", writeBatch)
+    // A hold made for a caller interrupted meanwhile is released (its caller's release may have run first).
+    const reserve = perTurn("reserve", reserveBatch, (input, outcome) => {
+      if (outcome._tag === "Reserved") Effect.runFork(Effect.ignore(release(input)))
+    })
 
     const backend: TokenStore.Service = {
       record,
@@ -720,13 +824,8 @@ export const make = (
             // Sorted here, by code units like the other stores, not by the database's collation.
             Effect.map((rows) => rows.map((row) => row.subject_id).sort())
           ),
-      reserve: (input) => run("reserve", (now) => reserveAt(input, now)),
-      release: (input) =>
-        run("release", () =>
-          sql`DELETE FROM effect_llm_callbacks_holds
-            WHERE cycle = ${input.cycle} AND call_id = ${input.callId} AND ${subjectsWhere(input.subjects)}`).pipe(
-            Effect.asVoid
-          ),
+      reserve,
+      release,
       // The ledger keeps every call id: a replay of any age counts once.
       idempotencyWindowMillis: Number.POSITIVE_INFINITY
     }

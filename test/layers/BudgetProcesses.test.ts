@@ -1,14 +1,22 @@
 // Four app processes, 50 concurrent calls each, one user with room for 10
 // calls, one shared store: a budget holds across processes only if admission
-// is atomic in the store. Run against one Redis and against a Redis Cluster.
+// is atomic in the store. Run against one Redis, a Redis Cluster, a
+// PostgreSQL database and a SQLite file.
 import { assert, describe, it } from "@effect/vitest"
 import { execFile } from "node:child_process"
 import * as path from "node:path"
+import type * as SqlClient from "@effect/sql/SqlClient"
+import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type * as Scope from "effect/Scope"
+import * as fs from "node:fs"
+import * as os from "node:os"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
 import type * as TokenStore from "../../src/TokenStore.js"
 import { currentCycle } from "../support/budget.js"
+import { bannerWithoutPostgres, postgresClient, postgresUrl, skipWithoutPostgres } from "../support/postgres.js"
 import { bannerWithoutRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { redisCluster } from "../support/redisCluster.js"
 
@@ -37,8 +45,14 @@ const runWorker = (config: object): Effect.Effect<Outcome> =>
 
 const fourProcesses = (
   store: Effect.Effect<TokenStore.Service, unknown, Scope.Scope>,
-  target: { readonly url: string } | { readonly nodes: ReadonlyArray<string> },
-  keyPrefix: string
+  target:
+    | { readonly url: string }
+    | { readonly nodes: ReadonlyArray<string> }
+    | { readonly postgres: string }
+    | { readonly sqliteFile: string },
+  keyPrefix: string,
+  /** Every call is also one team's: each reservation locks two accounts. */
+  teamId?: string
 ) =>
   Effect.gen(function*() {
     const service = yield* Effect.orDie(store)
@@ -49,7 +63,7 @@ const fourProcesses = (
     const startAt = Date.now() + 4_000
     const outcomes = yield* Effect.forEach(
       [0, 1, 2, 3],
-      () => runWorker({ ...target, keyPrefix, userId, calls: 50, startAt }),
+      () => runWorker({ ...target, keyPrefix, userId, teamId, calls: 50, startAt }),
       { concurrency: "unbounded" }
     )
     const admitted = outcomes.reduce((n, o) => n + o.admitted, 0)
@@ -64,6 +78,35 @@ const fourProcesses = (
   })
 
 bannerWithoutRedis("test/layers/BudgetProcesses.test.ts")
+bannerWithoutPostgres("test/layers/BudgetProcesses.test.ts (PostgreSQL)")
+
+/** The SQL store over a client kept open for the test's scope. */
+const sqlStore = (client: Layer.Layer<SqlClient.SqlClient>) =>
+  Effect.flatMap(Layer.build(client), (context) => Effect.provide(SqlTokenStore.make(), context))
+
+describe("SQL", () => {
+  describe("Budgets across processes", () => {
+    // Each process makes its 50 reservations in one transaction or a few (see SqlTokenStore); the
+    // user's and the team's accounts are locked in one order by all, so that none deadlocks.
+    it.live.skipIf(skipWithoutPostgres)("4 processes x 50 calls against one PostgreSQL database: 10 admitted, usage exact", () =>
+      fourProcesses(
+        sqlStore(postgresClient),
+        { postgres: postgresUrl() },
+        "",
+        `team-${Date.now()}`
+      ).pipe(Effect.scoped), 120_000)
+
+    it.live("4 processes x 50 calls against one SQLite file: 10 admitted, usage exact", () => {
+      const sqliteFile = `${fs.mkdtempSync(`${os.tmpdir()}/effect-llm-callbacks-budget-`)}/budget.sqlite`
+      return fourProcesses(
+        sqlStore(SqliteClient.layer({ filename: sqliteFile }).pipe(Layer.orDie)),
+        { sqliteFile },
+        "",
+        `team-${Date.now()}`
+      ).pipe(Effect.scoped)
+    }, 120_000)
+  })
+})
 
 describe.skipIf(skipWithoutRedis)("Redis", () => {
 describe("Budgets across processes", () => {

@@ -1,20 +1,31 @@
 /**
  * One app process of the multi-process budget test: it waits until the
  * agreed start time, runs `calls` concurrent guarded calls of one user against
- * the shared Redis (or Cluster), and prints what was admitted as JSON.
+ * the shared store (a Redis, a Redis Cluster, a PostgreSQL database or a
+ * SQLite file), and prints what was admitted as JSON.
  *
  * Usage: node <tsx> test/support/budgetWorker.ts '<json config>'
  */
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Redacted from "effect/Redacted"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
+import type * as TokenStore from "../../src/TokenStore.js"
 import { budgetEnvironment, guardedCall } from "./budget.js"
 
 interface WorkerConfig {
   readonly url?: string
   readonly nodes?: ReadonlyArray<string>
+  readonly postgres?: string
+  readonly sqliteFile?: string
   readonly keyPrefix: string
   readonly userId: string
+  /** Every call is also the team's (a second account locked by each reservation). */
+  readonly teamId?: string
   readonly calls: number
   /** Epoch ms at which every worker fires its calls. */
   readonly startAt: number
@@ -22,7 +33,11 @@ interface WorkerConfig {
 
 const config = JSON.parse(process.argv[2] ?? "{}") as WorkerConfig
 
-const store = config.nodes !== undefined
+const store: Layer.Layer<TokenStore.TokenStore, unknown> = config.postgres !== undefined
+  ? SqlTokenStore.layer().pipe(Layer.provide(PgClient.layer({ url: Redacted.make(config.postgres) })))
+  : config.sqliteFile !== undefined
+  ? SqlTokenStore.layer().pipe(Layer.provide(SqliteClient.layer({ filename: config.sqliteFile })))
+  : config.nodes !== undefined
   ? RedisTokenStore.layerCluster({ nodes: config.nodes, keyPrefix: config.keyPrefix })
   : RedisTokenStore.layer({ url: config.url, keyPrefix: config.keyPrefix })
 
@@ -31,7 +46,7 @@ const program = Effect.gen(function*() {
   const exits = yield* Effect.forEach(
     Array.from({ length: config.calls }),
     // The model takes 200 ms, so the calls of every process overlap.
-    () => Effect.exit(guardedCall({ userId: config.userId, latency: "200 millis" })),
+    () => Effect.exit(guardedCall({ userId: config.userId, teamId: config.teamId, latency: "200 millis" })),
     { concurrency: "unbounded" }
   )
   const refused = exits.filter((exit) =>
