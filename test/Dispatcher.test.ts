@@ -523,6 +523,47 @@ describe("Dispatcher", () => {
         assert.deepStrictEqual([...seen].sort(), expected.sort())
       }))
 
+    it.effect("hooks of one dispatch that make instrumented calls at once each see the dispatching call's parent, not each other's calls", () =>
+      Effect.gen(function*() {
+        const parents: Record<string, string | undefined> = {}
+        const ids: Record<string, string> = {}
+        const recorder = Handler.make({
+          name: "recorder",
+          onLlmStart: (event: Events.StartEvent) =>
+            Effect.sync(() => {
+              ids[event.call.model] = event.call.callId
+              parents[event.call.model] = event.call.parentCallId
+            })
+        })
+        // On the inner call's start, each of two handlers suspends, then makes an instrumented call of its
+        // own that is in flight while the other's starts.
+        const caller = (name: string, delay: number) =>
+          Handler.make({
+            name,
+            onLlmStart: (event: Events.StartEvent) =>
+              event.call.model !== "inner" ? Effect.void : Effect.sleep(`${delay} millis`).pipe(
+                Effect.zipRight(
+                  Effect.sleep("100 millis").pipe(
+                    Effect.as(response),
+                    Callbacks.instrument({ ...options, model: `from-${name}` })
+                  )
+                )
+              )
+          })
+        const inner = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model: "inner" }))
+        yield* runWithClock(
+          inner.pipe(
+            Callbacks.instrument({ ...options, model: "outer" }),
+            Effect.provide(withHandlers([recorder, caller("a", 10), caller("b", 20)]))
+          ),
+          "10 millis"
+        )
+        assert.strictEqual(parents["inner"], ids["outer"])
+        // Made while the dispatching fiber was inside the outer call: that is their parent, for both.
+        assert.strictEqual(parents["from-a"], ids["outer"])
+        assert.strictEqual(parents["from-b"], ids["outer"])
+      }))
+
     it.effect("composite: children run in order, isolated; the composite fails with every child failure", () =>
       Effect.gen(function*() {
         const log: Array<string> = []

@@ -35,6 +35,7 @@ import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as Intervals from "effect/ScheduleIntervals"
 import * as Tracer from "effect/Tracer"
 import { activeHook } from "../metricLabels.js"
+import { currentParents, ParentStack } from "../parents.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Phase } from "../phases.js"
 import * as Outcome from "./outcome.js"
@@ -70,7 +71,9 @@ export interface Caller {
    * Its refs as a fiber forked from it inherits them, forked once for all of
    * the dispatch's hook fibers. (A ref's `fork` is a function of the value
    * alone, so forking once gives every child the same values as forking per
-   * child; `Runtime.runFork` would fork the whole map again for each.)
+   * child; `Runtime.runFork` would fork the whole map again for each. The
+   * one mutable value, the parent stack, is copied per hook fiber: see
+   * `hookRefs`.)
    */
   readonly forked: () => FiberRefs.FiberRefs
   readonly clock: Clock.Clock
@@ -215,13 +218,27 @@ class Invocation extends Settles implements Timed {
     return this.span === undefined ? this.entry.context : Context.add(this.entry.context, Tracer.ParentSpan, this.span)
   }
 
-  /** The refs every attempt's fiber starts from: the caller's, forked once, with the hook's context. */
-  private readonly hookRefs = (): FiberRefs.FiberRefs =>
-    this.refsMemo ??= FiberRefs.updateAs(this.caller.forked(), {
-      fiberId: hooksFiberId,
-      fiberRef: FiberRef.currentContext,
-      value: this.context()
-    })
+  /**
+   * The refs every attempt's fiber starts from: the caller's, forked once,
+   * with the hook's context and a parent stack of its own. (The parent stack
+   * is the one mutable value among them, pushed and popped in place by the
+   * instrumented calls a hook makes: forked once, it would be shared by the
+   * dispatch's hook fibers, and a hook's call would see another's as parent.)
+   */
+  private readonly hookRefs = (): FiberRefs.FiberRefs => {
+    if (this.refsMemo !== undefined) return this.refsMemo
+    const forked = this.caller.forked()
+    const parents = FiberRefs.getOrDefault(forked, currentParents)
+    this.refsMemo = parents === undefined
+      ? FiberRefs.updateAs(forked, { fiberId: hooksFiberId, fiberRef: FiberRef.currentContext, value: this.context() })
+      : FiberRefs.updateManyAs(forked, {
+        entries: [
+          [FiberRef.currentContext, [[hooksFiberId, this.context()]]],
+          [currentParents, [[hooksFiberId, new ParentStack(parents.ids.slice())]]]
+        ]
+      })
+    return this.refsMemo
+  }
 
   /** Runs attempts from `effect` on, synchronously as far as they go. */
   run(effect: Effect.Effect<void, unknown>): void {
