@@ -11,7 +11,7 @@ import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import { globalValue } from "effect/GlobalValue"
 import { currentOperation } from "./internal/operation.js"
-import { currentParents, parentsOf, removeParent, topOf } from "./internal/parents.js"
+import { enclosingOf, parentsOf, popParentOf } from "./internal/parents.js"
 
 /**
  * Context for the instrumented calls inside a region: the user, team and
@@ -67,8 +67,7 @@ export const pushParent = (callId: string): Effect.Effect<void> =>
  */
 export const popParent = (callId: string): Effect.Effect<void> =>
   Effect.withFiberRuntime((fiber) => {
-    const stack = fiber.getFiberRef(currentParents)
-    if (stack !== undefined) removeParent(stack, callId)
+    popParentOf(fiber, callId)
     return Effect.void
   })
 
@@ -179,7 +178,7 @@ export const withOperation: {
     Effect.withFiberRuntime((fiber) =>
       Effect.locally(self, currentOperation, {
         id: options?.operationId ?? crypto.randomUUID(),
-        enclosing: topOf(fiber.getFiberRef(currentParents)),
+        enclosing: enclosingOf(fiber),
         attempts: 0
       })
     )

@@ -31,7 +31,7 @@ import type {
   ToolErrorEvent
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
-import { currentParents, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
+import { enclosingOf, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
 import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
   type CallOptions,
@@ -348,7 +348,7 @@ export const begin = (
       options,
       fiber.getFiberRef(currentCallContext),
       startedAt,
-      topOf(fiber.getFiberRef(currentParents)),
+      enclosingOf(fiber as AnyFiber),
       calls.nextCallId,
       fiber.getFiberRef(currentOperation)
     )
@@ -603,7 +603,7 @@ const admitBare = <A, E, R>(
     options,
     fiber.getFiberRef(currentCallContext),
     clock.unsafeCurrentTimeMillis(),
-    topOf(fiber.getFiberRef(currentParents)),
+    enclosingOf(fiber as AnyFiber),
     randomCallId,
     fiber.getFiberRef(currentOperation)
   )

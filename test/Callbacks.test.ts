@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, Option, TestClock } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, ManagedRuntime, Option, TestClock } from "effect"
 import { Callbacks, Dispatcher, Events, Handler, Testing } from "../src/index.js"
 
 const response = { content: "hello", usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } }
@@ -233,6 +233,66 @@ describe("Callbacks.instrument", () => {
       assert.deepStrictEqual(byModel.inner!.tags, ["agent"])
       assert.isUndefined(byModel.sibling!.userId)
     }).pipe(Effect.provide(Testing.layer())))
+
+  it.live("parents under concurrency: root fibers of a runtime, fibers sharing one provided runtime, forked children", () =>
+    Effect.gen(function*() {
+      const starts: Array<Events.StartEvent["call"]> = []
+      const recorder = Handler.make({
+        name: "recorder",
+        onLlmStart: (event: Events.StartEvent) => Effect.sync(() => void starts.push(event.call))
+      })
+      class Other extends Effect.Tag("test/Other")<Other, { readonly n: number }>() {}
+      // The dispatcher's layer built beside another (its fiber refs joined from a fiber of its own).
+      const layer = Layer.merge(
+        Dispatcher.toLayer(recorder).pipe(Layer.provideMerge(Dispatcher.layer())),
+        Layer.succeed(Other, { n: 1 })
+      )
+      const call = (model: string, inside: Effect.Effect<unknown> = Effect.void) =>
+        Effect.zipRight(Effect.zipRight(Effect.sleep("1 millis"), inside), Effect.succeed(response)).pipe(
+          Callbacks.instrument({ ...options, model })
+        )
+      // Each agent: an outer call with a nested call and a forked one that starts while the other agents'
+      // calls are in flight, then a call of its own after the outer one.
+      const agent = (name: string) =>
+        Effect.zipRight(
+          call(
+            `outer-${name}`,
+            Effect.flatMap(Effect.fork(call(`forked-${name}`)), (fiber) => Effect.zipRight(call(`inner-${name}`), Fiber.join(fiber)))
+          ),
+          call(`after-${name}`)
+        )
+      const managed = ManagedRuntime.make(layer)
+      // Root fibers of the runtime, each its own: a first wave, and a second forked from the runtime while
+      // the first wave's calls are in flight.
+      yield* Effect.promise(() => {
+        const first = Promise.all(Array.from({ length: 5 }, (_, i) => managed.runPromise(agent(`root${i}`))))
+        const second = new Promise((resolve) => setTimeout(resolve, 2)).then(() =>
+          Promise.all(Array.from({ length: 5 }, (_, i) => managed.runPromise(agent(`root${i + 5}`))))
+        )
+        return Promise.all([first, second])
+      })
+      // Fibers that provide the same runtime: its fiber refs are copied into each.
+      const runtime = yield* Effect.promise(() => managed.runtime())
+      yield* Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) => agent(`shared${i}`).pipe(Effect.provide(runtime)), {
+        concurrency: "unbounded"
+      })
+      // A runtime captured in a forked fiber (its parent holder among its refs), provided by several fibers.
+      const captured = yield* Effect.flatMap(Effect.fork(Effect.runtime<never>()), Fiber.join).pipe(Effect.provide(runtime))
+      yield* Effect.forEach(Array.from({ length: 10 }, (_, i) => i), (i) => agent(`captured${i}`).pipe(Effect.provide(captured)), {
+        concurrency: "unbounded"
+      })
+      yield* Effect.promise(() => managed.dispose())
+      const byModel = new Map(starts.map((call) => [call.model, call]))
+      const names = ["root", "shared", "captured"].flatMap((kind) => Array.from({ length: 10 }, (_, i) => `${kind}${i}`))
+      assert.strictEqual(byModel.size, names.length * 4)
+      for (const name of names) {
+        const outer = byModel.get(`outer-${name}`)!
+        assert.isUndefined(outer.parentCallId, name)
+        assert.strictEqual(byModel.get(`inner-${name}`)!.parentCallId, outer.callId, name)
+        assert.strictEqual(byModel.get(`forked-${name}`)!.parentCallId, outer.callId, name)
+        assert.isUndefined(byModel.get(`after-${name}`)!.parentCallId, name)
+      }
+    }))
 
   it.effect("a call id of the caller's choosing is used", () =>
     Effect.gen(function*() {

@@ -2,28 +2,38 @@
  * The parent call ids of the current fiber, for `instrument` and the call
  * context's `withParent` / `pushParent` / `popParent`.
  */
+import * as Effect from "effect/Effect"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 
 /**
  * The ids of the instrumented calls enclosing the current fiber, innermost
- * last. A mutable holder, one per fiber: `instrument` pushes and pops in
- * place, which spares the hot path two fiber-ref updates (each a copy of the
- * fiber's ref map). Sharing is prevented by `fork`: a forked fiber gets its own
- * copy (so it sees the parents of the moment it was forked), and `join` keeps
- * the parent fiber's holder.
+ * last. A mutable holder, pushed and popped in place by `instrument`, which
+ * spares the hot path fiber-ref updates (each a copy of the fiber's ref map).
+ *
+ * A fiber uses only a holder of its own. `fork` gives every forked fiber a
+ * copy (the parents of the moment it was forked), which its first use claims
+ * (`owner`). A fiber with no holder, or whose holder is another fiber's (fiber
+ * refs are copied wholesale by `Effect.provide` of a runtime), makes one,
+ * with a fiber-ref update. The dispatcher's layer installs an empty
+ * `template` where it is built, which is never used itself: it is there so
+ * that the fibers forked from there, a runtime's included, get a holder at
+ * birth and a call in them makes no fiber-ref update.
  */
 export class ParentStack {
-  constructor(readonly ids: Array<string>) {}
+  /** The id of the fiber that uses it; `undefined` until its first use. */
+  owner: number | undefined = undefined
+  constructor(readonly ids: Array<string>, readonly template = false) {}
 }
 
 export const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
   Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
   () =>
     FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
-      fork: (stack) => stack === undefined || stack.ids.length === 0 ? undefined : new ParentStack(stack.ids.slice()),
-      join: (parent) => parent
+      fork: (stack) => stack === undefined ? undefined : new ParentStack(stack.ids.slice()),
+      // A parent keeps its own; one without takes a template (layers built side by side), nothing else.
+      join: (parent, child) => parent ?? (child?.template === true ? child : undefined)
     })
 )
 
@@ -32,17 +42,42 @@ type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 export const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value: X): void =>
   (fiber as unknown as { setFiberRef: <Y>(ref: FiberRef.FiberRef<Y>, value: Y) => void }).setFiberRef(ref, value)
 
+/** Installs a template holder where none is (see {@link ParentStack}): for the dispatcher's layers. */
+export const installTemplate: Effect.Effect<void> = FiberRef.update(
+  currentParents,
+  (stack) => stack ?? new ParentStack([], true)
+)
+
+/** The fiber's holder, when it is its own (claimed, or a copy not used yet). */
+const ownOf = (fiber: AnyFiber): ParentStack | undefined => {
+  const stack = fiber.getFiberRef(currentParents)
+  if (stack === undefined || stack.template) return undefined
+  const id = fiber.id().id
+  if (stack.owner === undefined) stack.owner = id
+  return stack.owner === id ? stack : undefined
+}
+
+/** The fiber's holder, made (and set on the fiber) when it has none of its own. */
 export const parentsOf = (fiber: AnyFiber): ParentStack => {
-  let stack = fiber.getFiberRef(currentParents)
-  if (stack === undefined) {
-    stack = new ParentStack([])
-    setFiberRef(fiber, currentParents, stack)
-  }
+  const own = ownOf(fiber)
+  if (own !== undefined) return own
+  const stack = new ParentStack([])
+  stack.owner = fiber.id().id
+  setFiberRef(fiber, currentParents, stack)
   return stack
 }
 
+/** The innermost call enclosing the fiber. */
+export const enclosingOf = (fiber: AnyFiber): string | undefined => topOf(ownOf(fiber))
+
 export const topOf = (stack: ParentStack | undefined): string | undefined =>
   stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
+
+/** Removes `callId` from the fiber's own holder, if it has one. */
+export const popParentOf = (fiber: AnyFiber, callId: string): void => {
+  const own = ownOf(fiber)
+  if (own !== undefined) removeParent(own, callId)
+}
 
 export const removeParent = (stack: ParentStack, callId: string): void => {
   const ids = stack.ids
@@ -52,4 +87,3 @@ export const removeParent = (stack: ParentStack, callId: string): void => {
     if (index >= 0) ids.splice(index, 1)
   }
 }
-

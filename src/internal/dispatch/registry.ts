@@ -16,6 +16,7 @@ import type { CallbackEvent } from "../../Events.js"
 import { type Handler, hookOf, type Mode } from "../../Handler.js"
 import { HandlerRegistrationError } from "../../HandlerError.js"
 import { activeHook, makeHandlerLabels } from "../metricLabels.js"
+import { installTemplate } from "../parents.js"
 import { type Phase, phases } from "../phases.js"
 import { Buffer } from "./buffer.js"
 import { Deadlines } from "./deadlines.js"
@@ -110,6 +111,8 @@ const callIds = (): () => string => {
 /** Builds a dispatcher; closing the scope drains the background handlers. */
 export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, never, Scope.Scope> =>
   Effect.gen(function*() {
+    // Fibers forked from where the dispatcher is built get a parent holder at birth (see `ParentStack`).
+    yield* installTemplate
     const state: State = { options, slots: new Slots(options.maxConcurrent), clock: yield* Effect.clock, closed: false }
     const entries = new Map<string, Entry>()
     let snapshot: Snapshot = makeSnapshot([])
