@@ -303,17 +303,6 @@ const realClock = Clock.make()
 
 const levelRank = { org: 0, team: 1, user: 2 } as const
 
-const sameKey = (a: TokenStore.Subject, row: { readonly level: string; readonly subject_id: string }): boolean =>
-  a.level === row.level && a.id === row.subject_id
-
-interface AccountRow {
-  readonly level: string
-  readonly subject_id: string
-  readonly total_tokens: number | string
-  readonly token_limit: number | string | null
-  readonly fresh: number | string
-}
-
 /**
  * Builds the store over the `SqlClient` in context, creating its tables.
  * Creating them is retried for a few seconds (a database restarting as the
@@ -406,6 +395,50 @@ export const make = (
     const accountKey = (cycle: string, subject: TokenStore.Subject): string =>
       JSON.stringify([levelRank[subject.level], subject.id, cycle])
 
+    /** The key of the account a row of the accounts or holds table belongs to. */
+    const rowKey = (row: { readonly cycle: unknown; readonly level: unknown; readonly subject_id: unknown }): string =>
+      accountKey(String(row.cycle), { level: row.level as TokenStore.Level, id: String(row.subject_id) })
+
+    /** The accounts of a batch: each `(cycle, subject)` by key, and the keys in lock order. */
+    interface BatchAccounts {
+      readonly byKey: ReadonlyMap<string, { readonly cycle: string; readonly subject: TokenStore.Subject }>
+      readonly sorted: ReadonlyArray<string>
+    }
+
+    const batchAccounts = (items: Iterable<readonly [string, ReadonlyArray<TokenStore.Subject>]>): BatchAccounts => {
+      const byKey = new Map<string, { readonly cycle: string; readonly subject: TokenStore.Subject }>()
+      for (const [cycle, subjects] of items) {
+        for (const subject of subjects) byKey.set(accountKey(cycle, subject), { cycle, subject })
+      }
+      return { byKey, sorted: [...byKey.keys()].sort() }
+    }
+
+    /** A condition matching the rows of the accounts `keys` (of `accounts`). */
+    const accountsWhere = (accounts: BatchAccounts, keys: ReadonlyArray<string>) =>
+      sql.or(keys.map((key) => {
+        const { cycle, subject } = accounts.byKey.get(key)!
+        return sql`(cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id})`
+      }))
+
+    /**
+     * Locks a batch's accounts, in lock order, in one statement that creates
+     * the missing ones (a concurrent batch of another process waits for them
+     * instead of deadlocking); `fresh` is 1 in the rows it created when
+     * `markFresh`, else 0. Returns the rows (`columns` and `fresh`) by key.
+     */
+    const lockAccounts = (accounts: BatchAccounts, markFresh: boolean, columns: ReadonlyArray<string>) =>
+      Effect.map(
+        sql<Record<string, unknown> & { readonly cycle: unknown; readonly level: unknown; readonly subject_id: unknown }>`
+          INSERT INTO effect_llm_callbacks_accounts ${
+          sql.insert(accounts.sorted.map((key) => {
+            const { cycle, subject } = accounts.byKey.get(key)!
+            return { cycle, level: subject.level, subject_id: subject.id, fresh: markFresh ? 1 : 0 }
+          }))
+        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
+          RETURNING cycle, level, subject_id, fresh, ${sql.literal(columns.join(", "))}`,
+        (rows) => new Map(rows.map((row) => [rowKey(row), row]))
+      )
+
     /**
      * Writes a batch of records in the current transaction, in a handful of
      * statements whatever its size. The accounts of the whole batch are
@@ -421,21 +454,9 @@ export const make = (
      */
     const writeBatch = (batch: ReadonlyArray<{ readonly input: TokenStore.RecordInput; readonly now: number }>) =>
       Effect.gen(function*() {
-        const keys = new Map<string, { readonly cycle: string; readonly subject: TokenStore.Subject }>()
-        for (const { input } of batch) {
-          for (const subject of TokenStore.subjectsOf(input)) keys.set(accountKey(input.cycle, subject), { cycle: input.cycle, subject })
-        }
-        const sortedKeys = [...keys.keys()].sort()
-        const lockedRows = yield* sql<Record<string, unknown>>`INSERT INTO effect_llm_callbacks_accounts ${
-          sql.insert(sortedKeys.map((key) => {
-            const { cycle, subject } = keys.get(key)!
-            return { cycle, level: subject.level, subject_id: subject.id, fresh: 0 }
-          }))
-        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
-          RETURNING cycle, level, subject_id, ${sql.literal(counterColumns.join(", "))}`
+        const accounts = batchAccounts(batch.map(({ input }) => [input.cycle, TokenStore.subjectsOf(input)]))
         const counts = new Map<string, Array<number>>()
-        for (const row of lockedRows) {
-          const key = accountKey(String(row["cycle"]), { level: row["level"] as TokenStore.Level, id: String(row["subject_id"]) })
+        for (const [key, row] of yield* lockAccounts(accounts, false, counterColumns)) {
           counts.set(key, counterColumns.map((column) => num(row[column])))
         }
         const order = batch.map((_, i) => i).sort((a, b) => {
@@ -482,8 +503,8 @@ export const make = (
         }
         // The locked rows' new counters, written back at once (every row exists and is locked).
         yield* sql`INSERT INTO effect_llm_callbacks_accounts ${
-          sql.insert(sortedKeys.map((key) => {
-            const { cycle, subject } = keys.get(key)!
+          sql.insert(accounts.sorted.map((key) => {
+            const { cycle, subject } = accounts.byKey.get(key)!
             const values: Record<string, unknown> = { cycle, level: subject.level, subject_id: subject.id }
             const current = counts.get(key)!
             for (let c = 0; c < counterColumns.length; c++) values[counterColumns[c]!] = current[c]!
@@ -531,7 +552,7 @@ export const make = (
     const reserveOne = (
       input: TokenStore.ReserveInput,
       now: number,
-      accounts: ReadonlyMap<string, AccountRow>,
+      accounts: ReadonlyMap<string, Record<string, unknown>>,
       holds: ReadonlyMap<string, Holds>,
       recorded: ReadonlySet<string>,
       made: Map<string, Record<string, unknown>>
@@ -572,9 +593,9 @@ export const make = (
           verdicts.push(TokenStore.verdictOf(
             subject,
             {
-              used: num(account?.total_tokens),
+              used: num(account?.["total_tokens"]),
               held,
-              limit: account === undefined || account.token_limit === null ? undefined : num(account.token_limit)
+              limit: account === undefined || account["token_limit"] === null ? undefined : num(account["token_limit"])
             },
             current,
             rate,
@@ -612,34 +633,18 @@ export const make = (
      * The accounts of the whole batch are locked first, in lock order, in one
      * statement that creates the missing ones (a concurrent batch of another
      * process waits for them instead of deadlocking, and no reservation of
-     * the batch waits again); then their live holds and the ledger rows of
-     * the batch's call ids are read at once, the expired holds deleted; the
-     * reservations are decided in memory, and the new holds written at once.
+     * the batch waits again); then their expired holds are deleted, and
+     * their live holds and the ledger rows of the batch's call ids read at
+     * once; the reservations are decided in memory, and the new holds
+     * written at once.
      * Accounts the batch created that no reservation of it holds on are
      * removed again, as if never made.
      */
     const reserveBatch = (batch: ReadonlyArray<{ readonly input: TokenStore.ReserveInput; readonly now: number }>) =>
       Effect.gen(function*() {
-        const keys = new Map<string, { readonly cycle: string; readonly subject: TokenStore.Subject }>()
-        for (const { input } of batch) {
-          for (const subject of input.subjects) keys.set(accountKey(input.cycle, subject), { cycle: input.cycle, subject })
-        }
-        const sortedKeys = [...keys.keys()].sort()
-        const inBatch = sql.or(sortedKeys.map((key) => {
-          const { cycle, subject } = keys.get(key)!
-          return sql`(cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id})`
-        }))
-        const locked = yield* sql<AccountRow & { readonly cycle: string }>`INSERT INTO effect_llm_callbacks_accounts ${
-          sql.insert(sortedKeys.map((key) => {
-            const { cycle, subject } = keys.get(key)!
-            return { cycle, level: subject.level, subject_id: subject.id, fresh: 1 }
-          }))
-        } ON CONFLICT (cycle, level, subject_id) DO UPDATE SET fresh = 0
-          RETURNING cycle, level, subject_id, total_tokens, token_limit, fresh`
-        const accounts = new Map<string, AccountRow>()
-        for (const row of locked) {
-          accounts.set(accountKey(String(row.cycle), { level: row.level as TokenStore.Level, id: String(row.subject_id) }), row)
-        }
+        const batchKeys = batchAccounts(batch.map(({ input }) => [input.cycle, input.subjects]))
+        const inBatch = accountsWhere(batchKeys, batchKeys.sorted)
+        const accounts = yield* lockAccounts(batchKeys, true, ["total_tokens", "token_limit"])
         // Holds past their expiry at the batch's earliest time are gone; each reservation
         // counts those live at its own time.
         let earliest = Infinity
@@ -648,10 +653,9 @@ export const make = (
         const holdRows = yield* sql<
           { readonly cycle: string; readonly level: string; readonly subject_id: string; readonly call_id: string; readonly tokens: unknown; readonly expires_at: unknown }
         >`SELECT cycle, level, subject_id, call_id, tokens, expires_at FROM effect_llm_callbacks_holds WHERE ${inBatch}`
-        const holds = new Map<string, Holds>(sortedKeys.map((key) => [key, new Map()]))
+        const holds = new Map<string, Holds>(batchKeys.sorted.map((key) => [key, new Map()]))
         for (const row of holdRows) {
-          holds.get(accountKey(String(row.cycle), { level: row.level as TokenStore.Level, id: String(row.subject_id) }))
-            ?.set(String(row.call_id), { tokens: num(row.tokens), expiresAt: num(row.expires_at) })
+          holds.get(rowKey(row))?.set(String(row.call_id), { tokens: num(row.tokens), expiresAt: num(row.expires_at) })
         }
         const userCalls = batch.filter(({ input }) => input.subjects[0]!.level === "user")
         const recorded = new Set<string>()
@@ -677,15 +681,8 @@ export const make = (
             ON CONFLICT (cycle, level, subject_id, call_id) DO UPDATE SET
               tokens = excluded.tokens, expires_at = excluded.expires_at`
         }
-        const unused = sortedKeys.filter((key) => num(accounts.get(key)!.fresh) === 1 && !holding.has(key))
-        if (unused.length > 0) {
-          yield* sql`DELETE FROM effect_llm_callbacks_accounts WHERE ${
-            sql.or(unused.map((key) => {
-              const { cycle, subject } = keys.get(key)!
-              return sql`(cycle = ${cycle} AND level = ${subject.level} AND subject_id = ${subject.id})`
-            }))
-          }`
-        }
+        const unused = batchKeys.sorted.filter((key) => num(accounts.get(key)!["fresh"]) === 1 && !holding.has(key))
+        if (unused.length > 0) yield* sql`DELETE FROM effect_llm_callbacks_accounts WHERE ${accountsWhere(batchKeys, unused)}`
         return results
       })
 
