@@ -564,6 +564,46 @@ describe("Dispatcher", () => {
         assert.strictEqual(parents["from-b"], ids["outer"])
       }))
 
+    it.effect("a hook's calls have the dispatching call's parent in every attempt", () =>
+      Effect.gen(function*() {
+        const parents: Record<string, string | undefined> = {}
+        const ids: Record<string, string> = {}
+        const recorder = Handler.make({
+          name: "recorder",
+          onLlmStart: (event: Events.StartEvent) =>
+            Effect.sync(() => {
+              ids[event.call.model] = event.call.callId
+              parents[event.call.model] = event.call.parentCallId
+            })
+        })
+        // On the inner call's start: each attempt makes an instrumented call; the first attempt then fails.
+        let attempt = 0
+        const retried = Handler.make({
+          name: "retried",
+          retry: Schedule.recurs(1),
+          onLlmStart: (event: Events.StartEvent) =>
+            event.call.model !== "inner" ? Effect.void : Effect.suspend(() => {
+              const n = ++attempt
+              return Effect.sleep("10 millis").pipe(
+                Effect.as(response),
+                Callbacks.instrument({ ...options, model: `attempt-${n}` }),
+                Effect.zipRight(n === 1 ? Effect.fail("first attempt fails") : Effect.void)
+              )
+            })
+        })
+        const inner = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model: "inner" }))
+        yield* runWithClock(
+          inner.pipe(
+            Callbacks.instrument({ ...options, model: "outer" }),
+            Effect.provide(withHandlers([recorder, retried]))
+          ),
+          "10 millis"
+        )
+        assert.strictEqual(attempt, 2)
+        assert.strictEqual(parents["attempt-1"], ids["outer"])
+        assert.strictEqual(parents["attempt-2"], ids["outer"])
+      }))
+
     it.effect("composite: children run in order, isolated; the composite fails with every child failure", () =>
       Effect.gen(function*() {
         const log: Array<string> = []

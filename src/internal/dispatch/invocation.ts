@@ -189,7 +189,6 @@ class Invocation extends Settles implements Timed {
   cancelDelay: (() => void) | undefined = undefined
   scheduleState: unknown = undefined
   private runtimeMemo: Runtime.Runtime<never> | undefined = undefined
-  private refsMemo: FiberRefs.FiberRefs | undefined = undefined
 
   constructor(
     readonly state: State,
@@ -219,17 +218,17 @@ class Invocation extends Settles implements Timed {
   }
 
   /**
-   * The refs every attempt's fiber starts from: the caller's, forked once,
-   * with the hook's context and a parent stack of its own. (The parent stack
-   * is the one mutable value among them, pushed and popped in place by the
-   * instrumented calls a hook makes: forked once, it would be shared by the
-   * dispatch's hook fibers, and a hook's call would see another's as parent.)
+   * The refs an attempt's fiber starts from: the caller's, forked once, with
+   * the hook's context and a parent stack of its own. (The parent stack is
+   * the one mutable value among them, pushed and popped in place by the
+   * instrumented calls a hook makes and claimed by the fiber that uses it
+   * first: shared by the dispatch's hook fibers, or by the attempts of one
+   * hook, a hook's call would see another's as parent, or none.)
    */
   private readonly hookRefs = (): FiberRefs.FiberRefs => {
-    if (this.refsMemo !== undefined) return this.refsMemo
     const forked = this.caller.forked()
     const parents = FiberRefs.getOrDefault(forked, currentParents)
-    this.refsMemo = parents === undefined
+    return parents === undefined
       ? FiberRefs.updateAs(forked, { fiberId: hooksFiberId, fiberRef: FiberRef.currentContext, value: this.context() })
       : FiberRefs.updateManyAs(forked, {
         entries: [
@@ -237,7 +236,6 @@ class Invocation extends Settles implements Timed {
           [currentParents, [[hooksFiberId, new ParentStack(parents.ids.slice())]]]
         ]
       })
-    return this.refsMemo
   }
 
   /** Runs attempts from `effect` on, synchronously as far as they go. */
