@@ -517,12 +517,16 @@ local function reserve_one(k, a)
   if best then return best end
   if rate then return rate end
   for i = 0, n - 1 do
+    -- A subject may hold the call for another of its users already (one
+    -- call id given to two): that hold is replaced, not added to.
+    local replaced = redis.call("HGET", KEYS[k + 6 * i + 3], member)
+    if replaced then redis.call("HINCRBY", KEYS[k + 6 * i + 1], "held_tokens", "-" .. replaced) end
     redis.call("ZADD", KEYS[k + 6 * i + 2], ARGV[a + 2], member)
-    redis.call("HSET", KEYS[k + 6 * i + 3], member, tokens)
-    redis.call("HINCRBY", KEYS[k + 6 * i + 1], "held_tokens", tokens)
+    redis.call("HSET", KEYS[k + 6 * i + 3], member, ARGV[a + 1])
+    redis.call("HINCRBY", KEYS[k + 6 * i + 1], "held_tokens", ARGV[a + 1])
     if ARGV[a + 6 + 2 * i] ~= "" or ARGV[a + 7 + 2 * i] ~= "" then
       redis.call("HINCRBY", KEYS[k + 6 * i + 4], "requests", 1)
-      redis.call("HINCRBY", KEYS[k + 6 * i + 4], "tokens", tokens)
+      redis.call("HINCRBY", KEYS[k + 6 * i + 4], "tokens", ARGV[a + 1])
       redis.call("PEXPIRE", KEYS[k + 6 * i + 4], ARGV[1])
     end
   end

@@ -983,8 +983,11 @@ export const makeMemory = (options?: MemoryOptions): Effect.Effect<Service> =>
       if (outcome._tag !== "Reserved") return Either.right(outcome)
       for (const subject of input.subjects) {
         const current = account(subject, input.cycle)
+        // A subject may hold the call for another of its users already (one
+        // call id given to two): that hold is replaced, not added to.
+        const replaced = current.holds.get(input.callId)
         current.holds.set(input.callId, { tokens: input.tokens, expiresAt: now + input.holdTtlMillis })
-        current.held += input.tokens
+        current.held += input.tokens - (replaced?.tokens ?? 0)
         if (input.rateLimits?.[subject.level] !== undefined) {
           const window = windowOf(subject, now)
           window.requests += 1

@@ -256,6 +256,38 @@ export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<Token
         assert.strictEqual((yield* reserve(freshId("other")))._tag, "OverLimit")
       }))
 
+    it.effect("two users' reservations of one call id through one team: the team holds it once, and nothing after", () =>
+      Effect.gen(function*() {
+        // A call id names one call; two users given the same one (a caller's
+        // bug) must not leave the team holding tokens that no release frees.
+        const store = yield* TokenStore.TokenStore
+        const cycle = yield* currentCycle
+        const first = freshId("shared-a")
+        const second = freshId("shared-b")
+        const team = { level: "team", id: `${first}-team` } as const
+        const callId = freshId("call")
+        const subjectsOf = (userId: string) => [{ level: "user", id: userId } as const, team]
+        const reserve = (userId: string, tokens: number) =>
+          store.reserve({ callId, cycle, subjects: subjectsOf(userId), tokens, holdTtlMillis: 60_000 })
+        assert.strictEqual((yield* reserve(first, 70))._tag, "Reserved")
+        assert.strictEqual((yield* reserve(second, 30))._tag, "Reserved")
+        // The team holds the call once: one of the two holds (the latest, or
+        // on a Cluster, where the team is reserved on its own, the first), not their sum.
+        assert.include([30, 70], (yield* store.stats(team, cycle)).heldTokens)
+        yield* store.release({ callId, cycle, subjects: subjectsOf(first) })
+        yield* store.release({ callId, cycle, subjects: subjectsOf(second) })
+        for (const owner of [first, second, team]) {
+          assert.deepInclude(yield* store.stats(owner, cycle), { totalTokens: 0, heldTokens: 0 })
+        }
+        // The same through an expiry: a new reservation, then the old holds expire.
+        assert.strictEqual((yield* reserve(first, 70))._tag, "Reserved")
+        assert.strictEqual((yield* reserve(second, 30))._tag, "Reserved")
+        yield* TestClock.adjust("60 seconds")
+        for (const owner of [first, second, team]) {
+          assert.deepInclude(yield* store.stats(owner, cycle), { heldTokens: 0 })
+        }
+      }))
+
     it.effect("the user, team and organisation given to instrument are the ones enforced", () =>
       Effect.gen(function*() {
         const store = yield* TokenStore.TokenStore
