@@ -523,6 +523,65 @@ describe("Dispatcher", () => {
         assert.deepStrictEqual([...seen].sort(), expected.sort())
       }))
 
+    it.effect("hooks see each call's own fiber-ref values, call after call and at once (the refs a handler's fibers start from are kept only for equal values)", () =>
+      Effect.gen(function*() {
+        // Refs forked as they are (the kept refs' case), set per call, or not at all.
+        const tenant = FiberRef.unsafeMake<string>("default")
+        const level = FiberRef.unsafeMake<number>(0)
+        // A mutable value that every fiber gets a copy of: never shared by two hooks.
+        const bag = FiberRef.unsafeMake<Array<string>>([], { fork: (items) => [...items] })
+        const seen: Array<string> = []
+        const record = (how: string, event: Events.StartEvent | Events.EndEvent) =>
+          Effect.gen(function*() {
+            const items = yield* FiberRef.get(bag)
+            seen.push(
+              `${how} ${event._tag} ${event.call.model} ${yield* FiberRef.get(tenant)} ${yield* FiberRef.get(level)} ${items.length}`
+            )
+            items.push(how)
+            // A hook's own change stays in its fiber.
+            yield* FiberRef.set(tenant, "changed by a hook")
+          })
+        const layer = Layer.mergeAll(
+          Dispatcher.toLayer(Handler.make({
+            name: "suspends",
+            onLlmStart: (event) => Effect.zipRight(Effect.sleep("10 millis"), record("suspends", event)),
+            onLlmEnd: (event) => Effect.zipRight(Effect.sleep("10 millis"), record("suspends", event))
+          })),
+          Dispatcher.toLayer(Handler.make({
+            name: "sync",
+            onLlmStart: (event) => record("sync", event),
+            onLlmEnd: (event) => record("sync", event)
+          }))
+        ).pipe(Layer.provideMerge(Dispatcher.layer()))
+        const oneCall = (i: number, value: string | undefined, n: number) => {
+          // Told apart by their model, so that nothing else differs between the calls' refs.
+          const named = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model: String(i) }))
+          const withTenant = value === undefined ? named : Effect.locally(named, tenant, value)
+          const withBag = Effect.suspend(() => Effect.locally(withTenant, bag, []))
+          return n === 0 ? withBag : Effect.locally(withBag, level, n)
+        }
+        // Values alternating, repeated, added and taken away: one call after the other, then all at once.
+        const plan: ReadonlyArray<readonly [string | undefined, number]> = [
+          ["a", 0], ["a", 0], ["b", 0], [undefined, 0], ["a", 1], ["a", 1], ["a", 0], ["b", 2], [undefined, 0], ["a", 0]
+        ]
+        // Each call on a fiber of its own, whose refs are its parent's (which sets none) and its own settings.
+        const run = (concurrency: number | "unbounded") =>
+          Effect.forEach(
+            plan,
+            ([value, n], i) => Effect.flatMap(Effect.fork(oneCall(i, value, n)), (fiber) => Effect.flatten(Fiber.await(fiber))),
+            { concurrency, discard: true }
+          )
+        yield* runWithClock(Effect.zipRight(run(1), run("unbounded")).pipe(Effect.provide(layer)), "10 millis")
+        const expected = [0, 1].flatMap(() =>
+          plan.flatMap(([value, n], i) =>
+            ["suspends", "sync"].flatMap((how) =>
+              ["Start", "End"].map((tag) => `${how} ${tag} ${i} ${value ?? "default"} ${n} 0`)
+            )
+          )
+        )
+        assert.deepStrictEqual([...seen].sort(), expected.sort())
+      }))
+
     it.effect("hooks of one dispatch that make instrumented calls at once each see the dispatching call's parent, not each other's calls", () =>
       Effect.gen(function*() {
         const parents: Record<string, string | undefined> = {}

@@ -69,11 +69,12 @@ export interface Caller {
   readonly refs: () => FiberRefs.FiberRefs
   /**
    * Its refs as a fiber forked from it inherits them, forked once for all of
-   * the dispatch's hook fibers. (A ref's `fork` is a function of the value
-   * alone, so forking once gives every child the same values as forking per
-   * child; `Runtime.runFork` would fork the whole map again for each. The
-   * one mutable value, the parent stack, is copied per hook fiber: see
-   * `hookRefs`.)
+   * the dispatch's hook fibers when every ref forks to its own value (as
+   * Effect's do): forking once then gives every child what forking per child
+   * would, which `Runtime.runFork` does, the whole map again for each. A ref
+   * whose fork makes a new value (a copy of a mutable one) gets each fiber a
+   * copy of its own: the refs are forked per hook fiber then. (The parent
+   * stack, which forks to a copy, is copied per hook fiber: see `hookRefs`.)
    */
   readonly forked: () => FiberRefs.FiberRefs
   readonly clock: Clock.Clock
@@ -85,12 +86,69 @@ const hooksFiberId = FiberId.runtime(-1, 0)
 export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Caller => {
   let refs: FiberRefs.FiberRefs | undefined
   let forked: FiberRefs.FiberRefs | undefined
+  let shared = false
   const caller: Caller = {
     refs: () => refs ??= fiber.getFiberRefs(),
-    forked: () => forked ??= FiberRefs.forkAs(caller.refs(), hooksFiberId),
+    forked: () => {
+      if (shared) return forked!
+      const fresh = FiberRefs.forkAs(caller.refs(), hooksFiberId)
+      if (forked === undefined) {
+        forked = fresh
+        shared = forksToItself(caller.refs(), fresh)
+      }
+      return fresh
+    },
     clock: Context.get(fiber.currentDefaultServices, Clock.Clock)
   }
   return caller
+}
+
+/**
+ * The refs a handler's hook fibers start from, kept from one dispatch to the
+ * next: a dispatch whose caller holds the same values as the last one's (the
+ * root fibers of one runtime do) reuses them, without forking or copying a
+ * ref map. Kept only when they hold nothing of one caller's own: no parent
+ * calls (the parent stack is the one mutable value, copied per fiber), no
+ * span, and no ref whose fork makes a new value. The context (the handler's
+ * replaces the caller's) and the runtime flags (a fiber's own, set in its
+ * refs when they are read) are not compared, nor kept.
+ */
+export class HookRefsCache {
+  /** The values they were made from, of the refs compared. */
+  values: Map<FiberRef.FiberRef<unknown>, unknown> | undefined = undefined
+  refs: FiberRefs.FiberRefs | undefined = undefined
+
+  /** The refs kept, when `caller` holds the values they were made from. */
+  get(caller: FiberRefs.FiberRefs): FiberRefs.FiberRefs | undefined {
+    const values = this.values
+    if (values === undefined) return undefined
+    let compared = 0
+    for (const [ref, stack] of caller.locals) {
+      if (!isCompared(ref)) continue
+      compared++
+      const value = values.get(ref)
+      if (value !== stack[0][1] || (value === undefined && !values.has(ref))) return undefined
+    }
+    return compared === values.size ? this.refs : undefined
+  }
+
+  set(caller: FiberRefs.FiberRefs, refs: FiberRefs.FiberRefs): void {
+    const values = new Map<FiberRef.FiberRef<unknown>, unknown>()
+    for (const [ref, stack] of caller.locals) if (isCompared(ref)) values.set(ref, stack[0][1])
+    this.values = values
+    this.refs = refs
+  }
+}
+
+const isCompared = (ref: FiberRef.FiberRef<unknown>): boolean =>
+  ref !== FiberRef.currentContext && ref !== FiberRef.currentRuntimeFlags && ref !== currentParents
+
+/** Whether every ref of `refs` (the parent stack aside) kept its value in `forked`. */
+const forksToItself = (refs: FiberRefs.FiberRefs, forked: FiberRefs.FiberRefs): boolean => {
+  for (const [ref, stack] of refs.locals) {
+    if (ref !== currentParents && forked.locals.get(ref) !== stack) return false
+  }
+  return true
 }
 
 /** An invocation that did not complete synchronously. */
@@ -226,16 +284,28 @@ class Invocation extends Settles implements Timed {
    * hook, a hook's call would see another's as parent, or none.)
    */
   private readonly hookRefs = (): FiberRefs.FiberRefs => {
+    const callerRefs = this.caller.refs()
+    const parents = FiberRefs.getOrDefault(callerRefs, currentParents)
+    const shareable = this.span === undefined && (parents === undefined || parents.ids.length === 0)
+    const cache = this.entry.hookRefs
+    const kept = shareable ? cache.get(callerRefs) : undefined
+    if (kept !== undefined) return kept
     const forked = this.caller.forked()
-    const parents = FiberRefs.getOrDefault(forked, currentParents)
-    return parents === undefined
-      ? FiberRefs.updateAs(forked, { fiberId: hooksFiberId, fiberRef: FiberRef.currentContext, value: this.context() })
-      : FiberRefs.updateManyAs(forked, {
+    if (!shareable) {
+      return FiberRefs.updateManyAs(forked, {
         entries: [
           [FiberRef.currentContext, [[hooksFiberId, this.context()]]],
-          [currentParents, [[hooksFiberId, new ParentStack(parents.ids.slice())]]]
+          [currentParents, [[hooksFiberId, new ParentStack(parents!.ids.slice())]]]
         ]
       })
+    }
+    // The caller's contexts are not kept (the handler's replaces them), nor its parent stack.
+    const refs = FiberRefs.updateAs(
+      FiberRefs.delete(FiberRefs.delete(forked, FiberRef.currentContext), currentParents),
+      { fiberId: hooksFiberId, fiberRef: FiberRef.currentContext, value: this.context() }
+    )
+    if (forksToItself(callerRefs, forked)) cache.set(callerRefs, refs)
+    return refs
   }
 
   /** Runs attempts from `effect` on, synchronously as far as they go. */

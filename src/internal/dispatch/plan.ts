@@ -18,6 +18,7 @@ import type { HandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
 import type { Deadlines } from "./deadlines.js"
+import type { HookRefsCache } from "./invocation.js"
 import type { CallToken, LastError } from "./contract.js"
 import type { Slots } from "./slots.js"
 
@@ -112,6 +113,8 @@ export interface Entry {
   readonly lanes: ReadonlyArray<Lane> | undefined
   /** The most deliveries it holds waiting: its background buffers, or its stream chunks queued per call. */
   readonly bufferSize: number
+  /** The refs its hook fibers start from, kept between dispatches. */
+  readonly hookRefs: HookRefsCache
 }
 
 /** Who hears one phase. */

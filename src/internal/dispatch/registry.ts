@@ -23,7 +23,7 @@ import { Deadlines } from "./deadlines.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
-import { callerOf } from "./invocation.js"
+import { callerOf, HookRefsCache } from "./invocation.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { makeResults } from "./report.js"
@@ -157,7 +157,8 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           ),
           stats: makeStats(),
           lanes,
-          bufferSize: checked.bufferSize
+          bufferSize: checked.bufferSize,
+          hookRefs: new HookRefsCache()
         }
         if (lanes !== undefined) {
           // Exported at 0 from registration: an alert on them sees 0, not "no data".
