@@ -529,15 +529,19 @@ describe("Dispatcher", () => {
         const tenant = FiberRef.unsafeMake<string>("default")
         const level = FiberRef.unsafeMake<number>(0)
         // A mutable value that every fiber gets a copy of: never shared by two hooks.
-        const bag = FiberRef.unsafeMake<Array<string>>([], { fork: (items) => [...items] })
+        const noBag: Array<string> = []
+        const bag = FiberRef.unsafeMake<Array<string>>(noBag, { fork: (items) => [...items] })
         const seen: Array<string> = []
         const record = (how: string, event: Events.StartEvent | Events.EndEvent) =>
           Effect.gen(function*() {
             const items = yield* FiberRef.get(bag)
+            const span = Option.getOrUndefined(yield* Effect.option(Effect.currentSpan))
             seen.push(
-              `${how} ${event._tag} ${event.call.model} ${yield* FiberRef.get(tenant)} ${yield* FiberRef.get(level)} ${items.length}`
+              `${how} ${event._tag} ${event.call.model} ${yield* FiberRef.get(tenant)} ${yield* FiberRef.get(level)} ${items.length} ${
+                span?.name ?? "-"
+              }`
             )
-            items.push(how)
+            if (items !== noBag) items.push(how)
             // A hook's own change stays in its fiber.
             yield* FiberRef.set(tenant, "changed by a hook")
           })
@@ -553,29 +557,44 @@ describe("Dispatcher", () => {
             onLlmEnd: (event) => record("sync", event)
           }))
         ).pipe(Layer.provideMerge(Dispatcher.layer()))
-        const oneCall = (i: number, value: string | undefined, n: number) => {
+        const oneCall = (i: number, value: string | undefined, n: number, span: string | undefined) => {
           // Told apart by their model, so that nothing else differs between the calls' refs.
           const named = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model: String(i) }))
-          const withTenant = value === undefined ? named : Effect.locally(named, tenant, value)
-          const withBag = Effect.suspend(() => Effect.locally(withTenant, bag, []))
+          const inSpan = span === undefined ? named : Effect.withSpan(named, span)
+          const withTenant = value === undefined ? inSpan : Effect.locally(inSpan, tenant, value)
+          // Calls with a bag of their own have a ref that forks to a new value: theirs are never kept.
+          const withBag = value === "b" ? Effect.suspend(() => Effect.locally(withTenant, bag, [])) : withTenant
           return n === 0 ? withBag : Effect.locally(withBag, level, n)
         }
-        // Values alternating, repeated, added and taken away: one call after the other, then all at once.
-        const plan: ReadonlyArray<readonly [string | undefined, number]> = [
-          ["a", 0], ["a", 0], ["b", 0], [undefined, 0], ["a", 1], ["a", 1], ["a", 0], ["b", 2], [undefined, 0], ["a", 0]
+        // Values alternating, repeated, added and taken away, in a span or none: one call after the other,
+        // then all at once.
+        const plan: ReadonlyArray<readonly [string | undefined, number, string | undefined]> = [
+          ["a", 0, undefined],
+          ["a", 0, undefined],
+          ["b", 0, "s1"],
+          [undefined, 0, "s1"],
+          ["a", 1, "s2"],
+          ["a", 1, undefined],
+          ["a", 2, undefined],
+          ["a", 0, undefined],
+          ["c", 0, undefined],
+          ["b", 2, "s3"],
+          [undefined, 0, undefined],
+          ["a", 0, "s3"]
         ]
         // Each call on a fiber of its own, whose refs are its parent's (which sets none) and its own settings.
         const run = (concurrency: number | "unbounded") =>
           Effect.forEach(
             plan,
-            ([value, n], i) => Effect.flatMap(Effect.fork(oneCall(i, value, n)), (fiber) => Effect.flatten(Fiber.await(fiber))),
+            ([value, n, span], i) =>
+              Effect.flatMap(Effect.fork(oneCall(i, value, n, span)), (fiber) => Effect.flatten(Fiber.await(fiber))),
             { concurrency, discard: true }
           )
         yield* runWithClock(Effect.zipRight(run(1), run("unbounded")).pipe(Effect.provide(layer)), "10 millis")
         const expected = [0, 1].flatMap(() =>
-          plan.flatMap(([value, n], i) =>
+          plan.flatMap(([value, n, span], i) =>
             ["suspends", "sync"].flatMap((how) =>
-              ["Start", "End"].map((tag) => `${how} ${tag} ${i} ${value ?? "default"} ${n} 0`)
+              ["Start", "End"].map((tag) => `${how} ${tag} ${i} ${value ?? "default"} ${n} 0 ${span ?? "-"}`)
             )
           )
         )

@@ -61,7 +61,7 @@ const runGroups = (
         ? Effect.zipRight(
           awaitAll(waiting),
           Effect.withFiberRuntime<void>((fiber) =>
-            runGroups(state, plan, phase, event, results, rest, callerOf(fiber), fiber.currentSpan, tracing) ??
+            runGroups(state, plan, phase, event, results, rest, callerOf(fiber, state), fiber.currentSpan, tracing) ??
               Effect.void
           )
         )
@@ -88,7 +88,7 @@ export const run = (
   const opening = opens(phase)
   if (token.lines !== undefined && phaseTable[phase].role === "close") {
     // A handler hears a call's end after every chunk of it (see `chunks`).
-    const waiting = awaitLines(state, token, callerOf(fiber))
+    const waiting = awaitLines(state, token, callerOf(fiber, state))
     if (waiting !== undefined) {
       return Effect.zipRight(
         waiting,
@@ -111,11 +111,11 @@ export const run = (
     rest = Effect.zipRight(
       Effect.all(backpressure, { discard: true }),
       Effect.withFiberRuntime<void>((fiber) =>
-        runGroups(state, plan, phase, event, results, 0, callerOf(fiber), fiber.currentSpan, tracing) ?? Effect.void
+        runGroups(state, plan, phase, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing) ?? Effect.void
       )
     )
   } else if (plan.groups.length > 0) {
-    rest = runGroups(state, plan, phase, event, results, 0, callerOf(fiber), fiber.currentSpan, tracing)
+    rest = runGroups(state, plan, phase, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing)
   }
   if (rest === undefined) {
     if (opening && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)

@@ -63,60 +63,80 @@ export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing 
  * What hooks take from the dispatching fiber: its refs, read only when a hook
  * needs a fiber of its own (`getFiberRefs` copies the fiber's ref map, which a
  * hook that returns a completed effect never needs), and its clock (retry
- * schedules step on it).
+ * schedules step on it). One object per dispatch, with no closure: most
+ * dispatches never read the refs.
  */
-export interface Caller {
-  readonly refs: () => FiberRefs.FiberRefs
-  /**
-   * Its refs as a fiber forked from it inherits them, forked once for all of
-   * the dispatch's hook fibers when every ref forks to its own value (as
-   * Effect's do): forking once then gives every child what forking per child
-   * would, which `Runtime.runFork` does, the whole map again for each. A ref
-   * whose fork makes a new value (a copy of a mutable one) gets each fiber a
-   * copy of its own: the refs are forked per hook fiber then. (The parent
-   * stack, which forks to a copy, is copied per hook fiber: see `hookRefs`.)
-   */
-  readonly forked: () => FiberRefs.FiberRefs
+export class Caller {
   readonly clock: Clock.Clock
+  private refsRead: FiberRefs.FiberRefs | undefined = undefined
+  private inheritedOnce: FiberRefs.FiberRefs | undefined = undefined
+  /** Whether `inheritedOnce` serves every hook fiber of the dispatch (see {@link inheritedRefs}). */
+  shared = false
+
+  constructor(
+    private readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    private readonly kept: InheritedRefs
+  ) {
+    this.clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+  }
+
+  refs(): FiberRefs.FiberRefs {
+    return this.refsRead ??= this.fiber.getFiberRefs()
+  }
+
+  /**
+   * Its refs as a fiber forked from it inherits them, less its context (a
+   * hook fiber gets its handler's) and its parent stack (see `hookRefs`).
+   *
+   * Forked once for all of the dispatch's hook fibers when every ref forks to
+   * its own value (as Effect's do): forking once then gives every child what
+   * forking per child would, which `Runtime.runFork` does, the whole map
+   * again for each. They are kept for later dispatches too (`kept`), as long
+   * as their callers hold the same values. A ref whose fork makes a new value
+   * (a copy of a mutable one) gets each fiber a copy of its own: the refs are
+   * forked per hook fiber then.
+   */
+  inheritedRefs(): FiberRefs.FiberRefs {
+    if (this.shared) return this.inheritedOnce!
+    const refs = this.refs()
+    const kept = this.kept.get(refs)
+    if (kept !== undefined) {
+      this.shared = true
+      return this.inheritedOnce = kept
+    }
+    const forked = FiberRefs.forkAs(refs, hooksFiberId)
+    const locals = new Map(forked.locals)
+    locals.delete(FiberRef.currentContext)
+    locals.delete(currentParents)
+    const inherited = FiberRefs.unsafeMake(locals)
+    if (forksToItself(refs, forked)) {
+      this.kept.set(refs, inherited)
+      this.shared = true
+      this.inheritedOnce = inherited
+    }
+    return inherited
+  }
 }
 
-/** The fiber id that the refs inherited by hook fibers are forked as (see `Caller.forked`). */
+/** The fiber id that the refs inherited by hook fibers are forked as (see `Caller.inheritedRefs`). */
 const hooksFiberId = FiberId.runtime(-1, 0)
 
-export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Caller => {
-  let refs: FiberRefs.FiberRefs | undefined
-  let forked: FiberRefs.FiberRefs | undefined
-  let shared = false
-  const caller: Caller = {
-    refs: () => refs ??= fiber.getFiberRefs(),
-    forked: () => {
-      if (shared) return forked!
-      const fresh = FiberRefs.forkAs(caller.refs(), hooksFiberId)
-      if (forked === undefined) {
-        forked = fresh
-        shared = forksToItself(caller.refs(), fresh)
-      }
-      return fresh
-    },
-    clock: Context.get(fiber.currentDefaultServices, Clock.Clock)
-  }
-  return caller
-}
+export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: State): Caller =>
+  new Caller(fiber, state.inherited)
 
 /**
- * The refs a handler's hook fibers start from, kept from one dispatch to the
- * next: a dispatch whose caller holds the same values as the last one's (the
- * root fibers of one runtime do) reuses them, without forking or copying a
- * ref map. Kept only when they hold nothing of one caller's own: no parent
- * calls (the parent stack is the one mutable value, copied per fiber), no
- * span, and no ref whose fork makes a new value. The context (the handler's
- * replaces the caller's) and the runtime flags (a fiber's own, set in its
- * refs when they are read) are not compared, nor kept.
+ * The refs that hook fibers inherit from callers, kept from one dispatch to
+ * the next (one per dispatcher): a dispatch whose caller holds the same
+ * values as the last one's (the root fibers of one runtime do, and fibers in
+ * one span) reuses them, without forking or copying a ref map. The context
+ * (a hook fiber gets its handler's), the parent stack (copied per hook fiber
+ * when not empty) and the runtime flags (a fiber's own, set in its refs when
+ * they are read) are not compared, nor kept.
  */
-export class HookRefsCache {
+export class InheritedRefs {
   /** The values they were made from, of the refs compared. */
-  values: Map<FiberRef.FiberRef<unknown>, unknown> | undefined = undefined
-  refs: FiberRefs.FiberRefs | undefined = undefined
+  private values: Map<FiberRef.FiberRef<unknown>, unknown> | undefined = undefined
+  private refs: FiberRefs.FiberRefs | undefined = undefined
 
   /** The refs kept, when `caller` holds the values they were made from. */
   get(caller: FiberRefs.FiberRefs): FiberRefs.FiberRefs | undefined {
@@ -138,6 +158,16 @@ export class HookRefsCache {
     this.values = values
     this.refs = refs
   }
+}
+
+/**
+ * The refs a handler's hook fibers start from when their caller is in no
+ * span and no call: the inherited refs kept (see {@link InheritedRefs}) with
+ * the handler's context, made once per inherited refs.
+ */
+export class HookRefs {
+  inherited: FiberRefs.FiberRefs | undefined = undefined
+  refs: FiberRefs.FiberRefs | undefined = undefined
 }
 
 const isCompared = (ref: FiberRef.FiberRef<unknown>): boolean =>
@@ -284,27 +314,27 @@ class Invocation extends Settles implements Timed {
    * hook, a hook's call would see another's as parent, or none.)
    */
   private readonly hookRefs = (): FiberRefs.FiberRefs => {
-    const callerRefs = this.caller.refs()
-    const parents = FiberRefs.getOrDefault(callerRefs, currentParents)
-    const shareable = this.span === undefined && (parents === undefined || parents.ids.length === 0)
-    const cache = this.entry.hookRefs
-    const kept = shareable ? cache.get(callerRefs) : undefined
-    if (kept !== undefined) return kept
-    const forked = this.caller.forked()
-    if (!shareable) {
-      return FiberRefs.updateManyAs(forked, {
+    const inherited = this.caller.inheritedRefs()
+    const parents = FiberRefs.getOrDefault(this.caller.refs(), currentParents)
+    if (parents !== undefined && parents.ids.length > 0) {
+      return FiberRefs.updateManyAs(inherited, {
         entries: [
           [FiberRef.currentContext, [[hooksFiberId, this.context()]]],
-          [currentParents, [[hooksFiberId, new ParentStack(parents!.ids.slice())]]]
+          [currentParents, [[hooksFiberId, new ParentStack(parents.ids.slice())]]]
         ]
       })
     }
-    // The caller's contexts are not kept (the handler's replaces them), nor its parent stack.
-    const refs = FiberRefs.updateAs(
-      FiberRefs.delete(FiberRefs.delete(forked, FiberRef.currentContext), currentParents),
-      { fiberId: hooksFiberId, fiberRef: FiberRef.currentContext, value: this.context() }
-    )
-    if (forksToItself(callerRefs, forked)) cache.set(callerRefs, refs)
+    const hookRefs = this.entry.hookRefs
+    if (this.span === undefined && hookRefs.inherited === inherited) return hookRefs.refs!
+    const refs = FiberRefs.updateAs(inherited, {
+      fiberId: hooksFiberId,
+      fiberRef: FiberRef.currentContext,
+      value: this.context()
+    })
+    if (this.span === undefined && this.caller.shared) {
+      hookRefs.inherited = inherited
+      hookRefs.refs = refs
+    }
     return refs
   }
 

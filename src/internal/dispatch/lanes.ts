@@ -274,7 +274,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         batch.running = running
         return Effect.zipRight(
           awaitAll([running]),
-          Effect.withFiberRuntime<void>((fiber) => runBatch(batch, callerOf(fiber), tracing))
+          Effect.withFiberRuntime<void>((fiber) => runBatch(batch, callerOf(fiber, state), tracing))
         )
       }
     }
@@ -295,7 +295,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         // Interrupted (shutdown): the delivery in progress is accounted by
         // its own (interrupted) outcome, the ones not started yet once, here.
         return Effect.onInterrupt(
-          runBatch(batch, callerOf(fiber), tracingOf(fiber)),
+          runBatch(batch, callerOf(fiber, state), tracingOf(fiber)),
           () =>
             Effect.zipRight(
               Effect.sync(() => {

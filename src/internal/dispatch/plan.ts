@@ -18,7 +18,7 @@ import type { HandlerLabels } from "../metricLabels.js"
 import { type Phase, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
 import type { Deadlines } from "./deadlines.js"
-import type { HookRefsCache } from "./invocation.js"
+import type { HookRefs, InheritedRefs } from "./invocation.js"
 import type { CallToken, LastError } from "./contract.js"
 import type { Slots } from "./slots.js"
 
@@ -114,7 +114,7 @@ export interface Entry {
   /** The most deliveries it holds waiting: its background buffers, or its stream chunks queued per call. */
   readonly bufferSize: number
   /** The refs its hook fibers start from, kept between dispatches. */
-  readonly hookRefs: HookRefsCache
+  readonly hookRefs: HookRefs
 }
 
 /** Who hears one phase. */
@@ -189,4 +189,6 @@ export interface State {
   readonly clock: Clock.Clock
   /** The dispatcher is shutting down: background deliveries are refused. */
   closed: boolean
+  /** The refs hook fibers inherit from callers, kept between dispatches. */
+  readonly inherited: InheritedRefs
 }

@@ -23,7 +23,7 @@ import { Deadlines } from "./deadlines.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
-import { callerOf, HookRefsCache } from "./invocation.js"
+import { callerOf, HookRefs, InheritedRefs } from "./invocation.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { makeResults } from "./report.js"
@@ -113,7 +113,13 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
   Effect.gen(function*() {
     // Fibers forked from where the dispatcher is built get a parent holder at birth (see `ParentStack`).
     yield* installTemplate
-    const state: State = { options, slots: new Slots(options.maxConcurrent), clock: yield* Effect.clock, closed: false }
+    const state: State = {
+      options,
+      slots: new Slots(options.maxConcurrent),
+      clock: yield* Effect.clock,
+      closed: false,
+      inherited: new InheritedRefs()
+    }
     const entries = new Map<string, Entry>()
     let snapshot: Snapshot = makeSnapshot([])
     // Registered at once so that the gauge is exported before any invocation suspends.
@@ -158,7 +164,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           stats: makeStats(),
           lanes,
           bufferSize: checked.bufferSize,
-          hookRefs: new HookRefsCache()
+          hookRefs: new HookRefs()
         }
         if (lanes !== undefined) {
           // Exported at 0 from registration: an alert on them sees 0, not "no data".
@@ -210,7 +216,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       dispatch: (token, event) => dispatchWith(state, token as Token, event),
       chunks: (token, fiber, span) => {
         if ((token as Token).snapshot.plans.chunk.empty) return undefined
-        const caller = callerOf(fiber)
+        const caller = callerOf(fiber, state)
         return (event) => dispatchChunk(state, token as Token, event, caller, span)
       }
     }
