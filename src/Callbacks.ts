@@ -13,7 +13,9 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
+import { globalValue } from "effect/GlobalValue"
 import * as HashMap from "effect/HashMap"
+import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import { dual } from "effect/Function"
 import * as Tracer from "effect/Tracer"
@@ -322,6 +324,27 @@ const noDispatcher = (): undefined => undefined
 /** The most chunk intervals a terminal event carries. */
 const maxIntervals = 10_000
 
+/** Whether the notice of calls run without a dispatcher was logged (see {@link noticeBare}). */
+const bareNotice = globalValue(Symbol.for("effect-llm-callbacks/Callbacks/bareNotice"), () => ({ logged: false }))
+
+/**
+ * The debug line saying that a call runs bare, no dispatcher being in its
+ * context: logged once per process (a flag shared by every copy of this
+ * module), the first time it happens where debug logs are on. `undefined`
+ * when there is nothing to log.
+ */
+const noticeBare = (fiber: AnyFiber, what: string): Effect.Effect<void> | undefined => {
+  if (bareNotice.logged || LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), LogLevel.Debug)) {
+    return undefined
+  }
+  bareNotice.logged = true
+  return Effect.logDebug(
+    `effect-llm-callbacks: ${what} ran without a Dispatcher in its context, so no handler hears it: ` +
+      "provide Dispatcher.layer() and handler layers (Dispatcher.toLayer) to the effect that makes it " +
+      "(logged once per process)"
+  )
+}
+
 /** The dispatcher's contract with `instrument`, when a dispatcher is in context. */
 const lookupCalls = (context: Context.Context<never>): Calls | undefined =>
   Context.getOrElse(context, Dispatcher, noDispatcher)?.[CallsTypeId]
@@ -340,7 +363,10 @@ export const begin = (
 ): Effect.Effect<Option.Option<ActiveCall>> =>
   Effect.withFiberRuntime((fiber) => {
     const calls = lookupCalls(fiber.currentContext)
-    if (calls === undefined) return Effect.succeedNone
+    if (calls === undefined) {
+      const notice = noticeBare(fiber as AnyFiber, `the call begun by hand (${options.provider} ${options.model})`)
+      return notice === undefined ? Effect.succeedNone : Effect.as(notice, Option.none())
+    }
     const token = calls.begin()
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
@@ -500,7 +526,11 @@ const instrumentImpl = <A, E, R>(
     const token = calls?.begin()
     // No handler would hear the call: it runs bare, unless a tracer wants its span.
     if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) {
-      return gate === undefined ? self : admitBare(fiber as AnyFiber, gate, self, options)
+      const bare = gate === undefined ? self : admitBare(fiber as AnyFiber, gate, self, options)
+      const notice = calls === undefined
+        ? noticeBare(fiber as AnyFiber, `the instrumented call (${options.provider} ${options.model})`)
+        : undefined
+      return notice === undefined ? bare : Effect.zipRight(notice, bare)
     }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
@@ -666,7 +696,12 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
   Effect.withFiberRuntime<A, E, R>((fiber) => {
     const calls = lookupCalls(fiber.currentContext)
     const token = calls?.begin()
-    if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) return self
+    if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) {
+      const notice = calls === undefined
+        ? noticeBare(fiber as AnyFiber, `the instrumented tool run (${options.name})`)
+        : undefined
+      return notice === undefined ? self : Effect.zipRight(notice, self)
+    }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
     const parents = parentsOf(fiber as AnyFiber)

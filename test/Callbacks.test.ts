@@ -1,4 +1,6 @@
 import { assert, describe, it } from "@effect/vitest"
+import { execFile } from "node:child_process"
+import { fileURLToPath } from "node:url"
 import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, ManagedRuntime, Option, TestClock } from "effect"
 import { Callbacks, Dispatcher, Events, Handler, Testing } from "../src/index.js"
 
@@ -141,6 +143,29 @@ describe("Callbacks.instrument", () => {
       const result = yield* Effect.succeed(response).pipe(Callbacks.instrument(options))
       assert.strictEqual(result, response)
     }))
+
+  it.live("without a dispatcher, a debug line says so once per process, and only where debug logs are on", () =>
+    Effect.gen(function*() {
+      const worker = fileURLToPath(new URL("./support/bareNoticeWorker.ts", import.meta.url))
+      const stdout = yield* Effect.async<string, Error>((resume) => {
+        execFile(process.execPath, ["--import", "tsx", worker], { timeout: 50_000 }, (error, stdout, stderr) =>
+          resume(error === null ? Effect.succeed(stdout) : Effect.fail(new Error(`${error.message}\n${stderr}`))))
+      })
+      const report = JSON.parse(stdout.trim()) as {
+        readonly lines: ReadonlyArray<{ readonly level: string; readonly message: ReadonlyArray<string> }>
+        readonly results: unknown
+      }
+      // The calls themselves are untouched: run bare, begun by hand gives none.
+      assert.deepStrictEqual(report.results, {
+        quiet: ["ok", "ran", "none"],
+        loud: ["ok", "ran", "none", "ok", "ran", "none"],
+        withDispatcher: "ok"
+      })
+      // Nothing while debug logs were off; one line among six calls at once with them on; none with a dispatcher.
+      assert.strictEqual(report.lines.length, 1)
+      assert.strictEqual(report.lines[0]!.level, "DEBUG")
+      assert.match(report.lines[0]!.message[0]!, /without a Dispatcher in its context.*Dispatcher\.layer\(\)/)
+    }), 60_000)
 
   it.effect("response reader: reads the response out of the result", () =>
     Effect.gen(function*() {
