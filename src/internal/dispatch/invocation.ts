@@ -306,12 +306,15 @@ class Invocation extends Settles implements Timed {
   }
 
   /**
-   * The refs an attempt's fiber starts from: the caller's, forked once, with
-   * the hook's context and a parent stack of its own. (The parent stack is
-   * the one mutable value among them, pushed and popped in place by the
-   * instrumented calls a hook makes and claimed by the fiber that uses it
-   * first: shared by the dispatch's hook fibers, or by the attempts of one
-   * hook, a hook's call would see another's as parent, or none.)
+   * The refs an attempt's fiber starts from: those inherited from the caller
+   * (see `Caller.inheritedRefs`), the hook's context, and, when the caller is
+   * inside instrumented calls, a parent stack of its own with their ids. (The
+   * parent stack is the one mutable value among them, pushed and popped in
+   * place by the instrumented calls a hook makes and claimed by the fiber that
+   * uses it first: shared by the dispatch's hook fibers, or by the attempts of
+   * one hook, a hook's call would see another's as parent, or none. Without
+   * one, a hook's first instrumented call makes its own.) Outside any call
+   * and span, they are the handler's kept refs (`Entry.hookRefs`), made once.
    */
   private readonly hookRefs = (): FiberRefs.FiberRefs => {
     const inherited = this.caller.inheritedRefs()
