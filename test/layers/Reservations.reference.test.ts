@@ -9,8 +9,9 @@
  * decides the same ones one after the other, in the order they were made. A
  * case is a few steps: a batch of reservations made at once (3 users, 2
  * teams, a few call ids so that retries of one call meet, in some cases call
- * ids given to several users, limits, holds that expire, rate limits), or
- * records and releases made one at a time, the clock moved between steps.
+ * ids given to several users, limits, holds that expire, rate limits), a
+ * batch of records made at once (one call's twice at times), or records and
+ * releases made one at a time, the clock moved between steps.
  * Compared after each step: every outcome, each subject's held and used
  * tokens, and the cycle's users (accounts made for refused reservations are
  * gone); and, past every hold's TTL, that nothing is held. `RESERVATION_RUNS`
@@ -88,10 +89,13 @@ const reserveOf: fc.Arbitrary<Op> = fc.record({
   )
 })
 
-const otherOf: fc.Arbitrary<Op> = fc.oneof(
-  fc.record({ _tag: fc.constant("release" as const), ...who }),
-  fc.record({ _tag: fc.constant("record" as const), ...who, tokens: fc.integer({ min: 1, max: 300 }) })
-)
+const recordOf: fc.Arbitrary<Op> = fc.record({
+  _tag: fc.constant("record" as const),
+  ...who,
+  tokens: fc.integer({ min: 1, max: 300 })
+})
+
+const otherOf: fc.Arbitrary<Op> = fc.oneof(fc.record({ _tag: fc.constant("release" as const), ...who }), recordOf)
 
 const limitOf = fc.option(fc.integer({ min: 0, max: 1_500 }), { nil: undefined, freq: 3 })
 
@@ -106,7 +110,9 @@ const caseOf: fc.Arbitrary<Case> = fc.record({
   steps: fc.array(
     fc.oneof(
       { weight: 3, arbitrary: fc.record({ advance: fc.integer({ min: 0, max: 90_000 }), atOnce: fc.constant(true), ops: fc.array(reserveOf, { minLength: 1, maxLength: 14 }) }) },
-      { weight: 1, arbitrary: fc.record({ advance: fc.integer({ min: 0, max: 90_000 }), atOnce: fc.constant(false), ops: fc.array(otherOf, { minLength: 1, maxLength: 4 }) }) }
+      { weight: 1, arbitrary: fc.record({ advance: fc.integer({ min: 0, max: 90_000 }), atOnce: fc.constant(false), ops: fc.array(otherOf, { minLength: 1, maxLength: 4 }) }) },
+      // Records made at once (batched per turn by the shared stores), the same call's among them at times.
+      { weight: 1, arbitrary: fc.record({ advance: fc.integer({ min: 0, max: 90_000 }), atOnce: fc.constant(true), ops: fc.array(recordOf, { minLength: 2, maxLength: 10 }) }) }
     ),
     { minLength: 1, maxLength: 6 }
   )
