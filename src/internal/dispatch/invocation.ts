@@ -69,9 +69,8 @@ export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing 
 export class Caller {
   readonly clock: Clock.Clock
   private refsRead: FiberRefs.FiberRefs | undefined = undefined
-  private inheritedOnce: FiberRefs.FiberRefs | undefined = undefined
-  /** Whether `inheritedOnce` serves every hook fiber of the dispatch (see {@link inheritedRefs}). */
-  shared = false
+  /** The inherited refs when they serve every hook fiber of the dispatch (see {@link inheritedRefs}). */
+  private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
 
   constructor(
     private readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
@@ -82,6 +81,12 @@ export class Caller {
 
   refs(): FiberRefs.FiberRefs {
     return this.refsRead ??= this.fiber.getFiberRefs()
+  }
+
+  /** The ids of the instrumented calls it is inside, innermost last; none when empty. */
+  parentIds(): ReadonlyArray<string> | undefined {
+    const ids = (this.refs().locals.get(currentParents)?.[0][1] as ParentStack | undefined)?.ids
+    return ids === undefined || ids.length === 0 ? undefined : ids
   }
 
   /**
@@ -97,13 +102,10 @@ export class Caller {
    * forked per hook fiber then.
    */
   inheritedRefs(): FiberRefs.FiberRefs {
-    if (this.shared) return this.inheritedOnce!
+    if (this.sharedRefs !== undefined) return this.sharedRefs
     const refs = this.refs()
     const kept = this.kept.get(refs)
-    if (kept !== undefined) {
-      this.shared = true
-      return this.inheritedOnce = kept
-    }
+    if (kept !== undefined) return this.sharedRefs = kept
     const forked = FiberRefs.forkAs(refs, hooksFiberId)
     const locals = new Map(forked.locals)
     locals.delete(FiberRef.currentContext)
@@ -111,8 +113,7 @@ export class Caller {
     const inherited = FiberRefs.unsafeMake(locals)
     if (forksToItself(refs, forked)) {
       this.kept.set(refs, inherited)
-      this.shared = true
-      this.inheritedOnce = inherited
+      this.sharedRefs = inherited
     }
     return inherited
   }
@@ -318,12 +319,12 @@ class Invocation extends Settles implements Timed {
    */
   private readonly hookRefs = (): FiberRefs.FiberRefs => {
     const inherited = this.caller.inheritedRefs()
-    const parents = FiberRefs.getOrDefault(this.caller.refs(), currentParents)
-    if (parents !== undefined && parents.ids.length > 0) {
+    const parentIds = this.caller.parentIds()
+    if (parentIds !== undefined) {
       return FiberRefs.updateManyAs(inherited, {
         entries: [
           [FiberRef.currentContext, [[hooksFiberId, this.context()]]],
-          [currentParents, [[hooksFiberId, new ParentStack(parents.ids.slice())]]]
+          [currentParents, [[hooksFiberId, new ParentStack(parentIds.slice())]]]
         ]
       })
     }
@@ -334,7 +335,8 @@ class Invocation extends Settles implements Timed {
       fiberRef: FiberRef.currentContext,
       value: this.context()
     })
-    if (this.span === undefined && this.caller.shared) {
+    // (Inherited refs not kept are made per hook fiber: the next one's never match.)
+    if (this.span === undefined) {
       hookRefs.inherited = inherited
       hookRefs.refs = refs
     }
