@@ -328,20 +328,29 @@ const maxIntervals = 10_000
 const bareNotice = globalValue(Symbol.for("effect-llm-callbacks/Callbacks/bareNotice"), () => ({ logged: false }))
 
 /**
- * The debug line saying that a call runs bare, no dispatcher being in its
- * context: logged once per process (a flag shared by every copy of this
- * module), the first time it happens where debug logs are on. `undefined`
- * when there is nothing to log.
+ * `self`, after the debug line saying that a call (`what`, named by `name`)
+ * runs bare, no dispatcher being in its context: logged once per process (a
+ * flag shared by every copy of this module), the first time it happens where
+ * debug logs are on. Nothing is built otherwise.
  */
-const noticeBare = (fiber: AnyFiber, what: string): Effect.Effect<void> | undefined => {
+const noticeBare = <A, E, R>(
+  fiber: AnyFiber,
+  self: Effect.Effect<A, E, R>,
+  what: string,
+  name: string,
+  name2 = ""
+): Effect.Effect<A, E, R> => {
   if (bareNotice.logged || LogLevel.greaterThan(fiber.getFiberRef(FiberRef.currentMinimumLogLevel), LogLevel.Debug)) {
-    return undefined
+    return self
   }
   bareNotice.logged = true
-  return Effect.logDebug(
-    `effect-llm-callbacks: ${what} ran without a Dispatcher in its context, so no handler hears it: ` +
-      "provide Dispatcher.layer() and handler layers (Dispatcher.toLayer) to the effect that makes it " +
-      "(logged once per process)"
+  return Effect.zipRight(
+    Effect.logDebug(
+      `effect-llm-callbacks: ${what} (${name2 === "" ? name : `${name} ${name2}`}) ran without a Dispatcher in its context, so no handler hears ` +
+        "it: provide Dispatcher.layer() and handler layers (Dispatcher.toLayer) to the effect that makes it " +
+        "(logged once per process)"
+    ),
+    self
   )
 }
 
@@ -364,8 +373,7 @@ export const begin = (
   Effect.withFiberRuntime((fiber) => {
     const calls = lookupCalls(fiber.currentContext)
     if (calls === undefined) {
-      const notice = noticeBare(fiber as AnyFiber, `the call begun by hand (${options.provider} ${options.model})`)
-      return notice === undefined ? Effect.succeedNone : Effect.as(notice, Option.none())
+      return noticeBare(fiber as AnyFiber, Effect.succeedNone, "the call begun by hand", options.provider, options.model)
     }
     const token = calls.begin()
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
@@ -527,10 +535,7 @@ const instrumentImpl = <A, E, R>(
     // No handler would hear the call: it runs bare, unless a tracer wants its span.
     if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) {
       const bare = gate === undefined ? self : admitBare(fiber as AnyFiber, gate, self, options)
-      const notice = calls === undefined
-        ? noticeBare(fiber as AnyFiber, `the instrumented call (${options.provider} ${options.model})`)
-        : undefined
-      return notice === undefined ? bare : Effect.zipRight(notice, bare)
+      return calls === undefined ? noticeBare(fiber as AnyFiber, bare, "the instrumented call", options.provider, options.model) : bare
     }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
@@ -697,10 +702,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     const calls = lookupCalls(fiber.currentContext)
     const token = calls?.begin()
     if (calls === undefined || token === undefined || (token.empty && !tracing(fiber as AnyFiber))) {
-      const notice = calls === undefined
-        ? noticeBare(fiber as AnyFiber, `the instrumented tool run (${options.name})`)
-        : undefined
-      return notice === undefined ? self : Effect.zipRight(notice, self)
+      return calls === undefined ? noticeBare(fiber as AnyFiber, self, "the instrumented tool run", options.name) : self
     }
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
     const startedAt = clock.unsafeCurrentTimeMillis()
