@@ -32,6 +32,21 @@ const call = Effect.succeed(response).pipe(Callbacks.instrument(options))
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
+/** A handler that notes every call's id and parent by its model. */
+const callsByModel = () => {
+  const parents: Record<string, string | undefined> = {}
+  const ids: Record<string, string> = {}
+  const recorder = Handler.make({
+    name: "recorder",
+    onLlmStart: (event: Events.StartEvent) =>
+      Effect.sync(() => {
+        ids[event.call.model] = event.call.callId
+        parents[event.call.model] = event.call.parentCallId
+      })
+  })
+  return { ids, parents, recorder }
+}
+
 /** Executions of a handler's end hook by outcome, and its dropped deliveries, from the metrics. */
 const counts = (handler: string) =>
   Effect.all({
@@ -603,16 +618,7 @@ describe("Dispatcher", () => {
 
     it.effect("hooks of one dispatch that make instrumented calls at once each see the dispatching call's parent, not each other's calls", () =>
       Effect.gen(function*() {
-        const parents: Record<string, string | undefined> = {}
-        const ids: Record<string, string> = {}
-        const recorder = Handler.make({
-          name: "recorder",
-          onLlmStart: (event: Events.StartEvent) =>
-            Effect.sync(() => {
-              ids[event.call.model] = event.call.callId
-              parents[event.call.model] = event.call.parentCallId
-            })
-        })
+        const { ids, parents, recorder } = callsByModel()
         // On the inner call's start, each of two handlers suspends, then makes an instrumented call of its
         // own that is in flight while the other's starts.
         const caller = (name: string, delay: number) =>
@@ -644,16 +650,7 @@ describe("Dispatcher", () => {
 
     it.effect("a hook's calls have the dispatching call's parent in every attempt", () =>
       Effect.gen(function*() {
-        const parents: Record<string, string | undefined> = {}
-        const ids: Record<string, string> = {}
-        const recorder = Handler.make({
-          name: "recorder",
-          onLlmStart: (event: Events.StartEvent) =>
-            Effect.sync(() => {
-              ids[event.call.model] = event.call.callId
-              parents[event.call.model] = event.call.parentCallId
-            })
-        })
+        const { ids, parents, recorder } = callsByModel()
         // On the inner call's start: each attempt makes an instrumented call; the first attempt then fails.
         let attempt = 0
         const retried = Handler.make({
