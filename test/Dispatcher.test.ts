@@ -11,6 +11,7 @@ import {
   Either,
   Equal,
   Exit,
+  FiberId,
   FiberRef,
   Fiber,
   HashMap,
@@ -20,7 +21,9 @@ import {
   Metric,
   Option,
   Schedule,
+  Scheduler,
   Scope,
+  Supervisor,
   TestClock
 } from "effect"
 import { CallbackMetrics, Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
@@ -694,6 +697,101 @@ describe("Dispatcher", () => {
         assert.deepStrictEqual(log, ["a", "c"])
         assert.strictEqual(health.handlers[0]!.failures, 1)
         assert.match(Option.getOrThrow(health.handlers[0]!.lastError).message, /b failed/)
+      }))
+  })
+
+  describe("hook fibers", () => {
+    it.live("are held by their invocation, not entered among the global scope's roots; a supervisor sees them", () =>
+      Effect.gen(function*() {
+        class Started extends Supervisor.AbstractSupervisor<void> {
+          readonly ids = new Set<number>()
+          readonly value = Effect.void
+          override onStart(
+            _context: Context.Context<never>,
+            _effect: Effect.Effect<unknown, unknown, unknown>,
+            _parent: Option.Option<Fiber.RuntimeFiber<unknown, unknown>>,
+            fiber: Fiber.RuntimeFiber<unknown, unknown>
+          ) {
+            this.ids.add(fiber.id().id)
+          }
+        }
+        const seen: Array<{ readonly id: number; readonly root: boolean }> = []
+        const hook = () =>
+          Effect.gen(function*() {
+            yield* Effect.promise(() => Promise.resolve())
+            const id = (yield* Effect.fiberId as Effect.Effect<FiberId.Runtime>).id
+            const roots = yield* Fiber.roots
+            seen.push({ id, root: roots.some((root) => root.id().id === id) })
+          })
+        const handler = Handler.make({ name: "suspending", onLlmStart: hook, onLlmEnd: hook })
+        yield* Effect.all([call, call], { concurrency: "unbounded" }).pipe(Effect.provide(withHandlers([handler])))
+        assert.deepStrictEqual(seen.map(({ root }) => root), [false, false, false, false])
+        const started = new Started()
+        seen.length = 0
+        yield* Effect.all([call, call], { concurrency: "unbounded" }).pipe(
+          Effect.provide(withHandlers([handler])),
+          Effect.supervised(started)
+        )
+        assert.strictEqual(seen.length, 4)
+        for (const { id } of seen) assert.isTrue(started.ids.has(id), `the supervisor did not see hook fiber ${id}`)
+      }))
+
+
+    it.live("a hook woken from outside any fiber goes on in a microtask, never on the waker's stack", () =>
+      Effect.gen(function*() {
+        let wake: (() => void) | undefined
+        let resumed = false
+        const handler = Handler.make({
+          name: "woken",
+          onLlmStart: () =>
+            Effect.zipRight(
+              Effect.async<void>((resume) => {
+                wake = () => resume(Effect.void)
+              }),
+              Effect.sync(() => {
+                resumed = true
+              })
+            )
+        })
+        const fiber = yield* Effect.fork(call.pipe(Effect.provide(withHandlers([handler]))))
+        while (wake === undefined) yield* Effect.sleep("1 millis")
+        // Woken from a timer's callback, as an emitter or a socket would wake it.
+        const onTheWakersStack = yield* Effect.promise(() =>
+          new Promise<boolean>((resolve) =>
+            setTimeout(() => {
+              wake!()
+              resolve(resumed)
+            }, 0)
+          )
+        )
+        assert.deepStrictEqual(yield* Fiber.join(fiber), response)
+        assert.isFalse(onTheWakersStack)
+        assert.isTrue(resumed)
+      }))
+
+    it.live("hook fibers of a caller on a scheduler of its own are woken by that scheduler", () =>
+      Effect.gen(function*() {
+        const given = new Set<number>()
+        const scheduler: Scheduler.Scheduler = {
+          shouldYield: (fiber) => Scheduler.defaultScheduler.shouldYield(fiber),
+          scheduleTask: (task, priority, fiber) => {
+            if (fiber !== undefined) given.add(fiber.id().id)
+            Scheduler.defaultScheduler.scheduleTask(task, priority, fiber)
+          }
+        }
+        const hookFibers: Array<number> = []
+        const hook = () =>
+          Effect.zipRight(
+            Effect.promise(() => Promise.resolve()),
+            Effect.fiberIdWith((id) => Effect.sync(() => hookFibers.push(id.id)))
+          )
+        const handler = Handler.make({ name: "suspending", onLlmStart: hook, onLlmEnd: hook })
+        yield* Effect.all([call, call], { concurrency: "unbounded" }).pipe(
+          Effect.provide(withHandlers([handler])),
+          Effect.withScheduler(scheduler)
+        )
+        assert.strictEqual(hookFibers.length, 4)
+        for (const id of hookFibers) assert.isTrue(given.has(id), `hook fiber ${id} was not woken by the caller's scheduler`)
       }))
   })
 

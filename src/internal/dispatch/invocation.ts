@@ -26,6 +26,7 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
+import * as Scheduler from "effect/Scheduler"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
@@ -42,6 +43,7 @@ import * as Outcome from "./outcome.js"
 import type { Entry, Hook, State } from "./plan.js"
 import type { QueuedStart, Slots } from "./slots.js"
 import type { Timed } from "./deadlines.js"
+import { hookScheduler, startHookFiber } from "./hookFiber.js"
 import { liveClock, startTimer } from "./timer.js"
 
 /** Effect's default tracer, which exports nowhere: no handler spans under it. */
@@ -61,10 +63,9 @@ export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing 
 
 /**
  * What hooks take from the dispatching fiber: its refs, read only when a hook
- * needs a fiber of its own (`getFiberRefs` copies the fiber's ref map, which a
- * hook that returns a completed effect never needs), and its clock (retry
- * schedules step on it). One object per dispatch, with no closure: most
- * dispatches never read the refs.
+ * needs a fiber of its own (a hook that returns a completed effect never
+ * does), and its clock (retry schedules step on it). One object per
+ * dispatch, with no closure: most dispatches never read the refs.
  */
 export class Caller {
   readonly clock: Clock.Clock
@@ -73,14 +74,14 @@ export class Caller {
   private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
 
   constructor(
-    private readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
+    readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
     private readonly kept: InheritedRefs
   ) {
     this.clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
   }
 
   refs(): FiberRefs.FiberRefs {
-    return this.refsRead ??= this.fiber.getFiberRefs()
+    return this.refsRead ??= refsOf(this.fiber)
   }
 
   /** The ids of the instrumented calls it is inside, innermost last; none when empty. */
@@ -91,12 +92,12 @@ export class Caller {
 
   /**
    * Its refs as a fiber forked from it inherits them, less its context (a
-   * hook fiber gets its handler's) and its parent stack (see `hookRefs`).
+   * hook fiber gets its handler's) and its parent stack (see `hookRefs`),
+   * with the scheduler of hook fibers (see `hookScheduler`).
    *
    * Forked once for all of the dispatch's hook fibers when every ref forks to
    * its own value (as Effect's do): forking once then gives every child what
-   * forking per child would, which `Runtime.runFork` does, the whole map
-   * again for each. They are kept for later dispatches too (`kept`), as long
+   * forking per child would, the whole map again for each. They are kept for later dispatches too (`kept`), as long
    * as their callers hold the same values. A ref whose fork makes a new value
    * (a copy of a mutable one) gets each fiber a copy of its own: the refs are
    * forked per hook fiber then.
@@ -110,6 +111,8 @@ export class Caller {
     const locals = new Map(forked.locals)
     locals.delete(FiberRef.currentContext)
     locals.delete(currentParents)
+    const scheduler = hookScheduler(locals.get(FiberRef.currentScheduler)?.[0][1] ?? Scheduler.defaultScheduler)
+    if (scheduler !== undefined) locals.set(FiberRef.currentScheduler, [[hooksFiberId, scheduler]])
     const inherited = FiberRefs.unsafeMake(locals)
     if (forksToItself(refs, forked)) {
       this.kept.set(refs, inherited)
@@ -118,6 +121,15 @@ export class Caller {
     return inherited
   }
 }
+
+/**
+ * A fiber's refs as they are, without the copy that `getFiberRefs` makes to
+ * set the fiber's runtime flags in them (hook fibers take none from their
+ * caller: they have their own). A ref map is never changed in place (a
+ * fiber's update makes a new one), so the one read is a snapshot.
+ */
+const refsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): FiberRefs.FiberRefs =>
+  (fiber as unknown as { readonly _fiberRefs?: FiberRefs.FiberRefs })._fiberRefs ?? fiber.getFiberRefs()
 
 /** The fiber id that the refs inherited by hook fibers are forked as (see `Caller.inheritedRefs`). */
 const hooksFiberId = FiberId.runtime(-1, 0)
@@ -236,13 +248,6 @@ abstract class Settles implements Pending {
   abstract cancel(): void
 }
 
-/** Hook fibers are forked from it with refs of their own (`updateRefs`): its empty refs cost nothing to fork. */
-const bareRuntime: Runtime.Runtime<never> = Runtime.make({
-  context: Context.empty(),
-  fiberRefs: FiberRefs.empty(),
-  runtimeFlags: Runtime.defaultRuntimeFlags
-})
-
 /** Schedules run their steps here: a step needs no service but the `now` it is given. */
 const stepRuntime = Runtime.defaultRuntime
 
@@ -317,7 +322,7 @@ class Invocation extends Settles implements Timed {
    * one, a hook's first instrumented call makes its own.) Outside any call
    * and span, they are the handler's kept refs (`Entry.hookRefs`), made once.
    */
-  private readonly hookRefs = (): FiberRefs.FiberRefs => {
+  private hookRefs(): FiberRefs.FiberRefs {
     const inherited = this.caller.inheritedRefs()
     const parentIds = this.caller.parentIds()
     if (parentIds !== undefined) {
@@ -352,7 +357,7 @@ class Invocation extends Settles implements Timed {
       if (Exit.isExit(next)) {
         exit = next as Exit.Exit<void, unknown>
       } else {
-        const fiber = Runtime.runFork(bareRuntime, next, { updateRefs: this.hookRefs })
+        const fiber = startHookFiber(this.caller.fiber, this.hookRefs(), next)
         exit = fiber.unsafePoll()
         if (exit === null) {
           this.running = fiber

@@ -1,0 +1,108 @@
+/**
+ * Hook fibers: how the fiber of a hook that must be run is started, and
+ * scheduled. A hook fiber lives for one attempt of one invocation, which
+ * holds it and ends it (interrupts it) when it times out or is cancelled;
+ * most are woken once or twice in their life. What Effect pays for a
+ * long-lived fiber is paid here per hook, so two costs are left out:
+ *
+ * - The global scope. `Runtime.runFork` enters every fiber it starts into
+ *   Effect's set of root fibers (with an observer to leave it): the set's
+ *   growth and shrinking as the fibers of a dispatch come and go cost more
+ *   than the rest of the fiber. A hook fiber is started as `runFork` starts
+ *   one, less that entry: a fiber of the caller's fiber's class, with its
+ *   refs, the default runtime flags and the effect. (Effect's `Fiber.roots`
+ *   does not list hook fibers.) With a supervisor among its refs, it is
+ *   started by `runFork`, so that the supervisor sees it.
+ * - The scheduler's runner. Effect's default scheduler keeps a runner per
+ *   fiber (a `WeakMap` entry, a runner and its priority buckets), made the
+ *   first time the fiber is woken. A hook fiber woken from outside any fiber
+ *   (a promise it awaits settled, a timer fired) runs in a microtask of its
+ *   own instead, as `await` resumes a function: one turn later, never on the
+ *   waker's stack. What is scheduled from inside a fiber (an interruption, a
+ *   `Deferred` completed) or while a hook fiber runs (a fiber yielding after
+ *   its operation budget) goes to the caller's scheduler, which keeps the
+ *   event loop fair.
+ */
+import * as Context from "effect/Context"
+import type * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as FiberRef from "effect/FiberRef"
+import * as FiberRefs from "effect/FiberRefs"
+import * as Option from "effect/Option"
+import * as Runtime from "effect/Runtime"
+import * as Scheduler from "effect/Scheduler"
+import * as Supervisor from "effect/Supervisor"
+
+type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+/** How `runFork` makes a fiber, and starts it at once (Effect's `FiberRuntime`). */
+interface FiberClass {
+  new(id: FiberId.Runtime, refs: FiberRefs.FiberRefs, flags: Runtime.Runtime<never>["runtimeFlags"]): AnyFiber & {
+    readonly start: (effect: Effect.Effect<unknown, unknown>) => void
+  }
+}
+
+/** Fibers started by `runFork` (with a supervisor) take everything from their refs: its own are empty. */
+const bareRuntime: Runtime.Runtime<never> = Runtime.make({
+  context: Context.empty(),
+  fiberRefs: FiberRefs.empty(),
+  runtimeFlags: Runtime.defaultRuntimeFlags
+})
+
+/** The class of `fiber`, when it starts fibers as `runFork` does. */
+const fiberClassOf = (fiber: AnyFiber): FiberClass | undefined => {
+  const candidate = Object.getPrototypeOf(fiber)?.constructor as FiberClass | undefined
+  return typeof candidate === "function" && typeof candidate.prototype.start === "function" ? candidate : undefined
+}
+
+/** Starts `effect` on a hook fiber with `refs` (see the module's comment); `like` is the caller's fiber. */
+export const startHookFiber = <E>(
+  like: AnyFiber,
+  refs: FiberRefs.FiberRefs,
+  effect: Effect.Effect<void, E>
+): Fiber.RuntimeFiber<void, E> => {
+  const FiberClass = fiberClassOf(like)
+  if (FiberClass === undefined || FiberRefs.getOrDefault(refs, FiberRef.currentSupervisor) !== Supervisor.none) {
+    return Runtime.runFork(bareRuntime, effect, { updateRefs: () => refs })
+  }
+  const fiber = new FiberClass(FiberId.unsafeMake(), refs, Runtime.defaultRuntimeFlags)
+  fiber.start(effect)
+  return fiber as Fiber.RuntimeFiber<void, E>
+}
+
+class HookScheduler implements Scheduler.Scheduler {
+  /** A task of ours is running: what it schedules goes to `scheduler`. */
+  private running = false
+
+  constructor(readonly scheduler: Scheduler.Scheduler) {}
+
+  shouldYield(fiber: AnyFiber): number | false {
+    return this.scheduler.shouldYield(fiber)
+  }
+
+  scheduleTask(task: Scheduler.Task, priority: number, fiber?: AnyFiber): void {
+    if (this.running || Option.isSome(Fiber.getCurrentFiber())) {
+      return this.scheduler.scheduleTask(task, priority, fiber)
+    }
+    queueMicrotask(() => {
+      this.running = true
+      try {
+        task()
+      } finally {
+        this.running = false
+      }
+    })
+  }
+}
+
+/**
+ * The scheduler of the hook fibers of a caller on `scheduler` (see the
+ * module's comment): for Effect's default, or a `ManagedRuntime`'s (which
+ * hands its tasks to the default once the runtime is built); `undefined` for
+ * any other, which is left to do its job.
+ */
+export const hookScheduler = (scheduler: Scheduler.Scheduler): Scheduler.Scheduler | undefined =>
+  scheduler === Scheduler.defaultScheduler || scheduler instanceof Scheduler.SyncScheduler
+    ? new HookScheduler(scheduler)
+    : undefined
