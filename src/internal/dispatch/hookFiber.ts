@@ -10,15 +10,14 @@
  *   growth and shrinking as the fibers of a dispatch come and go cost more
  *   than the rest of the fiber. A hook fiber is started as `runFork` starts
  *   one, less that entry: a fiber of the caller's fiber's class, with its
- *   refs, the default runtime flags and the effect. (Effect's `Fiber.roots`
- *   does not list hook fibers.) With a supervisor among its refs, it is
- *   started by `runFork`, so that the supervisor sees it.
+ *   refs, the default runtime flags and the effect, its supervisor told.
+ *   (Effect's `Fiber.roots` does not list hook fibers.)
  * - The scheduler's runner. Effect's default scheduler keeps a runner per
  *   fiber (a `WeakMap` entry, a runner and its priority buckets), made the
  *   first time the fiber is woken. A hook fiber woken from outside any fiber
- *   (a promise it awaits settled, a timer fired) runs in a microtask of its
- *   own instead, as `await` resumes a function: one turn later, never on the
- *   waker's stack. What is scheduled from inside a fiber (an interruption, a
+ *   (a promise it awaits settled, a timer fired) runs in a microtask instead
+ *   (with the others woken before it runs), as `await` resumes a function:
+ *   one turn later, never on the waker's stack. What is scheduled from inside a fiber (an interruption, a
  *   `Deferred` completed) or while a hook fiber runs (a fiber yielding after
  *   its operation budget) goes to the caller's scheduler, which keeps the
  *   event loop fair.
@@ -27,7 +26,6 @@ import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
-import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
@@ -63,16 +61,22 @@ export const startHookFiber = <E>(
   effect: Effect.Effect<void, E>
 ): Fiber.RuntimeFiber<void, E> => {
   const FiberClass = fiberClassOf(like)
-  if (FiberClass === undefined || FiberRefs.getOrDefault(refs, FiberRef.currentSupervisor) !== Supervisor.none) {
-    return Runtime.runFork(bareRuntime, effect, { updateRefs: () => refs })
-  }
+  if (FiberClass === undefined) return Runtime.runFork(bareRuntime, effect, { updateRefs: () => refs })
   const fiber = new FiberClass(FiberId.unsafeMake(), refs, Runtime.defaultRuntimeFlags)
+  // As `runFork` tells a supervisor.
+  const supervisor = fiber.currentSupervisor
+  if (supervisor !== Supervisor.none) {
+    supervisor.onStart(Context.empty(), effect, Option.none(), fiber)
+    fiber.addObserver((exit) => supervisor.onEnd(exit, fiber))
+  }
   fiber.start(effect)
   return fiber as Fiber.RuntimeFiber<void, E>
 }
 
 class HookScheduler implements Scheduler.Scheduler {
-  /** A task of ours is running: what it schedules goes to `scheduler`. */
+  /** Wakes taken since the last drain. */
+  private tasks: Array<Scheduler.Task> = []
+  /** Tasks of ours are running: what they schedule goes to `scheduler`. */
   private running = false
 
   constructor(readonly scheduler: Scheduler.Scheduler) {}
@@ -85,14 +89,19 @@ class HookScheduler implements Scheduler.Scheduler {
     if (this.running || Option.isSome(Fiber.getCurrentFiber())) {
       return this.scheduler.scheduleTask(task, priority, fiber)
     }
-    queueMicrotask(() => {
-      this.running = true
-      try {
-        task()
-      } finally {
-        this.running = false
-      }
-    })
+    if (this.tasks.push(task) === 1) queueMicrotask(this.drain)
+  }
+
+  /** Runs the wakes taken, in order, in one microtask. */
+  private readonly drain = (): void => {
+    const tasks = this.tasks
+    this.tasks = []
+    this.running = true
+    try {
+      for (let i = 0; i < tasks.length; i++) tasks[i]!()
+    } finally {
+      this.running = false
+    }
   }
 }
 

@@ -80,7 +80,7 @@ export class Slots {
           start()
         }
       }
-      if (this.head === this.queue.length) {
+      if (this.head > 0 && this.head === this.queue.length) {
         this.queue = []
         this.head = 0
       }
