@@ -73,6 +73,9 @@ export const startHookFiber = <E>(
   return fiber as Fiber.RuntimeFiber<void, E>
 }
 
+/** Drains are chained to it, as Effect's scheduler does (`queueMicrotask` costs an async resource per call). */
+const resolved = Promise.resolve()
+
 class HookScheduler implements Scheduler.Scheduler {
   /** Wakes taken since the last drain. */
   private tasks: Array<Scheduler.Task> = []
@@ -89,7 +92,7 @@ class HookScheduler implements Scheduler.Scheduler {
     if (this.running || Option.isSome(Fiber.getCurrentFiber())) {
       return this.scheduler.scheduleTask(task, priority, fiber)
     }
-    if (this.tasks.push(task) === 1) queueMicrotask(this.drain)
+    if (this.tasks.push(task) === 1) resolved.then(this.drain)
   }
 
   /** Runs the wakes taken, in order, in one microtask. */
