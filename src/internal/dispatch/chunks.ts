@@ -48,9 +48,19 @@ const drive = (
     const current: CallbackEvent = next
     const results = makeResults(false)
     const startedAt = performance.now()
-    const pending: Pending | undefined = invoke(state, entry, "chunk", entry.hooks.chunk!, current, caller, span, (outcome) => {
-      result(state.clock, entry, "chunk", outcome, startedAt, results)
-    })
+    const pending: Pending | undefined = invoke(
+      state,
+      entry,
+      "chunk",
+      entry.hooks.chunk!,
+      current,
+      caller,
+      span,
+      startedAt,
+      (outcome) => {
+        result(state.clock, entry, "chunk", outcome, startedAt, results)
+      }
+    )
     logLater(caller, current, results)
     if (pending !== undefined) {
       line.running = pending

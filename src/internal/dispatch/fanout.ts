@@ -12,7 +12,17 @@ import { type CallbackEvent, phaseOf } from "../../Events.js"
 import { opens, type Phase, phaseTable } from "../phases.js"
 import { awaitLines } from "./chunks.js"
 import type { DispatchReport } from "./contract.js"
-import { awaitAll, cancelAll, invokeTraced, callerOf, type Caller, type Pending, tracingOf, type Tracing } from "./invocation.js"
+import {
+  awaitAll,
+  type Caller,
+  callerOf,
+  cancelAll,
+  type Done,
+  invokeTraced,
+  type Pending,
+  tracingOf,
+  type Tracing
+} from "./invocation.js"
 import { enqueue } from "./lanes.js"
 import type { PhasePlan, State, Token } from "./plan.js"
 import { withoutUnreached } from "./plan.js"
@@ -35,19 +45,20 @@ const runGroups = (
   tracing: Tracing | undefined
 ): Effect.Effect<void> | undefined => {
   let time = performance.now()
+  // One function for every invocation of the dispatch (an invocation hands back its entry and start).
+  const done: Done = (outcome, entry, startedAt) => {
+    // Cancelled (queued for a slot, or running) by the interruption of the start
+    // dispatch: the handler did not hear start, so it hears no terminal event either.
+    if (outcome.cancelled === true) (results.notStarted ??= []).push(entry.name)
+    time = result(state.clock, entry, phase, outcome, startedAt, results)
+  }
   for (let g = from; g < plan.groups.length; g++) {
     const group = plan.groups[g]!
     results.reached = g + 1
     let waiting: Array<Pending> | undefined
     for (let i = 0; i < group.length; i++) {
       const entry = group[i]!
-      const startedAt = time
-      const started = invokeTraced(state, entry, phase, entry.hooks[phase]!, event, caller, span, tracing, (outcome) => {
-        // Cancelled (queued for a slot, or running) by the interruption of the start
-        // dispatch: the handler did not hear start, so it hears no terminal event either.
-        if (outcome.cancelled === true) (results.notStarted ??= []).push(entry.name)
-        time = result(state.clock, entry, phase, outcome, startedAt, results)
-      })
+      const started = invokeTraced(state, entry, phase, entry.hooks[phase]!, event, caller, span, tracing, time, done)
       if (started !== undefined) {
         ;(waiting ??= []).push(started)
         time = performance.now()

@@ -194,6 +194,12 @@ const forksToItself = (refs: FiberRefs.FiberRefs, forked: FiberRefs.FiberRefs): 
   return true
 }
 
+/**
+ * Told an invocation's outcome, with its entry and the `startedAt` it was
+ * invoked with: one function may serve every invocation of a dispatch.
+ */
+export type Done = (outcome: Outcome.Outcome, entry: Entry, startedAt: number) => void
+
 /** An invocation that did not complete synchronously. */
 export interface Pending {
   /** Calls `f` once it has settled (at once if it has). An invocation has one listener. */
@@ -292,7 +298,8 @@ class Invocation extends Settles implements Timed {
     readonly arg: unknown,
     readonly caller: Caller,
     readonly span: Tracer.AnySpan | undefined,
-    readonly done: (outcome: Outcome.Outcome) => void
+    readonly startedAt: number,
+    readonly done: Done
   ) {
     super()
   }
@@ -479,7 +486,7 @@ class Invocation extends Settles implements Timed {
       }
     }
     if (this.suspended) this.entry.stats.inFlight--
-    this.done(outcome)
+    this.done(outcome, this.entry, this.startedAt)
     // The dispatch waiting for it is woken before the slot goes to the next
     // invocation in line: at one instant, the waiting dispatch goes on first.
     this.notify()
@@ -505,16 +512,17 @@ const startWithSlot = (
   arg: unknown,
   caller: Caller,
   span: Tracer.AnySpan | undefined,
-  done: (outcome: Outcome.Outcome) => void
+  startedAt: number,
+  done: Done
 ): Pending | undefined => {
   const effect = call(hook, arg)
   if (Exit.isExit(effect) && Exit.isSuccess(effect)) {
     // The commonest case of all, without an invocation object.
     state.slots.release()
-    done(Outcome.SUCCESS)
+    done(Outcome.SUCCESS, entry, startedAt)
     return undefined
   }
-  const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, done)
+  const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, startedAt, done)
   invocation.run(effect)
   return invocation.settled ? undefined : invocation
 }
@@ -528,13 +536,14 @@ class Queued extends Settles {
     readonly state: State,
     readonly entry: Entry,
     readonly phase: Phase,
-    readonly done: (outcome: Outcome.Outcome) => void
+    readonly startedAt: number,
+    readonly done: Done
   ) {
     super()
   }
 
   readonly finish = (outcome: Outcome.Outcome): void => {
-    this.done(outcome)
+    this.done(outcome, this.entry, this.startedAt)
     this.settled = true
     this.notify()
   }
@@ -561,15 +570,16 @@ export const invoke = (
   arg: unknown,
   caller: Caller,
   span: Tracer.AnySpan | undefined,
-  done: (outcome: Outcome.Outcome) => void
+  startedAt: number,
+  done: Done
 ): Pending | undefined => {
-  if (state.slots.tryTake()) return startWithSlot(state, entry, phase, hook, arg, caller, span, done)
+  if (state.slots.tryTake()) return startWithSlot(state, entry, phase, hook, arg, caller, span, startedAt, done)
   // Saturated: queue the start until a slot frees up; no fiber waits for it.
   // The caller's refs are read now: by the time it starts, the caller has moved on.
   caller.refs()
-  const queued = new Queued(state, entry, phase, done)
+  const queued = new Queued(state, entry, phase, startedAt, done)
   queued.handle = state.slots.enqueue(() => {
-    queued.started = startWithSlot(state, entry, phase, hook, arg, caller, span, queued.finish)
+    queued.started = startWithSlot(state, entry, phase, hook, arg, caller, span, startedAt, queued.finish)
   })
   return queued.settled ? undefined : queued
 }
@@ -587,9 +597,10 @@ export const invokeTraced = (
   caller: Caller,
   span: Tracer.AnySpan | undefined,
   tracing: Tracing | undefined,
-  done: (outcome: Outcome.Outcome) => void
+  startedAt: number,
+  done: Done
 ): Pending | undefined => {
-  if (tracing === undefined) return invoke(state, entry, phase, hook, arg, caller, span, done)
+  if (tracing === undefined) return invoke(state, entry, phase, hook, arg, caller, span, startedAt, done)
   const handlerSpan = tracing.tracer.span(
     `callback ${entry.name} ${phase}`,
     span === undefined ? Option.none() : Option.some(span),
@@ -603,13 +614,13 @@ export const invokeTraced = (
   handlerSpan.attribute("callback.mode", entry.mode)
   if (Array.isArray(arg)) handlerSpan.attribute("callback.batch_size", arg.length)
   else handlerSpan.attribute("llm.call_id", (arg as CallbackEvent).call.callId)
-  return invoke(state, entry, phase, hook, arg, caller, handlerSpan, (outcome) => {
+  return invoke(state, entry, phase, hook, arg, caller, handlerSpan, startedAt, (outcome) => {
     handlerSpan.attribute("callback.status", outcome.status)
     handlerSpan.attribute("callback.attempts", outcome.attempts)
     handlerSpan.end(
       tracing.clock.unsafeCurrentTimeNanos(),
       outcome.error === undefined ? Exit.void : Exit.fail(outcome.error)
     )
-    done(outcome)
+    done(outcome, entry, startedAt)
   })
 }

@@ -252,7 +252,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         }
         // Started: from now on the run is accounted by its own outcome.
         batch.next = i + 1
-        running = invokeTraced(state, entry, "end", entry.endBatch, events, caller, delivery.span, tracing, (outcome) => {
+        running = invokeTraced(state, entry, "end", entry.endBatch, events, caller, delivery.span, tracing, startedAt, (outcome) => {
           for (const event of events) settled(batch, event, "end", outcome, startedAt)
         })
       } else {
@@ -266,6 +266,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
           caller,
           delivery.span,
           tracing,
+          startedAt,
           (outcome) => settled(batch, delivery.event, delivery.phase, outcome, startedAt)
         )
       }
