@@ -156,13 +156,15 @@ export class InheritedRefs {
     const values = this.values
     if (values === undefined) return undefined
     let compared = 0
-    for (const [ref, stack] of caller.locals) {
-      if (!isCompared(ref)) continue
+    let equal = true
+    // `forEach`, not `for...of`: an entry array per ref on every dispatch otherwise.
+    caller.locals.forEach((stack, ref) => {
+      if (!equal || !isCompared(ref)) return
       compared++
       const value = values.get(ref)
-      if (value !== stack[0][1] || (value === undefined && !values.has(ref))) return undefined
-    }
-    return compared === values.size ? this.refs : undefined
+      if (value !== stack[0][1] || (value === undefined && !values.has(ref))) equal = false
+    })
+    return equal && compared === values.size ? this.refs : undefined
   }
 
   set(caller: FiberRefs.FiberRefs, refs: FiberRefs.FiberRefs): void {
