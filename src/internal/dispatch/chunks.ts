@@ -34,20 +34,23 @@ const logLater = (caller: Caller, event: CallbackEvent, results: Results): void 
   )(logFailures(event, results.items.splice(0)))
 }
 
-/** Runs a line's chunks from `event` on, synchronously as far as they go. */
+/**
+ * Runs a line's chunks from `event` on, synchronously as far as they go.
+ * Without a line (the handler's first chunk of the call, or its line idle
+ * and gone), one is made only when a delivery suspends: returned then.
+ */
 const drive = (
   state: State,
   entry: Entry,
-  line: ChunkLine,
+  line: ChunkLine | undefined,
   event: CallbackEvent,
   caller: Caller,
   span: Tracer.AnySpan | undefined
-): void => {
+): ChunkLine | undefined => {
   let next: CallbackEvent | undefined = event
   while (next !== undefined) {
     const current: CallbackEvent = next
     const results = makeResults(false)
-    const startedAt = performance.now()
     const pending: Pending | undefined = invoke(
       state,
       entry,
@@ -56,29 +59,31 @@ const drive = (
       current,
       caller,
       span,
-      startedAt,
-      (outcome) => {
+      performance.now(),
+      (outcome, entry, startedAt) => {
         result(state.clock, entry, "chunk", outcome, startedAt, results)
       }
     )
     logLater(caller, current, results)
     if (pending !== undefined) {
-      line.running = pending
+      const running: ChunkLine = line ?? { running: undefined, queue: [], idle: [] }
+      running.running = pending
       pending.onSettled(() => {
-        line.running = undefined
+        running.running = undefined
         logLater(caller, current, results)
-        const queued = line.queue.shift()
+        const queued = running.queue.shift()
         if (queued !== undefined) {
           entry.stats.pending--
-          drive(state, entry, line, queued, caller, span)
-        } else wake(line)
+          drive(state, entry, running, queued, caller, span)
+        } else wake(running)
       })
-      return
+      return running
     }
-    next = line.queue.shift()
+    next = line?.queue.shift()
     if (next !== undefined) entry.stats.pending--
   }
-  wake(line)
+  if (line !== undefined) wake(line)
+  return line
 }
 
 const wake = (line: ChunkLine): void => {
@@ -128,9 +133,8 @@ export const dispatchChunk = (
         }
         continue
       }
-      const fresh: ChunkLine = line ?? { running: undefined, queue: [], idle: [] }
-      drive(state, entry, fresh, event, caller, span)
-      if (line === undefined && fresh.running !== undefined) (token.lines ??= new Map()).set(entry, fresh)
+      const started = drive(state, entry, line, event, caller, span)
+      if (line === undefined && started !== undefined) (token.lines ??= new Map()).set(entry, started)
     }
   }
 }
