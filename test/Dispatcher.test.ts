@@ -619,6 +619,35 @@ describe("Dispatcher", () => {
         assert.deepStrictEqual([...seen].sort(), expected.sort())
       }))
 
+    // Live: under a TestClock, each suspended invocation's timeout is a fiber forked with the caller's refs.
+    it.live("a ref that forks to one value whichever fiber forks it (reset, as Effect's fork scope override) does not keep the refs from being kept", () =>
+      Effect.gen(function*() {
+        let forks = 0
+        const ref = FiberRef.unsafeMake("initial", {
+          fork: () => {
+            forks++
+            return "reset"
+          }
+        })
+        const seen: Array<string> = []
+        const hook = () =>
+          Effect.zipRight(
+            Effect.sleep("1 millis"),
+            Effect.flatMap(FiberRef.get(ref), (value) => Effect.sync(() => seen.push(value)))
+          )
+        const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
+        const forksLater = yield* Effect.gen(function*() {
+          yield* call
+          const before = forks
+          yield* Effect.forEach(Array.from({ length: 19 }), () => call, { discard: true })
+          return forks - before
+        }).pipe(Effect.locally(ref, "set by the caller"), Effect.provide(withHandlers(handlers)))
+        // Every hook saw the value a fiber forked from its caller sees.
+        assert.deepStrictEqual(seen, Array.from({ length: 80 }, () => "reset"))
+        // Forked for the first call's dispatches, then kept: none per hook fiber.
+        assert.strictEqual(forksLater, 0)
+      }))
+
     it.effect("hooks of one dispatch that make instrumented calls at once each see the dispatching call's parent, not each other's calls", () =>
       Effect.gen(function*() {
         const { ids, parents, recorder } = callsByModel()

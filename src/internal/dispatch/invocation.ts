@@ -96,9 +96,10 @@ export class Caller {
    * with the scheduler of hook fibers (see `hookScheduler`).
    *
    * Forked once for all of the dispatch's hook fibers when every ref forks to
-   * its own value (as Effect's do): forking once then gives every child what
-   * forking per child would, the whole map again for each. They are kept for later dispatches too (`kept`), as long
-   * as their callers hold the same values. A ref whose fork makes a new value
+   * one value whichever fiber forks it (see `forksAlike`): forking once then
+   * gives every child what forking per child would, the whole map again for
+   * each. They are kept for later dispatches too (`kept`), as long as their
+   * callers hold the same values. A ref whose fork makes a new value each time
    * (a copy of a mutable one) gets each fiber a copy of its own: the refs are
    * forked per hook fiber then.
    */
@@ -114,7 +115,7 @@ export class Caller {
     const scheduler = hookScheduler(locals.get(FiberRef.currentScheduler)?.[0][1] ?? Scheduler.defaultScheduler)
     if (scheduler !== undefined) locals.set(FiberRef.currentScheduler, [[hooksFiberId, scheduler]])
     const inherited = FiberRefs.unsafeMake(locals)
-    if (forksToItself(refs, forked)) {
+    if (forksAlike(refs, forked)) {
       this.kept.set(refs, inherited)
       this.sharedRefs = inherited
     }
@@ -188,10 +189,21 @@ export class HookRefs {
 const isCompared = (ref: FiberRef.FiberRef<unknown>): boolean =>
   ref !== FiberRef.currentContext && ref !== FiberRef.currentRuntimeFlags && ref !== currentParents
 
-/** Whether every ref of `refs` (the parent stack aside) kept its value in `forked`. */
-const forksToItself = (refs: FiberRefs.FiberRefs, forked: FiberRefs.FiberRefs): boolean => {
+/**
+ * Whether one fork of `refs` serves every hook fiber: each ref (the parent
+ * stack aside) forks to the same value whichever fiber forks it, kept as it
+ * is (most of Effect's) or reset to one value (Effect's fork scope override),
+ * not copied per fiber. `forked` is one fork; when a ref changed in it, the
+ * refs are forked once more to compare.
+ */
+const forksAlike = (refs: FiberRefs.FiberRefs, forked: FiberRefs.FiberRefs): boolean => {
+  let again: FiberRefs.FiberRefs | undefined
   for (const [ref, stack] of refs.locals) {
-    if (ref !== currentParents && forked.locals.get(ref) !== stack) return false
+    if (ref === currentParents) continue
+    const once = forked.locals.get(ref)
+    if (once === stack) continue
+    again ??= FiberRefs.forkAs(refs, hooksFiberId)
+    if (again.locals.get(ref)?.[0][1] !== once?.[0][1]) return false
   }
   return true
 }
