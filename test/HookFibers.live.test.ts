@@ -1,0 +1,166 @@
+/**
+ * Hook fibers woken for real, on random concurrent workloads, against the
+ * same hooks run by plain Effect (per call: every start hook with
+ * `Effect.forEach` at unbounded concurrency, the call, every end hook). A
+ * hook's steps suspend on promises that settle and timers that fire (wakes
+ * from outside any fiber, which run hook fibers in microtasks of their own),
+ * on a `Deferred` another fiber completes (a wake from inside a fiber, which
+ * goes to the caller's scheduler), yield, run long enough to be made to
+ * yield, and fork children that inherit the hook's scheduler. Compared: per
+ * handler and call, the steps its hooks ran, in order; each call's value;
+ * and the handlers' health (every invocation a success, none in flight).
+ * The TestClock-driven reference test (Dispatcher.reference.test.ts) wakes
+ * hook fibers from inside fibers only. `HOOK_FIBER_RUNS` sets the number of
+ * cases (default 40), `HOOK_FIBER_SEED` their seed (a failure names it).
+ */
+import { assert, describe, it } from "@effect/vitest"
+import { Deferred, Effect, FastCheck as fc, Fiber, Layer, ManagedRuntime } from "effect"
+import { Callbacks, Dispatcher, Handler } from "../src/index.js"
+
+const stepKinds = ["promise", "timer", "deferred", "yield", "spin", "fork", "sync"] as const
+type Step = typeof stepKinds[number]
+
+interface Case {
+  readonly handlers: ReadonlyArray<{ readonly start: ReadonlyArray<Step>; readonly end: ReadonlyArray<Step> }>
+  readonly calls: number
+  readonly maxConcurrent: number
+}
+
+// Promises most often: the hooks of one dispatch then wake in the same turn, and run in one drain.
+const stepOf: fc.Arbitrary<Step> = fc.oneof(
+  { arbitrary: fc.constant("promise" as const), weight: 6 },
+  { arbitrary: fc.constantFrom(...stepKinds), weight: 4 }
+)
+const stepsOf = fc.array(stepOf, { minLength: 0, maxLength: 4 })
+const caseOf: fc.Arbitrary<Case> = fc.record({
+  handlers: fc.array(fc.record({ start: stepsOf, end: stepsOf }), { minLength: 1, maxLength: 4 }),
+  calls: fc.integer({ min: 1, max: 6 }),
+  maxConcurrent: fc.constantFrom(1, 2, 1_000)
+})
+
+/** One step of a hook, woken the way its name says. */
+const step = (kind: Step): Effect.Effect<void> => {
+  switch (kind) {
+    case "promise":
+      return Effect.promise(() => Promise.resolve())
+    case "timer":
+      return Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 1)))
+    case "deferred":
+      return Effect.flatMap(Deferred.make<void>(), (latch) =>
+        Effect.zipRight(
+          Effect.fork(Effect.zipRight(Effect.yieldNow(), Deferred.succeed(latch, undefined))),
+          Deferred.await(latch)
+        ))
+    case "yield":
+      return Effect.yieldNow()
+    case "spin":
+      // More operations than a fiber runs before it is made to yield (2,048).
+      return Effect.forEach(Array.from({ length: 2_500 }), () => Effect.sync(() => {}), { discard: true })
+    case "fork":
+      return Effect.flatMap(Effect.fork(Effect.promise(() => Promise.resolve())), Fiber.join)
+    case "sync":
+      return Effect.void
+  }
+}
+
+type Log = Map<string, Array<string>>
+
+/** Runs a hook's steps, noting each one under its handler and call once it has run. */
+const runHook = (log: Log, handler: number, call: number, phase: "start" | "end", steps: ReadonlyArray<Step>) =>
+  Effect.forEach(steps, (kind, i) =>
+    Effect.zipRight(
+      step(kind),
+      Effect.sync(() => {
+        const key = `handler ${handler}, call ${call}`
+        const seen = log.get(key) ?? []
+        seen.push(`${phase} ${i} ${kind}`)
+        log.set(key, seen)
+      })
+    ), { discard: true })
+
+const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
+
+/** The calls through the dispatcher, all at once. */
+const real = (c: Case) =>
+  Effect.gen(function*() {
+    const log: Log = new Map()
+    const callOf = (event: { readonly call: { readonly metadata: Readonly<Record<string, unknown>> } }) =>
+      event.call.metadata["call"] as number
+    const layer = c.handlers.reduce<Layer.Layer<never, unknown, Dispatcher.Dispatcher>>(
+      (acc, spec, h) =>
+        Layer.merge(
+          acc,
+          Dispatcher.toLayer(Handler.make({
+            name: `handler-${h}`,
+            onLlmStart: (event) => runHook(log, h, callOf(event), "start", spec.start),
+            onLlmEnd: (event) => runHook(log, h, callOf(event), "end", spec.end)
+          }))
+        ),
+      Layer.empty
+    ).pipe(Layer.provideMerge(Dispatcher.layer({ maxConcurrent: c.maxConcurrent })))
+    // On a runtime of its own, as an application runs its calls.
+    const runtime = ManagedRuntime.make(layer)
+    const { health, values } = yield* Effect.promise(() =>
+      runtime.runPromise(Effect.gen(function*() {
+        const values = yield* Effect.forEach(
+          Array.from({ length: c.calls }, (_, i) => i),
+          (i) =>
+            Effect.succeed(`${response.content} ${i}`).pipe(
+              Effect.map((content) => ({ ...response, content })),
+              Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", messages: [], metadata: { call: i } })
+            ),
+          { concurrency: "unbounded" }
+        )
+        return { values, health: yield* Dispatcher.health }
+      }))
+    ).pipe(Effect.ensuring(Effect.promise(() => runtime.dispose())))
+    return { log, values, health }
+  })
+
+/** The same hooks by plain Effect. */
+const reference = (c: Case) =>
+  Effect.gen(function*() {
+    const log: Log = new Map()
+    const values = yield* Effect.forEach(
+      Array.from({ length: c.calls }, (_, i) => i),
+      (i) =>
+        Effect.gen(function*() {
+          yield* Effect.forEach(c.handlers, (spec, h) => runHook(log, h, i, "start", spec.start), {
+            concurrency: "unbounded",
+            discard: true
+          })
+          const value = { ...response, content: `${response.content} ${i}` }
+          yield* Effect.forEach(c.handlers, (spec, h) => runHook(log, h, i, "end", spec.end), {
+            concurrency: "unbounded",
+            discard: true
+          })
+          return value
+        }),
+      { concurrency: "unbounded" }
+    )
+    return { log, values }
+  })
+
+const sorted = (log: Log) => [...log.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+
+const runs = Number(process.env["HOOK_FIBER_RUNS"] ?? 40)
+const seed = Number(process.env["HOOK_FIBER_SEED"] ?? Math.floor(Math.random() * 2 ** 31))
+
+describe("hook fibers woken for real, against plain Effect", () => {
+  it.live(`same steps per handler and call, in order; same values; every invocation a success (${runs} random cases)`, () =>
+    Effect.gen(function*() {
+      const cases = fc.sample(caseOf, { numRuns: runs, seed })
+      for (const [n, c] of cases.entries()) {
+        const mine = yield* real(c)
+        const theirs = yield* reference(c)
+        const where = `case ${n} of seed ${seed} (HOOK_FIBER_SEED=${seed}): ${JSON.stringify(c)}`
+        assert.deepStrictEqual(sorted(mine.log), sorted(theirs.log), where)
+        assert.deepStrictEqual(mine.values, theirs.values, where)
+        for (const handler of mine.health.handlers) {
+          assert.strictEqual(handler.successes, c.calls * 2, `${where}: ${handler.name}'s successes`)
+          assert.strictEqual(handler.inFlight, 0, `${where}: ${handler.name} in flight`)
+          assert.strictEqual(handler.failures + handler.timeouts + handler.defects, 0, `${where}: ${handler.name}`)
+        }
+      }
+    }), 120_000)
+})
