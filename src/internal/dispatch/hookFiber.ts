@@ -6,21 +6,22 @@
  * long-lived fiber is paid here per hook, so two costs are left out:
  *
  * - The global scope. `Runtime.runFork` enters every fiber it starts into
- *   Effect's set of root fibers (with an observer to leave it): the set's
- *   growth and shrinking as the fibers of a dispatch come and go cost more
- *   than the rest of the fiber. A hook fiber is started as `runFork` starts
- *   one, less that entry: a fiber of the caller's fiber's class, with its
- *   refs, the default runtime flags and the effect, its supervisor told.
- *   (Effect's `Fiber.roots` does not list hook fibers.)
+ *   Effect's set of root fibers (with an observer to leave it): with the set
+ *   growing and shrinking as the fibers of a dispatch come and go, that entry
+ *   was a large part of a hook fiber's cost (added back to the fibers started
+ *   here, suspend x10 went from 86 to 105-128 µs per call). A hook fiber is
+ *   started as `runFork` starts one, less that entry: a fiber of the caller's
+ *   fiber's class, with its refs, the default runtime flags and the effect,
+ *   its supervisor told. (Effect's `Fiber.roots` does not list hook fibers.)
  * - The scheduler's runner. Effect's default scheduler keeps a runner per
  *   fiber (a `WeakMap` entry, a runner and its priority buckets), made the
  *   first time the fiber is woken. A hook fiber woken from outside any fiber
  *   (a promise it awaits settled, a timer fired) runs in a microtask instead
  *   (with the others woken before it runs), as `await` resumes a function:
- *   one turn later, never on the waker's stack. What is scheduled from inside a fiber (an interruption, a
- *   `Deferred` completed) or while a hook fiber runs (a fiber yielding after
- *   its operation budget) goes to the caller's scheduler, which keeps the
- *   event loop fair.
+ *   one turn later, never on the waker's stack. What is scheduled from inside
+ *   a fiber (an interruption, a `Deferred` completed) or while a hook fiber
+ *   runs (a fiber yielding after its operation budget) goes to the caller's
+ *   scheduler, which keeps the event loop fair.
  */
 import * as Context from "effect/Context"
 import type * as Effect from "effect/Effect"
