@@ -632,7 +632,7 @@ describe("Dispatcher", () => {
         const seen: Array<string> = []
         const hook = () =>
           Effect.zipRight(
-            Effect.sleep("1 millis"),
+            Effect.promise(() => Promise.resolve()),
             Effect.flatMap(FiberRef.get(ref), (value) => Effect.sync(() => seen.push(value)))
           )
         const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
@@ -646,6 +646,38 @@ describe("Dispatcher", () => {
         assert.deepStrictEqual(seen, Array.from({ length: 80 }, () => "reset"))
         // Forked for the first call's dispatches, then kept: none per hook fiber.
         assert.strictEqual(forksLater, 0)
+      }))
+
+    // Live, as the test above.
+    it.live("a ref that forks to a copy: each hook fiber gets its own, the refs forked once per hook fiber and checked once per dispatch", () =>
+      Effect.gen(function*() {
+        let copies = 0
+        const ref = FiberRef.unsafeMake<ReadonlyArray<string>>([], {
+          fork: (items) => {
+            copies++
+            return [...items]
+          }
+        })
+        const seen: Array<ReadonlyArray<string>> = []
+        const hook = () =>
+          Effect.zipRight(
+            Effect.promise(() => Promise.resolve()),
+            Effect.flatMap(FiberRef.get(ref), (value) => Effect.sync(() => seen.push(value)))
+          )
+        const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
+        const copiesLater = yield* Effect.gen(function*() {
+          yield* call
+          const before = copies
+          seen.length = 0
+          yield* Effect.forEach(Array.from({ length: 19 }), () => call, { discard: true })
+          return copies - before
+        }).pipe(Effect.locally(ref, ["set by the caller"]), Effect.provide(withHandlers(handlers)))
+        // Each hook fiber had a copy of its own.
+        assert.strictEqual(seen.length, 76)
+        assert.strictEqual(new Set(seen).size, 76)
+        for (const value of seen) assert.deepStrictEqual(value, ["set by the caller"])
+        // 38 dispatches of 2 hook fibers: a fork each, and one more per dispatch to see that the ref copies.
+        assert.strictEqual(copiesLater, 38 * 3)
       }))
 
     it.effect("hooks of one dispatch that make instrumented calls at once each see the dispatching call's parent, not each other's calls", () =>

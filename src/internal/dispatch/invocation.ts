@@ -26,12 +26,12 @@ import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
-import * as Scheduler from "effect/Scheduler"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
+import * as Scheduler from "effect/Scheduler"
 import * as ScheduleDecision from "effect/ScheduleDecision"
 import * as Intervals from "effect/ScheduleIntervals"
 import * as Tracer from "effect/Tracer"
@@ -72,6 +72,8 @@ export class Caller {
   private refsRead: FiberRefs.FiberRefs | undefined = undefined
   /** The inherited refs when they serve every hook fiber of the dispatch (see {@link inheritedRefs}). */
   private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
+  /** Its refs were found to fork to a new value each time: each hook fiber forks them (see {@link inheritedRefs}). */
+  private forkedPerFiber = false
 
   constructor(
     readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
@@ -106,8 +108,10 @@ export class Caller {
   inheritedRefs(): FiberRefs.FiberRefs {
     if (this.sharedRefs !== undefined) return this.sharedRefs
     const refs = this.refs()
-    const kept = this.kept.get(refs)
-    if (kept !== undefined) return this.sharedRefs = kept
+    if (!this.forkedPerFiber) {
+      const kept = this.kept.get(refs)
+      if (kept !== undefined) return this.sharedRefs = kept
+    }
     const forked = FiberRefs.forkAs(refs, hooksFiberId)
     const locals = new Map(forked.locals)
     locals.delete(FiberRef.currentContext)
@@ -115,9 +119,13 @@ export class Caller {
     const scheduler = hookScheduler(locals.get(FiberRef.currentScheduler)?.[0][1] ?? Scheduler.defaultScheduler)
     if (scheduler !== undefined) locals.set(FiberRef.currentScheduler, [[hooksFiberId, scheduler]])
     const inherited = FiberRefs.unsafeMake(locals)
+    // Checked once per dispatch: its next hook fibers fork the refs without looking again.
+    if (this.forkedPerFiber) return inherited
     if (forksAlike(refs, forked)) {
       this.kept.set(refs, inherited)
       this.sharedRefs = inherited
+    } else {
+      this.forkedPerFiber = true
     }
     return inherited
   }
@@ -144,8 +152,8 @@ export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: Sta
  * values as the last one's (the root fibers of one runtime do, and fibers in
  * one span) reuses them, without forking or copying a ref map. The context
  * (a hook fiber gets its handler's), the parent stack (copied per hook fiber
- * when not empty) and the runtime flags (a fiber's own, set in its refs when
- * they are read) are not compared, nor kept.
+ * when not empty) and the runtime flags (a fiber's own, not kept up to date
+ * in its ref map) are not compared, nor kept.
  */
 export class InheritedRefs {
   /** The values they were made from, of the refs compared. */
