@@ -66,18 +66,18 @@ const drive = (
     )
     logLater(caller, current, results)
     if (pending !== undefined) {
-      const running: ChunkLine = line ?? { running: undefined, queue: [], idle: [] }
-      running.running = pending
+      const busy: ChunkLine = line ?? { running: undefined, queue: [], idle: [] }
+      busy.running = pending
       pending.onSettled(() => {
-        running.running = undefined
+        busy.running = undefined
         logLater(caller, current, results)
-        const queued = running.queue.shift()
+        const queued = busy.queue.shift()
         if (queued !== undefined) {
           entry.stats.pending--
-          drive(state, entry, running, queued, caller, span)
-        } else wake(running)
+          drive(state, entry, busy, queued, caller, span)
+        } else wake(busy)
       })
-      return running
+      return busy
     }
     next = line?.queue.shift()
     if (next !== undefined) entry.stats.pending--
