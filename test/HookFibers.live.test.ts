@@ -6,19 +6,21 @@
  * from outside any fiber, which run hook fibers in microtasks of their own),
  * on a `Deferred` another fiber completes (a wake from inside a fiber, which
  * goes to the caller's scheduler), yield, run long enough to be made to
- * yield, and fork children that inherit the hook's scheduler. Compared: per
- * handler and call, the steps its hooks ran, in order; each call's value;
- * and the handlers' health (every invocation a success, none in flight).
+ * yield, and fork children that inherit the hook's scheduler; now and then
+ * one hangs until its timeout (a timer, outside any fiber) interrupts it.
+ * Compared: per handler and call, the steps its hooks ran, in order, and the
+ * hooks interrupted; each call's value; and the handlers' health (successes
+ * and timeouts as the steps say, none in flight, none overrunning).
  * The TestClock-driven reference test (Dispatcher.reference.test.ts) wakes
  * hook fibers from inside fibers only. `HOOK_FIBER_RUNS` sets the number of
  * cases (default 40), `HOOK_FIBER_SEED` their seed (a failure names it).
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Deferred, Effect, FastCheck as fc, Fiber, Layer, ManagedRuntime } from "effect"
+import { Deferred, Effect, FastCheck as fc, Fiber, Layer, ManagedRuntime, Schedule } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
 
 const stepKinds = ["promise", "timer", "deferred", "yield", "spin", "fork", "sync"] as const
-type Step = typeof stepKinds[number]
+type Step = typeof stepKinds[number] | "hang"
 
 interface Case {
   readonly handlers: ReadonlyArray<{ readonly start: ReadonlyArray<Step>; readonly end: ReadonlyArray<Step> }>
@@ -27,9 +29,11 @@ interface Case {
 }
 
 // Promises most often: the hooks of one dispatch then wake in the same turn, and run in one drain.
+// Now and then a hook hangs until its timeout interrupts it (from a timer's callback, outside any fiber).
 const stepOf: fc.Arbitrary<Step> = fc.oneof(
-  { arbitrary: fc.constant("promise" as const), weight: 6 },
-  { arbitrary: fc.constantFrom(...stepKinds), weight: 4 }
+  { arbitrary: fc.constant("promise" as const), weight: 24 },
+  { arbitrary: fc.constantFrom(...stepKinds), weight: 16 },
+  { arbitrary: fc.constant("hang" as const), weight: 1 }
 )
 const stepsOf = fc.array(stepOf, { minLength: 0, maxLength: 4 })
 const caseOf: fc.Arbitrary<Case> = fc.record({
@@ -60,30 +64,51 @@ const step = (kind: Step): Effect.Effect<void> => {
       return Effect.flatMap(Effect.fork(Effect.promise(() => Promise.resolve())), Fiber.join)
     case "sync":
       return Effect.void
+    case "hang":
+      return Effect.never
   }
 }
 
+/**
+ * A hook's timeout, in both implementations: far above what the other steps
+ * take on a loaded machine, so that only the hanging hooks reach it.
+ */
+const TIMEOUT = "250 millis"
+
 type Log = Map<string, Array<string>>
 
-/** Runs a hook's steps, noting each one under its handler and call once it has run. */
-const runHook = (log: Log, handler: number, call: number, phase: "start" | "end", steps: ReadonlyArray<Step>) =>
-  Effect.forEach(steps, (kind, i) =>
-    Effect.zipRight(
-      step(kind),
-      Effect.sync(() => {
-        const key = `handler ${handler}, call ${call}`
-        const seen = log.get(key) ?? []
-        seen.push(`${phase} ${i} ${kind}`)
-        log.set(key, seen)
-      })
-    ), { discard: true })
+/** What the hooks did: per handler and call, the steps run, in order, and the hooks interrupted. */
+interface Seen {
+  readonly steps: Log
+  readonly interrupted: Log
+}
+
+const note = (log: Log, key: string, what: string): void => {
+  const seen = log.get(key) ?? []
+  seen.push(what)
+  log.set(key, seen)
+}
+
+/**
+ * Runs a hook's steps, noting each one under its handler and call once it
+ * has run, and the hook's interruption. (Apart: an interruption and the
+ * next hook's steps have no order between them.)
+ */
+const runHook = (seen: Seen, handler: number, call: number, phase: "start" | "end", steps: ReadonlyArray<Step>) => {
+  const key = `handler ${handler}, call ${call}`
+  return Effect.onInterrupt(
+    Effect.forEach(steps, (kind, i) =>
+      Effect.zipRight(step(kind), Effect.sync(() => note(seen.steps, key, `${phase} ${i} ${kind}`))), { discard: true }),
+    () => Effect.sync(() => note(seen.interrupted, key, phase))
+  )
+}
 
 const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
 
 /** The calls through the dispatcher, all at once. */
 const real = (c: Case) =>
   Effect.gen(function*() {
-    const log: Log = new Map()
+    const seen: Seen = { steps: new Map(), interrupted: new Map() }
     const callOf = (event: { readonly call: { readonly metadata: Readonly<Record<string, unknown>> } }) =>
       event.call.metadata["call"] as number
     const layer = c.handlers.reduce<Layer.Layer<never, unknown, Dispatcher.Dispatcher>>(
@@ -92,8 +117,10 @@ const real = (c: Case) =>
           acc,
           Dispatcher.toLayer(Handler.make({
             name: `handler-${h}`,
-            onLlmStart: (event) => runHook(log, h, callOf(event), "start", spec.start),
-            onLlmEnd: (event) => runHook(log, h, callOf(event), "end", spec.end)
+            onLlmStart: (event) => runHook(seen, h, callOf(event), "start", spec.start),
+            onLlmEnd: (event) => runHook(seen, h, callOf(event), "end", spec.end),
+            timeout: TIMEOUT,
+            retry: Schedule.stop
           }))
         ),
       Layer.empty
@@ -114,23 +141,25 @@ const real = (c: Case) =>
         return { values, health: yield* Dispatcher.health }
       }))
     ).pipe(Effect.ensuring(Effect.promise(() => runtime.dispose())))
-    return { log, values, health }
+    return { seen, values, health }
   })
 
 /** The same hooks by plain Effect. */
 const reference = (c: Case) =>
   Effect.gen(function*() {
-    const log: Log = new Map()
+    const seen: Seen = { steps: new Map(), interrupted: new Map() }
+    const hook = (h: number, i: number, phase: "start" | "end", steps: ReadonlyArray<Step>) =>
+      runHook(seen, h, i, phase, steps).pipe(Effect.timeout(TIMEOUT), Effect.ignore)
     const values = yield* Effect.forEach(
       Array.from({ length: c.calls }, (_, i) => i),
       (i) =>
         Effect.gen(function*() {
-          yield* Effect.forEach(c.handlers, (spec, h) => runHook(log, h, i, "start", spec.start), {
+          yield* Effect.forEach(c.handlers, (spec, h) => hook(h, i, "start", spec.start), {
             concurrency: "unbounded",
             discard: true
           })
           const value = { ...response, content: `${response.content} ${i}` }
-          yield* Effect.forEach(c.handlers, (spec, h) => runHook(log, h, i, "end", spec.end), {
+          yield* Effect.forEach(c.handlers, (spec, h) => hook(h, i, "end", spec.end), {
             concurrency: "unbounded",
             discard: true
           })
@@ -138,7 +167,7 @@ const reference = (c: Case) =>
         }),
       { concurrency: "unbounded" }
     )
-    return { log, values }
+    return { seen, values }
   })
 
 const sorted = (log: Log) => [...log.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
@@ -147,19 +176,25 @@ const runs = Number(process.env["HOOK_FIBER_RUNS"] ?? 40)
 const seed = Number(process.env["HOOK_FIBER_SEED"] ?? Math.floor(Math.random() * 2 ** 31))
 
 describe("hook fibers woken for real, against plain Effect", () => {
-  it.live(`same steps per handler and call, in order; same values; every invocation a success (${runs} random cases)`, () =>
+  it.live(`same steps per handler and call, in order, and interruptions; same values; health counts (${runs} random cases)`, () =>
     Effect.gen(function*() {
       const cases = fc.sample(caseOf, { numRuns: runs, seed })
       for (const [n, c] of cases.entries()) {
         const mine = yield* real(c)
         const theirs = yield* reference(c)
         const where = `case ${n} of seed ${seed} (HOOK_FIBER_SEED=${seed}): ${JSON.stringify(c)}`
-        assert.deepStrictEqual(sorted(mine.log), sorted(theirs.log), where)
+        assert.deepStrictEqual(sorted(mine.seen.steps), sorted(theirs.seen.steps), where)
+        assert.deepStrictEqual(sorted(mine.seen.interrupted), sorted(theirs.seen.interrupted), where)
         assert.deepStrictEqual(mine.values, theirs.values, where)
-        for (const handler of mine.health.handlers) {
-          assert.strictEqual(handler.successes, c.calls * 2, `${where}: ${handler.name}'s successes`)
+        for (const [h, spec] of c.handlers.entries()) {
+          const handler = mine.health.handlers.find((handler) => handler.name === `handler-${h}`)!
+          const hangs = [spec.start, spec.end].filter((steps) => steps.includes("hang")).length
+          assert.strictEqual(handler.successes, c.calls * (2 - hangs), `${where}: ${handler.name}'s successes`)
+          assert.strictEqual(handler.timeouts, c.calls * hangs, `${where}: ${handler.name}'s timeouts`)
+          assert.strictEqual(handler.failures + handler.defects, 0, `${where}: ${handler.name}`)
           assert.strictEqual(handler.inFlight, 0, `${where}: ${handler.name} in flight`)
-          assert.strictEqual(handler.failures + handler.timeouts + handler.defects, 0, `${where}: ${handler.name}`)
+          // A timed-out hook was interrupted (from the timeout's timer): none still runs.
+          assert.strictEqual(handler.overrunning, 0, `${where}: ${handler.name} overrunning`)
         }
       }
     }), 120_000)
