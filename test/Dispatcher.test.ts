@@ -50,6 +50,30 @@ const callsByModel = () => {
   return { ids, parents, recorder }
 }
 
+/**
+ * Twenty calls, one after the other, by a caller that set `ref` to `value`,
+ * heard by two handlers whose hooks suspend once (on a promise: no timer) and
+ * note the value of `ref` they see: what they saw after the first call, and
+ * how many times `ref` was forked meanwhile (`forks` counts them).
+ */
+const hooksAfterFirstCall = <A>(ref: FiberRef.FiberRef<A>, value: A, forks: () => number) =>
+  Effect.gen(function*() {
+    const seen: Array<A> = []
+    const hook = () =>
+      Effect.zipRight(
+        Effect.promise(() => Promise.resolve()),
+        Effect.flatMap(FiberRef.get(ref), (seenValue) => Effect.sync(() => seen.push(seenValue)))
+      )
+    const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
+    return yield* Effect.gen(function*() {
+      yield* call
+      const before = forks()
+      seen.length = 0
+      yield* Effect.forEach(Array.from({ length: 19 }), () => call, { discard: true })
+      return { seen, forks: forks() - before }
+    }).pipe(Effect.locally(ref, value), Effect.provide(withHandlers(handlers)))
+  })
+
 /** Executions of a handler's end hook by outcome, and its dropped deliveries, from the metrics. */
 const counts = (handler: string) =>
   Effect.all({
@@ -629,23 +653,11 @@ describe("Dispatcher", () => {
             return "reset"
           }
         })
-        const seen: Array<string> = []
-        const hook = () =>
-          Effect.zipRight(
-            Effect.promise(() => Promise.resolve()),
-            Effect.flatMap(FiberRef.get(ref), (value) => Effect.sync(() => seen.push(value)))
-          )
-        const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
-        const forksLater = yield* Effect.gen(function*() {
-          yield* call
-          const before = forks
-          yield* Effect.forEach(Array.from({ length: 19 }), () => call, { discard: true })
-          return forks - before
-        }).pipe(Effect.locally(ref, "set by the caller"), Effect.provide(withHandlers(handlers)))
+        const after = yield* hooksAfterFirstCall(ref, "set by the caller", () => forks)
         // Every hook saw the value a fiber forked from its caller sees.
-        assert.deepStrictEqual(seen, Array.from({ length: 80 }, () => "reset"))
+        assert.deepStrictEqual(after.seen, Array.from({ length: 76 }, () => "reset"))
         // Forked for the first call's dispatches, then kept: none per hook fiber.
-        assert.strictEqual(forksLater, 0)
+        assert.strictEqual(after.forks, 0)
       }))
 
     // Live, as the test above.
@@ -658,26 +670,13 @@ describe("Dispatcher", () => {
             return [...items]
           }
         })
-        const seen: Array<ReadonlyArray<string>> = []
-        const hook = () =>
-          Effect.zipRight(
-            Effect.promise(() => Promise.resolve()),
-            Effect.flatMap(FiberRef.get(ref), (value) => Effect.sync(() => seen.push(value)))
-          )
-        const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
-        const copiesLater = yield* Effect.gen(function*() {
-          yield* call
-          const before = copies
-          seen.length = 0
-          yield* Effect.forEach(Array.from({ length: 19 }), () => call, { discard: true })
-          return copies - before
-        }).pipe(Effect.locally(ref, ["set by the caller"]), Effect.provide(withHandlers(handlers)))
+        const after = yield* hooksAfterFirstCall(ref, ["set by the caller"], () => copies)
         // Each hook fiber had a copy of its own.
-        assert.strictEqual(seen.length, 76)
-        assert.strictEqual(new Set(seen).size, 76)
-        for (const value of seen) assert.deepStrictEqual(value, ["set by the caller"])
+        assert.strictEqual(after.seen.length, 76)
+        assert.strictEqual(new Set(after.seen).size, 76)
+        for (const value of after.seen) assert.deepStrictEqual(value, ["set by the caller"])
         // 38 dispatches of 2 hook fibers: a fork each, and one more per dispatch to see that the ref copies.
-        assert.strictEqual(copiesLater, 38 * 3)
+        assert.strictEqual(after.forks, 38 * 3)
       }))
 
     it.effect("hooks of one dispatch that make instrumented calls at once each see the dispatching call's parent, not each other's calls", () =>
