@@ -15,7 +15,7 @@
  *   its supervisor told. (Effect's `Fiber.roots` does not list hook fibers.)
  * - The scheduler's runner. Effect's default scheduler keeps a runner per
  *   fiber (a `WeakMap` entry, a runner and its priority buckets), made the
- *   first time the fiber is woken. A hook fiber woken from outside any fiber
+ *   first time the fiber is woken; so does `Scheduler.makeBatched`. A hook fiber woken from outside any fiber
  *   (a promise it awaits settled, a timer fired) runs in a microtask instead
  *   (with the others woken before it runs), as `await` resumes a function:
  *   one turn later, never on the waker's stack. What is scheduled from inside
