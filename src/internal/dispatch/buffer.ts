@@ -5,7 +5,8 @@
  * is something, then takes everything buffered at once. The consumer, when it waits, is woken once per turn of
  * the event loop (`setImmediate`), not once per delivery: deliveries made
  * meanwhile, by calls completing in the same turn, are taken as one batch,
- * for the price of one fiber wake-up. A background delivery is not awaited
+ * for the price of one fiber wake-up; or at once when the buffer is half
+ * full, before a busy turn fills it. A background delivery is not awaited
  * by its call, so the turn it waits is latency no call sees. (On a clock
  * other than the live one, a `TestClock`, it is woken at once.)
  */
@@ -21,7 +22,16 @@ export class Buffer<A> {
    * else at once, so that on a `TestClock` deliveries happen at the virtual
    * instant they are made, before the clock can be moved.
    */
-  constructor(readonly capacity: number, private readonly perTurn: boolean) {}
+  constructor(readonly capacity: number, private readonly perTurn: boolean) {
+    this.highWater = Math.ceil(capacity / 2)
+  }
+
+  /**
+   * Half full: the consumer is woken at once, not at the next turn. A turn
+   * in which many calls complete (thousands in flight) would otherwise fill
+   * the buffer before the consumer runs, and make the calls wait for room.
+   */
+  private readonly highWater: number
 
   get size(): number {
     return this.items.length
@@ -31,19 +41,24 @@ export class Buffer<A> {
   offer(a: A): boolean {
     if (this.size >= this.capacity) return false
     this.items.push(a)
-    if (this.wake !== undefined && !this.waking) {
-      if (this.perTurn) {
+    if (this.wake !== undefined) {
+      if (!this.perTurn || this.items.length >= this.highWater) {
+        this.resume()
+      } else if (!this.waking) {
         this.waking = true
         setImmediate(this.wakeUp)
-      } else {
-        this.wakeUp()
       }
     }
     return true
   }
 
+  /** The turn's wake (a wake at once meanwhile leaves it pending: it then finds nobody waiting, or wakes early). */
   private readonly wakeUp = (): void => {
     this.waking = false
+    this.resume()
+  }
+
+  private resume(): void {
     const wake = this.wake
     this.wake = undefined
     if (wake !== undefined) wake(Effect.void)
