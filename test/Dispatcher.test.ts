@@ -1281,6 +1281,48 @@ describe("Dispatcher: the warning of a failed invocation", () => {
     }).pipe(Effect.provide(Layer.merge(Dispatcher.layer(), layer)))
   })
 
+  it.scoped("in the background, is logged per failed delivery with its own call and phase, batch hooks included", () => {
+    const { layer, lines } = capture()
+    const failsFor = (callId: string, phase: string) => (event: Events.CallbackEvent) =>
+      event.call.callId === callId ? Effect.fail(`${phase} ${callId}`) : Effect.void
+    return Effect.gen(function*() {
+      yield* Dispatcher.register(Handler.make({
+        name: "bg",
+        mode: "background",
+        onLlmStart: failsFor("c1", "start"),
+        onLlmEnd: failsFor("c2", "end"),
+        retry: Schedule.recurs(0)
+      }))
+      yield* Dispatcher.register(Handler.make({
+        name: "bg-batch",
+        mode: "background",
+        onLlmStart: failsFor("c3", "start"),
+        onLlmEndBatch: (events) => events.some((event) => event.call.callId === "c2") ? Effect.fail("batch") : Effect.void,
+        retry: Schedule.recurs(0)
+      }))
+      yield* Effect.forEach(["c1", "c2", "c3"], (callId) =>
+        Effect.succeed("ok").pipe(Callbacks.instrument({ provider: "openai", model: "m", callId })), { discard: true })
+      yield* Dispatcher.flush
+      const warnings = lines.filter((line) => line.level === "WARN").map(({ annotations }) =>
+        `${annotations["handler"]} ${annotations["phase"]} ${annotations["callId"]}: ${annotations["error"]}`
+      )
+      // A failed batch hook fails every end event of its batch.
+      const batched = lines.filter((line) => line.level === "WARN" && line.annotations["handler"] === "bg-batch" &&
+        line.annotations["phase"] === "end").length
+      assert.isAtLeast(batched, 1)
+      assert.deepStrictEqual(warnings.filter((line) => !line.startsWith("bg-batch end")).sort(), [
+        "bg end c2: end c2",
+        "bg start c1: start c1",
+        "bg-batch start c3: start c3"
+      ])
+      assert.isTrue(warnings.includes("bg-batch end c2: batch"))
+      const health = yield* Dispatcher.health
+      assert.strictEqual(health.handlers.find((h) => h.name === "bg")?.failures, 2)
+      assert.strictEqual(health.handlers.find((h) => h.name === "bg")?.successes, 4)
+      assert.strictEqual(health.handlers.find((h) => h.name === "bg-batch")?.failures, 1 + batched)
+    }).pipe(Effect.provide(Layer.merge(Dispatcher.layer(), layer)))
+  })
+
   it.scoped("is not built when no logger would take it (the minimum level is above warnings)", () => {
     const { layer, lines } = capture()
     return Effect.gen(function*() {

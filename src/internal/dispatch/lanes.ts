@@ -19,7 +19,17 @@ import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import { opens, type Phase } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
-import { awaitAll, callerOf, type Caller, cancelAll, invokeTraced, type Pending, tracingOf, type Tracing } from "./invocation.js"
+import {
+  awaitAll,
+  callerOf,
+  type Caller,
+  cancelAll,
+  type Done,
+  invokeTraced,
+  type Pending,
+  tracingOf,
+  type Tracing
+} from "./invocation.js"
 import * as Outcome from "./outcome.js"
 import type { Delivery, Entry, Lane, State } from "./plan.js"
 import { logFailures, makeResults, result, type Results } from "./report.js"
@@ -94,10 +104,9 @@ export const enqueue = (
 ): Effect.Effect<void> | undefined => {
   const lanes = entry.lanes!
   const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(laneKeyOf(event), lanes.length)]!
-  const now = performance.now()
   if (state.closed || entry.stats.closing) {
     const why = state.closed ? "the dispatcher is shutting down" : "the handler is being unregistered"
-    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), now, results)
+    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), performance.now(), results)
     if (opens(phase)) (results.notStarted ??= []).push(entry.name)
     return undefined
   }
@@ -106,9 +115,11 @@ export const enqueue = (
   // Producers already waiting go first.
   if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) {
     Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-    result(state.clock, entry, phase, Outcome.QUEUED, now, results)
+    // Queued is not counted: only a report shows it (no clock is read otherwise).
+    if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, performance.now(), results)
     return undefined
   }
+  const now = performance.now()
   if (fiber === undefined) {
     entry.stats.pending--
     result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), now, results)
@@ -214,21 +225,43 @@ export const shutdownSummary = (state: State, entry: Entry): Effect.Effect<void>
  * that suspends before the next.
  */
 export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<never> => {
-  /** A batch in progress: `next` is the first delivery not started yet. */
-  interface Batch {
-    readonly items: ReadonlyArray<Delivery>
-    next: number
+  /**
+   * A batch in progress: `next` is the first delivery not started yet. Its
+   * deliveries run one at a time: `current` is the one running (one event,
+   * or a run of end events for the batch hook), which `done` accounts.
+   */
+  class Batch {
+    next = 0
+    current: Delivery | ReadonlyArray<CallbackEvent> | undefined = undefined
     /** The delivery that suspended, waited for: cancelled if the consumer is interrupted meanwhile. */
-    running: Pending | undefined
-    readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]>
-  }
-  /** Accounts one delivery's outcome, and keeps its failure for the log. */
-  const settled = (batch: Batch, event: CallbackEvent, phase: Phase, outcome: Outcome.Outcome, startedAt: number) => {
-    const results = makeResults(false)
-    entry.stats.pending--
-    if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
-    result(state.clock, entry, phase, outcome, startedAt, results)
-    if (results.items.length > 0) batch.failed.push([event, results.items])
+    running: Pending | undefined = undefined
+    /** When the last delivery settled: the next one starts then (one clock read per delivery). */
+    time = performance.now()
+    readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]> = []
+    /** Where results worth logging land; replaced once it holds some. */
+    results = makeResults(false)
+    constructor(readonly items: ReadonlyArray<Delivery>) {}
+
+    readonly done: Done = (outcome, _entry, startedAt) => {
+      const current = this.current!
+      if (Array.isArray(current)) {
+        for (const event of current) this.settled(event, "end", outcome, startedAt)
+      } else {
+        const delivery = current as Delivery & { readonly _tag: "Event" }
+        this.settled(delivery.event, delivery.phase, outcome, startedAt)
+      }
+    }
+
+    /** Accounts one delivery's outcome, and keeps its failure for the log. */
+    settled(event: CallbackEvent, phase: Phase, outcome: Outcome.Outcome, startedAt: number): void {
+      entry.stats.pending--
+      if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
+      this.time = result(state.clock, entry, phase, outcome, startedAt, this.results)
+      if (this.results.items.length > 0) {
+        this.failed.push([event, this.results.items])
+        this.results = makeResults(false)
+      }
+    }
   }
   const runBatch = (batch: Batch, caller: Caller, tracing: Tracing | undefined): Effect.Effect<void> => {
     const items = batch.items
@@ -239,7 +272,6 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         Deferred.unsafeDone(delivery.done, Exit.void)
         continue
       }
-      const startedAt = performance.now()
       let running: Pending | undefined
       if (delivery.phase === "end" && entry.endBatch !== undefined) {
         // A run of consecutive end events goes to the batch hook at once.
@@ -252,11 +284,11 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         }
         // Started: from now on the run is accounted by its own outcome.
         batch.next = i + 1
-        running = invokeTraced(state, entry, "end", entry.endBatch, events, caller, delivery.span, tracing, startedAt, (outcome) => {
-          for (const event of events) settled(batch, event, "end", outcome, startedAt)
-        })
+        batch.current = events
+        running = invokeTraced(state, entry, "end", entry.endBatch, events, caller, delivery.span, tracing, batch.time, batch.done)
       } else {
         batch.next = i + 1
+        batch.current = delivery
         running = invokeTraced(
           state,
           entry,
@@ -266,8 +298,8 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
           caller,
           delivery.span,
           tracing,
-          startedAt,
-          (outcome) => settled(batch, delivery.event, delivery.phase, outcome, startedAt)
+          batch.time,
+          batch.done
         )
       }
       if (running !== undefined) {
@@ -290,7 +322,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
       // Taken and started in one step: interrupted before it, the deliveries
       // stay in the buffer (the drain counts them); after it, `onInterrupt` does.
       Effect.withFiberRuntime<void>((fiber) => {
-        const batch: Batch = { items: lane.buffer.takeAll(), next: 0, running: undefined, failed: [] }
+        const batch = new Batch(lane.buffer.takeAll())
         // Room was made: let waiting producers in before running the batch.
         admitWaiters(lane)
         // Interrupted (shutdown): the delivery in progress is accounted by
