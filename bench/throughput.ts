@@ -1,9 +1,14 @@
 /**
  * Throughput with 10,000 calls in flight: each call waits for I/O (a
  * `setImmediate` turn), 3 await handlers and 1 background handler listen.
- * Side by side: the bare call, ours, and LangChain's `CallbackManager` with
- * the same handlers (3 awaited, 1 not awaited) around the same I/O, 10,000
- * promise chains in flight.
+ *
+ * Every variant has the same loop shape: 10,000 workers, each making calls
+ * one after the other until the total is reached (fibers for the Effect
+ * variants, async functions for the promise ones). Side by side, interleaved
+ * (order rotated each round): the bare Effect call, ours around it, the bare
+ * promise call, and LangChain's `CallbackManager` with the same handlers (3
+ * awaited, 1 not awaited) around it. Besides calls/s, the time each library
+ * adds per call over its own bare call.
  */
 import { BaseCallbackHandler } from "@langchain/core/callbacks/base"
 import { CallbackManager } from "@langchain/core/callbacks/manager"
@@ -28,7 +33,7 @@ const langchainManager = () => {
   return CallbackManager.configure([new H(true), new H(true), new H(true), new H(false)])!
 }
 
-/** `calls` runs of `one`, `inFlight` at a time, in calls/s. */
+/** `calls` runs of `one` by `inFlight` async workers, in calls/s. */
 const pool = async (one: () => Promise<unknown>, calls: number, inFlight: number): Promise<number> => {
   let next = 0
   const worker = async () => {
@@ -39,15 +44,21 @@ const pool = async (one: () => Promise<unknown>, calls: number, inFlight: number
   return calls / (Number(process.hrtime.bigint() - start) / 1e9)
 }
 
-export const run = async (calls = 100_000, inFlight = 10_000): Promise<Array<Row>> => {
+/** The same pool in Effect: `inFlight` fibers, each running `call` until `calls` were made. */
+const fiberPool = (call: Effect.Effect<unknown>, calls: number, inFlight: number): Effect.Effect<void> =>
+  Effect.suspend(() => {
+    let next = 0
+    const worker = Effect.whileLoop({ while: () => next++ < calls, body: () => call, step: () => {} })
+    return Effect.forEach(Array.from({ length: inFlight }), () => worker, { concurrency: "unbounded", discard: true })
+  })
+
+const median = (xs: ReadonlyArray<number>): number => {
+  const sorted = [...xs].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
+
+export const run = async (calls = 100_000, inFlight = 10_000, rounds = 3): Promise<Array<Row>> => {
   const runtime = runtimeWith([...noopHandlers(3), ...noopHandlers(1, "background")])
-  const measure = async (call: Effect.Effect<unknown>) => {
-    const all = Effect.forEach(Array.from({ length: calls }), () => call, { concurrency: inFlight, discard: true })
-    await runtime.runPromise(Effect.forEach(Array.from({ length: 10_000 }), () => call, { concurrency: 1000, discard: true }))
-    const start = process.hrtime.bigint()
-    await runtime.runPromise(all)
-    return calls / (Number(process.hrtime.bigint() - start) / 1e9)
-  }
   const manager = langchainManager()
   const langchainOne = async () => {
     const [llm] = await manager.handleLLMStart({ lc: 1, type: "not_implemented", id: ["bench"] }, ["hello"])
@@ -55,23 +66,45 @@ export const run = async (calls = 100_000, inFlight = 10_000): Promise<Array<Row
     await llm!.handleLLMEnd({ generations: [[{ text: r.content }]] })
     return r
   }
-  // Interleaved: bare, ours, LangChain, twice; the better of the two of each.
-  const results = { bare: 0, ours: 0, langchain: 0 }
-  for (let round = 0; round < 2; round++) {
-    results.bare = Math.max(results.bare, await measure(io))
-    results.ours = Math.max(results.ours, await measure(instrumented(io)))
-    await pool(langchainOne, 10_000, 1_000)
-    results.langchain = Math.max(results.langchain, await pool(langchainOne, calls, inFlight))
+  const timed = (call: Effect.Effect<unknown>) => async () => {
+    const start = process.hrtime.bigint()
+    await runtime.runPromise(fiberPool(call, calls, inFlight))
+    return calls / (Number(process.hrtime.bigint() - start) / 1e9)
+  }
+  const variants: Record<"bare" | "ours" | "promise" | "langchain", () => Promise<number>> = {
+    bare: timed(io),
+    ours: timed(instrumented(io)),
+    promise: () => pool(ioPromise, calls, inFlight),
+    langchain: () => pool(langchainOne, calls, inFlight)
+  }
+  // Warm-up, a tenth of the calls each.
+  await runtime.runPromise(fiberPool(instrumented(io), calls / 10, inFlight / 10))
+  await pool(langchainOne, calls / 10, inFlight / 10)
+  const names = Object.keys(variants) as Array<keyof typeof variants>
+  const results = { bare: [] as Array<number>, ours: [] as Array<number>, promise: [] as Array<number>, langchain: [] as Array<number> }
+  for (let round = 0; round < rounds; round++) {
+    for (let i = 0; i < names.length; i++) {
+      const name = names[(round + i) % names.length]!
+      results[name].push(await variants[name]())
+    }
   }
   await runtime.dispose()
+  const best = (name: keyof typeof results) => Math.max(...results[name])
+  const mid = (name: keyof typeof results) => median(results[name])
+  // Time added per call over the bare call, from the medians.
+  const added = (wrapped: number, bare: number) => +(1e6 / wrapped - 1e6 / bare).toFixed(2)
   return [{
     benchmark: `throughput, ${inFlight} in flight`,
     calls,
-    "bare calls/s": Math.round(results.bare),
-    "instrumented calls/s": Math.round(results.ours),
-    "langchain calls/s": Math.round(results.langchain),
-    "instrumented/bare": +(results.ours / results.bare).toFixed(3),
-    "instrumented/langchain": +(results.ours / results.langchain).toFixed(3)
+    "bare calls/s": Math.round(best("bare")),
+    "instrumented calls/s": Math.round(best("ours")),
+    "langchain calls/s": Math.round(best("langchain")),
+    "bare promise calls/s": Math.round(best("promise")),
+    "instrumented/bare": +(best("ours") / best("bare")).toFixed(3),
+    "instrumented/langchain": +(best("ours") / best("langchain")).toFixed(3),
+    "instrumented/langchain, medians": +(mid("ours") / mid("langchain")).toFixed(3),
+    "µs added per call, ours": added(mid("ours"), mid("bare")),
+    "µs added per call, langchain": added(mid("langchain"), mid("promise"))
   }]
 }
 
