@@ -1212,6 +1212,33 @@ describe("Dispatcher", () => {
   })
 })
 
+describe("Dispatcher call ids", () => {
+  it.effect("are UUID-shaped: a random prefix per dispatcher, then a counter, in order and distinct", () =>
+    Effect.gen(function*() {
+      const idsOf = (calls: number) =>
+        Effect.gen(function*() {
+          const ids: Array<string> = []
+          yield* Dispatcher.register(Handler.make({
+            name: "ids",
+            onLlmStart: (event) => Effect.sync(() => void ids.push(event.call.callId))
+          }))
+          for (let i = 0; i < calls; i++) yield* call
+          return ids
+        }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer()))
+      // Past two boundaries of the counter's low byte.
+      const ids = yield* idsOf(600)
+      const other = yield* idsOf(1)
+      for (const id of [...ids, ...other]) {
+        assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/)
+      }
+      assert.strictEqual(new Set(ids).size, ids.length)
+      assert.strictEqual(new Set(ids.map((id) => id.slice(0, 24))).size, 1)
+      assert.notStrictEqual(other[0]!.slice(0, 24), ids[0]!.slice(0, 24))
+      assert.deepStrictEqual(ids.map((id) => parseInt(id.slice(24), 16)), ids.map((_, i) => i))
+      assert.strictEqual(other[0]!.slice(24), "000000000000")
+    }))
+})
+
 describe("Dispatcher metric series", () => {
   const seriesOf = (name: string, handler: string) =>
     Metric.unsafeSnapshot().filter((pair) =>

@@ -101,11 +101,24 @@ const healthOf = (entry: Entry): HandlerHealth => ({
   lastError: entry.stats.lastError === undefined ? Option.none() : Option.some(entry.stats.lastError)
 })
 
-/** Per-dispatcher call ids: see `Calls.nextCallId`. */
+/** The two hex digits of every byte. */
+const hexBytes: ReadonlyArray<string> = Array.from({ length: 256 }, (_, byte) => byte.toString(16).padStart(2, "0"))
+
+/**
+ * Per-dispatcher call ids: see `Calls.nextCallId`. The counter's 12 hex
+ * digits are its 10 high ones, formatted once every 256 ids, and a table's
+ * two low ones: one concatenation per id.
+ */
 const callIds = (): () => string => {
   const prefix = crypto.randomUUID().slice(0, 24)
   let counter = 0
-  return () => prefix + (counter++).toString(16).padStart(12, "0")
+  let high = ""
+  return () => {
+    const low = counter % 256
+    if (low === 0) high = prefix + (counter / 256).toString(16).padStart(10, "0")
+    counter++
+    return high + hexBytes[low]!
+  }
 }
 
 /** Builds a dispatcher; closing the scope drains the background handlers. */
