@@ -219,50 +219,54 @@ export const shutdownSummary = (state: State, entry: Entry): Effect.Effect<void>
   })
 
 /**
+ * A batch of a background handler's deliveries in progress: `next` is the
+ * first delivery not started yet. Its deliveries run one at a time:
+ * `current` is the one running (one event, or a run of end events for the
+ * batch hook), which `done` accounts.
+ */
+class Batch {
+  next = 0
+  current: Delivery | ReadonlyArray<CallbackEvent> | undefined = undefined
+  /** The delivery that suspended, waited for: cancelled if the consumer is interrupted meanwhile. */
+  running: Pending | undefined = undefined
+  /** When the last delivery settled: the next one starts then (one clock read per delivery). */
+  time = performance.now()
+  readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]> = []
+  /** Where results worth logging land; replaced once it holds some. */
+  private results = makeResults(false)
+
+  constructor(readonly state: State, readonly entry: Entry, readonly items: ReadonlyArray<Delivery>) {}
+
+  readonly done: Done = (outcome, _entry, startedAt) => {
+    const current = this.current!
+    if (Array.isArray(current)) {
+      for (const event of current) this.settled(event, "end", outcome, startedAt)
+    } else {
+      const delivery = current as Delivery & { readonly _tag: "Event" }
+      this.settled(delivery.event, delivery.phase, outcome, startedAt)
+    }
+  }
+
+  /** Accounts one delivery's outcome, and keeps its failure for the log. */
+  private settled(event: CallbackEvent, phase: Phase, outcome: Outcome.Outcome, startedAt: number): void {
+    const entry = this.entry
+    entry.stats.pending--
+    if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
+    this.time = result(this.state.clock, entry, phase, outcome, startedAt, this.results)
+    if (this.results.items.length > 0) {
+      this.failed.push([event, this.results.items])
+      this.results = makeResults(false)
+    }
+  }
+}
+
+/**
  * The consumer of one lane of a background handler: takes deliveries in
  * batches and runs them in order, synchronously as far as they go (a batch
  * of handlers that complete at once costs one fiber turn), waiting for one
  * that suspends before the next.
  */
 export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<never> => {
-  /**
-   * A batch in progress: `next` is the first delivery not started yet. Its
-   * deliveries run one at a time: `current` is the one running (one event,
-   * or a run of end events for the batch hook), which `done` accounts.
-   */
-  class Batch {
-    next = 0
-    current: Delivery | ReadonlyArray<CallbackEvent> | undefined = undefined
-    /** The delivery that suspended, waited for: cancelled if the consumer is interrupted meanwhile. */
-    running: Pending | undefined = undefined
-    /** When the last delivery settled: the next one starts then (one clock read per delivery). */
-    time = performance.now()
-    readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]> = []
-    /** Where results worth logging land; replaced once it holds some. */
-    results = makeResults(false)
-    constructor(readonly items: ReadonlyArray<Delivery>) {}
-
-    readonly done: Done = (outcome, _entry, startedAt) => {
-      const current = this.current!
-      if (Array.isArray(current)) {
-        for (const event of current) this.settled(event, "end", outcome, startedAt)
-      } else {
-        const delivery = current as Delivery & { readonly _tag: "Event" }
-        this.settled(delivery.event, delivery.phase, outcome, startedAt)
-      }
-    }
-
-    /** Accounts one delivery's outcome, and keeps its failure for the log. */
-    settled(event: CallbackEvent, phase: Phase, outcome: Outcome.Outcome, startedAt: number): void {
-      entry.stats.pending--
-      if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
-      this.time = result(state.clock, entry, phase, outcome, startedAt, this.results)
-      if (this.results.items.length > 0) {
-        this.failed.push([event, this.results.items])
-        this.results = makeResults(false)
-      }
-    }
-  }
   const runBatch = (batch: Batch, caller: Caller, tracing: Tracing | undefined): Effect.Effect<void> => {
     const items = batch.items
     for (let i = batch.next; i < items.length; i++) {
@@ -322,7 +326,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
       // Taken and started in one step: interrupted before it, the deliveries
       // stay in the buffer (the drain counts them); after it, `onInterrupt` does.
       Effect.withFiberRuntime<void>((fiber) => {
-        const batch = new Batch(lane.buffer.takeAll())
+        const batch = new Batch(state, entry, lane.buffer.takeAll())
         // Room was made: let waiting producers in before running the batch.
         admitWaiters(lane)
         // Interrupted (shutdown): the delivery in progress is accounted by
