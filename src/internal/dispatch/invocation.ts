@@ -294,6 +294,47 @@ const call = (hook: Hook, arg: unknown): Effect.Effect<void, unknown> => {
 /** The outcome of one schedule step: the next state, the output, the decision. */
 type Step = Exit.Exit<readonly [unknown, unknown, ScheduleDecision.ScheduleDecision], unknown>
 
+/** The context of a hook's fibers: the handler's, with the call's span as parent when traced. */
+const contextOf = (entry: Entry, span: Tracer.AnySpan | undefined): Context.Context<never> =>
+  span === undefined ? entry.context : Context.add(entry.context, Tracer.ParentSpan, span)
+
+/**
+ * The refs an attempt's fiber starts from: those inherited from the caller
+ * (see `Caller.inheritedRefs`), the hook's context, and, when the caller is
+ * inside instrumented calls, a parent stack of its own with their ids. (The
+ * parent stack is the one mutable value among them, pushed and popped in
+ * place by the instrumented calls a hook makes and claimed by the fiber that
+ * uses it first: shared by the dispatch's hook fibers, or by the attempts of
+ * one hook, a hook's call would see another's as parent, or none. Without
+ * one, a hook's first instrumented call makes its own.) Outside any call
+ * and span, they are the handler's kept refs (`Entry.hookRefs`), made once.
+ */
+const hookRefsOf = (entry: Entry, caller: Caller, span: Tracer.AnySpan | undefined): FiberRefs.FiberRefs => {
+  const inherited = caller.inheritedRefs()
+  const parentIds = caller.parentIds()
+  if (parentIds !== undefined) {
+    return FiberRefs.updateManyAs(inherited, {
+      entries: [
+        [FiberRef.currentContext, [[hooksFiberId, contextOf(entry, span)]]],
+        [currentParents, [[hooksFiberId, new ParentStack(parentIds.slice())]]]
+      ]
+    })
+  }
+  const hookRefs = entry.hookRefs
+  if (span === undefined && hookRefs.inherited === inherited) return hookRefs.refs!
+  const refs = FiberRefs.updateAs(inherited, {
+    fiberId: hooksFiberId,
+    fiberRef: FiberRef.currentContext,
+    value: contextOf(entry, span)
+  })
+  // (Inherited refs not kept are made per hook fiber: the next one's never match.)
+  if (span === undefined) {
+    hookRefs.inherited = inherited
+    hookRefs.refs = refs
+  }
+  return refs
+}
+
 /** An invocation past its first attempt: see the module's comment. */
 class Invocation extends Settles implements Timed {
   attempts = 1
@@ -329,52 +370,26 @@ class Invocation extends Settles implements Timed {
   /** The runtime of its timer fibers (off the live clock) and retry delays: the handler's context, the caller's refs. */
   runtime(): Runtime.Runtime<never> {
     return this.runtimeMemo ??= Runtime.make({
-      context: this.context(),
+      context: contextOf(this.entry, this.span),
       fiberRefs: this.caller.refs(),
       runtimeFlags: Runtime.defaultRuntimeFlags
     })
   }
 
-  /** The context of the hook's fibers: the handler's, with the call's span as parent when traced. */
-  private context(): Context.Context<never> {
-    return this.span === undefined ? this.entry.context : Context.add(this.entry.context, Tracer.ParentSpan, this.span)
-  }
 
   /**
-   * The refs an attempt's fiber starts from: those inherited from the caller
-   * (see `Caller.inheritedRefs`), the hook's context, and, when the caller is
-   * inside instrumented calls, a parent stack of its own with their ids. (The
-   * parent stack is the one mutable value among them, pushed and popped in
-   * place by the instrumented calls a hook makes and claimed by the fiber that
-   * uses it first: shared by the dispatch's hook fibers, or by the attempts of
-   * one hook, a hook's call would see another's as parent, or none. Without
-   * one, a hook's first instrumented call makes its own.) Outside any call
-   * and span, they are the handler's kept refs (`Entry.hookRefs`), made once.
+   * Goes on from a first attempt started on `fiber` by `startWithSlot`:
+   * `exit` is the attempt's, or `null` while it runs.
    */
-  private hookRefs(): FiberRefs.FiberRefs {
-    const inherited = this.caller.inheritedRefs()
-    const parentIds = this.caller.parentIds()
-    if (parentIds !== undefined) {
-      return FiberRefs.updateManyAs(inherited, {
-        entries: [
-          [FiberRef.currentContext, [[hooksFiberId, this.context()]]],
-          [currentParents, [[hooksFiberId, new ParentStack(parentIds.slice())]]]
-        ]
-      })
+  runStarted(fiber: Fiber.RuntimeFiber<void, unknown>, exit: Exit.Exit<void, unknown> | null): void {
+    if (exit === null) {
+      this.running = fiber
+      this.suspend()
+      fiber.addObserver(this.onAttemptExit)
+      return
     }
-    const hookRefs = this.entry.hookRefs
-    if (this.span === undefined && hookRefs.inherited === inherited) return hookRefs.refs!
-    const refs = FiberRefs.updateAs(inherited, {
-      fiberId: hooksFiberId,
-      fiberRef: FiberRef.currentContext,
-      value: this.context()
-    })
-    // (Inherited refs not kept are made per hook fiber: the next one's never match.)
-    if (this.span === undefined) {
-      hookRefs.inherited = inherited
-      hookRefs.refs = refs
-    }
-    return refs
+    const next = this.afterAttempt(exit)
+    if (next !== undefined) this.run(next)
   }
 
   /** Runs attempts from `effect` on, synchronously as far as they go. */
@@ -386,7 +401,7 @@ class Invocation extends Settles implements Timed {
       if (Exit.isExit(next)) {
         exit = next as Exit.Exit<void, unknown>
       } else {
-        const fiber = startHookFiber(this.caller.fiber, this.hookRefs(), next)
+        const fiber = startHookFiber(this.caller.fiber, hookRefsOf(this.entry, this.caller, this.span), next)
         exit = fiber.unsafePoll()
         if (exit === null) {
           this.running = fiber
@@ -538,14 +553,27 @@ const startWithSlot = (
   done: Done
 ): Pending | undefined => {
   const effect = call(hook, arg)
-  if (Exit.isExit(effect) && Exit.isSuccess(effect)) {
-    // The commonest case of all, without an invocation object.
+  if (Exit.isExit(effect)) {
+    if (Exit.isSuccess(effect)) {
+      // The commonest case of all, without an invocation object.
+      state.slots.release()
+      done(Outcome.SUCCESS, entry, startedAt)
+      return undefined
+    }
+    const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, startedAt, done)
+    invocation.run(effect)
+    return invocation.settled ? undefined : invocation
+  }
+  // A hook fiber, run at once: one that succeeds without suspending needs no invocation object either.
+  const fiber = startHookFiber(caller.fiber, hookRefsOf(entry, caller, span), effect)
+  const exit = fiber.unsafePoll()
+  if (exit !== null && Exit.isSuccess(exit)) {
     state.slots.release()
     done(Outcome.SUCCESS, entry, startedAt)
     return undefined
   }
   const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, startedAt, done)
-  invocation.run(effect)
+  invocation.runStarted(fiber, exit)
   return invocation.settled ? undefined : invocation
 }
 
