@@ -4,7 +4,11 @@
  * (Promise.allSettled + setTimeout timeouts + retries) and LangChain.js's
  * CallbackManager, for four kinds of handlers:
  *
- * - `no-op`: handlers that return at once;
+ * - `no-op`: handlers that return at once (`Effect.void`: a completed effect,
+ *   as `Handler.sync` hooks return; the others: an empty function);
+ * - `sync`: handlers that do synchronous work (a counter) in `Effect.sync`, as
+ *   most handlers are written: a hook fiber each (LangChain and hand-written:
+ *   the same work in their function);
  * - `suspend`: handlers that suspend once (`Effect.promise(() => Promise.resolve())`,
  *   `await Promise.resolve()` for the others);
  * - `fail`: handlers that fail every attempt: 3 attempts without delay (ours and
@@ -28,8 +32,8 @@ import { Callbacks, Dispatcher, Handler } from "../src/index.js"
 const response = { content: "ok", usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } }
 const messages = [{ role: "user", content: "hello" }]
 
-export type Kind = "no-op" | "suspend" | "fail" | "background"
-export const kinds: ReadonlyArray<Kind> = ["no-op", "suspend", "fail", "background"]
+export type Kind = "no-op" | "sync" | "suspend" | "fail" | "background"
+export const kinds: ReadonlyArray<Kind> = ["no-op", "sync", "suspend", "fail", "background"]
 export const sizes: ReadonlyArray<number> = [1, 3, 10]
 
 /** One call of a variant, as a Promise. */
@@ -37,8 +41,19 @@ type One = () => Promise<unknown>
 
 // -- ours ---------------------------------------------------------------------
 const failure = Effect.fail("handler failed")
+/** The work of the `sync` handlers. */
+let counted = 0
+const count = () => {
+  counted++
+}
 const hookOf = (kind: Kind) =>
-  kind === "suspend" ? () => Effect.promise(() => Promise.resolve()) : kind === "fail" ? () => failure : () => Effect.void
+  kind === "suspend"
+    ? () => Effect.promise(() => Promise.resolve())
+    : kind === "fail"
+    ? () => failure
+    : kind === "sync"
+    ? () => Effect.sync(count)
+    : () => Effect.void
 
 const oursRuntime = (kind: Kind, n: number) => {
   const hook = hookOf(kind)
@@ -96,6 +111,10 @@ const handOne = (kind: Kind, n: number): One => {
     ? async () => {
       throw new Error("handler failed")
     }
+    : kind === "sync"
+    ? async () => {
+      count()
+    }
     : async () => {}
   const handlers: Array<PHandler> = Array.from({ length: n }, () => ({ onStart: body, onEnd: body }))
   const delay = kind === "fail" ? 0 : 1000
@@ -119,10 +138,12 @@ const langchainOne = (kind: Kind, n: number): One => {
     override async handleLLMStart() {
       if (kind === "suspend") await Promise.resolve()
       if (kind === "fail") throw new Error("handler failed")
+      if (kind === "sync") count()
     }
     override async handleLLMEnd() {
       if (kind === "suspend") await Promise.resolve()
       if (kind === "fail") throw new Error("handler failed")
+      if (kind === "sync") count()
     }
   }
   const manager = CallbackManager.configure(Array.from({ length: n }, () => new H()))!
@@ -146,7 +167,7 @@ const median = (xs: ReadonlyArray<number>): number => {
   return sorted[Math.floor(sorted.length / 2)]!
 }
 
-const callsPerBatch: Record<Kind, number> = { "no-op": 5_000, suspend: 2_000, fail: 500, background: 5_000 }
+const callsPerBatch: Record<Kind, number> = { "no-op": 5_000, sync: 3_000, suspend: 2_000, fail: 500, background: 5_000 }
 
 export interface Options {
   readonly rounds?: number | undefined

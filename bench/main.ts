@@ -37,7 +37,7 @@ const section = (title: string, rows: ReadonlyArray<Row>) => {
 const num = (row: Row | undefined, key: string): number => Number(row?.[key])
 
 const main = async () => {
-  // 1. Dispatch cost (issue: core runtime): no-op, suspending, failing and background handlers.
+  // 1. Dispatch cost (issue: core runtime): no-op, synchronous, suspending, failing and background handlers.
   const dispatchRows = await dispatch.run({ rounds: 7 })
   section(
     "Per-call cost of instrument (start + end), N handlers, full policy: same loop for every variant, 7 interleaved rounds, median (and min)",
@@ -45,6 +45,7 @@ const main = async () => {
   )
   const targets: Record<string, { readonly langchain?: number; readonly hand?: number }> = {
     "no-op": { langchain: 1.0, hand: 2.0 },
+    sync: {},
     suspend: { langchain: 4.0 },
     fail: { langchain: 4.0, hand: 1.0 },
     background: {}
