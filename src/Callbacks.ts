@@ -33,9 +33,10 @@ import type {
   ToolErrorEvent
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
-import { enclosingOf, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
+import { enclosingOf, type ParentStack, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
 import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
+  type CallEvents,
   type CallOptions,
   endEvent,
   errorEvent,
@@ -524,6 +525,74 @@ const estimateUsage = (
   ).pipe(Effect.orElseSucceed(() => response))
 }
 
+/**
+ * One instrumented call, from its start dispatch to its terminal one: what
+ * its continuations need, held in one object (its steps are methods, not a
+ * closure each). Its call's span and call context are set on the fiber in
+ * place, and restored once the terminal event is dispatched.
+ */
+class InstrumentedCall<A, E> {
+  /** Nested instrumented calls see this call as their parent (see `enter`). */
+  private entered = false
+
+  constructor(
+    readonly calls: Calls,
+    readonly token: CallToken,
+    readonly fiber: AnyFiber,
+    readonly events: CallEvents,
+    readonly clock: Clock.Clock,
+    readonly startedAt: number,
+    readonly parents: ParentStack,
+    readonly read: ((a: A) => unknown) | undefined,
+    readonly span: Tracer.Span | undefined,
+    readonly outerContext: Context.Context<never>
+  ) {}
+
+  /** Its continuations (`matchCauseEffect` takes this object as its options). */
+  readonly onFailure = (cause: Cause.Cause<E>): Effect.Effect<A, E> => this.terminal(Exit.failCause(cause))
+  readonly onSuccess = (value: A): Effect.Effect<A, E> => this.terminal(Exit.succeed(value))
+
+  /**
+   * Enters the call and runs it. The region it runs in is uninterruptible
+   * and `terminal` always runs, so leaving is guaranteed without a second
+   * acquire/release on the hot path.
+   */
+  run<R>(self: Effect.Effect<A, E, R>, restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) {
+    this.parents.ids.push(this.events.call.callId)
+    this.entered = true
+    return Effect.matchCauseEffect(restore(self), this)
+  }
+
+  /** Dispatches the terminal event of `exit`, then gives `exit` back. */
+  terminal(exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
+    const span = this.span
+    if (span !== undefined && Exit.isFailure(exit)) {
+      const cause = uncapture(exit.cause, span)
+      if (cause !== exit.cause) exit = Exit.failCause(cause)
+    }
+    // Leave the call (see `run`).
+    if (this.entered) removeParent(this.parents, this.events.call.callId)
+    const durationMs = this.clock.unsafeCurrentTimeMillis() - this.startedAt
+    if (Exit.isFailure(exit)) return this.dispatchTerminal(errorEvent(this.events, exit.cause, durationMs), exit)
+    let response: unknown
+    let issues: Array<string> | undefined
+    try {
+      response = this.read === undefined ? exit.value : this.read(exit.value)
+    } catch (error) {
+      // A throwing reader must not break the call: the handlers get the issue as data.
+      issues = [`response: the response reader threw: ${String(error)}`]
+    }
+    const completed = completeEnd(this.outerContext, this.events, endEvent(this.events, response, durationMs, undefined, issues))
+    if (!Effect.isEffect(completed)) return this.dispatchTerminal(completed, exit)
+    const success = exit
+    return Effect.flatMap(completed, (event) => this.dispatchTerminal(event, success))
+  }
+
+  private dispatchTerminal(event: EndEvent | ErrorEvent, exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
+    return closeRun(this.calls, this.token, this.fiber, event, exit, this.span, this.clock, this.outerContext)
+  }
+}
+
 const instrumentImpl = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   options: InstrumentOptions<A>
@@ -548,64 +617,32 @@ const instrumentImpl = <A, E, R>(
       calls.nextCallId,
       fiber.getFiberRef(currentOperation)
     )
-    const callId = events.call.callId
-    let entered = false
-    const read = options.response
     // The call's span is the parent of everything inside the call and of the
-    // handler invocations. Like the call context below, it is set on the
-    // fiber in place and restored once the terminal event is dispatched.
+    // handler invocations.
     const outerContext = fiber.currentContext
     const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
     if (span !== undefined) setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
-    const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
-      if (span !== undefined && Exit.isFailure(exit)) {
-        const cause = uncapture(exit.cause, span)
-        if (cause !== exit.cause) exit = Exit.failCause(cause)
-      }
-      // Leave the call (see `inner`).
-      if (entered) removeParent(parents, callId)
-      const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
-      if (Exit.isFailure(exit)) return dispatchTerminal(errorEvent(events, exit.cause, durationMs), exit)
-      let response: unknown
-      let issues: Array<string> | undefined
-      try {
-        response = read === undefined ? exit.value : read(exit.value)
-      } catch (error) {
-        // A throwing reader must not break the call: the handlers get the issue as data.
-        issues = [`response: the response reader threw: ${String(error)}`]
-      }
-      const completed = completeEnd(outerContext, events, endEvent(events, response, durationMs, undefined, issues))
-      const success = exit
-      return Effect.isEffect(completed)
-        ? Effect.flatMap(completed, (event) => dispatchTerminal(event, success))
-        : dispatchTerminal(completed, exit)
-    }
-    const dispatchTerminal = (event: EndEvent | ErrorEvent, exit: Exit.Exit<A, E>): Effect.Effect<A, E> =>
-      closeRun(calls, token, fiber as AnyFiber, event, exit, span, clock, outerContext)
-    // Nested instrumented calls see this call as their parent. This region is
-    // uninterruptible and `terminal` always runs, so leaving is guaranteed
-    // without a second acquire/release on the hot path.
-    const enter = () => {
-      parents.ids.push(callId)
-      entered = true
-    }
-    const onFailure = (cause: Cause.Cause<E>) => terminal(Exit.failCause(cause))
-    const onSuccess = (value: A) => terminal(Exit.succeed(value))
+    const call = new InstrumentedCall<A, E>(
+      calls,
+      token,
+      fiber as AnyFiber,
+      events,
+      clock,
+      startedAt,
+      parents,
+      options.response,
+      span,
+      outerContext
+    )
     const instrumented = Effect.uninterruptibleMask((restore) => {
       const started = calls.run(token, events.start, fiber)
-      if (started === undefined) {
-        // The start dispatch completed synchronously (the common case).
-        enter()
-        return Effect.matchCauseEffect(restore(self), { onFailure, onSuccess })
-      }
+      // The start dispatch completed synchronously (the common case).
+      if (started === undefined) return call.run(self, restore)
       return Effect.matchCauseEffect(restore(started), {
         // Interrupted while `start` was dispatched: the call never runs, but
         // the handlers that heard `start` still hear exactly one terminal event.
-        onFailure: (cause) => terminal(Exit.failCause(cause)),
-        onSuccess: () => {
-          enter()
-          return Effect.matchCauseEffect(restore(self), { onFailure, onSuccess })
-        }
+        onFailure: (cause) => call.terminal(Exit.failCause(cause)),
+        onSuccess: () => call.run(self, restore)
       })
     })
     return gate === undefined ? instrumented : admitted(gate, events.start, instrumented)
