@@ -30,7 +30,8 @@ import type {
   LlmResponse,
   StartEvent,
   ToolEndEvent,
-  ToolErrorEvent
+  ToolErrorEvent,
+  ToolStartEvent
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { enclosingOf, type ParentStack, parentsOf, removeParent, setFiberRef, topOf } from "./internal/parents.js"
@@ -38,6 +39,7 @@ import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
   type CallEvents,
   type CallOptions,
+  type ToolEvents,
   endEvent,
   errorEvent,
   makeCallEvents,
@@ -526,54 +528,111 @@ const estimateUsage = (
 }
 
 /**
- * One instrumented call, from its start dispatch to its terminal one: what
- * its continuations need, held in one object (its steps are methods, not a
- * closure each). Its call's span and call context are set on the fiber in
- * place, and restored once the terminal event is dispatched.
+ * One instrumented run (a model call or a tool run), from its start dispatch
+ * to its terminal one: what its continuations need, held in one object (its
+ * steps are methods, not a closure each). Its span is set on the fiber in
+ * place by its maker, and restored once the terminal event is dispatched.
  */
-class InstrumentedCall<A, E> {
-  /** Nested instrumented calls see this call as their parent (see `enter`). */
+abstract class InstrumentedRun<A, E> {
+  /** Runs made inside it see it as their parent (see `run`). */
   private entered = false
 
   constructor(
     readonly calls: Calls,
     readonly token: CallToken,
     readonly fiber: AnyFiber,
-    readonly events: CallEvents,
+    readonly callId: string,
     readonly clock: Clock.Clock,
     readonly startedAt: number,
     readonly parents: ParentStack,
-    readonly read: ((a: A) => unknown) | undefined,
     readonly span: Tracer.Span | undefined,
     readonly outerContext: Context.Context<never>
   ) {}
+
+  /** Its terminal event for `exit`; an effect when building it takes one (a token count). */
+  protected abstract terminalEvent(
+    exit: Exit.Exit<A, E>,
+    durationMs: number
+  ): EndEvent | ErrorEvent | ToolEndEvent | ToolErrorEvent | Effect.Effect<EndEvent | ErrorEvent>
 
   /** Its continuations (`matchCauseEffect` takes this object as its options). */
   readonly onFailure = (cause: Cause.Cause<E>): Effect.Effect<A, E> => this.terminal(Exit.failCause(cause))
   readonly onSuccess = (value: A): Effect.Effect<A, E> => this.terminal(Exit.succeed(value))
 
   /**
-   * Enters the call and runs it. The region it runs in is uninterruptible
+   * Dispatches `start`, then runs `self`; the terminal event follows
+   * whatever happens, interruption while `start` is dispatched included (the
+   * run never runs then, but the handlers that heard `start` still hear
+   * exactly one terminal event).
+   */
+  instrument<R>(self: Effect.Effect<A, E, R>, start: StartEvent | ToolStartEvent): Effect.Effect<A, E, R> {
+    return Effect.uninterruptibleMask((restore) => {
+      const started = this.calls.run(this.token, start, this.fiber)
+      // The start dispatch completed synchronously (the common case).
+      if (started === undefined) return this.run(self, restore)
+      return Effect.matchCauseEffect(restore(started), {
+        onFailure: this.onFailure,
+        onSuccess: () => this.run(self, restore)
+      })
+    })
+  }
+
+  /**
+   * Enters the run and runs it. The region it runs in is uninterruptible
    * and `terminal` always runs, so leaving is guaranteed without a second
    * acquire/release on the hot path.
    */
-  run<R>(self: Effect.Effect<A, E, R>, restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) {
-    this.parents.ids.push(this.events.call.callId)
+  private run<R>(
+    self: Effect.Effect<A, E, R>,
+    restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
+  ): Effect.Effect<A, E, R> {
+    this.parents.ids.push(this.callId)
     this.entered = true
     return Effect.matchCauseEffect(restore(self), this)
   }
 
   /** Dispatches the terminal event of `exit`, then gives `exit` back. */
-  terminal(exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
+  private terminal(exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
     const span = this.span
     if (span !== undefined && Exit.isFailure(exit)) {
       const cause = uncapture(exit.cause, span)
       if (cause !== exit.cause) exit = Exit.failCause(cause)
     }
-    // Leave the call (see `run`).
-    if (this.entered) removeParent(this.parents, this.events.call.callId)
-    const durationMs = this.clock.unsafeCurrentTimeMillis() - this.startedAt
-    if (Exit.isFailure(exit)) return this.dispatchTerminal(errorEvent(this.events, exit.cause, durationMs), exit)
+    // Leave the run (see `run`).
+    if (this.entered) removeParent(this.parents, this.callId)
+    const event = this.terminalEvent(exit, this.clock.unsafeCurrentTimeMillis() - this.startedAt)
+    if (!Effect.isEffect(event)) return this.dispatchTerminal(event, exit)
+    const final = exit
+    return Effect.flatMap(event, (event) => this.dispatchTerminal(event, final))
+  }
+
+  private dispatchTerminal(
+    event: EndEvent | ErrorEvent | ToolEndEvent | ToolErrorEvent,
+    exit: Exit.Exit<A, E>
+  ): Effect.Effect<A, E> {
+    return closeRun(this.calls, this.token, this.fiber, event, exit, this.span, this.clock, this.outerContext)
+  }
+}
+
+/** A model call: its terminal event is `end` (the response read, usage counted when missing, cost) or `error`. */
+class InstrumentedCall<A, E> extends InstrumentedRun<A, E> {
+  constructor(
+    calls: Calls,
+    token: CallToken,
+    fiber: AnyFiber,
+    readonly events: CallEvents,
+    clock: Clock.Clock,
+    startedAt: number,
+    parents: ParentStack,
+    readonly read: ((a: A) => unknown) | undefined,
+    span: Tracer.Span | undefined,
+    outerContext: Context.Context<never>
+  ) {
+    super(calls, token, fiber, events.call.callId, clock, startedAt, parents, span, outerContext)
+  }
+
+  protected terminalEvent(exit: Exit.Exit<A, E>, durationMs: number): EndEvent | ErrorEvent | Effect.Effect<EndEvent> {
+    if (Exit.isFailure(exit)) return errorEvent(this.events, exit.cause, durationMs)
     let response: unknown
     let issues: Array<string> | undefined
     try {
@@ -582,14 +641,29 @@ class InstrumentedCall<A, E> {
       // A throwing reader must not break the call: the handlers get the issue as data.
       issues = [`response: the response reader threw: ${String(error)}`]
     }
-    const completed = completeEnd(this.outerContext, this.events, endEvent(this.events, response, durationMs, undefined, issues))
-    if (!Effect.isEffect(completed)) return this.dispatchTerminal(completed, exit)
-    const success = exit
-    return Effect.flatMap(completed, (event) => this.dispatchTerminal(event, success))
+    return completeEnd(this.outerContext, this.events, endEvent(this.events, response, durationMs, undefined, issues))
+  }
+}
+
+/** A tool run: its terminal event is `tool_end` or `tool_error`, from its exit (and `failureOf`). */
+class InstrumentedTool<A, E> extends InstrumentedRun<A, E> {
+  constructor(
+    calls: Calls,
+    token: CallToken,
+    fiber: AnyFiber,
+    readonly events: ToolEvents,
+    clock: Clock.Clock,
+    startedAt: number,
+    parents: ParentStack,
+    readonly failureOf: ((result: A) => unknown) | undefined,
+    span: Tracer.Span | undefined,
+    outerContext: Context.Context<never>
+  ) {
+    super(calls, token, fiber, events.call.callId, clock, startedAt, parents, span, outerContext)
   }
 
-  private dispatchTerminal(event: EndEvent | ErrorEvent, exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
-    return closeRun(this.calls, this.token, this.fiber, event, exit, this.span, this.clock, this.outerContext)
+  protected terminalEvent(exit: Exit.Exit<A, E>, durationMs: number): ToolEndEvent | ToolErrorEvent {
+    return toolTerminal(this.events, exit, durationMs, this.failureOf)
   }
 }
 
@@ -622,7 +696,7 @@ const instrumentImpl = <A, E, R>(
     const outerContext = fiber.currentContext
     const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
     if (span !== undefined) setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
-    const call = new InstrumentedCall<A, E>(
+    const instrumented = new InstrumentedCall<A, E>(
       calls,
       token,
       fiber as AnyFiber,
@@ -633,18 +707,7 @@ const instrumentImpl = <A, E, R>(
       options.response,
       span,
       outerContext
-    )
-    const instrumented = Effect.uninterruptibleMask((restore) => {
-      const started = calls.run(token, events.start, fiber)
-      // The start dispatch completed synchronously (the common case).
-      if (started === undefined) return call.run(self, restore)
-      return Effect.matchCauseEffect(restore(started), {
-        // Interrupted while `start` was dispatched: the call never runs, but
-        // the handlers that heard `start` still hear exactly one terminal event.
-        onFailure: (cause) => call.terminal(Exit.failCause(cause)),
-        onSuccess: () => call.run(self, restore)
-      })
-    })
+    ).instrument(self, events.start)
     return gate === undefined ? instrumented : admitted(gate, events.start, instrumented)
   })
 
@@ -745,7 +808,6 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     const startedAt = clock.unsafeCurrentTimeMillis()
     const parents = parentsOf(fiber as AnyFiber)
     const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
-    const callId = events.call.callId
     const span = startSpan(fiber as AnyFiber, events.call, clock, events.start.tool)
     // As for a model call: the run's span is the parent of the tool's own spans and of the handler
     // invocations, set on the fiber in place and restored once the terminal event is dispatched.
@@ -753,33 +815,19 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     if (span !== undefined) {
       setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
     }
-    let entered = false
-    const terminal = (exit: Exit.Exit<A, E>): Effect.Effect<A, E> => {
-      if (span !== undefined && Exit.isFailure(exit)) {
-        const cause = uncapture(exit.cause, span)
-        if (cause !== exit.cause) exit = Exit.failCause(cause)
-      }
-      if (entered) removeParent(parents, callId)
-      const event = toolTerminal(events, exit, clock.unsafeCurrentTimeMillis() - startedAt, options.failureOf)
-      return closeRun(calls, token, fiber as AnyFiber, event, exit, span, clock, outerContext)
-    }
     // Calls the tool makes (a sub-agent's model calls) see the tool run as their parent.
-    const body = (restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>) => {
-      parents.ids.push(callId)
-      entered = true
-      return Effect.matchCauseEffect(restore(self), {
-        onFailure: (cause) => terminal(Exit.failCause(cause)),
-        onSuccess: (value) => terminal(Exit.succeed(value))
-      })
-    }
-    return Effect.uninterruptibleMask((restore) => {
-      const started = calls.run(token, events.start, fiber)
-      if (started === undefined) return body(restore)
-      return Effect.matchCauseEffect(restore(started), {
-        onFailure: (cause) => terminal(Exit.failCause(cause)),
-        onSuccess: () => body(restore)
-      })
-    })
+    return new InstrumentedTool<A, E>(
+      calls,
+      token,
+      fiber as AnyFiber,
+      events,
+      clock,
+      startedAt,
+      parents,
+      options.failureOf,
+      span,
+      outerContext
+    ).instrument(self, events.start)
   })
 
 /**
