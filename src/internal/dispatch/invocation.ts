@@ -7,7 +7,7 @@
  * no fiber, timer or schedule driver is paid for. When it returns an effect
  * that must be run, that effect runs on a fiber of its own, started at once;
  * most complete without suspending, and their outcome is known on the spot
- * too. A failure that the retry rule retries is fed to the handler's schedule
+ * too (a success then makes no invocation object either). A failure that the retry rule retries is fed to the handler's schedule
  * right there: while attempts fail at once and the schedule asks for no
  * delay, they are retried in the same loop, without a retry fiber.
  *
@@ -64,11 +64,12 @@ export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing 
 /**
  * What hooks take from the dispatching fiber: its refs, read only when a hook
  * needs a fiber of its own (a hook that returns a completed effect never
- * does), and its clock (retry schedules step on it). One object per
- * dispatch, with no closure: most dispatches never read the refs.
+ * does), and its clock (retry schedules step on it), read only when an
+ * invocation suspends or retries. One object per dispatch, with no closure:
+ * most dispatches read neither.
  */
 export class Caller {
-  readonly clock: Clock.Clock
+  private clockRead: Clock.Clock | undefined = undefined
   private refsRead: FiberRefs.FiberRefs | undefined = undefined
   /** The inherited refs when they serve every hook fiber of the dispatch (see {@link inheritedRefs}). */
   private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
@@ -78,8 +79,11 @@ export class Caller {
   constructor(
     readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
     private readonly kept: InheritedRefs
-  ) {
-    this.clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+  ) {}
+
+  /** Its clock: read only by an invocation that suspends or retries. */
+  get clock(): Clock.Clock {
+    return this.clockRead ??= Context.get(this.fiber.currentDefaultServices, Clock.Clock)
   }
 
   refs(): FiberRefs.FiberRefs {
@@ -335,7 +339,7 @@ const hookRefsOf = (entry: Entry, caller: Caller, span: Tracer.AnySpan | undefin
   return refs
 }
 
-/** An invocation past its first attempt: see the module's comment. */
+/** An invocation whose first attempt did not succeed on the spot: see the module's comment. */
 class Invocation extends Settles implements Timed {
   attempts = 1
   /** An attempt ran to its end (the hook processed the event): a cancellation is no longer "did not hear it". */
@@ -376,20 +380,21 @@ class Invocation extends Settles implements Timed {
     })
   }
 
-
   /**
-   * Goes on from a first attempt started on `fiber` by `startWithSlot`:
-   * `exit` is the attempt's, or `null` while it runs.
+   * Goes on from its first attempt, started by `startWithSlot`: `exit` is
+   * the attempt's, or `null` while it runs on `fiber`.
    */
-  runStarted(fiber: Fiber.RuntimeFiber<void, unknown>, exit: Exit.Exit<void, unknown> | null): void {
-    if (exit === null) {
-      this.running = fiber
-      this.suspend()
-      fiber.addObserver(this.onAttemptExit)
-      return
-    }
+  runStarted(fiber: Fiber.RuntimeFiber<void, unknown> | undefined, exit: Exit.Exit<void, unknown> | null): void {
+    if (exit === null) return this.awaitAttempt(fiber!)
     const next = this.afterAttempt(exit)
     if (next !== undefined) this.run(next)
+  }
+
+  /** An attempt suspended on `fiber`: from now on the invocation is pending, and goes on when the fiber ends. */
+  private awaitAttempt(fiber: Fiber.RuntimeFiber<void, unknown>): void {
+    this.running = fiber
+    this.suspend()
+    fiber.addObserver(this.onAttemptExit)
   }
 
   /** Runs attempts from `effect` on, synchronously as far as they go. */
@@ -403,12 +408,7 @@ class Invocation extends Settles implements Timed {
       } else {
         const fiber = startHookFiber(this.caller.fiber, hookRefsOf(this.entry, this.caller, this.span), next)
         exit = fiber.unsafePoll()
-        if (exit === null) {
-          this.running = fiber
-          this.suspend()
-          fiber.addObserver(this.onAttemptExit)
-          return
-        }
+        if (exit === null) return this.awaitAttempt(fiber)
       }
       next = this.afterAttempt(exit)
       if (next !== undefined && ++attemptsNow >= maxSyncAttempts) next = Effect.zipRight(Effect.yieldNow(), next)
@@ -553,21 +553,11 @@ const startWithSlot = (
   done: Done
 ): Pending | undefined => {
   const effect = call(hook, arg)
-  if (Exit.isExit(effect)) {
-    if (Exit.isSuccess(effect)) {
-      // The commonest case of all, without an invocation object.
-      state.slots.release()
-      done(Outcome.SUCCESS, entry, startedAt)
-      return undefined
-    }
-    const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, startedAt, done)
-    invocation.run(effect)
-    return invocation.settled ? undefined : invocation
-  }
-  // A hook fiber, run at once: one that succeeds without suspending needs no invocation object either.
-  const fiber = startHookFiber(caller.fiber, hookRefsOf(entry, caller, span), effect)
-  const exit = fiber.unsafePoll()
+  // A completed effect is its own exit; any other runs on a hook fiber, started at once.
+  const fiber = Exit.isExit(effect) ? undefined : startHookFiber(caller.fiber, hookRefsOf(entry, caller, span), effect)
+  const exit = fiber === undefined ? effect as Exit.Exit<void, unknown> : fiber.unsafePoll()
   if (exit !== null && Exit.isSuccess(exit)) {
+    // The commonest case of all, without an invocation object.
     state.slots.release()
     done(Outcome.SUCCESS, entry, startedAt)
     return undefined
