@@ -530,10 +530,14 @@ const estimateUsage = (
 /**
  * One instrumented run (a model call or a tool run), from its start dispatch
  * to its terminal one: what its continuations need, held in one object (its
- * steps are methods, not a closure each). Its span is set on the fiber in
- * place by its maker, and restored once the terminal event is dispatched.
+ * steps are methods, not a closure each).
  */
-abstract class InstrumentedRun<A, E> {
+abstract class InstrumentedRun<
+  A,
+  E,
+  Events extends { readonly call: CallInfo; readonly start: StartEvent | ToolStartEvent },
+  Options
+> {
   /** Runs made inside it see it as their parent (see `run`). */
   private entered = false
 
@@ -541,7 +545,8 @@ abstract class InstrumentedRun<A, E> {
     readonly calls: Calls,
     readonly token: CallToken,
     readonly fiber: AnyFiber,
-    readonly callId: string,
+    readonly events: Events,
+    readonly options: Options,
     readonly clock: Clock.Clock,
     readonly startedAt: number,
     readonly parents: ParentStack,
@@ -560,14 +565,19 @@ abstract class InstrumentedRun<A, E> {
   readonly onSuccess = (value: A): Effect.Effect<A, E> => this.terminal(Exit.succeed(value))
 
   /**
-   * Dispatches `start`, then runs `self`; the terminal event follows
-   * whatever happens, interruption while `start` is dispatched included (the
-   * run never runs then, but the handlers that heard `start` still hear
-   * exactly one terminal event).
+   * Sets its span on the fiber (the parent of everything inside the run and
+   * of the handler invocations; `outerContext` is restored once the terminal
+   * event is dispatched), dispatches `start`, then runs `self`; the terminal
+   * event follows whatever happens, interruption while `start` is dispatched
+   * included (the run never runs then, but the handlers that heard `start`
+   * still hear exactly one terminal event).
    */
-  instrument<R>(self: Effect.Effect<A, E, R>, start: StartEvent | ToolStartEvent): Effect.Effect<A, E, R> {
+  instrument<R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
+    if (this.span !== undefined) {
+      setFiberRef(this.fiber, FiberRef.currentContext, Context.add(this.outerContext, Tracer.ParentSpan, this.span))
+    }
     return Effect.uninterruptibleMask((restore) => {
-      const started = this.calls.run(this.token, start, this.fiber)
+      const started = this.calls.run(this.token, this.events.start, this.fiber)
       // The start dispatch completed synchronously (the common case).
       if (started === undefined) return this.run(self, restore)
       return Effect.matchCauseEffect(restore(started), {
@@ -586,7 +596,7 @@ abstract class InstrumentedRun<A, E> {
     self: Effect.Effect<A, E, R>,
     restore: <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
   ): Effect.Effect<A, E, R> {
-    this.parents.ids.push(this.callId)
+    this.parents.ids.push(this.events.call.callId)
     this.entered = true
     return Effect.matchCauseEffect(restore(self), this)
   }
@@ -599,7 +609,7 @@ abstract class InstrumentedRun<A, E> {
       if (cause !== exit.cause) exit = Exit.failCause(cause)
     }
     // Leave the run (see `run`).
-    if (this.entered) removeParent(this.parents, this.callId)
+    if (this.entered) removeParent(this.parents, this.events.call.callId)
     const event = this.terminalEvent(exit, this.clock.unsafeCurrentTimeMillis() - this.startedAt)
     if (!Effect.isEffect(event)) return this.dispatchTerminal(event, exit)
     const final = exit
@@ -615,28 +625,14 @@ abstract class InstrumentedRun<A, E> {
 }
 
 /** A model call: its terminal event is `end` (the response read, usage counted when missing, cost) or `error`. */
-class InstrumentedCall<A, E> extends InstrumentedRun<A, E> {
-  constructor(
-    calls: Calls,
-    token: CallToken,
-    fiber: AnyFiber,
-    readonly events: CallEvents,
-    clock: Clock.Clock,
-    startedAt: number,
-    parents: ParentStack,
-    readonly read: ((a: A) => unknown) | undefined,
-    span: Tracer.Span | undefined,
-    outerContext: Context.Context<never>
-  ) {
-    super(calls, token, fiber, events.call.callId, clock, startedAt, parents, span, outerContext)
-  }
-
+class InstrumentedCall<A, E> extends InstrumentedRun<A, E, CallEvents, InstrumentOptions<A>> {
   protected terminalEvent(exit: Exit.Exit<A, E>, durationMs: number): EndEvent | ErrorEvent | Effect.Effect<EndEvent> {
     if (Exit.isFailure(exit)) return errorEvent(this.events, exit.cause, durationMs)
     let response: unknown
     let issues: Array<string> | undefined
     try {
-      response = this.read === undefined ? exit.value : this.read(exit.value)
+      const read = this.options.response
+      response = read === undefined ? exit.value : read(exit.value)
     } catch (error) {
       // A throwing reader must not break the call: the handlers get the issue as data.
       issues = [`response: the response reader threw: ${String(error)}`]
@@ -646,24 +642,9 @@ class InstrumentedCall<A, E> extends InstrumentedRun<A, E> {
 }
 
 /** A tool run: its terminal event is `tool_end` or `tool_error`, from its exit (and `failureOf`). */
-class InstrumentedTool<A, E> extends InstrumentedRun<A, E> {
-  constructor(
-    calls: Calls,
-    token: CallToken,
-    fiber: AnyFiber,
-    readonly events: ToolEvents,
-    clock: Clock.Clock,
-    startedAt: number,
-    parents: ParentStack,
-    readonly failureOf: ((result: A) => unknown) | undefined,
-    span: Tracer.Span | undefined,
-    outerContext: Context.Context<never>
-  ) {
-    super(calls, token, fiber, events.call.callId, clock, startedAt, parents, span, outerContext)
-  }
-
+class InstrumentedTool<A, E> extends InstrumentedRun<A, E, ToolEvents, ToolRunOptions<A>> {
   protected terminalEvent(exit: Exit.Exit<A, E>, durationMs: number): ToolEndEvent | ToolErrorEvent {
-    return toolTerminal(this.events, exit, durationMs, this.failureOf)
+    return toolTerminal(this.events, exit, durationMs, this.options.failureOf)
   }
 }
 
@@ -691,23 +672,19 @@ const instrumentImpl = <A, E, R>(
       calls.nextCallId,
       fiber.getFiberRef(currentOperation)
     )
-    // The call's span is the parent of everything inside the call and of the
-    // handler invocations.
-    const outerContext = fiber.currentContext
     const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
-    if (span !== undefined) setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
     const instrumented = new InstrumentedCall<A, E>(
       calls,
       token,
       fiber as AnyFiber,
       events,
+      options,
       clock,
       startedAt,
       parents,
-      options.response,
       span,
-      outerContext
-    ).instrument(self, events.start)
+      fiber.currentContext
+    ).instrument(self)
     return gate === undefined ? instrumented : admitted(gate, events.start, instrumented)
   })
 
@@ -809,25 +786,19 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     const parents = parentsOf(fiber as AnyFiber)
     const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
     const span = startSpan(fiber as AnyFiber, events.call, clock, events.start.tool)
-    // As for a model call: the run's span is the parent of the tool's own spans and of the handler
-    // invocations, set on the fiber in place and restored once the terminal event is dispatched.
-    const outerContext = fiber.currentContext
-    if (span !== undefined) {
-      setFiberRef(fiber as AnyFiber, FiberRef.currentContext, Context.add(outerContext, Tracer.ParentSpan, span))
-    }
     // Calls the tool makes (a sub-agent's model calls) see the tool run as their parent.
     return new InstrumentedTool<A, E>(
       calls,
       token,
       fiber as AnyFiber,
       events,
+      options,
       clock,
       startedAt,
       parents,
-      options.failureOf,
       span,
-      outerContext
-    ).instrument(self, events.start)
+      fiber.currentContext
+    ).instrument(self)
   })
 
 /**
