@@ -22,7 +22,7 @@ import * as GenAiMetrics from "../layers/GenAiMetrics.js"
 import * as TokenUsage from "../layers/TokenUsage.js"
 import { Dispatcher, TokenStore } from "../src/index.js"
 import * as MockOpenAiServer from "../test/support/MockOpenAiServer.js"
-import { gc, type Row } from "./common.js"
+import { gc, median, type Row } from "./common.js"
 
 const handlers = Layer.mergeAll(TokenUsage.layer({ cycleStartDate: "2026-01-01" }), GenAiMetrics.layer()).pipe(
   Layer.provideMerge(Layer.merge(Dispatcher.layer(), TokenStore.layerMemory))
@@ -70,11 +70,6 @@ const timeIt = async (
   return { wall, cpu: (used.user + used.system) / iterations }
 }
 
-const median = (values: ReadonlyArray<number>): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
 
 const compare = async (model: Model, iterations: number, rounds: number) => {
   const bare = runtimeOf(model, false)

@@ -17,6 +17,7 @@ import * as RedisTokenStore from "../layers/RedisTokenStore.js"
 import * as TokenUsage from "../layers/TokenUsage.js"
 import { BillingCycle, Budget, Callbacks, Dispatcher, TokenStore } from "../src/index.js"
 import { type RedisProcess, startRedisProcess, stopRedisProcess } from "../test/support/globalSetup.js"
+import { median } from "./common.js"
 
 const users = 50
 const inFlight = 100
@@ -28,10 +29,6 @@ const scriptCalls = async (redis: Redis): Promise<number> => {
   return n
 }
 
-const median = (xs: ReadonlyArray<number>): number => {
-  const sorted = [...xs].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}
 
 export const run = async (calls = 20_000, rounds = 5): Promise<Array<Record<string, string | number>>> => {
   let server: RedisProcess | undefined

@@ -28,6 +28,7 @@ import { BaseCallbackHandler } from "@langchain/core/callbacks/base"
 import { CallbackManager } from "@langchain/core/callbacks/manager"
 import { Effect, Layer, Logger, ManagedRuntime, Schedule } from "effect"
 import { Callbacks, Dispatcher, Handler } from "../src/index.js"
+import { median } from "./common.js"
 
 const response = { content: "ok", usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } }
 const messages = [{ role: "user", content: "hello" }]
@@ -162,10 +163,6 @@ const batch = async (one: One, calls: number): Promise<number> => {
   return Number(process.hrtime.bigint() - start) / 1000 / calls
 }
 
-const median = (xs: ReadonlyArray<number>): number => {
-  const sorted = [...xs].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}
 
 const callsPerBatch: Record<Kind, number> = { "no-op": 5_000, sync: 3_000, suspend: 2_000, fail: 500, background: 5_000 }
 

@@ -22,7 +22,7 @@ import * as AiTesting from "../layers/AiTesting.js"
 import * as GenAiMetrics from "../layers/GenAiMetrics.js"
 import * as TokenUsage from "../layers/TokenUsage.js"
 import { Dispatcher, Handler, TokenStore } from "../src/index.js"
-import { gc, type Row } from "./common.js"
+import { gc, median, type Row } from "./common.js"
 
 const text = Array.from({ length: 60 }, (_, i) => `word${i % 7}`).join(" ")
 
@@ -65,11 +65,6 @@ const timeIt = async (runtime: ManagedRuntime.ManagedRuntime<LanguageModel.Langu
   return (used.user + used.system) / iterations
 }
 
-const median = (values: ReadonlyArray<number>): number => {
-  const sorted = [...values].sort((a, b) => a - b)
-  const middle = Math.floor(sorted.length / 2)
-  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
-}
 
 /**
  * @since 0.3.0

@@ -13,7 +13,7 @@
 import { BaseCallbackHandler } from "@langchain/core/callbacks/base"
 import { CallbackManager } from "@langchain/core/callbacks/manager"
 import { Effect } from "effect"
-import { instrumented, noopHandlers, response, type Row, runtimeWith } from "./common.js"
+import { instrumented, median, noopHandlers, response, type Row, runtimeWith } from "./common.js"
 
 const io = Effect.async<typeof response>((resume) => {
   setImmediate(() => resume(Effect.succeed(response)))
@@ -52,10 +52,6 @@ const fiberPool = (call: Effect.Effect<unknown>, calls: number, inFlight: number
     return Effect.forEach(Array.from({ length: inFlight }), () => worker, { concurrency: "unbounded", discard: true })
   })
 
-const median = (xs: ReadonlyArray<number>): number => {
-  const sorted = [...xs].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}
 
 export const run = async (calls = 100_000, inFlight = 10_000, rounds = 3): Promise<Array<Row>> => {
   const runtime = runtimeWith([...noopHandlers(3), ...noopHandlers(1, "background")])
