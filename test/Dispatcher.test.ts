@@ -661,6 +661,46 @@ describe("Dispatcher", () => {
       }))
 
     // Live, as the test above.
+    it.live("a ref set anew by each call (a call context, log annotations) keeps the refs kept: each dispatch gets them with the caller's value, and no ref is forked", () =>
+      Effect.gen(function*() {
+        let forks = 0
+        const counted = FiberRef.unsafeMake("initial", {
+          fork: (value) => {
+            forks++
+            return value
+          }
+        })
+        const perCall = FiberRef.unsafeMake("none")
+        const seen: Array<string> = []
+        const hook = (event: Events.StartEvent | Events.EndEvent) =>
+          Effect.zipRight(
+            Effect.promise(() => Promise.resolve()),
+            Effect.flatMap(
+              Effect.all([FiberRef.get(counted), FiberRef.get(perCall)]),
+              ([a, b]) => Effect.sync(() => seen.push(`${event._tag} ${a} ${b}`))
+            )
+          )
+        const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
+        const after = yield* Effect.gen(function*() {
+          yield* Effect.locally(call, perCall, "first")
+          const before = forks
+          seen.length = 0
+          yield* Effect.forEach(
+            Array.from({ length: 19 }, (_, i) => i),
+            (i) => Effect.locally(call, perCall, `call-${i}`),
+            { discard: true }
+          )
+          return forks - before
+        }).pipe(Effect.locally(counted, "set by the caller"), Effect.provide(withHandlers(handlers)))
+        // Each hook saw its own call's value, and the value kept of the other ref.
+        const expected = Array.from({ length: 19 }, (_, i) =>
+          ["Start", "Start", "End", "End"].map((tag) => `${tag} set by the caller call-${i}`)).flat()
+        assert.deepStrictEqual([...seen].sort(), expected.sort())
+        // Forked for the first call only: later dispatches took the kept refs with the caller's value.
+        assert.strictEqual(after, 0)
+      }))
+
+    // Live, as the test above.
     it.live("a ref that forks to a copy: each hook fiber gets its own, the refs forked once per hook fiber and checked once per dispatch", () =>
       Effect.gen(function*() {
         let copies = 0

@@ -24,6 +24,7 @@ import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Equal from "effect/Equal"
 import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
@@ -154,30 +155,56 @@ export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: Sta
  * The refs that hook fibers inherit from callers, kept from one dispatch to
  * the next (one per dispatcher): a dispatch whose caller holds the same
  * values as the last one's (the root fibers of one runtime do, and fibers in
- * one span) reuses them, without forking or copying a ref map. The context
- * (a hook fiber gets its handler's), the parent stack (copied per hook fiber
- * when not empty) and the runtime flags (a fiber's own, not kept up to date
- * in its ref map) are not compared, nor kept.
+ * one span) reuses them, without forking or copying a ref map. A caller
+ * whose values differ only in refs that fork to the value they hold (as most
+ * do: a call context or log annotations set per request) gets them with its
+ * own values of those refs, as a fork would: one map copy, no fork of every
+ * ref. The context (a hook fiber gets its handler's), the parent stack
+ * (copied per hook fiber when not empty) and the runtime flags (a fiber's
+ * own, not kept up to date in its ref map) are not compared, nor kept.
  */
 export class InheritedRefs {
   /** The values they were made from, of the refs compared. */
   private values: Map<FiberRef.FiberRef<unknown>, unknown> | undefined = undefined
   private refs: FiberRefs.FiberRefs | undefined = undefined
 
-  /** The refs kept, when `caller` holds the values they were made from. */
+  /**
+   * The refs kept, when `caller` holds the values they were made from; with
+   * its own values of the refs where it differs, when each of those forks to
+   * the value it holds (and is not the scheduler, which hook fibers wrap),
+   * kept from then on; `undefined` otherwise (the caller's refs are forked then).
+   */
   get(caller: FiberRefs.FiberRefs): FiberRefs.FiberRefs | undefined {
     const values = this.values
     if (values === undefined) return undefined
-    let compared = 0
-    let equal = true
+    let shared = 0
+    let usable = true
+    let differing: Array<FiberRef.FiberRef<unknown>> | undefined
     // `forEach`, not `for...of`: an entry array per ref on every dispatch otherwise.
     caller.locals.forEach((stack, ref) => {
-      if (!equal || !isCompared(ref)) return
-      compared++
+      if (!usable || !isCompared(ref)) return
+      const held = stack[0][1]
       const value = values.get(ref)
-      if (value !== stack[0][1] || (value === undefined && !values.has(ref))) equal = false
+      if (value !== undefined || values.has(ref)) {
+        shared++
+        if (value === held) return
+      }
+      if (ref === FiberRef.currentScheduler || !forksToItself(ref, held)) usable = false
+      else (differing ??= []).push(ref)
     })
-    return equal && compared === values.size ? this.refs : undefined
+    // A ref the kept ones were made with that the caller lacks: it holds the initial value, forked anew.
+    if (!usable || shared !== values.size) return undefined
+    if (differing === undefined) return this.refs
+    const locals = new Map(this.refs!.locals)
+    for (let i = 0; i < differing.length; i++) {
+      const ref = differing[i]!
+      const stack = caller.locals.get(ref)!
+      // As a fork keeps a ref that forks to its value: the caller's own stack.
+      locals.set(ref, stack)
+      values.set(ref, stack[0][1])
+    }
+    // Kept in their turn: the call's next dispatches (its terminal event) find them as they are.
+    return this.refs = FiberRefs.unsafeMake(locals)
   }
 
   set(caller: FiberRefs.FiberRefs, refs: FiberRefs.FiberRefs): void {
@@ -196,6 +223,18 @@ export class InheritedRefs {
 export class HookRefs {
   inherited: FiberRefs.FiberRefs | undefined = undefined
   refs: FiberRefs.FiberRefs | undefined = undefined
+}
+
+/** How `FiberRefs.forkAs` forks a ref's value (members of Effect's `FiberRef` it does not export). */
+interface Forking {
+  readonly fork?: unknown
+  readonly patch?: (patch: unknown) => (value: unknown) => unknown
+}
+
+/** Whether a fiber forked from one holding `value` in `ref` holds `value` too (as `FiberRefs.forkAs` finds it). */
+const forksToItself = (ref: FiberRef.FiberRef<unknown>, value: unknown): boolean => {
+  const { fork, patch } = ref as unknown as Forking
+  return patch !== undefined && Equal.equals(value, patch.call(ref, fork)(value))
 }
 
 const isCompared = (ref: FiberRef.FiberRef<unknown>): boolean =>
