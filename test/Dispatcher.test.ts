@@ -700,6 +700,31 @@ describe("Dispatcher", () => {
         assert.strictEqual(after, 0)
       }))
 
+    // Live: under a TestClock, each suspended invocation's timeout is a fiber (counted: it is the caller's).
+    it.live("hook fibers, and the fibers their hooks fork, are the dispatcher's own: Effect's fiber metrics (effect_fiber_*) do not count them", () =>
+      Effect.gen(function*() {
+        const fiberMetrics = Effect.all([
+          Metric.value(Metric.fiberStarted),
+          Metric.value(Metric.fiberSuccesses),
+          Metric.value(Metric.fiberFailures),
+          Metric.value(Metric.fiberActive)
+        ]).pipe(Effect.map((states) => states.map((state) => state.count)))
+        let heard = 0
+        // A hook that needs a fiber, and one that forks one of its own.
+        const handler = Handler.make({
+          name: "fibers",
+          onLlmStart: () => Effect.sync(() => heard++),
+          onLlmEnd: () => Effect.flatMap(Effect.fork(Effect.sync(() => heard++)), Fiber.join)
+        })
+        const [before, after] = yield* Effect.gen(function*() {
+          const before = yield* fiberMetrics
+          yield* Effect.forEach(Array.from({ length: 10 }), () => call, { discard: true })
+          return [before, yield* fiberMetrics]
+        }).pipe(Effect.provide(withHandlers([handler])))
+        assert.strictEqual(heard, 20)
+        assert.deepStrictEqual(after, before)
+      }))
+
     // Live, as the test above.
     it.live("a ref that forks to a copy: each hook fiber gets its own, the refs forked once per hook fiber and checked once per dispatch", () =>
       Effect.gen(function*() {
