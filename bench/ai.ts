@@ -8,7 +8,8 @@
  *   instrumented: the difference is the layer's overhead, free of network noise;
  * - that overhead as a share of the HTTP round trip (target: under 5%).
  *
- * Bare and instrumented runs alternate over several rounds and the median of each is kept.
+ * Bare and instrumented runs alternate over several rounds (which runs first alternates too) and the
+ * median of each is kept.
  *
  * Run alone: `npx tsx bench/ai.ts`.
  */
@@ -79,9 +80,15 @@ const compare = async (model: Model, iterations: number, rounds: number) => {
     await timeIt(wrapped, Math.ceil(iterations / 4))
     const bareTimes: Array<Timing> = []
     const wrappedTimes: Array<Timing> = []
+    // The order alternates from round to round: neither variant always runs after the other.
     for (let round = 0; round < rounds; round++) {
-      bareTimes.push(await timeIt(bare, iterations))
-      wrappedTimes.push(await timeIt(wrapped, iterations))
+      if (round % 2 === 0) {
+        bareTimes.push(await timeIt(bare, iterations))
+        wrappedTimes.push(await timeIt(wrapped, iterations))
+      } else {
+        wrappedTimes.push(await timeIt(wrapped, iterations))
+        bareTimes.push(await timeIt(bare, iterations))
+      }
     }
     const summary = (times: ReadonlyArray<Timing>): Timing => ({
       wall: median(times.map((t) => t.wall)),
