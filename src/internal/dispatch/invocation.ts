@@ -105,8 +105,10 @@ export class Caller {
    * Forked once for all of the dispatch's hook fibers when every ref forks to
    * one value whichever fiber forks it (see `forksAlike`): forking once then
    * gives every child what forking per child would, the whole map again for
-   * each. They are kept for later dispatches too (`kept`), as long as their
-   * callers hold the same values. A ref whose fork makes a new value each time
+   * each. They are kept for later dispatches too (`kept`): as they are while
+   * their callers hold the same values, with a caller's own values where it
+   * differs only in refs that fork to their value (see {@link InheritedRefs}).
+   * A ref whose fork makes a new value each time
    * (a copy of a mutable one) gets each fiber a copy of its own: the refs are
    * forked per hook fiber then.
    */
