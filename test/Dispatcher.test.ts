@@ -703,12 +703,14 @@ describe("Dispatcher", () => {
     // Live: under a TestClock, each suspended invocation's timeout is a fiber (counted: it is the caller's).
     it.live("hook fibers, and the fibers their hooks fork, are the dispatcher's own: Effect's fiber metrics (effect_fiber_*) do not count them", () =>
       Effect.gen(function*() {
-        const fiberMetrics = Effect.all([
-          Metric.value(Metric.fiberStarted),
-          Metric.value(Metric.fiberSuccesses),
-          Metric.value(Metric.fiberFailures),
-          Metric.value(Metric.fiberActive)
-        ]).pipe(Effect.map((states) => states.map((state) => state.count)))
+        // Effect counts a fiber under its metric labels, which hook fibers and their forks take from the
+        // caller: only the fibers started under this test's label are read, whatever else runs.
+        const label = ["test", `hook-fiber-metrics-${Math.random()}`] as const
+        const fiberMetrics = Effect.all(
+          [Metric.fiberStarted, Metric.fiberSuccesses, Metric.fiberActive].map((metric) =>
+            Metric.value(Metric.tagged(metric, ...label))
+          )
+        ).pipe(Effect.map((states) => states.map((state) => state.count)))
         let heard = 0
         // A hook that needs a fiber, and one that forks one of its own.
         const handler = Handler.make({
@@ -716,13 +718,16 @@ describe("Dispatcher", () => {
           onLlmStart: () => Effect.sync(() => heard++),
           onLlmEnd: () => Effect.flatMap(Effect.fork(Effect.sync(() => heard++)), Fiber.join)
         })
-        const [before, after] = yield* Effect.gen(function*() {
-          const before = yield* fiberMetrics
-          yield* Effect.forEach(Array.from({ length: 10 }), () => call, { discard: true })
-          return [before, yield* fiberMetrics]
-        }).pipe(Effect.provide(withHandlers([handler])))
+        // A fiber forked under the label is counted: the label reaches what the caller forks.
+        yield* Effect.tagMetrics(Effect.flatMap(Effect.fork(Effect.void), Fiber.join), ...label)
+        assert.deepStrictEqual(yield* fiberMetrics, [1, 1, 0])
+        yield* Effect.forEach(Array.from({ length: 10 }), () => call, { discard: true }).pipe(
+          Effect.tagMetrics(...label),
+          Effect.provide(withHandlers([handler]))
+        )
         assert.strictEqual(heard, 20)
-        assert.deepStrictEqual(after, before)
+        // Neither the 20 hook fibers nor the 10 fibers they forked.
+        assert.deepStrictEqual(yield* fiberMetrics, [1, 1, 0])
       }))
 
     // Live, as the test above.
