@@ -108,9 +108,8 @@ export class Caller {
    * each. They are kept for later dispatches too (`kept`): as they are while
    * their callers hold the same values, with a caller's own values where it
    * differs only in refs that fork to their value (see {@link InheritedRefs}).
-   * A ref whose fork makes a new value each time
-   * (a copy of a mutable one) gets each fiber a copy of its own: the refs are
-   * forked per hook fiber then.
+   * A ref whose fork makes a new value each time (a copy of a mutable one)
+   * gets each fiber a copy of its own: the refs are forked per hook fiber then.
    */
   inheritedRefs(): FiberRefs.FiberRefs {
     if (this.sharedRefs !== undefined) return this.sharedRefs
