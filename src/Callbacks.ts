@@ -540,6 +540,8 @@ abstract class InstrumentedRun<
 > {
   /** Runs made inside it see it as their parent (see `run`). */
   private entered = false
+  /** The fiber's context when the run is made: set again once its terminal event is dispatched. */
+  readonly outerContext: Context.Context<never>
 
   constructor(
     readonly calls: Calls,
@@ -548,11 +550,11 @@ abstract class InstrumentedRun<
     readonly events: Events,
     readonly options: Options,
     readonly clock: Clock.Clock,
-    readonly startedAt: number,
     readonly parents: ParentStack,
-    readonly span: Tracer.Span | undefined,
-    readonly outerContext: Context.Context<never>
-  ) {}
+    readonly span: Tracer.Span | undefined
+  ) {
+    this.outerContext = fiber.currentContext
+  }
 
   /** Its terminal event for `exit`; an effect when building it takes one (a token count). */
   protected abstract terminalEvent(
@@ -588,9 +590,10 @@ abstract class InstrumentedRun<
   }
 
   /**
-   * Enters the run and runs it. The region it runs in is uninterruptible
-   * and `terminal` always runs, so leaving is guaranteed without a second
-   * acquire/release on the hot path.
+   * Enters the run and runs it: the instrumented calls made inside it (a
+   * tool's sub-agent's model calls) see it as their parent. The region it
+   * runs in is uninterruptible and `terminal` always runs, so leaving is
+   * guaranteed without a second acquire/release on the hot path.
    */
   private run<R>(
     self: Effect.Effect<A, E, R>,
@@ -610,7 +613,7 @@ abstract class InstrumentedRun<
     }
     // Leave the run (see `run`).
     if (this.entered) removeParent(this.parents, this.events.call.callId)
-    const event = this.terminalEvent(exit, this.clock.unsafeCurrentTimeMillis() - this.startedAt)
+    const event = this.terminalEvent(exit, this.clock.unsafeCurrentTimeMillis() - this.events.call.startedAt)
     if (!Effect.isEffect(event)) return this.dispatchTerminal(event, exit)
     const final = exit
     return Effect.flatMap(event, (event) => this.dispatchTerminal(event, final))
@@ -673,18 +676,8 @@ const instrumentImpl = <A, E, R>(
       fiber.getFiberRef(currentOperation)
     )
     const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
-    const instrumented = new InstrumentedCall<A, E>(
-      calls,
-      token,
-      fiber as AnyFiber,
-      events,
-      options,
-      clock,
-      startedAt,
-      parents,
-      span,
-      fiber.currentContext
-    ).instrument(self)
+    const instrumented = new InstrumentedCall<A, E>(calls, token, fiber as AnyFiber, events, options, clock, parents, span)
+      .instrument(self)
     return gate === undefined ? instrumented : admitted(gate, events.start, instrumented)
   })
 
@@ -786,19 +779,8 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     const parents = parentsOf(fiber as AnyFiber)
     const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
     const span = startSpan(fiber as AnyFiber, events.call, clock, events.start.tool)
-    // Calls the tool makes (a sub-agent's model calls) see the tool run as their parent.
-    return new InstrumentedTool<A, E>(
-      calls,
-      token,
-      fiber as AnyFiber,
-      events,
-      options,
-      clock,
-      startedAt,
-      parents,
-      span,
-      fiber.currentContext
-    ).instrument(self)
+    return new InstrumentedTool<A, E>(calls, token, fiber as AnyFiber, events, options, clock, parents, span)
+      .instrument(self)
   })
 
 /**
