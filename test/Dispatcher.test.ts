@@ -54,23 +54,40 @@ const callsByModel = () => {
  * Twenty calls, one after the other, by a caller that set `ref` to `value`,
  * heard by two handlers whose hooks suspend once (on a promise: no timer) and
  * note the value of `ref` they see: what they saw after the first call, and
- * how many times `ref` was forked meanwhile (`forks` counts them).
+ * how many times `ref` was forked meanwhile (`forks` counts them). With
+ * `perCall`, each call sets that ref anew (`call-0` to `call-19`), and what
+ * the hooks saw of it is noted too.
  */
-const hooksAfterFirstCall = <A>(ref: FiberRef.FiberRef<A>, value: A, forks: () => number) =>
+const hooksAfterFirstCall = <A>(
+  ref: FiberRef.FiberRef<A>,
+  value: A,
+  forks: () => number,
+  perCall?: FiberRef.FiberRef<string>
+) =>
   Effect.gen(function*() {
     const seen: Array<A> = []
+    const seenPerCall: Array<string> = []
     const hook = () =>
       Effect.zipRight(
         Effect.promise(() => Promise.resolve()),
-        Effect.flatMap(FiberRef.get(ref), (seenValue) => Effect.sync(() => seen.push(seenValue)))
+        Effect.flatMap(
+          Effect.all([FiberRef.get(ref), perCall === undefined ? Effect.succeed("-") : FiberRef.get(perCall)]),
+          ([seenValue, seenOfCall]) =>
+            Effect.sync(() => {
+              seen.push(seenValue)
+              seenPerCall.push(seenOfCall)
+            })
+        )
       )
     const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
+    const callNumber = (i: number) => perCall === undefined ? call : Effect.locally(call, perCall, `call-${i}`)
     return yield* Effect.gen(function*() {
-      yield* call
+      yield* callNumber(0)
       const before = forks()
       seen.length = 0
-      yield* Effect.forEach(Array.from({ length: 19 }), () => call, { discard: true })
-      return { seen, forks: forks() - before }
+      seenPerCall.length = 0
+      yield* Effect.forEach(Array.from({ length: 19 }, (_, i) => i + 1), callNumber, { discard: true })
+      return { seen, seenPerCall, forks: forks() - before }
     }).pipe(Effect.locally(ref, value), Effect.provide(withHandlers(handlers)))
   })
 
@@ -664,40 +681,18 @@ describe("Dispatcher", () => {
     it.live("a ref set anew by each call (a call context, log annotations) keeps the refs kept: each dispatch gets them with the caller's value, and no ref is forked", () =>
       Effect.gen(function*() {
         let forks = 0
-        const counted = FiberRef.unsafeMake("initial", {
+        const ref = FiberRef.unsafeMake("initial", {
           fork: (value) => {
             forks++
             return value
           }
         })
-        const perCall = FiberRef.unsafeMake("none")
-        const seen: Array<string> = []
-        const hook = (event: Events.StartEvent | Events.EndEvent) =>
-          Effect.zipRight(
-            Effect.promise(() => Promise.resolve()),
-            Effect.flatMap(
-              Effect.all([FiberRef.get(counted), FiberRef.get(perCall)]),
-              ([a, b]) => Effect.sync(() => seen.push(`${event._tag} ${a} ${b}`))
-            )
-          )
-        const handlers = [0, 1].map((i) => Handler.make({ name: `h${i}`, onLlmStart: hook, onLlmEnd: hook }))
-        const after = yield* Effect.gen(function*() {
-          yield* Effect.locally(call, perCall, "first")
-          const before = forks
-          seen.length = 0
-          yield* Effect.forEach(
-            Array.from({ length: 19 }, (_, i) => i),
-            (i) => Effect.locally(call, perCall, `call-${i}`),
-            { discard: true }
-          )
-          return forks - before
-        }).pipe(Effect.locally(counted, "set by the caller"), Effect.provide(withHandlers(handlers)))
-        // Each hook saw its own call's value, and the value kept of the other ref.
-        const expected = Array.from({ length: 19 }, (_, i) =>
-          ["Start", "Start", "End", "End"].map((tag) => `${tag} set by the caller call-${i}`)).flat()
-        assert.deepStrictEqual([...seen].sort(), expected.sort())
+        const after = yield* hooksAfterFirstCall(ref, "set by the caller", () => forks, FiberRef.unsafeMake("none"))
+        // Each hook saw the value kept of the one ref, and its own call's value of the other, call after call.
+        assert.deepStrictEqual(after.seen, Array.from({ length: 76 }, () => "set by the caller"))
+        assert.deepStrictEqual(after.seenPerCall, Array.from({ length: 76 }, (_, i) => `call-${Math.floor(i / 4) + 1}`))
         // Forked for the first call only: later dispatches took the kept refs with the caller's value.
-        assert.strictEqual(after, 0)
+        assert.strictEqual(after.forks, 0)
       }))
 
     // Live: under a TestClock, each suspended invocation's timeout is a fiber (counted: it is the caller's).
