@@ -80,14 +80,12 @@ const compare = async (model: Model, iterations: number, rounds: number) => {
     await timeIt(wrapped, Math.ceil(iterations / 4))
     const bareTimes: Array<Timing> = []
     const wrappedTimes: Array<Timing> = []
-    // The order alternates from round to round: neither variant always runs after the other.
+    const variants = [[bare, bareTimes], [wrapped, wrappedTimes]] as const
     for (let round = 0; round < rounds; round++) {
-      if (round % 2 === 0) {
-        bareTimes.push(await timeIt(bare, iterations))
-        wrappedTimes.push(await timeIt(wrapped, iterations))
-      } else {
-        wrappedTimes.push(await timeIt(wrapped, iterations))
-        bareTimes.push(await timeIt(bare, iterations))
+      // The order alternates from round to round: neither variant always runs after the other.
+      for (let i = 0; i < variants.length; i++) {
+        const [runtime, times] = variants[(i + round) % variants.length]!
+        times.push(await timeIt(runtime, iterations))
       }
     }
     const summary = (times: ReadonlyArray<Timing>): Timing => ({

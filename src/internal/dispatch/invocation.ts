@@ -7,9 +7,10 @@
  * no fiber, timer or schedule driver is paid for. When it returns an effect
  * that must be run, that effect runs on a fiber of its own, started at once;
  * most complete without suspending, and their outcome is known on the spot
- * too (a success then makes no invocation object either). A failure that the retry rule retries is fed to the handler's schedule
- * right there: while attempts fail at once and the schedule asks for no
- * delay, they are retried in the same loop, without a retry fiber.
+ * too (a success then makes no invocation object either). A failure that
+ * the retry rule retries is fed to the handler's schedule right there: while
+ * attempts fail at once and the schedule asks for no delay, they are retried
+ * in the same loop, without a retry fiber.
  *
  * Only an invocation that suspends (an attempt, a retry delay, a schedule
  * step) becomes pending: it then holds a timer for the handler's timeout
