@@ -1088,6 +1088,51 @@ describe("Dispatcher", () => {
         assert.isAtMost(batches.length, 3)
       }))
 
+    it.live("on the live clock, more deliveries in one turn than the buffer holds are taken within the turn, not a bufferful per turn", () =>
+      Effect.gen(function*() {
+        let heard = 0
+        const small = Handler.make({
+          name: "small-turn",
+          mode: "background",
+          bufferSize: 4,
+          onLlmStart: () => Effect.sync(() => void heard++),
+          onLlmEnd: () => Effect.sync(() => void heard++)
+        })
+        // Calls whose I/O completes in the next turn (setImmediate callbacks queued together).
+        const io = Effect.async<typeof response>((resume) => {
+          setImmediate(() => resume(Effect.succeed(response)))
+        })
+        // Event-loop turns, counted while the calls run.
+        let turns = 0
+        let ticking = true
+        const tick = () => {
+          turns++
+          if (ticking) setImmediate(tick)
+        }
+        const rounds = 20
+        const health = yield* Effect.gen(function*() {
+          setImmediate(tick)
+          // Each round, 20 calls at once: 20 starts in one turn, 20 ends in the next, for a buffer of 4.
+          for (let round = 0; round < rounds; round++) {
+            yield* Effect.forEach(Array.from({ length: 20 }), () => io.pipe(Callbacks.instrument(options)), {
+              concurrency: "unbounded",
+              discard: true
+            })
+          }
+          ticking = false
+          yield* Dispatcher.flush
+          return yield* Dispatcher.health
+        }).pipe(Effect.provide(withHandlers([small])))
+        assert.strictEqual(heard, 40 * rounds)
+        const h = health.handlers[0]!
+        assert.deepStrictEqual([h.successes, h.dropped], [40 * rounds, 0])
+        // Woken at once when the buffer is half full, the consumer makes room
+        // within the turn: a round takes one turn, its I/O's (21 turns in all).
+        // Woken once per turn only, the full buffer costs each round a turn
+        // more (41).
+        assert.isAtMost(turns, rounds * 1.5)
+      }))
+
     it.effect("a batch-only handler in await mode hears each end event alone", () =>
       Effect.gen(function*() {
         const batches: Array<number> = []
