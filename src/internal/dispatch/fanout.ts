@@ -60,7 +60,8 @@ const runGroups = (
       const entry = group[i]!
       const started = invokeTraced(state, entry, phase, entry.hooks[phase]!, event, caller, span, tracing, time, done)
       if (started !== undefined) {
-        ;(waiting ??= []).push(started)
+        // `new Array`, not a literal: see `Results`.
+        ;(waiting ??= new Array<Pending>()).push(started)
         time = performance.now()
       }
     }

@@ -16,24 +16,38 @@ import { nativeTracer, type Pending } from "./invocation.js"
 import type { Outcome } from "./outcome.js"
 import type { Entry } from "./plan.js"
 
-/** The results of one dispatch. */
-export interface Results {
-  /**
-   * Keep every result (a report was asked for). Without it (the path
-   * `instrument` takes, which discards the report) only the results worth
-   * logging are kept, so a successful dispatch allocates nothing per handler.
-   */
-  readonly collect: boolean
-  readonly items: Array<HandlerResult>
+/**
+ * The results of one dispatch.
+ *
+ * A class, not an object literal (and the list of the invocations a dispatch
+ * waits for is made by `new Array`, not `[]`): V8 makes the objects of a
+ * literal in the old generation from the start once it has seen many of them
+ * survive a young collection ("pretenuring"), and an object there keeps what
+ * it points to alive until the next full collection, dead or not. Made there,
+ * every dispatch's results and list kept its invocations, their fibers and
+ * their callers alive through young collections, all promoted in turn: with
+ * ten handlers that suspend, 1.8 MB promoted per young collection instead of
+ * 0.2 MB, and a call a third slower (65-77 µs against 47-48). In the same
+ * runs, no object made by a class's `new`, or by `new Array`, was pretenured.
+ */
+export class Results {
+  readonly items: Array<HandlerResult> = []
   /** How many await groups were started (start phase only). */
-  reached?: number
+  reached: number | undefined = undefined
   /** Handlers of started groups whose start was cancelled (queued for a slot, or running) or dropped. */
-  notStarted?: Array<string>
+  notStarted: Array<string> | undefined = undefined
   /** The invocations the dispatch waits for now: cancelled when that wait is interrupted. */
-  waiting?: ReadonlyArray<Pending>
+  waiting: ReadonlyArray<Pending> | undefined = undefined
+
+  /**
+   * `collect`: keep every result (a report was asked for). Without it (the
+   * path `instrument` takes, which discards the report) only the results
+   * worth logging are kept, so a successful dispatch allocates nothing per handler.
+   */
+  constructor(readonly collect: boolean) {}
 }
 
-export const makeResults = (collect: boolean): Results => ({ collect, items: [] })
+export const makeResults = (collect: boolean): Results => new Results(collect)
 
 /** Counts an outcome in the handler's stats and metrics. */
 const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome, seconds: number): void => {
