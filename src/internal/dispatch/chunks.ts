@@ -24,7 +24,7 @@ import { enqueue } from "./lanes.js"
 import * as Outcome from "./outcome.js"
 import { type ChunkLine, type Entry, type State, type Token, withoutUnreached } from "./plan.js"
 import { logFailures, makeResults, result, type Results } from "./report.js"
-import { startTimer } from "./timer.js"
+import { monotonicNow, startTimer } from "./timer.js"
 
 /** Logs the failures of chunk deliveries on a fiber of their own: a stream's loop cannot wait for a log. */
 const logLater = (caller: Caller, event: CallbackEvent, results: Results): void => {
@@ -59,7 +59,7 @@ const drive = (
       current,
       caller,
       span,
-      performance.now(),
+      monotonicNow(),
       (outcome, entry, startedAt) => {
         result(state.clock, entry, "chunk", outcome, startedAt, results)
       }
@@ -123,7 +123,7 @@ export const dispatchChunk = (
             entry,
             "chunk",
             Outcome.dropped(entry.name, "chunk", "its stream chunks are queued to the buffer size"),
-            performance.now(),
+            monotonicNow(),
             results
           )
           logLater(caller, event, results)
@@ -179,7 +179,7 @@ export const awaitLines = (state: State, token: Token, caller: Caller): Effect.E
             entry,
             "chunk",
             Outcome.dropped(entry.name, "chunk", "the call ended before it could be delivered"),
-            performance.now(),
+            monotonicNow(),
             results
           )
         }

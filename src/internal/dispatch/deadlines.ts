@@ -11,6 +11,7 @@
  * not a timer object, a closure and two timer-list updates.
  */
 import * as Duration from "effect/Duration"
+import { monotonicNow } from "./timer.js"
 
 /** A node of a deadline list: an invocation under its timeout. */
 export interface Timed {
@@ -37,7 +38,7 @@ export class Deadlines {
   }
 
   add(node: Timed): void {
-    node.deadline = performance.now() + this.millis
+    node.deadline = monotonicNow() + this.millis
     node.timed = true
     node.previousTimed = this.last
     node.nextTimed = undefined
@@ -75,7 +76,7 @@ export class Deadlines {
   /** Times out the invocations whose deadline is reached; armed again for the next one, if any. */
   private readonly fire = (): void => {
     this.timer = undefined
-    const now = performance.now()
+    const now = monotonicNow()
     let node = this.first
     while (node !== undefined && node.deadline <= now) {
       this.remove(node)

@@ -27,6 +27,7 @@ import { enqueue } from "./lanes.js"
 import type { PhasePlan, State, Token } from "./plan.js"
 import { withoutUnreached } from "./plan.js"
 import { hasError, logFailures, makeResults, result, type Results } from "./report.js"
+import { monotonicNow } from "./timer.js"
 
 /**
  * Runs the await groups from `from` on, synchronously as far as they go:
@@ -44,7 +45,7 @@ const runGroups = (
   span: Tracer.AnySpan | undefined,
   tracing: Tracing | undefined
 ): Effect.Effect<void> | undefined => {
-  let time = performance.now()
+  let time = monotonicNow()
   // One function for every invocation of the dispatch (an invocation hands back its entry and start).
   const done: Done = (outcome, entry, startedAt) => {
     // Cancelled (queued for a slot, or running) by the interruption of the start
@@ -62,7 +63,7 @@ const runGroups = (
       if (started !== undefined) {
         // `new Array`, not a literal: see `Results`.
         ;(waiting ??= new Array<Pending>()).push(started)
-        time = performance.now()
+        time = monotonicNow()
       }
     }
     if (waiting !== undefined) {

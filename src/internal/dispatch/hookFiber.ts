@@ -47,7 +47,7 @@ import * as Supervisor from "effect/Supervisor"
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 
 /** How `runFork` makes a fiber, and starts it at once (Effect's `FiberRuntime`). */
-interface FiberClass {
+export interface FiberClass {
   new(id: FiberId.Runtime, refs: FiberRefs.FiberRefs, flags: Runtime.Runtime<never>["runtimeFlags"]): AnyFiber & {
     readonly start: (effect: Effect.Effect<unknown, unknown>) => void
   }
@@ -64,18 +64,20 @@ const bareRuntime: Runtime.Runtime<never> = Runtime.make({
 })
 
 /** The class of `fiber`, when it starts fibers as `runFork` does. */
-const fiberClassOf = (fiber: AnyFiber): FiberClass | undefined => {
+export const fiberClassOf = (fiber: AnyFiber): FiberClass | undefined => {
   const candidate = Object.getPrototypeOf(fiber)?.constructor as FiberClass | undefined
   return typeof candidate === "function" && typeof candidate.prototype.start === "function" ? candidate : undefined
 }
 
-/** Starts `effect` on a hook fiber with `refs` (see the module's comment); `like` is the caller's fiber. */
+/**
+ * Starts `effect` on a hook fiber with `refs` (see the module's comment), of
+ * `FiberClass`, the class of the caller's fiber (`fiberClassOf`).
+ */
 export const startHookFiber = <E>(
-  like: AnyFiber,
+  FiberClass: FiberClass | undefined,
   refs: FiberRefs.FiberRefs,
   effect: Effect.Effect<void, E>
 ): Fiber.RuntimeFiber<void, E> => {
-  const FiberClass = fiberClassOf(like)
   if (FiberClass === undefined) return Runtime.runFork(bareRuntime, effect, { updateRefs: () => refs })
   const fiber = new FiberClass(FiberId.unsafeMake(), refs, hookFlags)
   // As `runFork` tells a supervisor.

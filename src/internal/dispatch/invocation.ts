@@ -45,7 +45,7 @@ import * as Outcome from "./outcome.js"
 import type { Entry, Hook, State } from "./plan.js"
 import type { QueuedStart, Slots } from "./slots.js"
 import type { Timed } from "./deadlines.js"
-import { hookScheduler, startHookFiber } from "./hookFiber.js"
+import { type FiberClass, fiberClassOf, hookScheduler, startHookFiber } from "./hookFiber.js"
 import { liveClock, startTimer } from "./timer.js"
 
 /** Effect's default tracer, which exports nowhere: no handler spans under it. */
@@ -77,6 +77,10 @@ export class Caller {
   private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
   /** Its refs were found to fork to a new value each time: each hook fiber forks them (see {@link inheritedRefs}). */
   private forkedPerFiber = false
+  /** Its parent stack's ids (`null`: not read yet). The stack changes in place: read once, seen as it is. */
+  private parentsRead: ReadonlyArray<string> | undefined | null = null
+  /** The class its hook fibers are made of (`null`: not read yet). */
+  private fiberClassRead: FiberClass | undefined | null = null
 
   constructor(
     readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
@@ -94,8 +98,17 @@ export class Caller {
 
   /** The ids of the instrumented calls it is inside, innermost last; none when empty. */
   parentIds(): ReadonlyArray<string> | undefined {
-    const ids = (this.refs().locals.get(currentParents)?.[0][1] as ParentStack | undefined)?.ids
+    if (this.parentsRead === null) {
+      this.parentsRead = (this.refs().locals.get(currentParents)?.[0][1] as ParentStack | undefined)?.ids
+    }
+    const ids = this.parentsRead
     return ids === undefined || ids.length === 0 ? undefined : ids
+  }
+
+  /** The class of its fiber, of which its hook fibers are made (see `startHookFiber`). */
+  fiberClass(): FiberClass | undefined {
+    if (this.fiberClassRead === null) this.fiberClassRead = fiberClassOf(this.fiber)
+    return this.fiberClassRead
   }
 
   /**
@@ -447,7 +460,7 @@ class Invocation extends Settles implements Timed {
       if (Exit.isExit(next)) {
         exit = next as Exit.Exit<void, unknown>
       } else {
-        const fiber = startHookFiber(this.caller.fiber, hookRefsOf(this.entry, this.caller, this.span), next)
+        const fiber = startHookFiber(this.caller.fiberClass(), hookRefsOf(this.entry, this.caller, this.span), next)
         exit = fiber.unsafePoll()
         if (exit === null) return this.awaitAttempt(fiber)
       }
@@ -595,7 +608,7 @@ const startWithSlot = (
 ): Pending | undefined => {
   const effect = call(hook, arg)
   // A completed effect is its own exit; any other runs on a hook fiber, started at once.
-  const fiber = Exit.isExit(effect) ? undefined : startHookFiber(caller.fiber, hookRefsOf(entry, caller, span), effect)
+  const fiber = Exit.isExit(effect) ? undefined : startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), effect)
   const exit = fiber === undefined ? effect as Exit.Exit<void, unknown> : fiber.unsafePoll()
   if (exit !== null && Exit.isSuccess(exit)) {
     // The commonest case of all, without an invocation object.

@@ -33,7 +33,7 @@ import {
 import * as Outcome from "./outcome.js"
 import type { Delivery, Entry, Lane, State } from "./plan.js"
 import { logFailures, makeResults, result, type Results } from "./report.js"
-import { liveClock, startTimer } from "./timer.js"
+import { liveClock, monotonicNow, startTimer } from "./timer.js"
 
 /** The least real time the shutdown drain waits on a clock other than the live one (see `drain`). */
 const realTimeFloor = Duration.seconds(5)
@@ -106,7 +106,7 @@ export const enqueue = (
   const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(laneKeyOf(event), lanes.length)]!
   if (state.closed || entry.stats.closing) {
     const why = state.closed ? "the dispatcher is shutting down" : "the handler is being unregistered"
-    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), performance.now(), results)
+    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), monotonicNow(), results)
     if (opens(phase)) (results.notStarted ??= []).push(entry.name)
     return undefined
   }
@@ -116,10 +116,10 @@ export const enqueue = (
   if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) {
     Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
     // Queued is not counted: only a report shows it (no clock is read otherwise).
-    if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, performance.now(), results)
+    if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, monotonicNow(), results)
     return undefined
   }
-  const now = performance.now()
+  const now = monotonicNow()
   if (fiber === undefined) {
     entry.stats.pending--
     result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), now, results)
@@ -230,7 +230,7 @@ class Batch {
   /** The delivery that suspended, waited for: cancelled if the consumer is interrupted meanwhile. */
   running: Pending | undefined = undefined
   /** When the last delivery settled: the next one starts then (one clock read per delivery). */
-  time = performance.now()
+  time = monotonicNow()
   readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]> = []
   /** Where results worth logging land; replaced once it holds some. */
   private results = makeResults(false)

@@ -15,6 +15,7 @@ import type { HandlerResult } from "./contract.js"
 import { nativeTracer, type Pending } from "./invocation.js"
 import type { Outcome } from "./outcome.js"
 import type { Entry } from "./plan.js"
+import { monotonicNow } from "./timer.js"
 
 /**
  * The results of one dispatch.
@@ -102,7 +103,7 @@ export const result = (
   startedAt: number,
   results: Results
 ): number => {
-  const now = performance.now()
+  const now = monotonicNow()
   const ms = now - startedAt
   record(clock, entry, phase, outcome, ms / 1000)
   if (results.collect || outcome.error !== undefined) {

@@ -12,6 +12,12 @@ import * as FiberRefs from "effect/FiberRefs"
 import { constVoid } from "effect/Function"
 import * as Runtime from "effect/Runtime"
 
+/** `performance`, read once: in Node, every read of the global runs a getter. */
+const perf = globalThis.performance
+
+/** Milliseconds on the monotonic clock (`performance.now()`), as the dispatcher times invocations. */
+export const monotonicNow = (): number => perf.now()
+
 /** The default (live) clock, for which a timer needs no fiber of its own. */
 export const liveClock: Clock.Clock = Context.get(DefaultServices.liveServices, Clock.Clock)
 
