@@ -32,6 +32,13 @@ import * as Outcome from "../src/internal/dispatch/outcome.js"
 const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
 const call = Effect.succeed(response).pipe(Callbacks.instrument(options))
+/**
+ * A call whose I/O completes in the next event-loop turn: calls made at once
+ * complete in the same turn (their setImmediate callbacks are queued together).
+ */
+const nextTurnCall = Effect.async<typeof response>((resume) => {
+  setImmediate(() => resume(Effect.succeed(response)))
+}).pipe(Callbacks.instrument(options))
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
@@ -1072,12 +1079,9 @@ describe("Dispatcher", () => {
           mode: "background",
           onLlmEndBatch: (events) => Effect.sync(() => void batches.push(events.length))
         })
-        // 50 calls whose I/O completes in the same turn (setImmediate callbacks queued together).
-        const io = Effect.async<typeof response>((resume) => {
-          setImmediate(() => resume(Effect.succeed(response)))
-        })
+        // 50 calls whose I/O completes in the same turn.
         yield* Effect.gen(function*() {
-          yield* Effect.forEach(Array.from({ length: 50 }), () => io.pipe(Callbacks.instrument(options)), {
+          yield* Effect.forEach(Array.from({ length: 50 }), () => nextTurnCall, {
             concurrency: "unbounded",
             discard: true
           })
@@ -1098,10 +1102,6 @@ describe("Dispatcher", () => {
           onLlmStart: () => Effect.sync(() => void heard++),
           onLlmEnd: () => Effect.sync(() => void heard++)
         })
-        // Calls whose I/O completes in the next turn (setImmediate callbacks queued together).
-        const io = Effect.async<typeof response>((resume) => {
-          setImmediate(() => resume(Effect.succeed(response)))
-        })
         // Event-loop turns, counted while the calls run.
         let turns = 0
         let ticking = true
@@ -1114,7 +1114,7 @@ describe("Dispatcher", () => {
           setImmediate(tick)
           // Each round, 20 calls at once: 20 starts in one turn, 20 ends in the next, for a buffer of 4.
           for (let round = 0; round < rounds; round++) {
-            yield* Effect.forEach(Array.from({ length: 20 }), () => io.pipe(Callbacks.instrument(options)), {
+            yield* Effect.forEach(Array.from({ length: 20 }), () => nextTurnCall, {
               concurrency: "unbounded",
               discard: true
             })
