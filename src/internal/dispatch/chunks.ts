@@ -23,7 +23,7 @@ import { type Caller, invoke, type Pending } from "./invocation.js"
 import { enqueue } from "./lanes.js"
 import * as Outcome from "./outcome.js"
 import { type ChunkLine, type Entry, type State, type Token, withoutUnreached } from "./plan.js"
-import { logFailures, makeResults, result, type Results } from "./report.js"
+import { logFailures, result, Results } from "./report.js"
 import { monotonicNow, startTimer } from "./timer.js"
 
 /** Logs the failures of chunk deliveries on a fiber of their own: a stream's loop cannot wait for a log. */
@@ -50,7 +50,7 @@ const drive = (
   let next: CallbackEvent | undefined = event
   while (next !== undefined) {
     const current: CallbackEvent = next
-    const results = makeResults(false)
+    const results = new Results(false)
     const pending: Pending | undefined = invoke(
       state,
       entry,
@@ -104,7 +104,7 @@ export const dispatchChunk = (
   if (token.excluded !== undefined) plan = withoutUnreached(plan, token.excluded)
   if (plan.empty) return
   if (plan.background.length > 0) {
-    const results = makeResults(false)
+    const results = new Results(false)
     for (let i = 0; i < plan.background.length; i++) {
       enqueue(state, plan.background[i]!, "chunk", event, span, results, undefined)
     }
@@ -117,7 +117,7 @@ export const dispatchChunk = (
       const line = token.lines?.get(entry)
       if (line !== undefined && (line.running !== undefined || line.queue.length > 0)) {
         if (entry.stats.pending >= entry.bufferSize) {
-          const results = makeResults(false)
+          const results = new Results(false)
           result(
             state.clock,
             entry,
@@ -171,7 +171,7 @@ export const awaitLines = (state: State, token: Token, caller: Caller): Effect.E
       const cut = () => {
         if (done) return
         const dropped = line.queue.splice(0)
-        const results = makeResults(false)
+        const results = new Results(false)
         for (let i = 0; i < dropped.length; i++) {
           entry.stats.pending--
           result(

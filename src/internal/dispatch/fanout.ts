@@ -26,7 +26,7 @@ import {
 import { enqueue } from "./lanes.js"
 import type { PhasePlan, State, Token } from "./plan.js"
 import { withoutUnreached } from "./plan.js"
-import { hasError, logFailures, makeResults, result, type Results } from "./report.js"
+import { hasError, logFailures, result, Results } from "./report.js"
 import { monotonicNow } from "./timer.js"
 
 /**
@@ -158,7 +158,7 @@ export const run = (
 /** {@link run}, reporting every handler's outcome. */
 export const dispatchWith = (state: State, token: Token, event: CallbackEvent): Effect.Effect<DispatchReport> =>
   Effect.withFiberRuntime((fiber) => {
-    const results = makeResults(true)
+    const results = new Results(true)
     const report: DispatchReport = { phase: phaseOf(event), callId: event.call.callId, results: results.items }
     const rest = run(state, token, event, fiber, results)
     if (rest === undefined) return Effect.succeed(report)

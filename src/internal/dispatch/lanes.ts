@@ -32,7 +32,7 @@ import {
 } from "./invocation.js"
 import * as Outcome from "./outcome.js"
 import type { Delivery, Entry, Lane, State } from "./plan.js"
-import { logFailures, makeResults, result, type Results } from "./report.js"
+import { logFailures, result, Results } from "./report.js"
 import { liveClock, monotonicNow, startTimer } from "./timer.js"
 
 /** The least real time the shutdown drain waits on a clock other than the live one (see `drain`). */
@@ -233,7 +233,7 @@ class Batch {
   time = monotonicNow()
   readonly failed: Array<readonly [CallbackEvent, ReadonlyArray<HandlerResult>]> = []
   /** Where results worth logging land; replaced once it holds some. */
-  private results = makeResults(false)
+  private results = new Results(false)
 
   constructor(readonly state: State, readonly entry: Entry, readonly items: ReadonlyArray<Delivery>) {}
 
@@ -255,7 +255,7 @@ class Batch {
     this.time = result(this.state.clock, entry, phase, outcome, startedAt, this.results)
     if (this.results.items.length > 0) {
       this.failed.push([event, this.results.items])
-      this.results = makeResults(false)
+      this.results = new Results(false)
     }
   }
 }

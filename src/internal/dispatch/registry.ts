@@ -26,7 +26,7 @@ import { dispatchWith, run } from "./fanout.js"
 import { callerOf, HookRefs, InheritedRefs } from "./invocation.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
-import { makeResults } from "./report.js"
+import { Results } from "./report.js"
 import { Slots } from "./slots.js"
 import { liveClock } from "./timer.js"
 
@@ -225,7 +225,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
     const calls: Calls = {
       begin,
       nextCallId: callIds(),
-      run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, makeResults(false)),
+      run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, new Results(false)),
       dispatch: (token, event) => dispatchWith(state, token as Token, event),
       chunks: (token, fiber, span) => {
         if ((token as Token).snapshot.plans.chunk.empty) return undefined

@@ -48,8 +48,6 @@ export class Results {
   constructor(readonly collect: boolean) {}
 }
 
-export const makeResults = (collect: boolean): Results => new Results(collect)
-
 /** Counts an outcome in the handler's stats and metrics. */
 const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome, seconds: number): void => {
   const stats = entry.stats
