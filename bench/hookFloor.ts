@@ -12,20 +12,18 @@
  * add `--no-allocation-site-pretenuring` to `node`; `--trace-gc-nvp` prints
  * what each young collection promotes.
  */
-import { Effect, FiberId, FiberRef, FiberRefs, Layer, Logger, ManagedRuntime, Scheduler } from "effect"
+import { Effect, FiberId, FiberRef, FiberRefs, Scheduler } from "effect"
 import { pathToFileURL } from "node:url"
-import { Dispatcher, Handler } from "../src/index.js"
+import type { Dispatcher } from "../src/index.js"
+import { Handler } from "../src/index.js"
 import { fiberClassOf, hookScheduler, startHookFiber } from "../src/internal/dispatch/hookFiber.js"
-import { instrumented, median, response, type Row } from "./common.js"
+import { instrumented, median, response, type Row, runtimeWith } from "./common.js"
 
 const handlers = 10
 const hook = () => Effect.promise(() => Promise.resolve())
 
-const runtime = ManagedRuntime.make(
-  Array.from({ length: handlers }, (_, i) =>
-    Dispatcher.toLayer(Handler.make({ name: `suspend-${i}`, onLlmStart: hook, onLlmEnd: hook, timeout: "30 seconds" })))
-    .reduce<Layer.Layer<never, unknown, Dispatcher.Dispatcher>>((acc, layer) => Layer.merge(acc, layer), Layer.empty)
-    .pipe(Layer.provideMerge(Dispatcher.layer()), Layer.provide(Logger.remove(Logger.defaultLogger)))
+const runtime = runtimeWith(
+  Array.from({ length: handlers }, (_, i) => Handler.make({ name: `suspend-${i}`, onLlmStart: hook, onLlmEnd: hook }))
 )
 
 const scheduler = hookScheduler(Scheduler.defaultScheduler)!
