@@ -202,7 +202,8 @@ export const make = <const O extends MakeOptions>(options: O): Handler<ErrorOf<O
  * returns a completed effect: the dispatcher then runs it inline, without a
  * fiber of its own (its fastest path). For work that never waits, such as
  * updating a metric. A throw is a defect of the handler, as for any hook; a
- * retry calls `f` again.
+ * retry calls `f` again. (A hook returning `Effect.sync(f)` gets no fiber
+ * either, unless its invocations are traced.)
  *
  * @example
  * ```ts

@@ -207,6 +207,35 @@ describe("Dispatcher", () => {
         assert.strictEqual(attempts, 1)
       }))
 
+    it.effect("hooks that are synchronous steps (Effect.sync) run once per invocation, at once; what they throw is a defect, not the call's", () =>
+      Effect.gen(function*() {
+        let started = 0
+        let ended = 0
+        const steps = Handler.make({
+          name: "steps",
+          onLlmStart: () => Effect.sync(() => void started++),
+          onLlmEnd: () =>
+            Effect.sync(() => {
+              ended++
+              throw new Error("the end step threw")
+            }),
+          retry: Schedule.recurs(2)
+        })
+        const { health, results } = yield* Effect.gen(function*() {
+          const results = yield* Effect.all(Array.from({ length: 6 }, () => call), { concurrency: "unbounded" })
+          return { results, health: yield* Dispatcher.health }
+        }).pipe(Effect.provide(withHandlers([steps])))
+        assert.deepStrictEqual(results, Array.from({ length: 6 }, () => response))
+        assert.strictEqual(started, 6)
+        // A defect is not retried: one step per call.
+        assert.strictEqual(ended, 6)
+        const handler = health.handlers[0]!
+        assert.strictEqual(handler.successes, 6)
+        assert.strictEqual(handler.defects, 6)
+        assert.strictEqual(handler.inFlight, 0)
+        assert.match(Option.getOrThrow(handler.lastError).message, /the end step threw/)
+      }))
+
     it.effect("defects are not retried", () =>
       Effect.gen(function*() {
         let attempts = 0

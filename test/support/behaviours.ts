@@ -10,6 +10,7 @@ export const behaviours = [
   "fail",
   "die",
   "throw",
+  "syncThrow",
   "hang",
   "slow",
   "interruptSelf",
@@ -32,6 +33,10 @@ export const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<voi
       return Effect.die(new Error("handler defect"))
     case "throw":
       throw new Error("handler threw")
+    case "syncThrow":
+      return Effect.sync(() => {
+        throw new Error("handler threw in a synchronous step")
+      })
     case "hang":
       return Effect.never
     case "slow":

@@ -4,7 +4,9 @@
  * The fast path, explained once. A hook is called at once, on the
  * dispatching fiber's stack. When it returns a completed effect (an `Exit`,
  * as `Effect.void` or `Effect.fail(e)` are), its outcome is known on the spot:
- * no fiber, timer or schedule driver is paid for. When it returns an effect
+ * no fiber, timer or schedule driver is paid for; so is it when it returns a
+ * single synchronous step (`Effect.sync(f)`), which is run there (see
+ * `exitNow`). When it returns an effect
  * that must be run, that effect runs on a fiber of its own, started at once;
  * most complete without suspending, and their outcome is known on the spot
  * too (a success then makes no invocation object either). A failure that
@@ -349,6 +351,38 @@ const call = (hook: Hook, arg: unknown): Effect.Effect<void, unknown> => {
   }
 }
 
+/** `Effect.sync(f)`, as Effect makes it (members its interface does not export). */
+interface SyncStep {
+  readonly _op: "Sync"
+  readonly effect_instruction_i0: () => unknown
+}
+
+/**
+ * The exit of an attempt when it is known without a fiber: a completed
+ * effect (an `Exit`) is its own; a synchronous step (`Effect.sync(f)`, as
+ * hooks that do work are most often written) is run here, as a fiber runs
+ * it: `f`'s value, or what it throws as a defect (an interrupted exception
+ * as Effect's run loop takes it). Not when the attempt's fiber would have a
+ * parent span (the handler's span, or one in its context): a defect made on
+ * a fiber carries that span. `undefined`: the attempt needs a fiber.
+ */
+export const exitNow = (
+  effect: Effect.Effect<void, unknown>,
+  entry: Entry,
+  span: Tracer.AnySpan | undefined
+): Exit.Exit<void, unknown> | undefined => {
+  if (Exit.isExit(effect)) return effect as Exit.Exit<void, unknown>
+  if ((effect as unknown as SyncStep)._op !== "Sync" || span !== undefined || entry.spanInContext) return undefined
+  try {
+    ;(effect as unknown as SyncStep).effect_instruction_i0()
+    return Exit.void
+  } catch (defect) {
+    return Cause.isInterruptedException(defect)
+      ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
+      : Exit.die(defect)
+  }
+}
+
 /** The outcome of one schedule step: the next state, the output, the decision. */
 type Step = Exit.Exit<readonly [unknown, unknown, ScheduleDecision.ScheduleDecision], unknown>
 
@@ -456,10 +490,8 @@ class Invocation extends Settles implements Timed {
     let attemptsNow = 0
     let next: Effect.Effect<void, unknown> | undefined = effect
     while (next !== undefined) {
-      let exit: Exit.Exit<void, unknown> | null
-      if (Exit.isExit(next)) {
-        exit = next as Exit.Exit<void, unknown>
-      } else {
+      let exit: Exit.Exit<void, unknown> | null | undefined = exitNow(next, this.entry, this.span)
+      if (exit === undefined) {
         const fiber = startHookFiber(this.caller.fiberClass(), hookRefsOf(this.entry, this.caller, this.span), next)
         exit = fiber.unsafePoll()
         if (exit === null) return this.awaitAttempt(fiber)
@@ -607,9 +639,10 @@ const startWithSlot = (
   done: Done
 ): Pending | undefined => {
   const effect = call(hook, arg)
-  // A completed effect is its own exit; any other runs on a hook fiber, started at once.
-  const fiber = Exit.isExit(effect) ? undefined : startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), effect)
-  const exit = fiber === undefined ? effect as Exit.Exit<void, unknown> : fiber.unsafePoll()
+  // A completed effect or a synchronous step has its exit at once; any other runs on a hook fiber, started at once.
+  const now = exitNow(effect, entry, span)
+  const fiber = now === undefined ? startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), effect) : undefined
+  const exit = fiber === undefined ? now! : fiber.unsafePoll()
   if (exit !== null && Exit.isSuccess(exit)) {
     // The commonest case of all, without an invocation object.
     state.slots.release()

@@ -3,13 +3,14 @@
  * metric labels and, in background mode, its lanes and consumers), the
  * snapshot of plans that new calls take, health, flush, and the close.
  */
-import type * as Context from "effect/Context"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import * as Tracer from "effect/Tracer"
 import type * as CallbackConfig from "../../CallbackConfig.js"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
@@ -164,6 +165,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           hooks,
           endBatch: checked.mode === "background" ? handler.onLlmEndBatch as Hook | undefined : undefined,
           context: context as Context.Context<never>,
+          spanInContext: Option.isSome(Context.getOption(context as Context.Context<never>, Tracer.ParentSpan)),
           timeout: checked.timeout,
           deadlines: Duration.isFinite(checked.timeout) ? new Deadlines(checked.timeout) : undefined,
           schedule: options.enableRecovery ? handler.policy.retry ?? defaultSchedule : undefined,
