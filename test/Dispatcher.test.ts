@@ -24,7 +24,8 @@ import {
   Scheduler,
   Scope,
   Supervisor,
-  TestClock
+  TestClock,
+  Tracer
 } from "effect"
 import { CallbackMetrics, Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
 import * as Outcome from "../src/internal/dispatch/outcome.js"
@@ -207,6 +208,20 @@ describe("Dispatcher", () => {
         assert.strictEqual(attempts, 1)
       }))
 
+    it.effect("defects are not retried", () =>
+      Effect.gen(function*() {
+        let attempts = 0
+        const dying = Handler.make({
+          name: "dying",
+          onLlmEnd: () => Effect.suspend(() => (attempts++, Effect.die("bug"))),
+          retry: Schedule.spaced("1 second")
+        })
+        yield* runWithClock(call.pipe(Effect.provide(withHandlers([dying]))))
+        assert.strictEqual(attempts, 1)
+      }))
+  })
+
+  describe("synchronous steps", () => {
     it.effect("hooks that are synchronous steps (Effect.sync) run once per invocation, at once; what they throw is a defect, not the call's", () =>
       Effect.gen(function*() {
         let started = 0
@@ -236,16 +251,37 @@ describe("Dispatcher", () => {
         assert.match(Option.getOrThrow(handler.lastError).message, /the end step threw/)
       }))
 
-    it.effect("defects are not retried", () =>
+    it.effect("traced, a synchronous step runs on a hook fiber of its own: its defect carries the handler's span", () =>
       Effect.gen(function*() {
-        let attempts = 0
-        const dying = Handler.make({
-          name: "dying",
-          onLlmEnd: () => Effect.suspend(() => (attempts++, Effect.die("bug"))),
-          retry: Schedule.spaced("1 second")
+        const native = yield* Effect.tracer
+        // A tracer other than Effect's own (which exports nowhere): handler invocations get spans.
+        const tracer = Tracer.make({ span: (...args) => native.span(...args), context: (f) => f() })
+        const steps = Handler.make({
+          name: "steps",
+          onLlmStart: () =>
+            Effect.sync(() => {
+              throw new Error("the start step threw")
+            })
         })
-        yield* runWithClock(call.pipe(Effect.provide(withHandlers([dying]))))
-        assert.strictEqual(attempts, 1)
+        const defectOf = (traced: boolean) =>
+          Effect.flatMap(Dispatcher.Dispatcher, (dispatcher) =>
+            dispatcher.dispatch({
+              _tag: "Start",
+              call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
+              messages: [],
+              params: {}
+            })).pipe(
+              Effect.provide(withHandlers([steps])),
+              traced ? Effect.withTracer(tracer) : (self) => self,
+              Effect.map((report) => {
+                const error = report.results[0]!.error!
+                assert.strictEqual(error.reason, "Defect")
+                return Cause.pretty(Cause.die(error.cause))
+              })
+            )
+        assert.include(yield* defectOf(true), "at callback steps start")
+        assert.include(yield* defectOf(false), "the start step threw")
+        assert.notInclude(yield* defectOf(false), "at callback steps start")
       }))
   })
 
