@@ -366,7 +366,7 @@ interface SyncStep {
  * parent span (the handler's span, or one in its context): a defect made on
  * a fiber carries that span. `undefined`: the attempt needs a fiber.
  */
-export const exitNow = (
+const exitNow = (
   effect: Effect.Effect<void, unknown>,
   entry: Entry,
   span: Tracer.AnySpan | undefined
@@ -640,9 +640,12 @@ const startWithSlot = (
 ): Pending | undefined => {
   const effect = call(hook, arg)
   // A completed effect or a synchronous step has its exit at once; any other runs on a hook fiber, started at once.
-  const now = exitNow(effect, entry, span)
-  const fiber = now === undefined ? startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), effect) : undefined
-  const exit = fiber === undefined ? now! : fiber.unsafePoll()
+  let exit: Exit.Exit<void, unknown> | null | undefined = exitNow(effect, entry, span)
+  let fiber: Fiber.RuntimeFiber<void, unknown> | undefined
+  if (exit === undefined) {
+    fiber = startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), effect)
+    exit = fiber.unsafePoll()
+  }
   if (exit !== null && Exit.isSuccess(exit)) {
     // The commonest case of all, without an invocation object.
     state.slots.release()
