@@ -283,6 +283,29 @@ describe("Dispatcher", () => {
         assert.include(yield* defectOf(false), "the start step threw")
         assert.notInclude(yield* defectOf(false), "at callback steps start")
       }))
+
+    it.scoped("registered inside a span, a handler's synchronous steps run on hook fibers: their defects carry that span", () =>
+      Effect.gen(function*() {
+        const steps = Handler.make({
+          name: "steps",
+          onLlmStart: () =>
+            Effect.sync(() => {
+              throw new Error("the start step threw")
+            })
+        })
+        // The handler's context (captured at registration) holds the span as parent.
+        yield* Dispatcher.register(steps).pipe(Effect.withSpan("registration"))
+        const dispatcher = yield* Dispatcher.Dispatcher
+        const report = yield* dispatcher.dispatch({
+          _tag: "Start",
+          call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
+          messages: [],
+          params: {}
+        })
+        const error = report.results[0]!.error!
+        assert.strictEqual(error.reason, "Defect")
+        assert.include(Cause.pretty(Cause.die(error.cause)), "at registration")
+      }).pipe(Effect.provide(Dispatcher.layer())))
   })
 
   describe("timeouts", () => {
