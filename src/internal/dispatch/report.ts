@@ -20,8 +20,9 @@ import { monotonicNow } from "./timer.js"
 /**
  * The results of one dispatch.
  *
- * A class, not an object literal (and the list of the invocations a dispatch
- * waits for is made by `new Array`, not `[]`): V8 makes the objects of a
+ * A class, not an object literal (and its list of results, and the list of
+ * the invocations a dispatch waits for, are made by `new Array`, not `[]`;
+ * the names in `notStarted` keep nothing young alive): V8 makes the objects of a
  * literal in the old generation from the start once it has seen many of them
  * survive a young collection ("pretenuring"), and an object there keeps what
  * it points to alive until the next full collection, dead or not. Made there,
@@ -32,7 +33,7 @@ import { monotonicNow } from "./timer.js"
  * runs, no object made by a class's `new`, or by `new Array`, was pretenured.
  */
 export class Results {
-  readonly items: Array<HandlerResult> = []
+  readonly items = new Array<HandlerResult>()
   /** How many await groups were started (start phase only). */
   reached: number | undefined = undefined
   /** Handlers of started groups whose start was cancelled (queued for a slot, or running) or dropped. */
