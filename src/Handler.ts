@@ -203,7 +203,8 @@ export const make = <const O extends MakeOptions>(options: O): Handler<ErrorOf<O
  * fiber of its own (its fastest path). For work that never waits, such as
  * updating a metric. A throw is a defect of the handler, as for any hook; a
  * retry calls `f` again. (A hook returning `Effect.sync(f)` gets no fiber
- * either, unless its invocations are traced.)
+ * either, unless its invocations are traced or it was registered inside a
+ * span.)
  *
  * @example
  * ```ts
