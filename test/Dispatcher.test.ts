@@ -43,6 +43,14 @@ const nextTurnCall = Effect.async<typeof response>((resume) => {
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
+/** A start event dispatched by hand (`Dispatcher.dispatch`), outside any instrumented call. */
+const startByHand: Events.StartEvent = {
+  _tag: "Start",
+  call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
+  messages: [],
+  params: {}
+}
+
 /** A handler that notes every call's id and parent by its model. */
 const callsByModel = () => {
   const parents: Record<string, string | undefined> = {}
@@ -265,12 +273,7 @@ describe("Dispatcher", () => {
         })
         const defectOf = (traced: boolean) =>
           Effect.flatMap(Dispatcher.Dispatcher, (dispatcher) =>
-            dispatcher.dispatch({
-              _tag: "Start",
-              call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
-              messages: [],
-              params: {}
-            })).pipe(
+            dispatcher.dispatch(startByHand)).pipe(
               Effect.provide(withHandlers([steps])),
               traced ? Effect.withTracer(tracer) : (self) => self,
               Effect.map((report) => {
@@ -296,12 +299,7 @@ describe("Dispatcher", () => {
         // The handler's context (captured at registration) holds the span as parent.
         yield* Dispatcher.register(steps).pipe(Effect.withSpan("registration"))
         const dispatcher = yield* Dispatcher.Dispatcher
-        const report = yield* dispatcher.dispatch({
-          _tag: "Start",
-          call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
-          messages: [],
-          params: {}
-        })
+        const report = yield* dispatcher.dispatch(startByHand)
         const error = report.results[0]!.error!
         assert.strictEqual(error.reason, "Defect")
         assert.include(Cause.pretty(Cause.die(error.cause)), "at registration")
@@ -532,12 +530,7 @@ describe("Dispatcher", () => {
         const report = yield* runWithClock(
           Effect.gen(function*() {
             const dispatcher = yield* Dispatcher.Dispatcher
-            return yield* dispatcher.dispatch({
-              _tag: "Start",
-              call: { callId: "c1", provider: "p", model: "m", tags: [], metadata: {}, startedAt: 0 },
-              messages: [],
-              params: {}
-            })
+            return yield* dispatcher.dispatch(startByHand)
           }).pipe(Effect.provide(withHandlers(handlers)))
         )
         const byName = Object.fromEntries(report.results.map((r) => [r.handler, r]))
