@@ -5,7 +5,7 @@
  * | variable | default | meaning |
  * | --- | --- | --- |
  * | `CALLBACK_TIMEOUT` | 30 | seconds one handler invocation may take, retries included |
- * | `CALLBACK_MAX_CONCURRENT` | 100 | handler invocations in flight at once |
+ * | `CALLBACK_MAX_CONCURRENT` | 100 | handler invocations in flight at once (those of calls made by hooks run past it) |
  * | `CALLBACK_MAX_RETRY_ATTEMPTS` | 3 | attempts in all (1 = no retry) |
  * | `CALLBACK_RETRY_DELAY` | 1 | seconds before the first retry, doubling after |
  * | `CALLBACK_ENABLE_RECOVERY` | true | false: no retries at all |

@@ -5,7 +5,8 @@
  * - Handlers of equal priority run concurrently; a higher priority group
  *   completes before a lower one starts.
  * - Each invocation runs under its handler's timeout (retries included) and
- *   retry schedule; at most `maxConcurrent` invocations are in flight.
+ *   retry schedule; at most `maxConcurrent` invocations are in flight (those
+ *   of a call a hook makes run past the bound: their hook holds a slot).
  * - Every outcome becomes a {@link HandlerResult} in the {@link DispatchReport},
  *   is logged (failures) and counted in metrics. Dispatch never fails.
  * - The common case (a hook that completes without suspending) runs

@@ -481,6 +481,90 @@ describe("Dispatcher", () => {
         assert.strictEqual(elapsed, 6000)
       }))
 
+    it.effect("a hook that calls a model itself (a judge) does not wait for the slot it holds: one slot, no stall", () =>
+      Effect.forEach(["in the hook", "in a fiber the hook forks"], (where) =>
+        Effect.gen(function*() {
+          const heard: Array<string> = []
+          const judging = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, tags: ["judge"] }))
+          const judge = Handler.make({
+            name: "judge",
+            timeout: "10 seconds",
+            onLlmEnd: (event) =>
+              event.call.tags.includes("judge")
+                ? Effect.sync(() => void heard.push("judge call ended"))
+                : (where === "in the hook" ? judging : Effect.flatMap(Effect.fork(judging), Fiber.join)).pipe(
+                  Effect.zipRight(Effect.sync(() => void heard.push("judged")))
+                )
+          })
+          const { elapsed, health } = yield* runWithClock(
+            Effect.gen(function*() {
+              const started = yield* now
+              yield* call
+              return { elapsed: (yield* now) - started, health: yield* Dispatcher.health }
+            }).pipe(Effect.provide(withHandlers([judge], { maxConcurrent: 1 })))
+          )
+          // Had it waited for the slot its own hook holds, the judge's call would have stalled until that hook timed out (10 s).
+          assert.strictEqual(elapsed, 0, where)
+          assert.deepStrictEqual(heard, ["judge call ended", "judged"], where)
+          const handler = health.handlers[0]!
+          assert.strictEqual(handler.successes, 2, where)
+          assert.strictEqual(handler.timeouts, 0, where)
+          assert.strictEqual(handler.inFlight, 0, where)
+        })))
+
+    it.effect("calls made by hooks run past the bound; the others keep it, and nothing waits for a timeout", () =>
+      Effect.gen(function*() {
+        let inFlight = 0
+        let peak = 0
+        let judged = 0
+        // Counts the invocations of the calls the test makes (not those of the judge's calls).
+        const counted = <A, E, R>(event: Events.CallbackEvent, effect: Effect.Effect<A, E, R>) =>
+          event.call.tags.includes("judge") ? effect : Effect.acquireUseRelease(
+            Effect.sync(() => {
+              inFlight++
+              peak = Math.max(peak, inFlight)
+            }),
+            () => effect,
+            () => Effect.sync(() => inFlight--)
+          )
+        const slow = Handler.make({
+          name: "slow",
+          timeout: "10 seconds",
+          onLlmStart: (event) => counted(event, Effect.sleep("1 second")),
+          onLlmEnd: (event) => counted(event, Effect.sleep("1 second"))
+        })
+        const judge = Handler.make({
+          name: "judge",
+          timeout: "10 seconds",
+          onLlmEnd: (event) =>
+            event.call.tags.includes("judge") ? Effect.void : counted(
+              event,
+              Effect.succeed(response).pipe(
+                Callbacks.instrument({ ...options, tags: ["judge"] }),
+                Effect.zipRight(Effect.sync(() => void judged++))
+              )
+            )
+        })
+        const { health, results } = yield* runWithClock(
+          Effect.gen(function*() {
+            const results = yield* Effect.all(Array.from({ length: 6 }, () => call), { concurrency: "unbounded" })
+            return { results, health: yield* Dispatcher.health }
+          }).pipe(Effect.provide(withHandlers([slow, judge], { maxConcurrent: 2 })))
+        )
+        assert.deepStrictEqual(results, Array.from({ length: 6 }, () => response))
+        assert.strictEqual(judged, 6)
+        // The calls the test made never had more than the bound in flight.
+        assert.strictEqual(peak, 2)
+        for (const handler of health.handlers) {
+          // Had they queued behind the judges' own hooks, their calls' invocations would have timed out with them (10 s).
+          assert.strictEqual(handler.timeouts, 0, handler.name)
+          assert.strictEqual(handler.inFlight, 0, handler.name)
+        }
+        // 6 start and 6 end invocations of the calls, 6 start and 6 end of the judges' calls.
+        assert.strictEqual(health.handlers.find((h) => h.name === "slow")!.successes, 24)
+        assert.strictEqual(health.handlers.find((h) => h.name === "judge")!.successes, 12)
+      }))
+
     it.effect("a handler still waiting for a slot when the caller is interrupted hears nothing of that call", () =>
       Effect.gen(function*() {
         const heard: Array<string> = []

@@ -33,6 +33,7 @@ import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
 import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
+import { globalValue } from "effect/GlobalValue"
 import * as Option from "effect/Option"
 import * as Runtime from "effect/Runtime"
 import * as Scheduler from "effect/Scheduler"
@@ -107,6 +108,14 @@ export class Caller {
     return ids === undefined || ids.length === 0 ? undefined : ids
   }
 
+  /**
+   * Whether it runs inside a hook of this dispatcher (a hook fiber, or a
+   * fiber a hook forked): a call a hook makes. Read only when no slot is free.
+   */
+  insideHook(): boolean {
+    return this.refs().locals.get(hookOwner)?.[0][1] === this.kept
+  }
+
   /** The class of its fiber, of which its hook fibers are made (see `startHookFiber`). */
   fiberClass(): FiberClass | undefined {
     if (this.fiberClassRead === null) this.fiberClassRead = fiberClassOf(this.fiber)
@@ -140,6 +149,7 @@ export class Caller {
     locals.delete(currentParents)
     const scheduler = hookScheduler(locals.get(FiberRef.currentScheduler)?.[0][1] ?? Scheduler.defaultScheduler)
     if (scheduler !== undefined) locals.set(FiberRef.currentScheduler, [[hooksFiberId, scheduler]])
+    locals.set(hookOwner, [[hooksFiberId, this.kept]])
     const inherited = FiberRefs.unsafeMake(locals)
     // Checked once per dispatch: its next hook fibers fork the refs without looking again.
     if (this.forkedPerFiber) return inherited
@@ -164,6 +174,17 @@ const refsOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): FiberRefs.FiberRef
 
 /** The fiber id that the refs inherited by hook fibers are forked as (see `Caller.inheritedRefs`). */
 const hooksFiberId = FiberId.runtime(-1, 0)
+
+/**
+ * Whose hook a fiber runs: the kept refs (one {@link InheritedRefs} per
+ * dispatcher) of the dispatcher that started it. Set on every hook fiber, and
+ * inherited by the fibers a hook forks, so that a call a hook makes is known
+ * as its own (see `invoke`).
+ */
+const hookOwner: FiberRef.FiberRef<InheritedRefs | undefined> = globalValue(
+  Symbol.for("effect-llm-callbacks/internal/hookOwner"),
+  () => FiberRef.unsafeMake<InheritedRefs | undefined>(undefined)
+)
 
 export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: State): Caller =>
   new Caller(fiber, state.inherited)
@@ -255,7 +276,8 @@ const forksToItself = (ref: FiberRef.FiberRef<unknown>, value: unknown): boolean
 }
 
 const isCompared = (ref: FiberRef.FiberRef<unknown>): boolean =>
-  ref !== FiberRef.currentContext && ref !== FiberRef.currentRuntimeFlags && ref !== currentParents
+  ref !== FiberRef.currentContext && ref !== FiberRef.currentRuntimeFlags && ref !== currentParents &&
+  ref !== hookOwner
 
 /**
  * Whether one fork of `refs` serves every hook fiber: each ref (the parent
@@ -704,6 +726,14 @@ export const invoke = (
   done: Done
 ): Pending | undefined => {
   if (state.slots.tryTake()) return startWithSlot(state, entry, phase, hook, arg, caller, span, startedAt, done)
+  if (caller.insideHook()) {
+    // A call made by a hook (a handler that calls a model itself): the hook
+    // waiting for it holds a slot, so a wait for one here could last until
+    // that hook's timeout, and with every slot so held, nothing would move.
+    // It runs at once, counted in flight, past the bound.
+    state.slots.takeBeyondBound()
+    return startWithSlot(state, entry, phase, hook, arg, caller, span, startedAt, done)
+  }
   // Saturated: queue the start until a slot frees up; no fiber waits for it.
   // The caller's refs are read now: by the time it starts, the caller has moved on.
   caller.refs()
