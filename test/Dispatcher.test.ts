@@ -565,6 +565,41 @@ describe("Dispatcher", () => {
         assert.strictEqual(health.handlers.find((h) => h.name === "judge")!.successes, 12)
       }))
 
+    it.effect("a background hook that calls a model itself: its call's deliveries do not wait for room in the buffer its consumer drains", () =>
+      Effect.gen(function*() {
+        let judged = 0
+        const judge = Handler.make({
+          name: "judge",
+          mode: "background",
+          bufferSize: 1,
+          timeout: "10 seconds",
+          onLlmEnd: (event) =>
+            event.call.tags.includes("judge") ? Effect.void : Effect.succeed(response).pipe(
+              Callbacks.instrument({ ...options, tags: ["judge"] }),
+              Effect.zipRight(Effect.sync(() => void judged++))
+            )
+        })
+        const { elapsed, health } = yield* runWithClock(
+          Effect.gen(function*() {
+            const started = yield* now
+            yield* Effect.all(Array.from({ length: 4 }, () => call), { concurrency: "unbounded" })
+            const elapsed = (yield* now) - started
+            yield* Effect.sleep("1 second")
+            return { elapsed, health: yield* Dispatcher.health }
+          }).pipe(Effect.provide(withHandlers([judge])))
+        )
+        // Had the judges' calls waited for room, the consumer (running their
+        // hooks) would have made none: calls stalled for the handler's timeout
+        // (10 s), the hooks timed out and their calls were lost.
+        assert.isBelow(elapsed, 10_000)
+        assert.strictEqual(judged, 4)
+        const handler = health.handlers[0]!
+        assert.strictEqual(handler.successes, 8)
+        assert.strictEqual(handler.timeouts, 0)
+        assert.strictEqual(handler.dropped, 0)
+        assert.strictEqual(handler.pending, 0)
+      }))
+
     it.effect("a handler still waiting for a slot when the caller is interrupted hears nothing of that call", () =>
       Effect.gen(function*() {
         const heard: Array<string> = []

@@ -40,6 +40,16 @@ export class Buffer<A> {
   /** Puts `a` in, unless the buffer is full. */
   offer(a: A): boolean {
     if (this.size >= this.capacity) return false
+    this.put(a)
+    return true
+  }
+
+  /**
+   * Puts `a` in, full or not: for a delivery that must not wait for room
+   * (made by a call that a hook of the consumer's own dispatcher waits for,
+   * see `enqueue`).
+   */
+  put(a: A): void {
     this.items.push(a)
     if (this.wake !== undefined) {
       if (!this.perTurn || this.items.length >= this.highWater) {
@@ -49,7 +59,6 @@ export class Buffer<A> {
         setImmediate(this.wakeUp)
       }
     }
-    return true
   }
 
   /** The turn's wake (a wake at once meanwhile leaves it pending: it then finds nobody waiting, or wakes early). */

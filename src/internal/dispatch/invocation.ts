@@ -186,6 +186,10 @@ const hookOwner: FiberRef.FiberRef<InheritedRefs | undefined> = globalValue(
   () => FiberRef.unsafeMake<InheritedRefs | undefined>(undefined)
 )
 
+/** Whether `fiber` runs inside a hook of the dispatcher of `state` (see {@link Caller.insideHook}). */
+export const runsHookOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: State): boolean =>
+  fiber.getFiberRef(hookOwner) === state.inherited
+
 export const callerOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: State): Caller =>
   new Caller(fiber, state.inherited)
 

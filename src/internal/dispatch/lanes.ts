@@ -27,6 +27,7 @@ import {
   type Done,
   invokeTraced,
   type Pending,
+  runsHookOf,
   tracingOf,
   type Tracing
 } from "./invocation.js"
@@ -123,6 +124,16 @@ export const enqueue = (
   if (fiber === undefined) {
     entry.stats.pending--
     result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), now, results)
+    return undefined
+  }
+  if (runsHookOf(fiber, state)) {
+    // A call made by a hook (a handler that calls a model itself): when it
+    // is this handler's, the hook that waits for the call keeps the consumer
+    // that would make room, so a wait here could last until the timeout,
+    // and take the call's delivery with it. It is put in past the capacity.
+    lane.buffer.put(delivery)
+    Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+    if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, now, results)
     return undefined
   }
   // Buffer full: wait for room (backpressure), bounded by the handler's
