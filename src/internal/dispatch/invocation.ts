@@ -108,14 +108,6 @@ export class Caller {
     return ids === undefined || ids.length === 0 ? undefined : ids
   }
 
-  /**
-   * Whether it runs inside a hook of this dispatcher (a hook fiber, or a
-   * fiber a hook forked): a call a hook makes. Read only when no slot is free.
-   */
-  insideHook(): boolean {
-    return this.refs().locals.get(hookOwner)?.[0][1] === this.kept
-  }
-
   /** The class of its fiber, of which its hook fibers are made (see `startHookFiber`). */
   fiberClass(): FiberClass | undefined {
     if (this.fiberClassRead === null) this.fiberClassRead = fiberClassOf(this.fiber)
@@ -186,7 +178,11 @@ const hookOwner: FiberRef.FiberRef<InheritedRefs | undefined> = globalValue(
   () => FiberRef.unsafeMake<InheritedRefs | undefined>(undefined)
 )
 
-/** Whether `fiber` runs inside a hook of the dispatcher of `state` (see {@link Caller.insideHook}). */
+/**
+ * Whether `fiber` runs inside a hook of the dispatcher of `state` (a hook
+ * fiber, or a fiber a hook forked): its calls are a hook's. Read only where
+ * it would otherwise wait for the dispatcher's room (a slot, buffer space).
+ */
 export const runsHookOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, state: State): boolean =>
   fiber.getFiberRef(hookOwner) === state.inherited
 
@@ -730,7 +726,7 @@ export const invoke = (
   done: Done
 ): Pending | undefined => {
   if (state.slots.tryTake()) return startWithSlot(state, entry, phase, hook, arg, caller, span, startedAt, done)
-  if (caller.insideHook()) {
+  if (runsHookOf(caller.fiber, state)) {
     // A call made by a hook (a handler that calls a model itself): the hook
     // waiting for it holds a slot, so a wait for one here could last until
     // that hook's timeout, and with every slot so held, nothing would move.
