@@ -565,6 +565,48 @@ describe("Dispatcher", () => {
         assert.strictEqual(health.handlers.find((h) => h.name === "judge")!.successes, 12)
       }))
 
+    it.effect("a judge timed out while its own call runs: the slots that call took past the bound are given back", () =>
+      Effect.gen(function*() {
+        const heard: Array<string> = []
+        // Slow only on the judge's calls: the judge's hook times out while its call's start is dispatched.
+        const slow = Handler.make({
+          name: "slow",
+          timeout: "10 seconds",
+          onLlmStart: (event) =>
+            event.call.tags.includes("judge")
+              ? Effect.sleep("5 seconds")
+              : Effect.sync(() => void heard.push(`start ${event.call.callId}`))
+        })
+        const judge = Handler.make({
+          name: "judge",
+          timeout: "1 second",
+          onLlmEnd: (event) =>
+            event.call.tags.includes("judge") ? Effect.void : Effect.asVoid(
+              Effect.succeed(response).pipe(Callbacks.instrument({ ...options, tags: ["judge"] }))
+            )
+        })
+        const { first, second, health } = yield* runWithClock(
+          Effect.gen(function*() {
+            const timed = Effect.gen(function*() {
+              const started = yield* now
+              yield* call
+              return (yield* now) - started
+            })
+            const first = yield* timed
+            // A slot kept by the interrupted call would leave the next one waiting for ever (one slot).
+            const second = yield* timed
+            return { first, second, health: yield* Dispatcher.health }
+          }).pipe(Effect.provide(withHandlers([slow, judge], { maxConcurrent: 1 })))
+        )
+        assert.strictEqual(first, 1000)
+        assert.strictEqual(second, 1000)
+        assert.strictEqual(heard.length, 2)
+        const byName = (name: string) => health.handlers.find((h) => h.name === name)!
+        assert.strictEqual(byName("judge").timeouts, 2)
+        for (const handler of health.handlers) assert.strictEqual(handler.inFlight, 0, handler.name)
+        assert.strictEqual(health.pending, 0)
+      }))
+
     it.effect("a background hook that calls a model itself: its call's deliveries do not wait for room in the buffer its consumer drains", () =>
       Effect.gen(function*() {
         let judged = 0
