@@ -43,6 +43,13 @@ const nextTurnCall = Effect.async<typeof response>((resume) => {
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
+/** `n` calls at once: their results, then the dispatcher's health. */
+const callsAtOnce = (n: number) =>
+  Effect.gen(function*() {
+    const results = yield* Effect.all(Array.from({ length: n }, () => call), { concurrency: "unbounded" })
+    return { results, health: yield* Dispatcher.health }
+  })
+
 /** A start event dispatched by hand (`Dispatcher.dispatch`), outside any instrumented call. */
 const startByHand: Events.StartEvent = {
   _tag: "Start",
@@ -244,10 +251,7 @@ describe("Dispatcher", () => {
             }),
           retry: Schedule.recurs(2)
         })
-        const { health, results } = yield* Effect.gen(function*() {
-          const results = yield* Effect.all(Array.from({ length: 6 }, () => call), { concurrency: "unbounded" })
-          return { results, health: yield* Dispatcher.health }
-        }).pipe(Effect.provide(withHandlers([steps])))
+        const { health, results } = yield* callsAtOnce(6).pipe(Effect.provide(withHandlers([steps])))
         assert.deepStrictEqual(results, Array.from({ length: 6 }, () => response))
         assert.strictEqual(started, 6)
         // A defect is not retried: one step per call.
@@ -546,10 +550,7 @@ describe("Dispatcher", () => {
             )
         })
         const { health, results } = yield* runWithClock(
-          Effect.gen(function*() {
-            const results = yield* Effect.all(Array.from({ length: 6 }, () => call), { concurrency: "unbounded" })
-            return { results, health: yield* Dispatcher.health }
-          }).pipe(Effect.provide(withHandlers([slow, judge], { maxConcurrent: 2 })))
+          callsAtOnce(6).pipe(Effect.provide(withHandlers([slow, judge], { maxConcurrent: 2 })))
         )
         assert.deepStrictEqual(results, Array.from({ length: 6 }, () => response))
         assert.strictEqual(judged, 6)
