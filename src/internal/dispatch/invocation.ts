@@ -171,7 +171,7 @@ const hooksFiberId = FiberId.runtime(-1, 0)
  * Whose hook a fiber runs: the kept refs (one {@link InheritedRefs} per
  * dispatcher) of the dispatcher that started it. Set on every hook fiber, and
  * inherited by the fibers a hook forks, so that a call a hook makes is known
- * as its own (see `invoke`).
+ * as its own (see {@link runsHookOf}).
  */
 const hookOwner: FiberRef.FiberRef<InheritedRefs | undefined> = globalValue(
   Symbol.for("effect-llm-callbacks/internal/hookOwner"),
