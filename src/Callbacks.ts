@@ -207,16 +207,16 @@ const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpa
   return span === undefined ? Option.none() : Option.some(span)
 }
 
+/** A real tracer is installed and enabled (Effect's default one exports nowhere). */
+const tracing = (fiber: AnyFiber): boolean =>
+  fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
+
 /**
  * Opens the span of one call or tool run, the way `Effect.withSpan` would
  * (parent, annotations and links from the fiber, the fiber's tracer and
  * clock), but synchronously and without capturing a stack trace.
  * `undefined` when tracing is disabled.
  */
-/** A real tracer is installed and enabled (Effect's default one exports nowhere). */
-const tracing = (fiber: AnyFiber): boolean =>
-  fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
-
 const startSpan = (
   fiber: AnyFiber,
   call: CallInfo,
@@ -367,6 +367,12 @@ const lookupCalls = (context: Context.Context<never>): Calls | undefined =>
  * same pieces; prefer it whenever the call is one effect. Returns `None` when
  * no dispatcher is in context.
  *
+ * Under `Budget.guard` the call is admitted first (a refusal fails `begin`,
+ * and no handler hears of the call); its hold ends with `finish`. A caller
+ * interrupted while `start` is dispatched gets no `ActiveCall`: the handlers
+ * that heard `start` hear the call's error (interrupted) at once, as with
+ * `instrument`.
+ *
  * @since 0.1.0
  * @category constructors
  */
@@ -374,9 +380,11 @@ export const begin = (
   options: Omit<InstrumentOptions<unknown>, "response">
 ): Effect.Effect<Option.Option<ActiveCall>> =>
   Effect.withFiberRuntime((fiber) => {
+    const gate = fiber.getFiberRef(currentGate)
     const calls = lookupCalls(fiber.currentContext)
     if (calls === undefined) {
-      return noticeBare(fiber as AnyFiber, Effect.succeedNone, "the call begun by hand", options.provider, options.model)
+      const bare = gate === undefined ? Effect.succeedNone : admitUnfinished(fiber as AnyFiber, gate, options)
+      return noticeBare(fiber as AnyFiber, bare, "the call begun by hand", options.provider, options.model)
     }
     const token = calls.begin()
     const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
@@ -396,6 +404,8 @@ export const begin = (
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
       span === undefined ? effect : Effect.withParentSpan(effect, span)
     let finished = false
+    // What the budget's admission holds until the call finishes.
+    let ticket: Ticket | undefined
     const sink = calls.chunks(token, fiber as AnyFiber, span)
     let chunks = 0
     let previous = 0
@@ -411,44 +421,75 @@ export const begin = (
       }
       previous = elapsedMs
     }
-    return Effect.map(underSpan(calls.dispatch(token, events.start)), (startReport) =>
-      Option.some<ActiveCall>({
-        call: events.call,
-        span,
-        startReport,
-        elapsed: Effect.sync(() => clock.unsafeCurrentTimeMillis() - startedAt),
-        elapsedMillis: () => clock.unsafeCurrentTimeMillis() - startedAt,
-        hearsChunks: sink !== undefined,
-        chunk,
-        finish: (exit, finishOptions) =>
-          Effect.suspend(() => {
-            if (finished) return Effect.succeedNone
-            finished = true
-            const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
-            const ttft = finishOptions?.timeToFirstTokenMs
-            const dispatch = (terminal: EndEvent | ErrorEvent) => {
-              const event = intervals.length === 0 ? terminal : { ...terminal, chunkIntervalsMs: intervals }
-              if (span !== undefined) endSpan(timing, span, event, exit, clock, conventions!)
-              return Effect.asSome(Effect.uninterruptible(underSpan(calls.dispatch(token, event))))
-            }
-            if (Exit.isSuccess(exit)) {
-              const response = finishOptions !== undefined && "response" in finishOptions
-                ? finishOptions.response
-                : exit.value
-              const completed = completeEnd(context, events, endEvent(events, response, durationMs, ttft))
-              return Effect.isEffect(completed) ? Effect.flatMap(completed, dispatch) : dispatch(completed)
-            }
-            const partial = finishOptions?.response === undefined
-              ? undefined
-              : decodeResponseLenient(finishOptions.response).response
-            if (partial === undefined || partial.usage !== undefined) {
-              return dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, partial)))
-            }
-            return Effect.flatMap(
-              estimateUsage(context, events.call.model, events.start.messages, partial),
-              (response) => dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, response)))
-            )
-          })
+    const terminal = (
+      exit: Exit.Exit<unknown, unknown>,
+      finishOptions: Parameters<ActiveCall["finish"]>[1]
+    ): Effect.Effect<Option.Option<Dispatch.DispatchReport>> => {
+      const durationMs = clock.unsafeCurrentTimeMillis() - startedAt
+      const ttft = finishOptions?.timeToFirstTokenMs
+      const dispatch = (terminal: EndEvent | ErrorEvent) => {
+        const event = intervals.length === 0 ? terminal : { ...terminal, chunkIntervalsMs: intervals }
+        if (span !== undefined) endSpan(timing, span, event, exit, clock, conventions!)
+        return Effect.asSome(underSpan(calls.dispatch(token, event)))
+      }
+      if (Exit.isSuccess(exit)) {
+        const response = finishOptions !== undefined && "response" in finishOptions
+          ? finishOptions.response
+          : exit.value
+        const completed = completeEnd(context, events, endEvent(events, response, durationMs, ttft))
+        return Effect.isEffect(completed) ? Effect.flatMap(completed, dispatch) : dispatch(completed)
+      }
+      const partial = finishOptions?.response === undefined
+        ? undefined
+        : decodeResponseLenient(finishOptions.response).response
+      if (partial === undefined || partial.usage !== undefined) {
+        return dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, partial)))
+      }
+      return Effect.flatMap(
+        estimateUsage(context, events.call.model, events.start.messages, partial),
+        (response) => dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, response)))
+      )
+    }
+    // Once, and whole: an interrupted caller still dispatches the terminal event and ends the hold.
+    const finish: ActiveCall["finish"] = (exit, finishOptions) =>
+      Effect.uninterruptible(Effect.suspend(() => {
+        if (finished) return Effect.succeedNone
+        finished = true
+        const dispatched = terminal(exit, finishOptions)
+        const admitted = ticket
+        return admitted === undefined ? dispatched : Effect.ensuring(dispatched, admitted.close(exit))
+      }))
+    type Restore = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
+    // Run in a region made uninterruptible by the caller: only the start dispatch may be interrupted.
+    const start = (restore: Restore): Effect.Effect<Option.Option<ActiveCall>> =>
+      Effect.matchCauseEffect(restore(underSpan(calls.dispatch(token, events.start))), {
+        // Interrupted while `start` was dispatched: whoever heard it hears the call's end now.
+        onFailure: (cause) => Effect.zipRight(finish(Exit.failCause(cause)), Effect.failCause(cause)),
+        onSuccess: (startReport) =>
+          Effect.succeed(Option.some<ActiveCall>({
+            call: events.call,
+            span,
+            startReport,
+            elapsed: Effect.sync(() => clock.unsafeCurrentTimeMillis() - startedAt),
+            elapsedMillis: () => clock.unsafeCurrentTimeMillis() - startedAt,
+            hearsChunks: sink !== undefined,
+            chunk,
+            finish
+          }))
+      })
+    if (gate === undefined) return Effect.uninterruptibleMask(start)
+    return Effect.uninterruptibleMask((restore) =>
+      Effect.matchCauseEffect(restore(gate.admit(events.start)), {
+        // Refused (or interrupted while admitted): no handler hears of the call.
+        onFailure: (cause) => {
+          if (span !== undefined) endRefused(fiber as AnyFiber, span, clock, cause)
+          // The refusal's type is the guard's to declare (see internal/admission).
+          return Effect.failCause(cause) as Effect.Effect<never>
+        },
+        onSuccess: (admitted) => {
+          ticket = admitted
+          return start(restore)
+        }
       })
     )
   })
@@ -678,42 +719,79 @@ const instrumentImpl = <A, E, R>(
     const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
     const instrumented = new InstrumentedCall<A, E>(calls, token, fiber as AnyFiber, events, options, clock, parents, span)
       .instrument(self)
-    return gate === undefined ? instrumented : admitted(gate, events.start, instrumented)
+    return gate === undefined
+      ? instrumented
+      : admitted(gate, events.start, instrumented, span && ((cause) => endRefused(fiber as AnyFiber, span, clock, cause)))
   })
 
 /**
  * Runs an instrumented call through the admission gate in force: admitted
  * (interruptibly) before its start, its ticket closed with its `Exit` once
  * its terminal event was dispatched. A refusal fails the call before any
- * handler hears of it.
+ * handler hears of it (its span, when it has one, ends with the refusal).
  */
-const admitted = <A, E, R>(gate: Gate, start: StartEvent, call: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+const admitted = <A, E, R>(
+  gate: Gate,
+  start: StartEvent,
+  call: Effect.Effect<A, E, R>,
+  refused?: ((cause: Cause.Cause<unknown>) => void) | undefined
+): Effect.Effect<A, E, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.flatMap(
+    Effect.matchCauseEffect(
       // The gate's refusals are typed by the gate's installer (see internal/admission).
       restore(gate.admit(start)) as Effect.Effect<Ticket, E>,
-      (ticket) => Effect.onExit(restore(call), (exit) => ticket.close(exit))
+      {
+        onFailure: (cause) => {
+          refused?.(cause)
+          return Effect.failCause(cause)
+        },
+        onSuccess: (ticket) => Effect.onExit(restore(call), (exit) => ticket.close(exit))
+      }
     )
   )
 
-/** A call under a gate without handlers: admitted all the same, with a call id of its own. */
+/** Ends the span of a call the budget refused, with the refusal as its error. */
+const endRefused = (fiber: AnyFiber, span: Tracer.Span, clock: Clock.Clock, cause: Cause.Cause<unknown>): void => {
+  const failure = Cause.failureOption(cause)
+  if (Option.isSome(failure)) {
+    const error = failure.value
+    const tag = typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : "_OTHER"
+    span.attribute("error.type", SemanticConventions.errorType(error, tag))
+  }
+  span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, Exit.failCause(cause))
+}
+
+/** The start event of a call no handler will hear, for the gate: a call id of its own. */
+const unheardStart = (fiber: AnyFiber, options: CallOptions): StartEvent => {
+  const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
+  return makeCallEvents(
+    options,
+    fiber.getFiberRef(currentCallContext),
+    clock.unsafeCurrentTimeMillis(),
+    enclosingOf(fiber),
+    randomCallId,
+    fiber.getFiberRef(currentOperation)
+  ).start
+}
+
+/** A call under a gate without handlers: admitted all the same. */
 const admitBare = <A, E, R>(
   fiber: AnyFiber,
   gate: Gate,
   self: Effect.Effect<A, E, R>,
   options: InstrumentOptions<A>
-): Effect.Effect<A, E, R> => {
-  const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
-  const events = makeCallEvents(
-    options,
-    fiber.getFiberRef(currentCallContext),
-    clock.unsafeCurrentTimeMillis(),
-    enclosingOf(fiber as AnyFiber),
-    randomCallId,
-    fiber.getFiberRef(currentOperation)
+): Effect.Effect<A, E, R> => admitted(gate, unheardStart(fiber, options), self)
+
+/**
+ * A call begun by hand under a gate without a dispatcher: admitted all the
+ * same; with no `finish` to end its hold (and no handler to record it), the
+ * hold ends as a success's does without a record, by its TTL.
+ */
+const admitUnfinished = (fiber: AnyFiber, gate: Gate, options: CallOptions): Effect.Effect<Option.Option<never>> =>
+  Effect.flatMap(
+    gate.admit(unheardStart(fiber, options)) as Effect.Effect<Ticket>,
+    (ticket) => Effect.as(ticket.close(Exit.void), Option.none())
   )
-  return admitted(gate, events.start, self)
-}
 
 /**
  * Wraps an LLM call so that every registered handler hears `start`, then

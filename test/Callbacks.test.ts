@@ -319,6 +319,56 @@ describe("Callbacks.instrument", () => {
       }
     }))
 
+  it.effect("begin interrupted while start handlers run: no ActiveCall, and whoever heard start hears one error", () =>
+    Effect.gen(function*() {
+      const fiber = yield* Effect.fork(Callbacks.begin(options))
+      yield* TestClock.adjust("1 second")
+      yield* Fiber.interrupt(fiber)
+      assert.isTrue(Exit.isInterrupted(yield* Fiber.await(fiber)))
+      const events = yield* Testing.events
+      assert.deepStrictEqual(tags(events), ["Start", "Error"])
+      assert.isTrue((events[1] as Events.ErrorEvent).interrupted)
+      assert.strictEqual(events[1]!.call.callId, events[0]!.call.callId)
+      // The slow handler's start was cancelled: it heard nothing, and nothing is left in flight.
+      const health = yield* Dispatcher.health
+      assert.deepStrictEqual(health.handlers.map((h) => [h.name, h.interruptions, h.defects, h.inFlight]).sort(), [
+        ["recorder", 0, 0, 0],
+        ["slow-start", 1, 0, 0]
+      ])
+    }).pipe(
+      Effect.provide(
+        Testing.layerRecorder({ priority: 1 }).pipe(
+          Layer.provideMerge(Dispatcher.toLayer(Handler.make({
+            name: "slow-start",
+            onLlmStart: () => Effect.sleep("10 seconds"),
+            onLlmError: () => Effect.die("a handler whose start was cancelled hears no terminal event"),
+            timeout: "20 seconds"
+          }))),
+          Layer.provideMerge(Dispatcher.layer())
+        )
+      )
+    ))
+
+  it.effect("finish dispatches the terminal event even when its caller is interrupted", () =>
+    Effect.gen(function*() {
+      const heard = yield* Deferred.make<string>()
+      const slow = Handler.make({
+        name: "slow-end",
+        onLlmEnd: () => Effect.sleep("2 seconds").pipe(Effect.zipRight(Deferred.succeed(heard, "end"))),
+        timeout: "10 seconds"
+      })
+      yield* Effect.gen(function*() {
+        const active = Option.getOrThrow(yield* Callbacks.begin(options))
+        const fiber = yield* Effect.fork(active.finish(Exit.succeed(response)))
+        yield* Effect.yieldNow()
+        const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+        yield* TestClock.adjust("2 seconds")
+        yield* Fiber.join(interrupting)
+        assert.strictEqual(yield* Deferred.await(heard), "end")
+        assert.isTrue(Option.isNone(yield* active.finish(Exit.succeed(response))))
+      }).pipe(Effect.provide(Dispatcher.toLayer(slow)), Effect.scoped)
+    }).pipe(Effect.provide(Dispatcher.layer())))
+
   it.effect("a call id of the caller's choosing is used", () =>
     Effect.gen(function*() {
       yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "call-1" }))

@@ -8,13 +8,13 @@ import * as OpenAiLanguageModel from "@effect/ai-openai/OpenAiLanguageModel"
 import * as OtelResource from "@effect/opentelemetry/Resource"
 import * as OtelTracer from "@effect/opentelemetry/Tracer"
 import { assert, describe, it } from "@effect/vitest"
-import { SpanKind } from "@opentelemetry/api"
+import { SpanKind, SpanStatusCode } from "@opentelemetry/api"
 import { BasicTracerProvider, InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@opentelemetry/sdk-trace-base"
 import { Effect, HashMap, Layer, Logger, Metric, Stream } from "effect"
 import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
 import * as GenAiMetrics from "../../layers/GenAiMetrics.js"
 import * as Logging from "../../layers/Logging.js"
-import { Dispatcher } from "../../src/index.js"
+import { BillingCycle, Budget, Callbacks, Dispatcher, Testing, TokenStore } from "../../src/index.js"
 import * as MockOpenAiServer from "../support/MockOpenAiServer.js"
 
 const { MockReply } = MockOpenAiServer
@@ -133,5 +133,33 @@ describe("spans of @effect/ai calls over HTTP", () => {
       assert.isString(line.annotations["span_id"])
       const metrics = JSON.stringify((yield* Metric.snapshot).map((pair) => pair.metricKey.tags))
       assert.notInclude(metrics, "4111")
+    }))
+  it.scopedLive("a call the budget refuses: its span ends, an error with the refusal's type, and nothing below it", () =>
+    Effect.gen(function*() {
+      const { exporter, layer } = tracing()
+      const run = Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        yield* store.setLimit("rita", yield* BillingCycle.current(), 10)
+        const call = Effect.succeed({ content: "never" }).pipe(
+          Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }),
+          Budget.guard()
+        )
+        const begun = Callbacks.begin({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }).pipe(
+          Budget.guard()
+        )
+        const refusals = [yield* Effect.flip(call), yield* Effect.flip(begun)]
+        // No handler heard of either call.
+        assert.deepStrictEqual(yield* Testing.events, [])
+        return refusals
+      })
+      const refusals = yield* run.pipe(
+        Effect.provide(Layer.mergeAll(layer, TokenStore.layerMemory, Testing.layer()))
+      )
+      assert.deepStrictEqual(refusals.map((refusal) => refusal._tag), ["UsageLimitExceeded", "UsageLimitExceeded"])
+      const spans = exporter.getFinishedSpans()
+      assert.deepStrictEqual(spans.map((span) => [span.name, span.kind, span.status.code, span.attributes["error.type"]]), [
+        ["chat gpt-4o-mini", SpanKind.CLIENT, SpanStatusCode.ERROR, "UsageLimitExceeded"],
+        ["chat gpt-4o-mini", SpanKind.CLIENT, SpanStatusCode.ERROR, "UsageLimitExceeded"]
+      ])
     }))
 })
