@@ -1,10 +1,10 @@
 /**
  * Budgets: token limits that hold under concurrency and across processes.
  *
- * `guard` wraps a region of an application; every instrumented call
- * (`Callbacks.instrument`, the `@effect/ai` layer's `generateText` and
- * `generateObject`) started inside it is admitted before any handler hears
- * its `start`:
+ * `guard` wraps a region of an application (`guardStream` a stream); every
+ * instrumented call (`Callbacks.instrument`, `Callbacks.begin`, the
+ * `@effect/ai` layer's `generateText`, `generateObject` and `streamText`)
+ * started inside it is admitted before any handler hears its `start`:
  *
  * 1. Its worst case is computed: the prompt's tokens (the `PromptCounter` in
  *    context; by default a safe upper bound, the UTF-8 size of the texts, or
@@ -21,8 +21,9 @@
  *    calling the model; no handler hears of it.
  * 4. Admitted: the call runs. Its token-usage record (`layers/TokenUsage`, with
  *    the same billing-cycle settings) adds the actual usage and ends the hold
- *    in one atomic, idempotent step. A call that fails or is interrupted has
- *    its holds released by the guard. A hold that nothing ends (its process
+ *    in one atomic, idempotent step (a stream cut off after it began records
+ *    what it consumed). A call that fails or is interrupted has its holds
+ *    released by the guard (a call begun by hand: when it is finished). A hold that nothing ends (its process
  *    died) expires after `holdTtl`.
  *
  * A store failure follows `onStoreError`: `"allow"` (default) admits the call
@@ -50,15 +51,18 @@ import * as DateTime from "effect/DateTime"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
+import type * as Fiber from "effect/Fiber"
 import { dual } from "effect/Function"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
 import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
 import * as BillingCycle from "./BillingCycle.js"
 import { currentCallContext } from "./CallContext.js"
 import * as CallbackMetrics from "./CallbackMetrics.js"
 import type { Message, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
+import { isStream, locallyWith } from "./internal/streams.js"
 import { type Level, type ReserveOutcome, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
 
 /**
@@ -397,6 +401,16 @@ const noCallInside = Effect.logWarning(
     "(put it around Callbacks.instrument or an instrumented LanguageModel call)"
 )
 
+/** The gate of one guarded region, over the store and prompt counter of the fiber that enters it. */
+const gateOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>, options: Options, settings: Settings) => {
+  const store = Context.get(fiber.currentContext as Context.Context<TokenStore>, TokenStore)
+  const counter = Context.get(fiber.currentContext, CurrentPromptCounter)
+  const admitted = { count: 0 }
+  const gate = makeGate(store, counter, options, settings, admitted)
+  const checked = Effect.suspend(() => admitted.count === 0 ? noCallInside : Effect.void)
+  return { gate, checked }
+}
+
 const guardImpl = <A, E, R>(
   self: Effect.Effect<A, E, R>,
   options: Options = {}
@@ -404,15 +418,22 @@ const guardImpl = <A, E, R>(
   const settings = validate(options)
   if (typeof settings === "string") return invalid(settings)
   return Effect.withFiberRuntime((fiber) => {
-    const store = Context.get(fiber.currentContext as Context.Context<TokenStore>, TokenStore)
-    const counter = Context.get(fiber.currentContext, CurrentPromptCounter)
-    const admitted = { count: 0 }
-    const gate = makeGate(store, counter, options, settings, admitted)
-    return Effect.ensuring(
-      Effect.locally(self, currentGate, gate),
-      Effect.suspend(() => admitted.count === 0 ? noCallInside : Effect.void)
-    )
+    const { checked, gate } = gateOf(fiber, options, settings)
+    return Effect.ensuring(Effect.locally(self, currentGate, gate), checked)
   })
+}
+
+const guardStreamImpl = <A, E, R>(
+  self: Stream.Stream<A, E, R>,
+  options: Options = {}
+): Stream.Stream<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore> => {
+  const settings = validate(options)
+  if (typeof settings === "string") return Stream.fromEffect(invalid(settings))
+  return Stream.unwrapScoped(Effect.withFiberRuntime((fiber) => {
+    const { checked, gate } = gateOf(fiber, options, settings)
+    // Its pulls run under the gate, nothing else the consuming fiber does; checked when the stream ends.
+    return Effect.as(Effect.addFinalizer(() => checked), locallyWith(self, currentGate, () => gate))
+  }))
 }
 
 /**
@@ -460,6 +481,50 @@ export const guard: {
   // The options are optional: tell `guard(self)` from `guard(options)` by the first argument.
   (args) => Effect.isEffect(args[0]),
   guardImpl
+)
+
+/**
+ * {@link guard} for a stream: every call begun while the stream runs (an
+ * `@effect/ai` `streamText` through `layers/AiLanguageModel`, or
+ * `Callbacks.begin`) is admitted before its `start`, or the stream fails with
+ * `UsageLimitExceeded` / `RateLimitExceeded` before the model is called. The
+ * call's hold lasts until the stream's call finishes: settled by its token
+ * record (a stream cut off early records what it consumed), released when it
+ * failed before any output. Use it for a stream handed to someone else to run
+ * (an HTTP response); a stream run inside the effect given to `guard`
+ * (`Stream.runCollect`, `Stream.runForEach`) is guarded by `guard` already.
+ *
+ * @example
+ * ```ts
+ * import { LanguageModel } from "@effect/ai"
+ * import { Budget } from "effect-llm-callbacks"
+ *
+ * const reply = LanguageModel.streamText({ prompt: "Hello" }).pipe(Budget.guardStream())
+ * ```
+ *
+ * @since 0.4.0
+ * @category combinators
+ */
+export const guardStream: {
+  (
+    options: FailOptions
+  ): <A, E, R>(
+    self: Stream.Stream<A, E, R>
+  ) => Stream.Stream<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore>
+  (
+    options?: Options
+  ): <A, E, R>(self: Stream.Stream<A, E, R>) => Stream.Stream<A, E | UsageLimitExceeded | RateLimitExceeded, R | TokenStore>
+  <A, E, R>(
+    self: Stream.Stream<A, E, R>,
+    options: FailOptions
+  ): Stream.Stream<A, E | UsageLimitExceeded | RateLimitExceeded | TokenStoreError, R | TokenStore>
+  <A, E, R>(
+    self: Stream.Stream<A, E, R>,
+    options?: Options
+  ): Stream.Stream<A, E | UsageLimitExceeded | RateLimitExceeded, R | TokenStore>
+} = dual(
+  (args) => isStream(args[0]),
+  guardStreamImpl
 )
 
 /**

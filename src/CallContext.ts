@@ -10,8 +10,10 @@ import * as Effect from "effect/Effect"
 import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import { globalValue } from "effect/GlobalValue"
+import type * as Stream from "effect/Stream"
 import { currentOperation } from "./internal/operation.js"
 import { enclosingOf, parentsOf, popParentOf } from "./internal/parents.js"
+import { isStream, locallyWith } from "./internal/streams.js"
 
 /**
  * Context for the instrumented calls inside a region: the user, team and
@@ -107,11 +109,17 @@ export const merge = (outer: CallContext, inner: CallContext): CallContext => ({
     : { ...outer.metadata, ...inner.metadata }
 })
 
+/** What `withCallContext` takes: an effect or a stream (it gives back the same type). */
+type EffectOrStream = Effect.Effect<any, any, any> | Stream.Stream<any, any, any>
+
 /**
- * Runs an effect with a call context: the user, team and organisation, tags,
- * metadata and parent call id that the instrumented calls inside it report.
- * Tags and metadata are merged with the enclosing context; the other fields
- * replace it.
+ * Runs an effect, or a stream, with a call context: the user, team and
+ * organisation, tags, metadata and parent call id that the instrumented
+ * calls inside it report. Tags and metadata are merged with the enclosing
+ * context; the other fields replace it. A stream has it while it runs (each
+ * of its pulls), wherever it is run: set it on a stream handed to someone
+ * else to run (an HTTP response of `streamText`), where an effect around the
+ * code that built it has ended by then.
  *
  * @example
  * ```ts
@@ -126,12 +134,17 @@ export const merge = (outer: CallContext, inner: CallContext): CallContext => ({
  * @category combinators
  */
 export const withCallContext: {
-  (context: CallContext): <A, E, R>(self: Effect.Effect<A, E, R>) => Effect.Effect<A, E, R>
-  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R>
+  (context: CallContext): <Self extends EffectOrStream>(self: Self) => Self
+  <Self extends EffectOrStream>(self: Self, context: CallContext): Self
 } = dual(
   2,
-  <A, E, R>(self: Effect.Effect<A, E, R>, context: CallContext): Effect.Effect<A, E, R> => {
-    const withContext = Effect.locallyWith(self, currentCallContext, (outer) => merge(outer, context))
+  <A, E, R>(
+    self: Effect.Effect<A, E, R> | Stream.Stream<A, E, R>,
+    context: CallContext
+  ): Effect.Effect<A, E, R> | Stream.Stream<A, E, R> => {
+    const within = (outer: CallContext) => merge(outer, context)
+    if (isStream(self)) return locallyWith(self, currentCallContext, within)
+    const withContext = Effect.locallyWith(self, currentCallContext, within)
     return context.parentCallId === undefined ? withContext : withParent(withContext, context.parentCallId)
   }
 )

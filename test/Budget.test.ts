@@ -6,16 +6,25 @@ import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Logger from "effect/Logger"
 import * as TestClock from "effect/TestClock"
+import * as AiError from "@effect/ai/AiError"
+import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import * as AiLanguageModel from "../layers/AiLanguageModel.js"
+import * as AiTesting from "../layers/AiTesting.js"
 import * as TokenUsage from "../layers/TokenUsage.js"
 import * as Budget from "../src/Budget.js"
-import { Callbacks, Dispatcher, Testing, TokenStore } from "../src/index.js"
+import { Callbacks, Dispatcher, type Events, Testing, TokenStore } from "../src/index.js"
 import {
   budgetConformance,
   budgetEnvironment,
   currentCycle,
   fixedCounter,
-  guardedCall
+  guardedCall,
+  until
 } from "./support/budgetConformance.js"
+
+const { FakeReply } = AiTesting
 
 /** Without a token-usage handler: a failing store must not keep a handler retrying on the TestClock. */
 const withoutRecorder = (store: Layer.Layer<TokenStore.TokenStore>) =>
@@ -151,6 +160,138 @@ describe("Budget.guard", () => {
       yield* Effect.void.pipe(Budget.guard(), Effect.provide(logs.layer))
       assert.isTrue(logs.lines.some((l) => l.level === "WARN" && l.message.includes("nothing was checked")))
     }).pipe(Effect.provide(TokenStore.layerMemory)))
+})
+
+/** A fake `streamText` of `userId` (worst case 100), its reply chosen by `reply`, guarded as a stream. */
+const streamOf = (userId: string, reply: () => Effect.Effect<AiTesting.FakeReply>, calls: { n: number }) =>
+  LanguageModel.streamText({ prompt: "hello" }).pipe(
+    Callbacks.withCallContext({ userId }),
+    Budget.guardStream({ maxOutputTokens: { "fake-model": 80 } }),
+    Stream.provideSomeLayer(
+      AiLanguageModel.withCallbacks(
+        AiTesting.layerFakeModel(() => Effect.suspend(() => (calls.n++, reply()))),
+        { model: "fake-model" }
+      )
+    )
+  )
+
+const text = (words: string) => Effect.succeed(FakeReply.Text({ text: words, usage: { inputTokens: 20, outputTokens: 40 } }))
+
+/** The total token handler over the memory store, the tokenizer for what cut-off streams consumed, a recorder. */
+const streamEnvironment = TokenUsage.layer().pipe(
+  Layer.provideMerge(Layer.mergeAll(Testing.layer(), TokenStore.layerMemory, TokenUsage.layerTokenCounter)),
+  Layer.merge(fixedCounter)
+)
+
+describe("Budget and streams", () => {
+  it.effect("refused: the stream fails with the refusal before the model is called, and no handler hears of it", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      yield* store.setLimit("lena", yield* currentCycle, 99)
+      const calls = { n: 0 }
+      const refused = yield* Effect.flip(Stream.runCollect(streamOf("lena", () => text("never"), calls)))
+      assert.deepInclude(refused, { _tag: "UsageLimitExceeded", userId: "lena", limit: 99, requestedTokens: 100 })
+      assert.strictEqual(calls.n, 0)
+      assert.deepStrictEqual(yield* Testing.events, [])
+    }).pipe(Effect.provide(streamEnvironment)))
+
+  it.effect("cut off by its consumer after the first part: what it consumed is recorded, estimated, and its hold ends", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      const cycle = yield* currentCycle
+      yield* store.setLimit("mia", cycle, 1_000)
+      const calls = { n: 0 }
+      let heldWhileStreaming = 0
+      const parts = yield* Stream.runCollect(
+        streamOf("mia", () => text("one two three four five six"), calls).pipe(
+          Stream.filter((part) => part.type === "text-delta"),
+          Stream.take(1),
+          Stream.tap(() => Effect.map(store.stats("mia", cycle), (stats) => heldWhileStreaming = stats.heldTokens))
+        )
+      )
+      assert.strictEqual(parts.length, 1)
+      assert.strictEqual(heldWhileStreaming, 100)
+      const events = (yield* Testing.events).filter((e) => e._tag !== "Chunk")
+      assert.deepStrictEqual(events.map((e) => e._tag), ["Start", "Error"])
+      const usage = (events[1] as Events.ErrorEvent).response?.usage
+      assert.isTrue(usage !== undefined && usage.totalTokens > 0 && usage.estimated === true, JSON.stringify(usage))
+      yield* Dispatcher.flush
+      const stats = yield* store.stats("mia", cycle)
+      assert.deepInclude(stats, { heldTokens: 0, totalTokens: usage!.totalTokens })
+    }).pipe(Effect.provide(streamEnvironment)))
+
+  it.effect("failed before any output, or its consumer interrupted while it waits: nothing recorded, the hold released", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      const cycle = yield* currentCycle
+      yield* store.setLimit("noa", cycle, 100)
+      const calls = { n: 0 }
+      const failure = new AiError.UnknownError({ module: "test", method: "streamText", description: "429" })
+      const failed = yield* Effect.flip(Stream.runCollect(streamOf("noa", () => Effect.succeed(FakeReply.Fail({ error: failure })), calls)))
+      assert.strictEqual(failed, failure)
+      assert.deepInclude(yield* store.stats("noa", cycle), { heldTokens: 0, totalTokens: 0 })
+      const fiber = yield* Effect.fork(Stream.runCollect(streamOf("noa", () => Effect.never, calls)))
+      yield* until(() => calls.n === 2)
+      assert.strictEqual((yield* store.stats("noa", cycle)).heldTokens, 100)
+      assert.isTrue(Exit.isInterrupted(yield* Fiber.interrupt(fiber)))
+      assert.deepInclude(yield* store.stats("noa", cycle), { heldTokens: 0, totalTokens: 0 })
+      // The whole limit is there again.
+      assert.isTrue(Exit.isSuccess(yield* Effect.exit(Stream.runCollect(streamOf("noa", () => text("ok"), calls)))))
+    }).pipe(Effect.provide(streamEnvironment)))
+
+  it.effect("Budget.guard around a region that runs a stream guards its call too", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      yield* store.setLimit("olga", yield* currentCycle, 99)
+      const calls = { n: 0 }
+      const run = LanguageModel.streamText({ prompt: "hello" }).pipe(
+        Stream.runCollect,
+        Callbacks.withCallContext({ userId: "olga" }),
+        Budget.guard(),
+        Effect.provide(AiLanguageModel.withCallbacks(
+          AiTesting.layerFakeModel(() => Effect.suspend(() => (calls.n++, text("never")))),
+          { model: "fake-model" }
+        ))
+      )
+      assert.deepInclude(yield* Effect.flip(run), { _tag: "UsageLimitExceeded", userId: "olga" })
+      assert.strictEqual(calls.n, 0)
+    }).pipe(Effect.provide(streamEnvironment)))
+
+  it.effect("guardStream guards the stream's own call, not what its consumer does between parts", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      const cycle = yield* currentCycle
+      yield* store.setLimit("pia", cycle, 100)
+      const calls = { n: 0 }
+      let inner = 0
+      // The stream holds the whole limit while it runs; the consumer's own call is not admitted by its guard.
+      yield* Stream.runForEach(streamOf("pia", () => text("a b"), calls), () =>
+        Effect.succeed({ content: "x" }).pipe(
+          Callbacks.instrument({ provider: "p", model: "m", userId: "pia" }),
+          Effect.tap(() => Effect.sync(() => inner++))
+        ))
+      assert.isTrue(inner > 0)
+      const logs = yield* captureLogs
+      yield* Stream.runDrain(Stream.make(1, 2).pipe(Budget.guardStream())).pipe(Effect.provide(logs.layer))
+      assert.isTrue(logs.lines.some((l) => l.level === "WARN" && l.message.includes("nothing was checked")))
+    }).pipe(Effect.provide(streamEnvironment)))
+
+  it.effect("Callbacks.begin under the guard: refused before start; admitted, held until finish", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      const cycle = yield* currentCycle
+      yield* store.setLimit("quinn", cycle, 150)
+      const options = { provider: "p", model: "m", userId: "quinn", params: { maxTokens: 80 } }
+      yield* Effect.gen(function*() {
+        const active = Option.getOrThrow(yield* Callbacks.begin(options))
+        assert.strictEqual((yield* store.stats("quinn", cycle)).heldTokens, 100)
+        const refused = yield* Effect.flip(Callbacks.begin(options))
+        assert.deepInclude(refused, { _tag: "UsageLimitExceeded", heldTokens: 100, requestedTokens: 100 })
+        yield* active.finish(Exit.fail("provider error"))
+        assert.strictEqual((yield* store.stats("quinn", cycle)).heldTokens, 0)
+      }).pipe(Budget.guard())
+      assert.deepStrictEqual((yield* Testing.events).map((e) => e._tag), ["Start", "Error"])
+    }).pipe(Effect.provide(streamEnvironment)))
 })
 
 describe("Budget.check", () => {

@@ -1,7 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import { execFile } from "node:child_process"
 import { fileURLToPath } from "node:url"
-import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, ManagedRuntime, Option, TestClock } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, ManagedRuntime, Option, Stream, TestClock } from "effect"
 import { Callbacks, Dispatcher, Events, Handler, Testing } from "../src/index.js"
 
 const response = { content: "hello", usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } }
@@ -318,6 +318,25 @@ describe("Callbacks.instrument", () => {
         assert.isUndefined(byModel.get(`after-${name}`)!.parentCallId, name)
       }
     }))
+
+  it.effect("withCallContext on a stream: its calls have the context wherever it runs; its consumer's do not", () =>
+    Effect.gen(function*() {
+      const stream = Stream.fromEffect(Effect.succeed(response).pipe(Callbacks.instrument(options))).pipe(
+        Stream.concat(Stream.fromEffect(Effect.succeed(response).pipe(Callbacks.instrument(options)))),
+        Callbacks.withCallContext({ userId: "alice", tags: ["stream"] })
+      )
+      // Run later, somewhere else (as a server runs a response's stream), with a context of its own.
+      yield* Stream.runForEach(stream, () => Effect.succeed(response).pipe(Callbacks.instrument(options))).pipe(
+        Callbacks.withCallContext({ userId: "bob" })
+      )
+      const starts = (yield* Testing.events).filter((event) => event._tag === "Start")
+      assert.deepStrictEqual(starts.map((event) => [event.call.userId, event.call.tags]), [
+        ["alice", ["stream"]],
+        ["bob", []],
+        ["alice", ["stream"]],
+        ["bob", []]
+      ])
+    }).pipe(Effect.provide(Testing.layer())))
 
   it.effect("begin interrupted while start handlers run: no ActiveCall, and whoever heard start hears one error", () =>
     Effect.gen(function*() {

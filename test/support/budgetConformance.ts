@@ -13,6 +13,10 @@ import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import type * as Layer from "effect/Layer"
 import * as TestClock from "effect/TestClock"
+import * as LanguageModel from "@effect/ai/LanguageModel"
+import * as Stream from "effect/Stream"
+import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
+import * as AiTesting from "../../layers/AiTesting.js"
 import * as Budget from "../../src/Budget.js"
 import * as Callbacks from "../../src/Callbacks.js"
 import * as Dispatcher from "../../src/Dispatcher.js"
@@ -22,6 +26,29 @@ import { budgetEnvironment, currentCycle, guardedCall, until } from "./budget.js
 import { freshId } from "./tokenStoreConformance.js"
 
 export { budgetEnvironment, currentCycle, fixedCounter, guardedCall, promptTokens, until } from "./budget.js"
+
+/**
+ * A `streamText` of `userId` through the instrumented fake model, as a stream handed to someone else
+ * to run: its call context and its guard are set on the stream. Worst case 100 (20 + the model's cap
+ * of 80); it streams "one two three" and reports 20 + 40 tokens, once `go` is done.
+ */
+export const guardedStream = (options: {
+  readonly userId: string
+  readonly go?: Deferred.Deferred<void> | undefined
+  readonly calls: { n: number }
+}) => {
+  const script: AiTesting.FakeScript = () =>
+    Effect.gen(function*() {
+      options.calls.n++
+      if (options.go !== undefined) yield* Deferred.await(options.go)
+      return AiTesting.FakeReply.Text({ text: "one two three", usage: { inputTokens: 20, outputTokens: 40 } })
+    })
+  return LanguageModel.streamText({ prompt: "hello" }).pipe(
+    Callbacks.withCallContext({ userId: options.userId }),
+    Budget.guardStream({ maxOutputTokens: { "fake-model": 80 } }),
+    Stream.provideSomeLayer(AiLanguageModel.withCallbacks(AiTesting.layerFakeModel(script), { model: "fake-model" }))
+  )
+}
 
 /** The suite. */
 export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<TokenStore.TokenStore, E>): void =>
@@ -60,6 +87,38 @@ export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<Token
         const after = yield* store.stats(userId, cycle)
         assert.strictEqual(after.totalTokens, 1_000)
         assert.strictEqual(after.heldTokens, 0)
+      }).pipe(Effect.scoped))
+
+    it.effect("streamText: 40 streams at once with room for 4: 4 admitted, held while they stream, settled to what they used", () =>
+      Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        const userId = freshId("streams")
+        const cycle = yield* currentCycle
+        yield* store.setLimit(userId, cycle, 400)
+        let starts = 0
+        yield* Dispatcher.register(Handler.make({ name: freshId("starts"), onLlmStart: () => Effect.sync(() => void starts++) }))
+        const go = yield* Deferred.make<void>()
+        const calls = { n: 0 }
+        let refused = 0
+        const fibers = yield* Effect.forEach(Array.from({ length: 40 }), () =>
+          Effect.fork(
+            guardedStream({ userId, go, calls }).pipe(
+              Stream.runCollect,
+              Effect.tapError((e) => Effect.sync(() => e instanceof Budget.UsageLimitExceeded && refused++))
+            )
+          ))
+        yield* until(() => calls.n + refused === 40)
+        assert.strictEqual(calls.n, 4)
+        assert.strictEqual(starts, 4)
+        assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 400, totalTokens: 0 })
+        yield* Deferred.succeed(go, undefined)
+        const exits = yield* Effect.forEach(fibers, Fiber.await)
+        assert.strictEqual(exits.filter(Exit.isSuccess).length, 4)
+        assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 0, totalTokens: 240 })
+        // Settled to 60 each, not the worst case of 100: the room left (160) admits two more, one at a time.
+        const more = yield* Effect.forEach([0, 1, 2], () => Effect.exit(Stream.runCollect(guardedStream({ userId, calls }))))
+        assert.deepStrictEqual(more.map(Exit.isSuccess), [true, true, false])
+        assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 0, totalTokens: 360 })
       }).pipe(Effect.scoped))
 
     it.effect("a refusal names the level and its figures, and the model is not called", () =>
