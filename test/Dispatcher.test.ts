@@ -486,10 +486,15 @@ describe("Dispatcher", () => {
       }))
 
     it.effect("a hook that calls a model itself (a judge) does not wait for the slot it holds: one slot, no stall", () =>
-      Effect.forEach(["in the hook", "in a fiber the hook forks"], (where) =>
+      Effect.forEach(["in the hook", "in a fiber the hook forks", "begun by hand (a stream) in the hook"], (where) =>
         Effect.gen(function*() {
           const heard: Array<string> = []
-          const judging = Effect.succeed(response).pipe(Callbacks.instrument({ ...options, tags: ["judge"] }))
+          const judging = where.startsWith("begun")
+            ? Effect.flatMap(
+              Callbacks.begin({ ...options, tags: ["judge"] }),
+              (active) => Option.getOrThrow(active).finish(Exit.succeed(response))
+            )
+            : Effect.succeed(response).pipe(Callbacks.instrument({ ...options, tags: ["judge"] }))
           const judge = Handler.make({
             name: "judge",
             timeout: "10 seconds",
