@@ -489,7 +489,7 @@ describe("Dispatcher", () => {
       Effect.forEach(["in the hook", "in a fiber the hook forks", "begun by hand (a stream) in the hook"], (where) =>
         Effect.gen(function*() {
           const heard: Array<string> = []
-          const judging = where.startsWith("begun")
+          const judging: Effect.Effect<unknown> = where.startsWith("begun")
             ? Effect.flatMap(
               Callbacks.begin({ ...options, tags: ["judge"] }),
               (active) => Option.getOrThrow(active).finish(Exit.succeed(response))
