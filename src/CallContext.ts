@@ -7,11 +7,12 @@
  * @since 0.2.0
  */
 import * as Effect from "effect/Effect"
+import type * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { dual } from "effect/Function"
 import { globalValue } from "effect/GlobalValue"
-import type * as Stream from "effect/Stream"
-import { currentOperation } from "./internal/operation.js"
+import * as Stream from "effect/Stream"
+import { currentOperation, type Operation } from "./internal/operation.js"
 import { enclosingOf, parentsOf, popParentOf } from "./internal/parents.js"
 import { isStream, locallyWith } from "./internal/streams.js"
 
@@ -155,7 +156,9 @@ export const withCallContext: {
  * its `operationId` and its `attempt` number (1, 2, ...) in `CallInfo`. Put
  * the retry inside it: each attempt is then a call of its own, heard and
  * accounted on its own (its tokens recorded once, under its own call id), and
- * a dashboard or a ledger can group them by operation.
+ * a dashboard or a ledger can group them by operation. `self` may be a
+ * stream (`streamText(...).pipe(Stream.retry(schedule), withOperation())`):
+ * an operation each time it is run, wherever it is run.
  *
  * @example
  * ```ts
@@ -175,24 +178,26 @@ export const withCallContext: {
  * @category combinators
  */
 export const withOperation: {
-  (options?: { readonly operationId?: string | undefined }): <A, E, R>(
-    self: Effect.Effect<A, E, R>
-  ) => Effect.Effect<A, E, R>
-  <A, E, R>(
-    self: Effect.Effect<A, E, R>,
-    options?: { readonly operationId?: string | undefined }
-  ): Effect.Effect<A, E, R>
+  (options?: { readonly operationId?: string | undefined }): <Self extends EffectOrStream>(self: Self) => Self
+  <Self extends EffectOrStream>(self: Self, options?: { readonly operationId?: string | undefined }): Self
 } = dual(
-  (args) => Effect.isEffect(args[0]),
+  (args) => Effect.isEffect(args[0]) || isStream(args[0]),
   <A, E, R>(
-    self: Effect.Effect<A, E, R>,
+    self: Effect.Effect<A, E, R> | Stream.Stream<A, E, R>,
     options?: { readonly operationId?: string | undefined }
-  ): Effect.Effect<A, E, R> =>
-    Effect.withFiberRuntime((fiber) =>
-      Effect.locally(self, currentOperation, {
-        id: options?.operationId ?? crypto.randomUUID(),
-        enclosing: enclosingOf(fiber),
-        attempts: 0
-      })
-    )
+  ): Effect.Effect<A, E, R> | Stream.Stream<A, E, R> => {
+    // Made anew each time the region runs (a stream: each time it is run).
+    const operation = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Operation => ({
+      id: options?.operationId ?? crypto.randomUUID(),
+      enclosing: enclosingOf(fiber),
+      attempts: 0
+    })
+    if (isStream(self)) {
+      return Stream.unwrap(Effect.withFiberRuntime((fiber) => {
+        const current = operation(fiber)
+        return Effect.succeed(locallyWith(self, currentOperation, () => current))
+      }))
+    }
+    return Effect.withFiberRuntime((fiber) => Effect.locally(self, currentOperation, operation(fiber)))
+  }
 )

@@ -195,6 +195,40 @@ describe("@effect/ai: aborted streams are accounted", () => {
     ))))
 })
 
+describe("@effect/ai: retried streams", () => {
+  const overloaded = new AiError.UnknownError({ module: "Test", method: "stream", description: "529" })
+  // Two runs of a stream that fails twice before any output, then answers.
+  const replies = [1, 2].flatMap(() => [
+    FakeReply.Fail({ error: overloaded }),
+    FakeReply.Fail({ error: overloaded }),
+    FakeReply.Text({ text: "at last", usage: { inputTokens: 5, outputTokens: 2 } })
+  ])
+
+  it.effect("Stream.retry inside withOperation on a stream run elsewhere: each attempt a call, numbered under one operation id", () =>
+    Effect.gen(function*() {
+      const stream = LanguageModel.streamText({ prompt: "hi" }).pipe(
+        Stream.retry(Schedule.recurs(3)),
+        Callbacks.withOperation({ operationId: "op-s" }),
+        Callbacks.withCallContext({ userId: "alice" })
+      )
+      // Run twice, from elsewhere: each run is an operation of its own, numbered from 1 again.
+      for (const _ of [1, 2]) yield* Stream.runDrain(stream)
+      const events = (yield* Testing.events).filter((event) => event._tag !== "Chunk")
+      assert.deepStrictEqual(
+        events.map((event) => [event._tag, event.call.operationId, event.call.attempt, event.call.userId]),
+        [1, 2].flatMap(() => [
+          ["Start", "op-s", 1, "alice"],
+          ["Error", "op-s", 1, "alice"],
+          ["Start", "op-s", 2, "alice"],
+          ["Error", "op-s", 2, "alice"],
+          ["Start", "op-s", 3, "alice"],
+          ["End", "op-s", 3, "alice"]
+        ])
+      )
+      assert.strictEqual(new Set(events.map((event) => event.call.callId)).size, 6)
+    }).pipe(Effect.provide(model(replies))))
+})
+
 describe("@effect/ai: chunk and tool hooks never change what the caller gets", () => {
   const script = () =>
     FakeReply.Text({
