@@ -91,24 +91,28 @@ describe("Callbacks.instrument", () => {
       assert.strictEqual(failed.durationMs, 1000)
     }).pipe(Effect.provide(Testing.layer())))
 
-  it.effect("the terminal dispatch completes even when the caller is interrupted", () =>
-    Effect.gen(function*() {
-      const heard = yield* Deferred.make<string>()
-      const slow = Handler.make({
-        name: "slow-end",
-        onLlmEnd: () => Effect.sleep("2 seconds").pipe(Effect.zipRight(Deferred.succeed(heard, "end"))),
-        timeout: "10 seconds"
-      })
-      yield* Effect.gen(function*() {
-        const fiber = yield* Effect.fork(Effect.succeed(response).pipe(Callbacks.instrument(options)))
-        yield* Effect.yieldNow()
-        // The call completed; its end handler is running. Interrupt the caller now.
-        const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
-        yield* TestClock.adjust("2 seconds")
-        yield* Fiber.join(interrupting)
-        assert.strictEqual(yield* Deferred.await(heard), "end")
-      }).pipe(Effect.provide(Dispatcher.toLayer(slow)), Effect.scoped)
-    }).pipe(Effect.provide(Dispatcher.layer())))
+  it.effect("the terminal dispatch completes even when the caller is interrupted (instrument, and begin's finish)", () =>
+    Effect.forEach(["instrument", "finish"], (how) =>
+      Effect.gen(function*() {
+        const heard = yield* Deferred.make<string>()
+        const slow = Handler.make({
+          name: "slow-end",
+          onLlmEnd: () => Effect.sleep("2 seconds").pipe(Effect.zipRight(Deferred.succeed(heard, "end"))),
+          timeout: "10 seconds"
+        })
+        yield* Effect.gen(function*() {
+          const ended: Effect.Effect<unknown> = how === "instrument"
+            ? Effect.succeed(response).pipe(Callbacks.instrument(options))
+            : Option.getOrThrow(yield* Callbacks.begin(options)).finish(Exit.succeed(response))
+          const fiber = yield* Effect.fork(ended)
+          yield* Effect.yieldNow()
+          // The call completed; its end handler is running. Interrupt the caller now.
+          const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+          yield* TestClock.adjust("2 seconds")
+          yield* Fiber.join(interrupting)
+          assert.strictEqual(yield* Deferred.await(heard), "end", how)
+        }).pipe(Effect.provide(Dispatcher.toLayer(slow)), Effect.scoped)
+      }).pipe(Effect.provide(Dispatcher.layer()))))
 
   it.effect("interrupted while start handlers run: the call never runs, handlers still hear one error", () =>
     Effect.gen(function*() {
@@ -367,26 +371,6 @@ describe("Callbacks.instrument", () => {
         )
       )
     ))
-
-  it.effect("finish dispatches the terminal event even when its caller is interrupted", () =>
-    Effect.gen(function*() {
-      const heard = yield* Deferred.make<string>()
-      const slow = Handler.make({
-        name: "slow-end",
-        onLlmEnd: () => Effect.sleep("2 seconds").pipe(Effect.zipRight(Deferred.succeed(heard, "end"))),
-        timeout: "10 seconds"
-      })
-      yield* Effect.gen(function*() {
-        const active = Option.getOrThrow(yield* Callbacks.begin(options))
-        const fiber = yield* Effect.fork(active.finish(Exit.succeed(response)))
-        yield* Effect.yieldNow()
-        const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
-        yield* TestClock.adjust("2 seconds")
-        yield* Fiber.join(interrupting)
-        assert.strictEqual(yield* Deferred.await(heard), "end")
-        assert.isTrue(Option.isNone(yield* active.finish(Exit.succeed(response))))
-      }).pipe(Effect.provide(Dispatcher.toLayer(slow)), Effect.scoped)
-    }).pipe(Effect.provide(Dispatcher.layer())))
 
   it.effect("a call id of the caller's choosing is used", () =>
     Effect.gen(function*() {
