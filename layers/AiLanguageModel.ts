@@ -421,13 +421,15 @@ const instrumentStream = <E, R>(
     const acquire: Effect.Effect<Option.Option<Callbacks.ActiveCall>> = Effect.flatMap(
       withDispatcher(
         resolved,
+        // Interruptible although acquired uninterruptibly: a consumer gone while `start` is dispatched (or
+        // the call admitted) stops at once; `begin` has then finished what it started.
         Callbacks.begin({
           provider: resolved.provider,
           model: resolved.model,
           messages: messagesOf(normalised.prompt),
           params: paramsOf("streamText", normalised, resolved.params),
           metadata: resolved.metadata
-        })
+        }, { interruptible: true })
       ),
       (active): Effect.Effect<Option.Option<Callbacks.ActiveCall>> =>
         Option.isNone(active)

@@ -373,11 +373,20 @@ const lookupCalls = (context: Context.Context<never>): Calls | undefined =>
  * that heard `start` hear the call's error (interrupted) at once, as with
  * `instrument`.
  *
+ * `interruptible: true` is for a stream's acquire (`Stream.acquireRelease`,
+ * `Channel.acquireUseRelease`), which runs uninterruptibly: the admission
+ * and the start dispatch may then be interrupted all the same, so a consumer
+ * interrupted meanwhile (a client gone) stops at once instead of waiting for
+ * the start handlers, up to their timeout; `begin` then fails with the
+ * interruption and nothing is left to finish. Otherwise they are as
+ * interruptible as the caller is.
+ *
  * @since 0.1.0
  * @category constructors
  */
 export const begin = (
-  options: Omit<InstrumentOptions<unknown>, "response">
+  options: Omit<InstrumentOptions<unknown>, "response">,
+  behaviour?: { readonly interruptible?: boolean | undefined }
 ): Effect.Effect<Option.Option<ActiveCall>> =>
   Effect.withFiberRuntime((fiber) => {
     const gate = fiber.getFiberRef(currentGate)
@@ -460,9 +469,11 @@ export const begin = (
         return admitted === undefined ? dispatched : Effect.ensuring(dispatched, admitted.close(exit))
       }))
     type Restore = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
+    // What may be interrupted: as interruptible as the caller, or at all times.
+    const interruptibly = (restore: Restore): Restore => behaviour?.interruptible === true ? Effect.interruptible : restore
     // Run in a region made uninterruptible by the caller: only the start dispatch may be interrupted.
     const start = (restore: Restore): Effect.Effect<Option.Option<ActiveCall>> =>
-      Effect.matchCauseEffect(restore(underSpan(calls.dispatch(token, events.start))), {
+      Effect.matchCauseEffect(interruptibly(restore)(underSpan(calls.dispatch(token, events.start))), {
         // Interrupted while `start` was dispatched: whoever heard it hears the call's end now.
         onFailure: (cause) => Effect.zipRight(finish(Exit.failCause(cause)), Effect.failCause(cause)),
         onSuccess: (startReport) =>
@@ -479,7 +490,7 @@ export const begin = (
       })
     if (gate === undefined) return Effect.uninterruptibleMask(start)
     return Effect.uninterruptibleMask((restore) =>
-      Effect.matchCauseEffect(restore(gate.admit(events.start)), {
+      Effect.matchCauseEffect(interruptibly(restore)(gate.admit(events.start)), {
         // Refused (or interrupted while admitted): no handler hears of the call.
         onFailure: (cause) => {
           if (span !== undefined) endRefused(fiber as AnyFiber, span, clock, cause)

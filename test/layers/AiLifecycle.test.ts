@@ -3,7 +3,7 @@ import * as LanguageModel from "@effect/ai/LanguageModel"
 import * as Tool from "@effect/ai/Tool"
 import * as Toolkit from "@effect/ai/Toolkit"
 import { assert, describe, it } from "@effect/vitest"
-import { Chunk, Effect, Fiber, Layer, Metric, MetricLabel, Schedule, Schema, Stream, TestClock } from "effect"
+import { Chunk, Effect, Exit, Fiber, Layer, Metric, MetricLabel, Option, Schedule, Schema, Stream, TestClock } from "effect"
 import * as AiLanguageModel from "../../layers/AiLanguageModel.js"
 import * as AiTesting from "../../layers/AiTesting.js"
 import * as GenAiMetrics from "../../layers/GenAiMetrics.js"
@@ -193,6 +193,72 @@ describe("@effect/ai: aborted streams are accounted", () => {
     }).pipe(Effect.provide(accounted(() =>
       FakeReply.Text({ text: "one two three four five", deltaDelay: "100 millis", usage: { inputTokens: 3, outputTokens: 5 } })
     ))))
+})
+
+describe("@effect/ai: a stream's consumer gone while its start is dispatched", () => {
+  /** Interrupts `fiber`, then counts the virtual seconds until the interruption is through. */
+  const secondsToInterrupt = (fiber: Fiber.RuntimeFiber<unknown, unknown>) =>
+    Effect.gen(function*() {
+      const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+      // Lets every fiber run as far as it can without the clock moving.
+      yield* TestClock.adjust("0 millis")
+      let waited = 0
+      while (Option.isNone(yield* Fiber.poll(interrupting))) {
+        yield* TestClock.adjust("1 second")
+        waited++
+      }
+      return waited
+    })
+
+  it.effect("stops at once, as an instrumented call's caller does: the model is not called, and who heard start hears the error", () =>
+    Effect.gen(function*() {
+      const calls = { n: 0 }
+      const heard: Array<string> = []
+      const push = (tag: string) => Effect.sync(() => void heard.push(tag))
+      yield* Dispatcher.register(Handler.make({ name: "quick", priority: 1, onLlmStart: () => push("start"), onLlmError: () => push("error") }))
+      yield* Dispatcher.register(Handler.make({ name: "slow", onLlmStart: () => Effect.sleep("10 seconds"), timeout: "30 seconds" }))
+      const fiber = yield* LanguageModel.streamText({ prompt: "hi" }).pipe(
+        Stream.runDrain,
+        Effect.provide(AiTesting.layerFakeModel(() => (calls.n++, FakeReply.Text({ text: "never" }))).pipe(AiLanguageModel.withCallbacks())),
+        Effect.fork
+      )
+      yield* TestClock.adjust("1 second")
+      // The consumer is interrupted while the slow start handler runs: no wait for it (it had 29 s left).
+      assert.strictEqual(yield* secondsToInterrupt(fiber), 0)
+      assert.isTrue(Exit.isInterrupted(yield* Fiber.await(fiber)))
+      assert.strictEqual(calls.n, 0)
+      assert.deepStrictEqual(heard, ["start", "error"])
+      const health = yield* Dispatcher.health
+      assert.deepStrictEqual(health.handlers.map((h) => [h.name, h.interruptions, h.inFlight]).sort(), [
+        ["quick", 0, 0],
+        ["slow", 1, 0]
+      ])
+    }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer())))
+
+  it.effect("Callbacks.begin with interruptible: true in a stream of one's own (Stream.acquireRelease): the same", () =>
+    Effect.gen(function*() {
+      const heard: Array<string> = []
+      const push = (tag: string) => Effect.sync(() => void heard.push(tag))
+      yield* Dispatcher.register(Handler.make({ name: "quick", priority: 1, onLlmStart: () => push("start"), onLlmEnd: () => push("end"), onLlmError: () => push("error") }))
+      yield* Dispatcher.register(Handler.make({ name: "slow", onLlmStart: () => Effect.sleep("10 seconds"), timeout: "30 seconds" }))
+      const mine = (interruptible: boolean) =>
+        Stream.acquireRelease(
+          Callbacks.begin({ provider: "acme", model: "m1" }, { interruptible }),
+          (active, exit) => Option.isSome(active) ? active.value.finish(exit) : Effect.void
+        ).pipe(Stream.flatMap(() => Stream.make("Hel", "lo")))
+      const elapsed = (interruptible: boolean) =>
+        Effect.gen(function*() {
+          const fiber = yield* Effect.fork(Stream.runDrain(mine(interruptible)))
+          yield* TestClock.adjust("1 second")
+          return yield* secondsToInterrupt(fiber)
+        })
+      // Acquired uninterruptibly, the start handlers hold the consumer (9 s more); with interruptible: true, nothing.
+      assert.strictEqual(yield* elapsed(false), 9)
+      assert.deepStrictEqual(heard, ["start", "error"])
+      heard.length = 0
+      assert.strictEqual(yield* elapsed(true), 0)
+      assert.deepStrictEqual(heard, ["start", "error"])
+    }).pipe(Effect.scoped, Effect.provide(Dispatcher.layer())))
 })
 
 describe("@effect/ai: retried streams", () => {
