@@ -110,6 +110,13 @@ describe("Budget.guard", () => {
         assert.isTrue(Exit.isFailure(exit) && Cause.isDie(exit.cause), name)
         if (Exit.isFailure(exit)) assert.include(Cause.pretty(exit.cause), name)
         assert.strictEqual(calls.n, 0)
+        // The same for a stream's guard: the stream dies before it begins its call.
+        const streamed = yield* Effect.exit(Stream.runDrain(
+          Stream.fromEffect(guardedCall({ userId: "ivy", calls })).pipe(Budget.guardStream(guard))
+        ))
+        assert.isTrue(Exit.isFailure(streamed) && Cause.isDie(streamed.cause), name)
+        if (Exit.isFailure(streamed)) assert.include(Cause.pretty(streamed.cause), name)
+        assert.strictEqual(calls.n, 0)
       }
     }).pipe(Effect.provide(budgetEnvironment(TokenStore.layerMemory))))
 
