@@ -114,33 +114,42 @@ describe("Callbacks.instrument", () => {
         }).pipe(Effect.provide(Dispatcher.toLayer(slow)), Effect.scoped)
       }).pipe(Effect.provide(Dispatcher.layer()))))
 
-  it.effect("interrupted while start handlers run: the call never runs, handlers still hear one error", () =>
-    Effect.gen(function*() {
-      let ran = false
-      const fiber = yield* Effect.fork(
-        Effect.sync(() => {
+  it.effect("interrupted while start handlers run: the call never runs (instrument) or no ActiveCall is given (begin); who heard start hears one error", () =>
+    Effect.forEach(["instrument", "begin"], (how) =>
+      Effect.gen(function*() {
+        let ran = false
+        const call: Effect.Effect<unknown> = how === "begin" ? Callbacks.begin(options) : Effect.sync(() => {
           ran = true
           return response
         }).pipe(Callbacks.instrument(options))
-      )
-      yield* TestClock.adjust("1 second")
-      yield* Fiber.interrupt(fiber)
-      assert.isFalse(ran)
-      const events = yield* Testing.events
-      assert.deepStrictEqual(tags(events), ["Start", "Error"])
-      assert.isTrue((events[1] as Events.ErrorEvent).interrupted)
-    }).pipe(
-      Effect.provide(
-        Testing.layerRecorder({ priority: 1 }).pipe(
-          Layer.provideMerge(Dispatcher.toLayer(Handler.make({
-            name: "slow-start",
-            onLlmStart: () => Effect.sleep("10 seconds"),
-            timeout: "20 seconds"
-          }))),
-          Layer.provideMerge(Dispatcher.layer())
+        const fiber = yield* Effect.fork(call)
+        yield* TestClock.adjust("1 second")
+        yield* Fiber.interrupt(fiber)
+        assert.isTrue(Exit.isInterrupted(yield* Fiber.await(fiber)), how)
+        assert.isFalse(ran)
+        const events = yield* Testing.events
+        assert.deepStrictEqual(tags(events), ["Start", "Error"], how)
+        assert.isTrue((events[1] as Events.ErrorEvent).interrupted)
+        assert.strictEqual(events[1]!.call.callId, events[0]!.call.callId)
+        // The slow handler's start was cancelled: it heard nothing more, and nothing is left in flight.
+        const health = yield* Dispatcher.health
+        assert.deepStrictEqual(health.handlers.map((h) => [h.name, h.interruptions, h.defects, h.inFlight]).sort(), [
+          ["recorder", 0, 0, 0],
+          ["slow-start", 1, 0, 0]
+        ], how)
+      }).pipe(
+        Effect.provide(
+          Testing.layerRecorder({ priority: 1 }).pipe(
+            Layer.provideMerge(Dispatcher.toLayer(Handler.make({
+              name: "slow-start",
+              onLlmStart: () => Effect.sleep("10 seconds"),
+              onLlmError: () => Effect.die("a handler whose start was cancelled hears no terminal event"),
+              timeout: "20 seconds"
+            }))),
+            Layer.provideMerge(Dispatcher.layer())
+          )
         )
-      )
-    ))
+      )))
 
   it.effect("without a dispatcher the call runs bare", () =>
     Effect.gen(function*() {
@@ -341,36 +350,6 @@ describe("Callbacks.instrument", () => {
         ["bob", []]
       ])
     }).pipe(Effect.provide(Testing.layer())))
-
-  it.effect("begin interrupted while start handlers run: no ActiveCall, and whoever heard start hears one error", () =>
-    Effect.gen(function*() {
-      const fiber = yield* Effect.fork(Callbacks.begin(options))
-      yield* TestClock.adjust("1 second")
-      yield* Fiber.interrupt(fiber)
-      assert.isTrue(Exit.isInterrupted(yield* Fiber.await(fiber)))
-      const events = yield* Testing.events
-      assert.deepStrictEqual(tags(events), ["Start", "Error"])
-      assert.isTrue((events[1] as Events.ErrorEvent).interrupted)
-      assert.strictEqual(events[1]!.call.callId, events[0]!.call.callId)
-      // The slow handler's start was cancelled: it heard nothing, and nothing is left in flight.
-      const health = yield* Dispatcher.health
-      assert.deepStrictEqual(health.handlers.map((h) => [h.name, h.interruptions, h.defects, h.inFlight]).sort(), [
-        ["recorder", 0, 0, 0],
-        ["slow-start", 1, 0, 0]
-      ])
-    }).pipe(
-      Effect.provide(
-        Testing.layerRecorder({ priority: 1 }).pipe(
-          Layer.provideMerge(Dispatcher.toLayer(Handler.make({
-            name: "slow-start",
-            onLlmStart: () => Effect.sleep("10 seconds"),
-            onLlmError: () => Effect.die("a handler whose start was cancelled hears no terminal event"),
-            timeout: "20 seconds"
-          }))),
-          Layer.provideMerge(Dispatcher.layer())
-        )
-      )
-    ))
 
   it.effect("a call id of the caller's choosing is used", () =>
     Effect.gen(function*() {
