@@ -168,6 +168,14 @@ const drive = (
   })
 
 
+/** `call` begun by hand (interruptibly, as a stream's acquire does), run, and finished with its `Exit`. */
+const begunByHand = <A, E>(call: Effect.Effect<A, E>, callId: string): Effect.Effect<A, E> =>
+  Effect.acquireUseRelease(
+    Callbacks.begin({ provider: "p", model: "m", callId }, { interruptible: true }),
+    () => call,
+    (active, exit) => Option.isSome(active) ? active.value.finish(exit) : Effect.void
+  )
+
 const runReal = (
   specs: ReadonlyArray<HandlerSpec>,
   calls: ReadonlyArray<CallSpec>,
@@ -193,7 +201,10 @@ const runReal = (
       calls,
       closeAt,
       Scope.close(scope, Exit.void),
-      (i, call) => call.pipe(Callbacks.instrument({ provider: "p", model: "m", callId: `c${i}` }), Effect.provide(context))
+      // Every other call is begun by hand, as a stream integration begins its call: the same semantics.
+      (i, call) =>
+        (i % 2 === 0 ? call.pipe(Callbacks.instrument({ provider: "p", model: "m", callId: `c${i}` })) : begunByHand(call, `c${i}`))
+          .pipe(Effect.provide(context))
     )
     if (closeAt !== undefined) {
       yield* TestClock.adjust("2 seconds")
