@@ -301,6 +301,29 @@ describe("Budget and streams", () => {
     }).pipe(Effect.provide(streamEnvironment)))
 })
 
+describe("Budget and calls with no dispatcher to hear them", () => {
+  it.effect("admitted all the same (a call: its hold ends with its failure; begun by hand: by its TTL), refused alike", () =>
+    Effect.gen(function*() {
+      const store = yield* TokenStore.TokenStore
+      const cycle = yield* currentCycle
+      yield* store.setLimit("rob", cycle, 250)
+      const options = { provider: "p", model: "m", userId: "rob", params: { maxTokens: 80 } }
+      // A failed call: admitted, then released.
+      assert.strictEqual(yield* Effect.flip(Effect.fail("boom").pipe(Callbacks.instrument(options), Budget.guard())), "boom")
+      assert.strictEqual((yield* store.stats("rob", cycle)).heldTokens, 0)
+      // Begun by hand: None (nothing hears it), and no finish to end the hold, nor a handler to record it.
+      assert.isTrue(Option.isNone(yield* Callbacks.begin(options).pipe(Budget.guard())))
+      assert.strictEqual((yield* store.stats("rob", cycle)).heldTokens, 100)
+      assert.isTrue(Option.isNone(yield* Callbacks.begin(options).pipe(Budget.guard())))
+      assert.deepInclude(yield* Effect.flip(Callbacks.begin(options).pipe(Budget.guard())), {
+        _tag: "UsageLimitExceeded",
+        heldTokens: 200
+      })
+      yield* TestClock.adjust("10 minutes")
+      assert.strictEqual((yield* store.stats("rob", cycle)).heldTokens, 0)
+    }).pipe(Effect.provide(Layer.merge(TokenStore.layerMemory, fixedCounter))))
+})
+
 describe("Budget.check", () => {
   it.effect("fails with UsageLimitExceeded once the recorded usage reaches the limit, or with the store's error", () =>
     Effect.gen(function*() {
