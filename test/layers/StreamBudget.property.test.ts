@@ -1,7 +1,8 @@
 /**
  * Streams, budgets, token accounting and interruption together, on random workloads under the TestClock:
- * 2-10 `streamText` calls of two users through the instrumented fake model, each run as a stream handed
- * out (its call context and `Budget.guardStream` on the stream), started at random times; replies that
+ * 2-10 calls of two users through the instrumented fake model, started at random times: mostly
+ * `streamText`, each run as a stream handed out (its call context and `Budget.guardStream` on the
+ * stream), the others `generateText` inside `Budget.guard` (a consumer that stops early reads it all); replies that
  * stream (with a delay before, and between deltas), fail midway or fail before any part; consumers that
  * read it all, stop after some deltas, or are interrupted at a random time (also while a slow start handler
  * runs); the token handler in await or background mode; random limits. After every stream ended and the
@@ -45,6 +46,8 @@ type Consumer =
   | { readonly _tag: "InterruptAt"; readonly at: number }
 
 interface CallSpec {
+  /** A stream (`streamText`, guarded as a stream), or one call (`generateText` in `Budget.guard`). */
+  readonly kind: "stream" | "generate"
   readonly user: 0 | 1
   readonly startAt: number
   readonly reply: Reply
@@ -84,6 +87,7 @@ const consumerOf: fc.Arbitrary<Consumer> = fc.oneof(
 const caseOf: fc.Arbitrary<Case> = fc.record({
   calls: fc.array(
     fc.record({
+      kind: fc.constantFrom("stream" as const, "stream" as const, "generate" as const),
       user: fc.constantFrom(0 as const, 1 as const),
       startAt: fc.integer({ min: 0, max: 1_000 }),
       reply: replyOf,
@@ -152,8 +156,16 @@ const check = (c: Case) =>
           ? stream.pipe(Stream.filter((part) => part.type === "text-delta"), Stream.take(call.consumer.deltas))
           : stream
       }
+      const generated = (i: number, call: CallSpec) =>
+        LanguageModel.generateText({ prompt: `call ${i}` }).pipe(
+          Callbacks.withCallContext({ userId: users[call.user] }),
+          Budget.guard({ cycleStartDate: cycle, maxOutputTokens: { "fake-model": 50 } })
+        )
       const fibers = yield* Effect.forEach(c.calls, (call, i) =>
-        Effect.fork(Effect.zipRight(Effect.sleep(call.startAt), Effect.either(Stream.runDrain(streamOf(i, call))))))
+        Effect.fork(Effect.zipRight(
+          Effect.sleep(call.startAt),
+          Effect.either(call.kind === "stream" ? Stream.runDrain(streamOf(i, call)) : generated(i, call))
+        )))
       yield* Effect.forEach(c.calls, (call, i) =>
         call.consumer._tag === "InterruptAt"
           ? Effect.fork(Effect.zipRight(Effect.sleep(call.startAt + call.consumer.at), Fiber.interrupt(fibers[i]!)))
