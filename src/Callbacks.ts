@@ -42,6 +42,7 @@ import {
   type ToolEvents,
   endEvent,
   errorEvent,
+  failureFromCause,
   makeCallEvents,
   makeToolEvents,
   randomCallId,
@@ -165,6 +166,9 @@ export const operationName = (call: CallInfo): string => {
 }
 
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+/** What `Effect.uninterruptibleMask` hands its body. */
+type Restore = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
 
 const bigint0 = BigInt(0)
 
@@ -413,8 +417,6 @@ export const begin = (
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
       span === undefined ? effect : Effect.withParentSpan(effect, span)
     let finished = false
-    // What the budget's admission holds until the call finishes.
-    let ticket: Ticket | undefined
     const sink = calls.chunks(token, fiber as AnyFiber, span)
     let chunks = 0
     let previous = 0
@@ -459,21 +461,20 @@ export const begin = (
         (response) => dispatch(enrichError(context, errorEvent(events, exit.cause, durationMs, ttft, response)))
       )
     }
-    // Once, and whole: an interrupted caller still dispatches the terminal event and ends the hold.
-    const finish: ActiveCall["finish"] = (exit, finishOptions) =>
+    // Once, and whole: an interrupted caller still dispatches the terminal event and ends the budget's hold.
+    const finishing = (ticket: Ticket | undefined): ActiveCall["finish"] => (exit, finishOptions) =>
       Effect.uninterruptible(Effect.suspend(() => {
         if (finished) return Effect.succeedNone
         finished = true
         const dispatched = terminal(exit, finishOptions)
-        const admitted = ticket
-        return admitted === undefined ? dispatched : Effect.ensuring(dispatched, admitted.close(exit))
+        return ticket === undefined ? dispatched : Effect.ensuring(dispatched, ticket.close(exit))
       }))
-    type Restore = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
     // What may be interrupted: as interruptible as the caller, or at all times.
     const interruptibly = (restore: Restore): Restore => behaviour?.interruptible === true ? Effect.interruptible : restore
     // Run in a region made uninterruptible by the caller: only the start dispatch may be interrupted.
-    const start = (restore: Restore): Effect.Effect<Option.Option<ActiveCall>> =>
-      Effect.matchCauseEffect(interruptibly(restore)(underSpan(calls.dispatch(token, events.start))), {
+    const start = (restore: Restore, ticket: Ticket | undefined): Effect.Effect<Option.Option<ActiveCall>> => {
+      const finish = finishing(ticket)
+      return Effect.matchCauseEffect(interruptibly(restore)(underSpan(calls.dispatch(token, events.start))), {
         // Interrupted while `start` was dispatched: whoever heard it hears the call's end now.
         onFailure: (cause) => Effect.zipRight(finish(Exit.failCause(cause)), Effect.failCause(cause)),
         onSuccess: (startReport) =>
@@ -488,20 +489,13 @@ export const begin = (
             finish
           }))
       })
-    if (gate === undefined) return Effect.uninterruptibleMask(start)
+    }
+    if (gate === undefined) return Effect.uninterruptibleMask((restore) => start(restore, undefined))
     return Effect.uninterruptibleMask((restore) =>
-      Effect.matchCauseEffect(interruptibly(restore)(gate.admit(events.start)), {
-        // Refused (or interrupted while admitted): no handler hears of the call.
-        onFailure: (cause) => {
-          if (span !== undefined) endRefused(fiber as AnyFiber, span, clock, cause)
-          // The refusal's type is the guard's to declare (see internal/admission).
-          return Effect.failCause(cause) as Effect.Effect<never>
-        },
-        onSuccess: (admitted) => {
-          ticket = admitted
-          return start(restore)
-        }
-      })
+      Effect.flatMap(
+        admission(interruptibly(restore)(gate.admit(events.start)), span && endRefused(fiber as AnyFiber, span, clock)),
+        (ticket) => start(restore, ticket)
+      )
     )
   })
 
@@ -732,45 +726,45 @@ const instrumentImpl = <A, E, R>(
       .instrument(self)
     return gate === undefined
       ? instrumented
-      : admitted(gate, events.start, instrumented, span && ((cause) => endRefused(fiber as AnyFiber, span, clock, cause)))
+      : admitted(gate, events.start, instrumented, span && endRefused(fiber as AnyFiber, span, clock))
+  })
+
+/**
+ * A gate's admission of a call (run as interruptibly as its caller chooses).
+ * A refusal, or an interruption meanwhile, fails it before any handler hears
+ * of the call (`refused` runs first). The refusal's type is the gate
+ * installer's to declare (see `internal/admission`).
+ */
+const admission = (
+  admit: Effect.Effect<Ticket, unknown>,
+  refused: ((cause: Cause.Cause<unknown>) => Effect.Effect<void>) | undefined
+): Effect.Effect<Ticket> => (refused === undefined ? admit : Effect.tapErrorCause(admit, refused)) as Effect.Effect<Ticket>
+
+/** Ends the span of a call the gate refused, with the refusal as its error (as an error event's span ends). */
+const endRefused = (fiber: AnyFiber, span: Tracer.Span, clock: Clock.Clock) => (cause: Cause.Cause<unknown>) =>
+  Effect.sync(() => {
+    const failure = failureFromCause(cause)
+    span.attribute("error.type", SemanticConventions.errorType(failure.error, failure.errorType))
+    span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, Exit.failCause(cause))
   })
 
 /**
  * Runs an instrumented call through the admission gate in force: admitted
  * (interruptibly) before its start, its ticket closed with its `Exit` once
- * its terminal event was dispatched. A refusal fails the call before any
- * handler hears of it (its span, when it has one, ends with the refusal).
+ * its terminal event was dispatched.
  */
 const admitted = <A, E, R>(
   gate: Gate,
   start: StartEvent,
   call: Effect.Effect<A, E, R>,
-  refused?: ((cause: Cause.Cause<unknown>) => void) | undefined
+  refused?: ((cause: Cause.Cause<unknown>) => Effect.Effect<void>) | undefined
 ): Effect.Effect<A, E, R> =>
   Effect.uninterruptibleMask((restore) =>
-    Effect.matchCauseEffect(
-      // The gate's refusals are typed by the gate's installer (see internal/admission).
-      restore(gate.admit(start)) as Effect.Effect<Ticket, E>,
-      {
-        onFailure: (cause) => {
-          refused?.(cause)
-          return Effect.failCause(cause)
-        },
-        onSuccess: (ticket) => Effect.onExit(restore(call), (exit) => ticket.close(exit))
-      }
+    Effect.flatMap(
+      admission(restore(gate.admit(start)), refused),
+      (ticket) => Effect.onExit(restore(call), (exit) => ticket.close(exit))
     )
   )
-
-/** Ends the span of a call the budget refused, with the refusal as its error. */
-const endRefused = (fiber: AnyFiber, span: Tracer.Span, clock: Clock.Clock, cause: Cause.Cause<unknown>): void => {
-  const failure = Cause.failureOption(cause)
-  if (Option.isSome(failure)) {
-    const error = failure.value
-    const tag = typeof error === "object" && error !== null && "_tag" in error ? String(error._tag) : "_OTHER"
-    span.attribute("error.type", SemanticConventions.errorType(error, tag))
-  }
-  span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, Exit.failCause(cause))
-}
 
 /** The start event of a call no handler will hear, for the gate: a call id of its own. */
 const unheardStart = (fiber: AnyFiber, options: CallOptions): StartEvent => {
