@@ -6,6 +6,7 @@
  */
 import * as Effect from "effect/Effect"
 import type * as FiberRef from "effect/FiberRef"
+import * as Predicate from "effect/Predicate"
 import * as Stream from "effect/Stream"
 
 /**
@@ -21,4 +22,4 @@ export const locallyWith = <A, E, R, V>(
 
 /** Whether `u` is a stream (the pipeable combinators that take an effect or a stream tell them apart by it). */
 export const isStream = (u: unknown): u is Stream.Stream<unknown, unknown, unknown> =>
-  typeof u === "object" && u !== null && Stream.StreamTypeId in u
+  Predicate.hasProperty(u, Stream.StreamTypeId)

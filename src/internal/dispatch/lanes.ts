@@ -89,6 +89,14 @@ const laneOf = (callId: string, lanes: number): number => {
   return (hash >>> 0) % lanes
 }
 
+/** A delivery put in its buffer without waiting. */
+const queued = (state: State, entry: Entry, phase: Phase, results: Results): undefined => {
+  Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
+  // Queued is not counted: only a report shows it (no clock is read otherwise).
+  if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, monotonicNow(), results)
+  return undefined
+}
+
 /**
  * Offers an event to a background handler. Returns `undefined` when it was
  * buffered (or refused) at once, else the effect that waits for room. Stream
@@ -114,16 +122,10 @@ export const enqueue = (
   const delivery: Delivery = { _tag: "Event", event, phase, span }
   entry.stats.pending++
   // Producers already waiting go first.
-  if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) {
-    Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-    // Queued is not counted: only a report shows it (no clock is read otherwise).
-    if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, monotonicNow(), results)
-    return undefined
-  }
-  const now = monotonicNow()
+  if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) return queued(state, entry, phase, results)
   if (fiber === undefined) {
     entry.stats.pending--
-    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), now, results)
+    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), monotonicNow(), results)
     return undefined
   }
   if (runsHookOf(fiber, state)) {
@@ -132,10 +134,9 @@ export const enqueue = (
     // that would make room, so a wait here could last until the timeout,
     // and take the call's delivery with it. It is put in past the capacity.
     lane.buffer.put(delivery)
-    Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-    if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, now, results)
-    return undefined
+    return queued(state, entry, phase, results)
   }
+  const now = monotonicNow()
   // Buffer full: wait for room (backpressure), bounded by the handler's
   // timeout; then the delivery is dropped, counted and logged.
   return Effect.async<void>((resume) => {
