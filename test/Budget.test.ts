@@ -21,6 +21,7 @@ import {
   currentCycle,
   fixedCounter,
   guardedCall,
+  guardedStream,
   until
 } from "./support/budgetConformance.js"
 
@@ -169,19 +170,6 @@ describe("Budget.guard", () => {
     }).pipe(Effect.provide(TokenStore.layerMemory)))
 })
 
-/** A fake `streamText` of `userId` (worst case 100), its reply chosen by `reply`, guarded as a stream. */
-const streamOf = (userId: string, reply: () => Effect.Effect<AiTesting.FakeReply>, calls: { n: number }) =>
-  LanguageModel.streamText({ prompt: "hello" }).pipe(
-    Callbacks.withCallContext({ userId }),
-    Budget.guardStream({ maxOutputTokens: { "fake-model": 80 } }),
-    Stream.provideSomeLayer(
-      AiLanguageModel.withCallbacks(
-        AiTesting.layerFakeModel(() => Effect.suspend(() => (calls.n++, reply()))),
-        { model: "fake-model" }
-      )
-    )
-  )
-
 const text = (words: string) => Effect.succeed(FakeReply.Text({ text: words, usage: { inputTokens: 20, outputTokens: 40 } }))
 
 /** The total token handler over the memory store, the tokenizer for what cut-off streams consumed, a recorder. */
@@ -196,7 +184,7 @@ describe("Budget and streams", () => {
       const store = yield* TokenStore.TokenStore
       yield* store.setLimit("lena", yield* currentCycle, 99)
       const calls = { n: 0 }
-      const refused = yield* Effect.flip(Stream.runCollect(streamOf("lena", () => text("never"), calls)))
+      const refused = yield* Effect.flip(Stream.runCollect(guardedStream({ userId: "lena", reply: () => text("never"), calls })))
       assert.deepInclude(refused, { _tag: "UsageLimitExceeded", userId: "lena", limit: 99, requestedTokens: 100 })
       assert.strictEqual(calls.n, 0)
       assert.deepStrictEqual(yield* Testing.events, [])
@@ -210,7 +198,7 @@ describe("Budget and streams", () => {
       const calls = { n: 0 }
       let heldWhileStreaming = 0
       const parts = yield* Stream.runCollect(
-        streamOf("mia", () => text("one two three four five six"), calls).pipe(
+        guardedStream({ userId: "mia", reply: () => text("one two three four five six"), calls }).pipe(
           Stream.filter((part) => part.type === "text-delta"),
           Stream.take(1),
           Stream.tap(() => Effect.map(store.stats("mia", cycle), (stats) => heldWhileStreaming = stats.heldTokens))
@@ -234,16 +222,17 @@ describe("Budget and streams", () => {
       yield* store.setLimit("noa", cycle, 100)
       const calls = { n: 0 }
       const failure = new AiError.UnknownError({ module: "test", method: "streamText", description: "429" })
-      const failed = yield* Effect.flip(Stream.runCollect(streamOf("noa", () => Effect.succeed(FakeReply.Fail({ error: failure })), calls)))
+      const failing = guardedStream({ userId: "noa", reply: () => Effect.succeed(FakeReply.Fail({ error: failure })), calls })
+      const failed = yield* Effect.flip(Stream.runCollect(failing))
       assert.strictEqual(failed, failure)
       assert.deepInclude(yield* store.stats("noa", cycle), { heldTokens: 0, totalTokens: 0 })
-      const fiber = yield* Effect.fork(Stream.runCollect(streamOf("noa", () => Effect.never, calls)))
+      const fiber = yield* Effect.fork(Stream.runCollect(guardedStream({ userId: "noa", reply: () => Effect.never, calls })))
       yield* until(() => calls.n === 2)
       assert.strictEqual((yield* store.stats("noa", cycle)).heldTokens, 100)
       assert.isTrue(Exit.isInterrupted(yield* Fiber.interrupt(fiber)))
       assert.deepInclude(yield* store.stats("noa", cycle), { heldTokens: 0, totalTokens: 0 })
       // The whole limit is there again.
-      assert.isTrue(Exit.isSuccess(yield* Effect.exit(Stream.runCollect(streamOf("noa", () => text("ok"), calls)))))
+      assert.isTrue(Exit.isSuccess(yield* Effect.exit(Stream.runCollect(guardedStream({ userId: "noa", reply: () => text("ok"), calls })))))
     }).pipe(Effect.provide(streamEnvironment)))
 
   it.effect("Budget.guard around a region that runs a stream guards its call too", () =>
@@ -264,7 +253,7 @@ describe("Budget and streams", () => {
       assert.strictEqual(calls.n, 0)
     }).pipe(Effect.provide(streamEnvironment)))
 
-  it.effect("guardStream guards the stream's own call, not what its consumer does between parts", () =>
+  it.effect("guardStream guards the stream's own call, not what its consumer does between parts; around no call it says so", () =>
     Effect.gen(function*() {
       const store = yield* TokenStore.TokenStore
       const cycle = yield* currentCycle
@@ -272,7 +261,7 @@ describe("Budget and streams", () => {
       const calls = { n: 0 }
       let inner = 0
       // The stream holds the whole limit while it runs; the consumer's own call is not admitted by its guard.
-      yield* Stream.runForEach(streamOf("pia", () => text("a b"), calls), () =>
+      yield* Stream.runForEach(guardedStream({ userId: "pia", reply: () => text("a b"), calls }), () =>
         Effect.succeed({ content: "x" }).pipe(
           Callbacks.instrument({ provider: "p", model: "m", userId: "pia" }),
           Effect.tap(() => Effect.sync(() => inner++))

@@ -30,18 +30,22 @@ export { budgetEnvironment, currentCycle, fixedCounter, guardedCall, promptToken
 /**
  * A `streamText` of `userId` through the instrumented fake model, as a stream handed to someone else
  * to run: its call context and its guard are set on the stream. Worst case 100 (20 + the model's cap
- * of 80); it streams "one two three" and reports 20 + 40 tokens, once `go` is done.
+ * of 80). The model answers `reply` (default: "one two three", 20 + 40 tokens), once `go` is done.
  */
 export const guardedStream = (options: {
   readonly userId: string
-  readonly go?: Deferred.Deferred<void> | undefined
+  /** Incremented when the model is really called. */
   readonly calls: { n: number }
+  readonly reply?: (() => Effect.Effect<AiTesting.FakeReply>) | undefined
+  readonly go?: Deferred.Deferred<void> | undefined
 }) => {
   const script: AiTesting.FakeScript = () =>
     Effect.gen(function*() {
       options.calls.n++
       if (options.go !== undefined) yield* Deferred.await(options.go)
-      return AiTesting.FakeReply.Text({ text: "one two three", usage: { inputTokens: 20, outputTokens: 40 } })
+      return options.reply === undefined
+        ? AiTesting.FakeReply.Text({ text: "one two three", usage: { inputTokens: 20, outputTokens: 40 } })
+        : yield* options.reply()
     })
   return LanguageModel.streamText({ prompt: "hello" }).pipe(
     Callbacks.withCallContext({ userId: options.userId }),
