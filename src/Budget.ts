@@ -23,8 +23,8 @@
  *    the same billing-cycle settings) adds the actual usage and ends the hold
  *    in one atomic, idempotent step (a stream cut off after it began records
  *    what it consumed). A call that fails or is interrupted has its holds
- *    released by the guard (a call begun by hand: when it is finished). A hold that nothing ends (its process
- *    died) expires after `holdTtl`.
+ *    released by the guard (a call begun by hand: when it is finished). A
+ *    hold that nothing ends (its process died) expires after `holdTtl`.
  *
  * A store failure follows `onStoreError`: `"allow"` (default) admits the call
  * and logs a warning; `"fail"` fails the call with the `TokenStoreError`.

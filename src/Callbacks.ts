@@ -141,6 +141,9 @@ export interface ActiveCall {
   readonly chunk: (kind: ChunkEvent["kind"], delta: string) => void
   /**
    * Dispatches end (success) or error (failure) once; later calls do nothing.
+   * It runs whole even when its caller is interrupted, and then ends the
+   * call's budget hold, if `begin` was admitted by one (a failure releases it;
+   * a success leaves it to its token record).
    * `response` is the response of a success, or what a failed or cut-off
    * call produced before it ended: its usage, when absent, is then counted
    * with the token counter in force (`TokenCounter.CurrentTokenCounter`) and
@@ -369,7 +372,8 @@ const lookupCalls = (context: Context.Context<never>): Calls | undefined =>
  * Starts a call by hand: dispatches `start` and returns an {@link ActiveCall}
  * whose `finish` dispatches the terminal event. `instrument` is built on the
  * same pieces; prefer it whenever the call is one effect. Returns `None` when
- * no dispatcher is in context.
+ * no dispatcher is in context (under `Budget.guard` the call is admitted all
+ * the same: with no `finish`, its hold ends by its TTL).
  *
  * Under `Budget.guard` the call is admitted first (a refusal fails `begin`,
  * and no handler hears of the call); its hold ends with `finish`. A caller
