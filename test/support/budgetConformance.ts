@@ -54,6 +54,34 @@ export const guardedStream = (options: {
   )
 }
 
+/**
+ * `n` guarded runs at once, each waiting in the model for `go` once admitted. Returns when every run is
+ * decided (admitted, or refused): how many the model got, how many starts the handlers heard, and `end`,
+ * which lets the admitted runs end and gives how many succeeded.
+ */
+const crowd = <R>(
+  n: number,
+  run: (go: Deferred.Deferred<void>, calls: { n: number }) => Effect.Effect<unknown, unknown, R>
+) =>
+  Effect.gen(function*() {
+    let starts = 0
+    yield* Dispatcher.register(Handler.make({ name: freshId("starts"), onLlmStart: () => Effect.sync(() => void starts++) }))
+    const go = yield* Deferred.make<void>()
+    const calls = { n: 0 }
+    let refused = 0
+    const fibers = yield* Effect.forEach(Array.from({ length: n }), () =>
+      Effect.fork(
+        Effect.tapError(run(go, calls), (e) => Effect.sync(() => e instanceof Budget.UsageLimitExceeded && refused++))
+      ))
+    // Every run is decided (admitted and waiting in the model, or refused) before any ends.
+    yield* until(() => calls.n + refused === n)
+    const end = Effect.zipRight(
+      Deferred.succeed(go, undefined),
+      Effect.map(Effect.forEach(fibers, Fiber.await), (exits) => exits.filter(Exit.isSuccess).length)
+    )
+    return { admitted: calls.n, starts, end }
+  })
+
 /** The suite. */
 export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<TokenStore.TokenStore, E>): void =>
   layer(budgetEnvironment(storeLayer), { timeout: "60 seconds" })(`Budget conformance: ${name}`, (it) => {
@@ -63,34 +91,12 @@ export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<Token
         const userId = freshId("crowd")
         const cycle = yield* currentCycle
         yield* store.setLimit(userId, cycle, 1_000)
-        // Count the calls the handlers heard of.
-        let starts = 0
-        yield* Dispatcher.register(Handler.make({ name: freshId("starts"), onLlmStart: () => Effect.sync(() => void starts++) }))
-        const go = yield* Deferred.make<void>()
-        const calls = { n: 0 }
-        let refused = 0
-        const fibers = yield* Effect.forEach(
-          Array.from({ length: 200 }),
-          () =>
-            Effect.fork(
-              guardedCall({ userId, go, calls }).pipe(
-                Effect.tapError((e) => Effect.sync(() => e instanceof Budget.UsageLimitExceeded && refused++))
-              )
-            )
-        )
-        // Every call is decided (admitted and waiting in the model, or refused) before any ends.
-        yield* until(() => calls.n + refused === 200)
-        assert.strictEqual(calls.n, 10)
+        const { admitted, end, starts } = yield* crowd(200, (go, calls) => guardedCall({ userId, go, calls }))
+        assert.strictEqual(admitted, 10)
         assert.strictEqual(starts, 10)
-        const during = yield* store.stats(userId, cycle)
-        assert.strictEqual(during.heldTokens, 1_000)
-        assert.strictEqual(during.totalTokens, 0)
-        yield* Deferred.succeed(go, undefined)
-        const exits = yield* Effect.forEach(fibers, Fiber.await)
-        assert.strictEqual(exits.filter(Exit.isSuccess).length, 10)
-        const after = yield* store.stats(userId, cycle)
-        assert.strictEqual(after.totalTokens, 1_000)
-        assert.strictEqual(after.heldTokens, 0)
+        assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 1_000, totalTokens: 0 })
+        assert.strictEqual(yield* end, 10)
+        assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 0, totalTokens: 1_000 })
       }).pipe(Effect.scoped))
 
     it.effect("streamText: 40 streams at once with room for 4: 4 admitted, held while they stream, settled to what they used", () =>
@@ -99,27 +105,14 @@ export const budgetConformance = <E>(name: string, storeLayer: Layer.Layer<Token
         const userId = freshId("streams")
         const cycle = yield* currentCycle
         yield* store.setLimit(userId, cycle, 400)
-        let starts = 0
-        yield* Dispatcher.register(Handler.make({ name: freshId("starts"), onLlmStart: () => Effect.sync(() => void starts++) }))
-        const go = yield* Deferred.make<void>()
-        const calls = { n: 0 }
-        let refused = 0
-        const fibers = yield* Effect.forEach(Array.from({ length: 40 }), () =>
-          Effect.fork(
-            guardedStream({ userId, go, calls }).pipe(
-              Stream.runCollect,
-              Effect.tapError((e) => Effect.sync(() => e instanceof Budget.UsageLimitExceeded && refused++))
-            )
-          ))
-        yield* until(() => calls.n + refused === 40)
-        assert.strictEqual(calls.n, 4)
+        const { admitted, end, starts } = yield* crowd(40, (go, calls) => Stream.runCollect(guardedStream({ userId, go, calls })))
+        assert.strictEqual(admitted, 4)
         assert.strictEqual(starts, 4)
         assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 400, totalTokens: 0 })
-        yield* Deferred.succeed(go, undefined)
-        const exits = yield* Effect.forEach(fibers, Fiber.await)
-        assert.strictEqual(exits.filter(Exit.isSuccess).length, 4)
+        assert.strictEqual(yield* end, 4)
         assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 0, totalTokens: 240 })
         // Settled to 60 each, not the worst case of 100: the room left (160) admits two more, one at a time.
+        const calls = { n: 0 }
         const more = yield* Effect.forEach([0, 1, 2], () => Effect.exit(Stream.runCollect(guardedStream({ userId, calls }))))
         assert.deepStrictEqual(more.map(Exit.isSuccess), [true, true, false])
         assert.deepInclude(yield* store.stats(userId, cycle), { heldTokens: 0, totalTokens: 360 })
