@@ -74,7 +74,7 @@ export const until = (done: () => boolean): Effect.Effect<void> =>
 export const fixedCounter = Layer.succeed(Budget.CurrentPromptCounter, () => Effect.succeed(promptTokens))
 
 /** A dispatcher with the total token-usage handler over `storeLayer`, and the fixed prompt counter. */
-export const budgetEnvironment = <E>(storeLayer: Layer.Layer<TokenStore.TokenStore, E>) =>
+export const budgetEnvironment = <ROut, E>(storeLayer: Layer.Layer<ROut, E>) =>
   TokenUsage.layer().pipe(
     Layer.provideMerge(Layer.merge(Dispatcher.layer(), storeLayer)),
     Layer.merge(fixedCounter),

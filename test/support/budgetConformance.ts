@@ -38,6 +38,8 @@ export const guardedStream = (options: {
   readonly calls: { n: number }
   readonly reply?: (() => Effect.Effect<AiTesting.FakeReply>) | undefined
   readonly go?: Deferred.Deferred<void> | undefined
+  /** More options of the guard. */
+  readonly guard?: Budget.Options | undefined
 }) => {
   const script: AiTesting.FakeScript = () =>
     Effect.gen(function*() {
@@ -49,7 +51,7 @@ export const guardedStream = (options: {
     })
   return LanguageModel.streamText({ prompt: "hello" }).pipe(
     Callbacks.withCallContext({ userId: options.userId }),
-    Budget.guardStream({ maxOutputTokens: { "fake-model": 80 } }),
+    Budget.guardStream({ maxOutputTokens: { "fake-model": 80 }, ...options.guard }),
     Stream.provideSomeLayer(AiLanguageModel.withCallbacks(AiTesting.layerFakeModel(script), { model: "fake-model" }))
   )
 }

@@ -1,0 +1,177 @@
+// Budgets through a Redis outage: guarded streams admitted before Redis stops
+// answering run to their end for their consumers; their token records wait
+// in the outbox and, once Redis answers again, settle each stream's hold to
+// what it used (the holds end then, not when they expire). Guarded work
+// during the outage follows `onStoreError`. The outage is a proxy that resets
+// every connection, so Redis keeps what it held.
+import { assert, describe, it } from "@effect/vitest"
+import * as Chunk from "effect/Chunk"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as FiberId from "effect/FiberId"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as Schedule from "effect/Schedule"
+import * as Stream from "effect/Stream"
+import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import * as Outbox from "../../src/Outbox.js"
+import * as TokenStore from "../../src/TokenStore.js"
+import { budgetEnvironment, currentCycle, guardedCall, guardedStream, until } from "../support/budgetConformance.js"
+import * as FaultProxy from "../support/FaultProxy.js"
+import { bannerWithoutRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
+import { freshId } from "../support/tokenStoreConformance.js"
+
+/** Waits, in real time, until `done` holds: every 20 ms, 10 s at most. */
+const eventually = <A, E, R>(read: Effect.Effect<A, E, R>, done: (a: A) => boolean, what: string) =>
+  read.pipe(
+    Effect.filterOrFail(done, (a) => `not reached in 10 s: ${what} (last: ${JSON.stringify(a)})`),
+    Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(500)))),
+    Effect.orDieWith((error) => new Error(String(error)))
+  )
+
+/**
+ * The stack of an app whose Redis sits behind a fault proxy: the token-usage handler and budgets over
+ * the Redis store with an outbox in memory. `down` and `up` start and end an outage; `warnings` are the
+ * warnings logged.
+ */
+const outageStack = Effect.gen(function*() {
+  const target = new URL(redisUrl())
+  const proxy = yield* FaultProxy.make({ targetPort: Number(target.port), faults: { dropReply: 0, reset: 0 }, seed: 7 })
+  const warnings: Array<string> = []
+  const logger = Logger.make(({ logLevel, message }) => {
+    if (logLevel.label === "WARN") warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
+  })
+  const store = Outbox.layer({ retry: Schedule.spaced("100 millis") }).pipe(
+    Layer.provide(
+      RedisTokenStore.layer({
+        url: proxy.url,
+        keyPrefix: uniqueKeyPrefix("budget_outage"),
+        commandTimeout: "300 millis",
+        connectTimeout: "300 millis"
+      })
+    ),
+    Layer.provide(Outbox.layerStorageMemory)
+  )
+  const context = yield* Layer.build(Layer.merge(budgetEnvironment(store), Logger.replace(Logger.defaultLogger, logger)))
+  const run = <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.provide(effect, context)
+  const userId = freshId("outage")
+  const cycle = yield* currentCycle
+  yield* run(Effect.flatMap(TokenStore.TokenStore, (s) => s.setLimit(userId, cycle, 1_000)))
+  return {
+    run,
+    userId,
+    warnings,
+    stats: run(Effect.flatMap(TokenStore.TokenStore, (s) => s.stats(userId, cycle))),
+    down: proxy.setFaults({ dropReply: 0, reset: 1 }),
+    up: proxy.setFaults({ dropReply: 0, reset: 0 })
+  }
+})
+
+bannerWithoutRedis("test/layers/BudgetOutage.test.ts")
+
+describe.skipIf(skipWithoutRedis)("Redis", () => {
+  describe("Budgets through an outage", () => {
+    it.live(
+      "guarded streams outlive an outage: every chunk delivered, records kept by the outbox, holds settled once Redis answers",
+      () =>
+        Effect.gen(function*() {
+          const { down, run, stats, up, userId, warnings } = yield* outageStack
+          // Four streams admitted while Redis answers (worst case 100 each), waiting in the model.
+          const go = yield* Deferred.make<void>()
+          const calls = { n: 0 }
+          const streams = yield* Effect.forEach([1, 2, 3, 4], () =>
+            Effect.fork(run(Stream.runCollect(guardedStream({ userId, go, calls })))))
+          yield* until(() => calls.n === 4)
+          assert.deepInclude(yield* stats, { heldTokens: 400, totalTokens: 0 })
+
+          // Redis stops answering; the streams go on and end.
+          yield* down
+          yield* Deferred.succeed(go, undefined)
+          const exits = yield* Effect.forEach(streams, Fiber.await)
+          for (const exit of exits) {
+            assert.isTrue(Exit.isSuccess(exit), String(exit))
+            if (Exit.isSuccess(exit)) {
+              const text = Chunk.toReadonlyArray(exit.value).flatMap((part) => part.type === "text-delta" ? [part.delta] : [])
+              assert.strictEqual(text.join(""), "one two three")
+            }
+          }
+          // Their records (60 tokens each) wait in the outbox.
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 4, "4 records pending")
+
+          // Guarded work meanwhile: allowed by default (with a warning), failed with onStoreError "fail".
+          const during = yield* run(Stream.runCollect(guardedStream({ userId, calls })))
+          assert.isAbove(Chunk.size(during), 0)
+          assert.isTrue(warnings.some((line) => line.includes("budget check failed; the call is allowed")), warnings.join("\n"))
+          const failed = yield* Effect.flip(run(guardedCall({ userId, guard: { onStoreError: "fail" } })))
+          assert.deepInclude(failed, { _tag: "TokenStoreError", reason: "Unavailable" })
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 5, "5 records pending")
+
+          // Redis answers again: the outbox writes the five records, each once, and the four holds end with them.
+          yield* up
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 0, "the outbox written")
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 300 })
+          // What they left is usable at once: 7 more worst cases fit in the 700 left, not 8.
+          const more = yield* Effect.forEach(
+            Array.from({ length: 8 }),
+            () => Effect.exit(run(guardedCall({ userId }))),
+            { concurrency: "unbounded" }
+          )
+          assert.strictEqual(more.filter(Exit.isSuccess).length, 7)
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 1_000 })
+        }).pipe(Effect.scoped),
+      60_000
+    )
+
+    it.live(
+      "a reservation cut off by the outage, refused to its caller, is not made later, when Redis answers again",
+      () =>
+        Effect.gen(function*() {
+          const { down, run, stats, up, userId } = yield* outageStack
+          // The connection is up; the outage starts while the reservation is in flight.
+          yield* down
+          const failed = yield* Effect.flip(run(guardedCall({ userId, guard: { onStoreError: "fail" } })))
+          assert.deepInclude(failed, { _tag: "TokenStoreError" })
+          yield* up
+          // Once a call is admitted by the store, the client is connected again (what it would send again went first).
+          yield* eventually(
+            Effect.exit(run(guardedCall({ userId, actual: 50, guard: { onStoreError: "fail" } }))),
+            Exit.isSuccess,
+            "a call admitted"
+          )
+          // The refused call holds nothing: its reservation was never made behind its back.
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 50 })
+        }).pipe(Effect.scoped),
+      60_000
+    )
+
+    it.live(
+      "streams cut off during an outage: their holds, which cannot be released, last until their TTL, then the room is back",
+      () =>
+        Effect.gen(function*() {
+          const { down, run, stats, up, userId, warnings } = yield* outageStack
+          const calls = { n: 0 }
+          const guard = { holdTtl: "2 seconds" } as const
+          const streams = yield* Effect.forEach([1, 2], () =>
+            Effect.fork(run(Stream.runCollect(guardedStream({ userId, calls, go: Deferred.unsafeMake(FiberId.none), guard })))))
+          yield* until(() => calls.n === 2)
+          assert.deepInclude(yield* stats, { heldTokens: 200, totalTokens: 0 })
+
+          yield* down
+          // The consumers go away before any output: the guard releases the holds, which Redis does not hear.
+          yield* Effect.forEach(streams, Fiber.interrupt)
+          const notReleased = warnings.filter((line) => line.includes("budget hold not released; it expires by itself"))
+          assert.strictEqual(notReleased.length, 2, warnings.join("\n"))
+          yield* up
+          // Nor does it later: a release that failed is not sent again behind the guard's back.
+          assert.deepInclude(yield* eventually(stats, () => true, "Redis answers"), { heldTokens: 200, totalTokens: 0 })
+          // They expire after their TTL: the limit has its room back, and nothing was counted.
+          yield* eventually(stats, (s) => s.heldTokens === 0, "the holds expired")
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 0 })
+          assert.strictEqual((yield* run(Outbox.stats)).written, 0)
+        }).pipe(Effect.scoped),
+      60_000
+    )
+  })
+})
