@@ -23,8 +23,10 @@
  *    the same billing-cycle settings) adds the actual usage and ends the hold
  *    in one atomic, idempotent step (a stream cut off after it began records
  *    what it consumed). A call that fails or is interrupted has its holds
- *    released by the guard (a call begun by hand: when it is finished). A
- *    hold that nothing ends (its process died) expires after `holdTtl`.
+ *    released by the guard (a call begun by hand: when it is finished); when
+ *    the store does not answer, the call goes on at once and the release is
+ *    tried again in the background until it does. A hold that nothing ends
+ *    (its process died) expires after `holdTtl`.
  *
  * A store failure follows `onStoreError`: `"allow"` (default) admits the call
  * and logs a warning; `"fail"` fails the call with the `TokenStoreError`.
@@ -55,6 +57,7 @@ import type * as Fiber from "effect/Fiber"
 import { dual } from "effect/Function"
 import * as MetricLabel from "effect/MetricLabel"
 import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
 import * as Schema from "effect/Schema"
 import * as Stream from "effect/Stream"
 import * as BillingCycle from "./BillingCycle.js"
@@ -281,6 +284,16 @@ const cycleOf = (options: Options, anchorDay: number, startedAt: number): Effect
 
 const noTicket: Ticket = { close: () => Effect.void }
 
+/** A store error that may pass: the store did not answer (in time). */
+const transient = (error: TokenStoreError): boolean => error.reason === "Unavailable" || error.reason === "Timeout"
+
+/** When a release the store did not take is tried again: from 100 ms, backing off to every 5 s, while the holds live. */
+const releaseRetries = (holdTtlMillis: number) =>
+  Schedule.exponential("100 millis").pipe(
+    Schedule.union(Schedule.spaced("5 seconds")),
+    Schedule.upTo(Duration.millis(holdTtlMillis))
+  )
+
 type Outcome = "admitted" | "over_limit" | "rate_limited" | "store_error"
 
 // One label array per (level, outcome), made once: metric hooks are cached
@@ -349,13 +362,34 @@ const makeGate = (
         const prompt = yield* counter(call.model, start.messages)
         const output = maxOutputOf(start.params) ?? options.maxOutputTokens?.[call.model] ?? settings.defaultCap
         const tokens = prompt + output
-        const release = store.release({ callId: call.callId, cycle, subjects }).pipe(
-          Effect.catchAll((error) =>
-            Effect.logWarning("budget hold not released; it expires by itself").pipe(
-              Effect.annotateLogs({ callId: call.callId, userId, cycle, reason: error.reason, error: error.message })
+        const annotations = (error: TokenStoreError) => ({
+          callId: call.callId,
+          userId,
+          cycle,
+          reason: error.reason,
+          error: error.message
+        })
+        const notReleased = (error: TokenStoreError) =>
+          Effect.annotateLogs(Effect.logWarning("budget hold not released; it expires by itself"), annotations(error))
+        const holds = { callId: call.callId, cycle, subjects }
+        const release = Effect.catchAll(store.release(holds), notReleased)
+        // The holds of a call that failed or was interrupted: when the store does not
+        // answer, the call goes on at once, and the release is tried again in the
+        // background until the store answers (the room is back when the store is,
+        // not when the holds expire), for as long as the holds would live.
+        const releaseFailed = Effect.catchAll(store.release(holds), (error) =>
+          transient(error)
+            ? Effect.zipRight(
+              Effect.annotateLogs(
+                Effect.logWarning("budget hold not released yet; tried again until the store answers, else it expires"),
+                annotations(error)
+              ),
+              Effect.forkDaemon(Effect.catchAll(
+                Effect.retry(store.release(holds), { schedule: releaseRetries(settings.holdTtlMillis), while: transient }),
+                notReleased
+              ))
             )
-          )
-        )
+            : notReleased(error))
         const reserve = store.reserve({
           callId: call.callId,
           cycle,
@@ -391,7 +425,7 @@ const makeGate = (
         yield* counted("none", "admitted")
         // A success is settled by its token-usage record (same call id), which
         // ends the hold in the same atomic step that adds the usage.
-        return { close: (exit) => Exit.isSuccess(exit) ? Effect.void : release } satisfies Ticket
+        return { close: (exit) => Exit.isSuccess(exit) ? Effect.void : releaseFailed } satisfies Ticket
       })
     })
 })
