@@ -24,8 +24,8 @@
  *    in one atomic, idempotent step (a stream cut off after it began records
  *    what it consumed). A call that fails or is interrupted has its holds
  *    released by the guard (a call begun by hand: when it is finished); when
- *    the store does not answer, the call goes on at once and the release is
- *    tried again in the background until it does. A hold that nothing ends
+ *    the store does not answer, the call goes on and the release is tried
+ *    again in the background until it does. A hold that nothing ends
  *    (its process died) expires after `holdTtl`.
  *
  * A store failure follows `onStoreError`: `"allow"` (default) admits the call
