@@ -59,6 +59,7 @@ const outageStack = Effect.gen(function*() {
   const cycle = yield* currentCycle
   yield* run(Effect.flatMap(TokenStore.TokenStore, (s) => s.setLimit(userId, cycle, 1_000)))
   return {
+    proxy,
     run,
     userId,
     warnings,
@@ -141,6 +142,24 @@ describe.skipIf(skipWithoutRedis)("Redis", () => {
           )
           // The refused call holds nothing: its reservation was never made behind its back.
           assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 50 })
+        }).pipe(Effect.scoped),
+      60_000
+    )
+
+    it.live(
+      "a reservation made whose answer was lost with its connection: the call fails, and the hold it made is released",
+      () =>
+        Effect.gen(function*() {
+          const { proxy, run, stats, userId } = yield* outageStack
+          // The reservation runs in Redis; its answer is swallowed and the connection closed.
+          yield* proxy.dropNextReply
+          const failed = yield* Effect.flip(run(guardedCall({ userId, guard: { onStoreError: "fail" } })))
+          // No answer in time: the guard cannot know whether it holds, so it releases it once the client reconnects.
+          assert.deepInclude(failed, { _tag: "TokenStoreError", reason: "Timeout" })
+          // The answer dropped was the reservation's: it ran in Redis.
+          assert.strictEqual((yield* proxy.counters).repliesDropped, 1)
+          yield* eventually(stats, (s) => s.heldTokens === 0, "the hold released")
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 0 })
         }).pipe(Effect.scoped),
       60_000
     )
