@@ -48,8 +48,10 @@
  * @since 0.1.0
  */
 import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
+import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -287,6 +289,33 @@ const noTicket: Ticket = { close: () => Effect.void }
 /** A store error that may pass: the store did not answer (in time). */
 const transient = (error: TokenStoreError): boolean => error.reason === "Unavailable" || error.reason === "Timeout"
 
+const liveClock = Context.get(DefaultServices.liveServices, Clock.Clock)
+
+/** The live clock, whose sleeps do not keep the process alive (see {@link inBackground}). */
+const backgroundClock: Clock.Clock = {
+  [Clock.ClockTypeId]: Clock.ClockTypeId,
+  unsafeCurrentTimeMillis: () => liveClock.unsafeCurrentTimeMillis(),
+  currentTimeMillis: liveClock.currentTimeMillis,
+  unsafeCurrentTimeNanos: () => liveClock.unsafeCurrentTimeNanos(),
+  currentTimeNanos: liveClock.currentTimeNanos,
+  sleep: (duration) =>
+    Effect.async<void>((resume) => {
+      const handle = setTimeout(() => resume(Effect.void), Duration.toMillis(duration))
+      // A Node timer has `unref`; elsewhere a timer does not hold the program open.
+      if (typeof handle === "object" && "unref" in handle) handle.unref()
+      return Effect.sync(() => clearTimeout(handle))
+    })
+}
+
+/**
+ * Runs `self` (work in the background, best effort) with waits that do not
+ * keep the process alive: an app whose main program ended exits, and what
+ * was left undone is the holds', which expire by themselves. Under another
+ * clock than the live one (a `TestClock`), it runs as it is.
+ */
+const inBackground = <A, E, R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> =>
+  Effect.clockWith((clock) => clock === liveClock ? Effect.withClock(self, backgroundClock) : self)
+
 /** When a release the store did not take is tried again: from 100 ms, backing off to every 5 s, while the holds live. */
 const releaseRetries = (holdTtlMillis: number) =>
   Schedule.exponential("100 millis").pipe(
@@ -384,10 +413,10 @@ const makeGate = (
                 Effect.logWarning("budget hold not released yet; tried again until the store answers, else it expires"),
                 annotations(error)
               ),
-              Effect.forkDaemon(Effect.catchAll(
+              Effect.forkDaemon(inBackground(Effect.catchAll(
                 Effect.retry(store.release(holds), { schedule: releaseRetries(settings.holdTtlMillis), while: transient }),
                 notReleased
-              ))
+              )))
             )
             : notReleased(error))
         const reserve = store.reserve({
