@@ -11,7 +11,7 @@ import * as Context from "effect/Context"
 import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
-import type * as Fiber from "effect/Fiber"
+import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
 import * as HashMap from "effect/HashMap"
@@ -592,6 +592,8 @@ abstract class InstrumentedRun<
   private entered = false
   /** The fiber's context when the run is made: set again once its terminal event is dispatched. */
   readonly outerContext: Context.Context<never>
+  /** The fiber, from when the run is made to when its region starts (see `instrument`), and no longer. */
+  private entering: AnyFiber | undefined
 
   constructor(
     readonly calls: Calls,
@@ -604,6 +606,7 @@ abstract class InstrumentedRun<
     readonly span: Tracer.Span | undefined
   ) {
     this.outerContext = fiber.currentContext
+    this.entering = fiber
     if (span !== undefined) setFiberRef(fiber, FiberRef.currentContext, Context.add(this.outerContext, Tracer.ParentSpan, span))
   }
 
@@ -616,15 +619,22 @@ abstract class InstrumentedRun<
   /**
    * Its continuations (`matchCauseEffect` takes this object as its options).
    * Nothing the run keeps while the call runs (this object, the closures on
-   * the fiber's stack) refers to the fiber: they ask for it when they run. A
-   * reference to the fiber from its own stack made V8 allocate every call's
-   * fiber in the old generation ("pretenuring"; docs/benchmarks.md), which
-   * made a call with no-op handlers 30-40% slower.
+   * the fiber's stack) refers to the fiber: a reference to the fiber from its
+   * own stack made V8 allocate every call's fiber in the old generation
+   * ("pretenuring"; docs/benchmarks.md), which made a call with no-op
+   * handlers 30-40% slower. A continuation runs on its fiber, which Effect's
+   * runtime makes the current one (`Fiber.getCurrentFiber`) while it
+   * evaluates it: the terminal step takes it from there.
    */
-  readonly onFailure = (cause: Cause.Cause<E>): Effect.Effect<A, E> =>
-    Effect.withFiberRuntime((fiber) => this.terminal(fiber as AnyFiber, Exit.failCause(cause)))
-  readonly onSuccess = (value: A): Effect.Effect<A, E> =>
-    Effect.withFiberRuntime((fiber) => this.terminal(fiber as AnyFiber, Exit.succeed(value)))
+  readonly onFailure = (cause: Cause.Cause<E>): Effect.Effect<A, E> => this.onItsFiber(Exit.failCause(cause))
+  readonly onSuccess = (value: A): Effect.Effect<A, E> => this.onItsFiber(Exit.succeed(value))
+
+  private onItsFiber(exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
+    const current = Fiber.getCurrentFiber()
+    return Option.isSome(current)
+      ? this.terminal(current.value, exit)
+      : Effect.withFiberRuntime((fiber) => this.terminal(fiber as AnyFiber, exit))
+  }
 
   /**
    * Sets its span on the fiber (the parent of everything inside the run and
@@ -635,17 +645,18 @@ abstract class InstrumentedRun<
    * still hear exactly one terminal event).
    */
   instrument<R>(self: Effect.Effect<A, E, R>): Effect.Effect<A, E, R> {
-    return Effect.uninterruptibleMask((restore) =>
-      Effect.withFiberRuntime((fiber) => {
-        const started = this.calls.run(this.token, this.events.start, fiber as AnyFiber)
-        // The start dispatch completed synchronously (the common case).
-        if (started === undefined) return this.run(self, restore)
-        return Effect.matchCauseEffect(restore(started), {
-          onFailure: this.onFailure,
-          onSuccess: () => this.run(self, restore)
-        })
+    return Effect.uninterruptibleMask((restore) => {
+      // The region starts on the fiber the run was made on, at once: let go of it (see `onFailure`).
+      const fiber = this.entering!
+      this.entering = undefined
+      const started = this.calls.run(this.token, this.events.start, fiber)
+      // The start dispatch completed synchronously (the common case).
+      if (started === undefined) return this.run(self, restore)
+      return Effect.matchCauseEffect(restore(started), {
+        onFailure: this.onFailure,
+        onSuccess: () => this.run(self, restore)
       })
-    )
+    })
   }
 
   /**
