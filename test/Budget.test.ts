@@ -1,6 +1,4 @@
 import { assert, describe, it } from "@effect/vitest"
-import { execFile } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -26,6 +24,7 @@ import {
   guardedStream,
   until
 } from "./support/budgetConformance.js"
+import { runWorker } from "./support/worker.js"
 
 const { FakeReply } = AiTesting
 
@@ -295,12 +294,8 @@ describe("Budget and streams", () => {
 describe("Budget: holds the store did not release", () => {
   it.live("are released again in the background, which does not hold the process open", () =>
     Effect.gen(function*() {
-      const worker = fileURLToPath(new URL("./support/releaseExitWorker.ts", import.meta.url))
       const started = Date.now()
-      const stdout = yield* Effect.async<string, Error>((resume) => {
-        execFile(process.execPath, ["--import", "tsx", worker], { timeout: 50_000 }, (error, stdout, stderr) =>
-          resume(error === null ? Effect.succeed(stdout) : Effect.fail(new Error(`${error.message}\n${stderr}`))))
-      })
+      const stdout = yield* runWorker(new URL("./support/releaseExitWorker.ts", import.meta.url))
       const report = JSON.parse(stdout.trim()) as { ms: number; notYet: number }
       // Five failed calls, five releases the store did not take, tried again for the holds' TTL (60 s)...
       assert.strictEqual(report.notYet, 5)

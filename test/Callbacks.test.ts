@@ -1,8 +1,7 @@
 import { assert, describe, it } from "@effect/vitest"
-import { execFile } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import { Cause, Deferred, Duration, Effect, Exit, Fiber, Layer, ManagedRuntime, Option, Stream, TestClock } from "effect"
 import { Callbacks, Dispatcher, Events, Handler, Testing } from "../src/index.js"
+import { runWorker } from "./support/worker.js"
 
 const response = { content: "hello", usage: { promptTokens: 3, completionTokens: 2, totalTokens: 5 } }
 const messages = [{ role: "user", content: "hi" }]
@@ -159,11 +158,7 @@ describe("Callbacks.instrument", () => {
 
   it.live("without a dispatcher, a debug line says so once per process, and only where debug logs are on", () =>
     Effect.gen(function*() {
-      const worker = fileURLToPath(new URL("./support/bareNoticeWorker.ts", import.meta.url))
-      const stdout = yield* Effect.async<string, Error>((resume) => {
-        execFile(process.execPath, ["--import", "tsx", worker], { timeout: 50_000 }, (error, stdout, stderr) =>
-          resume(error === null ? Effect.succeed(stdout) : Effect.fail(new Error(`${error.message}\n${stderr}`))))
-      })
+      const stdout = yield* runWorker(new URL("./support/bareNoticeWorker.ts", import.meta.url))
       const report = JSON.parse(stdout.trim()) as {
         readonly lines: ReadonlyArray<{ readonly level: string; readonly message: ReadonlyArray<string> }>
         readonly results: unknown

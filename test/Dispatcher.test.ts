@@ -1,6 +1,4 @@
 import { assert, describe, it } from "@effect/vitest"
-import { execFile } from "node:child_process"
-import { fileURLToPath } from "node:url"
 import {
   Cause,
   ConfigProvider,
@@ -29,6 +27,7 @@ import {
 } from "effect"
 import { CallbackMetrics, Callbacks, Dispatcher, Events, Handler, HandlerError, Testing } from "../src/index.js"
 import * as Outcome from "../src/internal/dispatch/outcome.js"
+import { runWorker } from "./support/worker.js"
 
 const response = { content: "ok", usage: { promptTokens: 1, completionTokens: 1, totalTokens: 2 } }
 const options = { provider: "openai", model: "gpt-4o-mini", messages: [{ role: "user", content: "hi" }] }
@@ -400,12 +399,8 @@ describe("Dispatcher", () => {
 
     it.live("a settled invocation's timeout does not hold the process open", () =>
       Effect.gen(function*() {
-        const worker = fileURLToPath(new URL("./support/exitWorker.ts", import.meta.url))
         const started = Date.now()
-        const stdout = yield* Effect.async<string, Error>((resume) => {
-          execFile(process.execPath, ["--import", "tsx", worker], { timeout: 50_000 }, (error, stdout, stderr) =>
-            resume(error === null ? Effect.succeed(stdout) : Effect.fail(new Error(`${error.message}\n${stderr}`))))
-        })
+        const stdout = yield* runWorker(new URL("./support/exitWorker.ts", import.meta.url))
         const report = JSON.parse(stdout.trim()) as { successes: number; ms: number }
         assert.strictEqual(report.successes, 40) // start and end of 20 calls
         // The handlers' timeout is 60 s: the process ended long before it.
