@@ -68,7 +68,7 @@ import * as CallbackMetrics from "./CallbackMetrics.js"
 import type { Message, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { isStream, locallyWith } from "./internal/streams.js"
-import { type Level, type ReserveOutcome, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
+import { type Level, type ReleaseInput, type ReserveOutcome, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
 
 /**
  * A call was refused because one of its levels (user, team or organisation)
@@ -323,6 +323,48 @@ const releaseRetries = (holdTtlMillis: number) =>
     Schedule.upTo(Duration.millis(holdTtlMillis))
   )
 
+/** The holds of an admitted call, and how long they live. */
+interface HeldCall {
+  readonly input: ReleaseInput
+  readonly userId: string
+  readonly ttlMillis: number
+}
+
+const warnOf = (message: string, held: HeldCall, error: TokenStoreError) =>
+  Effect.annotateLogs(Effect.logWarning(message), {
+    callId: held.input.callId,
+    userId: held.userId,
+    cycle: held.input.cycle,
+    reason: error.reason,
+    error: error.message
+  })
+
+const notReleased = "budget hold not released; it expires by itself"
+
+/** Releases a call's holds; when the store fails, a warning says that they expire by themselves. */
+const releaseHolds = (store: TokenStore["Type"], held: HeldCall): Effect.Effect<void> =>
+  Effect.catchAll(store.release(held.input), (error) => warnOf(notReleased, held, error))
+
+/**
+ * Releases the holds of a call that failed or was interrupted. When the store
+ * does not answer, the call goes on, and the release is tried again in the
+ * background until the store answers (the room is back when the store is, not
+ * when the holds expire), for as long as the holds would live.
+ */
+const releaseFailed = (store: TokenStore["Type"], held: HeldCall): Effect.Effect<void> =>
+  Effect.catchAll(store.release(held.input), (error) =>
+    transient(error)
+      ? Effect.zipRight(
+        warnOf("budget hold not released yet; tried again until the store answers, else it expires", held, error),
+        Effect.forkDaemon(inBackground(
+          store.release(held.input).pipe(
+            Effect.retry({ schedule: releaseRetries(held.ttlMillis), while: transient }),
+            Effect.catchAll((error) => warnOf(notReleased, held, error))
+          )
+        ))
+      )
+      : warnOf(notReleased, held, error))
+
 type Outcome = "admitted" | "over_limit" | "rate_limited" | "store_error"
 
 // One label array per (level, outcome), made once: metric hooks are cached
@@ -391,34 +433,8 @@ const makeGate = (
         const prompt = yield* counter(call.model, start.messages)
         const output = maxOutputOf(start.params) ?? options.maxOutputTokens?.[call.model] ?? settings.defaultCap
         const tokens = prompt + output
-        const annotations = (error: TokenStoreError) => ({
-          callId: call.callId,
-          userId,
-          cycle,
-          reason: error.reason,
-          error: error.message
-        })
-        const notReleased = (error: TokenStoreError) =>
-          Effect.annotateLogs(Effect.logWarning("budget hold not released; it expires by itself"), annotations(error))
-        const holds = { callId: call.callId, cycle, subjects }
-        const release = Effect.catchAll(store.release(holds), notReleased)
-        // The holds of a call that failed or was interrupted: when the store does not
-        // answer, the call goes on at once, and the release is tried again in the
-        // background until the store answers (the room is back when the store is,
-        // not when the holds expire), for as long as the holds would live.
-        const releaseFailed = Effect.catchAll(store.release(holds), (error) =>
-          transient(error)
-            ? Effect.zipRight(
-              Effect.annotateLogs(
-                Effect.logWarning("budget hold not released yet; tried again until the store answers, else it expires"),
-                annotations(error)
-              ),
-              Effect.forkDaemon(inBackground(Effect.catchAll(
-                Effect.retry(store.release(holds), { schedule: releaseRetries(settings.holdTtlMillis), while: transient }),
-                notReleased
-              )))
-            )
-            : notReleased(error))
+        const held: HeldCall = { input: { callId: call.callId, cycle, subjects }, userId, ttlMillis: settings.holdTtlMillis }
+        const release = releaseHolds(store, held)
         const reserve = store.reserve({
           callId: call.callId,
           cycle,
@@ -454,7 +470,7 @@ const makeGate = (
         yield* counted("none", "admitted")
         // A success is settled by its token-usage record (same call id), which
         // ends the hold in the same atomic step that adds the usage.
-        return { close: (exit) => Exit.isSuccess(exit) ? Effect.void : releaseFailed } satisfies Ticket
+        return { close: (exit) => Exit.isSuccess(exit) ? Effect.void : releaseFailed(store, held) } satisfies Ticket
       })
     })
 })
