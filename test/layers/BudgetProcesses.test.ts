@@ -1,21 +1,26 @@
 // Four app processes, 50 concurrent calls each, one user with room for 10
 // calls, one shared store: a budget holds across processes only if admission
 // is atomic in the store. Run against one Redis, a Redis Cluster, a
-// PostgreSQL database and a SQLite file.
+// PostgreSQL database and a SQLite file. And a process killed while it holds
+// budget: its holds keep their tokens from the other processes until their
+// TTL, then the room is back (Redis, PostgreSQL, SQLite file).
 import { assert, describe, it } from "@effect/vitest"
-import { execFile } from "node:child_process"
+import { execFile, spawn } from "node:child_process"
 import * as path from "node:path"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
+import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
-import type * as TokenStore from "../../src/TokenStore.js"
-import { currentCycle } from "../support/budget.js"
+import * as Budget from "../../src/Budget.js"
+import * as TokenStore from "../../src/TokenStore.js"
+import { budgetEnvironment, currentCycle, guardedCall } from "../support/budget.js"
 import { bannerWithoutPostgres, postgresClient, postgresUrl, skipWithoutPostgres } from "../support/postgres.js"
 import { bannerWithoutRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { redisCluster } from "../support/redisCluster.js"
@@ -77,6 +82,59 @@ const fourProcesses = (
     assert.strictEqual(stats.heldTokens, 0)
   })
 
+/** Starts a worker in hold mode, waits until its calls are admitted, and kills it (SIGKILL): how many it had. */
+const holdAndDie = (config: object): Effect.Effect<number> =>
+  Effect.async<number>((resume) => {
+    const child = spawn(process.execPath, [tsx, worker, JSON.stringify(config)], { cwd: root })
+    let stdout = ""
+    let stderr = ""
+    child.stderr.on("data", (data) => stderr += String(data))
+    child.stdout.on("data", (data) => {
+      stdout += String(data)
+      const line = stdout.split("\n").find((l) => l.startsWith("{"))
+      if (line === undefined) return
+      child.once("exit", () => resume(Effect.succeed((JSON.parse(line) as { admitted: number }).admitted)))
+      child.kill("SIGKILL")
+    })
+    child.once("exit", (code, signal) => {
+      if (signal !== "SIGKILL") resume(Effect.die(new Error(`worker exited (${code}) before its calls were admitted\n${stderr}`)))
+    })
+    return Effect.sync(() => child.kill("SIGKILL"))
+  })
+
+/**
+ * A process that holds budget and is killed: its holds keep their tokens from everyone else until their
+ * TTL, then the room is back; nothing was counted.
+ */
+const killedHolder = (
+  store: Effect.Effect<TokenStore.Service, unknown, Scope.Scope>,
+  target:
+    | { readonly url: string }
+    | { readonly postgres: string }
+    | { readonly sqliteFile: string },
+  keyPrefix: string
+) =>
+  Effect.gen(function*() {
+    const service = yield* Effect.orDie(store)
+    const userId = `killed-${Date.now()}`
+    const cycle = yield* currentCycle
+    yield* Effect.orDie(service.setLimit(userId, cycle, 300))
+    // Three calls of 100 admitted in the other process, which then dies (its holds live 5 s).
+    const admitted = yield* holdAndDie({ ...target, keyPrefix, userId, calls: 3, startAt: 0, holdTtlMillis: 5_000 })
+    assert.strictEqual(admitted, 3)
+    assert.deepInclude(yield* Effect.orDie(service.stats(userId, cycle)), { heldTokens: 300, totalTokens: 0 })
+    const call = guardedCall({ userId }).pipe(Effect.provide(budgetEnvironment(Layer.succeed(TokenStore.TokenStore, service))))
+    // Refused while they live...
+    assert.deepInclude(yield* Effect.flip(call), { _tag: "UsageLimitExceeded", heldTokens: 300 })
+    // ...admitted once they expired (5 s after they were made; 15 s at most here).
+    const exit = yield* call.pipe(
+      Effect.retry({ schedule: Schedule.spaced("200 millis"), times: 75, while: (e) => e instanceof Budget.UsageLimitExceeded }),
+      Effect.exit
+    )
+    assert.isTrue(Exit.isSuccess(exit), String(exit))
+    assert.deepInclude(yield* Effect.orDie(service.stats(userId, cycle)), { heldTokens: 0, totalTokens: 100 })
+  })
+
 bannerWithoutRedis("test/layers/BudgetProcesses.test.ts")
 bannerWithoutPostgres("test/layers/BudgetProcesses.test.ts (PostgreSQL)")
 
@@ -95,6 +153,16 @@ describe("SQL", () => {
         "",
         `team-${Date.now()}`
       ).pipe(Effect.scoped), 120_000)
+
+    it.live.skipIf(skipWithoutPostgres)("a process killed while it holds budget (PostgreSQL): its holds expire, nothing counted", () =>
+      killedHolder(sqlStore(postgresClient), { postgres: postgresUrl() }, "").pipe(Effect.scoped), 60_000)
+
+    it.live("a process killed while it holds budget (SQLite file): its holds expire, nothing counted", () => {
+      const sqliteFile = `${fs.mkdtempSync(`${os.tmpdir()}/effect-llm-callbacks-budget-`)}/killed.sqlite`
+      return killedHolder(sqlStore(SqliteClient.layer({ filename: sqliteFile }).pipe(Layer.orDie)), { sqliteFile }, "").pipe(
+        Effect.scoped
+      )
+    }, 60_000)
 
     it.live("4 processes x 50 calls against one SQLite file: 10 admitted, usage exact", () => {
       const sqliteFile = `${fs.mkdtempSync(`${os.tmpdir()}/effect-llm-callbacks-budget-`)}/budget.sqlite`
@@ -115,6 +183,12 @@ describe("Budgets across processes", () => {
       const keyPrefix = uniqueKeyPrefix("processes")
       yield* fourProcesses(RedisTokenStore.make({ url: redisUrl(), keyPrefix }), { url: redisUrl() }, keyPrefix)
     }).pipe(Effect.scoped), 120_000)
+
+  it.live("a process killed while it holds budget: its holds expire, nothing counted", () =>
+    Effect.gen(function*() {
+      const keyPrefix = uniqueKeyPrefix("killed")
+      yield* killedHolder(RedisTokenStore.make({ url: redisUrl(), keyPrefix }), { url: redisUrl() }, keyPrefix)
+    }).pipe(Effect.scoped), 60_000)
 
   it.live("4 processes x 50 calls against a Redis Cluster: 10 admitted, usage exact", () =>
     Effect.gen(function*() {
