@@ -46,9 +46,9 @@
  *
  * Every command is bounded: ioredis' `commandTimeout` limits the wait for a
  * reply, the offline queue is disabled so a command sent while Redis is
- * unreachable fails at once, a command in flight when the connection drops
- * fails and is never sent again later (its caller may have given up on it),
- * and ioredis reconnects in the background. Failures
+ * unreachable fails at once, one in flight when the connection drops is sent
+ * again once it is back (a blip is not seen), and ioredis reconnects in the
+ * background. Failures
  * surface as `TokenStoreError` with reason `Timeout` (no reply in time),
  * `Unavailable` (no connection) or `Unknown`.
  *
@@ -1144,15 +1144,12 @@ export const make = (
           commandTimeout,
           connectTimeout,
           // A command sent while disconnected fails at once instead of waiting
-          // in a queue.
+          // in a queue; one sent just before a disconnect is resent once after
+          // the reconnect (records and reservations are idempotent per call id),
+          // also when its caller was already told it timed out: a budget's
+          // admission releases such a reservation, again until the store takes
+          // the release (see `Budget`), which then comes after the resent one.
           enableOfflineQueue: false,
-          // One in flight when the connection drops fails, and is not sent again
-          // once it is back: its caller may have been told it failed (its
-          // `commandTimeout`) and acted on it, as a budget's admission releases
-          // a reservation that timed out; run later, it would undo that (a hold
-          // nobody ends until it expires). Callers retry what they need to:
-          // records are idempotent.
-          autoResendUnfulfilledCommands: false,
           enableAutoPipelining: options?.autoPipelining ?? true,
           maxRetriesPerRequest: 1,
           // Reconnect for ever, backing off up to one second.
@@ -1261,8 +1258,7 @@ export const makeCluster = (
           lazyConnect: true,
           enableOfflineQueue: false,
           enableAutoPipelining: options.autoPipelining ?? true,
-          // As for a single node (see `layer`): nothing in flight is sent again after a reconnect.
-          redisOptions: { commandTimeout, connectTimeout, maxRetriesPerRequest: 1, autoResendUnfulfilledCommands: false },
+          redisOptions: { commandTimeout, connectTimeout, maxRetriesPerRequest: 1 },
           clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1000)
         })
         cluster.on("error", (error: Error) =>

@@ -365,6 +365,22 @@ const releaseFailed = (store: TokenStore["Type"], held: HeldCall): Effect.Effect
       )
       : warnOf(notReleased, held, error))
 
+/**
+ * Releases, in the background, the holds of a reservation that was not
+ * answered in time: it may have been made, or be made later (a client sends
+ * again what was in flight when its connection dropped). The release is tried
+ * until the store takes it (it then comes after the reservation, on the same
+ * connection), while it cannot even be sent; one sent but not answered in time
+ * is on its way too, and is left to run.
+ */
+const releaseUnanswered = (store: TokenStore["Type"], held: HeldCall): Effect.Effect<void> =>
+  Effect.asVoid(Effect.forkDaemon(inBackground(
+    store.release(held.input).pipe(
+      Effect.retry({ schedule: releaseRetries(held.ttlMillis), while: (error) => error.reason === "Unavailable" }),
+      Effect.catchAll((error) => error.reason === "Timeout" ? Effect.void : warnOf(notReleased, held, error))
+    )
+  )))
+
 type Outcome = "admitted" | "over_limit" | "rate_limited" | "store_error"
 
 // One label array per (level, outcome), made once: metric hooks are cached
@@ -455,7 +471,7 @@ const makeGate = (
         const outcome = yield* Effect.either(Effect.onInterrupt(bounded, () => release))
         if (outcome._tag === "Left") {
           yield* counted("none", "store_error")
-          if (outcome.left.reason === "Timeout") yield* Effect.forkDaemon(release)
+          if (outcome.left.reason === "Timeout") yield* releaseUnanswered(store, held)
           if (options.onStoreError === "fail") return yield* Effect.fail(outcome.left)
           yield* Effect.logWarning("budget check failed; the call is allowed").pipe(
             Effect.annotateLogs({ callId: call.callId, userId, reason: outcome.left.reason, error: outcome.left.message })
