@@ -29,7 +29,9 @@
  *    (its process died) expires after `holdTtl`.
  *
  * A store failure follows `onStoreError`: `"allow"` (default) admits the call
- * and logs a warning; `"fail"` fails the call with the `TokenStoreError`.
+ * and logs a warning; `"fail"` fails the call with the `TokenStoreError`. A
+ * reservation not answered in time may have been made (or be made later):
+ * it is released in the background, until the store takes the release.
  * A call without a user is not checked.
  *
  * @example
