@@ -25,7 +25,7 @@ import * as TokenStore from "../../src/TokenStore.js"
 import { budgetEnvironment, currentCycle, guardedCall, guardedStream, until } from "../support/budgetConformance.js"
 import * as FaultProxy from "../support/FaultProxy.js"
 import { bannerWithoutPostgres, postgresUrl, skipWithoutPostgres } from "../support/postgres.js"
-import { bannerWithoutRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
+import { bannerWithoutRedis, dedicatedRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { freshId } from "../support/tokenStoreConformance.js"
 
 /** Waits, in real time, until `done` holds: every 20 ms, 10 s at most. */
@@ -198,6 +198,31 @@ describe.skipIf(skipWithoutRedis)("Redis", () => {
             Exit.isSuccess,
             "a call admitted"
           )
+          yield* eventually(stats, (s) => s.heldTokens === 0, "nothing held")
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 50 })
+        }).pipe(Effect.scoped),
+      60_000
+    )
+
+    it.live(
+      "Redis hangs while reservations are in flight: refused or allowed after commandTimeout, nothing held once it goes on",
+      () =>
+        Effect.gen(function*() {
+          const server = yield* dedicatedRedis
+          const { run, stats, userId, warnings } = yield* outageStack(server.port, redisVia)
+          // Frozen, as in a long script or a stalled fork: connections open, nothing answered.
+          yield* server.pause
+          const [failed, allowed] = yield* Effect.all([
+            Effect.flip(run(guardedCall({ userId, guard: { onStoreError: "fail" } }))),
+            Effect.exit(run(guardedCall({ userId, actual: 50 })))
+          ], { concurrency: "unbounded" })
+          assert.deepInclude(failed, { _tag: "TokenStoreError", reason: "Timeout" })
+          assert.isTrue(Exit.isSuccess(allowed), String(allowed))
+          assert.isTrue(warnings.some((line) => line.includes("budget check failed; the call is allowed")), warnings.join("\n"))
+          // Redis goes on with what was sent meanwhile, in order: both reservations, then the guard's releases
+          // (each behind its reservation on the connection); the allowed call's record waits in the outbox.
+          yield* server.resume
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 0, "the outbox written")
           yield* eventually(stats, (s) => s.heldTokens === 0, "nothing held")
           assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 50 })
         }).pipe(Effect.scoped),

@@ -47,6 +47,10 @@ export interface DedicatedRedis {
   readonly stop: Effect.Effect<void>
   /** Starts the server again on the same port. */
   readonly start: Effect.Effect<void>
+  /** Freezes the server (SIGSTOP): its connections stay open and nothing is answered, as in a hang. */
+  readonly pause: Effect.Effect<void>
+  /** Lets a frozen server go on (SIGCONT): it answers what was sent meanwhile, in order. */
+  readonly resume: Effect.Effect<void>
 }
 
 /**
@@ -64,9 +68,14 @@ export const dedicatedRedis: Effect.Effect<DedicatedRedis, never, Scope.Scope> =
     process.kill(current.child.pid, "SIGKILL")
     await exited
   })
+  const signal = (name: NodeJS.Signals) =>
+    Effect.sync(() => {
+      if (running?.child.pid !== undefined) process.kill(running.child.pid, name)
+    })
   const first = yield* Effect.acquireRelease(
     Effect.promise(async () => (running = await startRedisProcess())),
-    () => kill
+    // A frozen server is let go first: SIGKILL ends it either way, but its exit is awaited.
+    () => Effect.zipRight(signal("SIGCONT"), kill)
   )
   return {
     port: first.port,
@@ -74,7 +83,9 @@ export const dedicatedRedis: Effect.Effect<DedicatedRedis, never, Scope.Scope> =
     stop: kill,
     start: Effect.promise(async () => {
       if (running === undefined) running = await startRedisProcess({ port: first.port })
-    })
+    }),
+    pause: signal("SIGSTOP"),
+    resume: signal("SIGCONT")
   }
 })
 
