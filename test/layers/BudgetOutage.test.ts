@@ -94,85 +94,85 @@ bannerWithoutPostgres("test/layers/BudgetOutage.test.ts (PostgreSQL)")
 /** What holds through an outage of any store. */
 const outageSuite = (targetPort: () => number, storeVia: StoreVia) =>
   describe("Budgets through an outage", () => {
-      it.live(
-        "guarded streams outlive an outage: every chunk delivered, records kept by the outbox, holds settled once the store answers",
-        () =>
-          Effect.gen(function*() {
-            const { down, run, stats, up, userId, warnings } = yield* outageStack(targetPort(), storeVia)
-            // Four streams admitted while the store answers (worst case 100 each), waiting in the model.
-            const go = yield* Deferred.make<void>()
-            const calls = { n: 0 }
-            const streams = yield* Effect.forEach([1, 2, 3, 4], () =>
-              Effect.fork(run(Stream.runCollect(guardedStream({ userId, go, calls })))))
-            yield* until(() => calls.n === 4)
-            assert.deepInclude(yield* stats, { heldTokens: 400, totalTokens: 0 })
+    it.live(
+      "guarded streams outlive an outage: every chunk delivered, records kept by the outbox, holds settled once the store answers",
+      () =>
+        Effect.gen(function*() {
+          const { down, run, stats, up, userId, warnings } = yield* outageStack(targetPort(), storeVia)
+          // Four streams admitted while the store answers (worst case 100 each), waiting in the model.
+          const go = yield* Deferred.make<void>()
+          const calls = { n: 0 }
+          const streams = yield* Effect.forEach([1, 2, 3, 4], () =>
+            Effect.fork(run(Stream.runCollect(guardedStream({ userId, go, calls })))))
+          yield* until(() => calls.n === 4)
+          assert.deepInclude(yield* stats, { heldTokens: 400, totalTokens: 0 })
 
-            // The store stops answering; the streams go on and end.
-            yield* down
-            yield* Deferred.succeed(go, undefined)
-            const exits = yield* Effect.forEach(streams, Fiber.await)
-            for (const exit of exits) {
-              assert.isTrue(Exit.isSuccess(exit), String(exit))
-              if (Exit.isSuccess(exit)) {
-                const text = Chunk.toReadonlyArray(exit.value).flatMap((part) => part.type === "text-delta" ? [part.delta] : [])
-                assert.strictEqual(text.join(""), "one two three")
-              }
+          // The store stops answering; the streams go on and end.
+          yield* down
+          yield* Deferred.succeed(go, undefined)
+          const exits = yield* Effect.forEach(streams, Fiber.await)
+          for (const exit of exits) {
+            assert.isTrue(Exit.isSuccess(exit), String(exit))
+            if (Exit.isSuccess(exit)) {
+              const text = Chunk.toReadonlyArray(exit.value).flatMap((part) => part.type === "text-delta" ? [part.delta] : [])
+              assert.strictEqual(text.join(""), "one two three")
             }
-            // Their records (60 tokens each) wait in the outbox.
-            yield* eventually(run(Outbox.stats), (s) => s.pending === 4, "4 records pending")
+          }
+          // Their records (60 tokens each) wait in the outbox.
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 4, "4 records pending")
 
-            // Guarded work meanwhile: allowed by default (with a warning), failed with onStoreError "fail".
-            const during = yield* run(Stream.runCollect(guardedStream({ userId, calls })))
-            assert.isAbove(Chunk.size(during), 0)
-            assert.isTrue(warnings.some((line) => line.includes("budget check failed; the call is allowed")), warnings.join("\n"))
-            const failed = yield* Effect.flip(run(guardedCall({ userId, guard: { onStoreError: "fail" } })))
-            assert.deepInclude(failed, { _tag: "TokenStoreError", reason: "Unavailable" })
-            yield* eventually(run(Outbox.stats), (s) => s.pending === 5, "5 records pending")
+          // Guarded work meanwhile: allowed by default (with a warning), failed with onStoreError "fail".
+          const during = yield* run(Stream.runCollect(guardedStream({ userId, calls })))
+          assert.isAbove(Chunk.size(during), 0)
+          assert.isTrue(warnings.some((line) => line.includes("budget check failed; the call is allowed")), warnings.join("\n"))
+          const failed = yield* Effect.flip(run(guardedCall({ userId, guard: { onStoreError: "fail" } })))
+          assert.deepInclude(failed, { _tag: "TokenStoreError", reason: "Unavailable" })
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 5, "5 records pending")
 
-            // Redis answers again: the outbox writes the five records, each once, and the four holds end with them.
-            yield* up
-            yield* eventually(run(Outbox.stats), (s) => s.pending === 0, "the outbox written")
-            assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 300 })
-            // What they left is usable at once: 7 more worst cases fit in the 700 left, not 8.
-            const more = yield* Effect.forEach(
-              Array.from({ length: 8 }),
-              () => Effect.exit(run(guardedCall({ userId }))),
-              { concurrency: "unbounded" }
-            )
-            assert.strictEqual(more.filter(Exit.isSuccess).length, 7)
-            assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 1_000 })
-          }).pipe(Effect.scoped),
-        60_000
-      )
+          // The store answers again: the outbox writes the five records, each once, and the four holds end with them.
+          yield* up
+          yield* eventually(run(Outbox.stats), (s) => s.pending === 0, "the outbox written")
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 300 })
+          // What they left is usable at once: 7 more worst cases fit in the 700 left, not 8.
+          const more = yield* Effect.forEach(
+            Array.from({ length: 8 }),
+            () => Effect.exit(run(guardedCall({ userId }))),
+            { concurrency: "unbounded" }
+          )
+          assert.strictEqual(more.filter(Exit.isSuccess).length, 7)
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 1_000 })
+        }).pipe(Effect.scoped),
+      60_000
+    )
 
-      it.live(
-        "streams cut off during an outage: their holds are released once the store answers again, not when they expire",
-        () =>
-          Effect.gen(function*() {
-            const { down, run, stats, up, userId, warnings } = yield* outageStack(targetPort(), storeVia)
-            const calls = { n: 0 }
-            const never = yield* Deferred.make<void>()
-            const streams = yield* Effect.forEach([1, 2], () =>
-              Effect.fork(run(Stream.runCollect(guardedStream({ userId, calls, go: never })))))
-            yield* until(() => calls.n === 2)
-            assert.deepInclude(yield* stats, { heldTokens: 200, totalTokens: 0 })
+    it.live(
+      "streams cut off during an outage: their holds are released once the store answers again, not when they expire",
+      () =>
+        Effect.gen(function*() {
+          const { down, run, stats, up, userId, warnings } = yield* outageStack(targetPort(), storeVia)
+          const calls = { n: 0 }
+          const never = yield* Deferred.make<void>()
+          const streams = yield* Effect.forEach([1, 2], () =>
+            Effect.fork(run(Stream.runCollect(guardedStream({ userId, calls, go: never })))))
+          yield* until(() => calls.n === 2)
+          assert.deepInclude(yield* stats, { heldTokens: 200, totalTokens: 0 })
 
-            yield* down
-            // The consumers go away before any output: the guard releases the holds, which the store does not hear.
-            // They are done at once all the same (the releases are tried again in the background).
-            yield* Effect.forEach(streams, Fiber.interrupt)
-            const notYet = warnings.filter((line) => line.includes("budget hold not released yet"))
-            assert.strictEqual(notYet.length, 2, warnings.join("\n"))
-            yield* Effect.sleep("500 millis")
-            yield* up
-            // Released once the store answers: long before the holds' TTL (10 minutes); nothing was counted.
-            yield* eventually(stats, (s) => s.heldTokens === 0, "the holds released")
-            assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 0 })
-            assert.isFalse(warnings.some((line) => line.includes("it expires by itself")), warnings.join("\n"))
-            assert.strictEqual((yield* run(Outbox.stats)).written, 0)
-          }).pipe(Effect.scoped),
-        60_000
-      )
+          yield* down
+          // The consumers go away before any output: the guard releases the holds, which the store does not hear.
+          // They are done at once all the same (the releases are tried again in the background).
+          yield* Effect.forEach(streams, Fiber.interrupt)
+          const notYet = warnings.filter((line) => line.includes("budget hold not released yet"))
+          assert.strictEqual(notYet.length, 2, warnings.join("\n"))
+          yield* Effect.sleep("500 millis")
+          yield* up
+          // Released once the store answers: long before the holds' TTL (10 minutes); nothing was counted.
+          yield* eventually(stats, (s) => s.heldTokens === 0, "the holds released")
+          assert.deepInclude(yield* stats, { heldTokens: 0, totalTokens: 0 })
+          assert.isFalse(warnings.some((line) => line.includes("it expires by itself")), warnings.join("\n"))
+          assert.strictEqual((yield* run(Outbox.stats)).written, 0)
+        }).pipe(Effect.scoped),
+      60_000
+    )
   })
 
 const redisPort = () => Number(new URL(redisUrl()).port)
