@@ -14,7 +14,7 @@ import { globalValue } from "effect/GlobalValue"
 import * as Stream from "effect/Stream"
 import { currentOperation, type Operation } from "./internal/operation.js"
 import { enclosingOf, parentsOf, popParentOf } from "./internal/parents.js"
-import { isStream, locallyWith } from "./internal/streams.js"
+import { aroundPulls, isStream, locallyWith } from "./internal/streams.js"
 
 /**
  * Context for the instrumented calls inside a region: the user, team and
@@ -144,9 +144,14 @@ export const withCallContext: {
     context: CallContext
   ): Effect.Effect<A, E, R> | Stream.Stream<A, E, R> => {
     const within = (outer: CallContext) => merge(outer, context)
-    if (isStream(self)) return locallyWith(self, currentCallContext, within)
+    const parentCallId = context.parentCallId
+    if (isStream(self)) {
+      const withContext = locallyWith(self, currentCallContext, within)
+      // The parent of its calls, as for an effect, also inside another call (each pull, as the context).
+      return parentCallId === undefined ? withContext : aroundPulls(withContext, (pull) => withParent(pull, parentCallId))
+    }
     const withContext = Effect.locallyWith(self, currentCallContext, within)
-    return context.parentCallId === undefined ? withContext : withParent(withContext, context.parentCallId)
+    return parentCallId === undefined ? withContext : withParent(withContext, parentCallId)
   }
 )
 

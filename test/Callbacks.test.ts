@@ -346,6 +346,22 @@ describe("Callbacks.instrument", () => {
       ])
     }).pipe(Effect.provide(Testing.layer())))
 
+  it.effect("withCallContext's parentCallId wins over an enclosing call, on a stream as on an effect", () =>
+    Effect.gen(function*() {
+      const inner = (model: string) => Effect.succeed(response).pipe(Callbacks.instrument({ ...options, model }))
+      const asEffect = inner("effect").pipe(Callbacks.withCallContext({ parentCallId: "explicit" }))
+      const asStream = Stream.runDrain(
+        Stream.fromEffect(inner("stream")).pipe(Callbacks.withCallContext({ parentCallId: "explicit" }))
+      )
+      yield* Effect.zipRight(asEffect, asStream).pipe(Effect.as(response), Callbacks.instrument({ ...options, model: "outer" }))
+      const starts = (yield* Testing.events).filter((event) => event._tag === "Start")
+      assert.deepStrictEqual(starts.map((event) => [event.call.model, event.call.parentCallId]), [
+        ["outer", undefined],
+        ["effect", "explicit"],
+        ["stream", "explicit"]
+      ])
+    }).pipe(Effect.provide(Testing.layer())))
+
   it.effect("a call id of the caller's choosing is used", () =>
     Effect.gen(function*() {
       yield* Effect.succeed(response).pipe(Callbacks.instrument({ ...options, callId: "call-1" }))

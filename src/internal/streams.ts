@@ -10,15 +10,21 @@ import * as Predicate from "effect/Predicate"
 import * as Stream from "effect/Stream"
 
 /**
- * `self` with `ref` changed by `f` for each of its pulls: its steps (a call
- * begun in its first pull, the parts it streams) and the fibers they fork;
- * its finalizers run outside them, on what the pulls captured.
+ * `self` with each of its pulls run through `around`: its steps (a call begun
+ * in its first pull, the parts it streams) and the fibers they fork; its
+ * finalizers run outside them, on what the pulls captured.
  */
+export const aroundPulls = <A, E, R>(
+  self: Stream.Stream<A, E, R>,
+  around: <X, Y, Z>(pull: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
+): Stream.Stream<A, E, R> => Stream.fromPull(Effect.map(Stream.toPull(self), around))
+
+/** `self` with `ref` changed by `f` for each of its pulls (see {@link aroundPulls}). */
 export const locallyWith = <A, E, R, V>(
   self: Stream.Stream<A, E, R>,
   ref: FiberRef.FiberRef<V>,
   f: (value: V) => V
-): Stream.Stream<A, E, R> => Stream.fromPull(Effect.map(Stream.toPull(self), (pull) => Effect.locallyWith(pull, ref, f)))
+): Stream.Stream<A, E, R> => aroundPulls(self, (pull) => Effect.locallyWith(pull, ref, f))
 
 /** Whether `u` is a stream (the pipeable combinators that take an effect or a stream tell them apart by it). */
 export const isStream = (u: unknown): u is Stream.Stream<unknown, unknown, unknown> =>
