@@ -163,6 +163,7 @@ const outageSuite = (targetPort: () => number, storeVia: StoreVia) =>
           yield* Effect.forEach(streams, Fiber.interrupt)
           const notYet = warnings.filter((line) => line.includes("budget hold not released yet"))
           assert.strictEqual(notYet.length, 2, warnings.join("\n"))
+          // The store stays unreachable a while: the first tries again fail too, and only a later one lands.
           yield* Effect.sleep("500 millis")
           yield* up
           // Released once the store answers: long before the holds' TTL (10 minutes); nothing was counted.

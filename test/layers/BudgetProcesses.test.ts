@@ -5,7 +5,7 @@
 // budget: its holds keep their tokens from the other processes until their
 // TTL, then the room is back (Redis, PostgreSQL, SQLite file).
 import { assert, describe, it } from "@effect/vitest"
-import { execFile, spawn } from "node:child_process"
+import { spawn } from "node:child_process"
 import * as path from "node:path"
 import type * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
@@ -24,10 +24,12 @@ import { budgetEnvironment, currentCycle, guardedCall } from "../support/budget.
 import { bannerWithoutPostgres, postgresClient, postgresUrl, skipWithoutPostgres } from "../support/postgres.js"
 import { bannerWithoutRedis, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
 import { redisCluster } from "../support/redisCluster.js"
+import { workerReport } from "../support/worker.js"
 
 const root = path.resolve(import.meta.dirname, "..", "..")
 const tsx = path.join(root, "node_modules", "tsx", "dist", "cli.mjs")
 const worker = path.join(root, "test", "support", "budgetWorker.ts")
+const workerUrl = new URL("../support/budgetWorker.ts", import.meta.url)
 
 interface Outcome {
   readonly admitted: number
@@ -36,17 +38,7 @@ interface Outcome {
 }
 
 const runWorker = (config: object): Effect.Effect<Outcome> =>
-  Effect.async<Outcome>((resume) => {
-    const child = execFile(process.execPath, [tsx, worker, JSON.stringify(config)], { cwd: root, timeout: 60_000 }, (
-      error,
-      stdout,
-      stderr
-    ) => {
-      if (error !== null) return resume(Effect.die(new Error(`worker failed: ${error.message}\n${stderr}`)))
-      resume(Effect.succeed(JSON.parse(stdout.trim().split("\n").pop()!) as Outcome))
-    })
-    return Effect.sync(() => child.kill("SIGKILL"))
-  })
+  Effect.orDie(workerReport<Outcome>(workerUrl, { args: [JSON.stringify(config)], timeoutMillis: 60_000 }))
 
 const fourProcesses = (
   store: Effect.Effect<TokenStore.Service, unknown, Scope.Scope>,

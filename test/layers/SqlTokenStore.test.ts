@@ -13,11 +13,9 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
-import { execFile } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { fileURLToPath } from "node:url"
 import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import * as BillingCycle from "../../src/BillingCycle.js"
@@ -29,6 +27,7 @@ import { budgetConformance } from "../support/budgetConformance.js"
 import * as FaultProxy from "../support/FaultProxy.js"
 import { bannerWithoutPostgres, postgresClient, postgresUrl, skipWithoutPostgres } from "../support/postgres.js"
 import { freshCycle, freshId, makeWorkload, tokenStoreConformance } from "../support/tokenStoreConformance.js"
+import { workerReport } from "../support/worker.js"
 
 bannerWithoutPostgres("test/layers/SqlTokenStore.test.ts (PostgreSQL)")
 
@@ -341,26 +340,19 @@ describe("SqlTokenStore with the token handler", () => {
 })
 
 describe("SqlTokenStore: two processes on one database", () => {
-  const worker = path.join(path.dirname(fileURLToPath(import.meta.url)), "..", "support", "sqlWorker.ts")
+  const worker = new URL("../support/sqlWorker.ts", import.meta.url)
   const runWorker = (args: ReadonlyArray<string>) =>
-    new Promise<{ readonly recorded: number; readonly duplicate: number }>((resolve, reject) => {
-      execFile(process.execPath, ["--import", "tsx", worker, ...args], { timeout: 120_000 }, (error, stdout, stderr) => {
-        if (error !== null) reject(new Error(`worker failed: ${error.message}\n${stderr}`))
-        else resolve(JSON.parse(stdout.trim().split("\n").at(-1)!))
-      })
-    })
+    workerReport<{ readonly recorded: number; readonly duplicate: number }>(worker, { args, timeoutMillis: 120_000 })
 
   const bothProcesses = (kind: "pg" | "sqlite", where: string, store: Layer.Layer<TokenStore.TokenStore | SqlClient.SqlClient, unknown>) =>
     Effect.gen(function*() {
       const prefix = freshId(`procs-${kind}`)
       const calls = 2_000
       // Both processes record every call, in opposite orders, at the same time.
-      const [a, b] = yield* Effect.promise(() =>
-        Promise.all([
-          runWorker([kind, where, prefix, String(calls), "forward"]),
-          runWorker([kind, where, prefix, String(calls), "reverse"])
-        ])
-      )
+      const [a, b] = yield* Effect.orDie(Effect.all([
+        runWorker([kind, where, prefix, String(calls), "forward"]),
+        runWorker([kind, where, prefix, String(calls), "reverse"])
+      ], { concurrency: 2 }))
       assert.strictEqual(a.recorded + b.recorded, calls)
       assert.strictEqual(a.duplicate + b.duplicate, calls)
       const tokens = yield* TokenStore.TokenStore
