@@ -53,7 +53,6 @@ import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as DateTime from "effect/DateTime"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -69,6 +68,7 @@ import { currentCallContext } from "./CallContext.js"
 import * as CallbackMetrics from "./CallbackMetrics.js"
 import type { Message, StartEvent } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
+import { liveClock } from "./internal/dispatch/timer.js"
 import { isStream, locallyWith } from "./internal/streams.js"
 import { type Level, type ReleaseInput, type ReserveOutcome, subjectsOf, TokenStore, TokenStoreError } from "./TokenStore.js"
 
@@ -288,11 +288,6 @@ const cycleOf = (options: Options, anchorDay: number, startedAt: number): Effect
 
 const noTicket: Ticket = { close: () => Effect.void }
 
-/** A store error that may pass: the store did not answer (in time). */
-const transient = (error: TokenStoreError): boolean => error.reason === "Unavailable" || error.reason === "Timeout"
-
-const liveClock = Context.get(DefaultServices.liveServices, Clock.Clock)
-
 /** The live clock, whose sleeps do not keep the process alive (see {@link inBackground}). */
 const backgroundClock: Clock.Clock = {
   [Clock.ClockTypeId]: Clock.ClockTypeId,
@@ -355,12 +350,12 @@ const releaseHolds = (store: TokenStore["Type"], held: HeldCall): Effect.Effect<
  */
 const releaseFailed = (store: TokenStore["Type"], held: HeldCall): Effect.Effect<void> =>
   Effect.catchAll(store.release(held.input), (error) =>
-    transient(error)
+    error.transient
       ? Effect.zipRight(
         warnOf("budget hold not released yet; tried again until the store answers, else it expires", held, error),
         Effect.forkDaemon(inBackground(
           store.release(held.input).pipe(
-            Effect.retry({ schedule: releaseRetries(held.ttlMillis), while: transient }),
+            Effect.retry({ schedule: releaseRetries(held.ttlMillis), while: (error) => error.transient }),
             Effect.catchAll((error) => warnOf(notReleased, held, error))
           )
         ))

@@ -34,11 +34,9 @@
  * @since 0.3.0
  */
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Data from "effect/Data"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -49,6 +47,7 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import type * as Scope from "effect/Scope"
+import { liveClock } from "./internal/dispatch/timer.js"
 import * as TokenStore from "./TokenStore.js"
 
 // -----------------------------------------------------------------------------
@@ -260,11 +259,6 @@ export interface Options {
   readonly attemptTimeout?: Duration.DurationInput | undefined
 }
 
-const liveClock: Clock.Clock = Context.get(DefaultServices.liveServices, Clock.Clock)
-
-const transient = (error: TokenStore.TokenStoreError): boolean =>
-  error.reason === "Unavailable" || error.reason === "Timeout"
-
 const invalid = (name: string, message: string) => ConfigError.InvalidData([name], message)
 
 const describe = (input: TokenStore.RecordInput) => ({
@@ -414,7 +408,7 @@ export const make = (
     const record = (input: TokenStore.RecordInput): Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError> =>
       Effect.uninterruptibleMask((restore) =>
         restore(inner.record(input)).pipe(
-          Effect.catchIf(transient, () => enqueue(input)),
+          Effect.catchIf((error) => error.transient, () => enqueue(input)),
           // Cut short (the handler's timeout, an interruption): it may or may not have reached the
           // store; the outbox makes sure it does (once: records are idempotent).
           Effect.onInterrupt(() => Effect.ignore(enqueue(input)))
@@ -463,7 +457,7 @@ export const make = (
             results.forEach((result, i) => {
               const entry = batch[i]!
               if (Either.isRight(result)) done.push(entry.id)
-              else if (!transient(result.left)) rejected.push(entry)
+              else if (!result.left.transient) rejected.push(entry)
             })
             counts.written += done.length
             if (done.length > 0) writtenTotal.unsafeUpdate(done.length, [])

@@ -344,6 +344,17 @@ export class TokenStoreError extends Schema.TaggedError<TokenStoreError>("effect
   get [HandlerError.NonRetryable](): boolean {
     return this.reason === "InvalidInput"
   }
+
+  /**
+   * The store did not answer, or not in time (`Unavailable`, `Timeout`): the
+   * same request may succeed later (an outbox keeps such a record, a budget
+   * tries such a release again).
+   *
+   * @since 0.4.0
+   */
+  get transient(): boolean {
+    return this.reason === "Unavailable" || this.reason === "Timeout"
+  }
 }
 
 /**
