@@ -1,8 +1,8 @@
 /**
  * A real Redis Cluster for the tests: three masters (`redis-server
- * --cluster-enabled yes`) on free loopback ports, joined with `redis-cli
- * --cluster create`, each in a temporary directory of its own. Every server is
- * killed by its PID when the scope closes.
+ * --cluster-enabled yes`), and optionally a replica of each, on free loopback
+ * ports, joined with `redis-cli --cluster create`, sharing a temporary
+ * directory. Every server is killed by its PID when the scope closes.
  */
 import { type ChildProcess, execFile, spawn } from "node:child_process"
 import * as fs from "node:fs"
@@ -12,9 +12,40 @@ import * as Effect from "effect/Effect"
 import type * as Scope from "effect/Scope"
 import { freePort } from "./globalSetup.js"
 
-/** A running cluster: its nodes as `127.0.0.1:<port>`. */
+/** A running cluster: its nodes as `127.0.0.1:<port>` (masters first, then their replicas). */
 export interface RedisCluster {
   readonly nodes: ReadonlyArray<string>
+  /** Kills node `i` (SIGKILL), as a crash would. */
+  readonly kill: (i: number) => Effect.Effect<void>
+  /**
+   * Starts node `i` again on its port, with its cluster configuration (and,
+   * on a durable cluster, its data); done when `settled` is.
+   */
+  readonly restart: (i: number) => Effect.Effect<void>
+  /** Done when every node running reports `cluster_state:ok` (20 s at most, else it dies). */
+  readonly settled: Effect.Effect<void>
+  /**
+   * Done when every master running has a replica that has everything it
+   * wrote (its acknowledged offset is the master's; 20 s at most).
+   */
+  readonly replicated: Effect.Effect<void>
+}
+
+/** Options of a test cluster. */
+export interface ClusterOptions {
+  /**
+   * Each node writes every command to its append-only file before it answers
+   * (`appendfsync always`): a node killed and started again keeps all it
+   * acknowledged. Default false (nothing on disk).
+   */
+  readonly durable?: boolean | undefined
+  /** A replica of each master; default false. */
+  readonly replicas?: boolean | undefined
+  /**
+   * `cluster-node-timeout`: how long a node may be unreachable before the
+   * others take it as failed (and a replica takes over). Default Redis' 15 s.
+   */
+  readonly nodeTimeoutMillis?: number | undefined
 }
 
 const run = (command: string, args: ReadonlyArray<string>): Promise<string> =>
@@ -23,8 +54,17 @@ const run = (command: string, args: ReadonlyArray<string>): Promise<string> =>
       error === null ? resolve(stdout) : reject(new Error(`${command} ${args.join(" ")}: ${error.message}\n${stderr}`)))
   )
 
-const startNode = async (dir: string): Promise<{ readonly port: number; readonly child: ChildProcess }> => {
-  const port = await freePort()
+interface Node {
+  readonly port: number
+  readonly child: ChildProcess
+}
+
+const startNode = async (dir: string, options: ClusterOptions, port_?: number): Promise<Node> => {
+  const port = port_ ?? await freePort()
+  const persistence = options.durable === true
+    ? ["--appendonly", "yes", "--appendfsync", "always", "--appenddirname", `aof-${port}`]
+    : ["--appendonly", "no"]
+  const timeout = options.nodeTimeoutMillis === undefined ? [] : ["--cluster-node-timeout", String(options.nodeTimeoutMillis)]
   const child = spawn("redis-server", [
     "--port",
     String(port),
@@ -32,8 +72,8 @@ const startNode = async (dir: string): Promise<{ readonly port: number; readonly
     "127.0.0.1",
     "--save",
     "",
-    "--appendonly",
-    "no",
+    ...persistence,
+    ...timeout,
     "--cluster-enabled",
     "yes",
     "--cluster-config-file",
@@ -58,32 +98,81 @@ const kill = (child: ChildProcess): Promise<void> =>
     process.kill(child.pid, "SIGKILL")
   })
 
-/** Starts a 3-master cluster, ready (`cluster_state:ok` on every node) when this succeeds. */
-export const redisCluster: Effect.Effect<RedisCluster, never, Scope.Scope> = Effect.acquireRelease(
-  Effect.promise(async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "elc-cluster-"))
-    const started = await Promise.all([startNode(dir), startNode(dir), startNode(dir)])
-    const nodes = started.map((node) => `127.0.0.1:${node.port}`)
-    try {
-      await run("redis-cli", ["--cluster", "create", ...nodes, "--cluster-replicas", "0", "--cluster-yes"])
-      const deadline = Date.now() + 20_000
-      for (const node of started) {
-        while (true) {
-          const info = await run("redis-cli", ["-p", String(node.port), "CLUSTER", "INFO"])
-          if (info.includes("cluster_state:ok")) break
-          if (Date.now() > deadline) throw new Error(`cluster node ${node.port} never reached cluster_state:ok`)
-          await new Promise((resolve) => setTimeout(resolve, 100))
-        }
-      }
-    } catch (error) {
-      await Promise.all(started.map((node) => kill(node.child)))
-      throw error
+const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
+
+/** Waits until every node of `ports` reports `cluster_state:ok` (20 s at most). */
+const clusterOk = async (ports: ReadonlyArray<number>): Promise<void> => {
+  const deadline = Date.now() + 20_000
+  for (const port of ports) {
+    while (true) {
+      const info = await run("redis-cli", ["-p", String(port), "CLUSTER", "INFO"]).catch(() => "")
+      if (info.includes("cluster_state:ok")) break
+      if (Date.now() > deadline) throw new Error(`cluster node ${port} never reached cluster_state:ok`)
+      await sleep(100)
     }
-    return { nodes, started, dir }
-  }),
-  ({ dir, started }) =>
+  }
+}
+
+/** Waits until every master of `ports` has a replica with all it wrote (20 s at most). */
+const replicasCaughtUp = async (ports: ReadonlyArray<number>): Promise<void> => {
+  const deadline = Date.now() + 20_000
+  for (const port of ports) {
+    while (true) {
+      const info = await run("redis-cli", ["-p", String(port), "INFO", "replication"]).catch(() => "")
+      if (!info.includes("role:master")) break
+      const offset = /master_repl_offset:(\d+)/.exec(info)?.[1]
+      const acked = [...info.matchAll(/slave\d+:.*?state=online,offset=(\d+)/g)].map((m) => m[1])
+      if (offset !== undefined && acked.includes(offset)) break
+      if (Date.now() > deadline) throw new Error(`cluster master ${port} has no replica that caught up:\n${info}`)
+      await sleep(50)
+    }
+  }
+}
+
+/** Starts the cluster, ready (`cluster_state:ok` on every node, replicas in sync) when this succeeds. */
+export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<RedisCluster, never, Scope.Scope> =>
+  Effect.acquireRelease(
     Effect.promise(async () => {
-      await Promise.all(started.map((node) => kill(node.child)))
-      fs.rmSync(dir, { recursive: true, force: true })
-    })
-)
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "elc-cluster-"))
+      const count = options.replicas === true ? 6 : 3
+      const started: Array<Node> = await Promise.all(Array.from({ length: count }, () => startNode(dir, options)))
+      const alive = started.map(() => true)
+      const running = () => started.flatMap((node, i) => alive[i] ? [node.port] : [])
+      const nodes = started.map((node) => `127.0.0.1:${node.port}`)
+      try {
+        // With replicas, redis-cli makes the first three nodes the masters.
+        const replicas = options.replicas === true ? "1" : "0"
+        await run("redis-cli", ["--cluster", "create", ...nodes, "--cluster-replicas", replicas, "--cluster-yes"])
+        await clusterOk(running())
+        if (options.replicas === true) await replicasCaughtUp(running())
+      } catch (error) {
+        await Promise.all(started.map((node) => kill(node.child)))
+        throw error
+      }
+      const cluster: RedisCluster = {
+        nodes,
+        kill: (i) =>
+          Effect.promise(async () => {
+            alive[i] = false
+            await kill(started[i]!.child)
+          }),
+        restart: (i) =>
+          Effect.promise(async () => {
+            started[i] = await startNode(dir, options, started[i]!.port)
+            alive[i] = true
+            await clusterOk(running())
+          }),
+        settled: Effect.promise(() => clusterOk(running())),
+        replicated: Effect.promise(() => replicasCaughtUp(running()))
+      }
+      return { cluster, started, dir }
+    }),
+    ({ dir, started }) =>
+      Effect.promise(async () => {
+        await Promise.all(started.map((node) => kill(node.child)))
+        fs.rmSync(dir, { recursive: true, force: true })
+      })
+  ).pipe(Effect.map(({ cluster }) => cluster))
+
+/** A 3-master cluster without persistence. */
+export const redisCluster: Effect.Effect<RedisCluster, never, Scope.Scope> = makeRedisCluster()
