@@ -4,7 +4,9 @@
  * `@effect/sql`'s Migrator. With `layerSqlite` it is a local SQLite file
  * (`@effect/sql-sqlite-node`): a record the token store could not take is
  * written there before `record` answers `"queued"`, so it survives the
- * process being killed, and the next start replays it. Replays are exact:
+ * process being killed, and the next start replays it (or, when two
+ * processes share the file, as in a rolling restart, the other one: see the
+ * outbox's `rescanInterval`). Replays are exact:
  * records are idempotent per call id, within the store's window, which the
  * outbox's `maxAge` may not exceed.
  *

@@ -257,6 +257,15 @@ export interface Options {
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   /** Bound on one attempt of the outbox to write a record (a store that hangs does not stall it); default 5 seconds. */
   readonly attemptTimeout?: Duration.DurationInput | undefined
+  /**
+   * Durable storage only: how often an outbox with nothing pending reads its
+   * storage again for records another process left there (two processes on
+   * one file, as in a rolling restart), which it then writes; default 1
+   * minute. It also reads it each time it has written all it had pending.
+   *
+   * @since 0.4.0
+   */
+  readonly rescanInterval?: Duration.DurationInput | undefined
 }
 
 const invalid = (name: string, message: string) => ConfigError.InvalidData([name], message)
@@ -314,6 +323,12 @@ export const make = (
             `(${Duration.format(Duration.millis(inner.idempotencyWindowMillis))}): a record replayed after the ` +
             `window could count twice. Shorten maxAge or lengthen the store's window.`
         )
+      )
+    }
+    const rescanInterval = Duration.decodeUnknown(options.rescanInterval ?? Duration.minutes(1))
+    if (Option.isNone(rescanInterval) || Duration.toMillis(rescanInterval.value) <= 0) {
+      return yield* Effect.fail(
+        invalid("rescanInterval", `Expected a positive duration, got ${String(options.rescanInterval)}`)
       )
     }
     const clock = yield* Effect.clock
@@ -480,17 +495,50 @@ export const make = (
       )
     })
 
+    // Another process on the same durable storage (a rolling restart: the old process stops after the
+    // new one has loaded the storage) may leave records there that no process holds: read it again, and
+    // hold what is not held (a record the other process also writes counts once: records are idempotent).
+    const rescan = Effect.suspend(() => {
+      if (!storage.durable) return Effect.void
+      return storage.load.pipe(
+        Effect.flatMap((entries) => {
+          let found = 0
+          for (const entry of entries) {
+            if (pending.has(entry.id)) continue
+            hold(entry)
+            found++
+          }
+          if (found === 0) return Effect.void
+          gauges()
+          return Effect.logInfo(`Outbox: ${found} usage records found in its storage, left by another process, will be written`)
+        }),
+        Effect.catchAll((error) => Effect.logWarning("Outbox: cannot read its storage again", error.message))
+      )
+    })
+    // Idle: woken by a record queued; with durable storage, also every `rescanInterval`, to rescan.
+    const idleWait = storage.durable
+      ? Effect.flatMap(
+        Effect.timeoutOption(Queue.take(wakeup), rescanInterval.value),
+        (woken) => Option.isSome(woken) ? Effect.void : rescan
+      )
+      : Queue.take(wakeup)
+
     const schedule = options.retry ??
       Schedule.exponential("100 millis").pipe(Schedule.either(Schedule.spaced("10 seconds")))
     // Rounds while records are pending; a round the store took nothing from is retried on the schedule.
+    // Once all is written, the storage is read again (see `rescan`).
     const writer = Effect.forever(
-      Effect.zipRight(
-        Effect.suspend(() => (pending.size === 0 ? Queue.take(wakeup) : Effect.void)),
-        Effect.retry(round, schedule).pipe(Effect.catchAllCause((cause) =>
-          Cause.isInterruptedOnly(cause)
-            ? Effect.failCause(cause as Cause.Cause<never>)
-            : Effect.logError("Outbox: a round failed", cause)
-        ))
+      Effect.suspend(() =>
+        pending.size === 0
+          ? idleWait
+          : Effect.retry(round, schedule).pipe(
+            Effect.zipRight(Effect.suspend(() => pending.size === 0 ? rescan : Effect.void)),
+            Effect.catchAllCause((cause) =>
+              Cause.isInterruptedOnly(cause)
+                ? Effect.failCause(cause as Cause.Cause<never>)
+                : Effect.logError("Outbox: a round failed", cause)
+            )
+          )
       )
     )
     yield* Effect.forkScoped(Effect.interruptible(writer))

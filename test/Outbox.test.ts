@@ -1,5 +1,5 @@
 import { assert, describe, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, HashMap, Layer, Logger, Schedule, TestClock } from "effect"
+import { Effect, Exit, Fiber, HashMap, Layer, Logger, Schedule, Scope, TestClock } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
@@ -232,4 +232,54 @@ describe("Outbox", () => {
       }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
       fs.rmSync(dir, { recursive: true, force: true })
     }))
+
+  it.live("durable, two runs on one file at once (a rolling restart): what the old run leaves there is written by the new one", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-"))
+      const filename = path.join(dir, "outbox.db")
+      const { memory, state, store } = yield* switchable
+      state.down = true
+      const storage = SqlOutbox.layerSqlite({ filename })
+      const record = (from: number, to: number, userId: string) =>
+        Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
+          Effect.forEach(Array.from({ length: to - from }, (_, k) => from + k), (i) =>
+            wrapped.record({ callId: `c${i}`, userId, cycle, usage: usage(i) }), { concurrency: 10 }))
+      const sum = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => from + k + 1).reduce((a, b) => a + b, 0)
+      const eventually = (userId: string, total: number) =>
+        memory.stats(userId, cycle).pipe(
+          Effect.filterOrFail((stats) => stats.totalTokens === total, (stats) => `${userId}: ${stats.totalTokens} of ${total}`),
+          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(250))))
+        )
+
+      for (const [userId, ownRecords] of [["gus", true], ["hal", false]] as const) {
+        state.down = true
+        // The old run, the store down: its records go to the file.
+        const oldScope = yield* Scope.make()
+        const oldRun = yield* Layer.buildWithScope(withOutbox(store, { shutdownTimeout: "100 millis" }, storage), oldScope)
+        yield* Effect.provide(record(0, 20, userId), oldRun)
+        // The new run starts and finds those 20; the old one goes on, then stops with 30 more in the file.
+        const newScope = yield* Scope.make()
+        const newRun = yield* Layer.buildWithScope(withOutbox(store, { rescanInterval: "300 millis" }, storage), newScope)
+        assert.strictEqual((yield* Effect.provide(Outbox.stats, newRun)).pending, 20)
+        yield* Effect.provide(record(20, 50, userId), oldRun)
+        yield* Scope.close(oldScope, Exit.void)
+        // With records of its own pending (written, it reads the file again), or with none (it reads the file
+        // again every rescanInterval): the new run writes all 70 (or 50), each once, without another start.
+        if (ownRecords) yield* Effect.provide(record(50, 70, userId), newRun)
+        state.down = false
+        yield* eventually(userId, sum(0, ownRecords ? 70 : 50))
+        yield* Effect.provide(Outbox.flush, newRun)
+        yield* Scope.close(newScope, Exit.void)
+        // Nothing is left in the file.
+        yield* Effect.gen(function*() {
+          assert.strictEqual((yield* Outbox.stats).pending, 0)
+        }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
+        assert.strictEqual((yield* memory.stats(userId, cycle)).totalTokens, sum(0, ownRecords ? 70 : 50))
+      }
+      // A bad interval is refused when the layer is built, named with its value.
+      const refused = yield* Effect.exit(Layer.build(withOutbox(store, { rescanInterval: "0 millis" }, storage)).pipe(Effect.scoped))
+      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "rescanInterval")
+      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "0 millis")
+      fs.rmSync(dir, { recursive: true, force: true })
+    }), 30_000)
 })
