@@ -10,11 +10,16 @@
  * the issue's figure, 60, by setting it) of outage. Once the second process says its outbox is drained,
  * Redis holds exactly the usage of the 10,000 calls: 0 lost, 0 counted twice.
  *
+ * A rolling restart during an outage (8,000 calls): the new process starts while the old one is still
+ * making calls, both keep records in the one file at once, the old one is killed; once Redis is back the
+ * new process writes its own records and those the old one left after it started (read again from the
+ * file), and Redis holds the usage of every call once.
+ *
  * The processes are killed at a quiescent point (their calls returned, the dispatcher flushed): a
  * background delivery still in a handler's buffer when the process dies is not yet in the outbox.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Effect } from "effect"
+import { Effect, Schedule } from "effect"
 import { type ChildProcess, spawn } from "node:child_process"
 import * as fs from "node:fs"
 import * as os from "node:os"
@@ -105,6 +110,33 @@ const startApp = (args: ReadonlyArray<string>): Effect.Effect<App> =>
     }
   })
 
+/** Fails unless Redis holds exactly the usage of calls [0, calls): every call once. */
+const exactUsage = (url: string, keyPrefix: string, calls: number) =>
+  Effect.gen(function*() {
+    const stored = yield* Effect.gen(function*() {
+      const store = yield* RedisTokenStore.make({ url, keyPrefix })
+      const users = yield* store.users("2026-12-01")
+      return yield* Effect.forEach(users, (user) => Effect.map(store.stats(user, "2026-12-01"), (stats) => [user, stats] as const))
+    }).pipe(Effect.scoped, Effect.orDie)
+    const expected = new Map<string, { prompt: number; completion: number }>()
+    for (let i = 0; i < calls; i++) {
+      const user = `user-${i % 13}`
+      const sum = expected.get(user) ?? { prompt: 0, completion: 0 }
+      sum.prompt += usageOf(i).promptTokens
+      sum.completion += usageOf(i).completionTokens
+      expected.set(user, sum)
+    }
+    assert.strictEqual(stored.length, 13)
+    for (const [user, stats] of stored) {
+      const sum = expected.get(user)!
+      assert.deepStrictEqual(
+        [stats.promptTokens, stats.completionTokens, stats.totalTokens],
+        [sum.prompt, sum.completion, sum.prompt + sum.completion],
+        user
+      )
+    }
+  })
+
 describe.skipIf(skipWithoutRedis)("the outbox across a Redis outage and a killed app (real processes)", () => {
   for (const mode of ["await", "background"] as const) {
     it.live(
@@ -135,28 +167,7 @@ describe.skipIf(skipWithoutRedis)("the outbox across a Redis outage and a killed
             redis = yield* startRedis(dir, port)
             yield* second.until("drained").pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => "the outbox did not drain" }))
             // What Redis holds is what the calls used: every call once.
-            const stored = yield* Effect.gen(function*() {
-              const store = yield* RedisTokenStore.make({ url, keyPrefix })
-              const users = yield* store.users("2026-12-01")
-              return yield* Effect.forEach(users, (user) => Effect.map(store.stats(user, "2026-12-01"), (stats) => [user, stats] as const))
-            }).pipe(Effect.scoped, Effect.orDie)
-            const expected = new Map<string, { prompt: number; completion: number }>()
-            for (let i = 0; i < calls; i++) {
-              const user = `user-${i % 13}`
-              const sum = expected.get(user) ?? { prompt: 0, completion: 0 }
-              sum.prompt += usageOf(i).promptTokens
-              sum.completion += usageOf(i).completionTokens
-              expected.set(user, sum)
-            }
-            assert.strictEqual(stored.length, 13)
-            for (const [user, stats] of stored) {
-              const sum = expected.get(user)!
-              assert.deepStrictEqual(
-                [stats.promptTokens, stats.completionTokens, stats.totalTokens],
-                [sum.prompt, sum.completion, sum.prompt + sum.completion],
-                user
-              )
-            }
+            yield* exactUsage(url, keyPrefix, calls)
           } finally {
             for (const app of apps) yield* stop(app, "SIGKILL")
             yield* stop(redis, "SIGTERM")
@@ -166,4 +177,49 @@ describe.skipIf(skipWithoutRedis)("the outbox across a Redis outage and a killed
       240_000
     )
   }
+
+  it.live(
+    "a rolling restart during an outage: two processes on one outbox file at once, the old one killed: 0 lost, 0 double",
+    () =>
+      Effect.gen(function*() {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-rolling-"))
+        const port = yield* Effect.promise(freePort)
+        const url = `redis://127.0.0.1:${port}`
+        const keyPrefix = "outbox_rolling"
+        const outboxFile = path.join(dir, "outbox.db")
+        const total = 8_000
+        let redis = yield* startRedis(dir, port)
+        const apps: Array<ChildProcess> = []
+        try {
+          // The old process: 1,000 calls with Redis up, then Redis stops.
+          const old = yield* startApp([url, keyPrefix, outboxFile, "await", "0", String(total / 2), String(total / 8)])
+          apps.push(old.child)
+          yield* old.until("paused")
+          yield* stop(redis, "SIGTERM")
+          // The new process starts (it replays what the file holds now); then the old one goes on: both
+          // keep the records of their calls in the one file at once.
+          const young = yield* startApp([url, keyPrefix, outboxFile, "await", String(total / 2), String(total)])
+          apps.push(young.child)
+          yield* young.until("ready")
+          yield* old.resume
+          yield* old.until("idle")
+          // The old process is gone, its last records in the file only.
+          yield* stop(old.child, "SIGKILL")
+          yield* young.until("idle")
+          redis = yield* startRedis(dir, port)
+          // The new process writes its own records, and those the old one left.
+          yield* exactUsage(url, keyPrefix, total).pipe(
+            // Until it holds (an assertion that fails is a defect: made a failure to be retried), 60 s at most.
+            Effect.catchAllDefect(Effect.fail),
+            Effect.retry(Schedule.spaced("250 millis").pipe(Schedule.intersect(Schedule.recurs(240)))),
+            Effect.orDie
+          )
+        } finally {
+          for (const app of apps) yield* stop(app, "SIGKILL")
+          yield* stop(redis, "SIGTERM")
+          fs.rmSync(dir, { recursive: true, force: true })
+        }
+      }),
+    240_000
+  )
 })
