@@ -4,16 +4,18 @@
  * (`layers/SqlTokenStore.ts`: PostgreSQL or SQLite), and reads the SQL
  * store's ledger.
  *
- * - `usage [--redis URL | --database URL] [--user ID] [--cycle YYYY-MM-DD] [--json] [--key-prefix P]`
+ * - `usage [--redis URL | --redis-cluster NODES | --database URL] [--user ID] [--cycle YYYY-MM-DD] [--json] [--key-prefix P]`
  *   prints per-user usage and limits of a billing cycle, as a table or JSON;
  * - `set-limit --user ID --limit N [--cycle YYYY-MM-DD]` sets a user's limit;
  * - `reset --user ID [--cycle YYYY-MM-DD]` clears a user's usage (the limit stays);
  * - `ledger --database URL [--user ID] [--cycle YYYY-MM-DD] [--json] [--max-rows N]`
  *   prints the recorded calls of a cycle, one per line, and their sums.
  *
- * The store: `--redis URL` (else `REDIS_URL`) or `--database URL` (else
- * `DATABASE_URL`), `postgres://...` or `sqlite:FILE`; an explicit flag wins,
- * then `REDIS_URL`, then `DATABASE_URL`. The key prefix (Redis) comes from
+ * The store: `--redis URL` (else `REDIS_URL`), `--redis-cluster NODES` (a
+ * Redis Cluster, some of its nodes comma-separated; else
+ * `REDIS_CLUSTER_NODES`) or `--database URL` (else `DATABASE_URL`),
+ * `postgres://...` or `sqlite:FILE`; an explicit flag wins, then `REDIS_URL`,
+ * then `REDIS_CLUSTER_NODES`, then `DATABASE_URL`. The key prefix (Redis) comes from
  * `--key-prefix`, else `REDIS_KEY_PREFIX`, else `token_usage`. The cycle
  * defaults to the current monthly cycle (UTC, starting on the 1st).
  *
@@ -286,7 +288,7 @@ export class CliError extends Data.TaggedError("CliError")<{
   readonly message: string
 }> {}
 
-const optionNames: Readonly<Record<string, string>> = { url: "--redis", keyPrefix: "--key-prefix" }
+const optionNames: Readonly<Record<string, string>> = { url: "--redis", nodes: "--redis-cluster", keyPrefix: "--key-prefix" }
 
 const describeConfigError = (error: ConfigError.ConfigError): string =>
   ConfigError.reduceWithContext(error, undefined, {
@@ -343,6 +345,14 @@ const redis = Options.redacted("redis").pipe(
   Options.optional
 )
 
+const redisCluster = Options.redacted("redis-cluster").pipe(
+  Options.withPseudoName("NODES"),
+  Options.withDescription(
+    "Redis Cluster: some of its nodes, comma-separated (host:port, redis:// or rediss:// URLs); default: the REDIS_CLUSTER_NODES environment variable"
+  ),
+  Options.optional
+)
+
 const database = Options.redacted("database").pipe(
   Options.withPseudoName("URL"),
   Options.withDescription(
@@ -380,6 +390,7 @@ const limit = Options.integer("limit").pipe(
 
 interface StoreOptions {
   readonly redis: Option.Option<Redacted.Redacted<string>>
+  readonly redisCluster: Option.Option<Redacted.Redacted<string>>
   readonly database: Option.Option<Redacted.Redacted<string>>
   readonly keyPrefix: string
   readonly cycle: Option.Option<BillingCycle.CycleDate>
@@ -414,22 +425,28 @@ export const parseDatabase = (value: Redacted.Redacted<string>): Either.Either<D
 const databaseLocation = (database: Database): string =>
   database._tag === "Sqlite" ? `the SQLite file ${database.filename}` : `PostgreSQL at ${redisLocation(Redacted.value(database.url))}`
 
-/** The store the options name: an explicit flag, then REDIS_URL, then DATABASE_URL. */
+/** The store the options name: an explicit flag, then REDIS_URL, then REDIS_CLUSTER_NODES, then DATABASE_URL. */
 const chooseStore = (
-  options: StoreOptions
+  options: Pick<StoreOptions, "redis" | "redisCluster" | "database">
 ): Effect.Effect<
   | { readonly _tag: "Redis"; readonly url: Redacted.Redacted<string> }
+  | { readonly _tag: "RedisCluster"; readonly nodes: ReadonlyArray<Redacted.Redacted<string>> }
   | { readonly _tag: "Sql"; readonly database: Database },
   CliError
 > =>
   Effect.gen(function*() {
-    if (Option.isSome(options.database) && Option.isSome(options.redis)) {
-      return yield* new CliError({ reason: "InvalidArguments", message: "Pass either --redis or --database, not both" })
+    const named = [options.redis, options.redisCluster, options.database].filter(Option.isSome).length
+    if (named > 1) {
+      return yield* new CliError({
+        reason: "InvalidArguments",
+        message: "Pass one of --redis, --redis-cluster or --database, not several"
+      })
     }
     if (Option.isSome(options.database)) {
       return { _tag: "Sql" as const, database: yield* parseDatabase(options.database.value) }
     }
     if (Option.isSome(options.redis)) return { _tag: "Redis" as const, url: options.redis.value }
+    if (Option.isSome(options.redisCluster)) return { _tag: "RedisCluster" as const, nodes: clusterNodes(options.redisCluster.value) }
     const fromEnv = (name: string) =>
       Config.option(Config.redacted(name)).pipe(
         Effect.map(Option.filter((url) => Redacted.value(url) !== "")),
@@ -437,13 +454,29 @@ const chooseStore = (
       )
     const redisUrl = yield* fromEnv("REDIS_URL")
     if (Option.isSome(redisUrl)) return { _tag: "Redis" as const, url: redisUrl.value }
+    const clusterNodesEnv = yield* fromEnv("REDIS_CLUSTER_NODES")
+    if (Option.isSome(clusterNodesEnv)) return { _tag: "RedisCluster" as const, nodes: clusterNodes(clusterNodesEnv.value) }
     const databaseUrl = yield* fromEnv("DATABASE_URL")
     if (Option.isSome(databaseUrl)) return { _tag: "Sql" as const, database: yield* parseDatabase(databaseUrl.value) }
     return yield* new CliError({
       reason: "InvalidArguments",
-      message: "No Redis URL: pass --redis URL or set REDIS_URL (or --database URL / DATABASE_URL for a SQL store)"
+      message: "No Redis URL: pass --redis URL or set REDIS_URL (--redis-cluster NODES / REDIS_CLUSTER_NODES for a " +
+        "Redis Cluster, --database URL / DATABASE_URL for a SQL store)"
     })
   })
+
+/** The nodes of a `--redis-cluster` value (comma-separated), each kept redacted (a URL may hold a password). */
+const clusterNodes = (value: Redacted.Redacted<string>): ReadonlyArray<Redacted.Redacted<string>> =>
+  Redacted.value(value).split(",").map((node) => node.trim()).filter((node) => node !== "").map((node) => Redacted.make(node))
+
+/** Where a cluster is, for messages: its nodes' hosts and ports, never a password. */
+const clusterLocation = (nodes: ReadonlyArray<Redacted.Redacted<string>>): string =>
+  `the Redis Cluster at ${
+    nodes.map((node) => {
+      const text = Redacted.value(node)
+      return redisLocation(/^rediss?:\/\//.test(text) ? text : `redis://${text}`)
+    }).join(",")
+  }`
 
 /**
  * The SQL store of a database and a reader of its ledger; closed with the
@@ -495,35 +528,35 @@ const withStore = <A>(
       const { store } = yield* sqlStore(chosen.database)
       return yield* Effect.mapError(f(store, resolved), toError)
     }
-    const url = chosen.url
-    const toError = toCliError(`Redis at ${redisLocation(Redacted.value(url))}`)
-    // ioredis bounds the TCP connect, not the handshake after it (a server
-    // that accepts and never answers): the whole connect is bounded here.
-    const store = yield* RedisTokenStore.make({
-      url,
+    const where = chosen._tag === "Redis" ? `Redis at ${redisLocation(Redacted.value(chosen.url))}` : clusterLocation(chosen.nodes)
+    const toError = toCliError(where)
+    const bounds = {
       keyPrefix: options.keyPrefix,
       connectTimeout: redisTimeout,
       commandTimeout: redisTimeout,
       shutdownTimeout: Duration.seconds(1)
-    }).pipe(
-      Effect.mapError(toError),
-      Effect.timeoutFail({
-        duration: redisTimeout,
-        onTimeout: () =>
-          new CliError({
-            reason: "Failed",
-            message: `Cannot reach Redis at ${redisLocation(Redacted.value(url))}: no answer within ${
-              Duration.format(redisTimeout)
-            }`
-          })
-      })
-    )
+    }
+    // ioredis bounds the TCP connect, not the handshake after it (a server
+    // that accepts and never answers): the whole connect is bounded here.
+    const store = yield* (chosen._tag === "Redis"
+      ? RedisTokenStore.make({ url: chosen.url, ...bounds })
+      : RedisTokenStore.makeCluster({ nodes: chosen.nodes, ...bounds })).pipe(
+        Effect.mapError(toError),
+        Effect.timeoutFail({
+          duration: redisTimeout,
+          onTimeout: () =>
+            new CliError({
+              reason: "Failed",
+              message: `Cannot reach ${where}: no answer within ${Duration.format(redisTimeout)}`
+            })
+        })
+      )
     return yield* Effect.mapError(f(store, resolved), toError)
   }).pipe(Effect.scoped)
 
 const usage = Command.make(
   "usage",
-  { redis, database, keyPrefix, cycle, user: Options.optional(user), json: Options.boolean("json") },
+  { redis, redisCluster, database, keyPrefix, cycle, user: Options.optional(user), json: Options.boolean("json") },
   (options) =>
     withStore(options, (store, cycle) =>
       Effect.gen(function*() {
@@ -549,7 +582,7 @@ const usage = Command.make(
 
 const setLimit = Command.make(
   "set-limit",
-  { redis, database, keyPrefix, cycle, user, limit },
+  { redis, redisCluster, database, keyPrefix, cycle, user, limit },
   (options) =>
     withStore(options, (store, cycle) => Effect.as(store.setLimit(options.user, cycle, options.limit), cycle)).pipe(
       Effect.flatMap((cycle) =>
@@ -560,7 +593,7 @@ const setLimit = Command.make(
 
 const reset = Command.make(
   "reset",
-  { redis, database, keyPrefix, cycle, user },
+  { redis, redisCluster, database, keyPrefix, cycle, user },
   (options) =>
     withStore(options, (store, cycle) => Effect.as(store.reset(options.user, cycle), cycle)).pipe(
       Effect.flatMap((cycle) =>
@@ -588,7 +621,7 @@ const ledgerCommand = Command.make(
   (options) =>
     Effect.gen(function*() {
       const resolved = yield* Option.match(options.cycle, { onNone: () => BillingCycle.current(), onSome: Effect.succeed })
-      const chosen = yield* chooseStore({ ...options, redis: Option.none(), keyPrefix: "" })
+      const chosen = yield* chooseStore({ database: options.database, redis: Option.none(), redisCluster: Option.none() })
       if (chosen._tag !== "Sql") {
         return yield* new CliError({
           reason: "InvalidArguments",

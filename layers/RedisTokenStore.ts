@@ -573,7 +573,12 @@ type Scripts = {
   ) => Promise<ReadonlyArray<unknown>>
 }
 
-const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY)\b/
+// Refusals for authentication or rights (a password rotated, an ACL changed) count as the store being
+// unavailable: an operator fixes them, and what was refused meanwhile (kept by an outbox) is written then.
+const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY|NOAUTH|WRONGPASS|NOPERM)\b/
+
+/** A refusal that waiting does not cure: a password missing or wrong, a user without the rights. */
+const refusal = /\b(NOAUTH|WRONGPASS|NOPERM)\b|invalid password|invalid username-password/i
 
 const toTokenStoreError = (method: string) => (cause: unknown): TokenStore.TokenStoreError => {
   const message = cause instanceof Error ? cause.message : String(cause)
@@ -1155,30 +1160,75 @@ export const make = (
           // Reconnect for ever, backing off up to one second.
           retryStrategy: (attempt) => Math.min(attempt * 100, 1000)
         })
-        redis.on("error", (error: Error) =>
-          logError(Effect.logDebug("RedisTokenStore: connection error", error.message)))
         return redis
       }),
       (redis) => close(redis, shutdownTimeout)
     )
-    yield* connectWith(redis, options?.connection)
+    const watch = watchConnection(redis, logError, "RedisTokenStore")
+    yield* connectWith(redis, options?.connection, watch)
     return yield* fromClient(redis, options)
   })
+
+/** What a client's connection errors say: the last refusal (a password missing or wrong), if any. */
+interface ConnectionWatch {
+  readonly lastRefusal: () => string | undefined
+}
+
+/**
+ * Logs a client's connection errors: at debug level, as ioredis reconnects
+ * on its own, except a refusal (a password missing or wrong, a user without
+ * the rights), which waiting does not cure: a warning, once until the client
+ * is ready again. A Cluster's nodes report theirs as `node error`.
+ */
+const watchConnection = (
+  client: Redis | Cluster,
+  log: (effect: Effect.Effect<void>) => unknown,
+  name: string
+): ConnectionWatch => {
+  let lastRefusal: string | undefined
+  let warned = false
+  const onError = (error: Error, node?: string) => {
+    const message = node === undefined ? error.message : `${node}: ${error.message}`
+    if (!refusal.test(error.message)) return void log(Effect.logDebug(`${name}: connection error`, message))
+    lastRefusal = message
+    if (warned) return
+    warned = true
+    log(Effect.logWarning(`${name}: Redis refuses the connection (${message}); every command fails until this is fixed`))
+  }
+  client.on("error", (error: Error) => onError(error))
+  if (client.isCluster) client.on("node error", (error: Error, node: string) => onError(error, node))
+  client.on("ready", () => {
+    warned = false
+    lastRefusal = undefined
+  })
+  return { lastRefusal: () => lastRefusal }
+}
 
 /**
  * Connects: waiting, with a bounded retry (a reset while the app starts does
  * not fail it), or in the background (see `Options.connection`). After a
  * failed first attempt ioredis reconnects by itself (its retry strategy):
  * the wait is for it to be ready, bounded in real time (network time, not
- * the app's clock).
+ * the app's clock). A refusal (a password missing or wrong) fails at once,
+ * and says so (a Cluster's own error says only that no node is available).
  */
-const connectWith = (client: Redis | Cluster, connection: "wait" | "background" | undefined) => {
+const connectWith = (client: Redis | Cluster, connection: "wait" | "background" | undefined, watch: ConnectionWatch) => {
   if (connection === "background") {
     // ioredis goes on reconnecting whether or not this first attempt succeeds.
     return Effect.sync(() => void client.connect().catch(() => undefined))
   }
+  const explained = (error: TokenStore.TokenStoreError) => {
+    const refused = watch.lastRefusal()
+    return refused === undefined || error.message.includes(refused)
+      ? error
+      : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${refused})` })
+  }
   return tryRedis("connect", () => client.connect()).pipe(
-    Effect.catchAll((error) => Effect.mapError(ready(client, 3_000), () => error))
+    Effect.catchAll((error) =>
+      refusal.test(explained(error).message)
+        ? Effect.fail(explained(error))
+        : Effect.mapError(ready(client, 3_000), () => explained(error))
+    )
   )
 }
 
@@ -1209,18 +1259,82 @@ const ready = (client: Redis | Cluster, millis: number): Effect.Effect<void, "ti
  */
 export interface ClusterOptions extends Omit<Options, "url"> {
   /**
-   * Some nodes of the cluster (`host:port` or `redis://host:port`); the
-   * others are discovered. At least one.
+   * Some nodes of the cluster (`host:port`, `redis://host:port` or, over
+   * TLS, `rediss://host:port`); the others are discovered. At least one. A
+   * node URL may carry the credentials (`redis://user:password@host:port`),
+   * the same for every node that has any.
    */
-  readonly nodes: ReadonlyArray<string>
+  readonly nodes: ReadonlyArray<string | Redacted.Redacted<string>>
+  /** The password of every node (`AUTH`), instead of one in the node URLs. */
+  readonly password?: string | Redacted.Redacted<string> | undefined
+  /** The ACL user of every node, instead of one in the node URLs. */
+  readonly username?: string | undefined
 }
 
-const parseNode = (node: string): { readonly host: string; readonly port: number } | undefined => {
+/** A cluster node's address, and what its URL says of the connection. */
+interface ClusterNode {
+  readonly host: string
+  readonly port: number
+  readonly tls: boolean
+  readonly username: string
+  readonly password: string
+}
+
+const parseNode = (node: string): ClusterNode | undefined => {
   const url = /^rediss?:\/\//.test(node) ? node : `redis://${node}`
   if (!isRedisUrl(url)) return undefined
   const parsed = new URL(url)
   const port = parsed.port === "" ? 6379 : Number(parsed.port)
-  return Number.isInteger(port) && port > 0 && port < 65536 ? { host: parsed.hostname, port } : undefined
+  if (!Number.isInteger(port) || port <= 0 || port >= 65536) return undefined
+  return {
+    host: parsed.hostname,
+    port,
+    tls: parsed.protocol === "rediss:",
+    username: decodeURIComponent(parsed.username),
+    password: decodeURIComponent(parsed.password)
+  }
+}
+
+/** What a node list says of the connections, or the error naming what is wrong with it. */
+const parseNodes = (
+  options: ClusterOptions
+): Either.Either<{
+  readonly nodes: ReadonlyArray<{ readonly host: string; readonly port: number }>
+  readonly redisOptions: { readonly username?: string; readonly password?: string; readonly tls?: {} }
+}, ConfigError.ConfigError> => {
+  const parsed: Array<ClusterNode> = []
+  for (const node of options.nodes) {
+    const text = Redacted.isRedacted(node) ? Redacted.value(node) : node
+    const one = typeof text === "string" ? parseNode(text) : undefined
+    if (one === undefined) {
+      // A node URL may hold a password: such a node is not repeated in the message.
+      const shown = typeof text === "string" && !text.includes("@") ? JSON.stringify(text) : "a node (not shown: it may hold a password)"
+      return Either.left(invalidOption("nodes", `Expected host:port, redis://host:port or rediss://host:port, got ${shown}`))
+    }
+    parsed.push(one)
+  }
+  if (parsed.length === 0) return Either.left(invalidOption("nodes", "Expected at least one node"))
+  if (new Set(parsed.map((node) => node.tls)).size > 1) {
+    return Either.left(invalidOption("nodes", "Expected every node over TLS (rediss://) or none"))
+  }
+  const withCredentials = parsed.filter((node) => node.username !== "" || node.password !== "")
+  if (new Set(withCredentials.map((node) => `${node.username}\u0000${node.password}`)).size > 1) {
+    return Either.left(invalidOption("nodes", "Expected the same credentials in every node URL that has any"))
+  }
+  const password = options.password === undefined
+    ? withCredentials[0]?.password ?? ""
+    : Redacted.isRedacted(options.password)
+    ? Redacted.value(options.password)
+    : options.password
+  const username = options.username ?? withCredentials[0]?.username ?? ""
+  return Either.right({
+    nodes: parsed.map(({ host, port }) => ({ host, port })),
+    redisOptions: {
+      ...(username === "" ? {} : { username }),
+      ...(password === "" ? {} : { password }),
+      ...(parsed[0]!.tls ? { tls: {} } : {})
+    }
+  })
 }
 
 /**
@@ -1238,15 +1352,7 @@ export const makeCluster = (
   options: ClusterOptions
 ): Effect.Effect<TokenStore.Service, ConfigError.ConfigError | TokenStore.TokenStoreError, Scope.Scope> =>
   Effect.gen(function*() {
-    const nodes: Array<{ readonly host: string; readonly port: number }> = []
-    for (const node of options.nodes) {
-      const parsed = typeof node === "string" ? parseNode(node) : undefined
-      if (parsed === undefined) {
-        return yield* Effect.fail(invalidOption("nodes", `Expected host:port or redis://host:port, got ${JSON.stringify(node)}`))
-      }
-      nodes.push(parsed)
-    }
-    if (nodes.length === 0) return yield* Effect.fail(invalidOption("nodes", "Expected at least one node"))
+    const { nodes, redisOptions } = yield* parseNodes(options)
     const commandTimeout = yield* positiveMillis("commandTimeout", options.commandTimeout ?? Duration.seconds(2))
     const connectTimeout = yield* positiveMillis("connectTimeout", options.connectTimeout ?? Duration.seconds(5))
     const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(2)
@@ -1254,20 +1360,19 @@ export const makeCluster = (
     const logError = Runtime.runFork(runtime)
     const cluster = yield* Effect.acquireRelease(
       Effect.sync(() => {
-        const cluster = new Cluster(nodes, {
+        const cluster = new Cluster([...nodes], {
           lazyConnect: true,
           enableOfflineQueue: false,
           enableAutoPipelining: options.autoPipelining ?? true,
-          redisOptions: { commandTimeout, connectTimeout, maxRetriesPerRequest: 1 },
+          redisOptions: { ...redisOptions, commandTimeout, connectTimeout, maxRetriesPerRequest: 1 },
           clusterRetryStrategy: (attempt) => Math.min(attempt * 100, 1000)
         })
-        cluster.on("error", (error: Error) =>
-          logError(Effect.logDebug("RedisTokenStore: cluster connection error", error.message)))
         return cluster
       }),
       (cluster) => close(cluster, shutdownTimeout)
     )
-    yield* connectWith(cluster, options.connection)
+    const watch = watchConnection(cluster, logError, "RedisTokenStore (cluster)")
+    yield* connectWith(cluster, options.connection, watch)
     return yield* fromClient(cluster, options)
   })
 
@@ -1313,6 +1418,20 @@ export const layerClient = (
 ): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError> =>
   Layer.effect(TokenStore.TokenStore, fromClient(redis, options))
 
+/** The settings of both stores read from the environment. */
+const sharedConfig = {
+  keyPrefix: Config.string().pipe(
+    Config.validate({
+      message: `Expected a non-empty key prefix without "{" or "}"`,
+      validation: (prefix) => prefix.length > 0 && !/[{}]/.test(prefix)
+    }),
+    Config.nested("REDIS_KEY_PREFIX"),
+    Config.withDefault("token_usage")
+  ),
+  commandTimeout: Config.option(Config.duration("REDIS_COMMAND_TIMEOUT")).pipe(Config.map(Option.getOrUndefined)),
+  idempotencyTtl: Config.option(Config.duration("REDIS_IDEMPOTENCY_TTL")).pipe(Config.map(Option.getOrUndefined))
+}
+
 /**
  * The options read from the environment: `REDIS_URL` (required, redacted,
  * `redis://` or `rediss://`), `REDIS_KEY_PREFIX` (default `token_usage`),
@@ -1330,17 +1449,45 @@ export const config: Config.Config<Options> = Config.all({
     }),
     Config.nested("REDIS_URL")
   ),
-  keyPrefix: Config.string().pipe(
-    Config.validate({
-      message: `Expected a non-empty key prefix without "{" or "}"`,
-      validation: (prefix) => prefix.length > 0 && !/[{}]/.test(prefix)
-    }),
-    Config.nested("REDIS_KEY_PREFIX"),
-    Config.withDefault("token_usage")
-  ),
-  commandTimeout: Config.option(Config.duration("REDIS_COMMAND_TIMEOUT")).pipe(Config.map(Option.getOrUndefined)),
-  idempotencyTtl: Config.option(Config.duration("REDIS_IDEMPOTENCY_TTL")).pipe(Config.map(Option.getOrUndefined))
+  ...sharedConfig
 })
+
+/**
+ * The options of the Cluster store read from the environment:
+ * `REDIS_CLUSTER_NODES` (required, redacted: some nodes, comma-separated,
+ * each `host:port`, `redis://host:port` or `rediss://host:port`, credentials
+ * in the URLs), and `REDIS_KEY_PREFIX`, `REDIS_COMMAND_TIMEOUT` and
+ * `REDIS_IDEMPOTENCY_TTL` as for a single node.
+ *
+ * @since 0.4.0
+ * @category config
+ */
+export const clusterConfig: Config.Config<ClusterOptions> = Config.all({
+  nodes: Config.redacted().pipe(
+    Config.mapOrFail((value) => {
+      const nodes = Redacted.value(value).split(",").map((node) => node.trim()).filter((node) => node !== "")
+      return Either.match(parseNodes({ nodes }), {
+        onLeft: (error) => Either.left(ConfigError.InvalidData([], error._op === "InvalidData" ? error.message : String(error))),
+        onRight: () => Either.right(nodes.map((node) => Redacted.make(node)))
+      })
+    }),
+    Config.nested("REDIS_CLUSTER_NODES")
+  ),
+  ...sharedConfig
+})
+
+/**
+ * The Redis Cluster token store with options read from `Config` (by default
+ * `clusterConfig`, from the environment). A bad setting fails the layer with
+ * a `ConfigError` naming it.
+ *
+ * @since 0.4.0
+ * @category layers
+ */
+export const layerClusterConfig = (
+  options: Config.Config.Wrap<ClusterOptions> = clusterConfig
+): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError | TokenStore.TokenStoreError> =>
+  Layer.scoped(TokenStore.TokenStore, Effect.flatMap(Config.unwrap(options), makeCluster))
 
 /**
  * The Redis token store with options read from `Config` (by default `config`,

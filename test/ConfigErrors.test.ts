@@ -30,7 +30,8 @@ const cases: ReadonlyArray<readonly [string, string, Layer.Layer<never, unknown>
   ["CALLBACK_BILLING_ANCHOR_DAY", "31", Layer.provide(TokenUsage.layerConfig(), base)],
   ["CALLBACK_CYCLE_START_DATE", "2025-02-30", Layer.provide(TokenUsage.layerConfig(), base)],
   ["CALLBACK_PRICE_TABLE", "{bad json", Layer.provide(Cost.layerConfig(), base)],
-  ["CALLBACK_METRICS_PORT", "70000", Prometheus.layerConfig()]
+  ["CALLBACK_METRICS_PORT", "70000", Prometheus.layerConfig()],
+  ["REDIS_CLUSTER_NODES", "127.0.0.1:notaport", RedisTokenStore.layerClusterConfig()]
 ]
 
 describe("configuration errors", () => {
@@ -55,6 +56,25 @@ describe("configuration errors", () => {
         const text = Cause.pretty(exit.cause)
         assert.include(text, "REDIS_URL")
         assert.notInclude(text, "secret")
+      }
+    }))
+
+  it.effect("REDIS_CLUSTER_NODES names the variable, never a node that may hold a password", () =>
+    Effect.gen(function*() {
+      for (const [nodes, problem] of [
+        ["redis://:secret@10.0.0.1:99999,10.0.0.2:7000", "not shown"],
+        ["redis://:secret@10.0.0.1:7000,redis://:secret2@10.0.0.2:7000", "the same credentials"],
+        ["rediss://:secret@10.0.0.1:7000,redis://10.0.0.2:7000", "over TLS"],
+        [" , ", "at least one node"]
+      ] as const) {
+        const exit = yield* built({ REDIS_CLUSTER_NODES: nodes }, RedisTokenStore.layerClusterConfig())
+        assert.isTrue(Exit.isFailure(exit))
+        if (Exit.isFailure(exit)) {
+          const text = Cause.pretty(exit.cause)
+          assert.include(text, "REDIS_CLUSTER_NODES")
+          assert.include(text, problem)
+          assert.notInclude(text, "secret")
+        }
       }
     }))
 })

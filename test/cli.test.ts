@@ -17,6 +17,7 @@ import * as BillingCycle from "../src/BillingCycle.js"
 import * as TokenStore from "../src/TokenStore.js"
 import { postgresUrl, skipWithoutPostgres } from "./support/postgres.js"
 import { bannerWithoutRedis, freePort, redisUrl, skipWithoutRedis, uniqueKeyPrefix } from "./support/redis.js"
+import { makeRedisCluster } from "./support/redisCluster.js"
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..")
 // Built apart from `dist/` so that the package test, which rebuilds `dist/`,
@@ -38,6 +39,7 @@ const baseEnv = (): NodeJS.ProcessEnv => {
   const env = { ...process.env }
   delete env["REDIS_URL"]
   delete env["REDIS_KEY_PREFIX"]
+  delete env["REDIS_CLUSTER_NODES"]
   delete env["DATABASE_URL"]
   return env
 }
@@ -263,6 +265,49 @@ describe("effect-llm-callbacks CLI", () => {
     assert.strictEqual(empty.stdout.trim(), `No usage or limits in cycle ${current}.`)
   })
 
+  it.scoped.skipIf(skipWithoutRedis)(
+    "on a Redis Cluster with a password: --redis-cluster NODES or REDIS_CLUSTER_NODES; a wrong password is named, not shown",
+    () =>
+      Effect.gen(function*() {
+        const cluster = yield* makeRedisCluster({ password: "pw-7f3a" })
+        const keyPrefix = uniqueKeyPrefix("cli_cluster")
+        const nodes = cluster.nodes.map((node) => `redis://:pw-7f3a@${node}`).join(",")
+        const store = yield* RedisTokenStore.makeCluster({ nodes: nodes.split(","), keyPrefix })
+        // Users in different slots, on different masters.
+        for (const [i, userId] of ["alice", "bob", "carol", "dave"].entries()) {
+          yield* store.record({ callId: `c${i}`, userId, cycle, usage: counts(10 * (i + 1), 1) })
+        }
+        const run = (args: ReadonlyArray<string>, env?: NodeJS.ProcessEnv) => Effect.promise(() => cli(args, env))
+
+        const listed = yield* run(["usage", "--redis-cluster", nodes, "--key-prefix", keyPrefix, "--cycle", cycle, "--json"])
+        assert.strictEqual(listed.code, 0, listed.stderr)
+        assert.deepStrictEqual(
+          (JSON.parse(listed.stdout) as ReadonlyArray<Record<string, unknown>>).map((row) => [row["user"], row["totalTokens"]]),
+          [["alice", 11], ["bob", 21], ["carol", 31], ["dave", 41]]
+        )
+        const env = { ...baseEnv(), REDIS_CLUSTER_NODES: nodes, REDIS_KEY_PREFIX: keyPrefix }
+        const limited = yield* run(["set-limit", "--user", "bob", "--limit", "100", "--cycle", cycle], env)
+        assert.strictEqual(limited.code, 0, limited.stderr)
+        assert.strictEqual((yield* store.stats("bob", cycle)).limit._tag, "Some")
+        const reset = yield* run(["reset", "--user", "carol", "--cycle", cycle], env)
+        assert.strictEqual(reset.code, 0, reset.stderr)
+        assert.strictEqual((yield* store.stats("carol", cycle)).totalTokens, 0)
+
+        const wrong = yield* run([
+          "usage",
+          "--redis-cluster",
+          cluster.nodes.map((node) => `redis://:hunter2@${node}`).join(","),
+          "--cycle",
+          cycle
+        ])
+        assert.strictEqual(wrong.code, 1, wrong.stderr)
+        assert.include(wrong.stderr, "Cannot reach the Redis Cluster at 127.0.0.1:")
+        assert.include(wrong.stderr, "WRONGPASS")
+        assert.notInclude(wrong.stderr, "hunter2")
+      }),
+    120_000
+  )
+
   describe("invalid arguments: a message and the usage on stderr, exit code 2", () => {
     const expectUsageError = async (args: ReadonlyArray<string>, message: string, env?: NodeJS.ProcessEnv) => {
       const result = await cli(args, env)
@@ -435,7 +480,7 @@ describe("effect-llm-callbacks CLI", () => {
       assert.notInclude(wrong.stderr, "hunter2")
       const both = await cli(["usage", "--database", "sqlite:x", "--redis", unusedRedis])
       assert.strictEqual(both.code, 2, both.stderr)
-      assert.include(both.stderr, "Pass either --redis or --database, not both")
+      assert.include(both.stderr, "Pass one of --redis, --redis-cluster or --database, not several")
       const redisLedger = await cli(["ledger"], { ...baseEnv(), REDIS_URL: unusedRedis })
       assert.strictEqual(redisLedger.code, 2, redisLedger.stderr)
       assert.include(redisLedger.stderr, "The ledger is kept by the SQL store")

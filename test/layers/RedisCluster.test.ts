@@ -1,12 +1,15 @@
 import { assert, describe, it } from "@effect/vitest"
+import * as ConfigProvider from "effect/ConfigProvider"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Redacted from "effect/Redacted"
 import * as Layer from "effect/Layer"
 import { Cluster } from "ioredis"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import { budgetConformance } from "../support/budgetConformance.js"
 import { bannerWithoutRedis, skipWithoutRedis, uniqueKeyPrefix } from "../support/redis.js"
-import { redisCluster } from "../support/redisCluster.js"
+import { makeRedisCluster, redisCluster } from "../support/redisCluster.js"
 import { tokenStoreConformance } from "../support/tokenStoreConformance.js"
 
 const clusterStore = (name: string) =>
@@ -78,6 +81,49 @@ describe("RedisTokenStore on a Redis Cluster", () => {
         yield* store.record({ callId: "x", userId: "a", teamId: "b", orgId: "c", cycle: "2025-01-01", usage }),
         "recorded"
       )
+    }), 60_000)
+})
+
+describe("RedisTokenStore on a Redis Cluster with a password", () => {
+  it.scoped("the password in the node URLs, as an option, or from REDIS_CLUSTER_NODES; without it a clear error", () =>
+    Effect.gen(function*() {
+      const cluster = yield* makeRedisCluster({ password: "s3cret" })
+      const keyPrefix = uniqueKeyPrefix("auth")
+      const cycle = "2025-01-01"
+      const record = (store: TokenStore.Service, callId: string) =>
+        store.record({ callId, userId: `user-${callId}`, teamId: "team", cycle, usage })
+      // In the node URLs (one of them is enough: the others are discovered).
+      const inUrls = yield* RedisTokenStore.makeCluster({ nodes: [`redis://:s3cret@${cluster.nodes[0]}`], keyPrefix })
+      assert.strictEqual(yield* record(inUrls, "a"), "recorded")
+      // As an option.
+      const asOption = yield* RedisTokenStore.makeCluster({ nodes: cluster.nodes, password: Redacted.make("s3cret"), keyPrefix })
+      assert.strictEqual(yield* record(asOption, "b"), "recorded")
+      assert.strictEqual((yield* asOption.stats({ level: "team", id: "team" }, cycle)).totalTokens, 14)
+      // From the environment.
+      const fromEnv = yield* RedisTokenStore.layerClusterConfig().pipe(
+        Layer.build,
+        Effect.map((context) => context.unsafeMap.get(TokenStore.TokenStore.key) as TokenStore.Service),
+        Effect.withConfigProvider(ConfigProvider.fromMap(new Map([
+          ["REDIS_CLUSTER_NODES", cluster.nodes.map((node) => `redis://:s3cret@${node}`).join(",")],
+          ["REDIS_KEY_PREFIX", keyPrefix]
+        ])))
+      )
+      assert.deepStrictEqual(yield* fromEnv.users(cycle), ["user-a", "user-b"])
+      // Without it: the cluster refuses, and the error says so (without a password to hide).
+      const refused = yield* Effect.exit(
+        RedisTokenStore.makeCluster({ nodes: cluster.nodes, keyPrefix, connectTimeout: "1 second" })
+      )
+      assert.isTrue(Exit.isFailure(refused))
+      if (Exit.isFailure(refused)) assert.include(String(refused.cause), "NOAUTH")
+      // A wrong one: the same.
+      const wrong = yield* Effect.exit(
+        RedisTokenStore.makeCluster({ nodes: [`redis://:wrong@${cluster.nodes[0]}`], keyPrefix, connectTimeout: "1 second" })
+      )
+      assert.isTrue(Exit.isFailure(wrong))
+      if (Exit.isFailure(wrong)) {
+        assert.include(String(wrong.cause), "WRONGPASS")
+        assert.notInclude(String(wrong.cause), "wrong@")
+      }
     }), 60_000)
 })
 

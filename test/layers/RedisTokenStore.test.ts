@@ -1,12 +1,15 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as ConfigProvider from "effect/ConfigProvider"
+import * as Context from "effect/Context"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
 import * as Option from "effect/Option"
 import * as Schedule from "effect/Schedule"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
+import * as Outbox from "../../src/Outbox.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import * as FaultProxy from "../support/FaultProxy.js"
 import {
@@ -454,6 +457,63 @@ describe("RedisTokenStore", () => {
         assert.strictEqual((yield* store.stats("erin", cycle)).totalTokens, 10)
         assert.strictEqual(yield* record("after"), "duplicate")
       }), 30_000)
+
+    it.scopedLive("a password missing or wrong fails the layer at once, saying so; rotated under a running app, records wait in the outbox", () =>
+      Effect.gen(function*() {
+        const server = yield* dedicatedRedis
+        const admin = yield* directClient(server.url)
+        yield* Effect.promise(() => admin.config("SET", "requirepass", "pw-one"))
+        const withPassword = (password: string) => server.url.replace("redis://", `redis://:${password}@`)
+        const keyPrefix = uniqueKeyPrefix("auth")
+        // Refused: fails at once (not after the connection retries), naming the refusal, not the password.
+        for (const [url, reply] of [[server.url, "NOAUTH"], [withPassword("pw-wrong"), "WRONGPASS"]] as const) {
+          const error = yield* Effect.flip(Effect.scoped(RedisTokenStore.make({ url, keyPrefix })))
+          assert.include(error.message, reply)
+          assert.notInclude(error.message, "pw-wrong")
+        }
+        // A running app; the password is rotated and its connections dropped: every command is refused.
+        const warnings: Array<string> = []
+        const logger = Logger.make(({ logLevel, message }) => {
+          if (logLevel.label === "WARN") warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
+        })
+        const context = yield* Layer.build(
+          Outbox.layer({ retry: Schedule.spaced("100 millis") }).pipe(
+            Layer.provide(RedisTokenStore.layer({ url: withPassword("pw-one"), keyPrefix, commandTimeout: "1 second" })),
+            Layer.provide(Outbox.layerStorageMemory),
+            Layer.provideMerge(Logger.replace(Logger.defaultLogger, logger))
+          )
+        )
+        const store = Context.get(context, TokenStore.TokenStore)
+        const cycle = "2025-03-01"
+        const record = (callId: string) => store.record({ callId, userId: "fay", cycle, usage: usage(5, 5) })
+        assert.strictEqual(yield* record("before"), "recorded")
+        yield* Effect.promise(() => admin.config("SET", "requirepass", "pw-two"))
+        yield* Effect.promise(() => admin.client("KILL", "TYPE", "normal", "SKIPME", "yes"))
+        // Records are kept by the outbox (the refusal counts as unavailable), not refused for good.
+        const outcomes = yield* Effect.forEach(["r1", "r2", "r3"], record)
+        assert.isTrue(outcomes.every((outcome) => outcome === "queued" || outcome === "recorded"), String(outcomes))
+        const refused = () => warnings.filter((line) => line.includes("Redis refuses the connection"))
+        yield* Effect.sync(() => refused().length > 0).pipe(
+          Effect.repeat({ until: (done) => done, schedule: Schedule.spaced("50 millis") }),
+          Effect.timeout("10 seconds")
+        )
+        // Said once, not at every reconnection.
+        yield* Effect.sleep("1500 millis")
+        assert.strictEqual(refused().length, 1, refused().join("\n"))
+        assert.include(refused()[0]!, "WRONGPASS")
+        assert.strictEqual((yield* Effect.provide(Outbox.stats, context)).rejected, 0)
+        // The operator puts the password back: the app reconnects and the outbox writes what waited, once each.
+        yield* Effect.promise(() => admin.config("SET", "requirepass", "pw-one"))
+        yield* Effect.provide(Outbox.flush, context).pipe(Effect.timeout("20 seconds"))
+        assert.strictEqual((yield* store.stats("fay", cycle)).totalTokens, 40)
+        // The rights taken away on a live connection (an ACL without scripts): the same, the record waits.
+        yield* Effect.promise(() => admin.call("ACL", "SETUSER", "default", "-@scripting"))
+        assert.strictEqual(yield* record("r4"), "queued")
+        yield* Effect.promise(() => admin.call("ACL", "SETUSER", "default", "+@scripting"))
+        yield* Effect.provide(Outbox.flush, context).pipe(Effect.timeout("20 seconds"))
+        assert.strictEqual((yield* store.stats("fay", cycle)).totalTokens, 50)
+        assert.strictEqual((yield* Effect.provide(Outbox.stats, context)).rejected, 0)
+      }), 60_000)
   })
 })
 })

@@ -46,6 +46,8 @@ export interface ClusterOptions {
    * others take it as failed (and a replica takes over). Default Redis' 15 s.
    */
   readonly nodeTimeoutMillis?: number | undefined
+  /** Every node asks for this password (`requirepass`, and `masterauth` for its replicas). */
+  readonly password?: string | undefined
 }
 
 const run = (command: string, args: ReadonlyArray<string>): Promise<string> =>
@@ -65,6 +67,7 @@ const startNode = async (dir: string, options: ClusterOptions, port_?: number): 
     ? ["--appendonly", "yes", "--appendfsync", "always", "--appenddirname", `aof-${port}`]
     : ["--appendonly", "no"]
   const timeout = options.nodeTimeoutMillis === undefined ? [] : ["--cluster-node-timeout", String(options.nodeTimeoutMillis)]
+  const auth = options.password === undefined ? [] : ["--requirepass", options.password, "--masterauth", options.password]
   const child = spawn("redis-server", [
     "--port",
     String(port),
@@ -74,6 +77,7 @@ const startNode = async (dir: string, options: ClusterOptions, port_?: number): 
     "",
     ...persistence,
     ...timeout,
+    ...auth,
     "--cluster-enabled",
     "yes",
     "--cluster-config-file",
@@ -84,7 +88,7 @@ const startNode = async (dir: string, options: ClusterOptions, port_?: number): 
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`redis-server (cluster node) exited on port ${port}`)
-    const pong = await run("redis-cli", ["-p", String(port), "PING"]).catch(() => "")
+    const pong = await run("redis-cli", [...cliAuth(options), "-p", String(port), "PING"]).catch(() => "")
     if (pong.trim() === "PONG") return { port, child }
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
@@ -98,14 +102,18 @@ const kill = (child: ChildProcess): Promise<void> =>
     process.kill(child.pid, "SIGKILL")
   })
 
+/** redis-cli's arguments for a cluster with a password. */
+const cliAuth = (options: ClusterOptions): ReadonlyArray<string> =>
+  options.password === undefined ? [] : ["-a", options.password, "--no-auth-warning"]
+
 const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 
 /** Waits until every node of `ports` reports `cluster_state:ok` (20 s at most). */
-const clusterOk = async (ports: ReadonlyArray<number>): Promise<void> => {
+const clusterOk = async (options: ClusterOptions, ports: ReadonlyArray<number>): Promise<void> => {
   const deadline = Date.now() + 20_000
   for (const port of ports) {
     while (true) {
-      const info = await run("redis-cli", ["-p", String(port), "CLUSTER", "INFO"]).catch(() => "")
+      const info = await run("redis-cli", [...cliAuth(options), "-p", String(port), "CLUSTER", "INFO"]).catch(() => "")
       if (info.includes("cluster_state:ok")) break
       if (Date.now() > deadline) throw new Error(`cluster node ${port} never reached cluster_state:ok`)
       await sleep(100)
@@ -114,11 +122,11 @@ const clusterOk = async (ports: ReadonlyArray<number>): Promise<void> => {
 }
 
 /** Waits until every master of `ports` has a replica with all it wrote (20 s at most). */
-const replicasCaughtUp = async (ports: ReadonlyArray<number>): Promise<void> => {
+const replicasCaughtUp = async (options: ClusterOptions, ports: ReadonlyArray<number>): Promise<void> => {
   const deadline = Date.now() + 20_000
   for (const port of ports) {
     while (true) {
-      const info = await run("redis-cli", ["-p", String(port), "INFO", "replication"]).catch(() => "")
+      const info = await run("redis-cli", [...cliAuth(options), "-p", String(port), "INFO", "replication"]).catch(() => "")
       if (!info.includes("role:master")) break
       const offset = /master_repl_offset:(\d+)/.exec(info)?.[1]
       const acked = [...info.matchAll(/slave\d+:.*?state=online,offset=(\d+)/g)].map((m) => m[1])
@@ -142,9 +150,9 @@ export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<Re
       try {
         // With replicas, redis-cli makes the first three nodes the masters.
         const replicas = options.replicas === true ? "1" : "0"
-        await run("redis-cli", ["--cluster", "create", ...nodes, "--cluster-replicas", replicas, "--cluster-yes"])
-        await clusterOk(running())
-        if (options.replicas === true) await replicasCaughtUp(running())
+        await run("redis-cli", [...cliAuth(options), "--cluster", "create", ...nodes, "--cluster-replicas", replicas, "--cluster-yes"])
+        await clusterOk(options, running())
+        if (options.replicas === true) await replicasCaughtUp(options, running())
       } catch (error) {
         await Promise.all(started.map((node) => kill(node.child)))
         throw error
@@ -160,10 +168,10 @@ export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<Re
           Effect.promise(async () => {
             started[i] = await startNode(dir, options, started[i]!.port)
             alive[i] = true
-            await clusterOk(running())
+            await clusterOk(options, running())
           }),
-        settled: Effect.promise(() => clusterOk(running())),
-        replicated: Effect.promise(() => replicasCaughtUp(running()))
+        settled: Effect.promise(() => clusterOk(options, running())),
+        replicated: Effect.promise(() => replicasCaughtUp(options, running()))
       }
       return { cluster, started, dir }
     }),
