@@ -70,6 +70,7 @@ import * as Redacted from "effect/Redacted"
 import * as Runtime from "effect/Runtime"
 import type * as Scope from "effect/Scope"
 import { Cluster, Redis, ReplyError } from "ioredis"
+import type * as Tls from "node:tls"
 import * as TokenStore from "../src/TokenStore.js"
 
 /**
@@ -116,6 +117,15 @@ export interface Options {
    * single node, per slot group on a Cluster.
    */
   readonly batchSize?: number | undefined
+  /**
+   * TLS options (Node's `tls.connect`: `ca` for a private authority,
+   * `servername`, client certificates): the connection is over TLS with
+   * them. A `rediss://` URL is over TLS without them (the server's
+   * certificate checked against Node's authorities).
+   *
+   * @since 0.4.0
+   */
+  readonly tls?: Tls.ConnectionOptions | undefined
 }
 
 /**
@@ -1145,6 +1155,7 @@ export const make = (
     const redis = yield* Effect.acquireRelease(
       Effect.sync(() => {
         const redis = new Redis(url, {
+          ...(options?.tls === undefined ? {} : { tls: options.tls }),
           lazyConnect: true,
           commandTimeout,
           connectTimeout,
@@ -1169,39 +1180,51 @@ export const make = (
     return yield* fromClient(redis, options)
   })
 
-/** What a client's connection errors say: the last refusal (a password missing or wrong), if any. */
+/** What a client's connection errors said since it was last ready (see `watchConnection`). */
 interface ConnectionWatch {
-  readonly lastRefusal: () => string | undefined
+  /** The last error that waiting does not cure (see `lasting`), else the last error; with its node on a Cluster. */
+  readonly lastError: () => string | undefined
+  /** Whether there was one that waiting does not cure. */
+  readonly lastLasts: () => boolean
 }
 
 /**
+ * A connection error that waiting does not cure: a refusal (a password
+ * missing or wrong, a user without the rights) or a server certificate that
+ * cannot be verified.
+ */
+const lasting = (error: Error): boolean =>
+  refusal.test(error.message) ||
+  /certificate|SELF_SIGNED|CERT_|ERR_TLS/i.test(`${(error as { readonly code?: unknown }).code ?? ""} ${error.message}`)
+
+/**
  * Logs a client's connection errors: at debug level, as ioredis reconnects
- * on its own, except a refusal (a password missing or wrong, a user without
- * the rights), which waiting does not cure: a warning, once until the client
- * is ready again. A Cluster's nodes report theirs as `node error`.
+ * on its own, except one that waiting does not cure (see `lasting`): a
+ * warning, once until the client is ready again. A Cluster's nodes report
+ * theirs as `node error`.
  */
 const watchConnection = (
   client: Redis | Cluster,
   log: (effect: Effect.Effect<void>) => unknown,
   name: string
 ): ConnectionWatch => {
-  let lastRefusal: string | undefined
-  let warned = false
+  let lastError: string | undefined
+  let lastLasting: string | undefined
   const onError = (error: Error, node?: string) => {
     const message = node === undefined ? error.message : `${node}: ${error.message}`
-    if (!refusal.test(error.message)) return void log(Effect.logDebug(`${name}: connection error`, message))
-    lastRefusal = message
-    if (warned) return
-    warned = true
-    log(Effect.logWarning(`${name}: Redis refuses the connection (${message}); every command fails until this is fixed`))
+    lastError = message
+    if (!lasting(error)) return void log(Effect.logDebug(`${name}: connection error`, message))
+    const first = lastLasting === undefined
+    lastLasting = message
+    if (first) log(Effect.logWarning(`${name}: cannot connect to Redis (${message}); every command fails until this is fixed`))
   }
   client.on("error", (error: Error) => onError(error))
   if (client.isCluster) client.on("node error", (error: Error, node: string) => onError(error, node))
   client.on("ready", () => {
-    warned = false
-    lastRefusal = undefined
+    lastError = undefined
+    lastLasting = undefined
   })
-  return { lastRefusal: () => lastRefusal }
+  return { lastError: () => lastLasting ?? lastError, lastLasts: () => lastLasting !== undefined }
 }
 
 /**
@@ -1209,8 +1232,10 @@ const watchConnection = (
  * not fail it), or in the background (see `Options.connection`). After a
  * failed first attempt ioredis reconnects by itself (its retry strategy):
  * the wait is for it to be ready, bounded in real time (network time, not
- * the app's clock). A refusal (a password missing or wrong) fails at once,
- * and says so (a Cluster's own error says only that no node is available).
+ * the app's clock). An error that waiting does not cure (a password missing
+ * or wrong, a certificate that cannot be verified) fails it at once; the
+ * failure says what the connection's last error was (a Cluster's own error
+ * says only that no node is available).
  */
 const connectWith = (client: Redis | Cluster, connection: "wait" | "background" | undefined, watch: ConnectionWatch) => {
   if (connection === "background") {
@@ -1218,14 +1243,14 @@ const connectWith = (client: Redis | Cluster, connection: "wait" | "background" 
     return Effect.sync(() => void client.connect().catch(() => undefined))
   }
   const explained = (error: TokenStore.TokenStoreError) => {
-    const refused = watch.lastRefusal()
-    return refused === undefined || error.message.includes(refused)
+    const last = watch.lastError()
+    return last === undefined || error.message.includes(last)
       ? error
-      : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${refused})` })
+      : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${last})` })
   }
   return tryRedis("connect", () => client.connect()).pipe(
     Effect.catchAll((error) =>
-      refusal.test(explained(error).message)
+      watch.lastLasts()
         ? Effect.fail(explained(error))
         : Effect.mapError(ready(client, 3_000), () => explained(error))
     )
@@ -1300,7 +1325,7 @@ const parseNodes = (
   options: ClusterOptions
 ): Either.Either<{
   readonly nodes: ReadonlyArray<{ readonly host: string; readonly port: number }>
-  readonly redisOptions: { readonly username?: string; readonly password?: string; readonly tls?: {} }
+  readonly redisOptions: { readonly username?: string; readonly password?: string; readonly tls?: Tls.ConnectionOptions }
 }, ConfigError.ConfigError> => {
   const parsed: Array<ClusterNode> = []
   for (const node of options.nodes) {
@@ -1332,7 +1357,7 @@ const parseNodes = (
     redisOptions: {
       ...(username === "" ? {} : { username }),
       ...(password === "" ? {} : { password }),
-      ...(parsed[0]!.tls ? { tls: {} } : {})
+      ...(options.tls !== undefined ? { tls: options.tls } : parsed[0]!.tls ? { tls: {} } : {})
     }
   })
 }
@@ -1372,8 +1397,51 @@ export const makeCluster = (
       (cluster) => close(cluster, shutdownTimeout)
     )
     const watch = watchConnection(cluster, logError, "RedisTokenStore (cluster)")
-    yield* connectWith(cluster, options.connection, watch)
+    yield* connectWith(cluster, options.connection, watch).pipe(
+      Effect.catchAll((error) =>
+        watch.lastLasts()
+          ? Effect.fail(error)
+          : Effect.flatMap(firstNodeError(nodes[0]!, redisOptions, connectTimeout), (cause) =>
+            Effect.fail(
+              cause === undefined ? error : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${cause})` })
+            ))
+      )
+    )
     return yield* fromClient(cluster, options)
+  })
+
+/**
+ * Why a cluster's node cannot be reached, when the cluster's connection does
+ * not say (ioredis asks for the slots on a connection whose errors it drops:
+ * a certificate that cannot be verified shows as "None of startup nodes is
+ * available"): one plain connection to it, its first error.
+ */
+const firstNodeError = (
+  node: { readonly host: string; readonly port: number },
+  redisOptions: { readonly username?: string; readonly password?: string; readonly tls?: Tls.ConnectionOptions },
+  connectTimeout: number
+): Effect.Effect<string | undefined> =>
+  Effect.async<string | undefined>((resume) => {
+    let answered = false
+    const answer = (cause: string | undefined) => {
+      if (answered) return
+      answered = true
+      redis.disconnect()
+      resume(Effect.succeed(cause))
+    }
+    const redis = new Redis({
+      ...redisOptions,
+      host: node.host,
+      port: node.port,
+      lazyConnect: true,
+      connectTimeout,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null
+    })
+    redis.on("error", (error: Error) => answer(`${node.host}:${node.port}: ${error.message}`))
+    redis.connect().then(() => answer(undefined), () => answer(undefined))
+    return Effect.sync(() => answer(undefined))
   })
 
 /**

@@ -127,6 +127,32 @@ describe("RedisTokenStore on a Redis Cluster with a password", () => {
     }), 60_000)
 })
 
+describe("RedisTokenStore on a Redis Cluster over TLS", () => {
+  it.scoped("rediss:// nodes with the authority as `tls.ca`: records and reads; without it, refused", () =>
+    Effect.gen(function*() {
+      const cluster = yield* makeRedisCluster({ tls: true, password: "tls-pw" })
+      const keyPrefix = uniqueKeyPrefix("tls")
+      const cycle = "2025-01-01"
+      const nodes = cluster.nodes.map((node) => `rediss://:tls-pw@${node}`)
+      const store = yield* RedisTokenStore.makeCluster({ nodes, keyPrefix, tls: { ca: cluster.ca! } })
+      for (const [i, userId] of ["ann", "ben", "cid", "dot"].entries()) {
+        assert.strictEqual(yield* store.record({ callId: `t${i}`, userId, teamId: "crew", cycle, usage }), "recorded")
+      }
+      assert.deepStrictEqual(yield* store.users(cycle), ["ann", "ben", "cid", "dot"])
+      assert.strictEqual((yield* store.stats({ level: "team", id: "crew" }, cycle)).totalTokens, 28)
+      // Its certificate is not from an authority Node knows: refused without `ca`.
+      const refused = yield* Effect.exit(RedisTokenStore.makeCluster({ nodes, keyPrefix, connectTimeout: "1 second" }))
+      assert.isTrue(Exit.isFailure(refused))
+      if (Exit.isFailure(refused)) assert.include(String(refused.cause), "self-signed certificate")
+      // A single node over TLS, the same way.
+      const single = yield* RedisTokenStore.make({ url: nodes[0]!, keyPrefix, tls: { ca: cluster.ca! } }).pipe(Effect.exit)
+      assert.isTrue(Exit.isSuccess(single), String(single))
+      const singleRefused = yield* RedisTokenStore.make({ url: nodes[0]!, keyPrefix, connectTimeout: "1 second" }).pipe(Effect.exit)
+      assert.isTrue(Exit.isFailure(singleRefused))
+      if (Exit.isFailure(singleRefused)) assert.include(String(singleRefused.cause), "certificate")
+    }), 60_000)
+})
+
 // Last in the file: @effect/vitest's `layer` installs its environment on the shared `it`.
 tokenStoreConformance("redis cluster", clusterStore("conformance"))
 budgetConformance("redis cluster", clusterStore("budget"))

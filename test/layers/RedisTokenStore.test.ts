@@ -492,7 +492,7 @@ describe("RedisTokenStore", () => {
         // Records are kept by the outbox (the refusal counts as unavailable), not refused for good.
         const outcomes = yield* Effect.forEach(["r1", "r2", "r3"], record)
         assert.isTrue(outcomes.every((outcome) => outcome === "queued" || outcome === "recorded"), String(outcomes))
-        const refused = () => warnings.filter((line) => line.includes("Redis refuses the connection"))
+        const refused = () => warnings.filter((line) => line.includes("cannot connect to Redis"))
         yield* Effect.sync(() => refused().length > 0).pipe(
           Effect.repeat({ until: (done) => done, schedule: Schedule.spaced("50 millis") }),
           Effect.timeout("10 seconds")

@@ -29,6 +29,8 @@ export interface RedisCluster {
    * wrote (its acknowledged offset is the master's; 20 s at most).
    */
   readonly replicated: Effect.Effect<void>
+  /** With `tls`: the certificate (PEM) of the authority that signed the nodes'. */
+  readonly ca: string | undefined
 }
 
 /** Options of a test cluster. */
@@ -48,6 +50,12 @@ export interface ClusterOptions {
   readonly nodeTimeoutMillis?: number | undefined
   /** Every node asks for this password (`requirepass`, and `masterauth` for its replicas). */
   readonly password?: string | undefined
+  /**
+   * Nodes reached over TLS only (`tls-port`, `tls-cluster`), with a
+   * certificate for 127.0.0.1 from an authority of the test's own
+   * (`RedisCluster.ca`).
+   */
+  readonly tls?: boolean | undefined
 }
 
 const run = (command: string, args: ReadonlyArray<string>): Promise<string> =>
@@ -61,16 +69,43 @@ interface Node {
   readonly child: ChildProcess
 }
 
-const startNode = async (dir: string, options: ClusterOptions, port_?: number): Promise<Node> => {
+/** A cluster's options and its directory. */
+interface Settings extends ClusterOptions {
+  readonly dir: string
+}
+
+/** An authority and a certificate for 127.0.0.1 signed by it, in `dir` (`ca.crt`, `node.crt`, `node.key`). */
+const makeCertificates = async (dir: string): Promise<void> => {
+  const file = (name: string) => path.join(dir, name)
+  await run("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", file("ca.key"), "-out", file("ca.crt"), "-days", "2", "-subj", "/CN=test-ca"])
+  await run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", file("node.key"), "-out", file("node.csr"), "-subj", "/CN=127.0.0.1"])
+  fs.writeFileSync(file("node.ext"), "subjectAltName=IP:127.0.0.1\n")
+  await run("openssl", ["x509", "-req", "-in", file("node.csr"), "-CA", file("ca.crt"), "-CAkey", file("ca.key"), "-CAcreateserial", "-out", file("node.crt"), "-days", "2", "-extfile", file("node.ext")])
+}
+
+/** redis-cli's arguments for the cluster: its password, TLS. */
+const cliArgs = (settings: Settings): ReadonlyArray<string> => [
+  ...(settings.password === undefined ? [] : ["-a", settings.password, "--no-auth-warning"]),
+  ...(settings.tls === true ? ["--tls", "--cacert", path.join(settings.dir, "ca.crt")] : [])
+]
+
+const startNode = async (settings: Settings, port_?: number): Promise<Node> => {
+  const { dir } = settings
   const port = port_ ?? await freePort()
-  const persistence = options.durable === true
+  const persistence = settings.durable === true
     ? ["--appendonly", "yes", "--appendfsync", "always", "--appenddirname", `aof-${port}`]
     : ["--appendonly", "no"]
-  const timeout = options.nodeTimeoutMillis === undefined ? [] : ["--cluster-node-timeout", String(options.nodeTimeoutMillis)]
-  const auth = options.password === undefined ? [] : ["--requirepass", options.password, "--masterauth", options.password]
+  const timeout = settings.nodeTimeoutMillis === undefined ? [] : ["--cluster-node-timeout", String(settings.nodeTimeoutMillis)]
+  const auth = settings.password === undefined ? [] : ["--requirepass", settings.password, "--masterauth", settings.password]
+  const tls = settings.tls === true
+    ? [
+      "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no",
+      "--tls-cert-file", path.join(dir, "node.crt"), "--tls-key-file", path.join(dir, "node.key"),
+      "--tls-ca-cert-file", path.join(dir, "ca.crt")
+    ]
+    : []
   const child = spawn("redis-server", [
-    "--port",
-    String(port),
+    ...(settings.tls === true ? ["--port", "0", "--tls-port", String(port)] : ["--port", String(port)]),
     "--bind",
     "127.0.0.1",
     "--save",
@@ -78,6 +113,7 @@ const startNode = async (dir: string, options: ClusterOptions, port_?: number): 
     ...persistence,
     ...timeout,
     ...auth,
+    ...tls,
     "--cluster-enabled",
     "yes",
     "--cluster-config-file",
@@ -88,7 +124,7 @@ const startNode = async (dir: string, options: ClusterOptions, port_?: number): 
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
     if (child.exitCode !== null) throw new Error(`redis-server (cluster node) exited on port ${port}`)
-    const pong = await run("redis-cli", [...cliAuth(options), "-p", String(port), "PING"]).catch(() => "")
+    const pong = await run("redis-cli", [...cliArgs(settings), "-p", String(port), "PING"]).catch(() => "")
     if (pong.trim() === "PONG") return { port, child }
     await new Promise((resolve) => setTimeout(resolve, 50))
   }
@@ -102,18 +138,14 @@ const kill = (child: ChildProcess): Promise<void> =>
     process.kill(child.pid, "SIGKILL")
   })
 
-/** redis-cli's arguments for a cluster with a password. */
-const cliAuth = (options: ClusterOptions): ReadonlyArray<string> =>
-  options.password === undefined ? [] : ["-a", options.password, "--no-auth-warning"]
-
 const sleep = (millis: number) => new Promise((resolve) => setTimeout(resolve, millis))
 
 /** Waits until every node of `ports` reports `cluster_state:ok` (20 s at most). */
-const clusterOk = async (options: ClusterOptions, ports: ReadonlyArray<number>): Promise<void> => {
+const clusterOk = async (settings: Settings, ports: ReadonlyArray<number>): Promise<void> => {
   const deadline = Date.now() + 20_000
   for (const port of ports) {
     while (true) {
-      const info = await run("redis-cli", [...cliAuth(options), "-p", String(port), "CLUSTER", "INFO"]).catch(() => "")
+      const info = await run("redis-cli", [...cliArgs(settings), "-p", String(port), "CLUSTER", "INFO"]).catch(() => "")
       if (info.includes("cluster_state:ok")) break
       if (Date.now() > deadline) throw new Error(`cluster node ${port} never reached cluster_state:ok`)
       await sleep(100)
@@ -122,11 +154,11 @@ const clusterOk = async (options: ClusterOptions, ports: ReadonlyArray<number>):
 }
 
 /** Waits until every master of `ports` has a replica with all it wrote (20 s at most). */
-const replicasCaughtUp = async (options: ClusterOptions, ports: ReadonlyArray<number>): Promise<void> => {
+const replicasCaughtUp = async (settings: Settings, ports: ReadonlyArray<number>): Promise<void> => {
   const deadline = Date.now() + 20_000
   for (const port of ports) {
     while (true) {
-      const info = await run("redis-cli", [...cliAuth(options), "-p", String(port), "INFO", "replication"]).catch(() => "")
+      const info = await run("redis-cli", [...cliArgs(settings), "-p", String(port), "INFO", "replication"]).catch(() => "")
       if (!info.includes("role:master")) break
       const offset = /master_repl_offset:(\d+)/.exec(info)?.[1]
       const acked = [...info.matchAll(/slave\d+:.*?state=online,offset=(\d+)/g)].map((m) => m[1])
@@ -142,17 +174,19 @@ export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<Re
   Effect.acquireRelease(
     Effect.promise(async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "elc-cluster-"))
+      const settings: Settings = { ...options, dir }
+      if (options.tls === true) await makeCertificates(dir)
       const count = options.replicas === true ? 6 : 3
-      const started: Array<Node> = await Promise.all(Array.from({ length: count }, () => startNode(dir, options)))
+      const started: Array<Node> = await Promise.all(Array.from({ length: count }, () => startNode(settings)))
       const alive = started.map(() => true)
       const running = () => started.flatMap((node, i) => alive[i] ? [node.port] : [])
       const nodes = started.map((node) => `127.0.0.1:${node.port}`)
       try {
         // With replicas, redis-cli makes the first three nodes the masters.
         const replicas = options.replicas === true ? "1" : "0"
-        await run("redis-cli", [...cliAuth(options), "--cluster", "create", ...nodes, "--cluster-replicas", replicas, "--cluster-yes"])
-        await clusterOk(options, running())
-        if (options.replicas === true) await replicasCaughtUp(options, running())
+        await run("redis-cli", [...cliArgs(settings), "--cluster", "create", ...nodes, "--cluster-replicas", replicas, "--cluster-yes"])
+        await clusterOk(settings, running())
+        if (options.replicas === true) await replicasCaughtUp(settings, running())
       } catch (error) {
         await Promise.all(started.map((node) => kill(node.child)))
         throw error
@@ -166,12 +200,13 @@ export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<Re
           }),
         restart: (i) =>
           Effect.promise(async () => {
-            started[i] = await startNode(dir, options, started[i]!.port)
+            started[i] = await startNode(settings, started[i]!.port)
             alive[i] = true
-            await clusterOk(options, running())
+            await clusterOk(settings, running())
           }),
-        settled: Effect.promise(() => clusterOk(options, running())),
-        replicated: Effect.promise(() => replicasCaughtUp(options, running()))
+        settled: Effect.promise(() => clusterOk(settings, running())),
+        replicated: Effect.promise(() => replicasCaughtUp(settings, running())),
+        ca: options.tls === true ? fs.readFileSync(path.join(dir, "ca.crt"), "utf8") : undefined
       }
       return { cluster, started, dir }
     }),
