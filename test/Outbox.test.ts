@@ -32,6 +32,17 @@ const switchable = Effect.gen(function*() {
   return { store, memory, state }
 })
 
+/** The switchable store, down, and an outbox file in a directory of its own (removed with the scope). */
+const downWithOutboxFile = Effect.gen(function*() {
+  const dir = yield* Effect.acquireRelease(
+    Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "outbox-"))),
+    (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+  )
+  const switched = yield* switchable
+  switched.state.down = true
+  return { ...switched, storage: SqlOutbox.layerSqlite({ filename: path.join(dir, "outbox.db") }) }
+})
+
 const withOutbox = <E>(
   store: TokenStore.Service,
   options: Outbox.Options = {},
@@ -203,13 +214,9 @@ describe("Outbox", () => {
       }).pipe(Effect.provide(withOutbox(store)))
     }))
 
-  it.live("durable (SQLite file): what is pending at close is kept and replayed by the next start, exactly", () =>
+  it.scopedLive("durable (SQLite file): what is pending at close is kept and replayed by the next start, exactly", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-"))
-      const filename = path.join(dir, "outbox.db")
-      const { memory, state, store } = yield* switchable
-      state.down = true
-      const storage = SqlOutbox.layerSqlite({ filename })
+      const { memory, state, storage, store } = yield* downWithOutboxFile
       // First run: the store is down throughout; records are kept in the file.
       yield* Effect.gen(function*() {
         const wrapped = yield* TokenStore.TokenStore
@@ -230,16 +237,11 @@ describe("Outbox", () => {
       yield* Effect.gen(function*() {
         assert.strictEqual((yield* Outbox.stats).pending, 0)
       }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
-      fs.rmSync(dir, { recursive: true, force: true })
     }))
 
-  it.live("durable, two runs on one file at once (a rolling restart): what the old run leaves there is written by the new one", () =>
+  it.scopedLive("durable, two runs on one file at once (a rolling restart): what the old run leaves there is written by the new one", () =>
     Effect.gen(function*() {
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-"))
-      const filename = path.join(dir, "outbox.db")
-      const { memory, state, store } = yield* switchable
-      state.down = true
-      const storage = SqlOutbox.layerSqlite({ filename })
+      const { memory, state, storage, store } = yield* downWithOutboxFile
       const record = (from: number, to: number, userId: string) =>
         Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
           Effect.forEach(Array.from({ length: to - from }, (_, k) => from + k), (i) =>
@@ -280,6 +282,5 @@ describe("Outbox", () => {
       const refused = yield* Effect.exit(Layer.build(withOutbox(store, { rescanInterval: "0 millis" }, storage)).pipe(Effect.scoped))
       assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "rescanInterval")
       assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "0 millis")
-      fs.rmSync(dir, { recursive: true, force: true })
     }), 30_000)
 })
