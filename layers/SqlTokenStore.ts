@@ -253,10 +253,24 @@ const unreachableCodes = new Set([
   "57P03"
 ])
 
+/**
+ * Refusals that an operator fixes, and waiting does not: a password or a
+ * grant (PostgreSQL 28000, 28P01, 42501), a full disk or no room for a
+ * connection (class 53), a SQLite file that cannot be written. The store is
+ * unavailable meanwhile (an outbox keeps the records, and writes them once it
+ * is fixed); the layer's start is not retried for them.
+ */
+const isRefused = (error: unknown): boolean => {
+  const code = codeOf(causeOf(error))
+  if (code === undefined) return false
+  return code === "28000" || code === "28P01" || code === "42501" || code.startsWith("53") ||
+    /^SQLITE_(FULL|READONLY|CANTOPEN|IOERR)/.test(code)
+}
+
 const isUnreachable = (error: unknown): boolean => {
   const cause = causeOf(error)
   const code = codeOf(cause)
-  if (code !== undefined && (unreachableCodes.has(code) || code.startsWith("08"))) return true
+  if (code !== undefined && (unreachableCodes.has(code) || code.startsWith("08") || isRefused(error))) return true
   const message = `${(error as { readonly message?: unknown }).message ?? ""} ${
     cause instanceof Error ? cause.message : ""
   }`
@@ -862,7 +876,7 @@ export const layer = (
 const connectRetry = Schedule.exponential("100 millis").pipe(
   Schedule.intersect(Schedule.recurs(5)),
   Schedule.whileInput((error: TokenStore.TokenStoreError | ConfigError.ConfigError) =>
-    error instanceof TokenStore.TokenStoreError && error.reason === "Unavailable"
+    error instanceof TokenStore.TokenStoreError && error.reason === "Unavailable" && !isRefused(error.cause)
   )
 )
 

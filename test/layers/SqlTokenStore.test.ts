@@ -5,6 +5,7 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { assert, describe, it, layer } from "@effect/vitest"
+import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
 import * as Exit from "effect/Exit"
@@ -386,6 +387,15 @@ describe("SqlTokenStore errors", () => {
       assert.include(error.message, "ECONNREFUSED")
     }), { timeout: 30_000 })
 
+  it.effect.skipIf(skipWithoutPostgres)("a role the server refuses fails the layer, naming why", () =>
+    Effect.gen(function*() {
+      const url = new URL(postgresUrl())
+      url.username = "elc_no_such_role"
+      const error = yield* Effect.flip(Effect.scoped(Layer.build(SqlTokenStore.layerPg({ url: Redacted.make(url.toString()) }))))
+      assert.isTrue(error instanceof TokenStore.TokenStoreError)
+      assert.include(error.message, `role "elc_no_such_role" does not exist`)
+    }), { timeout: 30_000 })
+
   it.effect("the store remembers call ids for ever: an outbox of any age fits its window", () =>
     Effect.gen(function*() {
       const store = yield* TokenStore.TokenStore
@@ -395,6 +405,45 @@ describe("SqlTokenStore errors", () => {
 })
 
 describe.skipIf(skipWithoutPostgres)("SqlTokenStore through PostgreSQL outages", () => {
+  it.live("rights taken away from the app's role (a REVOKE) are unavailability: the outbox keeps its records until a GRANT", () =>
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const role = `elc_app_${process.pid}_${Date.now().toString(36)}`
+      // The tables exist (made by a store as the owner); the app's role may use them.
+      yield* Effect.scoped(Layer.build(SqlTokenStore.layer()))
+      const grant = Effect.all([
+        sql.unsafe(`GRANT USAGE, CREATE ON SCHEMA public TO ${role}`),
+        sql.unsafe(`GRANT ALL ON ALL TABLES IN SCHEMA public TO ${role}`),
+        sql.unsafe(`GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO ${role}`)
+      ], { discard: true })
+      const revoke = sql.unsafe(`REVOKE ALL ON ALL TABLES IN SCHEMA public FROM ${role}`)
+      yield* sql.unsafe(`CREATE ROLE ${role} LOGIN`)
+      yield* grant
+      const url = new URL(postgresUrl())
+      url.username = role
+      url.password = ""
+      const context = yield* Layer.build(
+        Outbox.layer({ retry: Schedule.spaced("100 millis") }).pipe(
+          Layer.provide(SqlTokenStore.layerPg({ url: Redacted.make(url.toString()) })),
+          Layer.provide(Outbox.layerStorageMemory)
+        )
+      )
+      const store = Context.get(context, TokenStore.TokenStore)
+      const cycle = freshCycle()
+      const userId = freshId("granted")
+      const record = (callId: string) => store.record({ callId, userId, cycle, usage: { promptTokens: 3, completionTokens: 4, totalTokens: 7 } })
+      assert.strictEqual(yield* record("before"), "recorded")
+      yield* revoke
+      // Refused for lack of rights: kept by the outbox, not failed for good.
+      assert.strictEqual(yield* record("during-1"), "queued")
+      assert.strictEqual(yield* record("during-2"), "queued")
+      assert.deepInclude(yield* Effect.provide(Outbox.stats, context), { pending: 2, rejected: 0 })
+      yield* grant
+      yield* Effect.provide(Outbox.flush, context).pipe(Effect.timeout("20 seconds"))
+      assert.strictEqual((yield* store.stats(userId, cycle)).totalTokens, 21)
+      assert.strictEqual((yield* Effect.provide(Outbox.stats, context)).rejected, 0)
+    }).pipe(Effect.scoped, Effect.provide(postgresClient)), 60_000)
+
   it.live("a server that resets the first connections at start: the layer connects once it answers", () =>
     Effect.gen(function*() {
       const target = new URL(postgresUrl())
