@@ -585,7 +585,9 @@ type Scripts = {
 
 // Refusals for authentication or rights (a password rotated, an ACL changed) count as the store being
 // unavailable: an operator fixes them, and what was refused meanwhile (kept by an outbox) is written then.
-const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY|NOAUTH|WRONGPASS|NOPERM)\b/
+// So does a Redis out of memory (`maxmemory` reached, with `noeviction`): memory freed or added, the records kept
+// meanwhile are written.
+const unavailableReplies = /^(LOADING|BUSY|TRYAGAIN|CLUSTERDOWN|MASTERDOWN|READONLY|NOAUTH|WRONGPASS|NOPERM|OOM)\b/
 
 /** A refusal that waiting does not cure: a password missing or wrong, a user without the rights. */
 const refusal = /\b(NOAUTH|WRONGPASS|NOPERM)\b|invalid password|invalid username-password/i
@@ -1177,7 +1179,9 @@ export const make = (
     )
     const watch = watchConnection(redis, logError, "RedisTokenStore")
     yield* connectWith(redis, options?.connection, watch)
-    return yield* fromClient(redis, options)
+    const store = yield* fromClient(redis, options)
+    yield* checkEviction(redis, options?.connection, logError, "RedisTokenStore")
+    return store
   })
 
 /** What a client's connection errors said since it was last ready (see `watchConnection`). */
@@ -1226,6 +1230,42 @@ const watchConnection = (
   })
   return { lastError: () => lastLasting ?? lastError, lastLasts: () => lastLasting !== undefined }
 }
+
+/**
+ * Warns when a Redis may evict keys (`maxmemory-policy` other than
+ * `noeviction`): under memory pressure it would drop usage counters, holds
+ * or the markers that make records idempotent, silently. A Redis that does
+ * not let us read its configuration (a managed one) is not warned about.
+ */
+const evictionCheck = (client: Redis | Cluster, name: string): Effect.Effect<void> =>
+  Effect.forEach(
+    client.isCluster ? (client as Cluster).nodes("master") : [client as Redis],
+    (node) =>
+      Effect.tryPromise(() => node.config("GET", "maxmemory-policy")).pipe(
+        Effect.flatMap((reply) => {
+          const policy = Array.isArray(reply) ? reply[1] : undefined
+          if (typeof policy !== "string" || policy === "noeviction") return Effect.void
+          return Effect.logWarning(
+            `${name}: Redis at ${String(node.options.host)}:${String(node.options.port)} may evict keys ` +
+              `(maxmemory-policy ${policy}): under memory pressure usage counters, budget holds and the markers ` +
+              `that keep records from counting twice would be dropped; set maxmemory-policy noeviction`
+          )
+        }),
+        Effect.catchAll((error) => Effect.logDebug(`${name}: cannot read maxmemory-policy`, String(error.error)))
+      ),
+    { discard: true }
+  )
+
+/** Checks the eviction policy once connected: now (`"wait"`), or once first ready (`"background"`). */
+const checkEviction = (
+  client: Redis | Cluster,
+  connection: "wait" | "background" | undefined,
+  log: (effect: Effect.Effect<void>) => unknown,
+  name: string
+): Effect.Effect<void> =>
+  connection === "background"
+    ? Effect.sync(() => void client.once("ready", () => log(evictionCheck(client, name))))
+    : evictionCheck(client, name)
 
 /**
  * Connects: waiting, with a bounded retry (a reset while the app starts does
@@ -1407,7 +1447,9 @@ export const makeCluster = (
             ))
       )
     )
-    return yield* fromClient(cluster, options)
+    const store = yield* fromClient(cluster, options)
+    yield* checkEviction(cluster, options.connection, logError, "RedisTokenStore (cluster)")
+    return store
   })
 
 /**

@@ -458,6 +458,53 @@ describe("RedisTokenStore", () => {
         assert.strictEqual(yield* record("after"), "duplicate")
       }), 30_000)
 
+    it.scopedLive("a Redis that may evict keys is warned about; one out of memory is unavailable: records wait in the outbox", () =>
+      Effect.gen(function*() {
+        const server = yield* dedicatedRedis
+        const admin = yield* directClient(server.url)
+        const warnings: Array<string> = []
+        const logger = Logger.replace(
+          Logger.defaultLogger,
+          Logger.make(({ logLevel, message }) => {
+            if (logLevel.label === "WARN") warnings.push(Array.isArray(message) ? message.join(" ") : String(message))
+          })
+        )
+        const keyPrefix = uniqueKeyPrefix("memory")
+        const build = Layer.build(
+          Outbox.layer({ retry: Schedule.spaced("100 millis") }).pipe(
+            Layer.provide(RedisTokenStore.layer({ url: server.url, keyPrefix })),
+            Layer.provide(Outbox.layerStorageMemory),
+            Layer.provideMerge(logger)
+          )
+        )
+        const evicting = () => warnings.filter((line) => line.includes("may evict keys"))
+        // The default policy (noeviction): nothing said.
+        yield* Effect.scoped(Effect.zipRight(build, Effect.sleep("300 millis")))
+        assert.deepStrictEqual(evicting(), [])
+        // A policy that evicts: said once, naming it.
+        yield* Effect.promise(() => admin.config("SET", "maxmemory-policy", "allkeys-lru"))
+        yield* Effect.scoped(Effect.zipRight(build, Effect.sync(() => evicting().length > 0).pipe(
+          Effect.repeat({ until: (done) => done, schedule: Schedule.spaced("20 millis") }),
+          Effect.timeout("10 seconds")
+        )))
+        assert.strictEqual(evicting().length, 1)
+        assert.include(evicting()[0]!, "maxmemory-policy allkeys-lru")
+        // Out of memory (noeviction, maxmemory reached): records are kept by the outbox, then written.
+        yield* Effect.promise(() => admin.config("SET", "maxmemory-policy", "noeviction"))
+        const context = yield* build
+        const store = Context.get(context, TokenStore.TokenStore)
+        const cycle = "2025-03-01"
+        const record = (callId: string) => store.record({ callId, userId: "gil", cycle, usage: usage(5, 5) })
+        assert.strictEqual(yield* record("before"), "recorded")
+        yield* Effect.promise(() => admin.config("SET", "maxmemory", "1"))
+        assert.strictEqual(yield* record("full-1"), "queued")
+        assert.strictEqual(yield* record("full-2"), "queued")
+        assert.strictEqual((yield* Effect.provide(Outbox.stats, context)).rejected, 0)
+        yield* Effect.promise(() => admin.config("SET", "maxmemory", "0"))
+        yield* Effect.provide(Outbox.flush, context).pipe(Effect.timeout("20 seconds"))
+        assert.strictEqual((yield* store.stats("gil", cycle)).totalTokens, 30)
+      }), 60_000)
+
     it.scopedLive("a password missing or wrong fails the layer at once, saying so; rotated under a running app, records wait in the outbox", () =>
       Effect.gen(function*() {
         const server = yield* dedicatedRedis
