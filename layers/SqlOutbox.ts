@@ -37,7 +37,12 @@ const migrations = Migrator.fromRecord({
 
 const runMigrations = Migrator.make({})({ loader: migrations, table: "effect_llm_callbacks_outbox_migrations" })
 
-const Row = Schema.Struct({ id: Schema.String, enqueued_at: Schema.Union(Schema.Number, Schema.BigIntFromSelf), record: Schema.String })
+// BIGINT comes back as a number (SQLite), a bigint, or a string (PostgreSQL's driver).
+const Row = Schema.Struct({
+  id: Schema.String,
+  enqueued_at: Schema.Union(Schema.Number, Schema.BigIntFromSelf, Schema.NumberFromString),
+  record: Schema.String
+})
 
 const storageError = (what: string) => (cause: unknown) =>
   new Outbox.OutboxError({ message: `SqlOutbox: cannot ${what}: ${cause instanceof Error ? cause.message : String(cause)}`, cause })

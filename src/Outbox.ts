@@ -366,17 +366,21 @@ export const make = (
       pending.set(entry.id, { ...entry, bytes: size })
       bytes += size
     }
+    // Removed from the storage before they stop being pending (a flush, or the layer's close, waits for it),
+    // and not cut short: a removal that did not happen replays written records at the next start.
     const drop = (ids: ReadonlyArray<string>) =>
-      Effect.suspend(() => {
-        for (const id of ids) {
-          const entry = pending.get(id)
-          if (entry === undefined) continue
-          pending.delete(id)
-          bytes -= entry.bytes
-        }
-        gauges()
-        return storage.remove(ids)
-      })
+      storage.remove(ids).pipe(
+        Effect.ensuring(Effect.sync(() => {
+          for (const id of ids) {
+            const entry = pending.get(id)
+            if (entry === undefined) continue
+            pending.delete(id)
+            bytes -= entry.bytes
+          }
+          gauges()
+        })),
+        Effect.uninterruptible
+      )
 
     // Left by a previous run (durable storage): replayed from now on.
     for (const entry of yield* storage.load) hold(entry)

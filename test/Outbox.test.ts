@@ -1,8 +1,10 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, HashMap, Layer, Logger, Schedule, Scope, TestClock } from "effect"
+import { postgresClient, skipWithoutPostgres } from "./support/postgres.js"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqlOutbox from "../layers/SqlOutbox.js"
 import { Dispatcher, Outbox, TokenStore } from "../src/index.js"
 
@@ -32,16 +34,35 @@ const switchable = Effect.gen(function*() {
   return { store, memory, state }
 })
 
-/** The switchable store, down, and an outbox file in a directory of its own (removed with the scope). */
-const downWithOutboxFile = Effect.gen(function*() {
-  const dir = yield* Effect.acquireRelease(
+/** A durable outbox storage, empty: a SQLite file in a directory of its own (removed with the scope), or PostgreSQL. */
+type Durable = Effect.Effect<Layer.Layer<Outbox.OutboxStorage, unknown>, unknown, Scope.Scope>
+
+const sqliteFile: Durable = Effect.map(
+  Effect.acquireRelease(
     Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "outbox-"))),
     (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+  ),
+  (dir) => SqlOutbox.layerSqlite({ filename: path.join(dir, "outbox.db") })
+)
+
+/** The outbox table in the run's PostgreSQL database (created, then emptied). */
+const postgresTable: Durable = Effect.gen(function*() {
+  const storage = SqlOutbox.layer.pipe(Layer.provide(postgresClient))
+  yield* Effect.scoped(Layer.build(storage))
+  yield* Effect.flatMap(SqlClient.SqlClient, (sql) => sql`DELETE FROM effect_llm_callbacks_outbox`).pipe(
+    Effect.provide(postgresClient)
   )
-  const switched = yield* switchable
-  switched.state.down = true
-  return { ...switched, storage: SqlOutbox.layerSqlite({ filename: path.join(dir, "outbox.db") }) }
+  return storage
 })
+
+/** The switchable store, down, and a durable outbox storage. */
+const downWithDurableOutbox = (durable: Durable) =>
+  Effect.gen(function*() {
+    const storage = yield* durable
+    const switched = yield* switchable
+    switched.state.down = true
+    return { ...switched, storage }
+  })
 
 const withOutbox = <E>(
   store: TokenStore.Service,
@@ -214,73 +235,80 @@ describe("Outbox", () => {
       }).pipe(Effect.provide(withOutbox(store)))
     }))
 
-  it.scopedLive("durable (SQLite file): what is pending at close is kept and replayed by the next start, exactly", () =>
-    Effect.gen(function*() {
-      const { memory, state, storage, store } = yield* downWithOutboxFile
-      // First run: the store is down throughout; records are kept in the file.
-      yield* Effect.gen(function*() {
-        const wrapped = yield* TokenStore.TokenStore
-        yield* Effect.forEach(Array.from({ length: 100 }, (_, i) => i), (i) =>
-          wrapped.record({ callId: `c${i}`, userId: "erin", cycle, usage: usage(i) }), { concurrency: 10 })
-        assert.deepInclude(yield* Outbox.stats, { pending: 100, durable: true })
-      }).pipe(Effect.provide(withOutbox(store, { shutdownTimeout: "200 millis" }, storage)), Effect.scoped)
-      assert.strictEqual((yield* memory.stats("erin", cycle)).totalTokens, 0)
-      // Second run, the store back: the file's records are replayed, each once.
-      state.down = false
-      yield* Effect.gen(function*() {
-        yield* Outbox.flush.pipe(Effect.timeout("10 seconds"))
-        assert.deepInclude(yield* Outbox.stats, { pending: 0, written: 100 })
-      }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
-      const expected = Array.from({ length: 100 }, (_, i) => i + 1).reduce((a, b) => a + b, 0)
-      assert.strictEqual((yield* memory.stats("erin", cycle)).totalTokens, expected)
-      // A third start finds nothing to replay.
-      yield* Effect.gen(function*() {
-        assert.strictEqual((yield* Outbox.stats).pending, 0)
-      }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
-    }))
-
-  it.scopedLive("durable, two runs on one file at once (a rolling restart): what the old run leaves there is written by the new one", () =>
-    Effect.gen(function*() {
-      const { memory, state, storage, store } = yield* downWithOutboxFile
-      const record = (from: number, to: number, userId: string) =>
-        Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
-          Effect.forEach(Array.from({ length: to - from }, (_, k) => from + k), (i) =>
-            wrapped.record({ callId: `c${i}`, userId, cycle, usage: usage(i) }), { concurrency: 10 }))
-      const sum = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => from + k + 1).reduce((a, b) => a + b, 0)
-      const eventually = (userId: string, total: number) =>
-        memory.stats(userId, cycle).pipe(
-          Effect.filterOrFail((stats) => stats.totalTokens === total, (stats) => `${userId}: ${stats.totalTokens} of ${total}`),
-          Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(250))))
-        )
-
-      for (const [userId, ownRecords] of [["gus", true], ["hal", false]] as const) {
-        state.down = true
-        // The old run, the store down: its records go to the file.
-        const oldScope = yield* Scope.make()
-        const oldRun = yield* Layer.buildWithScope(withOutbox(store, { shutdownTimeout: "100 millis" }, storage), oldScope)
-        yield* Effect.provide(record(0, 20, userId), oldRun)
-        // The new run starts and finds those 20; the old one goes on, then stops with 30 more in the file.
-        const newScope = yield* Scope.make()
-        const newRun = yield* Layer.buildWithScope(withOutbox(store, { rescanInterval: "300 millis" }, storage), newScope)
-        assert.strictEqual((yield* Effect.provide(Outbox.stats, newRun)).pending, 20)
-        yield* Effect.provide(record(20, 50, userId), oldRun)
-        yield* Scope.close(oldScope, Exit.void)
-        // With records of its own pending (written, it reads the file again), or with none (it reads the file
-        // again every rescanInterval): the new run writes all 70 (or 50), each once, without another start.
-        if (ownRecords) yield* Effect.provide(record(50, 70, userId), newRun)
+  for (const [name, durable, skip] of [
+    ["SQLite file", sqliteFile, false],
+    ["PostgreSQL", postgresTable, skipWithoutPostgres]
+  ] as const) {
+    describe.skipIf(skip)(name, () => {
+    it.scopedLive(`durable (${name}): what is pending at close is kept and replayed by the next start, exactly`, () =>
+      Effect.gen(function*() {
+        const { memory, state, storage, store } = yield* downWithDurableOutbox(durable)
+        // First run: the store is down throughout; records are kept in the file.
+        yield* Effect.gen(function*() {
+          const wrapped = yield* TokenStore.TokenStore
+          yield* Effect.forEach(Array.from({ length: 100 }, (_, i) => i), (i) =>
+            wrapped.record({ callId: `c${i}`, userId: "erin", cycle, usage: usage(i) }), { concurrency: 10 })
+          assert.deepInclude(yield* Outbox.stats, { pending: 100, durable: true })
+        }).pipe(Effect.provide(withOutbox(store, { shutdownTimeout: "200 millis" }, storage)), Effect.scoped)
+        assert.strictEqual((yield* memory.stats("erin", cycle)).totalTokens, 0)
+        // Second run, the store back: the file's records are replayed, each once.
         state.down = false
-        yield* eventually(userId, sum(0, ownRecords ? 70 : 50))
-        yield* Effect.provide(Outbox.flush, newRun)
-        yield* Scope.close(newScope, Exit.void)
-        // Nothing is left in the file.
+        yield* Effect.gen(function*() {
+          yield* Outbox.flush.pipe(Effect.timeout("10 seconds"))
+          assert.deepInclude(yield* Outbox.stats, { pending: 0, written: 100 })
+        }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
+        const expected = Array.from({ length: 100 }, (_, i) => i + 1).reduce((a, b) => a + b, 0)
+        assert.strictEqual((yield* memory.stats("erin", cycle)).totalTokens, expected)
+        // A third start finds nothing to replay.
         yield* Effect.gen(function*() {
           assert.strictEqual((yield* Outbox.stats).pending, 0)
         }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
-        assert.strictEqual((yield* memory.stats(userId, cycle)).totalTokens, sum(0, ownRecords ? 70 : 50))
-      }
-      // A bad interval is refused when the layer is built, named with its value.
-      const refused = yield* Effect.exit(Layer.build(withOutbox(store, { rescanInterval: "0 millis" }, storage)).pipe(Effect.scoped))
-      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "rescanInterval")
-      assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "0 millis")
-    }), 30_000)
+      }))
+
+    it.scopedLive(`durable (${name}), two runs on one storage at once (a rolling restart): what the old run leaves there is written by the new one`, () =>
+      Effect.gen(function*() {
+        const { memory, state, storage, store } = yield* downWithDurableOutbox(durable)
+        const record = (from: number, to: number, userId: string) =>
+          Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
+            Effect.forEach(Array.from({ length: to - from }, (_, k) => from + k), (i) =>
+              wrapped.record({ callId: `c${i}`, userId, cycle, usage: usage(i) }), { concurrency: 10 }))
+        const sum = (from: number, to: number) => Array.from({ length: to - from }, (_, k) => from + k + 1).reduce((a, b) => a + b, 0)
+        const eventually = (userId: string, total: number) =>
+          memory.stats(userId, cycle).pipe(
+            Effect.filterOrFail((stats) => stats.totalTokens === total, (stats) => `${userId}: ${stats.totalTokens} of ${total}`),
+            Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(250))))
+          )
+
+        for (const [userId, ownRecords] of [["gus", true], ["hal", false]] as const) {
+          state.down = true
+          // The old run, the store down: its records go to the file.
+          const oldScope = yield* Scope.make()
+          const oldRun = yield* Layer.buildWithScope(withOutbox(store, { shutdownTimeout: "100 millis" }, storage), oldScope)
+          yield* Effect.provide(record(0, 20, userId), oldRun)
+          // The new run starts and finds those 20; the old one goes on, then stops with 30 more in the file.
+          const newScope = yield* Scope.make()
+          const newRun = yield* Layer.buildWithScope(withOutbox(store, { rescanInterval: "300 millis" }, storage), newScope)
+          assert.strictEqual((yield* Effect.provide(Outbox.stats, newRun)).pending, 20)
+          yield* Effect.provide(record(20, 50, userId), oldRun)
+          yield* Scope.close(oldScope, Exit.void)
+          // With records of its own pending (written, it reads the file again), or with none (it reads the file
+          // again every rescanInterval): the new run writes all 70 (or 50), each once, without another start.
+          if (ownRecords) yield* Effect.provide(record(50, 70, userId), newRun)
+          state.down = false
+          yield* eventually(userId, sum(0, ownRecords ? 70 : 50))
+          yield* Effect.provide(Outbox.flush, newRun)
+          yield* Scope.close(newScope, Exit.void)
+          // Nothing is left in the file.
+          yield* Effect.gen(function*() {
+            assert.strictEqual((yield* Outbox.stats).pending, 0)
+          }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
+          assert.strictEqual((yield* memory.stats(userId, cycle)).totalTokens, sum(0, ownRecords ? 70 : 50))
+        }
+        // A bad interval is refused when the layer is built, named with its value.
+        const refused = yield* Effect.exit(Layer.build(withOutbox(store, { rescanInterval: "0 millis" }, storage)).pipe(Effect.scoped))
+        assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "rescanInterval")
+        assert.include(String(Exit.isFailure(refused) ? refused.cause : ""), "0 millis")
+      }), 30_000)
+    })
+  }
 })
