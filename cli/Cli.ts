@@ -288,7 +288,12 @@ export class CliError extends Data.TaggedError("CliError")<{
   readonly message: string
 }> {}
 
-const optionNames: Readonly<Record<string, string>> = { url: "--redis", nodes: "--redis-cluster", keyPrefix: "--key-prefix" }
+const optionNames: Readonly<Record<string, string>> = {
+  url: "--redis",
+  nodes: "--redis-cluster",
+  keyPrefix: "--key-prefix",
+  filename: "--database"
+}
 
 const describeConfigError = (error: ConfigError.ConfigError): string =>
   ConfigError.reduceWithContext(error, undefined, {

@@ -23,6 +23,7 @@ import type * as ConfigError from "effect/ConfigError"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
+import { opened } from "../src/internal/sqliteFile.js"
 import * as Outbox from "../src/Outbox.js"
 import type * as TokenStore from "../src/TokenStore.js"
 
@@ -106,4 +107,4 @@ export const layerSqlite = (options: {
   /** The file; its directory must exist. */
   readonly filename: string
 }): Layer.Layer<Outbox.OutboxStorage, Outbox.OutboxError | ConfigError.ConfigError | SqlError.SqlError> =>
-  layer.pipe(Layer.provide(SqliteClient.layer({ filename: options.filename })))
+  layer.pipe(Layer.provide(opened(SqliteClient.layer({ filename: options.filename }), options.filename)))

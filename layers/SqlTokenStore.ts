@@ -50,6 +50,7 @@ import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type * as Redacted from "effect/Redacted"
 import * as Schedule from "effect/Schedule"
+import { opened } from "../src/internal/sqliteFile.js"
 import * as TokenStore from "../src/TokenStore.js"
 
 // -----------------------------------------------------------------------------
@@ -936,6 +937,6 @@ export const layerSqlite = (
     (SqliteClient) =>
       Layer.provideMerge(
         layer(config),
-        SqliteClient.layer({ filename: config.filename }).pipe(Layer.mapError(storeError("open")))
+        opened(SqliteClient.layer({ filename: config.filename }), config.filename)
       )
   ))

@@ -5,6 +5,8 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as PgClient from "@effect/sql-pg/PgClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import { assert, describe, it, layer } from "@effect/vitest"
+import * as Cause from "effect/Cause"
+import * as ConfigError from "effect/ConfigError"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
@@ -17,6 +19,7 @@ import * as Schedule from "effect/Schedule"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
+import * as SqlOutbox from "../../layers/SqlOutbox.js"
 import * as SqlTokenStore from "../../layers/SqlTokenStore.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import * as BillingCycle from "../../src/BillingCycle.js"
@@ -395,6 +398,30 @@ describe("SqlTokenStore errors", () => {
       assert.isTrue(error instanceof TokenStore.TokenStoreError)
       assert.include(error.message, `role "elc_no_such_role" does not exist`)
     }), { timeout: 30_000 })
+
+  it.effect("a SQLite file that cannot be opened fails the store's and the outbox's layers with a ConfigError naming it", () =>
+    Effect.gen(function*() {
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), "sqlite-open-"))
+      const notADatabase = path.join(dir, "notes.txt")
+      fs.writeFileSync(notADatabase, "not a database, but long enough to have a header of sorts".repeat(10))
+      for (const [filename, why] of [
+        [path.join(dir, "missing", "usage.db"), "the directory does not exist"],
+        [notADatabase, "not a database"]
+      ] as const) {
+        for (const layer of [SqlTokenStore.layerSqlite({ filename }), SqlOutbox.layerSqlite({ filename })]) {
+          const exit = yield* Effect.exit(Effect.scoped(Layer.build(layer as Layer.Layer<unknown, unknown>)))
+          assert.isTrue(Exit.isFailure(exit) && !Exit.isInterrupted(exit))
+          if (Exit.isFailure(exit)) {
+            // A typed failure, not a defect.
+            const failure = Cause.failureOption(exit.cause)
+            assert.isTrue(Option.isSome(failure) && ConfigError.isConfigError(failure.value), String(exit.cause))
+            assert.include(String(exit.cause), JSON.stringify(filename))
+            assert.include(String(exit.cause), why)
+          }
+        }
+      }
+      fs.rmSync(dir, { recursive: true, force: true })
+    }))
 
   it.effect("the store remembers call ids for ever: an outbox of any age fits its window", () =>
     Effect.gen(function*() {
