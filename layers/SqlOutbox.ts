@@ -45,6 +45,13 @@ const Row = Schema.Struct({
   record: Schema.String
 })
 
+/** `items` in runs of at most `size` (one statement each: a database bounds a statement's parameters). */
+const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
+  const out: Array<ReadonlyArray<A>> = []
+  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
+  return out
+}
+
 const storageError = (what: string) => (cause: unknown) =>
   new Outbox.OutboxError({ message: `SqlOutbox: cannot ${what}: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
 
@@ -58,6 +65,10 @@ export const make: Effect.Effect<Outbox.Storage, Outbox.OutboxError, SqlClient.S
   const sql = yield* SqlClient.SqlClient
   yield* runMigrations.pipe(Effect.mapError(storageError("create its table")))
   const decode = Schema.decodeUnknown(Schema.Array(Row))
+  const insert = (entries: ReadonlyArray<Outbox.Entry>) =>
+    sql`INSERT INTO effect_llm_callbacks_outbox ${
+      sql.insert(entries.map((entry) => ({ id: entry.id, enqueued_at: entry.enqueuedAt, record: JSON.stringify(entry.input) })))
+    } ON CONFLICT (id) DO NOTHING`.pipe(Effect.asVoid)
   return {
     durable: true,
     load: sql`SELECT id, enqueued_at, record FROM effect_llm_callbacks_outbox ORDER BY enqueued_at, id`.pipe(
@@ -71,10 +82,13 @@ export const make: Effect.Effect<Outbox.Storage, Outbox.OutboxError, SqlClient.S
       ),
       Effect.mapError(storageError("read the pending records"))
     ),
-    append: (entry) =>
-      sql`INSERT INTO effect_llm_callbacks_outbox (id, enqueued_at, record)
-          VALUES (${entry.id}, ${entry.enqueuedAt}, ${JSON.stringify(entry.input)})
-          ON CONFLICT (id) DO NOTHING`.pipe(Effect.asVoid, Effect.mapError(storageError("keep a record"))),
+    append: (entry) => insert([entry]).pipe(Effect.mapError(storageError("keep a record"))),
+    // One transaction: the database writes to disk once for them all.
+    appendAll: (entries) =>
+      Effect.forEach(chunks(entries, 500), insert, { discard: true }).pipe(
+        sql.withTransaction,
+        Effect.mapError(storageError(`keep ${entries.length} records`))
+      ),
     remove: (ids) =>
       ids.length === 0
         ? Effect.void

@@ -90,6 +90,14 @@ export interface Storage {
   readonly durable: boolean
   readonly load: Effect.Effect<ReadonlyArray<Entry>, OutboxError>
   readonly append: (entry: Entry) => Effect.Effect<void, OutboxError>
+  /**
+   * Stores several entries at once (one transaction: a durable storage pays
+   * its write to disk once for all); when missing, they are appended one by
+   * one.
+   *
+   * @since 0.4.0
+   */
+  readonly appendAll?: ((entries: ReadonlyArray<Entry>) => Effect.Effect<void, OutboxError>) | undefined
   readonly remove: (ids: ReadonlyArray<string>) => Effect.Effect<void, OutboxError>
 }
 
@@ -434,15 +442,56 @@ export const make = (
         )
       )
 
-    const recordMany = (inputs: ReadonlyArray<TokenStore.RecordInput>) =>
-      Effect.flatMap(
-        Effect.forEach(inputs, (input) => Effect.either(record(input)), { concurrency: "unbounded" }),
-        (results) => {
-          const failure = results.find(Either.isLeft)
-          return failure === undefined
-            ? Effect.succeed(results.map((result) => (result as Either.Right<never, TokenStore.RecordOutcome>).right))
-            : Effect.fail(failure.left)
+    /**
+     * Keeps records the store could not take, in one write to the storage
+     * (see `Storage.appendAll`); when they do not all fit, one by one (what
+     * does not fit is refused as `enqueue` refuses it).
+     */
+    const enqueueAll = (
+      inputs: ReadonlyArray<TokenStore.RecordInput>
+    ): Effect.Effect<ReadonlyArray<TokenStore.RecordOutcome>, TokenStore.TokenStoreError> =>
+      Effect.suspend(() => {
+        const now = clock.unsafeCurrentTimeMillis()
+        const entries = new Map<string, Entry>()
+        let size = 0
+        for (const input of inputs) {
+          const entry: Entry = { id: entryId(input), input, enqueuedAt: now }
+          if (pending.has(entry.id) || entries.has(entry.id)) continue
+          entries.set(entry.id, entry)
+          size += sizeOf(entry)
         }
+        const all = Array.from(entries.values())
+        if (all.length <= 1 || pending.size + all.length > maxRecords || bytes + size > maxBytes) {
+          return Effect.forEach(inputs, enqueue, { concurrency: "unbounded" })
+        }
+        const write = storage.appendAll === undefined
+          ? Effect.forEach(all, storage.append, { discard: true })
+          : storage.appendAll(all)
+        return write.pipe(
+          Effect.mapError((error) =>
+            new TokenStore.TokenStoreError({ reason: "Unavailable", message: `Outbox: ${error.message}`, cause: error })
+          ),
+          Effect.tap(() =>
+            Effect.sync(() => {
+              for (const entry of all) hold(entry)
+              gauges()
+              Queue.unsafeOffer(wakeup, undefined)
+            })
+          ),
+          Effect.as(inputs.map(() => "queued" as const))
+        )
+      })
+
+    // The store's own batch; when it cannot take it now, the outbox keeps the whole batch at once (a record
+    // of it that reached the store counts once: records are idempotent).
+    const recordMany = (
+      inputs: ReadonlyArray<TokenStore.RecordInput>
+    ): Effect.Effect<ReadonlyArray<TokenStore.RecordOutcome>, TokenStore.TokenStoreError> =>
+      Effect.uninterruptibleMask((restore) =>
+        restore(inner.recordMany(inputs)).pipe(
+          Effect.catchIf((error) => error.transient, () => enqueueAll(inputs)),
+          Effect.onInterrupt(() => Effect.ignore(enqueueAll(inputs)))
+        )
       )
 
     /** One round: expire what is too old, try the oldest `batchSize`; fails when the store took nothing. */

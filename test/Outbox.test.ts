@@ -29,6 +29,13 @@ const switchable = Effect.gen(function*() {
         if (state.down) return fail("Unavailable")
         if (state.lossy) return Effect.zipRight(memory.record(input), fail("Timeout"))
         return memory.record(input)
+      }),
+    recordMany: (inputs) =>
+      Effect.suspend(() => {
+        state.attempts++
+        if (state.down) return fail("Unavailable")
+        if (state.lossy) return Effect.zipRight(memory.recordMany(inputs), fail("Timeout"))
+        return memory.recordMany(inputs)
       })
   }
   return { store, memory, state }
@@ -166,6 +173,37 @@ describe("Outbox", () => {
           assert.strictEqual((yield* memory.stats(`u${u}`, cycle)).totalTokens, expected)
         }
       }).pipe(Effect.provide(withOutbox(store, { batchSize: 64 })))
+    }))
+
+  it.effect("a batch the store cannot take now is kept whole, in one write to the storage; then written once each", () =>
+    Effect.gen(function*() {
+      const { memory, state, store } = yield* switchable
+      state.down = true
+      const writes = { one: 0, all: 0 }
+      const counting = Layer.succeed(Outbox.OutboxStorage, {
+        durable: false,
+        load: Effect.succeed([]),
+        append: () => Effect.sync(() => void writes.one++),
+        appendAll: () => Effect.sync(() => void writes.all++),
+        remove: () => Effect.void
+      })
+      yield* Effect.gen(function*() {
+        const wrapped = yield* TokenStore.TokenStore
+        const batch = Array.from({ length: 100 }, (_, i) => ({ callId: `b${i}`, userId: `u${i % 7}`, cycle, usage: usage(i) }))
+        const outcomes = yield* wrapped.recordMany(batch)
+        assert.deepStrictEqual(new Set(outcomes), new Set(["queued"]))
+        assert.deepStrictEqual(writes, { one: 0, all: 1 })
+        assert.strictEqual((yield* Outbox.stats).pending, 100)
+        // The same batch again (a handler's retry): nothing more is kept.
+        yield* wrapped.recordMany(batch)
+        assert.strictEqual((yield* Outbox.stats).pending, 100)
+        state.down = false
+        yield* TestClock.adjust("1 second")
+        yield* Outbox.flush
+        let total = 0
+        for (let u = 0; u < 7; u++) total += (yield* memory.stats(`u${u}`, cycle)).totalTokens
+        assert.strictEqual(total, batch.reduce((n, input) => n + input.usage.totalTokens, 0))
+      }).pipe(Effect.provide(withOutbox(store, {}, counting)))
     }))
 
   it.effect("full: a record that does not fit is refused, counted and logged with its user, cycle and tokens", () => {

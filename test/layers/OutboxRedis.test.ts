@@ -27,16 +27,17 @@ import * as path from "node:path"
 import * as readline from "node:readline"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import { freePort } from "../support/globalSetup.js"
+import { usageOf } from "../support/outboxUsage.js"
 import { bannerWithoutRedis, skipWithoutRedis } from "../support/redis.js"
 
 bannerWithoutRedis("test/layers/OutboxRedis.test.ts")
 
 const root = path.resolve(import.meta.dirname, "../..")
 const worker = path.join(root, "test", "support", "outboxWorker.ts")
+const shutdownWorker = path.join(root, "test", "support", "shutdownWorker.ts")
 const outageSeconds = Number(process.env["OUTBOX_OUTAGE_SECONDS"] ?? 6)
 const calls = 10_000
 
-const usageOf = (i: number) => ({ promptTokens: 10 + (i % 17), completionTokens: 1 + (i % 5) })
 
 /** A redis-server with an append-only file in `dir`, on `port`: stopping and starting it keeps the data. */
 const startRedis = (dir: string, port: number) =>
@@ -75,27 +76,32 @@ interface App {
   readonly until: (line: string) => Effect.Effect<void>
   /** Lets a paused process go on. */
   readonly resume: Effect.Effect<void>
+  /** Every line the process printed so far. */
+  readonly lines: ReadonlyArray<string>
 }
 
-const startApp = (args: ReadonlyArray<string>): Effect.Effect<App> =>
+const startApp = (args: ReadonlyArray<string>, file: string = worker): Effect.Effect<App> =>
   Effect.sync(() => {
     // The worker itself, not a wrapper (tsx's command line runs it in a child of its own, which a
     // SIGKILL of the wrapper would not reach).
-    const child = spawn(process.execPath, ["--import", "tsx", worker, ...args], {
+    const child = spawn(process.execPath, ["--import", "tsx", file, ...args], {
       cwd: root,
       stdio: ["pipe", "pipe", "pipe"]
     })
     const seen = new Set<string>()
+    const lines: Array<string> = []
     const waiting = new Map<string, Array<() => void>>()
     let stderr = ""
     child.stderr!.on("data", (chunk: Buffer) => (stderr = (stderr + chunk.toString()).slice(-4000)))
     readline.createInterface({ input: child.stdout! }).on("line", (line) => {
       seen.add(line)
+      lines.push(line)
       for (const resume of waiting.get(line) ?? []) resume()
       waiting.delete(line)
     })
     return {
       child,
+      lines,
       resume: Effect.sync(() => void child.stdin!.write("continue\n")),
       until: (line) =>
         Effect.async<void>((resume) => {
@@ -217,6 +223,59 @@ describe.skipIf(skipWithoutRedis)("the outbox across a Redis outage and a killed
         } finally {
           for (const app of apps) yield* stop(app, "SIGKILL")
           yield* stop(redis, "SIGTERM")
+          fs.rmSync(dir, { recursive: true, force: true })
+        }
+      }),
+    240_000
+  )
+
+  it.live(
+    "an app (runMain) stopped with SIGTERM during an outage: its buffered deliveries drained into the outbox file, replayed by the next start: 0 lost, 0 double",
+    () =>
+      Effect.gen(function*() {
+        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-sigterm-"))
+        // Redis is down from the start: nothing listens on its port until the second process runs.
+        const port = yield* Effect.promise(freePort)
+        const url = `redis://127.0.0.1:${port}`
+        const keyPrefix = "outbox_sigterm"
+        const outboxFile = path.join(dir, "outbox.db")
+        const total = 3_000
+        const apps: Array<ChildProcess> = []
+        let redis: ChildProcess | undefined
+        try {
+          const first = yield* startApp([url, keyPrefix, outboxFile, String(total)], shutdownWorker)
+          apps.push(first.child)
+          yield* Effect.async<void>((resume) => {
+            const poll = setInterval(() => {
+              if (first.lines.some((line) => line.startsWith("made "))) {
+                clearInterval(poll)
+                resume(Effect.void)
+              }
+            }, 20)
+            return Effect.sync(() => clearInterval(poll))
+          }).pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("the app made no calls") }))
+          // Deliveries still in the handler's buffer when the app is told to stop.
+          const buffered = Number(first.lines.find((line) => line.startsWith("made "))!.slice("made ".length))
+          assert.isAbove(buffered, 0)
+          // SIGTERM: runMain interrupts the program, the layers close (the buffer drained, the outbox's
+          // last attempt), and the process exits by itself.
+          const exited = Effect.async<{ readonly code: number | null; readonly signal: string | null }>((resume) => {
+            first.child.once("exit", (code, signal) => resume(Effect.succeed({ code, signal })))
+          })
+          first.child.kill("SIGTERM")
+          const exit = yield* exited.pipe(
+            Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("the app did not exit after SIGTERM") })
+          )
+          assert.strictEqual(exit.signal, null, `killed by ${exit.signal}`)
+          // Redis is back; the next start replays the file.
+          redis = yield* startRedis(dir, port)
+          const second = yield* startApp([url, keyPrefix, outboxFile, "0"], shutdownWorker)
+          apps.push(second.child)
+          yield* second.until("drained").pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => "the outbox did not drain" }))
+          yield* exactUsage(url, keyPrefix, total)
+        } finally {
+          for (const app of apps) yield* stop(app, "SIGKILL")
+          if (redis !== undefined) yield* stop(redis, "SIGTERM")
           fs.rmSync(dir, { recursive: true, force: true })
         }
       }),

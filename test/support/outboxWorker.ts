@@ -16,6 +16,7 @@ import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as SqlOutbox from "../../layers/SqlOutbox.js"
 import * as TokenUsage from "../../layers/TokenUsage.js"
 import { Callbacks, Dispatcher, Outbox } from "../../src/index.js"
+import { usageOf } from "./outboxUsage.js"
 
 const [redisUrl, keyPrefix, outboxFile, mode, from, to, pauseAt] = process.argv.slice(2) as [
   string,
@@ -32,8 +33,6 @@ const nextLine = Effect.async<void>((resume) => {
   process.stdin.once("data", () => resume(Effect.void))
 })
 
-/** The usage of call i (the test sums the same function). */
-export const usageOf = (i: number) => ({ promptTokens: 10 + (i % 17), completionTokens: 1 + (i % 5) })
 
 const say = (line: string) => Effect.sync(() => process.stdout.write(`${line}\n`))
 
