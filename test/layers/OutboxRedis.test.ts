@@ -143,141 +143,127 @@ const exactUsage = (url: string, keyPrefix: string, calls: number) =>
     }
   })
 
+/**
+ * What one test runs on: a directory (Redis' append-only file, the outbox file), a free port for its
+ * Redis, and the processes it starts there (its Redis, its apps), all ended with the scope.
+ */
+const outboxRun = (name: string) =>
+  Effect.gen(function*() {
+    const dir = yield* Effect.acquireRelease(
+      Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), `outbox-${name}-`))),
+      (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+    )
+    const port = yield* Effect.promise(freePort)
+    const processes: Array<ChildProcess> = []
+    yield* Effect.addFinalizer(() => Effect.forEach(processes, (child) => stop(child, "SIGKILL"), { discard: true }))
+    return {
+      url: `redis://127.0.0.1:${port}`,
+      keyPrefix: `outbox_${name}`,
+      outboxFile: path.join(dir, "outbox.db"),
+      startRedis: Effect.tap(startRedis(dir, port), (child) => processes.push(child)),
+      startApp: (args: ReadonlyArray<string>, file?: string) =>
+        Effect.tap(startApp(args, file), (app) => processes.push(app.child))
+    }
+  })
+
+/** Waits (60 s at most) for the app's output to hold a line starting with `prefix`, and gives it. */
+const lineStarting = (app: App, prefix: string) =>
+  Effect.suspend(() => {
+    const line = app.lines.find((line) => line.startsWith(prefix))
+    return line === undefined ? Effect.fail("not yet" as const) : Effect.succeed(line)
+  }).pipe(
+    Effect.retry(Schedule.spaced("20 millis").pipe(Schedule.intersect(Schedule.recurs(3_000)))),
+    Effect.orDieWith(() => new Error(`the app never printed a line starting with ${prefix}`))
+  )
+
+const drained = (app: App) =>
+  app.until("drained").pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => "the outbox did not drain" }))
+
 describe.skipIf(skipWithoutRedis)("the outbox across a Redis outage and a killed app (real processes)", () => {
   for (const mode of ["await", "background"] as const) {
-    it.live(
+    it.scopedLive(
       `${mode} mode: ${calls.toLocaleString("en-US")} calls, Redis stopped ${outageSeconds} s, the app SIGKILLed during the outage: 0 lost, 0 double`,
       () =>
         Effect.gen(function*() {
-          const dir = fs.mkdtempSync(path.join(os.tmpdir(), `outbox-${mode}-`))
-          const port = yield* Effect.promise(freePort)
-          const url = `redis://127.0.0.1:${port}`
-          const keyPrefix = `outbox_${mode}`
-          const outboxFile = path.join(dir, "outbox.db")
-          let redis = yield* startRedis(dir, port)
-          const apps: Array<ChildProcess> = []
-          try {
-            // First process: a quarter with Redis up, then Redis stops, another quarter, then SIGKILL.
-            const first = yield* startApp([url, keyPrefix, outboxFile, mode, "0", String(calls / 2), String(calls / 4)])
-            apps.push(first.child)
-            yield* first.until("paused")
-            yield* stop(redis, "SIGTERM")
-            yield* first.resume
-            yield* first.until("idle")
-            yield* stop(first.child, "SIGKILL")
-            // Second process, during the outage: replays the file, makes the other half.
-            const second = yield* startApp([url, keyPrefix, outboxFile, mode, String(calls / 2), String(calls)])
-            apps.push(second.child)
-            yield* second.until("idle")
-            yield* Effect.sleep(`${outageSeconds} seconds`)
-            redis = yield* startRedis(dir, port)
-            yield* second.until("drained").pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => "the outbox did not drain" }))
-            // What Redis holds is what the calls used: every call once.
-            yield* exactUsage(url, keyPrefix, calls)
-          } finally {
-            for (const app of apps) yield* stop(app, "SIGKILL")
-            yield* stop(redis, "SIGTERM")
-            fs.rmSync(dir, { recursive: true, force: true })
-          }
+          const { keyPrefix, outboxFile, startApp, startRedis, url } = yield* outboxRun(mode)
+          const redis = yield* startRedis
+          // First process: a quarter with Redis up, then Redis stops, another quarter, then SIGKILL.
+          const first = yield* startApp([url, keyPrefix, outboxFile, mode, "0", String(calls / 2), String(calls / 4)])
+          yield* first.until("paused")
+          yield* stop(redis, "SIGTERM")
+          yield* first.resume
+          yield* first.until("idle")
+          yield* stop(first.child, "SIGKILL")
+          // Second process, during the outage: replays the file, makes the other half.
+          const second = yield* startApp([url, keyPrefix, outboxFile, mode, String(calls / 2), String(calls)])
+          yield* second.until("idle")
+          yield* Effect.sleep(`${outageSeconds} seconds`)
+          yield* startRedis
+          yield* drained(second)
+          // What Redis holds is what the calls used: every call once.
+          yield* exactUsage(url, keyPrefix, calls)
         }),
       240_000
     )
   }
 
-  it.live(
+  it.scopedLive(
     "a rolling restart during an outage: two processes on one outbox file at once, the old one killed: 0 lost, 0 double",
     () =>
       Effect.gen(function*() {
-        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-rolling-"))
-        const port = yield* Effect.promise(freePort)
-        const url = `redis://127.0.0.1:${port}`
-        const keyPrefix = "outbox_rolling"
-        const outboxFile = path.join(dir, "outbox.db")
+        const { keyPrefix, outboxFile, startApp, startRedis, url } = yield* outboxRun("rolling")
         const total = 8_000
-        let redis = yield* startRedis(dir, port)
-        const apps: Array<ChildProcess> = []
-        try {
-          // The old process: 1,000 calls with Redis up, then Redis stops.
-          const old = yield* startApp([url, keyPrefix, outboxFile, "await", "0", String(total / 2), String(total / 8)])
-          apps.push(old.child)
-          yield* old.until("paused")
-          yield* stop(redis, "SIGTERM")
-          // The new process starts (it replays what the file holds now); then the old one goes on: both
-          // keep the records of their calls in the one file at once.
-          const young = yield* startApp([url, keyPrefix, outboxFile, "await", String(total / 2), String(total)])
-          apps.push(young.child)
-          yield* young.until("ready")
-          yield* old.resume
-          yield* old.until("idle")
-          // The old process is gone, its last records in the file only.
-          yield* stop(old.child, "SIGKILL")
-          yield* young.until("idle")
-          redis = yield* startRedis(dir, port)
-          // The new process writes its own records, and those the old one left.
-          yield* exactUsage(url, keyPrefix, total).pipe(
-            // Until it holds (an assertion that fails is a defect: made a failure to be retried), 60 s at most.
-            Effect.catchAllDefect(Effect.fail),
-            Effect.retry(Schedule.spaced("250 millis").pipe(Schedule.intersect(Schedule.recurs(240)))),
-            Effect.orDie
-          )
-        } finally {
-          for (const app of apps) yield* stop(app, "SIGKILL")
-          yield* stop(redis, "SIGTERM")
-          fs.rmSync(dir, { recursive: true, force: true })
-        }
+        const redis = yield* startRedis
+        // The old process: 1,000 calls with Redis up, then Redis stops.
+        const old = yield* startApp([url, keyPrefix, outboxFile, "await", "0", String(total / 2), String(total / 8)])
+        yield* old.until("paused")
+        yield* stop(redis, "SIGTERM")
+        // The new process starts (it replays what the file holds now); then the old one goes on: both
+        // keep the records of their calls in the one file at once.
+        const young = yield* startApp([url, keyPrefix, outboxFile, "await", String(total / 2), String(total)])
+        yield* young.until("ready")
+        yield* old.resume
+        yield* old.until("idle")
+        // The old process is gone, its last records in the file only.
+        yield* stop(old.child, "SIGKILL")
+        yield* young.until("idle")
+        yield* startRedis
+        // The new process writes its own records, and those the old one left.
+        yield* exactUsage(url, keyPrefix, total).pipe(
+          // Until it holds (an assertion that fails is a defect: made a failure to be retried), 60 s at most.
+          Effect.catchAllDefect(Effect.fail),
+          Effect.retry(Schedule.spaced("250 millis").pipe(Schedule.intersect(Schedule.recurs(240)))),
+          Effect.orDie
+        )
       }),
     240_000
   )
 
-  it.live(
+  it.scopedLive(
     "an app (runMain) stopped with SIGTERM during an outage: its buffered deliveries drained into the outbox file, replayed by the next start: 0 lost, 0 double",
     () =>
       Effect.gen(function*() {
-        const dir = fs.mkdtempSync(path.join(os.tmpdir(), "outbox-sigterm-"))
         // Redis is down from the start: nothing listens on its port until the second process runs.
-        const port = yield* Effect.promise(freePort)
-        const url = `redis://127.0.0.1:${port}`
-        const keyPrefix = "outbox_sigterm"
-        const outboxFile = path.join(dir, "outbox.db")
+        const { keyPrefix, outboxFile, startApp, startRedis, url } = yield* outboxRun("sigterm")
         const total = 3_000
-        const apps: Array<ChildProcess> = []
-        let redis: ChildProcess | undefined
-        try {
-          const first = yield* startApp([url, keyPrefix, outboxFile, String(total)], shutdownWorker)
-          apps.push(first.child)
-          yield* Effect.async<void>((resume) => {
-            const poll = setInterval(() => {
-              if (first.lines.some((line) => line.startsWith("made "))) {
-                clearInterval(poll)
-                resume(Effect.void)
-              }
-            }, 20)
-            return Effect.sync(() => clearInterval(poll))
-          }).pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("the app made no calls") }))
-          // Deliveries still in the handler's buffer when the app is told to stop.
-          const buffered = Number(first.lines.find((line) => line.startsWith("made "))!.slice("made ".length))
-          assert.isAbove(buffered, 0)
-          // SIGTERM: runMain interrupts the program, the layers close (the buffer drained, the outbox's
-          // last attempt), and the process exits by itself.
-          const exited = Effect.async<{ readonly code: number | null; readonly signal: string | null }>((resume) => {
-            first.child.once("exit", (code, signal) => resume(Effect.succeed({ code, signal })))
-          })
-          first.child.kill("SIGTERM")
-          const exit = yield* exited.pipe(
-            Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("the app did not exit after SIGTERM") })
-          )
-          assert.strictEqual(exit.signal, null, `killed by ${exit.signal}`)
-          // Redis is back; the next start replays the file.
-          redis = yield* startRedis(dir, port)
-          const second = yield* startApp([url, keyPrefix, outboxFile, "0"], shutdownWorker)
-          apps.push(second.child)
-          yield* second.until("drained").pipe(Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => "the outbox did not drain" }))
-          yield* exactUsage(url, keyPrefix, total)
-        } finally {
-          for (const app of apps) yield* stop(app, "SIGKILL")
-          if (redis !== undefined) yield* stop(redis, "SIGTERM")
-          fs.rmSync(dir, { recursive: true, force: true })
-        }
+        const first = yield* startApp([url, keyPrefix, outboxFile, String(total)], shutdownWorker)
+        // Deliveries still in the handler's buffer when the app is told to stop.
+        const buffered = Number((yield* lineStarting(first, "made ")).slice("made ".length))
+        assert.isAbove(buffered, 0)
+        // SIGTERM: runMain interrupts the program, the layers close (the buffer drained, the outbox's
+        // last attempt), and the process exits by itself.
+        const exited = Effect.async<{ readonly code: number | null; readonly signal: string | null }>((resume) => {
+          first.child.once("exit", (code, signal) => resume(Effect.succeed({ code, signal })))
+        })
+        first.child.kill("SIGTERM")
+        const exit = yield* exited.pipe(
+          Effect.timeoutFail({ duration: "60 seconds", onTimeout: () => new Error("the app did not exit after SIGTERM") })
+        )
+        assert.strictEqual(exit.signal, null, `killed by ${exit.signal}`)
+        // Redis is back; the next start replays the file.
+        yield* startRedis
+        yield* drained(yield* startApp([url, keyPrefix, outboxFile, "0"], shutdownWorker))
+        yield* exactUsage(url, keyPrefix, total)
       }),
     240_000
   )

@@ -11,12 +11,9 @@
  * (`drained`), then waits to be killed. Records left by a previous process in the outbox file are replayed
  * from the start.
  */
-import { Effect, Layer, Logger, LogLevel } from "effect"
-import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
-import * as SqlOutbox from "../../layers/SqlOutbox.js"
-import * as TokenUsage from "../../layers/TokenUsage.js"
-import { Callbacks, Dispatcher, Outbox } from "../../src/index.js"
-import { usageOf } from "./outboxUsage.js"
+import { Effect, Logger, LogLevel } from "effect"
+import { Dispatcher, Outbox } from "../../src/index.js"
+import { appCall, appLayer } from "./outboxUsage.js"
 
 const [redisUrl, keyPrefix, outboxFile, mode, from, to, pauseAt] = process.argv.slice(2) as [
   string,
@@ -36,23 +33,7 @@ const nextLine = Effect.async<void>((resume) => {
 
 const say = (line: string) => Effect.sync(() => process.stdout.write(`${line}\n`))
 
-const layer = TokenUsage.layer({ cycleStartDate: "2026-12-01", mode, timeout: "3 seconds" }).pipe(
-  Layer.provideMerge(
-    Layer.merge(
-      Dispatcher.layer({ retryDelay: "10 millis" }),
-      Outbox.layer({ batchSize: 512 }).pipe(
-        Layer.provide(RedisTokenStore.layer({
-          url: redisUrl,
-          keyPrefix,
-          commandTimeout: "1 second",
-          connectTimeout: "1 second",
-          connection: "background"
-        })),
-        Layer.provide(SqlOutbox.layerSqlite({ filename: outboxFile }))
-      )
-    )
-  )
-)
+const layer = appLayer({ redisUrl, keyPrefix, outboxFile, mode: mode })
 
 const program = Effect.gen(function*() {
   yield* say("ready")
@@ -62,14 +43,7 @@ const program = Effect.gen(function*() {
   const run = (first: number, last: number) =>
     Effect.forEach(
     Array.from({ length: last - first }, (_, k) => first + k),
-    (i) =>
-      Effect.sync(() => {
-        const usage = usageOf(i)
-        return { content: "ok", usage: { ...usage, totalTokens: usage.promptTokens + usage.completionTokens } }
-      }).pipe(
-        Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: `user-${i % 13}`, callId: `call-${i}` }),
-        Effect.zipRight(i % 250 === 249 ? say(`done ${i + 1}`) : Effect.void)
-      ),
+    (i) => Effect.zipRight(appCall(i), i % 250 === 249 ? say(`done ${i + 1}`) : Effect.void),
     { concurrency: 32, discard: true }
   )
   yield* run(start, pause)
