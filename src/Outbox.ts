@@ -397,6 +397,23 @@ export const make = (
     }
     gauges()
 
+    /** Writes entries that fit to the storage (several in one write: `Storage.appendAll`), then holds them. */
+    const keep = (entries: ReadonlyArray<Entry>): Effect.Effect<void, TokenStore.TokenStoreError> =>
+      (entries.length === 1 || storage.appendAll === undefined
+        ? Effect.forEach(entries, storage.append, { discard: true })
+        : storage.appendAll(entries)).pipe(
+          Effect.mapError((error) =>
+            new TokenStore.TokenStoreError({ reason: "Unavailable", message: `Outbox: ${error.message}`, cause: error })
+          ),
+          Effect.tap(() =>
+            Effect.sync(() => {
+              for (const entry of entries) hold(entry)
+              gauges()
+              Queue.unsafeOffer(wakeup, undefined)
+            })
+          )
+        )
+
     const enqueue = (input: TokenStore.RecordInput): Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError> =>
       Effect.suspend(() => {
         const entry: Entry = { id: entryId(input), input, enqueuedAt: clock.unsafeCurrentTimeMillis() }
@@ -417,19 +434,7 @@ export const make = (
             ))
           )
         }
-        return storage.append(entry).pipe(
-          Effect.mapError((error) =>
-            new TokenStore.TokenStoreError({ reason: "Unavailable", message: `Outbox: ${error.message}`, cause: error })
-          ),
-          Effect.tap(() =>
-            Effect.sync(() => {
-              hold(entry)
-              gauges()
-              Queue.unsafeOffer(wakeup, undefined)
-            })
-          ),
-          Effect.as("queued" as const)
-        )
+        return Effect.as(keep([entry]), "queued" as const)
       })
 
     const record = (input: TokenStore.RecordInput): Effect.Effect<TokenStore.RecordOutcome, TokenStore.TokenStoreError> =>
@@ -464,22 +469,7 @@ export const make = (
         if (all.length <= 1 || pending.size + all.length > maxRecords || bytes + size > maxBytes) {
           return Effect.forEach(inputs, enqueue, { concurrency: "unbounded" })
         }
-        const write = storage.appendAll === undefined
-          ? Effect.forEach(all, storage.append, { discard: true })
-          : storage.appendAll(all)
-        return write.pipe(
-          Effect.mapError((error) =>
-            new TokenStore.TokenStoreError({ reason: "Unavailable", message: `Outbox: ${error.message}`, cause: error })
-          ),
-          Effect.tap(() =>
-            Effect.sync(() => {
-              for (const entry of all) hold(entry)
-              gauges()
-              Queue.unsafeOffer(wakeup, undefined)
-            })
-          ),
-          Effect.as(inputs.map(() => "queued" as const))
-        )
+        return Effect.as(keep(all), inputs.map(() => "queued" as const))
       })
 
     // The store's own batch; when it cannot take it now, the outbox keeps the whole batch at once (a record

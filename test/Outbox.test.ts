@@ -206,6 +206,35 @@ describe("Outbox", () => {
       }).pipe(Effect.provide(withOutbox(store, {}, counting)))
     }))
 
+  it.effect("durable storage: an outbox with nothing pending reads it again every rescanInterval, and writes what another process left", () =>
+    Effect.gen(function*() {
+      const { memory, store } = yield* switchable
+      // A durable storage shared with another process (kept here in a map).
+      const rows = new Map<string, Outbox.Entry>()
+      const shared = Layer.succeed(Outbox.OutboxStorage, {
+        durable: true,
+        load: Effect.sync(() => Array.from(rows.values())),
+        append: (entry) => Effect.sync(() => void rows.set(entry.id, entry)),
+        remove: (ids) => Effect.sync(() => ids.forEach((id) => rows.delete(id)))
+      })
+      yield* Effect.gen(function*() {
+        // After this outbox started, another process leaves 5 records there.
+        for (let i = 0; i < 5; i++) {
+          const input = { callId: `left${i}`, userId: "ivy", cycle, usage: usage(i) }
+          rows.set(Outbox.entryId(input), { id: Outbox.entryId(input), input, enqueuedAt: 0 })
+        }
+        yield* TestClock.adjust("59 seconds")
+        assert.strictEqual((yield* memory.stats("ivy", cycle)).totalTokens, 0)
+        assert.strictEqual(rows.size, 5)
+        // Its next read of the storage finds them: written, once each, and gone from the storage.
+        yield* TestClock.adjust("1 second")
+        yield* Outbox.flush
+        assert.strictEqual((yield* memory.stats("ivy", cycle)).totalTokens, 15)
+        assert.strictEqual(rows.size, 0)
+        assert.strictEqual((yield* Outbox.stats).written, 5)
+      }).pipe(Effect.provide(withOutbox(store, { rescanInterval: "1 minute", maxAge: "23 hours" }, shared)))
+    }))
+
   it.effect("full: a record that does not fit is refused, counted and logged with its user, cycle and tokens", () => {
     const { layer, lines } = capture()
     return Effect.gen(function*() {
