@@ -50,7 +50,11 @@
  * again once it is back (a blip is not seen), and ioredis reconnects in the
  * background. Failures
  * surface as `TokenStoreError` with reason `Timeout` (no reply in time),
- * `Unavailable` (no connection) or `Unknown`.
+ * `Unavailable` (no connection, or a refusal an operator fixes: `NOAUTH`,
+ * `WRONGPASS`, `NOPERM`, `OOM`) or `Unknown`. A password missing or wrong, or a
+ * certificate that cannot be verified, fails the layer at once, naming why;
+ * a Redis that may evict keys (`maxmemory-policy` other than `noeviction`)
+ * is warned about once connected.
  *
  * @since 0.1.0
  */
@@ -1277,22 +1281,32 @@ const checkEviction = (
  * failure says what the connection's last error was (a Cluster's own error
  * says only that no node is available).
  */
-const connectWith = (client: Redis | Cluster, connection: "wait" | "background" | undefined, watch: ConnectionWatch) => {
+const connectWith = (
+  client: Redis | Cluster,
+  connection: "wait" | "background" | undefined,
+  watch: ConnectionWatch,
+  probe?: Effect.Effect<string | undefined>
+) => {
   if (connection === "background") {
     // ioredis goes on reconnecting whether or not this first attempt succeeds.
     return Effect.sync(() => void client.connect().catch(() => undefined))
   }
-  const explained = (error: TokenStore.TokenStoreError) => {
-    const last = watch.lastError()
-    return last === undefined || error.message.includes(last)
-      ? error
-      : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${last})` })
-  }
+  // Why it failed: a lasting error seen; else what `probe` finds (when given), else the last error seen.
+  const explained = (error: TokenStore.TokenStoreError) =>
+    Effect.map(
+      watch.lastLasts() || probe === undefined ? Effect.succeed(undefined) : probe,
+      (found) => {
+        const cause = found ?? watch.lastError()
+        return cause === undefined || error.message.includes(cause)
+          ? error
+          : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${cause})` })
+      }
+    )
   return tryRedis("connect", () => client.connect()).pipe(
     Effect.catchAll((error) =>
-      watch.lastLasts()
-        ? Effect.fail(explained(error))
-        : Effect.mapError(ready(client, 3_000), () => explained(error))
+      (watch.lastLasts() ? Effect.fail(error) : Effect.mapError(ready(client, 3_000), () => error)).pipe(
+        Effect.catchAll((error) => Effect.flip(explained(error)))
+      )
     )
   )
 }
@@ -1336,6 +1350,9 @@ export interface ClusterOptions extends Omit<Options, "url"> {
   readonly username?: string | undefined
 }
 
+/** What every node of a cluster is connected with: its credentials and TLS. */
+type NodeOptions = { readonly username?: string; readonly password?: string; readonly tls?: Tls.ConnectionOptions }
+
 /** A cluster node's address, and what its URL says of the connection. */
 interface ClusterNode {
   readonly host: string
@@ -1360,13 +1377,13 @@ const parseNode = (node: string): ClusterNode | undefined => {
   }
 }
 
-/** What a node list says of the connections, or the error naming what is wrong with it. */
+/** What a node list says of the connections, or what is wrong with it. */
 const parseNodes = (
   options: ClusterOptions
 ): Either.Either<{
   readonly nodes: ReadonlyArray<{ readonly host: string; readonly port: number }>
-  readonly redisOptions: { readonly username?: string; readonly password?: string; readonly tls?: Tls.ConnectionOptions }
-}, ConfigError.ConfigError> => {
+  readonly redisOptions: NodeOptions
+}, string> => {
   const parsed: Array<ClusterNode> = []
   for (const node of options.nodes) {
     const text = Redacted.isRedacted(node) ? Redacted.value(node) : node
@@ -1374,17 +1391,15 @@ const parseNodes = (
     if (one === undefined) {
       // A node URL may hold a password: such a node is not repeated in the message.
       const shown = typeof text === "string" && !text.includes("@") ? JSON.stringify(text) : "a node (not shown: it may hold a password)"
-      return Either.left(invalidOption("nodes", `Expected host:port, redis://host:port or rediss://host:port, got ${shown}`))
+      return Either.left(`Expected host:port, redis://host:port or rediss://host:port, got ${shown}`)
     }
     parsed.push(one)
   }
-  if (parsed.length === 0) return Either.left(invalidOption("nodes", "Expected at least one node"))
-  if (new Set(parsed.map((node) => node.tls)).size > 1) {
-    return Either.left(invalidOption("nodes", "Expected every node over TLS (rediss://) or none"))
-  }
+  if (parsed.length === 0) return Either.left("Expected at least one node")
+  if (new Set(parsed.map((node) => node.tls)).size > 1) return Either.left("Expected every node over TLS (rediss://) or none")
   const withCredentials = parsed.filter((node) => node.username !== "" || node.password !== "")
   if (new Set(withCredentials.map((node) => `${node.username}\u0000${node.password}`)).size > 1) {
-    return Either.left(invalidOption("nodes", "Expected the same credentials in every node URL that has any"))
+    return Either.left("Expected the same credentials in every node URL that has any")
   }
   const password = options.password === undefined
     ? withCredentials[0]?.password ?? ""
@@ -1417,7 +1432,7 @@ export const makeCluster = (
   options: ClusterOptions
 ): Effect.Effect<TokenStore.Service, ConfigError.ConfigError | TokenStore.TokenStoreError, Scope.Scope> =>
   Effect.gen(function*() {
-    const { nodes, redisOptions } = yield* parseNodes(options)
+    const { nodes, redisOptions } = yield* Either.mapLeft(parseNodes(options), (message) => invalidOption("nodes", message))
     const commandTimeout = yield* positiveMillis("commandTimeout", options.commandTimeout ?? Duration.seconds(2))
     const connectTimeout = yield* positiveMillis("connectTimeout", options.connectTimeout ?? Duration.seconds(5))
     const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(2)
@@ -1437,16 +1452,7 @@ export const makeCluster = (
       (cluster) => close(cluster, shutdownTimeout)
     )
     const watch = watchConnection(cluster, logError, "RedisTokenStore (cluster)")
-    yield* connectWith(cluster, options.connection, watch).pipe(
-      Effect.catchAll((error) =>
-        watch.lastLasts()
-          ? Effect.fail(error)
-          : Effect.flatMap(firstNodeError(nodes[0]!, redisOptions, connectTimeout), (cause) =>
-            Effect.fail(
-              cause === undefined ? error : new TokenStore.TokenStoreError({ ...error, message: `${error.message} (${cause})` })
-            ))
-      )
-    )
+    yield* connectWith(cluster, options.connection, watch, firstNodeError(nodes[0]!, redisOptions, connectTimeout))
     const store = yield* fromClient(cluster, options)
     yield* checkEviction(cluster, options.connection, logError, "RedisTokenStore (cluster)")
     return store
@@ -1460,7 +1466,7 @@ export const makeCluster = (
  */
 const firstNodeError = (
   node: { readonly host: string; readonly port: number },
-  redisOptions: { readonly username?: string; readonly password?: string; readonly tls?: Tls.ConnectionOptions },
+  redisOptions: NodeOptions,
   connectTimeout: number
 ): Effect.Effect<string | undefined> =>
   Effect.async<string | undefined>((resume) => {
@@ -1577,7 +1583,7 @@ export const clusterConfig: Config.Config<ClusterOptions> = Config.all({
     Config.mapOrFail((value) => {
       const nodes = Redacted.value(value).split(",").map((node) => node.trim()).filter((node) => node !== "")
       return Either.match(parseNodes({ nodes }), {
-        onLeft: (error) => Either.left(ConfigError.InvalidData([], error._op === "InvalidData" ? error.message : String(error))),
+        onLeft: (message) => Either.left(ConfigError.InvalidData([], message)),
         onRight: () => Either.right(nodes.map((node) => Redacted.make(node)))
       })
     }),
