@@ -17,9 +17,9 @@
  */
 import * as Migrator from "@effect/sql/Migrator"
 import * as SqlClient from "@effect/sql/SqlClient"
-import type * as SqlError from "@effect/sql/SqlError"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import type * as ConfigError from "effect/ConfigError"
+import * as Arr from "effect/Array"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Schema from "effect/Schema"
@@ -44,13 +44,6 @@ const Row = Schema.Struct({
   enqueued_at: Schema.Union(Schema.Number, Schema.BigIntFromSelf, Schema.NumberFromString),
   record: Schema.String
 })
-
-/** `items` in runs of at most `size` (one statement each: a database bounds a statement's parameters). */
-const chunks = <A>(items: ReadonlyArray<A>, size: number): Array<ReadonlyArray<A>> => {
-  const out: Array<ReadonlyArray<A>> = []
-  for (let i = 0; i < items.length; i += size) out.push(items.slice(i, i + size))
-  return out
-}
 
 const storageError = (what: string) => (cause: unknown) =>
   new Outbox.OutboxError({ message: `SqlOutbox: cannot ${what}: ${cause instanceof Error ? cause.message : String(cause)}`, cause })
@@ -83,9 +76,10 @@ export const make: Effect.Effect<Outbox.Storage, Outbox.OutboxError, SqlClient.S
       Effect.mapError(storageError("read the pending records"))
     ),
     append: (entry) => insert([entry]).pipe(Effect.mapError(storageError("keep a record"))),
-    // One transaction: the database writes to disk once for them all.
+    // One transaction (the database writes to disk once for them all), in statements of at most 500 rows (a
+    // database bounds a statement's parameters).
     appendAll: (entries) =>
-      Effect.forEach(chunks(entries, 500), insert, { discard: true }).pipe(
+      Effect.forEach(Arr.chunksOf(entries, 500), insert, { discard: true }).pipe(
         sql.withTransaction,
         Effect.mapError(storageError(`keep ${entries.length} records`))
       ),
@@ -120,5 +114,5 @@ export const layer: Layer.Layer<Outbox.OutboxStorage, Outbox.OutboxError, SqlCli
 export const layerSqlite = (options: {
   /** The file; its directory must exist. */
   readonly filename: string
-}): Layer.Layer<Outbox.OutboxStorage, Outbox.OutboxError | ConfigError.ConfigError | SqlError.SqlError> =>
+}): Layer.Layer<Outbox.OutboxStorage, Outbox.OutboxError | ConfigError.ConfigError> =>
   layer.pipe(Layer.provide(opened(SqliteClient.layer({ filename: options.filename }), options.filename)))

@@ -29,7 +29,9 @@
  * a serialization failure or a busy SQLite file is run again (at most
  * `contentionRetries` times). A database that cannot be reached fails with
  * reason `Unavailable` (an `Outbox` in front keeps such records and retries
- * them), an operation past `timeout` with `Timeout`.
+ * them), and so does one that refuses for a reason an operator fixes (rights
+ * revoked, a password or role refused, a full disk, a SQLite file that cannot
+ * be written); an operation past `timeout` fails with `Timeout`.
  *
  * Time (hold expiry, rate windows, `recorded_at`) is Effect's `Clock`, not the
  * database's, as in the other stores.
@@ -271,7 +273,8 @@ const isRefused = (error: unknown): boolean => {
 const isUnreachable = (error: unknown): boolean => {
   const cause = causeOf(error)
   const code = codeOf(cause)
-  if (code !== undefined && (unreachableCodes.has(code) || code.startsWith("08") || isRefused(error))) return true
+  if (code !== undefined && (unreachableCodes.has(code) || code.startsWith("08"))) return true
+  if (isRefused(error)) return true
   const message = `${(error as { readonly message?: unknown }).message ?? ""} ${
     cause instanceof Error ? cause.message : ""
   }`

@@ -321,9 +321,10 @@ export interface ReleaseInput {
 export type RecordOutcome = "recorded" | "duplicate" | "queued"
 
 /**
- * A failure of the token store: the backend is unreachable (`Unavailable`),
- * did not answer in time (`Timeout`), the input is invalid (`InvalidInput`),
- * or anything else (`Unknown`).
+ * A failure of the token store: the backend is unreachable or refuses for a
+ * reason an operator fixes, such as a password, rights, memory or disk
+ * (`Unavailable`), did not answer in time (`Timeout`), the input is invalid
+ * (`InvalidInput`), or anything else (`Unknown`).
  *
  * @since 0.1.0
  * @category errors
@@ -346,9 +347,9 @@ export class TokenStoreError extends Schema.TaggedError<TokenStoreError>("effect
   }
 
   /**
-   * The store did not answer, or not in time (`Unavailable`, `Timeout`): the
-   * same request may succeed later (an outbox keeps such a record, a budget
-   * tries such a release again).
+   * The store did not answer, not in time, or refused for a reason an
+   * operator fixes (`Unavailable`, `Timeout`): the same request may succeed
+   * later (an outbox keeps such a record, a budget tries such a release again).
    *
    * @since 0.4.0
    */
