@@ -52,20 +52,43 @@ export const durationKey = MetricKey.histogram(
 
 
 /**
+ * The registry hooks of one handler's invocations in one phase, resolved
+ * once: updating a hook directly skips the per-update lookup of its label
+ * set, and an outcome's accounting reads one object per invocation. The
+ * series of an outcome is made the first time it is asked for.
+ */
+export class PhaseMeter {
+  /** `callback_duration_seconds`. */
+  readonly duration: MetricHook.MetricHook<number, unknown>
+  private successHook: MetricHook.MetricHook<number, unknown> | undefined = undefined
+  private readonly executions: Partial<Record<Status, MetricHook.MetricHook<number, unknown>>> = {}
+
+  /** `labels`: the handler's and the phase's, of `callback_duration_seconds` and `callback_retries_total`. */
+  constructor(readonly labels: ReadonlyArray<MetricLabel.MetricLabel>) {
+    this.duration = Metric.globalMetricRegistry.get(MetricKey.taggedWithLabels(durationKey, labels))
+  }
+
+  /** `callback_executions_total` with `status="success"`, the commonest. */
+  success(): MetricHook.MetricHook<number, unknown> {
+    return this.successHook ??= this.execution("success")
+  }
+
+  /** `callback_executions_total` for an outcome. */
+  execution(status: Status): MetricHook.MetricHook<number, unknown> {
+    return this.executions[status] ??= Metric.globalMetricRegistry.get(
+      MetricKey.taggedWithLabels(executionsKey, [...this.labels, MetricLabel.make("status", status)])
+    )
+  }
+}
+
+/**
  * Precomputed label sets for one handler. Metric hooks are cached per label
  * array identity, so reusing these arrays keeps an update on the dispatch hot
  * path to a map lookup.
  */
 export interface HandlerLabels {
-  /**
-   * The registry hook of `callback_executions_total` for this handler, a
-   * phase and an outcome, resolved once: updating a hook directly skips the
-   * per-update lookup of the label set.
-   */
-  readonly executionHook: (phase: Phase, status: Status) => MetricHook.MetricHook<number, unknown>
-  /** The registry hooks of `callback_duration_seconds`, per phase. */
-  readonly durationHooks: Readonly<Record<Phase, MetricHook.MetricHook<number, unknown>>>
-  readonly duration: Readonly<Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>>
+  /** Per phase, its metric hooks. */
+  readonly meters: Readonly<Record<Phase, PhaseMeter>>
   readonly error: Readonly<Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>>
   readonly handler: ReadonlyArray<MetricLabel.MetricLabel>
 }
@@ -82,26 +105,16 @@ export const makeHandlerLabels = (
   background: boolean
 ): HandlerLabels => {
   const type = MetricLabel.make("callback_type", handler)
-  const duration = {} as Record<Phase, ReadonlyArray<MetricLabel.MetricLabel>>
-  const durationHooks = {} as Record<Phase, MetricHook.MetricHook<number, unknown>>
-  const executionHooks = {} as Record<Phase, Partial<Record<Status, MetricHook.MetricHook<number, unknown>>>>
-  for (const phase of phases) {
-    duration[phase] = [type, MetricLabel.make("phase", phase)]
-    durationHooks[phase] = Metric.globalMetricRegistry.get(MetricKey.taggedWithLabels(durationKey, duration[phase]))
-    executionHooks[phase] = {}
-  }
-  const executionHook = (phase: Phase, status: Status) =>
-    executionHooks[phase][status] ??= Metric.globalMetricRegistry.get(
-      MetricKey.taggedWithLabels(executionsKey, [...duration[phase], MetricLabel.make("status", status)])
-    )
+  const meters = {} as Record<Phase, PhaseMeter>
+  for (const phase of phases) meters[phase] = new PhaseMeter([type, MetricLabel.make("phase", phase)])
   for (const phase of hooked) {
     for (const status of statuses) {
-      if (status !== "dropped" || background) executionHook(phase, status)
+      if (status !== "dropped" || background) meters[phase].execution(status)
     }
   }
   const error = {} as Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>
   for (const status of statuses) {
     if (status !== "success") error[status] = [type, MetricLabel.make("error_type", status)]
   }
-  return { executionHook, durationHooks, duration, error, handler: [type] }
+  return { meters, error, handler: [type] }
 }

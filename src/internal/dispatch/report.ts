@@ -54,17 +54,20 @@ const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome
   const stats = entry.stats
   const status = outcome.status
   if (status === "queued") return
-  entry.labels.executionHook(phase, status).update(1)
-  entry.labels.durationHooks[phase].update(seconds)
+  const meter = entry.labels.meters[phase]
+  meter.duration.update(seconds)
   if (outcome.attempts > 1) {
     stats.retries += outcome.attempts - 1
-    Metrics.retriesTotal.unsafeUpdate(outcome.attempts - 1, entry.labels.duration[phase])
+    Metrics.retriesTotal.unsafeUpdate(outcome.attempts - 1, meter.labels)
   }
   stats.lastOutcome = status
+  if (status === "success") {
+    meter.success().update(1)
+    stats.successes++
+    return
+  }
+  meter.execution(status).update(1)
   switch (status) {
-    case "success":
-      stats.successes++
-      return
     case "failed":
       stats.failures++
       break
