@@ -38,7 +38,7 @@ export const kinds: ReadonlyArray<Kind> = ["no-op", "sync", "suspend", "fail", "
 export const sizes: ReadonlyArray<number> = [1, 3, 10]
 
 /** One call of a variant, as a Promise. */
-type One = () => Promise<unknown>
+export type One = () => Promise<unknown>
 
 // -- ours ---------------------------------------------------------------------
 const failure = Effect.fail("handler failed")
@@ -56,7 +56,7 @@ const hookOf = (kind: Kind) =>
     ? () => Effect.sync(count)
     : () => Effect.void
 
-const oursRuntime = (kind: Kind, n: number) => {
+export const oursRuntime = (kind: Kind, n: number) => {
   const hook = hookOf(kind)
   const handlers = Array.from({ length: n }, (_, i) =>
     Dispatcher.toLayer(Handler.make({
@@ -77,10 +77,10 @@ const oursRuntime = (kind: Kind, n: number) => {
   )
 }
 
-const instrumented = Effect.succeed(response).pipe(
+export const instrumented = Effect.succeed(response).pipe(
   Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", messages, userId: "u1" })
 )
-const bare = Effect.succeed(response)
+export const bare = Effect.succeed(response)
 
 // -- hand-written ---------------------------------------------------------------
 type PHandler = { readonly onStart: () => Promise<void>; readonly onEnd: () => Promise<void> }
@@ -103,7 +103,7 @@ const withRetry = async (f: () => Promise<void>, attempts: number, delay: number
     }
   }
 }
-const handOne = (kind: Kind, n: number): One => {
+export const handOne = (kind: Kind, n: number): One => {
   const body = kind === "suspend"
     ? async () => {
       await Promise.resolve()
@@ -132,7 +132,7 @@ const handOne = (kind: Kind, n: number): One => {
 }
 
 // -- LangChain ----------------------------------------------------------------------
-const langchainOne = (kind: Kind, n: number): One => {
+export const langchainOne = (kind: Kind, n: number): One => {
   class H extends BaseCallbackHandler {
     name = `bench-${kind}`
     override awaitHandlers = kind !== "background"
