@@ -12,12 +12,14 @@
  * process's start, its module loading and the first calls' compilation.
  * Node runs with `--predictable`, fixed seeds and no incremental marking
  * (one thread: no concurrent compiler or collector). Counts still move
- * between identical runs. The no-op rows stay within about 0.5% (three runs
- * of 12,000 calls). The suspend rows, whose calls make the most garbage, are
- * bimodal: most runs agree within 0.5%, but about one in three lands about
- * 9% higher (12,000 suspend x1 calls: 5.83-5.87 or 6.35-6.36 billion
- * instructions, for the same build). Compare builds by several runs of
- * each (`repeats`: the table gives the median per call and the range).
+ * between identical runs. For the no-op rows, the totals of three runs of
+ * 12,000 calls agree within 0.5%, and a count per call (a difference of two
+ * runs) within about 2% (no-op x1, two repeats: 48,335-50,266). The suspend
+ * rows, whose calls make the most garbage, are bimodal: most runs agree
+ * within 0.5%, but about one in three lands about 9% higher (12,000 suspend
+ * x1 calls: 5.83-5.87 or 6.35-6.36 billion instructions, for the same
+ * build). Compare builds by several runs of each (`repeats`: the table gives
+ * the median per call and the range).
  *
  * `node .tmp/bench-dist/bench/instructions.js [kinds] [sizes] [repeats]`,
  * after `npx tsc -p tsconfig.bench.json`: kinds default to `no-op,suspend`,
