@@ -181,8 +181,23 @@ describe("Dispatcher", () => {
           retry: Schedule.spaced("1 second"),
           timeout: "1 minute"
         })
+        // The invocation's metrics, under its handler and phase (read before and after: the registry is global).
+        const series = (metric: Metric.Metric.Counter<number>) =>
+          metric.pipe(Metric.tagged("callback_type", "flaky"), Metric.tagged("phase", "end"))
+        const metrics = Effect.all({
+          retries: Metric.value(series(CallbackMetrics.retriesTotal)),
+          successes: Metric.value(series(CallbackMetrics.executionsTotal).pipe(Metric.tagged("status", "success"))),
+          failures: Metric.value(series(CallbackMetrics.executionsTotal).pipe(Metric.tagged("status", "failed"))),
+          timed: Metric.value(
+            CallbackMetrics.durationSeconds.pipe(Metric.tagged("callback_type", "flaky"), Metric.tagged("phase", "end"))
+          )
+        }).pipe(Effect.map(({ failures, retries, successes, timed }) => [retries.count, successes.count, failures.count, timed.count]))
+        const before = yield* metrics
         yield* runWithClock(call.pipe(Effect.provide(withHandlers([flaky]))))
         assert.deepStrictEqual(attempts, [0, 1000, 2000])
+        const after = yield* metrics
+        // One invocation: two retries, one success, no failure, one duration.
+        assert.deepStrictEqual(after.map((n, i) => n - before[i]!), [2, 1, 0, 1])
       }))
 
     it.effect("the default schedule: 3 attempts in all, exponential from CALLBACK_RETRY_DELAY", () =>
