@@ -21,22 +21,18 @@ const switchable = Effect.gen(function*() {
   const state = { down: false, lossy: false, attempts: 0 }
   const fail = (reason: "Unavailable" | "Timeout") =>
     Effect.fail(new TokenStore.TokenStoreError({ reason, message: `store ${reason}` }))
+  /** One request through the switch: `write` is the memory store's. */
+  const switched = <A>(write: Effect.Effect<A, TokenStore.TokenStoreError>) =>
+    Effect.suspend(() => {
+      state.attempts++
+      if (state.down) return fail("Unavailable")
+      if (state.lossy) return Effect.zipRight(write, fail("Timeout"))
+      return write
+    })
   const store: TokenStore.Service = {
     ...memory,
-    record: (input) =>
-      Effect.suspend(() => {
-        state.attempts++
-        if (state.down) return fail("Unavailable")
-        if (state.lossy) return Effect.zipRight(memory.record(input), fail("Timeout"))
-        return memory.record(input)
-      }),
-    recordMany: (inputs) =>
-      Effect.suspend(() => {
-        state.attempts++
-        if (state.down) return fail("Unavailable")
-        if (state.lossy) return Effect.zipRight(memory.recordMany(inputs), fail("Timeout"))
-        return memory.recordMany(inputs)
-      })
+    record: (input) => switched(memory.record(input)),
+    recordMany: (inputs) => switched(memory.recordMany(inputs))
   }
   return { store, memory, state }
 })
