@@ -28,8 +28,11 @@
  *   `token_outbox_written_total`, `token_outbox_dropped_total{reason}`.
  *
  * The layer is scoped: closing it tries to write what is pending (bounded by
- * `shutdownTimeout`); what is left stays in durable storage, or is reported
- * lost for the memory storage.
+ * `shutdownTimeout`). With durable storage it stops at the first round the
+ * store takes nothing from (what is left is kept for the next start, or for
+ * another process on the same storage: a store that refuses does not hold the
+ * process up); in memory it goes on trying until `shutdownTimeout`, and what
+ * is left is logged as lost, record by record.
  *
  * @since 0.3.0
  */
@@ -40,6 +43,7 @@ import * as Data from "effect/Data"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Either from "effect/Either"
+import * as Fiber from "effect/Fiber"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as MetricLabel from "effect/MetricLabel"
@@ -261,7 +265,11 @@ export interface Options {
   readonly retry?: Schedule.Schedule<unknown, unknown> | undefined
   /** Records written to the store at once; default 256. */
   readonly batchSize?: number | undefined
-  /** Bound on the last attempt to write what is pending when the layer closes (real time); default 5 seconds. */
+  /**
+   * Bound on the last attempt to write what is pending when the layer closes
+   * (real time); default 5 seconds. A durable outbox stops sooner, at the
+   * first round the store takes nothing from (its storage keeps the rest).
+   */
   readonly shutdownTimeout?: Duration.DurationInput | undefined
   /** Bound on one attempt of the outbox to write a record (a store that hangs does not stall it); default 5 seconds. */
   readonly attemptTimeout?: Duration.DurationInput | undefined
@@ -584,7 +592,7 @@ export const make = (
           )
       )
     )
-    yield* Effect.forkScoped(Effect.interruptible(writer))
+    const writing = yield* Effect.forkScoped(Effect.interruptible(writer))
 
     const shutdownTimeout = options.shutdownTimeout ?? Duration.seconds(5)
     const flush = Effect.async<void>((resume) => {
@@ -592,16 +600,27 @@ export const make = (
       idle.push(() => resume(Effect.void))
     })
     // Closing: one last effort, bounded; what is left stays in durable storage, or is lost (and said so).
+    // The writer stops first (its round, cut short, is tried again here: records are idempotent). A durable
+    // outbox stops at the first round the store takes nothing from: what is left is safe in its storage, and
+    // retrying a store that refuses would only hold the process up for `shutdownTimeout`. An outbox in memory
+    // goes on trying until `shutdownTimeout`: what it does not write is lost.
     yield* Effect.addFinalizer(() =>
       Effect.suspend(() => {
-        if (pending.size === 0) return Effect.void
+        if (pending.size === 0) return Fiber.interrupt(writing)
+        let refused = false
         const drain = Effect.whileLoop({
-          while: () => pending.size > 0,
-          body: () => Effect.catchAll(round, () => Effect.sleep("50 millis")),
+          while: () => pending.size > 0 && !refused,
+          body: () =>
+            Effect.catchAll(round, () => {
+              if (!storage.durable) return Effect.sleep("50 millis")
+              refused = true
+              return Effect.void
+            }),
           step: () => undefined
         })
         // Bounded in real time: under a TestClock nobody moves, the close must not hang.
-        return Effect.interruptible(drain).pipe(
+        return Fiber.interrupt(writing).pipe(
+          Effect.zipRight(Effect.interruptible(drain)),
           Effect.timeoutOption(shutdownTimeout),
           Effect.withClock(liveClock),
           Effect.zipRight(Effect.suspend(() =>

@@ -298,6 +298,45 @@ describe("Outbox", () => {
       }).pipe(Effect.provide(withOutbox(store)))
     }))
 
+  it.scopedLive("in memory: a close goes on trying until shutdownTimeout (the store back meanwhile takes all); past it, what is left is logged as lost, record by record", () =>
+    Effect.gen(function*() {
+      const { memory, state, store } = yield* switchable
+      const { layer: logs, lines } = capture()
+      const queue = (userId: string) =>
+        Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
+          Effect.forEach([1, 2, 3], (n) => wrapped.record({ callId: `c${n}`, userId, cycle, usage: usage(n) })))
+      state.down = true
+      // The store comes back 300 ms into the close: it waits for it, and writes the three.
+      const scope = yield* Scope.make()
+      const run = yield* Layer.buildWithScope(withOutbox(store, { shutdownTimeout: "20 seconds" }), scope)
+      yield* Effect.provide(queue("jay"), run)
+      const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
+      yield* Effect.sleep("300 millis")
+      assert.strictEqual((yield* memory.stats("jay", cycle)).totalTokens, 0)
+      state.down = false
+      yield* Fiber.join(closing)
+      assert.strictEqual((yield* memory.stats("jay", cycle)).totalTokens, 2 + 3 + 4)
+      // Down throughout: past shutdownTimeout the records are lost, and each is logged with its user and tokens.
+      state.down = true
+      yield* Effect.provide(queue("kim"), withOutbox(store, { shutdownTimeout: "200 millis" })).pipe(
+        Effect.scoped,
+        Effect.provide(logs)
+      )
+      const lost = lines.find((line) => line.message.includes("could not be written and are lost"))
+      assert.isDefined(lost)
+      assert.include(lost!.message, "3 usage records")
+      assert.deepStrictEqual(
+        (lost!.annotations["records"] as ReadonlyArray<{ callId: string; userId: string; totalTokens: number }>)
+          .map(({ callId, totalTokens, userId }) => ({ callId, userId, totalTokens })),
+        [{ callId: "c1", userId: "kim", totalTokens: 2 }, { callId: "c2", userId: "kim", totalTokens: 3 }, {
+          callId: "c3",
+          userId: "kim",
+          totalTokens: 4
+        }]
+      )
+      assert.strictEqual((yield* memory.stats("kim", cycle)).totalTokens, 0)
+    }), 30_000)
+
   for (const [name, durable, skip] of [
     ["SQLite file", sqliteFile, false],
     ["PostgreSQL", postgresTable, skipWithoutPostgres]
@@ -327,6 +366,37 @@ describe("Outbox", () => {
           assert.strictEqual((yield* Outbox.stats).pending, 0)
         }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
       }))
+
+    it.scopedLive(`durable (${name}): a close while the store refuses makes one attempt, not shutdownTimeout's worth, and keeps every record`, () =>
+      Effect.gen(function*() {
+        const { memory, state, storage, store } = yield* downWithDurableOutbox(durable)
+        // The default shutdownTimeout (5 s): a close that retried until it ran out would try hundreds of times.
+        // The writer retries a round the store refused an hour later: it makes one round in this test.
+        const scope = yield* Scope.make()
+        const run = yield* Layer.buildWithScope(
+          withOutbox(store, { batchSize: 16, retry: Schedule.spaced("1 hour") }, storage),
+          scope
+        )
+        yield* Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
+          Effect.forEach(Array.from({ length: 40 }, (_, i) => i), (i) =>
+            wrapped.record({ callId: `c${i}`, userId: "ivy", cycle, usage: usage(i) }), { concurrency: 10 })).pipe(
+            Effect.provide(run)
+          )
+        assert.strictEqual((yield* Effect.provide(Outbox.stats, run)).pending, 40)
+        const before = state.attempts
+        yield* Scope.close(scope, Exit.void)
+        // One round of the close: the oldest batch (16), refused; the rest stays in the storage without being
+        // tried. Besides, the writer's one round (16) when it had not begun before the stats were read.
+        const attempts = state.attempts - before
+        assert.isTrue(attempts === 16 || attempts === 32, `attempts during the close: ${attempts}`)
+        // Nothing lost: the next start, the store back, writes all 40, each once.
+        state.down = false
+        yield* Effect.gen(function*() {
+          assert.strictEqual((yield* Outbox.stats).pending, 40)
+          yield* Outbox.flush.pipe(Effect.timeout("10 seconds"))
+        }).pipe(Effect.provide(withOutbox(store, {}, storage)), Effect.scoped)
+        assert.strictEqual((yield* memory.stats("ivy", cycle)).totalTokens, Array.from({ length: 40 }, (_, i) => i + 1).reduce((a, b) => a + b, 0))
+      }), 30_000)
 
     it.scopedLive(`durable (${name}), two runs on one storage at once (a rolling restart): what the old run leaves there is written by the new one`, () =>
       Effect.gen(function*() {
