@@ -31,6 +31,8 @@ export interface RedisCluster {
   readonly replicated: Effect.Effect<void>
   /** With `tls`: the certificate (PEM) of the authority that signed the nodes'. */
   readonly ca: string | undefined
+  /** With `tls: "mutual"`: a client certificate and its key (PEM), signed by the same authority. */
+  readonly client: { readonly cert: string; readonly key: string } | undefined
 }
 
 /** Options of a test cluster. */
@@ -53,9 +55,10 @@ export interface ClusterOptions {
   /**
    * Nodes reached over TLS only (`tls-port`, `tls-cluster`), with a
    * certificate for 127.0.0.1 from an authority of the test's own
-   * (`RedisCluster.ca`).
+   * (`RedisCluster.ca`). `"mutual"`: besides, every client must show a
+   * certificate from that authority (`tls-auth-clients yes`; `RedisCluster.client`).
    */
-  readonly tls?: boolean | undefined
+  readonly tls?: boolean | "mutual" | undefined
 }
 
 const run = (command: string, args: ReadonlyArray<string>): Promise<string> =>
@@ -74,19 +77,29 @@ interface Settings extends ClusterOptions {
   readonly dir: string
 }
 
-/** An authority and a certificate for 127.0.0.1 signed by it, in `dir` (`ca.crt`, `node.crt`, `node.key`). */
+/**
+ * An authority, a certificate for 127.0.0.1 signed by it and a client's, in `dir` (`ca.crt`, `node.crt`,
+ * `node.key`, `client.crt`, `client.key`).
+ */
 const makeCertificates = async (dir: string): Promise<void> => {
   const file = (name: string) => path.join(dir, name)
   await run("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", file("ca.key"), "-out", file("ca.crt"), "-days", "2", "-subj", "/CN=test-ca"])
-  await run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", file("node.key"), "-out", file("node.csr"), "-subj", "/CN=127.0.0.1"])
-  fs.writeFileSync(file("node.ext"), "subjectAltName=IP:127.0.0.1\n")
-  await run("openssl", ["x509", "-req", "-in", file("node.csr"), "-CA", file("ca.crt"), "-CAkey", file("ca.key"), "-CAcreateserial", "-out", file("node.crt"), "-days", "2", "-extfile", file("node.ext")])
+  const signed = async (name: string, subject: string, extensions: string) => {
+    await run("openssl", ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", file(`${name}.key`), "-out", file(`${name}.csr`), "-subj", subject])
+    fs.writeFileSync(file(`${name}.ext`), extensions)
+    await run("openssl", ["x509", "-req", "-in", file(`${name}.csr`), "-CA", file("ca.crt"), "-CAkey", file("ca.key"), "-CAcreateserial", "-out", file(`${name}.crt`), "-days", "2", "-extfile", file(`${name}.ext`)])
+  }
+  await signed("node", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1\n")
+  await signed("client", "/CN=test-client", "extendedKeyUsage=clientAuth\n")
 }
 
 /** redis-cli's arguments for the cluster: its password, TLS. */
 const cliArgs = (settings: Settings): ReadonlyArray<string> => [
   ...(settings.password === undefined ? [] : ["-a", settings.password, "--no-auth-warning"]),
-  ...(settings.tls === true ? ["--tls", "--cacert", path.join(settings.dir, "ca.crt")] : [])
+  ...(settings.tls === undefined || settings.tls === false ? [] : ["--tls", "--cacert", path.join(settings.dir, "ca.crt")]),
+  ...(settings.tls === "mutual"
+    ? ["--cert", path.join(settings.dir, "client.crt"), "--key", path.join(settings.dir, "client.key")]
+    : [])
 ]
 
 const startNode = async (settings: Settings, port_?: number): Promise<Node> => {
@@ -97,15 +110,15 @@ const startNode = async (settings: Settings, port_?: number): Promise<Node> => {
     : ["--appendonly", "no"]
   const timeout = settings.nodeTimeoutMillis === undefined ? [] : ["--cluster-node-timeout", String(settings.nodeTimeoutMillis)]
   const auth = settings.password === undefined ? [] : ["--requirepass", settings.password, "--masterauth", settings.password]
-  const tls = settings.tls === true
+  const tls = settings.tls === true || settings.tls === "mutual"
     ? [
-      "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", "no",
+      "--tls-cluster", "yes", "--tls-replication", "yes", "--tls-auth-clients", settings.tls === "mutual" ? "yes" : "no",
       "--tls-cert-file", path.join(dir, "node.crt"), "--tls-key-file", path.join(dir, "node.key"),
       "--tls-ca-cert-file", path.join(dir, "ca.crt")
     ]
     : []
   const child = spawn("redis-server", [
-    ...(settings.tls === true ? ["--port", "0", "--tls-port", String(port)] : ["--port", String(port)]),
+    ...(settings.tls === true || settings.tls === "mutual" ? ["--port", "0", "--tls-port", String(port)] : ["--port", String(port)]),
     "--bind",
     "127.0.0.1",
     "--save",
@@ -175,7 +188,8 @@ export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<Re
     Effect.promise(async () => {
       const dir = fs.mkdtempSync(path.join(os.tmpdir(), "elc-cluster-"))
       const settings: Settings = { ...options, dir }
-      if (options.tls === true) await makeCertificates(dir)
+      const tls = options.tls === true || options.tls === "mutual"
+      if (tls) await makeCertificates(dir)
       const count = options.replicas === true ? 6 : 3
       const started: Array<Node> = await Promise.all(Array.from({ length: count }, () => startNode(settings)))
       const alive = started.map(() => true)
@@ -206,7 +220,13 @@ export const makeRedisCluster = (options: ClusterOptions = {}): Effect.Effect<Re
           }),
         settled: Effect.promise(() => clusterOk(settings, running())),
         replicated: Effect.promise(() => replicasCaughtUp(settings, running())),
-        ca: options.tls === true ? fs.readFileSync(path.join(dir, "ca.crt"), "utf8") : undefined
+        ca: tls ? fs.readFileSync(path.join(dir, "ca.crt"), "utf8") : undefined,
+        client: options.tls === "mutual"
+          ? {
+            cert: fs.readFileSync(path.join(dir, "client.crt"), "utf8"),
+            key: fs.readFileSync(path.join(dir, "client.key"), "utf8")
+          }
+          : undefined
       }
       return { cluster, started, dir }
     }),
