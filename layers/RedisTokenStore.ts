@@ -59,6 +59,7 @@
  * @since 0.1.0
  */
 import { createHash, hash } from "node:crypto"
+import * as fs from "node:fs"
 import * as Clock from "effect/Clock"
 import * as Config from "effect/Config"
 import * as ConfigError from "effect/ConfigError"
@@ -1535,6 +1536,53 @@ export const layerClient = (
   Layer.effect(TokenStore.TokenStore, fromClient(redis, options))
 
 /** The settings of both stores read from the environment. */
+/**
+ * A PEM file named by a variable, read when the configuration is loaded: a
+ * file that cannot be read fails with the variable and the path (never the
+ * file's content, which may be a private key).
+ */
+const pemFile = (name: string): Config.Config<string | undefined> =>
+  Config.string().pipe(
+    Config.mapOrFail((path) => {
+      try {
+        return Either.right(fs.readFileSync(path, "utf8"))
+      } catch (error) {
+        const code = (error as { readonly code?: unknown }).code
+        return Either.left(
+          ConfigError.InvalidData([], `Expected a readable PEM file, got ${JSON.stringify(path)} (${String(code ?? error)})`)
+        )
+      }
+    }),
+    Config.nested(name),
+    Config.option,
+    Config.map(Option.getOrUndefined)
+  )
+
+/**
+ * TLS from the environment: `REDIS_TLS_CA_FILE` (a private authority),
+ * `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` (a client certificate and
+ * its key, both or neither). Any of them makes the connections TLS.
+ */
+const tlsConfig: Config.Config<Tls.ConnectionOptions | undefined> = Config.all({
+  ca: pemFile("REDIS_TLS_CA_FILE"),
+  cert: pemFile("REDIS_TLS_CERT_FILE"),
+  key: pemFile("REDIS_TLS_KEY_FILE")
+}).pipe(
+  Config.mapOrFail(({ ca, cert, key }) => {
+    if ((cert === undefined) !== (key === undefined)) {
+      const [set, missing] = cert === undefined
+        ? ["REDIS_TLS_KEY_FILE", "REDIS_TLS_CERT_FILE"]
+        : ["REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE"]
+      return Either.left(ConfigError.InvalidData([missing], `Expected it set with ${set} (a client certificate and its key)`))
+    }
+    if (ca === undefined && cert === undefined) return Either.right(undefined)
+    return Either.right({
+      ...(ca === undefined ? {} : { ca }),
+      ...(cert === undefined || key === undefined ? {} : { cert, key })
+    })
+  })
+)
+
 const sharedConfig = {
   keyPrefix: Config.string().pipe(
     Config.validate({
@@ -1545,13 +1593,17 @@ const sharedConfig = {
     Config.withDefault("token_usage")
   ),
   commandTimeout: Config.option(Config.duration("REDIS_COMMAND_TIMEOUT")).pipe(Config.map(Option.getOrUndefined)),
-  idempotencyTtl: Config.option(Config.duration("REDIS_IDEMPOTENCY_TTL")).pipe(Config.map(Option.getOrUndefined))
+  idempotencyTtl: Config.option(Config.duration("REDIS_IDEMPOTENCY_TTL")).pipe(Config.map(Option.getOrUndefined)),
+  tls: tlsConfig
 }
 
 /**
  * The options read from the environment: `REDIS_URL` (required, redacted,
  * `redis://` or `rediss://`), `REDIS_KEY_PREFIX` (default `token_usage`),
- * `REDIS_COMMAND_TIMEOUT` and `REDIS_IDEMPOTENCY_TTL` (durations, optional).
+ * `REDIS_COMMAND_TIMEOUT` and `REDIS_IDEMPOTENCY_TTL` (durations, optional),
+ * and for TLS `REDIS_TLS_CA_FILE` (a private authority's certificate),
+ * `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` (a client certificate and
+ * its key), PEM files, optional (any of them makes the connection TLS).
  *
  * @since 0.1.0
  * @category config
@@ -1572,8 +1624,9 @@ export const config: Config.Config<Options> = Config.all({
  * The options of the Cluster store read from the environment:
  * `REDIS_CLUSTER_NODES` (required, redacted: some nodes, comma-separated,
  * each `host:port`, `redis://host:port` or `rediss://host:port`, credentials
- * in the URLs), and `REDIS_KEY_PREFIX`, `REDIS_COMMAND_TIMEOUT` and
- * `REDIS_IDEMPOTENCY_TTL` as for a single node.
+ * in the URLs), and `REDIS_KEY_PREFIX`, `REDIS_COMMAND_TIMEOUT`,
+ * `REDIS_IDEMPOTENCY_TTL` and the `REDIS_TLS_*_FILE` settings as for a
+ * single node.
  *
  * @since 0.4.0
  * @category config

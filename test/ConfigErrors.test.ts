@@ -59,6 +59,34 @@ describe("configuration errors", () => {
       }
     }))
 
+  it.effect("REDIS_TLS_*_FILE: a file that cannot be read names the variable and the path; a certificate without its key names both variables", () =>
+    Effect.gen(function*() {
+      const url = { REDIS_URL: "rediss://127.0.0.1:6380" }
+      for (const variable of ["REDIS_TLS_CA_FILE", "REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE"]) {
+        const path = `/nonexistent/${variable.toLowerCase()}.pem`
+        const exit = yield* built({ ...url, [variable]: path }, RedisTokenStore.layerConfig())
+        assert.isTrue(Exit.isFailure(exit))
+        if (Exit.isFailure(exit)) {
+          const text = Cause.pretty(exit.cause).split("\n")[0]!
+          assert.strictEqual(occurrences(text, variable), 1, text)
+          assert.strictEqual(occurrences(text, JSON.stringify(path)), 1, text)
+          assert.include(text, "ENOENT")
+        }
+      }
+      const pem = new URL(import.meta.url).pathname
+      for (const [set, missing] of [["REDIS_TLS_CERT_FILE", "REDIS_TLS_KEY_FILE"], ["REDIS_TLS_KEY_FILE", "REDIS_TLS_CERT_FILE"]]) {
+        const exit = yield* built({ ...url, [set!]: pem }, RedisTokenStore.layerConfig())
+        assert.isTrue(Exit.isFailure(exit))
+        if (Exit.isFailure(exit)) {
+          const text = Cause.pretty(exit.cause).split("\n")[0]!
+          assert.strictEqual(occurrences(text, missing!), 1, text)
+          assert.strictEqual(occurrences(text, set!), 1, text)
+          // The file read is not shown (a key's content is a secret).
+          assert.notInclude(text, "import")
+        }
+      }
+    }))
+
   it.effect("REDIS_CLUSTER_NODES names the variable, never a node that may hold a password", () =>
     Effect.gen(function*() {
       for (const [nodes, problem] of [

@@ -5,6 +5,9 @@ import * as Exit from "effect/Exit"
 import * as Redacted from "effect/Redacted"
 import * as Layer from "effect/Layer"
 import { Cluster } from "ioredis"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
 import * as RedisTokenStore from "../../layers/RedisTokenStore.js"
 import * as TokenStore from "../../src/TokenStore.js"
 import { budgetConformance } from "../support/budgetConformance.js"
@@ -152,7 +155,7 @@ describe("RedisTokenStore on a Redis Cluster over TLS", () => {
       if (Exit.isFailure(singleRefused)) assert.include(String(singleRefused.cause), "certificate")
     }), 60_000)
 
-  it.scoped("nodes that ask every client for a certificate (mutual TLS): with `tls.cert` and `tls.key`, records and reads; without them, refused, saying so", () =>
+  it.scoped("nodes that ask every client for a certificate (mutual TLS): with `tls.cert` and `tls.key`, records and reads, from options or from REDIS_TLS_*_FILE; without them, refused, saying so", () =>
     Effect.gen(function*() {
       const cluster = yield* makeRedisCluster({ tls: "mutual" })
       const keyPrefix = uniqueKeyPrefix("mtls")
@@ -169,6 +172,36 @@ describe("RedisTokenStore on a Redis Cluster over TLS", () => {
       // A single node, the same way.
       const single = yield* RedisTokenStore.make({ url: nodes[0]!, keyPrefix, tls }).pipe(Effect.exit)
       assert.isTrue(Exit.isSuccess(single), String(single))
+      // From the environment: the PEM files named by REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE.
+      const dir = yield* Effect.acquireRelease(
+        Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "mtls-"))),
+        (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+      )
+      const files = { REDIS_TLS_CA_FILE: tls.ca, REDIS_TLS_CERT_FILE: tls.cert, REDIS_TLS_KEY_FILE: tls.key }
+      for (const [variable, pem] of Object.entries(files)) fs.writeFileSync(path.join(dir, variable), pem)
+      const tlsEnv = Object.fromEntries(Object.keys(files).map((variable) => [variable, path.join(dir, variable)]))
+      const fromEnv = (variables: Record<string, string>) =>
+        Effect.withConfigProvider(
+          ConfigProvider.fromMap(new Map(Object.entries({ ...variables, ...tlsEnv, REDIS_KEY_PREFIX: keyPrefix })))
+        )
+      const stats = yield* TokenStore.TokenStore.pipe(
+        Effect.flatMap((configured) =>
+          Effect.zipRight(
+            configured.record({ callId: "env", userId: "eve", cycle, usage }),
+            configured.stats({ level: "user", id: "eve" }, cycle)
+          )
+        ),
+        Effect.provide(RedisTokenStore.layerClusterConfig()),
+        fromEnv({ REDIS_CLUSTER_NODES: nodes.join(",") })
+      )
+      assert.strictEqual(stats.totalTokens, 7)
+      // A single node from REDIS_URL connects the same way (a Cluster's node: connected, not used).
+      const singleFromEnv = yield* Layer.build(RedisTokenStore.layerConfig()).pipe(
+        Effect.scoped,
+        fromEnv({ REDIS_URL: nodes[0]! }),
+        Effect.exit
+      )
+      assert.isTrue(Exit.isSuccess(singleFromEnv), String(singleFromEnv))
       // The authority alone, no client certificate: the nodes refuse the connection, and the layer says why.
       for (const refused of [
         yield* Effect.exit(RedisTokenStore.makeCluster({ nodes, keyPrefix, tls: { ca: cluster.ca! }, connectTimeout: "2 seconds" })),
