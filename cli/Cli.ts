@@ -535,11 +535,14 @@ const withStore = <A>(
     }
     const where = chosen._tag === "Redis" ? `Redis at ${redisLocation(Redacted.value(chosen.url))}` : clusterLocation(chosen.nodes)
     const toError = toCliError(where)
+    // TLS files from the environment (REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE).
+    const tls = yield* Effect.mapError(RedisTokenStore.tlsConfig, toError)
     const bounds = {
       keyPrefix: options.keyPrefix,
       connectTimeout: redisTimeout,
       commandTimeout: redisTimeout,
-      shutdownTimeout: Duration.seconds(1)
+      shutdownTimeout: Duration.seconds(1),
+      ...(tls === undefined ? {} : { tls })
     }
     // ioredis bounds the TCP connect, not the handshake after it (a server
     // that accepts and never answers): the whole connect is bounded here.

@@ -1559,11 +1559,16 @@ const pemFile = (name: string): Config.Config<string | undefined> =>
   )
 
 /**
- * TLS from the environment: `REDIS_TLS_CA_FILE` (a private authority),
- * `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` (a client certificate and
- * its key, both or neither). Any of them makes the connections TLS.
+ * TLS from the environment: `REDIS_TLS_CA_FILE` (a private authority's
+ * certificate), `REDIS_TLS_CERT_FILE` and `REDIS_TLS_KEY_FILE` (a client
+ * certificate and its key, both or neither), PEM files read when the
+ * configuration is loaded; `undefined` when none is set. Any of them makes
+ * the connections TLS. Part of `config` and `clusterConfig`.
+ *
+ * @since 0.4.0
+ * @category config
  */
-const tlsConfig: Config.Config<Tls.ConnectionOptions | undefined> = Config.all({
+export const tlsConfig: Config.Config<Tls.ConnectionOptions | undefined> = Config.all({
   ca: pemFile("REDIS_TLS_CA_FILE"),
   cert: pemFile("REDIS_TLS_CERT_FILE"),
   key: pemFile("REDIS_TLS_KEY_FILE")

@@ -308,6 +308,44 @@ describe("effect-llm-callbacks CLI", () => {
     120_000
   )
 
+  it.scoped.skipIf(skipWithoutRedis)(
+    "on a Redis Cluster that asks for a client certificate: the PEM files from REDIS_TLS_CA_FILE, REDIS_TLS_CERT_FILE, REDIS_TLS_KEY_FILE; one that cannot be read is named",
+    () =>
+      Effect.gen(function*() {
+        const cluster = yield* makeRedisCluster({ tls: "mutual" })
+        const keyPrefix = uniqueKeyPrefix("cli_mtls")
+        const nodes = cluster.nodes.map((node) => `rediss://${node}`)
+        const tls = { ca: cluster.ca!, cert: cluster.client!.cert, key: cluster.client!.key }
+        const store = yield* RedisTokenStore.makeCluster({ nodes, keyPrefix, tls })
+        yield* store.record({ callId: "c1", userId: "erin", cycle, usage: counts(5, 2) })
+        const dir = yield* Effect.acquireRelease(
+          Effect.sync(() => fs.mkdtempSync(path.join(os.tmpdir(), "cli-mtls-"))),
+          (dir) => Effect.sync(() => fs.rmSync(dir, { recursive: true, force: true }))
+        )
+        for (const [name, pem] of Object.entries(tls)) fs.writeFileSync(path.join(dir, `${name}.pem`), pem)
+        const env = {
+          ...baseEnv(),
+          REDIS_CLUSTER_NODES: nodes.join(","),
+          REDIS_KEY_PREFIX: keyPrefix,
+          REDIS_TLS_CA_FILE: path.join(dir, "ca.pem"),
+          REDIS_TLS_CERT_FILE: path.join(dir, "cert.pem"),
+          REDIS_TLS_KEY_FILE: path.join(dir, "key.pem")
+        }
+        const listed = yield* Effect.promise(() => cli(["usage", "--cycle", cycle, "--json"], env))
+        assert.strictEqual(listed.code, 0, listed.stderr)
+        assert.deepStrictEqual(
+          (JSON.parse(listed.stdout) as ReadonlyArray<Record<string, unknown>>).map((row) => [row["user"], row["totalTokens"]]),
+          [["erin", 7]]
+        )
+        const missing = path.join(dir, "nope.pem")
+        const unreadable = yield* Effect.promise(() => cli(["usage", "--cycle", cycle], { ...env, REDIS_TLS_KEY_FILE: missing }))
+        assert.strictEqual(unreadable.code, 2, unreadable.stderr)
+        assert.include(unreadable.stderr, "REDIS_TLS_KEY_FILE")
+        assert.include(unreadable.stderr, missing)
+      }),
+    120_000
+  )
+
   describe("invalid arguments: a message and the usage on stderr, exit code 2", () => {
     const expectUsageError = async (args: ReadonlyArray<string>, message: string, env?: NodeJS.ProcessEnv) => {
       const result = await cli(args, env)
