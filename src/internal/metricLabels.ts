@@ -7,7 +7,7 @@ import * as MetricBoundaries from "effect/MetricBoundaries"
 import type * as MetricHook from "effect/MetricHook"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
-import { type Phase, phases } from "./phases.js"
+import { type Phase, phaseIndex, phases } from "./phases.js"
 
 /** Outcome of one handler invocation, the `status` label. */
 export type Status = "success" | "failed" | "defect" | "timeout" | "interrupted" | "dropped"
@@ -87,8 +87,8 @@ export class PhaseMeter {
  * path to a map lookup.
  */
 export interface HandlerLabels {
-  /** Per phase, its metric hooks. */
-  readonly meters: Readonly<Record<Phase, PhaseMeter>>
+  /** Per phase, its metric hooks, by phase index (see `PhaseIndex`). */
+  readonly meters: ReadonlyArray<PhaseMeter>
   readonly error: Readonly<Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>>
   readonly handler: ReadonlyArray<MetricLabel.MetricLabel>
 }
@@ -105,11 +105,10 @@ export const makeHandlerLabels = (
   background: boolean
 ): HandlerLabels => {
   const type = MetricLabel.make("callback_type", handler)
-  const meters = {} as Record<Phase, PhaseMeter>
-  for (const phase of phases) meters[phase] = new PhaseMeter([type, MetricLabel.make("phase", phase)])
+  const meters = phases.map((phase) => new PhaseMeter([type, MetricLabel.make("phase", phase)]))
   for (const phase of hooked) {
     for (const status of statuses) {
-      if (status !== "dropped" || background) meters[phase].execution(status)
+      if (status !== "dropped" || background) meters[phaseIndex[phase]]!.execution(status)
     }
   }
   const error = {} as Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>

@@ -51,3 +51,26 @@ export const phaseByTag: { readonly [P in Phase as TagOf<P>]: P } = Object.fromE
 
 /** Whether a phase opens a run (its handlers' hearing decides who hears the rest). */
 export const opens = (phase: Phase): boolean => phaseTable[phase].role === "open"
+
+/**
+ * A phase's position in {@link phases}. The per-phase tables a dispatch
+ * reads for every invocation (a snapshot's plans, a handler's hooks and
+ * meters) are arrays indexed by it: in V8, a property read whose name
+ * varies at one place in the code (`hooks[phase]`, for a phase that is now
+ * `start`, now `end`) is a megamorphic lookup, about 120 instructions, where
+ * an array's element is a few.
+ */
+export type PhaseIndex = number
+
+/** The index of each phase. */
+export const phaseIndex: { readonly [P in Phase]: PhaseIndex } = Object.fromEntries(
+  phases.map((phase, index) => [phase, index])
+) as never
+
+const indexByTag = new Map<string, PhaseIndex>(phases.map((phase, index) => [phaseTable[phase].tag, index]))
+
+/** The index of the phase of an event's `_tag` (read once per dispatch). */
+export const phaseIndexOfTag = (tag: string): PhaseIndex => indexByTag.get(tag)!
+
+/** Each phase's role, by index. */
+export const roleAt: ReadonlyArray<Role> = phases.map((phase) => phaseTable[phase].role)

@@ -19,12 +19,15 @@ import * as Effect from "effect/Effect"
 import * as Runtime from "effect/Runtime"
 import type * as Tracer from "effect/Tracer"
 import type { CallbackEvent } from "../../Events.js"
+import { phaseIndex } from "../phases.js"
 import { type Caller, invoke, type Pending } from "./invocation.js"
 import { enqueue } from "./lanes.js"
 import * as Outcome from "./outcome.js"
 import { type ChunkLine, type Entry, type State, type Token, withoutUnreached } from "./plan.js"
 import { logFailures, result, Results } from "./report.js"
 import { monotonicNow, startTimer } from "./timer.js"
+
+const CHUNK = phaseIndex.chunk
 
 /** Logs the failures of chunk deliveries on a fiber of their own: a stream's loop cannot wait for a log. */
 const logLater = (caller: Caller, event: CallbackEvent, results: Results): void => {
@@ -55,13 +58,13 @@ const drive = (
       state,
       entry,
       "chunk",
-      entry.hooks.chunk!,
+      entry.hooks[CHUNK]!,
       current,
       caller,
       span,
       monotonicNow(),
       (outcome, entry, startedAt) => {
-        result(state.clock, entry, "chunk", outcome, startedAt, results)
+        result(state.clock, entry, CHUNK, outcome, startedAt, results)
       }
     )
     logLater(caller, current, results)
@@ -100,13 +103,13 @@ export const dispatchChunk = (
   caller: Caller,
   span: Tracer.AnySpan | undefined
 ): void => {
-  let plan = token.snapshot.plans.chunk
+  let plan = token.snapshot.plans[CHUNK]!
   if (token.excluded !== undefined) plan = withoutUnreached(plan, token.excluded)
   if (plan.empty) return
   if (plan.background.length > 0) {
     const results = new Results(false)
     for (let i = 0; i < plan.background.length; i++) {
-      enqueue(state, plan.background[i]!, "chunk", event, span, results, undefined)
+      enqueue(state, plan.background[i]!, CHUNK, event, span, results, undefined)
     }
     logLater(caller, event, results)
   }
@@ -121,7 +124,7 @@ export const dispatchChunk = (
           result(
             state.clock,
             entry,
-            "chunk",
+            CHUNK,
             Outcome.dropped(entry.name, "chunk", "its stream chunks are queued to the buffer size"),
             monotonicNow(),
             results
@@ -177,7 +180,7 @@ export const awaitLines = (state: State, token: Token, caller: Caller): Effect.E
           result(
             state.clock,
             entry,
-            "chunk",
+            CHUNK,
             Outcome.dropped(entry.name, "chunk", "the call ended before it could be delivered"),
             monotonicNow(),
             results

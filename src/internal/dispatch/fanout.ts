@@ -9,7 +9,7 @@ import * as Exit from "effect/Exit"
 import type * as Fiber from "effect/Fiber"
 import type * as Tracer from "effect/Tracer"
 import { type CallbackEvent, phaseOf } from "../../Events.js"
-import { opens, type Phase, phaseTable } from "../phases.js"
+import { type PhaseIndex, phaseIndexOfTag, phases, roleAt } from "../phases.js"
 import { awaitLines } from "./chunks.js"
 import type { DispatchReport } from "./contract.js"
 import {
@@ -37,7 +37,7 @@ import { monotonicNow } from "./timer.js"
 const runGroups = (
   state: State,
   plan: PhasePlan,
-  phase: Phase,
+  index: PhaseIndex,
   event: CallbackEvent,
   results: Results,
   from: number,
@@ -45,13 +45,14 @@ const runGroups = (
   span: Tracer.AnySpan | undefined,
   tracing: Tracing | undefined
 ): Effect.Effect<void> | undefined => {
+  const phase = phases[index]!
   let time = monotonicNow()
   // One function for every invocation of the dispatch (an invocation hands back its entry and start).
   const done: Done = (outcome, entry, startedAt) => {
     // Cancelled (queued for a slot, or running) by the interruption of the start
     // dispatch: the handler did not hear start, so it hears no terminal event either.
     if (outcome.cancelled === true) (results.notStarted ??= []).push(entry.name)
-    time = result(state.clock, entry, phase, outcome, startedAt, results)
+    time = result(state.clock, entry, index, outcome, startedAt, results)
   }
   for (let g = from; g < plan.groups.length; g++) {
     const group = plan.groups[g]!
@@ -59,7 +60,7 @@ const runGroups = (
     let waiting: Array<Pending> | undefined
     for (let i = 0; i < group.length; i++) {
       const entry = group[i]!
-      const started = invokeTraced(state, entry, phase, entry.hooks[phase]!, event, caller, span, tracing, time, done)
+      const started = invokeTraced(state, entry, phase, entry.hooks[index]!, event, caller, span, tracing, time, done)
       if (started !== undefined) {
         // `new Array`, not a literal: see `Results`.
         ;(waiting ??= new Array<Pending>()).push(started)
@@ -74,7 +75,7 @@ const runGroups = (
         ? Effect.zipRight(
           awaitAll(waiting),
           Effect.withFiberRuntime<void>((fiber) =>
-            runGroups(state, plan, phase, event, results, rest, callerOf(fiber, state), fiber.currentSpan, tracing) ??
+            runGroups(state, plan, index, event, results, rest, callerOf(fiber, state), fiber.currentSpan, tracing) ??
               Effect.void
           )
         )
@@ -96,10 +97,12 @@ export const run = (
   fiber: Fiber.RuntimeFiber<unknown, unknown>,
   results: Results
 ): Effect.Effect<void> | undefined => {
-  const phase = phaseOf(event)
-  let plan = token.snapshot.plans[phase]
-  const opening = opens(phase)
-  if (token.lines !== undefined && phaseTable[phase].role === "close") {
+  // The phase's index, read once: the per-phase tables are arrays (see `PhaseIndex`).
+  const index = phaseIndexOfTag(event._tag)
+  let plan = token.snapshot.plans[index]!
+  const role = roleAt[index]
+  const opening = role === "open"
+  if (token.lines !== undefined && role === "close") {
     // A handler hears a call's end after every chunk of it (see `chunks`).
     const waiting = awaitLines(state, token, callerOf(fiber, state))
     if (waiting !== undefined) {
@@ -114,7 +117,7 @@ export const run = (
   const tracing = tracingOf(fiber)
   let backpressure: Array<Effect.Effect<void>> | undefined
   for (let i = 0; i < plan.background.length; i++) {
-    const waiting = enqueue(state, plan.background[i]!, phase, event, fiber.currentSpan, results, fiber)
+    const waiting = enqueue(state, plan.background[i]!, index, event, fiber.currentSpan, results, fiber)
     if (waiting !== undefined) (backpressure ??= []).push(waiting)
   }
   let rest: Effect.Effect<void> | undefined
@@ -124,11 +127,11 @@ export const run = (
     rest = Effect.zipRight(
       Effect.all(backpressure, { discard: true }),
       Effect.withFiberRuntime<void>((fiber) =>
-        runGroups(state, plan, phase, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing) ?? Effect.void
+        runGroups(state, plan, index, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing) ?? Effect.void
       )
     )
   } else if (plan.groups.length > 0) {
-    rest = runGroups(state, plan, phase, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing)
+    rest = runGroups(state, plan, index, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing)
   }
   if (rest === undefined) {
     if (opening && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)

@@ -17,7 +17,7 @@ import * as Runtime from "effect/Runtime"
 import type * as Tracer from "effect/Tracer"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
-import { opens, type Phase } from "../phases.js"
+import { type PhaseIndex, phaseIndex, phases, roleAt } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
 import {
   awaitAll,
@@ -35,6 +35,8 @@ import * as Outcome from "./outcome.js"
 import type { Delivery, Entry, Lane, State } from "./plan.js"
 import { logFailures, result, Results } from "./report.js"
 import { liveClock, monotonicNow, startTimer } from "./timer.js"
+
+const END = phaseIndex.end
 
 /** The least real time the shutdown drain waits on a clock other than the live one (see `drain`). */
 const realTimeFloor = Duration.seconds(5)
@@ -90,10 +92,10 @@ const laneOf = (callId: string, lanes: number): number => {
 }
 
 /** A delivery put in its buffer without waiting. */
-const queued = (state: State, entry: Entry, phase: Phase, results: Results): undefined => {
+const queued = (state: State, entry: Entry, index: PhaseIndex, results: Results): undefined => {
   Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
   // Queued is not counted: only a report shows it (no clock is read otherwise).
-  if (results.collect) result(state.clock, entry, phase, Outcome.QUEUED, monotonicNow(), results)
+  if (results.collect) result(state.clock, entry, index, Outcome.QUEUED, monotonicNow(), results)
   return undefined
 }
 
@@ -105,27 +107,29 @@ const queued = (state: State, entry: Entry, phase: Phase, results: Results): und
 export const enqueue = (
   state: State,
   entry: Entry,
-  phase: Phase,
+  index: PhaseIndex,
   event: CallbackEvent,
   span: Tracer.AnySpan | undefined,
   results: Results,
   fiber: Fiber.RuntimeFiber<unknown, unknown> | undefined
 ): Effect.Effect<void> | undefined => {
+  const phase = phases[index]!
+  const opening = roleAt[index] === "open"
   const lanes = entry.lanes!
   const lane = lanes.length === 1 ? lanes[0]! : lanes[laneOf(laneKeyOf(event), lanes.length)]!
   if (state.closed || entry.stats.closing) {
     const why = state.closed ? "the dispatcher is shutting down" : "the handler is being unregistered"
-    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), monotonicNow(), results)
-    if (opens(phase)) (results.notStarted ??= []).push(entry.name)
+    result(state.clock, entry, index, Outcome.dropped(entry.name, phase, why), monotonicNow(), results)
+    if (opening) (results.notStarted ??= []).push(entry.name)
     return undefined
   }
-  const delivery: Delivery = { _tag: "Event", event, phase, span }
+  const delivery: Delivery = { _tag: "Event", event, phase, index, span }
   entry.stats.pending++
   // Producers already waiting go first.
-  if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) return queued(state, entry, phase, results)
+  if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) return queued(state, entry, index, results)
   if (fiber === undefined) {
     entry.stats.pending--
-    result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), monotonicNow(), results)
+    result(state.clock, entry, index, Outcome.dropped(entry.name, phase, "buffer full (stream chunks never wait)"), monotonicNow(), results)
     return undefined
   }
   if (runsHookOf(fiber, state)) {
@@ -134,7 +138,7 @@ export const enqueue = (
     // that would make room, so a wait here could last until the timeout,
     // and take the call's delivery with it. It is put in past the capacity.
     lane.buffer.put(delivery)
-    return queued(state, entry, phase, results)
+    return queued(state, entry, index, results)
   }
   const now = monotonicNow()
   // Buffer full: wait for room (backpressure), bounded by the handler's
@@ -146,9 +150,9 @@ export const enqueue = (
       waiting = false
       if (cancelTimer !== undefined) cancelTimer()
       entry.stats.pending--
-      result(state.clock, entry, phase, Outcome.dropped(entry.name, phase, why), now, results)
+      result(state.clock, entry, index, Outcome.dropped(entry.name, phase, why), now, results)
       // A handler whose start was dropped did not hear it: nothing more of the run either.
-      if (opens(phase)) (results.notStarted ??= []).push(entry.name)
+      if (opening) (results.notStarted ??= []).push(entry.name)
     }
     lane.waiters.push({
       delivery,
@@ -157,7 +161,7 @@ export const enqueue = (
         waiting = false
         if (cancelTimer !== undefined) cancelTimer()
         Metrics.queueDepth.unsafeUpdate(entry.stats.pending, entry.labels.handler)
-        result(state.clock, entry, phase, Outcome.QUEUED, now, results)
+        result(state.clock, entry, index, Outcome.QUEUED, now, results)
         resume(Effect.void)
       },
       abandon: () => {
@@ -252,19 +256,19 @@ class Batch {
   readonly done: Done = (outcome, _entry, startedAt) => {
     const current = this.current!
     if (Array.isArray(current)) {
-      for (const event of current) this.settled(event, "end", outcome, startedAt)
+      for (const event of current) this.settled(event, END, outcome, startedAt)
     } else {
       const delivery = current as Delivery & { readonly _tag: "Event" }
-      this.settled(delivery.event, delivery.phase, outcome, startedAt)
+      this.settled(delivery.event, delivery.index, outcome, startedAt)
     }
   }
 
   /** Accounts one delivery's outcome, and keeps its failure for the log. */
-  private settled(event: CallbackEvent, phase: Phase, outcome: Outcome.Outcome, startedAt: number): void {
+  private settled(event: CallbackEvent, index: PhaseIndex, outcome: Outcome.Outcome, startedAt: number): void {
     const entry = this.entry
     entry.stats.pending--
     if (outcome.status === "interrupted" && entry.stats.closing) entry.stats.interruptedAtShutdown++
-    this.time = result(this.state.clock, entry, phase, outcome, startedAt, this.results)
+    this.time = result(this.state.clock, entry, index, outcome, startedAt, this.results)
     if (this.results.items.length > 0) {
       this.failed.push([event, this.results.items])
       this.results = new Results(false)
@@ -309,7 +313,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
           state,
           entry,
           delivery.phase,
-          entry.hooks[delivery.phase]!,
+          entry.hooks[delivery.index]!,
           delivery.event,
           caller,
           delivery.span,

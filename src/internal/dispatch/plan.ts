@@ -15,7 +15,7 @@ import type * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Mode } from "../../Handler.js"
 import type { HandlerLabels } from "../metricLabels.js"
-import { type Phase, phases } from "../phases.js"
+import { type Phase, type PhaseIndex, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
 import type { Deadlines } from "./deadlines.js"
 import type { HookRefs, InheritedRefs } from "./invocation.js"
@@ -72,7 +72,13 @@ export const makeStats = (): Stats => ({
 
 /** What a background buffer holds: an event, or a flush marker. */
 export type Delivery =
-  | { readonly _tag: "Event"; readonly event: CallbackEvent; readonly phase: Phase; readonly span: Tracer.AnySpan | undefined }
+  | {
+    readonly _tag: "Event"
+    readonly event: CallbackEvent
+    readonly phase: Phase
+    readonly index: PhaseIndex
+    readonly span: Tracer.AnySpan | undefined
+  }
   | { readonly _tag: "Flush"; readonly done: Deferred.Deferred<void> }
 
 /**
@@ -97,7 +103,8 @@ export interface Waiter {
 /** A registered handler. */
 export interface Entry {
   readonly name: string
-  readonly hooks: Readonly<Record<Phase, Hook | undefined>>
+  /** Its hook of each phase, by phase index (see `PhaseIndex`). */
+  readonly hooks: ReadonlyArray<Hook | undefined>
   /** Background mode: takes runs of consecutive end events at once (`onLlmEndBatch`). */
   readonly endBatch: Hook | undefined
   readonly context: Context.Context<never>
@@ -129,12 +136,13 @@ export interface PhasePlan {
 
 /** The plans of every phase, for the handlers registered at one moment. */
 export interface Snapshot {
-  readonly plans: Readonly<Record<Phase, PhasePlan>>
+  /** By phase index (see `PhaseIndex`). */
+  readonly plans: ReadonlyArray<PhasePlan>
   readonly empty: boolean
 }
 
-const planPhase = (entries: ReadonlyArray<Entry>, phase: Phase): PhasePlan => {
-  const withHook = entries.filter((entry) => entry.hooks[phase] !== undefined)
+const planPhase = (entries: ReadonlyArray<Entry>, index: PhaseIndex): PhasePlan => {
+  const withHook = entries.filter((entry) => entry.hooks[index] !== undefined)
   const awaiting = withHook.filter((entry) => entry.mode === "await")
   const priorities = Array.from(new Set(awaiting.map((entry) => entry.priority))).sort((a, b) => b - a)
   return {
@@ -145,13 +153,8 @@ const planPhase = (entries: ReadonlyArray<Entry>, phase: Phase): PhasePlan => {
 }
 
 export const makeSnapshot = (entries: ReadonlyArray<Entry>): Snapshot => {
-  const plans = {} as Record<Phase, PhasePlan>
-  let empty = true
-  for (const phase of phases) {
-    plans[phase] = planPhase(entries, phase)
-    empty &&= plans[phase].empty
-  }
-  return { plans, empty }
+  const plans = phases.map((_, index) => planPhase(entries, index))
+  return { plans, empty: plans.every((plan) => plan.empty) }
 }
 
 /** A plan without the handlers that did not hear the call's start. */

@@ -18,7 +18,7 @@ import { type Handler, hookOf, type Mode } from "../../Handler.js"
 import { HandlerRegistrationError } from "../../HandlerError.js"
 import { activeHook, makeHandlerLabels } from "../metricLabels.js"
 import { installTemplate } from "../parents.js"
-import { type Phase, phases } from "../phases.js"
+import { phaseIndex, phases } from "../phases.js"
 import { Buffer } from "./buffer.js"
 import { Deadlines } from "./deadlines.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
@@ -158,8 +158,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
             waiters: []
           }))
           : undefined
-        const hooks = {} as Record<Phase, Hook | undefined>
-        for (const phase of phases) hooks[phase] = hookOf(handler, phase) as Hook | undefined
+        const hooks = phases.map((phase) => hookOf(handler, phase) as Hook | undefined)
         const entry: Entry = {
           name: handler.name,
           hooks,
@@ -173,7 +172,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           priority: checked.priority,
           labels: makeHandlerLabels(
             handler.name,
-            phases.filter((phase) => hooks[phase] !== undefined),
+            phases.filter((_, index) => hooks[index] !== undefined),
             checked.mode === "background"
           ),
           stats: makeStats(),
@@ -230,7 +229,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, new Results(false)),
       dispatch: (token, event) => dispatchWith(state, token as Token, event),
       chunks: (token, fiber, span) => {
-        if ((token as Token).snapshot.plans.chunk.empty) return undefined
+        if ((token as Token).snapshot.plans[phaseIndex.chunk]!.empty) return undefined
         const caller = callerOf(fiber, state)
         return (event) => dispatchChunk(state, token as Token, event, caller, span)
       }

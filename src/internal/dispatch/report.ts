@@ -10,7 +10,7 @@ import * as Logger from "effect/Logger"
 import * as LogLevel from "effect/LogLevel"
 import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
-import type { Phase } from "../phases.js"
+import { type PhaseIndex, phases } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
 import { nativeTracer, type Pending } from "./invocation.js"
 import type { Outcome } from "./outcome.js"
@@ -49,12 +49,12 @@ export class Results {
   constructor(readonly collect: boolean) {}
 }
 
-/** Counts an outcome in the handler's stats and metrics. */
-const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome, seconds: number): void => {
+/** Counts an outcome of the phase at `index` in the handler's stats and metrics. */
+const record = (clock: Clock.Clock, entry: Entry, index: PhaseIndex, outcome: Outcome, seconds: number): void => {
   const stats = entry.stats
   const status = outcome.status
   if (status === "queued") return
-  const meter = entry.labels.meters[phase]
+  const meter = entry.labels.meters[index]!
   meter.duration.update(seconds)
   if (outcome.attempts > 1) {
     stats.retries += outcome.attempts - 1
@@ -88,7 +88,7 @@ const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome
   Metrics.errorsTotal.unsafeUpdate(1, entry.labels.error[status])
   if (outcome.error !== undefined) {
     stats.lastError = {
-      phase,
+      phase: phases[index]!,
       reason: outcome.error.reason,
       message: outcome.error.message,
       at: clock.unsafeCurrentTimeMillis()
@@ -96,22 +96,22 @@ const record = (clock: Clock.Clock, entry: Entry, phase: Phase, outcome: Outcome
   }
 }
 
-/** Records an outcome and adds it to `results`; returns the time it was recorded at. */
+/** Records an outcome of the phase at `index` and adds it to `results`; returns the time it was recorded at. */
 export const result = (
   clock: Clock.Clock,
   entry: Entry,
-  phase: Phase,
+  index: PhaseIndex,
   outcome: Outcome,
   startedAt: number,
   results: Results
 ): number => {
   const now = monotonicNow()
   const ms = now - startedAt
-  record(clock, entry, phase, outcome, ms / 1000)
+  record(clock, entry, index, outcome, ms / 1000)
   if (results.collect || outcome.error !== undefined) {
     results.items.push({
       handler: entry.name,
-      phase,
+      phase: phases[index]!,
       mode: entry.mode,
       status: outcome.status,
       attempts: outcome.attempts,
