@@ -49,9 +49,6 @@ export const phaseByTag: { readonly [P in Phase as TagOf<P>]: P } = Object.fromE
   phases.map((phase) => [phaseTable[phase].tag, phase])
 ) as never
 
-/** Whether a phase opens a run (its handlers' hearing decides who hears the rest). */
-export const opens = (phase: Phase): boolean => phaseTable[phase].role === "open"
-
 /**
  * A phase's position in {@link phases}. The per-phase tables a dispatch
  * reads for every invocation (a snapshot's plans, a handler's hooks and
