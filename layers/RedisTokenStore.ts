@@ -1535,7 +1535,6 @@ export const layerClient = (
 ): Layer.Layer<TokenStore.TokenStore, ConfigError.ConfigError> =>
   Layer.effect(TokenStore.TokenStore, fromClient(redis, options))
 
-/** The settings of both stores read from the environment. */
 /**
  * A PEM file named by a variable, read when the configuration is loaded: a
  * file that cannot be read fails with the variable and the path (never the
@@ -1588,6 +1587,7 @@ export const tlsConfig: Config.Config<Tls.ConnectionOptions | undefined> = Confi
   })
 )
 
+/** The settings of both stores read from the environment. */
 const sharedConfig = {
   keyPrefix: Config.string().pipe(
     Config.validate({
