@@ -580,4 +580,4 @@ export interface PhaseEvents {
  * @since 0.1.0
  * @category getters
  */
-export const phaseOf = (event: CallbackEvent): Phase => Phases.phaseByTag[event._tag]
+export const phaseOf = (event: CallbackEvent): Phase => Phases.phases[Phases.phaseIndexOfTag(event._tag)]!

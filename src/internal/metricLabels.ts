@@ -7,7 +7,7 @@ import * as MetricBoundaries from "effect/MetricBoundaries"
 import type * as MetricHook from "effect/MetricHook"
 import * as MetricKey from "effect/MetricKey"
 import * as MetricLabel from "effect/MetricLabel"
-import { type Phase, phaseIndex, phases } from "./phases.js"
+import { phases } from "./phases.js"
 
 /** Outcome of one handler invocation, the `status` label. */
 export type Status = "success" | "failed" | "defect" | "timeout" | "interrupted" | "dropped"
@@ -82,9 +82,9 @@ export class PhaseMeter {
 }
 
 /**
- * Precomputed label sets for one handler. Metric hooks are cached per label
- * array identity, so reusing these arrays keeps an update on the dispatch hot
- * path to a map lookup.
+ * The metrics of one handler: its meters (registry hooks resolved once), and
+ * the label sets of the metrics updated by labels (errors, drops, queue
+ * depth), made once so that an update reuses them.
  */
 export interface HandlerLabels {
   /** Per phase, its metric hooks, by phase index (see `PhaseIndex`). */
@@ -94,23 +94,25 @@ export interface HandlerLabels {
 }
 
 /**
- * The label sets and metric hooks of one handler. The series of the
- * outcomes it can have (its phases; `dropped` in background mode only) are
- * created at registration, so that they are exported at 0 before any event;
- * the others are never created.
+ * The label sets and metric hooks of one handler, whose `hooks` are by
+ * phase index. The series of the outcomes it can have (the phases it has a
+ * hook for; `dropped` in background mode only) are created at registration,
+ * so that they are exported at 0 before any event; the others are made on
+ * first use.
  */
 export const makeHandlerLabels = (
   handler: string,
-  hooked: ReadonlyArray<Phase>,
+  hooks: ReadonlyArray<unknown>,
   background: boolean
 ): HandlerLabels => {
   const type = MetricLabel.make("callback_type", handler)
   const meters = phases.map((phase) => new PhaseMeter([type, MetricLabel.make("phase", phase)]))
-  for (const phase of hooked) {
+  meters.forEach((meter, index) => {
+    if (hooks[index] === undefined) return
     for (const status of statuses) {
-      if (status !== "dropped" || background) meters[phaseIndex[phase]]!.execution(status)
+      if (status !== "dropped" || background) meter.execution(status)
     }
-  }
+  })
   const error = {} as Record<Exclude<Status, "success">, ReadonlyArray<MetricLabel.MetricLabel>>
   for (const status of statuses) {
     if (status !== "success") error[status] = [type, MetricLabel.make("error_type", status)]

@@ -44,11 +44,6 @@ export type TagOf<P extends Phase> = (typeof phaseTable)[P]["tag"]
 /** The name of a phase's handler hook. */
 export type HookOf<P extends Phase> = (typeof phaseTable)[P]["hook"]
 
-/** The phase of each event `_tag`. */
-export const phaseByTag: { readonly [P in Phase as TagOf<P>]: P } = Object.fromEntries(
-  phases.map((phase) => [phaseTable[phase].tag, phase])
-) as never
-
 /**
  * A phase's position in {@link phases}. The per-phase tables a dispatch
  * reads for every invocation (a snapshot's plans, a handler's hooks and

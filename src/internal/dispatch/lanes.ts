@@ -123,7 +123,7 @@ export const enqueue = (
     if (opening) (results.notStarted ??= []).push(entry.name)
     return undefined
   }
-  const delivery: Delivery = { _tag: "Event", event, phase, index, span }
+  const delivery: Delivery = { _tag: "Event", event, index, span }
   entry.stats.pending++
   // Producers already waiting go first.
   if (lane.waiters.length === 0 && lane.buffer.offer(delivery)) return queued(state, entry, index, results)
@@ -293,12 +293,12 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         continue
       }
       let running: Pending | undefined
-      if (delivery.phase === "end" && entry.endBatch !== undefined) {
+      if (delivery.index === END && entry.endBatch !== undefined) {
         // A run of consecutive end events goes to the batch hook at once.
         const events: Array<CallbackEvent> = [delivery.event]
         while (i + 1 < items.length) {
           const next = items[i + 1]!
-          if (next._tag !== "Event" || next.phase !== "end") break
+          if (next._tag !== "Event" || next.index !== END) break
           events.push(next.event)
           i++
         }
@@ -312,7 +312,7 @@ export const consume = (state: State, entry: Entry, lane: Lane): Effect.Effect<n
         running = invokeTraced(
           state,
           entry,
-          delivery.phase,
+          phases[delivery.index]!,
           entry.hooks[delivery.index]!,
           delivery.event,
           caller,

@@ -15,7 +15,7 @@ import type * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import type { Mode } from "../../Handler.js"
 import type { HandlerLabels } from "../metricLabels.js"
-import { type Phase, type PhaseIndex, phases } from "../phases.js"
+import { type PhaseIndex, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
 import type { Deadlines } from "./deadlines.js"
 import type { HookRefs, InheritedRefs } from "./invocation.js"
@@ -75,7 +75,7 @@ export type Delivery =
   | {
     readonly _tag: "Event"
     readonly event: CallbackEvent
-    readonly phase: Phase
+    /** Its phase's index (see `PhaseIndex`). */
     readonly index: PhaseIndex
     readonly span: Tracer.AnySpan | undefined
   }

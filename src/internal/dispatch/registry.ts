@@ -170,11 +170,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
           schedule: options.enableRecovery ? handler.policy.retry ?? defaultSchedule : undefined,
           mode: checked.mode,
           priority: checked.priority,
-          labels: makeHandlerLabels(
-            handler.name,
-            phases.filter((_, index) => hooks[index] !== undefined),
-            checked.mode === "background"
-          ),
+          labels: makeHandlerLabels(handler.name, hooks, checked.mode === "background"),
           stats: makeStats(),
           lanes,
           bufferSize: checked.bufferSize,
