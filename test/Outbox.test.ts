@@ -306,12 +306,17 @@ describe("Outbox", () => {
         Effect.flatMap(TokenStore.TokenStore, (wrapped) =>
           Effect.forEach([1, 2, 3], (n) => wrapped.record({ callId: `c${n}`, userId, cycle, usage: usage(n) })))
       state.down = true
-      // The store comes back 300 ms into the close: it waits for it, and writes the three.
+      // The store comes back once the close has retried (two rounds of the three refused): the close waits
+      // for it, and writes the three.
       const scope = yield* Scope.make()
       const run = yield* Layer.buildWithScope(withOutbox(store, { shutdownTimeout: "20 seconds" }), scope)
       yield* Effect.provide(queue("jay"), run)
+      const before = state.attempts
       const closing = yield* Effect.fork(Scope.close(scope, Exit.void))
-      yield* Effect.sleep("300 millis")
+      yield* Effect.sleep("5 millis").pipe(
+        Effect.repeat({ until: () => state.attempts >= before + 6 }),
+        Effect.timeoutFail({ duration: "10 seconds", onTimeout: () => "the close did not retry" })
+      )
       assert.strictEqual((yield* memory.stats("jay", cycle)).totalTokens, 0)
       state.down = false
       yield* Fiber.join(closing)
