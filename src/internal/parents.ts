@@ -27,6 +27,19 @@ export class ParentStack {
   constructor(readonly ids: Array<string>, readonly template = false) {}
 }
 
+/**
+ * An empty list of ids that V8 keeps as a list of any values, as one that
+ * held a string is: an empty `[]` is kept as a list of small integers, and
+ * the first id pushed onto it changed its kind, which made every call's push
+ * the generic one (about 500 instructions instead of a few dozen). Copies of
+ * it (`slice`) keep its kind.
+ */
+const emptyIds = (): Array<string> => {
+  const ids = [""]
+  ids.pop()
+  return ids
+}
+
 export const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
   Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
   () =>
@@ -45,7 +58,7 @@ export const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value
 /** Installs a template holder where none is (see {@link ParentStack}): for the dispatcher's layers. */
 export const installTemplate: Effect.Effect<void> = FiberRef.update(
   currentParents,
-  (stack) => stack ?? new ParentStack([], true)
+  (stack) => stack ?? new ParentStack(emptyIds(), true)
 )
 
 /** The fiber's holder, when it is its own (claimed, or a copy not used yet). */
@@ -61,7 +74,7 @@ const ownOf = (fiber: AnyFiber): ParentStack | undefined => {
 export const parentsOf = (fiber: AnyFiber): ParentStack => {
   const own = ownOf(fiber)
   if (own !== undefined) return own
-  const stack = new ParentStack([])
+  const stack = new ParentStack(emptyIds())
   stack.owner = fiber.id().id
   setFiberRef(fiber, currentParents, stack)
   return stack
