@@ -27,7 +27,6 @@ import { redisCluster } from "../support/redisCluster.js"
 import { workerReport } from "../support/worker.js"
 
 const root = path.resolve(import.meta.dirname, "..", "..")
-const tsx = path.join(root, "node_modules", "tsx", "dist", "cli.mjs")
 const worker = path.join(root, "test", "support", "budgetWorker.ts")
 const workerUrl = new URL("../support/budgetWorker.ts", import.meta.url)
 
@@ -74,10 +73,14 @@ const fourProcesses = (
     assert.strictEqual(stats.heldTokens, 0)
   })
 
-/** Starts a worker in hold mode, waits until its calls are admitted, and kills it (SIGKILL): how many it had. */
+/**
+ * Starts a worker in hold mode, waits until its calls are admitted, and kills it (SIGKILL): how many it had.
+ * The worker runs in the spawned process itself (`--import tsx`): through tsx's command, the SIGKILL ended
+ * only the command, and the worker, holding its calls, lived on (orphaned) after the test.
+ */
 const holdAndDie = (config: object): Effect.Effect<number> =>
   Effect.async<number>((resume) => {
-    const child = spawn(process.execPath, [tsx, worker, JSON.stringify(config)], { cwd: root })
+    const child = spawn(process.execPath, ["--import", "tsx", worker, JSON.stringify(config)], { cwd: root })
     let stdout = ""
     let stderr = ""
     child.stderr.on("data", (data) => stderr += String(data))
@@ -85,7 +88,24 @@ const holdAndDie = (config: object): Effect.Effect<number> =>
       stdout += String(data)
       const line = stdout.split("\n").find((l) => l.startsWith("{"))
       if (line === undefined) return
-      child.once("exit", () => resume(Effect.succeed((JSON.parse(line) as { admitted: number }).admitted)))
+      const report = JSON.parse(line) as { admitted: number; pid: number }
+      child.once("exit", () => {
+        // The process that held the calls is gone (signal 0 only asks whether it exists).
+        const alive = (() => {
+          try {
+            process.kill(report.pid, 0)
+            return true
+          } catch {
+            return false
+          }
+        })()
+        if (alive) process.kill(report.pid, "SIGKILL")
+        resume(
+          alive
+            ? Effect.die(new Error(`the worker holding the calls (pid ${report.pid}) outlived the process killed`))
+            : Effect.succeed(report.admitted)
+        )
+      })
       child.kill("SIGKILL")
     })
     child.once("exit", (code, signal) => {

@@ -58,7 +58,8 @@ const holding = Effect.gen(function*() {
     { discard: true }
   )
   yield* until(() => calls.n === config.calls)
-  process.stdout.write(`${JSON.stringify({ admitted: calls.n })}\n`)
+  // Its process id: the test checks that the process it killed is the one holding the calls.
+  process.stdout.write(`${JSON.stringify({ admitted: calls.n, pid: process.pid })}\n`)
   return yield* Effect.never
 })
 
