@@ -12,26 +12,27 @@
  * process's start, its module loading and the first calls' compilation.
  * Node runs with `--predictable`, fixed seeds and no incremental marking
  * (one thread: no concurrent compiler or collector). Counts still move
- * between identical runs. For the no-op rows, the totals of three runs of
- * 12,000 calls agree within 0.5%, and a count per call (a difference of two
- * runs) within about 2% (no-op x1, two repeats: 48,335-50,266). The suspend
- * rows, whose calls make the most garbage, are bimodal: most runs agree
- * within 0.5%, but about one in three lands about 9% higher (12,000 suspend
- * x1 calls: 5.83-5.87 or 6.35-6.36 billion instructions, for the same
- * build). Compare builds by several runs of each (`repeats`: the table gives
- * the median per call and the range).
+ * between identical runs, by the collections (and the last compilations)
+ * that fall in the window: ours' no-op x1 read 32,097-35,309 instructions
+ * per call in two runs of one build; its suspend x1 read above its suspend
+ * x3 in all three runs of session 21 (not explained: a warm-up still going,
+ * or collections in the window). Compare builds by several runs of each
+ * (`repeats`: the table gives the median per call and the range), or by a
+ * profile's work outside the collector and the compiler.
  *
- * `node .tmp/bench-dist/bench/instructions.js [kinds] [sizes] [repeats]`,
+ * `node .tmp/bench-dist/bench/instructions.js [kinds] [sizes] [repeats] [variants]`,
  * after `npx tsc -p tsconfig.bench.json`: kinds default to `no-op,suspend`,
- * sizes to `1,3,10`, repeats to 1. 40-90 s per process; two run at once
- * (the counts do not depend on it). Not part of `npm run bench`; needs
- * `valgrind`.
+ * sizes to `1,3,10`, repeats to 1, variants to all four (`ours` alone, to
+ * compare builds of the library: no other variant's call runs its code).
+ * 1-4 minutes per process (43 minutes for the whole table, one repeat); two
+ * run at once (the counts do not depend on it). Not part of `npm run bench`;
+ * needs `valgrind`.
  */
 import { execFile } from "node:child_process"
 import { fileURLToPath } from "node:url"
 import { promisify } from "node:util"
 import { median, type Row } from "./common.js"
-import { bare, handOne, instrumented, type Kind, langchainOne, type One, oursRuntime } from "./dispatch.js"
+import { bare, handOne, instrumented, type Kind, kinds, langchainOne, type One, oursRuntime } from "./dispatch.js"
 
 const variants = ["bare", "ours", "langchain", "hand-written"] as const
 type Variant = typeof variants[number]
@@ -100,9 +101,14 @@ const pooled = async <A>(jobs: ReadonlyArray<() => Promise<A>>, width = 2): Prom
   return results
 }
 
-const main = async (kinds: ReadonlyArray<Kind>, sizes: ReadonlyArray<number>, repeats: number) => {
+const main = async (
+  kinds: ReadonlyArray<Kind>,
+  sizes: ReadonlyArray<number>,
+  repeats: number,
+  counted: ReadonlyArray<Variant>
+) => {
   const configs = kinds.flatMap((kind) => sizes.map((n) => ({ kind, n })))
-  const pairs = configs.flatMap(({ kind, n }) => variants.map((variant) => ({ kind, n, variant })))
+  const pairs = configs.flatMap(({ kind, n }) => counted.map((variant) => ({ kind, n, variant })))
   const jobs = pairs.flatMap(({ kind, n, variant }) =>
     Array.from({ length: repeats }, () => [warm, warm + calls].map((count) => () => instructions(variant, kind, n, count)))
       .flat()
@@ -115,28 +121,43 @@ const main = async (kinds: ReadonlyArray<Kind>, sizes: ReadonlyArray<number>, re
   }
   const rows = configs.map(({ kind, n }) => {
     const row: Row = { handlers: `${kind} x${n}` }
-    const medians = {} as Record<Variant, number>
-    for (const variant of variants) {
+    const medians: Partial<Record<Variant, number>> = {}
+    for (const variant of counted) {
       const values = perCall(kind, n, variant)
-      medians[variant] = median(values)
+      const middle = median(values)
+      medians[variant] = middle
       row[`${variant} instr/call`] = repeats === 1
-        ? Math.round(medians[variant])
-        : `${Math.round(medians[variant])} (${Math.round(Math.min(...values))}-${Math.round(Math.max(...values))})`
+        ? Math.round(middle)
+        : `${Math.round(middle)} (${Math.round(Math.min(...values))}-${Math.round(Math.max(...values))})`
     }
-    row["ours/langchain"] = +(medians.ours / medians.langchain).toFixed(3)
-    row["ours/hand"] = +(medians.ours / medians["hand-written"]).toFixed(3)
+    const ratio = (other: Variant) =>
+      medians.ours === undefined || medians[other] === undefined ? undefined : +(medians.ours / medians[other]).toFixed(3)
+    const toLangchain = ratio("langchain")
+    const toHand = ratio("hand-written")
+    if (toLangchain !== undefined) row["ours/langchain"] = toLangchain
+    if (toHand !== undefined) row["ours/hand"] = toHand
     return row
   })
   console.table(rows)
 }
+
+/** The comma-separated names of `arg`, each one of `known` (else the process fails, naming it). */
+const namesOf = <A extends string>(arg: string, what: string, known: ReadonlyArray<A>): ReadonlyArray<A> =>
+  arg.split(",").map((name) => {
+    if (!(known as ReadonlyArray<string>).includes(name)) {
+      throw new Error(`instructions: unknown ${what} "${name}" (one of ${known.join(", ")})`)
+    }
+    return name as A
+  })
 
 const args = process.argv.slice(2)
 if (args[0] === "--worker") {
   await worker(args[1] as Variant, args[2] as Kind, Number(args[3]), Number(args[4]))
 } else {
   await main(
-    (args[0] ?? "no-op,suspend").split(",") as ReadonlyArray<Kind>,
+    namesOf(args[0] ?? "no-op,suspend", "kind", kinds),
     (args[1] ?? "1,3,10").split(",").map(Number),
-    Number(args[2] ?? 1)
+    Number(args[2] ?? 1),
+    namesOf(args[3] ?? variants.join(","), "variant", variants)
   )
 }
