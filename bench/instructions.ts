@@ -40,8 +40,9 @@ type Variant = typeof variants[number]
 /**
  * Calls made before the count starts: at 2,000 the JIT was still compiling
  * ours (counted from 2,000, a suspend x3 call read 254,000 instructions;
- * from 12,000 and from 22,000, 122,000-127,000; LangChain's read within 2%
- * either way).
+ * from 12,000 and from 22,000, 122,000-127,000). LangChain's moved less:
+ * its suspend x10 read 89,770 from 2,000 and 91,368 from 12,000, its
+ * suspend x3 51,237 and 44,115 (different runs and days).
  */
 const warm = 12_000
 const calls = 10_000
