@@ -14,9 +14,11 @@
  * (one thread: no concurrent compiler or collector). Counts still move
  * between identical runs, by the collections (and the last compilations)
  * that fall in the window: ours' no-op x1 read 32,097-35,309 instructions
- * per call in two runs of one build; its suspend x1 read above its suspend
- * x3 in all three runs of session 21 (not explained: a warm-up still going,
- * or collections in the window). Compare builds by several runs of each
+ * per call in two runs of one build; its suspend x1 read 102,000-172,000
+ * per call for one build (above its suspend x3 in the plain runs): its
+ * window holds a full collection (of a 61 MB heap), suspend x3's none
+ * (`--trace-gc`), and where a collection falls moves with the flags.
+ * Compare builds by several runs of each
  * (`repeats`: the table gives the median per call and the range), or by a
  * profile's work outside the collector and the compiler.
  *
