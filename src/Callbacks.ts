@@ -600,22 +600,18 @@ abstract class InstrumentedRun<
 > {
   /** Runs made inside it see it as their parent (see `run`). */
   private entered = false
-  /** The fiber's context when the run is made: set again once its terminal event is dispatched. */
-  readonly outerContext: Context.Context<never>
+  /** The fiber's context when the run is entered: set again once its terminal event is dispatched. */
+  outerContext: Context.Context<never> = Context.empty()
 
   constructor(
     readonly calls: Calls,
     readonly token: CallToken,
-    fiber: AnyFiber,
     readonly events: Events,
     readonly options: Options,
     readonly clock: Clock.Clock,
     readonly parents: ParentStack,
     readonly span: Tracer.Span | undefined
-  ) {
-    this.outerContext = fiber.currentContext
-    if (span !== undefined) setFiberRef(fiber, FiberRef.currentContext, Context.add(this.outerContext, Tracer.ParentSpan, span))
-  }
+  ) {}
 
   /** Its terminal event for `exit`; `Counted` when building it takes an effect (a token count). */
   protected abstract terminalEvent(
@@ -649,12 +645,16 @@ abstract class InstrumentedRun<
    * start dispatch's waits and `self` the caller's interruptibility. The
    * terminal event follows whatever happens, interruption while `start` is
    * dispatched included (the run never runs then, but the handlers that
-   * heard `start` still hear exactly one terminal event). The run's span, set
-   * on the fiber when the run was made, is the parent of everything inside
-   * it and of the handler invocations; `outerContext` is restored once the
-   * terminal event is dispatched.
+   * heard `start` still hear exactly one terminal event). The run's span is
+   * set on the fiber here, not before (a call a gate refuses never enters,
+   * and leaves the fiber's context as it was): it is the parent of everything
+   * inside the run and of the handler invocations; `outerContext` is restored
+   * once the terminal event is dispatched.
    */
   enter<R>(self: Effect.Effect<A, E, R>, restore: Restore, fiber: AnyFiber): Effect.Effect<A, E, R> {
+    this.outerContext = fiber.currentContext
+    const span = this.span
+    if (span !== undefined) setFiberRef(fiber, FiberRef.currentContext, Context.add(this.outerContext, Tracer.ParentSpan, span))
     const started = this.calls.run(this.token, this.events.start, fiber)
     // The start dispatch completed synchronously (the common case).
     if (started === undefined) return this.run(self, restore)
@@ -745,7 +745,7 @@ const onCurrentFiber = <A, E, R>(body: (fiber: AnyFiber) => Effect.Effect<A, E, 
  * `restore` gives the call the caller's interruptibility): its body reads the
  * fiber from the runtime rather than taking a step of its own to be given it
  * (`Effect.withFiberRuntime`), which saves a step of Effect's run loop on
- * every instrumented call (about 900 instructions) and costs a call that
+ * every instrumented call (several hundred instructions) and costs a call that
  * runs bare (no handler hears it) the region's steps.
  */
 const instrumentImpl = <A, E, R>(
@@ -774,7 +774,7 @@ const instrumentImpl = <A, E, R>(
         fiber.getFiberRef(currentOperation)
       )
       const span = startSpan(fiber, events.call, clock, undefined, events.start.params)
-      const run = new InstrumentedCall<A, E>(calls, token, fiber, events, options, clock, parents, span)
+      const run = new InstrumentedCall<A, E>(calls, token, events, options, clock, parents, span)
       return gate === undefined
         ? run.enter(self, restore, fiber)
         : restore(admitted(gate, events.start, run.region(self), span && endRefused(fiber, span, clock)))
@@ -916,7 +916,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
       const parents = parentsOf(fiber)
       const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
       const span = startSpan(fiber, events.call, clock, events.start.tool)
-      return new InstrumentedTool<A, E>(calls, token, fiber, events, options, clock, parents, span).enter(self, restore, fiber)
+      return new InstrumentedTool<A, E>(calls, token, events, options, clock, parents, span).enter(self, restore, fiber)
     })
   )
 

@@ -165,4 +165,28 @@ describe("spans of @effect/ai calls over HTTP", () => {
         ["chat gpt-4o-mini", SpanKind.CLIENT, SpanStatusCode.ERROR, "UsageLimitExceeded"]
       ])
     }))
+
+  it.scopedLive("a call the budget refuses leaves the caller's span in place: what follows nests under the caller", () =>
+    Effect.gen(function*() {
+      const { exporter, layer } = tracing()
+      const run = Effect.gen(function*() {
+        const store = yield* TokenStore.TokenStore
+        yield* store.setLimit("rita", yield* BillingCycle.current(), 10)
+        const call = Effect.succeed({ content: "never" }).pipe(
+          Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }),
+          Budget.guard()
+        )
+        const tool = Effect.succeed("never").pipe(Callbacks.instrumentTool({ name: "lookup" }), Budget.guard())
+        yield* Effect.flip(call)
+        yield* tool
+        yield* Effect.void.pipe(Effect.withSpan("after"))
+        return (yield* Effect.currentSpan).name
+      }).pipe(Effect.withSpan("caller"))
+      const current = yield* run.pipe(Effect.provide(Layer.mergeAll(layer, TokenStore.layerMemory, Testing.layer())))
+      assert.strictEqual(current, "caller")
+      const spans = exporter.getFinishedSpans()
+      const caller = spans.find((span) => span.name === "caller")!
+      const after = spans.find((span) => span.name === "after")!
+      assert.strictEqual(after.parentSpanContext?.spanId, caller.spanContext().spanId)
+    }))
 })
