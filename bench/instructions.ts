@@ -153,14 +153,22 @@ const namesOf = <A extends string>(arg: string, what: string, known: ReadonlyArr
     return name as A
   })
 
+/** The comma-separated positive whole numbers of `arg` (else the process fails, naming the one that is not). */
+const countsOf = (arg: string, what: string): ReadonlyArray<number> =>
+  arg.split(",").map((text) => {
+    const n = Number(text)
+    if (!Number.isInteger(n) || n < 1) throw new Error(`instructions: ${what} must be a positive whole number, got "${text}"`)
+    return n
+  })
+
 const args = process.argv.slice(2)
 if (args[0] === "--worker") {
   await worker(args[1] as Variant, args[2] as Kind, Number(args[3]), Number(args[4]))
 } else {
   await main(
     namesOf(args[0] ?? "no-op,suspend", "kind", kinds),
-    (args[1] ?? "1,3,10").split(",").map(Number),
-    Number(args[2] ?? 1),
+    countsOf(args[1] ?? "1,3,10", "a size"),
+    countsOf(args[2] ?? "1", "repeats")[0]!,
     namesOf(args[3] ?? variants.join(","), "variant", variants)
   )
 }

@@ -31,7 +31,7 @@ export class ParentStack {
  * An empty list of ids that V8 keeps as a list of any values, as one that
  * held a string is: an empty `[]` is kept as a list of small integers, and
  * the first id pushed onto it changed its kind, which made every call's push
- * the generic one (about 500 instructions instead of a few dozen). Copies of
+ * the generic one (about 360 instructions instead of a few dozen). Copies of
  * it (`slice`) keep its kind.
  */
 const emptyIds = (): Array<string> => {
