@@ -1159,6 +1159,127 @@ describe("Dispatcher", () => {
         assert.isTrue(resumed)
       }))
 
+    it.live("a hook that is one asynchronous step (Effect.promise) runs on no fiber; one of more steps runs on a fiber", () =>
+      Effect.gen(function*() {
+        class Started extends Supervisor.AbstractSupervisor<void> {
+          count = 0
+          readonly value = Effect.void
+          override onStart() {
+            this.count++
+          }
+        }
+        let settled = 0
+        const oneStep = () => Effect.promise(() => Promise.resolve().then(() => void settled++))
+        const twoSteps = () => Effect.zipRight(oneStep(), Effect.void)
+        const run = (hook: () => Effect.Effect<void>, scheduler?: Scheduler.Scheduler) =>
+          Effect.gen(function*() {
+            const started = new Started()
+            settled = 0
+            const handler = Handler.make({ name: "suspending", onLlmStart: hook, onLlmEnd: hook })
+            const calls = Effect.all([call, call], { concurrency: "unbounded" }).pipe(
+              Effect.provide(withHandlers([handler])),
+              Effect.supervised(started)
+            )
+            const results = yield* (scheduler === undefined ? calls : Effect.withScheduler(calls, scheduler))
+            assert.deepStrictEqual(results, [response, response])
+            assert.strictEqual(settled, 4)
+            return started.count
+          })
+        // The fibers of the calls and the layer's: a synchronous hook, run on the spot, adds none.
+        const base = yield* run(() => Effect.sync(() => void settled++))
+        assert.strictEqual(yield* run(oneStep), base)
+        assert.strictEqual(yield* run(twoSteps), base + 4)
+        // On a scheduler of the caller's own, every hook runs on a fiber, which that scheduler wakes.
+        const scheduler: Scheduler.Scheduler = {
+          shouldYield: (fiber) => Scheduler.defaultScheduler.shouldYield(fiber),
+          scheduleTask: (task, priority, fiber) => Scheduler.defaultScheduler.scheduleTask(task, priority, fiber)
+        }
+        assert.strictEqual(yield* run(oneStep, scheduler), base + 4)
+      }))
+
+    it.live("a hook on no fiber, woken from outside any fiber, goes on in a microtask, never on the waker's stack", () =>
+      Effect.gen(function*() {
+        let wake: (() => void) | undefined
+        let resumed = false
+        const handler = Handler.make({
+          name: "woken",
+          // One asynchronous step, resumed with a synchronous one.
+          onLlmStart: () =>
+            Effect.async<void>((resume) => {
+              wake = () =>
+                resume(Effect.sync(() => {
+                  resumed = true
+                }))
+            })
+        })
+        const fiber = yield* Effect.fork(call.pipe(Effect.provide(withHandlers([handler]))))
+        while (wake === undefined) yield* Effect.sleep("1 millis")
+        const onTheWakersStack = yield* Effect.promise(() =>
+          new Promise<boolean>((resolve) =>
+            setTimeout(() => {
+              wake!()
+              resolve(resumed)
+            }, 0)
+          )
+        )
+        assert.deepStrictEqual(yield* Fiber.join(fiber), response)
+        assert.isFalse(onTheWakersStack)
+        assert.isTrue(resumed)
+      }))
+
+    it.effect("a hook on no fiber that times out is given up; resumed later, nothing more happens", () =>
+      Effect.gen(function*() {
+        let resumeLate: ((effect: Effect.Effect<void, string>) => void) | undefined
+        let ranLate = false
+        const handler = Handler.make({
+          name: "late",
+          onLlmStart: () =>
+            Effect.async<void, string>((resume) => {
+              resumeLate = resume
+            }),
+          timeout: "1 second",
+          retry: Schedule.recurs(3)
+        })
+        yield* Effect.gen(function*() {
+          const fiber = yield* Effect.fork(call)
+          yield* TestClock.adjust("1 second")
+          assert.deepStrictEqual(yield* Fiber.join(fiber), response)
+          const timedOut = yield* Dispatcher.health
+          assert.strictEqual(timedOut.handlers[0]!.timeouts, 1)
+          assert.strictEqual(timedOut.handlers[0]!.inFlight, 0)
+          // Resumed after its timeout, with a failure its schedule would retry, then with a step.
+          resumeLate!(Effect.fail("late failure"))
+          resumeLate!(Effect.sync(() => {
+            ranLate = true
+          }))
+          yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+          yield* TestClock.adjust("10 seconds")
+          const after = yield* Dispatcher.health
+          assert.deepStrictEqual(after.handlers[0], timedOut.handlers[0])
+          assert.isFalse(ranLate)
+        }).pipe(Effect.provide(withHandlers([handler])))
+      }))
+
+    it.effect("a hook resumed at once with a failure, retried 20,000 times without delay, neither overflows the stack nor holds the call", () =>
+      Effect.gen(function*() {
+        let attempts = 0
+        const handler = Handler.make({
+          name: "failing-at-once",
+          onLlmStart: () =>
+            Effect.async<void, string>((resume) => {
+              attempts++
+              resume(Effect.fail("failed at once"))
+            }),
+          retry: Schedule.recurs(20_000)
+        })
+        const health = yield* Effect.gen(function*() {
+          assert.deepStrictEqual(yield* call, response)
+          return yield* Dispatcher.health
+        }).pipe(Effect.provide(withHandlers([handler])))
+        assert.strictEqual(attempts, 20_001)
+        assert.strictEqual(health.handlers[0]!.failures, 1)
+      }))
+
     it.live("hook fibers of a caller on a scheduler of its own are woken by that scheduler", () =>
       Effect.gen(function*() {
         const given = new Set<number>()

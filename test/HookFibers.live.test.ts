@@ -10,7 +10,10 @@
  * one hangs until its timeout (a timer, outside any fiber) interrupts it.
  * Compared: per handler and call, the steps its hooks ran, in order, and the
  * hooks interrupted; each call's value; and the handlers' health (successes
- * and timeouts as the steps say, none in flight, none overrunning).
+ * and timeouts as the steps say, none in flight, none overrunning). A hook of
+ * one step on a promise, a timer or a hang is now and then written as that
+ * step alone (`bare`), which the dispatcher runs with no fiber; it notes its
+ * step when the promise settles, and no interruption (it has nothing to run then).
  * The TestClock-driven reference test (Dispatcher.reference.test.ts) wakes
  * hook fibers from inside fibers only. `HOOK_FIBER_RUNS` sets the number of
  * cases (default 40), `HOOK_FIBER_SEED` their seed (a failure names it).
@@ -23,7 +26,9 @@ const stepKinds = ["promise", "timer", "deferred", "yield", "spin", "fork", "syn
 type Step = typeof stepKinds[number] | "hang"
 
 interface Case {
-  readonly handlers: ReadonlyArray<{ readonly start: ReadonlyArray<Step>; readonly end: ReadonlyArray<Step> }>
+  readonly handlers: ReadonlyArray<
+    { readonly start: ReadonlyArray<Step>; readonly end: ReadonlyArray<Step>; readonly bare: boolean }
+  >
   readonly calls: number
   readonly maxConcurrent: number
 }
@@ -37,7 +42,7 @@ const stepOf: fc.Arbitrary<Step> = fc.oneof(
 )
 const stepsOf = fc.array(stepOf, { minLength: 0, maxLength: 4 })
 const caseOf: fc.Arbitrary<Case> = fc.record({
-  handlers: fc.array(fc.record({ start: stepsOf, end: stepsOf }), { minLength: 1, maxLength: 4 }),
+  handlers: fc.array(fc.record({ start: stepsOf, end: stepsOf, bare: fc.boolean() }), { minLength: 1, maxLength: 4 }),
   calls: fc.integer({ min: 1, max: 6 }),
   maxConcurrent: fc.constantFrom(1, 2, 1_000)
 })
@@ -94,8 +99,26 @@ const note = (log: Log, key: string, what: string): void => {
  * has run, and the hook's interruption. (Apart: an interruption and the
  * next hook's steps have no order between them.)
  */
-const runHook = (seen: Seen, handler: number, call: number, phase: "start" | "end", steps: ReadonlyArray<Step>) => {
+const runHook = (
+  seen: Seen,
+  handler: number,
+  call: number,
+  phase: "start" | "end",
+  steps: ReadonlyArray<Step>,
+  bare: boolean
+): Effect.Effect<void> => {
   const key = `handler ${handler}, call ${call}`
+  if (bare && steps.length === 1) {
+    const noted = () => note(seen.steps, key, `${phase} 0 ${steps[0]}`)
+    switch (steps[0]) {
+      case "promise":
+        return Effect.promise(() => Promise.resolve().then(noted))
+      case "timer":
+        return Effect.promise(() => new Promise<void>((resolve) => setTimeout(resolve, 1)).then(noted))
+      case "hang":
+        return Effect.async<void>(() => {})
+    }
+  }
   return Effect.onInterrupt(
     Effect.forEach(steps, (kind, i) =>
       Effect.zipRight(step(kind), Effect.sync(() => note(seen.steps, key, `${phase} ${i} ${kind}`))), { discard: true }),
@@ -117,8 +140,8 @@ const real = (c: Case) =>
           acc,
           Dispatcher.toLayer(Handler.make({
             name: `handler-${h}`,
-            onLlmStart: (event) => runHook(seen, h, callOf(event), "start", spec.start),
-            onLlmEnd: (event) => runHook(seen, h, callOf(event), "end", spec.end),
+            onLlmStart: (event) => runHook(seen, h, callOf(event), "start", spec.start, spec.bare),
+            onLlmEnd: (event) => runHook(seen, h, callOf(event), "end", spec.end, spec.bare),
             timeout: TIMEOUT,
             retry: Schedule.stop
           }))
@@ -148,18 +171,18 @@ const real = (c: Case) =>
 const reference = (c: Case) =>
   Effect.gen(function*() {
     const seen: Seen = { steps: new Map(), interrupted: new Map() }
-    const hook = (h: number, i: number, phase: "start" | "end", steps: ReadonlyArray<Step>) =>
-      runHook(seen, h, i, phase, steps).pipe(Effect.timeout(TIMEOUT), Effect.ignore)
+    const hook = (h: number, i: number, phase: "start" | "end", steps: ReadonlyArray<Step>, bare: boolean) =>
+      runHook(seen, h, i, phase, steps, bare).pipe(Effect.timeout(TIMEOUT), Effect.ignore)
     const values = yield* Effect.forEach(
       Array.from({ length: c.calls }, (_, i) => i),
       (i) =>
         Effect.gen(function*() {
-          yield* Effect.forEach(c.handlers, (spec, h) => hook(h, i, "start", spec.start), {
+          yield* Effect.forEach(c.handlers, (spec, h) => hook(h, i, "start", spec.start, spec.bare), {
             concurrency: "unbounded",
             discard: true
           })
           const value = { ...response, content: `${response.content} ${i}` }
-          yield* Effect.forEach(c.handlers, (spec, h) => hook(h, i, "end", spec.end), {
+          yield* Effect.forEach(c.handlers, (spec, h) => hook(h, i, "end", spec.end, spec.bare), {
             concurrency: "unbounded",
             discard: true
           })

@@ -16,7 +16,13 @@ export const behaviours = [
   "interruptSelf",
   "failOnce",
   "suspend",
-  "ignoreInterruption"
+  "ignoreInterruption",
+  "promise",
+  "promiseDie",
+  "asyncNow",
+  "asyncFailNow",
+  "asyncFail",
+  "asyncHang"
 ] as const
 export type Behaviour = typeof behaviours[number]
 
@@ -49,6 +55,22 @@ export const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<voi
       return Effect.zipRight(Effect.yieldNow(), Effect.zipRight(Effect.yieldNow(), Effect.yieldNow()))
     case "ignoreInterruption":
       return Effect.uninterruptible(Effect.sleep("1500 millis"))
+    // A hook that is one asynchronous step (as `Effect.promise(() => fetch(...))` is), resumed from
+    // outside any fiber: the dispatcher runs it with no fiber.
+    case "promise":
+      return Effect.promise(() => Promise.resolve())
+    case "promiseDie":
+      return Effect.promise(() => Promise.reject(new Error("handler promise rejected")))
+    case "asyncNow":
+      return Effect.async<void, string>((resume) => resume(Effect.void))
+    case "asyncFailNow":
+      return Effect.async<void, string>((resume) => resume(Effect.fail("handler failed at once")))
+    case "asyncFail":
+      return Effect.async<void, string>((resume) => {
+        Promise.resolve().then(() => resume(Effect.fail("handler failed after a turn")))
+      })
+    case "asyncHang":
+      return Effect.async<void, string>(() => {})
   }
 }
 

@@ -132,6 +132,13 @@ class HookScheduler implements Scheduler.Scheduler {
  * any other, which is left to do its job.
  */
 export const hookScheduler = (scheduler: Scheduler.Scheduler): Scheduler.Scheduler | undefined =>
+  wakesInMicrotasks(scheduler) ? new HookScheduler(scheduler) : undefined
+
+/**
+ * Whether hooks of a caller on `scheduler` are woken from outside any fiber
+ * in a microtask (see `hookScheduler`): those of Effect's default scheduler
+ * and of a `ManagedRuntime`'s. A scheduler of the caller's own is left to do
+ * its job.
+ */
+export const wakesInMicrotasks = (scheduler: Scheduler.Scheduler): boolean =>
   scheduler === Scheduler.defaultScheduler || scheduler instanceof Scheduler.SyncScheduler
-    ? new HookScheduler(scheduler)
-    : undefined

@@ -6,8 +6,11 @@
  * as `Effect.void` or `Effect.fail(e)` are), its outcome is known on the spot:
  * no fiber, timer or schedule driver is paid for; so is it when it returns a
  * single synchronous step (`Effect.sync(f)`), which is run there (see
- * `exitNow`). When it returns an effect
- * that must be run, that effect runs on a fiber of its own, started at once;
+ * `exitNow`). When it returns one asynchronous step
+ * (`Effect.promise(() => p)`, `Effect.tryPromise(() => p)`, `Effect.async`
+ * without a canceller), that step is registered there, and the invocation
+ * waits for its resume with no fiber (see `begin`). When it returns any
+ * other effect, that effect runs on a fiber of its own, started at once;
  * most complete without suspending, and their outcome is known on the spot
  * too (a success then makes no invocation object either). A failure that
  * the retry rule retries is fed to the handler's schedule right there: while
@@ -17,7 +20,7 @@
  * Only an invocation that suspends (an attempt, a retry delay, a schedule
  * step) becomes pending: it then holds a timer for the handler's timeout
  * (retries included), counts as in flight, and settles by itself, driven by
- * fiber observers and timers rather than by a fiber of its own, whatever
+ * resumes, fiber observers and timers rather than by a fiber of its own, whatever
  * happens to the dispatching fiber. Settling calls `done` and frees the slot,
  * exactly once.
  */
@@ -48,7 +51,7 @@ import * as Outcome from "./outcome.js"
 import type { Entry, Hook, State } from "./plan.js"
 import type { QueuedStart, Slots } from "./slots.js"
 import type { Timed } from "./deadlines.js"
-import { type FiberClass, fiberClassOf, hookScheduler, startHookFiber } from "./hookFiber.js"
+import { type FiberClass, fiberClassOf, hookScheduler, startHookFiber, wakesInMicrotasks } from "./hookFiber.js"
 import { liveClock, startTimer } from "./timer.js"
 
 /** Effect's default tracer, which exports nowhere: no handler spans under it. */
@@ -84,6 +87,8 @@ export class Caller {
   private parentsRead: ReadonlyArray<string> | undefined | null = null
   /** The class its hook fibers are made of (`null`: not read yet). */
   private fiberClassRead: FiberClass | undefined | null = null
+  /** Whether its hooks may wait with no fiber (`undefined`: not read yet). */
+  private fiberlessRead: boolean | undefined = undefined
 
   constructor(
     readonly fiber: Fiber.RuntimeFiber<unknown, unknown>,
@@ -112,6 +117,19 @@ export class Caller {
   fiberClass(): FiberClass | undefined {
     if (this.fiberClassRead === null) this.fiberClassRead = fiberClassOf(this.fiber)
     return this.fiberClassRead
+  }
+
+  /**
+   * Whether its hooks' attempts may wait on an `Async` step with no fiber
+   * (see `begin`): when a hook fiber of its would be woken in a microtask
+   * (see `wakesInMicrotasks`), as such an attempt is. On a scheduler of its
+   * own, its hooks run on fibers, which that scheduler wakes.
+   */
+  fiberless(): boolean {
+    return this.fiberlessRead ??= wakesInMicrotasks(
+      this.refs().locals.get(FiberRef.currentScheduler)?.[0][1] as Scheduler.Scheduler | undefined ??
+        Scheduler.defaultScheduler
+    )
   }
 
   /**
@@ -421,6 +439,116 @@ const exitNow = (
   }
 }
 
+/** A commit (members Effect's interface does not export): what a fiber's run loop calls. */
+interface Committed {
+  readonly commit: () => Effect.Effect<void, unknown>
+}
+
+/**
+ * An attempt's effect committed on the spot, as a fiber's run loop commits
+ * it: what it commits to, or what the commit throws as a defect (as
+ * `exitNow` takes it). `Effect.suspend`, `Effect.async`, `Effect.promise`
+ * and `Effect.tryPromise` are commits.
+ */
+const commitNow = (effect: Effect.Effect<void, unknown>): Effect.Effect<void, unknown> => {
+  try {
+    return (effect as unknown as Committed).commit()
+  } catch (defect) {
+    return Cause.isInterruptedException(defect)
+      ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
+      : Exit.die(defect)
+  }
+}
+
+/**
+ * The register function of an `Async` step (Effect's primitive, which
+ * `Effect.async` commits to): called with the function that resumes the
+ * attempt with the effect it goes on with, of which the first call counts.
+ */
+type Register = (resume: (effect: Effect.Effect<void, unknown>) => void) => void
+
+/**
+ * An attempt begun (see {@link begin}): its exit, known on the spot; the
+ * fiber it runs on; or the register function of the one `Async` step it
+ * waits on.
+ */
+type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Register
+
+/**
+ * Begins an attempt of `effect`. Its exit when known on the spot (see
+ * `exitNow`). A commit is committed here, as a fiber would commit it; when
+ * it commits to an `Async` step, the attempt needs no fiber: it waits for
+ * that step's resume (see `Invocation.awaitResume`). `Effect.promise(() =>
+ * p)`, `Effect.tryPromise(() => p)` and `Effect.async` without a canceller
+ * commit to one (the promise made, the register function called); with an
+ * `AbortSignal` or a canceller they commit to more. Whatever else an attempt
+ * is, or commits to, runs on a hook fiber, started at once, which gives the
+ * exit at once when it completes without suspending. Nothing is committed
+ * on the spot when the attempt's fiber would have a parent span (as in
+ * `exitNow`), nor for a caller on a scheduler of its own (see
+ * `Caller.fiberless`). One thing tells such an attempt from one on a
+ * fiber: its register function runs on the dispatching fiber's stack, so
+ * `Fiber.getCurrentFiber` there gives the caller's fiber.
+ */
+const begin = (
+  effect: Effect.Effect<void, unknown>,
+  entry: Entry,
+  caller: Caller,
+  span: Tracer.AnySpan | undefined
+): Begun => {
+  let next = effect
+  if (
+    (next as unknown as Primitive)._op === "Commit" && span === undefined && !entry.spanInContext && caller.fiberless()
+  ) {
+    next = commitNow(next)
+    if ((next as unknown as Primitive)._op === "Async") {
+      return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
+    }
+  }
+  const exit = exitNow(next, entry, span)
+  if (exit !== undefined) return exit
+  const fiber = startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), next)
+  return fiber.unsafePoll() ?? fiber
+}
+
+/** Drains are chained to it, as Effect's scheduler does (`queueMicrotask` costs an async resource per call). */
+const resolved = Promise.resolve()
+
+/** An invocation whose attempt waits on an `Async` step (see `Invocation.awaitResume`). */
+interface Resumable {
+  readonly settled: boolean
+  run(effect: Effect.Effect<void, unknown>): void
+}
+
+/**
+ * The resumes of attempts that wait on an `Async` step with no fiber (see
+ * `Invocation.awaitResume`), one queue per dispatcher. They go on in a
+ * microtask, with the others resumed before it runs, as a hook fiber woken
+ * from outside any fiber does (see `hookScheduler`): one turn later, never
+ * on the resumer's stack.
+ */
+export class Resumes {
+  private invocations: Array<Resumable> = []
+  private effects: Array<Effect.Effect<void, unknown>> = []
+
+  schedule(invocation: Resumable, effect: Effect.Effect<void, unknown>): void {
+    this.effects.push(effect)
+    if (this.invocations.push(invocation) === 1) resolved.then(this.drain)
+  }
+
+  private readonly drain = (): void => {
+    const invocations = this.invocations
+    const effects = this.effects
+    this.invocations = []
+    this.effects = []
+    for (let i = 0; i < invocations.length; i++) {
+      const invocation = invocations[i]!
+      // Settled meanwhile (timed out, cancelled): the effect it was resumed with is dropped.
+      if (!invocation.settled) invocation.run(effects[i]!)
+    }
+  }
+}
+
 /** The outcome of one schedule step: the next state, the output, the decision. */
 type Step = Exit.Exit<readonly [unknown, unknown, ScheduleDecision.ScheduleDecision], unknown>
 
@@ -506,14 +634,29 @@ class Invocation extends Settles implements Timed {
     })
   }
 
-  /**
-   * Goes on from its first attempt, started by `startWithSlot`: `exit` is
-   * the attempt's, or `null` while it runs on `fiber`.
-   */
-  runStarted(fiber: Fiber.RuntimeFiber<void, unknown> | undefined, exit: Exit.Exit<void, unknown> | null): void {
-    if (exit === null) return this.awaitAttempt(fiber!)
-    const next = this.afterAttempt(exit)
-    if (next !== undefined) this.run(next)
+  /** Goes on from an attempt begun (see {@link begin}), synchronously as far as it goes. */
+  go(begun: Begun): void {
+    let attemptsNow = 0
+    for (;;) {
+      if (typeof begun === "function") {
+        const now = this.awaitResume(begun)
+        if (now === undefined) return
+        // Resumed while registering: the attempt goes on here, in this loop.
+        begun = begin(now, this.entry, this.caller, this.span)
+        continue
+      }
+      const exit = asExit(begun)
+      if (exit === undefined) return this.awaitAttempt(begun as Fiber.RuntimeFiber<void, unknown>)
+      let next = this.afterAttempt(exit)
+      if (next === undefined) return
+      if (++attemptsNow >= maxSyncAttempts) next = Effect.zipRight(Effect.yieldNow(), next)
+      begun = begin(next, this.entry, this.caller, this.span)
+    }
+  }
+
+  /** Runs attempts from `effect` on, synchronously as far as they go. */
+  run(effect: Effect.Effect<void, unknown>): void {
+    this.go(begin(effect, this.entry, this.caller, this.span))
   }
 
   /** An attempt suspended on `fiber`: from now on the invocation is pending, and goes on when the fiber ends. */
@@ -523,20 +666,35 @@ class Invocation extends Settles implements Timed {
     fiber.addObserver(this.onAttemptExit)
   }
 
-  /** Runs attempts from `effect` on, synchronously as far as they go. */
-  run(effect: Effect.Effect<void, unknown>): void {
-    let attemptsNow = 0
-    let next: Effect.Effect<void, unknown> | undefined = effect
-    while (next !== undefined) {
-      let exit: Exit.Exit<void, unknown> | null | undefined = exitNow(next, this.entry, this.span)
-      if (exit === undefined) {
-        const fiber = startHookFiber(this.caller.fiberClass(), hookRefsOf(this.entry, this.caller, this.span), next)
-        exit = fiber.unsafePoll()
-        if (exit === null) return this.awaitAttempt(fiber)
-      }
-      next = this.afterAttempt(exit)
-      if (next !== undefined && ++attemptsNow >= maxSyncAttempts) next = Effect.zipRight(Effect.yieldNow(), next)
+  /**
+   * An attempt waits on an `Async` step, with no fiber: `register` is called
+   * with a resume of which the first call counts, as a fiber's. Resumed while
+   * registering, it returns the effect resumed with, with which the attempt
+   * goes on at once (in the caller's loop, which bounds the attempts made
+   * without yielding). Else the invocation is pending from now on, and goes
+   * on from the effect it is resumed with, in a microtask (see
+   * {@link Resumes}). Settled before that (timed out, cancelled), it drops
+   * the effect: a fiber interrupted on such a step (it has no canceller)
+   * ends at once, and drops it too.
+   */
+  private awaitResume(register: Register): Effect.Effect<void, unknown> | undefined {
+    let registering = true
+    let resumed = false
+    let now: Effect.Effect<void, unknown> | undefined
+    const resume = (effect: Effect.Effect<void, unknown>): void => {
+      if (resumed) return
+      resumed = true
+      if (registering) now = effect
+      else this.state.resumes.schedule(this, effect)
     }
+    try {
+      register(resume)
+    } catch (defect) {
+      resume(Exit.die(defect))
+    }
+    registering = false
+    if (now === undefined) this.suspend()
+    return now
   }
 
   private readonly onAttemptExit = (exit: Exit.Exit<void, unknown>): void => {
@@ -674,22 +832,16 @@ const startWithSlot = (
   startedAt: number,
   done: Done
 ): Pending | undefined => {
-  const effect = call(hook, arg)
-  // A completed effect or a synchronous step has its exit at once; any other runs on a hook fiber, started at once.
-  let exit: Exit.Exit<void, unknown> | null | undefined = exitNow(effect, entry, span)
-  let fiber: Fiber.RuntimeFiber<void, unknown> | undefined
-  if (exit === undefined) {
-    fiber = startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), effect)
-    exit = fiber.unsafePoll()
-  }
-  if (exit !== null && Exit.isSuccess(exit)) {
+  const begun = begin(call(hook, arg), entry, caller, span)
+  const exit = typeof begun === "function" ? undefined : asExit(begun)
+  if (exit !== undefined && Exit.isSuccess(exit)) {
     // The commonest case of all, without an invocation object.
     state.slots.release()
     done(Outcome.SUCCESS, entry, startedAt)
     return undefined
   }
   const invocation = new Invocation(state, entry, phase, hook, arg, caller, span, startedAt, done)
-  invocation.runStarted(fiber, exit)
+  invocation.go(begun)
   return invocation.settled ? undefined : invocation
 }
 
