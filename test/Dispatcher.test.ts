@@ -1127,38 +1127,6 @@ describe("Dispatcher", () => {
       }))
 
 
-    it.live("a hook woken from outside any fiber goes on in a microtask, never on the waker's stack", () =>
-      Effect.gen(function*() {
-        let wake: (() => void) | undefined
-        let resumed = false
-        const handler = Handler.make({
-          name: "woken",
-          onLlmStart: () =>
-            Effect.zipRight(
-              Effect.async<void>((resume) => {
-                wake = () => resume(Effect.void)
-              }),
-              Effect.sync(() => {
-                resumed = true
-              })
-            )
-        })
-        const fiber = yield* Effect.fork(call.pipe(Effect.provide(withHandlers([handler]))))
-        while (wake === undefined) yield* Effect.sleep("1 millis")
-        // Woken from a timer's callback, as an emitter or a socket would wake it.
-        const onTheWakersStack = yield* Effect.promise(() =>
-          new Promise<boolean>((resolve) =>
-            setTimeout(() => {
-              wake!()
-              resolve(resumed)
-            }, 0)
-          )
-        )
-        assert.deepStrictEqual(yield* Fiber.join(fiber), response)
-        assert.isFalse(onTheWakersStack)
-        assert.isTrue(resumed)
-      }))
-
     it.live("a hook that is one asynchronous step (Effect.promise) runs on no fiber; one of more steps runs on a fiber", () =>
       Effect.gen(function*() {
         class Started extends Supervisor.AbstractSupervisor<void> {
@@ -1195,36 +1163,6 @@ describe("Dispatcher", () => {
           scheduleTask: (task, priority, fiber) => Scheduler.defaultScheduler.scheduleTask(task, priority, fiber)
         }
         assert.strictEqual(yield* run(oneStep, scheduler), base + 4)
-      }))
-
-    it.live("a hook on no fiber, woken from outside any fiber, goes on in a microtask, never on the waker's stack", () =>
-      Effect.gen(function*() {
-        let wake: (() => void) | undefined
-        let resumed = false
-        const handler = Handler.make({
-          name: "woken",
-          // One asynchronous step, resumed with a synchronous one.
-          onLlmStart: () =>
-            Effect.async<void>((resume) => {
-              wake = () =>
-                resume(Effect.sync(() => {
-                  resumed = true
-                }))
-            })
-        })
-        const fiber = yield* Effect.fork(call.pipe(Effect.provide(withHandlers([handler]))))
-        while (wake === undefined) yield* Effect.sleep("1 millis")
-        const onTheWakersStack = yield* Effect.promise(() =>
-          new Promise<boolean>((resolve) =>
-            setTimeout(() => {
-              wake!()
-              resolve(resumed)
-            }, 0)
-          )
-        )
-        assert.deepStrictEqual(yield* Fiber.join(fiber), response)
-        assert.isFalse(onTheWakersStack)
-        assert.isTrue(resumed)
       }))
 
     it.effect("a hook on no fiber that times out is given up; resumed later, nothing more happens", () =>
@@ -1278,6 +1216,39 @@ describe("Dispatcher", () => {
         }).pipe(Effect.provide(withHandlers([handler])))
         assert.strictEqual(attempts, 20_001)
         assert.strictEqual(health.handlers[0]!.failures, 1)
+      }))
+
+    it.live("a hook woken from outside any fiber goes on in a microtask, never on the waker's stack (on a fiber or none)", () =>
+      Effect.gen(function*() {
+        const woken = (hookOf: (step: Effect.Effect<void>, wakeUp: (wake: () => void) => void) => Effect.Effect<void>) =>
+          Effect.gen(function*() {
+            let wake: (() => void) | undefined
+            let resumed = false
+            const step = Effect.sync(() => {
+              resumed = true
+            })
+            const handler = Handler.make({ name: "woken", onLlmStart: () => hookOf(step, (w) => wake = w) })
+            const fiber = yield* Effect.fork(call.pipe(Effect.provide(withHandlers([handler]))))
+            while (wake === undefined) yield* Effect.sleep("1 millis")
+            // Woken from a timer's callback, as an emitter or a socket would wake it.
+            const onTheWakersStack = yield* Effect.promise(() =>
+              new Promise<boolean>((resolve) =>
+                setTimeout(() => {
+                  wake!()
+                  resolve(resumed)
+                }, 0)
+              )
+            )
+            assert.deepStrictEqual(yield* Fiber.join(fiber), response)
+            assert.isFalse(onTheWakersStack)
+            assert.isTrue(resumed)
+          })
+        // On a hook fiber: a step after the asynchronous one.
+        yield* woken((step, wakeUp) =>
+          Effect.zipRight(Effect.async<void>((resume) => wakeUp(() => resume(Effect.void))), step)
+        )
+        // On no fiber: one asynchronous step, resumed with a synchronous one.
+        yield* woken((step, wakeUp) => Effect.async<void>((resume) => wakeUp(() => resume(step))))
       }))
 
     it.live("hook fibers of a caller on a scheduler of its own are woken by that scheduler", () =>
