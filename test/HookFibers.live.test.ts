@@ -15,7 +15,8 @@
  * step alone (`bare`), which the dispatcher runs with no fiber; it notes its
  * step when the promise settles, and no interruption (it has nothing to run then).
  * The TestClock-driven reference test (Dispatcher.reference.test.ts) wakes
- * hook fibers from inside fibers only. `HOOK_FIBER_RUNS` sets the number of
+ * hook fibers from inside fibers only (its hooks that wait on a promise alone
+ * run with no fiber). `HOOK_FIBER_RUNS` sets the number of
  * cases (default 40), `HOOK_FIBER_SEED` their seed (a failure names it).
  */
 import { assert, describe, it } from "@effect/vitest"
