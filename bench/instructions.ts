@@ -19,13 +19,17 @@
  * window holds a full collection (of a 61 MB heap), suspend x3's none
  * (`--trace-gc`), and where a collection falls moves with the flags.
  * Compare builds by several runs of each
- * (`repeats`: the table gives the median per call and the range), or by a
- * profile's work outside the collector and the compiler.
+ * (`repeats`: the table gives the median per call and the range), over a
+ * longer window (`window`, after `warm` calls: session 22's change read
+ * higher than the old build over 10,000 calls from the 12,000th, a slow
+ * stretch of its run falling there, and 18-39% lower over 40,000 from the
+ * 22,000th), or by a profile's work outside the collector and the compiler.
  *
- * `node .tmp/bench-dist/bench/instructions.js [kinds] [sizes] [repeats] [variants]`,
+ * `node .tmp/bench-dist/bench/instructions.js [kinds] [sizes] [repeats] [variants] [warm] [window]`,
  * after `npx tsc -p tsconfig.bench.json`: kinds default to `no-op,suspend`,
  * sizes to `1,3,10`, repeats to 1, variants to all four (`ours` alone, to
- * compare builds of the library: no other variant's call runs its code).
+ * compare builds of the library: no other variant's call runs its code),
+ * warm to 12,000 calls and window to 10,000.
  * 1-4 minutes per process (43 minutes for the whole table, one repeat); two
  * run at once (the counts do not depend on it). Not part of `npm run bench`;
  * needs `valgrind`.
@@ -46,8 +50,8 @@ type Variant = typeof variants[number]
  * its suspend x10 read 89,770 from 2,000 and 91,368 from 12,000, its
  * suspend x3 51,237 and 44,115 (different runs and days).
  */
-const warm = 12_000
-const calls = 10_000
+const defaultWarm = 12_000
+const defaultWindow = 10_000
 
 /** In the worker process: `count` calls of one variant, one at a time. */
 const worker = async (variant: Variant, kind: Kind, n: number, count: number): Promise<void> => {
@@ -108,7 +112,9 @@ const main = async (
   kinds: ReadonlyArray<Kind>,
   sizes: ReadonlyArray<number>,
   repeats: number,
-  counted: ReadonlyArray<Variant>
+  counted: ReadonlyArray<Variant>,
+  warm: number,
+  calls: number
 ) => {
   const configs = kinds.flatMap((kind) => sizes.map((n) => ({ kind, n })))
   const pairs = configs.flatMap(({ kind, n }) => counted.map((variant) => ({ kind, n, variant })))
@@ -169,6 +175,8 @@ if (args[0] === "--worker") {
     namesOf(args[0] ?? "no-op,suspend", "kind", kinds),
     countsOf(args[1] ?? "1,3,10", "a size"),
     countsOf(args[2] ?? "1", "repeats")[0]!,
-    namesOf(args[3] ?? variants.join(","), "variant", variants)
+    namesOf(args[3] ?? variants.join(","), "variant", variants),
+    countsOf(args[4] ?? String(defaultWarm), "warm")[0]!,
+    countsOf(args[5] ?? String(defaultWindow), "window")[0]!
   )
 }
