@@ -19,6 +19,8 @@ export const behaviours = [
   "ignoreInterruption",
   "promise",
   "promiseDie",
+  "promiseThrow",
+  "suspendThrow",
   "asyncNow",
   "asyncFailNow",
   "asyncFail",
@@ -61,6 +63,14 @@ export const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<voi
       return Effect.promise(() => Promise.resolve())
     case "promiseDie":
       return Effect.promise(() => Promise.reject(new Error("handler promise rejected")))
+    case "promiseThrow":
+      return Effect.promise(() => {
+        throw new Error("handler threw making its promise")
+      })
+    case "suspendThrow":
+      return Effect.suspend(() => {
+        throw new Error("handler threw in a suspended step")
+      })
     case "asyncNow":
       return Effect.async<void, string>((resume) => resume(Effect.void))
     case "asyncFailNow":

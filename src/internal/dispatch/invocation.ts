@@ -412,6 +412,12 @@ const asExit = <A, E>(effect: Effect.Effect<A, E>): Exit.Exit<A, E> | undefined 
   return op === "Success" || op === "Failure" ? effect as Exit.Exit<A, E> : undefined
 }
 
+/** What a step that throws `defect` exits with, as Effect's run loop takes it (an interrupted exception interrupts too). */
+const thrown = (defect: unknown): Exit.Exit<never, unknown> =>
+  Cause.isInterruptedException(defect)
+    ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
+    : Exit.die(defect)
+
 /**
  * The exit of an attempt when it is known without a fiber: a completed
  * effect (an `Exit`) is its own; a synchronous step (`Effect.sync(f)`, as
@@ -433,9 +439,7 @@ const exitNow = (
     ;(effect as unknown as Primitive).effect_instruction_i0()
     return Exit.void
   } catch (defect) {
-    return Cause.isInterruptedException(defect)
-      ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
-      : Exit.die(defect)
+    return thrown(defect)
   }
 }
 
@@ -446,17 +450,15 @@ interface Committed {
 
 /**
  * An attempt's effect committed on the spot, as a fiber's run loop commits
- * it: what it commits to, or what the commit throws as a defect (as
- * `exitNow` takes it). `Effect.suspend`, `Effect.async`, `Effect.promise`
+ * it: what it commits to, or the exit of what the commit throws (see
+ * `thrown`). `Effect.suspend`, `Effect.async`, `Effect.promise`
  * and `Effect.tryPromise` are commits.
  */
 const commitNow = (effect: Effect.Effect<void, unknown>): Effect.Effect<void, unknown> => {
   try {
     return (effect as unknown as Committed).commit()
   } catch (defect) {
-    return Cause.isInterruptedException(defect)
-      ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
-      : Exit.die(defect)
+    return thrown(defect)
   }
 }
 
