@@ -72,9 +72,10 @@ export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing 
 /**
  * What hooks take from the dispatching fiber: its refs, read only when a hook
  * needs a fiber of its own (a hook that returns a completed effect never
- * does), and its clock (retry schedules step on it), read only when an
- * invocation suspends or retries. One object per dispatch, with no closure:
- * most dispatches read neither.
+ * does) or returns a commit (its scheduler says whether the commit may wait
+ * with no fiber: see `fiberless`), and its clock (retry schedules step on
+ * it), read only when an invocation suspends or retries. One object per
+ * dispatch, with no closure: most dispatches read neither.
  */
 export class Caller {
   private clockRead: Clock.Clock | undefined = undefined
