@@ -499,10 +499,11 @@ const begin = (
   caller: Caller,
   span: Tracer.AnySpan | undefined
 ): Begun => {
+  // The kind of step read once: a completed effect (the commonest hook's) is its own exit.
+  const op = (effect as unknown as Primitive)._op
+  if (op === "Success" || op === "Failure") return effect as Exit.Exit<void, unknown>
   let next = effect
-  if (
-    (next as unknown as Primitive)._op === "Commit" && span === undefined && !entry.spanInContext && caller.fiberless()
-  ) {
+  if (op === "Commit" && span === undefined && !entry.spanInContext && caller.fiberless()) {
     next = commitNow(next)
     if ((next as unknown as Primitive)._op === "Async") {
       return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
@@ -836,8 +837,8 @@ const startWithSlot = (
   done: Done
 ): Pending | undefined => {
   const begun = begin(call(hook, arg), entry, caller, span)
-  const exit = typeof begun === "function" ? undefined : asExit(begun)
-  if (exit !== undefined && Exit.isSuccess(exit)) {
+  // A success (Effect's successful exits are its steps of kind `Success`; a fiber's kind is `Commit`).
+  if (typeof begun !== "function" && (begun as unknown as Primitive)._op === "Success") {
     // The commonest case of all, without an invocation object.
     state.slots.release()
     done(Outcome.SUCCESS, entry, startedAt)
