@@ -1168,11 +1168,13 @@ describe("Dispatcher", () => {
     it.effect("a hook on no fiber that times out is given up; resumed later, nothing more happens", () =>
       Effect.gen(function*() {
         let resumeLate: ((effect: Effect.Effect<void, string>) => void) | undefined
+        let calls = 0
         let ranLate = false
         const handler = Handler.make({
           name: "late",
           onLlmStart: () =>
             Effect.async<void, string>((resume) => {
+              calls++
               resumeLate = resume
             }),
           timeout: "1 second",
@@ -1185,17 +1187,59 @@ describe("Dispatcher", () => {
           const timedOut = yield* Dispatcher.health
           assert.strictEqual(timedOut.handlers[0]!.timeouts, 1)
           assert.strictEqual(timedOut.handlers[0]!.inFlight, 0)
-          // Resumed after its timeout, with a failure its schedule would retry, then with a step.
-          resumeLate!(Effect.fail("late failure"))
+          // Resumed after its timeout: with a step (which must not run), then with a failure (which must not be retried).
           resumeLate!(Effect.sync(() => {
             ranLate = true
           }))
+          resumeLate!(Effect.fail("late failure"))
           yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
           yield* TestClock.adjust("10 seconds")
           const after = yield* Dispatcher.health
           assert.deepStrictEqual(after.handlers[0], timedOut.handlers[0])
           assert.isFalse(ranLate)
+          assert.strictEqual(calls, 1)
         }).pipe(Effect.provide(withHandlers([handler])))
+      }))
+
+    it.effect("a hook on no fiber resumed twice: the first resume counts, as a fiber's", () =>
+      Effect.gen(function*() {
+        // Attempt 1 is resumed with a failure, then (while its retry waits) with a success, which must not
+        // count; attempt 2 succeeds. At once: while registering; after a turn: from a promise's callback.
+        const twice = (atOnce: boolean) => {
+          let calls = 0
+          const hook = () =>
+            Effect.async<void, string>((resume) => {
+              const attempt = ++calls
+              const resumeAll = () => {
+                if (attempt === 1) resume(Effect.fail("first"))
+                resume(Effect.void)
+              }
+              if (atOnce) resumeAll()
+              else Promise.resolve().then(resumeAll)
+            })
+          return {
+            calls: () => calls,
+            handler: Handler.make({
+              name: atOnce ? "at-once" : "after-a-turn",
+              onLlmStart: hook,
+              retry: Schedule.spaced("1 second").pipe(Schedule.intersect(Schedule.recurs(1)))
+            })
+          }
+        }
+        const specs = [twice(true), twice(false)]
+        const health = yield* Effect.gen(function*() {
+          const fiber = yield* Effect.fork(call)
+          yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+          yield* TestClock.adjust("1 second")
+          assert.deepStrictEqual(yield* Fiber.join(fiber), response)
+          return yield* Dispatcher.health
+        }).pipe(Effect.provide(withHandlers(specs.map((spec) => spec.handler))))
+        for (const [i, handler] of health.handlers.entries()) {
+          assert.deepStrictEqual(
+            [handler.name, handler.successes, handler.failures, handler.retries, specs[i]!.calls()],
+            [handler.name, 1, 0, 1, 2]
+          )
+        }
       }))
 
     it.effect("a hook resumed at once with a failure, retried 20,000 times without delay, neither overflows the stack nor holds the call", () =>
