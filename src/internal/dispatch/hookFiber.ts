@@ -93,26 +93,22 @@ export const startHookFiber = <E>(
 /** Drains are chained to it, as Effect's scheduler does (`queueMicrotask` costs an async resource per call). */
 const resolved = Promise.resolve()
 
-class HookScheduler implements Scheduler.Scheduler {
-  /** Wakes taken since the last drain. */
-  private tasks: Array<Scheduler.Task> = []
-  /** Tasks of ours are running: what they schedule goes to `scheduler`. */
-  private running = false
+/**
+ * Tasks run in the order given, in one microtask, with those given before
+ * it runs: one turn later, as `await` resumes a function, never on the stack
+ * of whoever gave them. What wakes hook fibers from outside any fiber (see
+ * `hookScheduler`), and what resumes the attempts that wait with no fiber
+ * (one per dispatcher: see `Invocation.awaitResume`).
+ */
+export class Microtasks {
+  private tasks: Array<() => void> = []
+  /** Its tasks are running. */
+  running = false
 
-  constructor(readonly scheduler: Scheduler.Scheduler) {}
-
-  shouldYield(fiber: AnyFiber): number | false {
-    return this.scheduler.shouldYield(fiber)
-  }
-
-  scheduleTask(task: Scheduler.Task, priority: number, fiber?: AnyFiber): void {
-    if (this.running || Option.isSome(Fiber.getCurrentFiber())) {
-      return this.scheduler.scheduleTask(task, priority, fiber)
-    }
+  push(task: () => void): void {
     if (this.tasks.push(task) === 1) resolved.then(this.drain)
   }
 
-  /** Runs the wakes taken, in order, in one microtask. */
   private readonly drain = (): void => {
     const tasks = this.tasks
     this.tasks = []
@@ -122,6 +118,25 @@ class HookScheduler implements Scheduler.Scheduler {
     } finally {
       this.running = false
     }
+  }
+}
+
+class HookScheduler implements Scheduler.Scheduler {
+  /** Wakes from outside any fiber. */
+  private readonly wakes = new Microtasks()
+
+  constructor(readonly scheduler: Scheduler.Scheduler) {}
+
+  shouldYield(fiber: AnyFiber): number | false {
+    return this.scheduler.shouldYield(fiber)
+  }
+
+  /** What is scheduled while wakes of ours run, or from inside a fiber, goes to `scheduler`. */
+  scheduleTask(task: Scheduler.Task, priority: number, fiber?: AnyFiber): void {
+    if (this.wakes.running || Option.isSome(Fiber.getCurrentFiber())) {
+      return this.scheduler.scheduleTask(task, priority, fiber)
+    }
+    this.wakes.push(task)
   }
 }
 

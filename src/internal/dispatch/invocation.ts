@@ -127,10 +127,7 @@ export class Caller {
    * own, its hooks run on fibers, which that scheduler wakes.
    */
   fiberless(): boolean {
-    return this.fiberlessRead ??= wakesInMicrotasks(
-      this.refs().locals.get(FiberRef.currentScheduler)?.[0][1] as Scheduler.Scheduler | undefined ??
-        Scheduler.defaultScheduler
-    )
+    return this.fiberlessRead ??= wakesInMicrotasks(schedulerOf(this.refs().locals))
   }
 
   /**
@@ -158,7 +155,7 @@ export class Caller {
     const locals = new Map(forked.locals)
     locals.delete(FiberRef.currentContext)
     locals.delete(currentParents)
-    const scheduler = hookScheduler(locals.get(FiberRef.currentScheduler)?.[0][1] ?? Scheduler.defaultScheduler)
+    const scheduler = hookScheduler(schedulerOf(locals))
     if (scheduler !== undefined) locals.set(FiberRef.currentScheduler, [[hooksFiberId, scheduler]])
     locals.set(hookOwner, [[hooksFiberId, this.kept]])
     const inherited = FiberRefs.unsafeMake(locals)
@@ -173,6 +170,10 @@ export class Caller {
     return inherited
   }
 }
+
+/** The scheduler held in a fiber's refs (Effect's default where none is set). */
+const schedulerOf = (locals: FiberRefs.FiberRefs["locals"]): Scheduler.Scheduler =>
+  (locals.get(FiberRef.currentScheduler)?.[0][1] as Scheduler.Scheduler | undefined) ?? Scheduler.defaultScheduler
 
 /**
  * A fiber's refs as they are, without the copy that `getFiberRefs` makes to
@@ -426,16 +427,17 @@ const thrown = (defect: unknown): Exit.Exit<never, unknown> =>
  * it: `f`'s value, or what it throws as a defect (an interrupted exception
  * as Effect's run loop takes it). Not when the attempt's fiber would have a
  * parent span (the handler's span, or one in its context): a defect made on
- * a fiber carries that span. `undefined`: the attempt needs a fiber.
+ * a fiber carries that span. `undefined`: the attempt needs a fiber. `op`
+ * is the effect's kind of step, read once by the caller (see `asExit`).
  */
 const exitNow = (
   effect: Effect.Effect<void, unknown>,
+  op: string,
   entry: Entry,
   span: Tracer.AnySpan | undefined
 ): Exit.Exit<void, unknown> | undefined => {
-  const exit = asExit(effect)
-  if (exit !== undefined) return exit
-  if ((effect as unknown as Primitive)._op !== "Sync" || span !== undefined || entry.spanInContext) return undefined
+  if (op === "Success" || op === "Failure") return effect as Exit.Exit<void, unknown>
+  if (op !== "Sync" || span !== undefined || entry.spanInContext) return undefined
   try {
     ;(effect as unknown as Primitive).effect_instruction_i0()
     return Exit.void
@@ -499,58 +501,18 @@ const begin = (
   caller: Caller,
   span: Tracer.AnySpan | undefined
 ): Begun => {
-  // The kind of step read once: a completed effect (the commonest hook's) is its own exit.
-  const op = (effect as unknown as Primitive)._op
-  if (op === "Success" || op === "Failure") return effect as Exit.Exit<void, unknown>
+  // The kind of step, read once per effect (a megamorphic load where hooks return effects of many shapes).
   let next = effect
+  let op = (next as unknown as Primitive)._op
   if (op === "Commit" && span === undefined && !entry.spanInContext && caller.fiberless()) {
     next = commitNow(next)
-    if ((next as unknown as Primitive)._op === "Async") {
-      return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
-    }
+    op = (next as unknown as Primitive)._op
+    if (op === "Async") return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
   }
-  const exit = exitNow(next, entry, span)
+  const exit = exitNow(next, op, entry, span)
   if (exit !== undefined) return exit
   const fiber = startHookFiber(caller.fiberClass(), hookRefsOf(entry, caller, span), next)
   return fiber.unsafePoll() ?? fiber
-}
-
-/** Drains are chained to it, as Effect's scheduler does (`queueMicrotask` costs an async resource per call). */
-const resolved = Promise.resolve()
-
-/** An invocation whose attempt waits on an `Async` step (see `Invocation.awaitResume`). */
-interface Resumable {
-  readonly settled: boolean
-  run(effect: Effect.Effect<void, unknown>): void
-}
-
-/**
- * The resumes of attempts that wait on an `Async` step with no fiber (see
- * `Invocation.awaitResume`), one queue per dispatcher. They go on in a
- * microtask, with the others resumed before it runs, as a hook fiber woken
- * from outside any fiber does (see `hookScheduler`): one turn later, never
- * on the resumer's stack.
- */
-export class Resumes {
-  private invocations: Array<Resumable> = []
-  private effects: Array<Effect.Effect<void, unknown>> = []
-
-  schedule(invocation: Resumable, effect: Effect.Effect<void, unknown>): void {
-    this.effects.push(effect)
-    if (this.invocations.push(invocation) === 1) resolved.then(this.drain)
-  }
-
-  private readonly drain = (): void => {
-    const invocations = this.invocations
-    const effects = this.effects
-    this.invocations = []
-    this.effects = []
-    for (let i = 0; i < invocations.length; i++) {
-      const invocation = invocations[i]!
-      // Settled meanwhile (timed out, cancelled): the effect it was resumed with is dropped.
-      if (!invocation.settled) invocation.run(effects[i]!)
-    }
-  }
 }
 
 /** The outcome of one schedule step: the next state, the output, the decision. */
@@ -677,7 +639,7 @@ class Invocation extends Settles implements Timed {
    * goes on at once (in the caller's loop, which bounds the attempts made
    * without yielding). Else the invocation is pending from now on, and goes
    * on from the effect it is resumed with, in a microtask (see
-   * {@link Resumes}). Settled before that (timed out, cancelled), it drops
+   * `State.resumes`). Settled before that (timed out, cancelled), it drops
    * the effect: a fiber interrupted on such a step (it has no canceller)
    * ends at once, and drops it too.
    */
@@ -689,7 +651,12 @@ class Invocation extends Settles implements Timed {
       if (resumed) return
       resumed = true
       if (registering) now = effect
-      else this.state.resumes.schedule(this, effect)
+      else {
+        this.state.resumes.push(() => {
+          // Settled meanwhile (timed out, cancelled): the effect it was resumed with is dropped.
+          if (!this.settled) this.run(effect)
+        })
+      }
     }
     try {
       register(resume)

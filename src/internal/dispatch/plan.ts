@@ -18,7 +18,8 @@ import type { HandlerLabels } from "../metricLabels.js"
 import { type PhaseIndex, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
 import type { Deadlines } from "./deadlines.js"
-import type { HookRefs, InheritedRefs, Resumes } from "./invocation.js"
+import type { Microtasks } from "./hookFiber.js"
+import type { HookRefs, InheritedRefs } from "./invocation.js"
 import type { CallToken, LastError } from "./contract.js"
 import type { Slots } from "./slots.js"
 
@@ -196,6 +197,6 @@ export interface State {
   closed: boolean
   /** The refs hook fibers inherit from callers, kept between dispatches. */
   readonly inherited: InheritedRefs
-  /** The resumes of its hooks' attempts that wait with no fiber, run in turn. */
-  readonly resumes: Resumes
+  /** The resumes of its hooks' attempts that wait with no fiber (see `Invocation.awaitResume`). */
+  readonly resumes: Microtasks
 }

@@ -24,7 +24,8 @@ import { Deadlines } from "./deadlines.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
-import { callerOf, HookRefs, InheritedRefs, Resumes } from "./invocation.js"
+import { Microtasks } from "./hookFiber.js"
+import { callerOf, HookRefs, InheritedRefs } from "./invocation.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { Results } from "./report.js"
@@ -133,7 +134,7 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       clock: yield* Effect.clock,
       closed: false,
       inherited: new InheritedRefs(),
-      resumes: new Resumes()
+      resumes: new Microtasks()
     }
     const entries = new Map<string, Entry>()
     let snapshot: Snapshot = makeSnapshot([])
