@@ -49,6 +49,18 @@ const traceOf = (spans: ReadonlyArray<ReadableSpan>, root: ReadableSpan) => {
   return { trace, orphans }
 }
 
+/** Rita's limit for this cycle: 10 tokens. */
+const limitRita = Effect.flatMap(
+  Effect.zip(TokenStore.TokenStore, BillingCycle.current()),
+  ([store, cycle]) => store.setLimit("rita", cycle, 10)
+)
+
+/** A call of Rita's that asks for 50 tokens under `Budget.guard`: refused once her limit is set. */
+const refusedCall = Effect.succeed({ content: "never" }).pipe(
+  Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }),
+  Budget.guard()
+)
+
 const capture = () => {
   const lines: Array<string> = []
   const logger = Logger.make(({ annotations, message }) => {
@@ -141,16 +153,11 @@ describe("spans of @effect/ai calls over HTTP", () => {
     Effect.gen(function*() {
       const { exporter, layer } = tracing()
       const run = Effect.gen(function*() {
-        const store = yield* TokenStore.TokenStore
-        yield* store.setLimit("rita", yield* BillingCycle.current(), 10)
-        const call = Effect.succeed({ content: "never" }).pipe(
-          Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }),
-          Budget.guard()
-        )
+        yield* limitRita
         const begun = Callbacks.begin({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }).pipe(
           Budget.guard()
         )
-        const refusals = [yield* Effect.flip(call), yield* Effect.flip(begun)]
+        const refusals = [yield* Effect.flip(refusedCall), yield* Effect.flip(begun)]
         // No handler heard of either call.
         assert.deepStrictEqual(yield* Testing.events, [])
         return refusals
@@ -170,14 +177,9 @@ describe("spans of @effect/ai calls over HTTP", () => {
     Effect.gen(function*() {
       const { exporter, layer } = tracing()
       const run = Effect.gen(function*() {
-        const store = yield* TokenStore.TokenStore
-        yield* store.setLimit("rita", yield* BillingCycle.current(), 10)
-        const call = Effect.succeed({ content: "never" }).pipe(
-          Callbacks.instrument({ provider: "openai", model: "gpt-4o-mini", userId: "rita", params: { maxTokens: 50 } }),
-          Budget.guard()
-        )
+        yield* limitRita
         const tool = Effect.succeed("never").pipe(Callbacks.instrumentTool({ name: "lookup" }), Budget.guard())
-        yield* Effect.flip(call)
+        yield* Effect.flip(refusedCall)
         yield* tool
         yield* Effect.void.pipe(Effect.withSpan("after"))
         return (yield* Effect.currentSpan).name
