@@ -58,7 +58,7 @@ export const currentCallContext: FiberRef.FiberRef<CallContext> = globalValue(
  */
 export const pushParent = (callId: string): Effect.Effect<void> =>
   Effect.withFiberRuntime((fiber) => {
-    parentsOf(fiber).ids.push(callId)
+    parentsOf(fiber).push(callId)
     return Effect.void
   })
 

@@ -18,7 +18,7 @@ import type {
   ToolErrorEvent,
   ToolStartEvent
 } from "../Events.js"
-import { decodeMessagesLenient, decodeResponseLenient } from "./decode.js"
+import { decodeMessagesLenient, decodeResponseLenient, plainMessages, plainResponse } from "./decode.js"
 import { nextAttempt, type Operation } from "./operation.js"
 
 /** What a call's events are made of: `instrument`'s options, less the response reader. */
@@ -139,6 +139,11 @@ export const makeCallEvents = (
       call.attempt = attempt.attempt
     }
   }
+  // Well-formed messages (the commonest) are taken as they are, with no decoding result made.
+  const plain = plainMessages(options.messages)
+  if (plain !== undefined) {
+    return { call, start: { _tag: "Start", call, messages: plain, params: options.params ?? emptyRecord } }
+  }
   const decoded = decodeMessagesLenient(options.messages)
   const start: StartEvent = decoded.issues === undefined
     ? { _tag: "Start", call, messages: decoded.messages, params: options.params ?? emptyRecord }
@@ -163,6 +168,9 @@ export const endEvent = (
   timeToFirstTokenMs?: number | undefined,
   issues?: ReadonlyArray<string> | undefined
 ): EndEvent => {
+  const plain = issues === undefined && timeToFirstTokenMs === undefined ? plainResponse(response) : undefined
+  // A well-formed response (the commonest) is taken as it is, with no decoding result made.
+  if (plain !== undefined) return { _tag: "End", call: events.call, messages: events.start.messages, response: plain, durationMs }
   const out = issues === undefined ? decodeResponseLenient(response) : { response: { content: "" }, issues }
   return out.issues === undefined && timeToFirstTokenMs === undefined
     ? { _tag: "End", call: events.call, messages: events.start.messages, response: out.response, durationMs }

@@ -14,6 +14,15 @@ const isPlainMessage = (u: unknown): u is Message =>
 
 const decodeMessages = Schema.decodeUnknownEither(Schema.Array(Message), { errors: "all" })
 
+/** `input` when it is a list of well-formed text messages (nothing to decode), else `undefined`. */
+export const plainMessages = (input: unknown): ReadonlyArray<Message> | undefined => {
+  if (!Array.isArray(input)) return undefined
+  for (let i = 0; i < input.length; i++) {
+    if (!isPlainMessage(input[i])) return undefined
+  }
+  return input as ReadonlyArray<Message>
+}
+
 /**
  * Decodes messages of any shape. Well-formed text messages take a fast path;
  * anything else goes through Schema. What cannot be decoded is returned as
@@ -24,16 +33,8 @@ export const decodeMessagesLenient = (input: unknown): {
   readonly issues: ReadonlyArray<string> | undefined
 } => {
   if (input === undefined) return { messages: [], issues: undefined }
-  if (Array.isArray(input)) {
-    let plain = true
-    for (let i = 0; i < input.length; i++) {
-      if (!isPlainMessage(input[i])) {
-        plain = false
-        break
-      }
-    }
-    if (plain) return { messages: input as ReadonlyArray<Message>, issues: undefined }
-  }
+  const plain = plainMessages(input)
+  if (plain !== undefined) return { messages: plain, issues: undefined }
   const decoded = decodeMessages(input)
   if (Either.isRight(decoded)) return { messages: decoded.right, issues: undefined }
   // Keep every message that decodes on its own, report the others.
@@ -63,6 +64,13 @@ const isPlainUsage = (u: unknown): boolean =>
     ((u as any).cachedTokens === undefined || isNonNegativeInt((u as any).cachedTokens)) &&
     ((u as any).reasoningTokens === undefined || isNonNegativeInt((u as any).reasoningTokens)))
 
+/** `input` when it is a well-formed response of ours (nothing to decode), else `undefined`. */
+export const plainResponse = (input: unknown): LlmResponse | undefined =>
+  typeof input === "object" && input !== null && typeof (input as any).content === "string" &&
+    isPlainUsage((input as any).usage) && !isPythonResponse(input)
+    ? input as LlmResponse
+    : undefined
+
 /**
  * Decodes a response of any shape (ours or the Python design's dictionary).
  * What cannot be decoded is returned as `issues` with an empty response.
@@ -71,12 +79,8 @@ export const decodeResponseLenient = (input: unknown): {
   readonly response: LlmResponse
   readonly issues: ReadonlyArray<string> | undefined
 } => {
-  if (
-    typeof input === "object" && input !== null && typeof (input as any).content === "string" &&
-    isPlainUsage((input as any).usage) && !isPythonResponse(input)
-  ) {
-    return { response: input as LlmResponse, issues: undefined }
-  }
+  const plain = plainResponse(input)
+  if (plain !== undefined) return { response: plain, issues: undefined }
   const decoded = isPythonResponse(input) ? decodePythonResponse(input) : decodeResponse(input)
   if (Either.isRight(decoded)) return { response: decoded.right, issues: undefined }
   return {

@@ -24,7 +24,45 @@ import { globalValue } from "effect/GlobalValue"
 export class ParentStack {
   /** The id of the fiber that uses it; `undefined` until its first use. */
   owner: number | undefined = undefined
-  constructor(readonly ids: Array<string>, readonly template = false) {}
+  /**
+   * The ids are the first `depth` slots. A slot freed is kept, not removed:
+   * a list emptied by `pop` gives up its storage, and the next call's push
+   * made a new one (about 50 bytes a call, for the commonest case of calls
+   * made one after the other, each the only one on its fiber).
+   */
+  private depth: number
+
+  /** `slots`: the ids, innermost last, a list of its own (see {@link emptyIds} for its kind). */
+  constructor(private readonly slots: Array<string>, readonly template = false) {
+    this.depth = slots.length
+  }
+
+  /** The ids, innermost last: a copy (a list of the same kind). */
+  get ids(): Array<string> {
+    return this.slots.slice(0, this.depth)
+  }
+
+  /** The innermost id. */
+  top(): string | undefined {
+    return this.depth === 0 ? undefined : this.slots[this.depth - 1]
+  }
+
+  push(callId: string): void {
+    this.slots[this.depth++] = callId
+  }
+
+  /** Removes `callId`, the innermost id in the commonest case (calls end in the order they began). */
+  remove(callId: string): void {
+    const slots = this.slots
+    const depth = this.depth
+    if (depth === 0) return
+    const index = slots[depth - 1] === callId ? depth - 1 : slots.lastIndexOf(callId, depth - 1)
+    if (index < 0) return
+    for (let i = index + 1; i < depth; i++) slots[i - 1] = slots[i]!
+    // The freed slot keeps a string (the list stays one of strings), not the id.
+    slots[depth - 1] = ""
+    this.depth = depth - 1
+  }
 }
 
 /**
@@ -40,11 +78,16 @@ const emptyIds = (): Array<string> => {
   return ids
 }
 
+/**
+ * Shared by the copies of this module in one process (`globalValue`), under
+ * a key that names the holder's shape: a copy whose holder has another shape
+ * (the ids were a bare list before) keeps a ref of its own.
+ */
 export const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
-  Symbol.for("effect-llm-callbacks/Callbacks/currentParents"),
+  Symbol.for("effect-llm-callbacks/Callbacks/currentParents/slots"),
   () =>
     FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
-      fork: (stack) => stack === undefined ? undefined : new ParentStack(stack.ids.slice()),
+      fork: (stack) => stack === undefined ? undefined : new ParentStack(stack.ids),
       // A parent keeps its own; one without takes a template (layers built side by side), nothing else.
       join: (parent, child) => parent ?? (child?.template === true ? child : undefined)
     })
@@ -83,20 +126,9 @@ export const parentsOf = (fiber: AnyFiber): ParentStack => {
 /** The innermost call enclosing the fiber. */
 export const enclosingOf = (fiber: AnyFiber): string | undefined => topOf(ownOf(fiber))
 
-export const topOf = (stack: ParentStack | undefined): string | undefined =>
-  stack === undefined || stack.ids.length === 0 ? undefined : stack.ids[stack.ids.length - 1]
+export const topOf = (stack: ParentStack | undefined): string | undefined => stack?.top()
 
 /** Removes `callId` from the fiber's own holder, if it has one. */
 export const popParentOf = (fiber: AnyFiber, callId: string): void => {
-  const own = ownOf(fiber)
-  if (own !== undefined) removeParent(own, callId)
-}
-
-export const removeParent = (stack: ParentStack, callId: string): void => {
-  const ids = stack.ids
-  if (ids[ids.length - 1] === callId) ids.pop()
-  else {
-    const index = ids.lastIndexOf(callId)
-    if (index >= 0) ids.splice(index, 1)
-  }
+  ownOf(fiber)?.remove(callId)
 }
