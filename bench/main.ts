@@ -85,18 +85,19 @@ const main = async () => {
   })
 
   // 3. Throughput with 10,000 calls in flight.
-  const throughputRows = await throughput.run(100_000, 10_000)
+  const throughputRows = await throughput.run(100_000, 10_000, 7)
   section("Throughput with 10,000 calls in flight (I/O-bound calls, 3 await + 1 background handler)", throughputRows)
   summary.push({
     benchmark: "throughput, 10,000 calls in flight",
-    measured: `${throughputRows[0]?.["instrumented calls/s"]} calls/s`,
-    anchor: `${throughputRows[0]?.["langchain calls/s"]} calls/s LangChain (bare: Effect ${throughputRows[0]?.["bare calls/s"]}, ` +
-      `promise ${throughputRows[0]?.["bare promise calls/s"]}); added per call: ours ${
-        throughputRows[0]?.["µs added per call, ours"]
-      } µs, LangChain ${throughputRows[0]?.["µs added per call, langchain"]} µs`,
-    ratio: `${throughputRows[0]?.["instrumented/langchain"]} (medians ${throughputRows[0]?.["instrumented/langchain, medians"]})`,
-    target: ">= 1.0 x LangChain",
-    met: num(throughputRows[0], "instrumented/langchain") >= 1 ? "yes" : "no"
+    measured: `${throughputRows[0]?.["instrumented calls/s, median (best)"]} calls/s`,
+    anchor: `${throughputRows[0]?.["langchain calls/s, median (best)"]} calls/s LangChain (bare: Effect ${
+      throughputRows[0]?.["bare calls/s, median (best)"]
+    }, promise ${throughputRows[0]?.["bare promise calls/s, median (best)"]}); added per call: ours ${
+      throughputRows[0]?.["µs added per call, ours"]
+    } µs, LangChain ${throughputRows[0]?.["µs added per call, langchain"]} µs`,
+    ratio: `${throughputRows[0]?.["instrumented/langchain, medians"]} (best ${throughputRows[0]?.["instrumented/langchain, best"]})`,
+    target: ">= 1.0 x LangChain (medians)",
+    met: num(throughputRows[0], "instrumented/langchain, medians") >= 1 ? "yes" : "no"
   })
 
   // 4. Token records into Redis (issue: token accounting).
