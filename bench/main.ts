@@ -3,8 +3,9 @@
  * table at the end (ratios against each issue's anchor and target), the
  * detailed tables before it. Meant to finish within 5 minutes on 2 cores.
  *
- * Timings are the best of a few rounds: on a shared machine the minimum is the
- * figure least disturbed by other load.
+ * Variants compared run side by side in one process, in interleaved rounds;
+ * a timing is the median of the rounds (the minimum beside it where shown).
+ * The throughput row runs in a process of its own (see `throughput.runIsolated`).
  */
 import * as ai from "./ai.js"
 import * as budget from "./budget.js"
@@ -84,8 +85,8 @@ const main = async () => {
     met: growth < 2 ? "yes" : "no"
   })
 
-  // 3. Throughput with 10,000 calls in flight.
-  const throughputRows = await throughput.run(100_000, 10_000, 7)
+  // 3. Throughput with 10,000 calls in flight, in a process of its own (see `runIsolated`).
+  const throughputRows = await throughput.runIsolated(100_000, 10_000, 7)
   section("Throughput with 10,000 calls in flight (I/O-bound calls, 3 await + 1 background handler)", throughputRows)
   summary.push({
     benchmark: "throughput, 10,000 calls in flight",
