@@ -146,13 +146,14 @@ export const run = (
     rest = Effect.onExit(rest, (exit) =>
       Effect.sync(() => {
         if (Exit.isFailure(exit) && results.waiting !== undefined) cancelAll(state.slots, results.waiting)
-        const excluded = new Set<string>(results.notStarted)
+        // Made only when someone did not hear it (the commonest dispatch leaves no one out).
+        let excluded = results.notStarted === undefined ? undefined : new Set<string>(results.notStarted)
         if (Exit.isFailure(exit)) {
           for (let g = results.reached ?? 0; g < startPlan.groups.length; g++) {
-            for (const entry of startPlan.groups[g]!) excluded.add(entry.name)
+            for (const entry of startPlan.groups[g]!) (excluded ??= new Set()).add(entry.name)
           }
         }
-        if (excluded.size > 0) token.excluded = excluded
+        if (excluded !== undefined && excluded.size > 0) token.excluded = excluded
       }))
   }
   return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
