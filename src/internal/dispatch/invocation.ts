@@ -629,7 +629,7 @@ class Invocation extends Settles implements Timed {
   private awaitAttempt(fiber: Fiber.RuntimeFiber<void, unknown>): void {
     this.running = fiber
     this.suspend()
-    fiber.addObserver(this.onAttemptExit)
+    fiber.addObserver((exit) => this.onAttemptExit(exit))
   }
 
   /**
@@ -668,7 +668,8 @@ class Invocation extends Settles implements Timed {
     return now
   }
 
-  private readonly onAttemptExit = (exit: Exit.Exit<void, unknown>): void => {
+  /** An attempt's fiber ended (its observer: made per fiber, not per invocation, as most invocations have none). */
+  private onAttemptExit(exit: Exit.Exit<void, unknown>): void {
     if (this.settled) return
     const next = this.afterAttempt(exit)
     if (next !== undefined) this.run(next)
