@@ -12,17 +12,8 @@ import { type CallbackEvent, phaseOf } from "../../Events.js"
 import { type PhaseIndex, phaseIndexOfTag, phases, roleAt } from "../phases.js"
 import { awaitLines } from "./chunks.js"
 import type { DispatchReport } from "./contract.js"
-import {
-  awaitAll,
-  type Caller,
-  callerOf,
-  cancelAll,
-  type Done,
-  invokeTraced,
-  type Pending,
-  tracingOf,
-  type Tracing
-} from "./invocation.js"
+import { type Caller, callerOf, tracingOf, type Tracing } from "./caller.js"
+import { awaitAll, cancelAll, type Done, invokeTraced, type Pending } from "./invocation.js"
 import { enqueue } from "./lanes.js"
 import type { PhasePlan, State, Token } from "./plan.js"
 import { withoutUnreached } from "./plan.js"

@@ -19,18 +19,8 @@ import * as Metrics from "../../CallbackMetrics.js"
 import type { CallbackEvent } from "../../Events.js"
 import { type PhaseIndex, phaseIndex, phases, roleAt } from "../phases.js"
 import type { HandlerResult } from "./contract.js"
-import {
-  awaitAll,
-  callerOf,
-  type Caller,
-  cancelAll,
-  type Done,
-  invokeTraced,
-  type Pending,
-  runsHookOf,
-  tracingOf,
-  type Tracing
-} from "./invocation.js"
+import { type Caller, callerOf, runsHookOf, tracingOf, type Tracing } from "./caller.js"
+import { awaitAll, cancelAll, type Done, invokeTraced, type Pending } from "./invocation.js"
 import * as Outcome from "./outcome.js"
 import type { Delivery, Entry, Lane, State } from "./plan.js"
 import { logFailures, result, Results } from "./report.js"

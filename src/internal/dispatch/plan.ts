@@ -19,7 +19,7 @@ import { type PhaseIndex, phases } from "../phases.js"
 import type { Buffer } from "./buffer.js"
 import type { Deadlines } from "./deadlines.js"
 import type { Microtasks } from "./hookFiber.js"
-import type { HookRefs, InheritedRefs } from "./invocation.js"
+import type { HookRefs, InheritedRefs } from "./caller.js"
 import type { CallToken, LastError } from "./contract.js"
 import type { Slots } from "./slots.js"
 

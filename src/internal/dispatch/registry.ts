@@ -25,7 +25,7 @@ import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Se
 import { dispatchChunk } from "./chunks.js"
 import { dispatchWith, run } from "./fanout.js"
 import { Microtasks } from "./hookFiber.js"
-import { callerOf, HookRefs, InheritedRefs } from "./invocation.js"
+import { callerOf, HookRefs, InheritedRefs } from "./caller.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
 import { type Entry, type Hook, type Lane, makeSnapshot, makeStats, type Snapshot, type State, type Token } from "./plan.js"
 import { Results } from "./report.js"
