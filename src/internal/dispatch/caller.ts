@@ -53,7 +53,7 @@ export class Caller {
   private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
   /** Its refs were found to fork to a new value each time: each hook fiber forks them (see {@link inheritedRefs}). */
   private forkedPerFiber = false
-  /** Its parent stack's ids (`null`: not read yet). The stack changes in place: read once, seen as it is. */
+  /** Its parent stack's ids, as they were when first read (`null`: not read yet). */
   private parentsRead: ReadonlyArray<string> | undefined | null = null
   /** The class its hook fibers are made of (`null`: not read yet). */
   private fiberClassRead: FiberClass | undefined | null = null
