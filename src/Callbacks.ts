@@ -8,13 +8,11 @@
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Fiber from "effect/Fiber"
 import * as FiberRef from "effect/FiberRef"
 import { globalValue } from "effect/GlobalValue"
-import * as HashMap from "effect/HashMap"
 import * as LogLevel from "effect/LogLevel"
 import * as Option from "effect/Option"
 import { dual } from "effect/Function"
@@ -35,6 +33,7 @@ import type {
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { enclosingOf, type ParentStack, parentsOf, setFiberRef, topOf } from "./internal/parents.js"
+import { conventionsOf, endRefusedSpan, endSpan, startSpan, tracing, uncapture } from "./internal/callSpan.js"
 import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
   type CallEvents,
@@ -51,7 +50,6 @@ import {
 } from "./internal/callEvents.js"
 import { decodeResponseLenient } from "./internal/decode.js"
 import { currentOperation } from "./internal/operation.js"
-import * as SemanticConventions from "./SemanticConventions.js"
 import { CurrentTokenCounter } from "./TokenCounter.js"
 import { type Calls, CallsTypeId, type CallToken } from "./internal/dispatch/contract.js"
 
@@ -187,162 +185,6 @@ const restorable = <A, E, R>(self: Effect.Effect<A, E, R>): Restored<A, E, R> =>
   return (restore) => restore === Effect.interruptible ? interruptibly : restore(self)
 }
 
-const bigint0 = BigInt(0)
-
-const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
-
-const spanSymbol = Symbol.for("effect/SpanAnnotation")
-
-const capturedBy = (error: unknown, span: Tracer.Span): boolean =>
-  typeof error === "object" && error !== null && spanSymbol in error &&
-  (error as { readonly [spanSymbol]: unknown })[spanSymbol] === span
-
-/**
- * Effect wraps an error failed inside a span in a proxy that remembers the
- * span. The call's span is ours, not the caller's: unwrap what it captured so
- * that the call fails with exactly the error the bare call fails with.
- */
-const uncapture = <E>(cause: Cause.Cause<E>, span: Tracer.Span): Cause.Cause<E> => {
-  switch (cause._tag) {
-    case "Fail":
-      return capturedBy(cause.error, span) ? Cause.fail(Cause.originalError(cause.error)) : cause
-    case "Die":
-      return capturedBy(cause.defect, span) ? Cause.die(Cause.originalError(cause.defect)) : cause
-    case "Sequential":
-    case "Parallel": {
-      const left = uncapture(cause.left, span)
-      const right = uncapture(cause.right, span)
-      if (left === cause.left && right === cause.right) return cause
-      return cause._tag === "Sequential" ? Cause.sequential(left, right) : Cause.parallel(left, right)
-    }
-    default:
-      return cause
-  }
-}
-
-const parentOf = (span: Tracer.AnySpan | undefined): Option.Option<Tracer.AnySpan> => {
-  // Skip spans that opted out of propagation, as `Effect.withSpan` does.
-  while (span !== undefined && Context.get(span.context, Tracer.DisablePropagation)) {
-    span = span._tag === "Span" ? Option.getOrUndefined(span.parent) : undefined
-  }
-  return span === undefined ? Option.none() : Option.some(span)
-}
-
-/** A real tracer is installed and enabled (Effect's default one exports nowhere). */
-const tracing = (fiber: AnyFiber): boolean =>
-  fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
-
-/**
- * Opens the span of one call or tool run, the way `Effect.withSpan` would
- * (parent, annotations and links from the fiber, the fiber's tracer and
- * clock), but synchronously and without capturing a stack trace.
- * `undefined` when tracing is disabled.
- */
-const startSpan = (
-  fiber: AnyFiber,
-  call: CallInfo,
-  clock: Clock.Clock,
-  tool?: StartTool,
-  params?: Readonly<Record<string, unknown>>
-): Tracer.Span | undefined => {
-  // Effect's default tracer exports nowhere: no span, so the hot path pays
-  // nothing unless a real tracer (e.g. OpenTelemetry) is installed.
-  if (!tracing(fiber)) return undefined
-  const operation = operationName(call)
-  const links = fiber.getFiberRef(FiberRef.currentTracerSpanLinks)
-  const span = fiber.currentTracer.span(
-    tool === undefined ? `${operation} ${call.model}` : `${operation} ${tool.name}`,
-    parentOf(fiber.currentSpan),
-    Context.empty(),
-    links.length === 0 ? [] : Array.from(links),
-    fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0,
-    tool === undefined ? "client" : "internal"
-  )
-  const annotations = fiber.getFiberRef(FiberRef.currentTracerSpanAnnotations)
-  if (HashMap.size(annotations) > 0) HashMap.forEach(annotations, (value, key) => span.attribute(key, value))
-  span.attribute("gen_ai.operation.name", operation)
-  span.attribute("llm.call_id", call.callId)
-  if (tool === undefined) {
-    for (const name of conventionsOf(fiber).provider) span.attribute(name, call.provider)
-    span.attribute("gen_ai.request.model", call.model)
-    if (params !== undefined) for (const [name, value] of SemanticConventions.requestAttributes(params)) span.attribute(name, value)
-    const address = call.metadata["server.address"]
-    const port = call.metadata["server.port"]
-    if (typeof address === "string") span.attribute("server.address", address)
-    if (typeof port === "number") span.attribute("server.port", port)
-  } else {
-    span.attribute("gen_ai.tool.name", tool.name)
-    if (tool.id !== undefined) span.attribute("gen_ai.tool.call.id", tool.id)
-  }
-  if (call.operationId !== undefined) span.attribute("llm.operation_id", call.operationId)
-  if (call.attempt !== undefined) span.attribute("llm.attempt", call.attempt)
-  return span
-}
-
-type StartTool = { readonly name: string; readonly id?: string | undefined }
-
-type Conventions = ReturnType<typeof SemanticConventions.names>
-
-const conventionsOf = (fiber: AnyFiber): Conventions =>
-  SemanticConventions.names(Context.get(fiber.currentContext, SemanticConventions.CurrentVersion))
-
-/** Records the outcome of the call on its span and ends it (its status comes from `exit`). */
-const endSpan = (
-  timing: boolean,
-  span: Tracer.Span,
-  event: EndEvent | ErrorEvent | ToolEndEvent | ToolErrorEvent,
-  exit: Exit.Exit<unknown, unknown>,
-  clock: Clock.Clock,
-  conventions: Conventions
-): void => {
-  if (event._tag === "ToolEnd") {
-    // Nothing to add: the status is the exit's.
-  } else if (event._tag === "ToolError") {
-    span.attribute("error.type", SemanticConventions.errorType(event.failure.error, event.failure.errorType))
-  } else {
-    if (event._tag === "Error") {
-      span.attribute("error.type", SemanticConventions.errorType(event.failure.error, event.failure.errorType))
-    }
-    // A success's response, or what a cut-off call consumed.
-    const response = event.response
-    if (response !== undefined) responseAttributes(span, response, conventions)
-    if (event.timeToFirstTokenMs !== undefined) {
-      span.attribute("gen_ai.response.time_to_first_chunk", event.timeToFirstTokenMs / 1000)
-    }
-  }
-  span.end(timing ? clock.unsafeCurrentTimeNanos() : bigint0, exit)
-}
-
-/**
- * A string-array attribute. Effect's OpenTelemetry bridge turns an array
- * into its JSON text; the conventions want an array, so the OpenTelemetry
- * span under the bridge's (its `span` field, when there is one) gets it as
- * such.
- */
-const stringArray = (span: Tracer.Span, key: string, values: ReadonlyArray<string>): void => {
-  span.attribute(key, values)
-  const otel = (span as { readonly span?: { readonly setAttribute?: unknown } }).span
-  if (typeof otel?.setAttribute === "function") (otel.setAttribute as (k: string, v: ReadonlyArray<string>) => void).call(otel, key, values)
-}
-
-const responseAttributes = (span: Tracer.Span, response: LlmResponse, conventions: Conventions): void => {
-  const usage = response.usage
-  if (usage !== undefined) {
-    for (const name of conventions.inputTokens) span.attribute(name, usage.promptTokens)
-    for (const name of conventions.outputTokens) span.attribute(name, usage.completionTokens)
-    if (usage.cachedTokens !== undefined) span.attribute("gen_ai.usage.cache_read.input_tokens", usage.cachedTokens)
-    if (usage.cacheWriteTokens !== undefined) {
-      span.attribute("gen_ai.usage.cache_creation.input_tokens", usage.cacheWriteTokens)
-    }
-    if (usage.reasoningTokens !== undefined) span.attribute("gen_ai.usage.reasoning.output_tokens", usage.reasoningTokens)
-    if (usage.estimated === true) span.attribute("llm.usage.estimated", true)
-  }
-  if (response.model !== undefined) span.attribute("gen_ai.response.model", response.model)
-  if (response.id !== undefined) span.attribute("gen_ai.response.id", response.id)
-  if (response.finishReason !== undefined) stringArray(span, "gen_ai.response.finish_reasons", [response.finishReason])
-  if (response.costEstimate !== undefined) span.attribute("llm.cost_estimate", response.costEstimate)
-}
-
 const noDispatcher = (): undefined => undefined
 
 /** The most chunk intervals a terminal event carries. */
@@ -429,7 +271,7 @@ export const begin = (
       fiber.getFiberRef(currentOperation)
     )
     const context = fiber.currentContext
-    const span = startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
+    const span = startSpan(fiber as AnyFiber, events.call, operationName(events.call), clock, undefined, events.start.params)
     const conventions = span === undefined ? undefined : conventionsOf(fiber as AnyFiber)
     const timing = span !== undefined && fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
@@ -788,7 +630,7 @@ const instrumentImpl = <A, E, R>(
         calls.nextCallId,
         fiber.getFiberRef(currentOperation)
       )
-      const span = startSpan(fiber, events.call, clock, undefined, events.start.params)
+      const span = startSpan(fiber, events.call, operationName(events.call), clock, undefined, events.start.params)
       const run = new InstrumentedCall<A, E>(calls, token, events, options, clock, parents, span)
       return gate === undefined
         ? run.enter(restored, restore, fiber)
@@ -810,11 +652,7 @@ const admission = (
 
 /** Ends the span of a call the gate refused, with the refusal as its error (as an error event's span ends). */
 const endRefused = (fiber: AnyFiber, span: Tracer.Span, clock: Clock.Clock) => (cause: Cause.Cause<unknown>) =>
-  Effect.sync(() => {
-    const failure = failureFromCause(cause)
-    span.attribute("error.type", SemanticConventions.errorType(failure.error, failure.errorType))
-    span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, Exit.failCause(cause))
-  })
+  Effect.sync(() => endRefusedSpan(fiber, span, clock, cause, failureFromCause(cause)))
 
 /**
  * Runs an instrumented call through the admission gate in force: admitted
@@ -932,7 +770,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
       const startedAt = clock.unsafeCurrentTimeMillis()
       const parents = parentsOf(fiber)
       const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
-      const span = startSpan(fiber, events.call, clock, events.start.tool)
+      const span = startSpan(fiber, events.call, operationName(events.call), clock, events.start.tool)
       return new InstrumentedTool<A, E>(calls, token, events, options, clock, parents, span).enter(restored, restore, fiber)
     })
   )

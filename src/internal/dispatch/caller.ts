@@ -6,7 +6,6 @@
  */
 import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
-import * as DefaultServices from "effect/DefaultServices"
 import * as Equal from "effect/Equal"
 import type * as Fiber from "effect/Fiber"
 import * as FiberId from "effect/FiberId"
@@ -14,7 +13,8 @@ import * as FiberRef from "effect/FiberRef"
 import * as FiberRefs from "effect/FiberRefs"
 import { globalValue } from "effect/GlobalValue"
 import * as Scheduler from "effect/Scheduler"
-import * as Tracer from "effect/Tracer"
+import type * as Tracer from "effect/Tracer"
+import { tracing } from "../callSpan.js"
 import { currentParents, ParentStack } from "../parents.js"
 import { type FiberClass, fiberClassOf, hookScheduler, wakesInMicrotasks } from "./hookFiber.js"
 
@@ -23,20 +23,14 @@ interface Dispatching {
   readonly inherited: InheritedRefs
 }
 
-/** Effect's default tracer, which exports nowhere: no handler spans under it. */
-export const nativeTracer: Tracer.Tracer = Context.get(DefaultServices.liveServices, Tracer.Tracer)
-
 /** What a dispatch needs to open a span per handler invocation, when a real tracer is installed. */
 export interface Tracing {
   readonly tracer: Tracer.Tracer
   readonly clock: Clock.Clock
 }
 
-export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing | undefined => {
-  const tracer = fiber.currentTracer
-  if (tracer === nativeTracer || !fiber.getFiberRef(FiberRef.currentTracerEnabled)) return undefined
-  return { tracer, clock: Context.get(fiber.currentDefaultServices, Clock.Clock) }
-}
+export const tracingOf = (fiber: Fiber.RuntimeFiber<unknown, unknown>): Tracing | undefined =>
+  tracing(fiber) ? { tracer: fiber.currentTracer, clock: Context.get(fiber.currentDefaultServices, Clock.Clock) } : undefined
 
 /**
  * What hooks take from the dispatching fiber: its refs, read only when a hook
