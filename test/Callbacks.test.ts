@@ -90,6 +90,30 @@ describe("Callbacks.instrument", () => {
       assert.strictEqual(failed.durationMs, 1000)
     }).pipe(Effect.provide(Testing.layer())))
 
+  it.effect("the call keeps its caller's interruptibility: run uninterruptibly, an interrupted caller waits for it to end", () =>
+    Effect.gen(function*() {
+      // The same instrumented effect, run by an interruptible caller and by an uninterruptible one.
+      const call = Effect.sleep("2 seconds").pipe(Effect.as(response), Callbacks.instrument(options))
+      const interrupted = (run: Effect.Effect<unknown>) =>
+        Effect.gen(function*() {
+          const fiber = yield* Effect.fork(run)
+          yield* TestClock.adjust("1 second")
+          const interrupting = yield* Effect.fork(Fiber.interrupt(fiber))
+          yield* TestClock.adjust("1 second")
+          yield* Fiber.join(interrupting)
+          return (yield* Testing.events).at(-1)!
+        })
+      const interruptibly = yield* interrupted(call)
+      assert.strictEqual(interruptibly._tag, "Error")
+      assert.isTrue((interruptibly as Events.ErrorEvent).interrupted)
+      const uninterruptibly = yield* interrupted(Effect.uninterruptible(call))
+      assert.strictEqual(uninterruptibly._tag, "End")
+      assert.strictEqual((uninterruptibly as Events.EndEvent).durationMs, 2000)
+      // Once more each way: the first run of the effect did not fix its interruptibility.
+      assert.strictEqual((yield* interrupted(Effect.uninterruptible(call)))._tag, "End")
+      assert.strictEqual((yield* interrupted(call))._tag, "Error")
+    }).pipe(Effect.provide(Testing.layer())))
+
   it.effect("the terminal dispatch completes even when the caller is interrupted (instrument, and begin's finish)", () =>
     Effect.forEach(["instrument", "finish"], (how) =>
       Effect.gen(function*() {
