@@ -511,12 +511,19 @@ abstract class InstrumentedRun<
     this.outerContext = fiber.currentContext
     const span = this.span
     if (span !== undefined) setFiberRef(fiber, FiberRef.currentContext, Context.add(this.outerContext, Tracer.ParentSpan, span))
-    const started = this.calls.run(this.token, this.events.start, fiber)
+    const started = this.calls.runStart(this.token, this.events.start, fiber)
     // The start dispatch completed synchronously (the common case).
     if (started === undefined) return this.run(self(restore))
+    // It waits: settled here, whichever way it ends (these continuations run even when it is interrupted).
     return Effect.matchCauseEffect(restore(started), {
-      onFailure: this.onFailure,
-      onSuccess: () => this.run(self(restore))
+      onFailure: (cause) => {
+        this.calls.settleStart(this.token, true)
+        return this.onFailure(cause)
+      },
+      onSuccess: () => {
+        this.calls.settleStart(this.token, false)
+        return this.run(self(restore))
+      }
     })
   }
 

@@ -126,6 +126,21 @@ export interface Calls {
     event: CallbackEvent,
     fiber: Fiber.RuntimeFiber<unknown, unknown>
   ) => Effect.Effect<void> | undefined
+  /**
+   * `run` for a start event, for a caller that settles the dispatch itself:
+   * when it returns an effect (the dispatch waits), the caller calls
+   * `settleStart` once that effect has ended, whatever its exit, from a
+   * continuation that runs even when it was interrupted (one made in a region
+   * the caller made uninterruptible, as `instrument` does). `run` puts a guard
+   * of its own (an `onExit`) around a start dispatch that waits; this spares it.
+   */
+  readonly runStart: (
+    token: CallToken,
+    event: CallbackEvent,
+    fiber: Fiber.RuntimeFiber<unknown, unknown>
+  ) => Effect.Effect<void> | undefined
+  /** Settles a start dispatch from `runStart` that waited; `failed`: its effect did not succeed (it was interrupted). */
+  readonly settleStart: (token: CallToken, failed: boolean) => void
   /** Dispatches one of the call's events and reports every handler's outcome. */
   readonly dispatch: (token: CallToken, event: CallbackEvent) => Effect.Effect<DispatchReport>
   /**

@@ -80,13 +80,16 @@ const runGroups = (
  * Dispatches one event of a call on the caller's fiber. Returns `undefined`
  * when everything is done and nothing needs logging (the common case, with
  * no effect allocated), or the effect that completes the dispatch.
+ * `settledByCaller`: a start dispatch that waits is settled by its caller
+ * (see `Calls.runStart`), not guarded here.
  */
 export const run = (
   state: State,
   token: Token,
   event: CallbackEvent,
   fiber: Fiber.RuntimeFiber<unknown, unknown>,
-  results: Results
+  results: Results,
+  settledByCaller = false
 ): Effect.Effect<void> | undefined => {
   // The phase's index, read once: the per-phase tables are arrays (see `PhaseIndex`).
   const index = phaseIndexOfTag(event._tag)
@@ -129,25 +132,37 @@ export const run = (
     return hasError(results.items) ? logFailures(event, results.items) : undefined
   }
   if (opening) {
-    // Whichever way the start dispatch ends, the token says who did not
-    // hear it: those cancelled (here, when it was interrupted while they were
-    // pending or queued) or dropped, and, when it was interrupted, the groups
-    // it never reached.
     const startPlan = plan
-    rest = Effect.onExit(rest, (exit) =>
-      Effect.sync(() => {
-        if (Exit.isFailure(exit) && results.waiting !== undefined) cancelAll(state.slots, results.waiting)
-        // Made only when someone did not hear it (the commonest dispatch leaves no one out).
-        let excluded = results.notStarted === undefined ? undefined : new Set<string>(results.notStarted)
-        if (Exit.isFailure(exit)) {
-          for (let g = results.reached ?? 0; g < startPlan.groups.length; g++) {
-            for (const entry of startPlan.groups[g]!) (excluded ??= new Set()).add(entry.name)
-          }
-        }
-        if (excluded !== undefined && excluded.size > 0) token.excluded = excluded
-      }))
+    const settle = (failed: boolean) => settleOpening(state, token, results, startPlan, failed)
+    if (settledByCaller) token.opening = settle
+    else rest = Effect.onExit(rest, (exit) => Effect.sync(() => settle(Exit.isFailure(exit))))
   }
   return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
+}
+
+/**
+ * Whichever way a start dispatch that waited ends, the token says who did
+ * not hear it: those cancelled (here, when it failed, that is, was
+ * interrupted, while they were pending or queued) or dropped, and, when it
+ * failed, the groups it never reached.
+ */
+const settleOpening = (state: State, token: Token, results: Results, plan: PhasePlan, failed: boolean): void => {
+  if (failed && results.waiting !== undefined) cancelAll(state.slots, results.waiting)
+  // Made only when someone did not hear it (the commonest dispatch leaves no one out).
+  let excluded = results.notStarted === undefined ? undefined : new Set<string>(results.notStarted)
+  if (failed) {
+    for (let g = results.reached ?? 0; g < plan.groups.length; g++) {
+      for (const entry of plan.groups[g]!) (excluded ??= new Set()).add(entry.name)
+    }
+  }
+  if (excluded !== undefined && excluded.size > 0) token.excluded = excluded
+}
+
+/** Settles a start dispatch that waited, for a caller that settles it (see `Calls.runStart`). */
+export const settleStart = (token: Token, failed: boolean): void => {
+  const settle = token.opening
+  token.opening = undefined
+  if (settle !== undefined) settle(failed)
 }
 
 /** {@link run}, reporting every handler's outcome. */

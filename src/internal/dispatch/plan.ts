@@ -185,6 +185,8 @@ export interface Token extends CallToken {
   excluded: ReadonlySet<string> | undefined
   /** Await handlers with stream chunks still in flight or queued for this call. */
   lines: Map<Entry, ChunkLine> | undefined
+  /** Settles a start dispatch that waits, once its caller says how it ended (see `Calls.runStart`). */
+  opening: ((failed: boolean) => void) | undefined
 }
 
 /** What the parts of one dispatcher share. */

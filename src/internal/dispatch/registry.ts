@@ -23,7 +23,7 @@ import { Buffer } from "./buffer.js"
 import { Deadlines } from "./deadlines.js"
 import { type Calls, CallsTypeId, type HandlerHealth, type HealthReport, type Service } from "./contract.js"
 import { dispatchChunk } from "./chunks.js"
-import { dispatchWith, run } from "./fanout.js"
+import { dispatchWith, run, settleStart } from "./fanout.js"
 import { Microtasks } from "./hookFiber.js"
 import { callerOf, HookRefs, InheritedRefs } from "./caller.js"
 import { consume, drain, flushEntry, shutdownSummary } from "./lanes.js"
@@ -219,12 +219,14 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       })
     )
 
-    const begin = (): Token => ({ snapshot, excluded: undefined, lines: undefined, empty: snapshot.empty })
+    const begin = (): Token => ({ snapshot, excluded: undefined, lines: undefined, opening: undefined, empty: snapshot.empty })
     // Tokens are made by `begin` above only: the cast recovers what it made.
     const calls: Calls = {
       begin,
       nextCallId: callIds(),
       run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, new Results(false)),
+      runStart: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, new Results(false), true),
+      settleStart: (token, failed) => settleStart(token as Token, failed),
       dispatch: (token, event) => dispatchWith(state, token as Token, event),
       chunks: (token, fiber, span) => {
         if ((token as Token).snapshot.plans[phaseIndex.chunk]!.empty) return undefined
