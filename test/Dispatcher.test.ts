@@ -1812,6 +1812,21 @@ describe("Dispatcher: the warning of a failed invocation", () => {
     }).pipe(Effect.provide(Layer.merge(Dispatcher.layer(), layer)))
   })
 
+  it.scoped("is logged for hooks that fail after the dispatch waited, in its last group or in an earlier one", () => {
+    const { layer, lines } = capture()
+    const waitThenFail = (error: string) => () =>
+      Effect.promise(() => Promise.resolve()).pipe(Effect.zipRight(Effect.fail(error)))
+    return Effect.gen(function*() {
+      // Priority 2 runs first and waits; priority 1 then fails at once; priority 0 waits, then fails.
+      yield* Dispatcher.register(Handler.make({ name: "first", priority: 2, onLlmStart: waitThenFail("one"), retry: Schedule.recurs(0) }))
+      yield* Dispatcher.register(Handler.make({ name: "second", priority: 1, onLlmStart: () => Effect.fail("two"), retry: Schedule.recurs(0) }))
+      yield* Dispatcher.register(Handler.make({ name: "third", priority: 0, onLlmStart: waitThenFail("three"), retry: Schedule.recurs(0) }))
+      yield* call
+      const warnings = lines.filter((line) => line.level === "WARN").map((line) => [line.annotations["handler"], line.annotations["error"]])
+      assert.deepStrictEqual(warnings, [["first", "one"], ["second", "two"], ["third", "three"]])
+    }).pipe(Effect.provide(Layer.merge(Dispatcher.layer(), layer)))
+  })
+
   it.scoped("in the background, is logged per failed delivery with its own call and phase, batch hooks included", () => {
     const { layer, lines } = capture()
     const failsFor = (callId: string, phase: string) => (event: Events.CallbackEvent) =>

@@ -20,10 +20,15 @@ import { withoutUnreached } from "./plan.js"
 import { hasError, logFailures, result, Results } from "./report.js"
 import { monotonicNow } from "./timer.js"
 
+/** What a dispatch does once every group has run: log its failures, if any. */
+const afterGroups = (event: CallbackEvent, results: Results): Effect.Effect<void> =>
+  hasError(results.items) ? logFailures(event, results.items) : Effect.void
+
 /**
  * Runs the await groups from `from` on, synchronously as far as they go:
  * returns `undefined` when every invocation completed without suspending,
- * or the effect that waits for the suspended ones and runs the rest.
+ * or the effect that waits for the suspended ones, runs the rest, and ends
+ * with {@link afterGroups}.
  */
 const runGroups = (
   state: State,
@@ -59,7 +64,7 @@ const runGroups = (
       }
     }
     if (waiting !== undefined) {
-      // Cancelled by `run`'s finalizer if the wait is interrupted.
+      // Cancelled if the wait is interrupted (see `settleOpening`).
       results.waiting = waiting
       const rest = g + 1
       return rest < plan.groups.length
@@ -67,10 +72,10 @@ const runGroups = (
           awaitAll(waiting),
           Effect.withFiberRuntime<void>((fiber) =>
             runGroups(state, plan, index, event, results, rest, callerOf(fiber, state), fiber.currentSpan, tracing) ??
-              Effect.void
+              afterGroups(event, results)
           )
         )
-        : awaitAll(waiting)
+        : awaitAll(waiting, () => afterGroups(event, results))
     }
   }
   return undefined
@@ -121,7 +126,8 @@ export const run = (
     rest = Effect.zipRight(
       Effect.all(backpressure, { discard: true }),
       Effect.withFiberRuntime<void>((fiber) =>
-        runGroups(state, plan, index, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing) ?? Effect.void
+        runGroups(state, plan, index, event, results, 0, callerOf(fiber, state), fiber.currentSpan, tracing) ??
+          afterGroups(event, results)
       )
     )
   } else if (plan.groups.length > 0) {
@@ -131,13 +137,14 @@ export const run = (
     if (opening && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)
     return hasError(results.items) ? logFailures(event, results.items) : undefined
   }
-  if (opening) {
-    const startPlan = plan
-    const settle = (failed: boolean) => settleOpening(state, token, results, startPlan, failed)
-    if (settledByCaller) token.opening = settle
-    else rest = Effect.onExit(rest, (exit) => Effect.sync(() => settle(Exit.isFailure(exit))))
+  if (!opening) return rest
+  const startPlan = plan
+  const settle = (failed: boolean) => settleOpening(state, token, results, startPlan, failed)
+  if (settledByCaller) {
+    token.opening = settle
+    return rest
   }
-  return Effect.flatMap(rest, () => hasError(results.items) ? logFailures(event, results.items) : Effect.void)
+  return Effect.onExit(rest, (exit) => Effect.sync(() => settle(Exit.isFailure(exit))))
 }
 
 /**

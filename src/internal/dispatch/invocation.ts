@@ -61,19 +61,25 @@ export interface Pending {
   readonly cancel: () => void
 }
 
+const nothingThen = (): Effect.Effect<void> => Effect.void
+
 /**
- * Waits for pending invocations, with one callback each and no fiber, and
- * no canceller: a wait that may be interrupted (a start dispatch, a
- * background consumer at shutdown, a dispatch by hand) cancels them in its
- * own finalizer, with {@link cancelAll}; a terminal dispatch runs
- * uninterruptibly, and its wait ends when they settle, which their timeouts
- * bound. (A canceller would cost every wait an interruption handler.)
+ * Waits for pending invocations, with one callback each and no fiber, then
+ * goes on with `then()` (made once they have settled: nothing by default).
+ * No canceller: a wait that may be interrupted (a start dispatch, a
+ * background consumer at shutdown, a dispatch by hand) cancels them in a
+ * finalizer or continuation of its own, with {@link cancelAll}; a terminal
+ * dispatch runs uninterruptibly, and its wait ends when they settle, which
+ * their timeouts bound. (A canceller would cost every wait an interruption handler.)
  */
-export const awaitAll = (pendings: ReadonlyArray<Pending>): Effect.Effect<void> =>
+export const awaitAll = (
+  pendings: ReadonlyArray<Pending>,
+  then: () => Effect.Effect<void> = nothingThen
+): Effect.Effect<void> =>
   Effect.async<void>((resume) => {
     let left = pendings.length
     const one = () => {
-      if (--left === 0) resume(Effect.void)
+      if (--left === 0) resume(then())
     }
     for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
   })
