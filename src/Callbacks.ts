@@ -33,7 +33,7 @@ import type {
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
 import { enclosingOf, type ParentStack, parentsOf, setFiberRef, topOf } from "./internal/parents.js"
-import { conventionsOf, endRefusedSpan, endSpan, startSpan, tracing, uncapture } from "./internal/callSpan.js"
+import * as CallSpan from "./internal/callSpan.js"
 import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
   type CallEvents,
@@ -41,7 +41,6 @@ import {
   type ToolEvents,
   endEvent,
   errorEvent,
-  failureFromCause,
   makeCallEvents,
   makeToolEvents,
   randomCallId,
@@ -161,10 +160,7 @@ export interface ActiveCall {
  * @since 0.1.0
  * @category getters
  */
-export const operationName = (call: CallInfo): string => {
-  const operation = call.metadata["gen_ai.operation.name"]
-  return typeof operation === "string" && operation !== "" ? operation : "chat"
-}
+export const operationName: (call: CallInfo) => string = CallSpan.operationName
 
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
 
@@ -271,8 +267,8 @@ export const begin = (
       fiber.getFiberRef(currentOperation)
     )
     const context = fiber.currentContext
-    const span = startSpan(fiber as AnyFiber, events.call, operationName(events.call), clock, undefined, events.start.params)
-    const conventions = span === undefined ? undefined : conventionsOf(fiber as AnyFiber)
+    const span = CallSpan.startSpan(fiber as AnyFiber, events.call, clock, undefined, events.start.params)
+    const conventions = span === undefined ? undefined : CallSpan.conventionsOf(fiber as AnyFiber)
     const timing = span !== undefined && fiber.getFiberRef(FiberRef.currentTracerTimingEnabled)
     const underSpan = <X>(effect: Effect.Effect<X>): Effect.Effect<X> =>
       span === undefined ? effect : Effect.withParentSpan(effect, span)
@@ -300,7 +296,7 @@ export const begin = (
       const ttft = finishOptions?.timeToFirstTokenMs
       const dispatch = (terminal: EndEvent | ErrorEvent) => {
         const event = intervals.length === 0 ? terminal : { ...terminal, chunkIntervalsMs: intervals }
-        if (span !== undefined) endSpan(timing, span, event, exit, clock, conventions!)
+        if (span !== undefined) CallSpan.endSpan(timing, span, event, exit, clock, conventions!)
         return Effect.asSome(underSpan(calls.dispatch(token, event)))
       }
       if (Exit.isSuccess(exit)) {
@@ -406,7 +402,7 @@ const closeRun = <A, E>(
     const rest = calls.run(token, event, fiber)
     return rest === undefined ? exit : Effect.zipRight(rest, exit)
   }
-  endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, conventionsOf(fiber))
+  CallSpan.endSpan(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled), span, event, exit, clock, CallSpan.conventionsOf(fiber))
   const leave = () => setFiberRef(fiber, FiberRef.currentContext, outerContext)
   const rest = calls.run(token, event, fiber)
   if (rest === undefined) {
@@ -548,7 +544,7 @@ abstract class InstrumentedRun<
   private terminal(fiber: AnyFiber, exit: Exit.Exit<A, E>): Effect.Effect<A, E> {
     const span = this.span
     if (span !== undefined && Exit.isFailure(exit)) {
-      const cause = uncapture(exit.cause, span)
+      const cause = CallSpan.uncapture(exit.cause, span)
       if (cause !== exit.cause) exit = Exit.failCause(cause)
     }
     // Leave the run (see `run`).
@@ -622,7 +618,7 @@ const instrumentImpl = <A, E, R>(
       const calls = lookupCalls(fiber.currentContext)
       const token = calls?.begin()
       // No handler would hear the call: it runs bare, unless a tracer wants its span.
-      if (calls === undefined || token === undefined || (token.empty && !tracing(fiber))) {
+      if (calls === undefined || token === undefined || (token.empty && !CallSpan.tracing(fiber))) {
         const bare = gate === undefined ? self : admitBare(fiber, gate, self, options)
         return restore(calls === undefined ? noticeBare(fiber, bare, "the instrumented call", options.provider, options.model) : bare)
       }
@@ -637,7 +633,7 @@ const instrumentImpl = <A, E, R>(
         calls.nextCallId,
         fiber.getFiberRef(currentOperation)
       )
-      const span = startSpan(fiber, events.call, operationName(events.call), clock, undefined, events.start.params)
+      const span = CallSpan.startSpan(fiber, events.call, clock, undefined, events.start.params)
       const run = new InstrumentedCall<A, E>(calls, token, events, options, clock, parents, span)
       return gate === undefined
         ? run.enter(restored, restore, fiber)
@@ -659,7 +655,7 @@ const admission = (
 
 /** Ends the span of a call the gate refused, with the refusal as its error (as an error event's span ends). */
 const endRefused = (fiber: AnyFiber, span: Tracer.Span, clock: Clock.Clock) => (cause: Cause.Cause<unknown>) =>
-  Effect.sync(() => endRefusedSpan(fiber, span, clock, cause, failureFromCause(cause)))
+  Effect.sync(() => CallSpan.endRefusedSpan(fiber, span, clock, cause))
 
 /**
  * Runs an instrumented call through the admission gate in force: admitted
@@ -770,14 +766,14 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
     onCurrentFiber((fiber) => {
       const calls = lookupCalls(fiber.currentContext)
       const token = calls?.begin()
-      if (calls === undefined || token === undefined || (token.empty && !tracing(fiber))) {
+      if (calls === undefined || token === undefined || (token.empty && !CallSpan.tracing(fiber))) {
         return restore(calls === undefined ? noticeBare(fiber, self, "the instrumented tool run", options.name) : self)
       }
       const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
       const startedAt = clock.unsafeCurrentTimeMillis()
       const parents = parentsOf(fiber)
       const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
-      const span = startSpan(fiber, events.call, operationName(events.call), clock, events.start.tool)
+      const span = CallSpan.startSpan(fiber, events.call, clock, events.start.tool)
       return new InstrumentedTool<A, E>(calls, token, events, options, clock, parents, span).enter(restored, restore, fiber)
     })
   )

@@ -14,7 +14,6 @@ import * as HashMap from "effect/HashMap"
 import * as Option from "effect/Option"
 import * as Tracer from "effect/Tracer"
 import type {
-  CallFailure,
   CallInfo,
   EndEvent,
   ErrorEvent,
@@ -23,8 +22,15 @@ import type {
   ToolErrorEvent
 } from "../Events.js"
 import * as SemanticConventions from "../SemanticConventions.js"
+import { failureFromCause } from "./callEvents.js"
 
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
+
+/** See `Callbacks.operationName`. */
+export const operationName = (call: CallInfo): string => {
+  const operation = call.metadata["gen_ai.operation.name"]
+  return typeof operation === "string" && operation !== "" ? operation : "chat"
+}
 
 const bigint0 = BigInt(0)
 
@@ -73,8 +79,7 @@ export const tracing = (fiber: AnyFiber): boolean =>
   fiber.currentTracer !== nativeTracer && fiber.getFiberRef(FiberRef.currentTracerEnabled)
 
 /**
- * Opens the span of one call or tool run (`operation`: its
- * `gen_ai.operation.name`), the way `Effect.withSpan` would
+ * Opens the span of one call or tool run, the way `Effect.withSpan` would
  * (parent, annotations and links from the fiber, the fiber's tracer and
  * clock), but synchronously and without capturing a stack trace.
  * `undefined` when tracing is disabled.
@@ -82,7 +87,6 @@ export const tracing = (fiber: AnyFiber): boolean =>
 export const startSpan = (
   fiber: AnyFiber,
   call: CallInfo,
-  operation: string,
   clock: Clock.Clock,
   tool?: StartTool,
   params?: Readonly<Record<string, unknown>>
@@ -90,6 +94,7 @@ export const startSpan = (
   // Effect's default tracer exports nowhere: no span, so the hot path pays
   // nothing unless a real tracer (e.g. OpenTelemetry) is installed.
   if (!tracing(fiber)) return undefined
+  const operation = operationName(call)
   const links = fiber.getFiberRef(FiberRef.currentTracerSpanLinks)
   const span = fiber.currentTracer.span(
     tool === undefined ? `${operation} ${call.model}` : `${operation} ${tool.name}`,
@@ -184,14 +189,9 @@ const responseAttributes = (span: Tracer.Span, response: LlmResponse, convention
   if (response.costEstimate !== undefined) span.attribute("llm.cost_estimate", response.costEstimate)
 }
 
-/** Ends the span of a call the gate refused, with the refusal (`failure`) as its error, as an error event's span ends. */
-export const endRefusedSpan = (
-  fiber: AnyFiber,
-  span: Tracer.Span,
-  clock: Clock.Clock,
-  cause: Cause.Cause<unknown>,
-  failure: CallFailure
-): void => {
+/** Ends the span of a call the gate refused, with the refusal (`cause`) as its error, as an error event's span ends. */
+export const endRefusedSpan = (fiber: AnyFiber, span: Tracer.Span, clock: Clock.Clock, cause: Cause.Cause<unknown>): void => {
+  const failure = failureFromCause(cause)
   span.attribute("error.type", SemanticConventions.errorType(failure.error, failure.errorType))
   span.end(fiber.getFiberRef(FiberRef.currentTracerTimingEnabled) ? clock.unsafeCurrentTimeNanos() : bigint0, Exit.failCause(cause))
 }
