@@ -32,7 +32,7 @@ import type {
   ToolStartEvent
 } from "./Events.js"
 import { currentGate, type Gate, type Ticket } from "./internal/admission.js"
-import { enclosingOf, type ParentStack, parentsOf, setFiberRef, topOf } from "./internal/parents.js"
+import { enclosingOf, type ParentStack, parentsOf, setFiberRef } from "./internal/parents.js"
 import * as CallSpan from "./internal/callSpan.js"
 import { enrichEnd, enrichError } from "./internal/enrich.js"
 import {
@@ -629,7 +629,7 @@ const instrumentImpl = <A, E, R>(
         options,
         fiber.getFiberRef(currentCallContext),
         startedAt,
-        topOf(parents),
+        parents.top(),
         calls.nextCallId,
         fiber.getFiberRef(currentOperation)
       )
@@ -772,7 +772,7 @@ const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: Tool
       const clock = Context.get(fiber.currentDefaultServices, Clock.Clock)
       const startedAt = clock.unsafeCurrentTimeMillis()
       const parents = parentsOf(fiber)
-      const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, topOf(parents), calls.nextCallId)
+      const events = makeToolEvents(options, fiber.getFiberRef(currentCallContext), startedAt, parents.top(), calls.nextCallId)
       const span = CallSpan.startSpan(fiber, events.call, clock, events.start.tool)
       return new InstrumentedTool<A, E>(calls, token, events, options, clock, parents, span).enter(restored, restore, fiber)
     })

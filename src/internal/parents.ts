@@ -42,6 +42,10 @@ export class ParentStack {
     return this.slots.slice(0, this.depth)
   }
 
+  isEmpty(): boolean {
+    return this.depth === 0
+  }
+
   /** The innermost id. */
   top(): string | undefined {
     return this.depth === 0 ? undefined : this.slots[this.depth - 1]
@@ -124,9 +128,7 @@ export const parentsOf = (fiber: AnyFiber): ParentStack => {
 }
 
 /** The innermost call enclosing the fiber. */
-export const enclosingOf = (fiber: AnyFiber): string | undefined => topOf(ownOf(fiber))
-
-export const topOf = (stack: ParentStack | undefined): string | undefined => stack?.top()
+export const enclosingOf = (fiber: AnyFiber): string | undefined => ownOf(fiber)?.top()
 
 /** Removes `callId` from the fiber's own holder, if it has one. */
 export const popParentOf = (fiber: AnyFiber, callId: string): void => {

@@ -47,8 +47,8 @@ export class Caller {
   private sharedRefs: FiberRefs.FiberRefs | undefined = undefined
   /** Its refs were found to fork to a new value each time: each hook fiber forks them (see {@link inheritedRefs}). */
   private forkedPerFiber = false
-  /** Its parent stack's ids, as they were when first read (`null`: not read yet). */
-  private parentsRead: ReadonlyArray<string> | undefined | null = null
+  /** Its parent stack (`null`: not read yet), as it is: its ids are copied per hook fiber. */
+  private parentsRead: ParentStack | undefined | null = null
   /** The class its hook fibers are made of (`null`: not read yet). */
   private fiberClassRead: FiberClass | undefined | null = null
   /** Whether its hooks may wait with no fiber (`undefined`: not read yet). */
@@ -68,13 +68,11 @@ export class Caller {
     return this.refsRead ??= refsOf(this.fiber)
   }
 
-  /** The ids of the instrumented calls it is inside, innermost last; none when empty. */
-  parentIds(): ReadonlyArray<string> | undefined {
-    if (this.parentsRead === null) {
-      this.parentsRead = (this.refs().locals.get(currentParents)?.[0][1] as ParentStack | undefined)?.ids
-    }
-    const ids = this.parentsRead
-    return ids === undefined || ids.length === 0 ? undefined : ids
+  /** The ids of the instrumented calls it is inside, innermost last, a copy of its own; none when empty. */
+  parentIds(): Array<string> | undefined {
+    if (this.parentsRead === null) this.parentsRead = this.refs().locals.get(currentParents)?.[0][1] as ParentStack | undefined
+    const stack = this.parentsRead
+    return stack === undefined || stack.isEmpty() ? undefined : stack.ids
   }
 
   /** The class of its fiber, of which its hook fibers are made (see `startHookFiber`). */
@@ -304,7 +302,7 @@ export const hookRefsOf = (
     return FiberRefs.updateManyAs(inherited, {
       entries: [
         [FiberRef.currentContext, [[hooksFiberId, context]]],
-        [currentParents, [[hooksFiberId, new ParentStack(parentIds.slice())]]]
+        [currentParents, [[hooksFiberId, new ParentStack(parentIds)]]]
       ]
     })
   }
