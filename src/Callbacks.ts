@@ -507,7 +507,7 @@ abstract class InstrumentedRun<
     this.outerContext = fiber.currentContext
     const span = this.span
     if (span !== undefined) setFiberRef(fiber, FiberRef.currentContext, Context.add(this.outerContext, Tracer.ParentSpan, span))
-    const started = this.calls.runStart(this.token, this.events.start, fiber)
+    const started = this.calls.run(this.token, this.events.start, fiber)
     // The start dispatch completed synchronously (the common case).
     if (started === undefined) return this.run(self(restore))
     // It waits: settled here, whichever way it ends (these continuations run even when it is interrupted).

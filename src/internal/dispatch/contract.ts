@@ -118,8 +118,11 @@ export interface Calls {
    * Dispatches one of the call's events on the given (current) fiber,
    * synchronously as far as the handlers allow; `undefined` when nothing is
    * left to do. The report is discarded. A start dispatch may be
-   * interrupted (what it waits for is then cancelled); a terminal one must be
-   * run uninterruptibly, as `instrument` does: its waits have no canceller.
+   * interrupted; when it returns an effect, the caller calls `settleStart`
+   * once that effect has ended, whatever its exit, from a continuation that
+   * runs even when it was interrupted (one made in a region the caller made
+   * uninterruptible, as `instrument` does). A terminal dispatch must be run
+   * uninterruptibly, as `instrument` does: its waits have no canceller.
    */
   readonly run: (
     token: CallToken,
@@ -127,19 +130,10 @@ export interface Calls {
     fiber: Fiber.RuntimeFiber<unknown, unknown>
   ) => Effect.Effect<void> | undefined
   /**
-   * `run` for a start event, for a caller that settles the dispatch itself:
-   * when it returns an effect (the dispatch waits), the caller calls
-   * `settleStart` once that effect has ended, whatever its exit, from a
-   * continuation that runs even when it was interrupted (one made in a region
-   * the caller made uninterruptible, as `instrument` does). `run` puts a guard
-   * of its own (an `onExit`) around a start dispatch that waits; this spares it.
+   * Settles a start dispatch of `run` that returned an effect: records who did
+   * not hear it and, when `failed` (it was interrupted), cancels what it
+   * still waits for.
    */
-  readonly runStart: (
-    token: CallToken,
-    event: CallbackEvent,
-    fiber: Fiber.RuntimeFiber<unknown, unknown>
-  ) => Effect.Effect<void> | undefined
-  /** Settles a start dispatch from `runStart` that waited; `failed`: its effect did not succeed (it was interrupted). */
   readonly settleStart: (token: CallToken, failed: boolean) => void
   /** Dispatches one of the call's events and reports every handler's outcome. */
   readonly dispatch: (token: CallToken, event: CallbackEvent) => Effect.Effect<DispatchReport>

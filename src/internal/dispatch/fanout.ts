@@ -84,17 +84,16 @@ const runGroups = (
 /**
  * Dispatches one event of a call on the caller's fiber. Returns `undefined`
  * when everything is done and nothing needs logging (the common case, with
- * no effect allocated), or the effect that completes the dispatch.
- * `settledByCaller`: a start dispatch that waits is settled by its caller
- * (see `Calls.runStart`), not guarded here.
+ * no effect allocated), or the effect that completes the dispatch. A start
+ * dispatch that returns an effect is settled by its caller once that effect
+ * has ended (see `settleStart`).
  */
 export const run = (
   state: State,
   token: Token,
   event: CallbackEvent,
   fiber: Fiber.RuntimeFiber<unknown, unknown>,
-  results: Results,
-  settledByCaller = false
+  results: Results
 ): Effect.Effect<void> | undefined => {
   // The phase's index, read once: the per-phase tables are arrays (see `PhaseIndex`).
   const index = phaseIndexOfTag(event._tag)
@@ -137,14 +136,12 @@ export const run = (
     if (opening && results.notStarted !== undefined) token.excluded = new Set(results.notStarted)
     return hasError(results.items) ? logFailures(event, results.items) : undefined
   }
-  if (!opening) return rest
-  const startPlan = plan
-  const settle = (failed: boolean) => settleOpening(state, token, results, startPlan, failed)
-  if (settledByCaller) {
-    token.opening = settle
-    return rest
+  if (opening) {
+    // Its caller settles it, whichever way it ends (see `settleStart`).
+    const startPlan = plan
+    token.opening = (failed) => settleOpening(state, token, results, startPlan, failed)
   }
-  return Effect.onExit(rest, (exit) => Effect.sync(() => settle(Exit.isFailure(exit))))
+  return rest
 }
 
 /**
@@ -165,7 +162,12 @@ const settleOpening = (state: State, token: Token, results: Results, plan: Phase
   if (excluded !== undefined && excluded.size > 0) token.excluded = excluded
 }
 
-/** Settles a start dispatch that waited, for a caller that settles it (see `Calls.runStart`). */
+/**
+ * Settles a start dispatch that waited, once its effect has ended (`failed`:
+ * it did not succeed, that is, it was interrupted). Its caller calls this
+ * from a continuation that runs whichever way the effect ends: `instrument`
+ * from its region's, a dispatch by hand from its `onExit`.
+ */
 export const settleStart = (token: Token, failed: boolean): void => {
   const settle = token.opening
   token.opening = undefined
@@ -179,12 +181,15 @@ export const dispatchWith = (state: State, token: Token, event: CallbackEvent): 
     const report: DispatchReport = { phase: phaseOf(event), callId: event.call.callId, results: results.items }
     const rest = run(state, token, event, fiber, results)
     if (rest === undefined) return Effect.succeed(report)
-    // A dispatch by hand may be interrupted whatever its event (`run` cancels
-    // only for a start dispatch: instrument's terminal ones are uninterruptible).
+    // A dispatch by hand may be interrupted whatever its event (instrument's
+    // terminal ones are uninterruptible): a start dispatch is settled as
+    // instrument settles its own, any other has what it waits for cancelled.
     return Effect.as(
-      Effect.onInterrupt(rest, () =>
+      Effect.onExit(rest, (exit) =>
         Effect.sync(() => {
-          if (results.waiting !== undefined) cancelAll(state.slots, results.waiting)
+          const failed = Exit.isFailure(exit)
+          if (token.opening !== undefined) settleStart(token, failed)
+          else if (failed && results.waiting !== undefined) cancelAll(state.slots, results.waiting)
         })),
       report
     )

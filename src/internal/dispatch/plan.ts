@@ -185,7 +185,7 @@ export interface Token extends CallToken {
   excluded: ReadonlySet<string> | undefined
   /** Await handlers with stream chunks still in flight or queued for this call. */
   lines: Map<Entry, ChunkLine> | undefined
-  /** Settles a start dispatch that waits, once its caller says how it ended (see `Calls.runStart`). */
+  /** Settles a start dispatch that waits, once its caller says how it ended (see `Calls.run`). */
   opening: ((failed: boolean) => void) | undefined
 }
 

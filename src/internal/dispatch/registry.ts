@@ -225,7 +225,6 @@ export const make = (options: CallbackConfig.Resolved): Effect.Effect<Service, n
       begin,
       nextCallId: callIds(),
       run: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, new Results(false)),
-      runStart: (token, event: CallbackEvent, fiber) => run(state, token as Token, event, fiber, new Results(false), true),
       settleStart: (token, failed) => settleStart(token as Token, failed),
       dispatch: (token, event) => dispatchWith(state, token as Token, event),
       chunks: (token, fiber, span) => {
