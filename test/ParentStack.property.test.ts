@@ -28,8 +28,9 @@ const op: fc.Arbitrary<Op> = fc.oneof(
 describe("ParentStack", () => {
   it("holds what a plain list holds, after any sequence of pushes and removals", () => {
     fc.assert(
-      fc.property(fc.array(op, { maxLength: 40 }), (ops) => {
-        let stack = new ParentStack([])
+      fc.property(fc.array(op, { maxLength: 40 }), fc.boolean(), (ops, spare) => {
+        // Empty, with a spare slot (as the dispatcher's template) or none.
+        let stack = spare ? new ParentStack([""], false, 0) : new ParentStack([])
         let expected: Array<string> = []
         const copies: Array<readonly [ParentStack, ReadonlyArray<string>]> = []
         for (const step of ops) {
@@ -38,7 +39,7 @@ describe("ParentStack", () => {
           else {
             // A fork's copy: the original goes on alone from here (and the copy is used instead).
             copies.push([stack, expected])
-            stack = new ParentStack(stack.ids)
+            stack = stack.fork()
           }
           expected = reference(expected, step)
           assert.deepStrictEqual(stack.ids, expected)

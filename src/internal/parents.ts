@@ -32,9 +32,24 @@ export class ParentStack {
    */
   private depth: number
 
-  /** `slots`: the ids, innermost last, a list of its own (see {@link emptyIds} for its kind). */
-  constructor(private readonly slots: Array<string>, readonly template = false) {
-    this.depth = slots.length
+  /**
+   * `slots`: a list of its own (see {@link spareSlot} for its kind) whose
+   * first `depth` are the ids, innermost last (all of them by default), the
+   * others spare (holding `""`).
+   */
+  constructor(private readonly slots: Array<string>, readonly template = false, depth = slots.length) {
+    this.depth = depth
+  }
+
+  /**
+   * The holder of a fiber forked from its own: the same ids, with the slot
+   * after them when it has one (a copy without it grew its storage at its
+   * first push, about 150 bytes, for every root fiber of a runtime: `fork`
+   * runs for each).
+   */
+  fork(): ParentStack {
+    const depth = this.depth
+    return new ParentStack(this.slots.slice(0, depth < this.slots.length ? depth + 1 : depth), false, depth)
   }
 
   /** The ids, innermost last: a copy (a list of the same kind). */
@@ -70,28 +85,25 @@ export class ParentStack {
 }
 
 /**
- * An empty list of ids that V8 keeps as a list of any values, as one that
- * held a string is: an empty `[]` is kept as a list of small integers, and
- * the first id pushed onto it changed its kind, which made every call's push
- * the generic one (about 360 instructions instead of a few dozen). Copies of
- * it (`slice`) keep its kind.
+ * Storage for one id, none held yet: a list that V8 keeps as a list of any
+ * values, as one that held a string is (an empty `[]` is kept as a list of
+ * small integers, and the first id pushed onto it changed its kind, which
+ * made every call's push the generic one, about 360 instructions instead of
+ * a few dozen), with room for the first push (a list emptied by `pop` gives
+ * up its storage). Copies of it (`slice`) keep its kind.
  */
-const emptyIds = (): Array<string> => {
-  const ids = [""]
-  ids.pop()
-  return ids
-}
+const spareSlot = (): Array<string> => [""]
 
 /**
  * Shared by the copies of this module in one process (`globalValue`), under
  * a key that names the holder's shape: a copy whose holder has another shape
- * (the ids were a bare list before) keeps a ref of its own.
+ * (the ids were a bare list, then a holder without `fork`) keeps a ref of its own.
  */
 export const currentParents: FiberRef.FiberRef<ParentStack | undefined> = globalValue(
-  Symbol.for("effect-llm-callbacks/Callbacks/currentParents/slots"),
+  Symbol.for("effect-llm-callbacks/Callbacks/currentParents/forked"),
   () =>
     FiberRef.unsafeMake<ParentStack | undefined>(undefined, {
-      fork: (stack) => stack === undefined ? undefined : new ParentStack(stack.ids),
+      fork: (stack) => stack?.fork(),
       // A parent keeps its own; one without takes a template (layers built side by side), nothing else.
       join: (parent, child) => parent ?? (child?.template === true ? child : undefined)
     })
@@ -105,7 +117,7 @@ export const setFiberRef = <X>(fiber: AnyFiber, ref: FiberRef.FiberRef<X>, value
 /** Installs a template holder where none is (see {@link ParentStack}): for the dispatcher's layers. */
 export const installTemplate: Effect.Effect<void> = FiberRef.update(
   currentParents,
-  (stack) => stack ?? new ParentStack(emptyIds(), true)
+  (stack) => stack ?? new ParentStack(spareSlot(), true, 0)
 )
 
 /** The fiber's holder, when it is its own (claimed, or a copy not used yet). */
@@ -121,7 +133,7 @@ const ownOf = (fiber: AnyFiber): ParentStack | undefined => {
 export const parentsOf = (fiber: AnyFiber): ParentStack => {
   const own = ownOf(fiber)
   if (own !== undefined) return own
-  const stack = new ParentStack(emptyIds())
+  const stack = new ParentStack(spareSlot(), false, 0)
   stack.owner = fiber.id().id
   setFiberRef(fiber, currentParents, stack)
   return stack
