@@ -49,6 +49,7 @@ import {
 } from "./internal/callEvents.js"
 import { decodeResponseLenient } from "./internal/decode.js"
 import { currentOperation } from "./internal/operation.js"
+import { type Restore, uninterruptibleMask } from "./internal/steps.js"
 import { CurrentTokenCounter } from "./TokenCounter.js"
 import { type Calls, CallsTypeId, type CallToken } from "./internal/dispatch/contract.js"
 
@@ -163,9 +164,6 @@ export interface ActiveCall {
 export const operationName: (call: CallInfo) => string = CallSpan.operationName
 
 type AnyFiber = Fiber.RuntimeFiber<unknown, unknown>
-
-/** What `Effect.uninterruptibleMask` hands its body. */
-type Restore = <X, Y, Z>(effect: Effect.Effect<X, Y, Z>) => Effect.Effect<X, Y, Z>
 
 /** An instrumented effect as a region's `restore` gives it back (see {@link restorable}). */
 type Restored<A, E, R> = (restore: Restore) => Effect.Effect<A, E, R>
@@ -346,8 +344,8 @@ export const begin = (
           }))
       })
     }
-    if (gate === undefined) return Effect.uninterruptibleMask((restore) => start(restore, undefined))
-    return Effect.uninterruptibleMask((restore) =>
+    if (gate === undefined) return uninterruptibleMask((restore) => start(restore, undefined))
+    return uninterruptibleMask((restore) =>
       Effect.flatMap(
         admission(interruptibly(restore)(gate.admit(events.start)), span && endRefused(fiber as AnyFiber, span, clock)),
         (ticket) => start(restore, ticket)
@@ -525,7 +523,7 @@ abstract class InstrumentedRun<
 
   /** {@link enter}, in a region of its own (a call under an admission gate: once admitted). */
   region<R>(self: Restored<A, E, R>): Effect.Effect<A, E, R> {
-    return Effect.uninterruptibleMask((restore) => onCurrentFiber((fiber) => this.enter(self, restore, fiber)))
+    return uninterruptibleMask((restore) => onCurrentFiber((fiber) => this.enter(self, restore, fiber)))
   }
 
   /**
@@ -612,7 +610,7 @@ const instrumentImpl = <A, E, R>(
   options: InstrumentOptions<A>
 ): Effect.Effect<A, E, R> => {
   const restored = restorable(self)
-  return Effect.uninterruptibleMask((restore) =>
+  return uninterruptibleMask((restore) =>
     onCurrentFiber((fiber) => {
       const gate = fiber.getFiberRef(currentGate)
       const calls = lookupCalls(fiber.currentContext)
@@ -668,7 +666,7 @@ const admitted = <A, E, R>(
   call: Effect.Effect<A, E, R>,
   refused?: ((cause: Cause.Cause<unknown>) => Effect.Effect<void>) | undefined
 ): Effect.Effect<A, E, R> =>
-  Effect.uninterruptibleMask((restore) =>
+  uninterruptibleMask((restore) =>
     Effect.flatMap(
       admission(restore(gate.admit(start)), refused),
       (ticket) => Effect.onExit(restore(call), (exit) => ticket.close(exit))
@@ -762,7 +760,7 @@ export interface ToolRunOptions<A = any> extends ToolOptions {
 const instrumentToolImpl = <A, E, R>(self: Effect.Effect<A, E, R>, options: ToolRunOptions<A>): Effect.Effect<A, E, R> => {
   const restored = restorable(self)
   // One region, as a model call's (see `instrumentImpl`).
-  return Effect.uninterruptibleMask((restore) =>
+  return uninterruptibleMask((restore) =>
     onCurrentFiber((fiber) => {
       const calls = lookupCalls(fiber.currentContext)
       const token = calls?.begin()

@@ -46,6 +46,7 @@ import { type Caller, hookRefsOf, runsHookOf, type Tracing } from "./caller.js"
 import type { Timed } from "./deadlines.js"
 import { startHookFiber } from "./hookFiber.js"
 import { liveClock, startTimer } from "./timer.js"
+import { asyncStep } from "../steps.js"
 
 /**
  * Told an invocation's outcome, with its entry and the `startedAt` it was
@@ -84,30 +85,6 @@ export const awaitAll = (
     for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
   })
 
-/** Effect's class of steps, read off the `Async` step that `Effect.async` without a canceller commits to. */
-const Step = (() => {
-  const committed = (Effect.async<void>((_resume) => {}) as unknown as Committed).commit() as unknown as Primitive
-  return committed._op === "Async"
-    ? committed.constructor as new(op: "Async") => {
-      effect_instruction_i0: unknown
-      effect_instruction_i1: unknown
-    }
-    : undefined
-})()
-
-/**
- * `Effect.async(register)` without a canceller, as the `Async` step it
- * commits to: the fiber calls `register` with its resume, of which the
- * first call counts. (`Effect.async` wraps that step in a commit that
- * proxies the resume: two closures and a step more per wait.)
- */
-const asyncStep = (register: (resume: (effect: Effect.Effect<void>) => void) => void): Effect.Effect<void> => {
-  if (Step === undefined) return Effect.async<void>(register)
-  const step = new Step("Async")
-  step.effect_instruction_i0 = register
-  step.effect_instruction_i1 = FiberId.none
-  return step as unknown as Effect.Effect<void>
-}
 
 /**
  * Cancels pending invocations (their wait was interrupted), with the slot
