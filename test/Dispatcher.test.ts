@@ -225,6 +225,33 @@ describe("Dispatcher", () => {
         assert.strictEqual(Option.getOrThrow(health.lastError).reason, "Failed")
       }))
 
+    it.effect("a schedule whose steps read a service (jittered reads Random) goes on on a fiber: every attempt, each after its delay", () =>
+      Effect.gen(function*() {
+        const attempts: Array<number> = []
+        const flaky = Handler.make({
+          name: "flaky",
+          onLlmEnd: () =>
+            Effect.flatMap(now, (t) => {
+              attempts.push(t)
+              return Effect.fail("always")
+            }),
+          // Steps of pure computation run with no fiber; jittered's random factor (0.8-1.2) needs one.
+          retry: Schedule.spaced("1 second").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(2))),
+          timeout: "1 minute"
+        })
+        const health = yield* runWithClock(
+          call.pipe(Effect.zipRight(Dispatcher.health), Effect.provide(withHandlers([flaky]))),
+          "10 millis"
+        )
+        assert.strictEqual(attempts.length, 3)
+        for (let i = 1; i < attempts.length; i++) {
+          const delay = attempts[i]! - attempts[i - 1]!
+          assert.isTrue(delay >= 800 && delay <= 1210, `delay ${delay}`)
+        }
+        assert.strictEqual(health.handlers[0]!.retries, 2)
+        assert.strictEqual(health.handlers[0]!.failures, 1)
+      }))
+
     it.effect("recovery disabled: no retries", () =>
       Effect.gen(function*() {
         let attempts = 0

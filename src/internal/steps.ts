@@ -1,11 +1,14 @@
 /**
- * Two of Effect's steps made directly, as the effects that commit to them
+ * Effect's steps used directly. Two made as the effects that commit to them
  * would make them at each run: one step of Effect's run loop less (the
  * commit), and the commit's closures. The class of steps is read off a step
  * Effect made; were it not found (a version of Effect made otherwise), the
- * public constructors are used.
+ * public constructors are used. And effects of steps that need no fiber run
+ * on the spot (see {@link runNow}).
  */
+import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
@@ -55,4 +58,100 @@ export const uninterruptibleMask = <A, E, R>(body: (restore: Restore) => Effect.
   step.effect_instruction_i1 = (flags: RuntimeFlags.RuntimeFlags) =>
     body(RuntimeFlags.interruption(flags) ? Effect.interruptible : Effect.uninterruptible)
   return step as unknown as Effect.Effect<A, E, R>
+}
+
+/** What a step that throws `defect` exits with, as Effect's run loop takes it (an interrupted exception interrupts too). */
+export const thrown = (defect: unknown): Exit.Exit<never, unknown> =>
+  Cause.isInterruptedException(defect)
+    ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
+    : Exit.die(defect)
+
+/** A continuation on the stack of {@link runNow}: a step of kind `OnSuccess`, `OnFailure` or `OnSuccessAndFailure`. */
+interface Frame {
+  readonly _op: string
+  readonly effect_instruction_i0: Effect.Effect<unknown, unknown>
+  readonly effect_instruction_i1: (input: unknown) => Effect.Effect<unknown, unknown>
+  readonly effect_instruction_i2: (value: unknown) => Effect.Effect<unknown, unknown>
+}
+
+/** The innermost continuation not of kind `skip`, popped with those above it; `undefined` when none is left. */
+const popUntil = (stack: Array<Frame>, skip: string): Frame | undefined => {
+  for (let frame = stack.pop(); frame !== undefined; frame = stack.pop()) {
+    if (frame._op !== skip) return frame
+  }
+  return undefined
+}
+
+/** What {@link runNow} did not run: `current`, inside the continuations still on `stack`. */
+const rest = (current: Effect.Effect<unknown, unknown>, stack: ReadonlyArray<Frame>): Effect.Effect<unknown, unknown> => {
+  let effect = current
+  for (let i = stack.length - 1; i >= 0; i--) {
+    const frame = stack[i]!
+    effect = frame._op === "OnSuccess"
+      ? Effect.flatMap(effect, frame.effect_instruction_i1)
+      : frame._op === "OnFailure"
+      ? Effect.catchAllCause(effect, frame.effect_instruction_i1)
+      : Effect.matchCauseEffect(effect, { onFailure: frame.effect_instruction_i1, onSuccess: frame.effect_instruction_i2 })
+  }
+  return effect
+}
+
+/**
+ * Runs `effect` on the spot, with no fiber, as Effect's run loop would, as
+ * far as its steps need no fiber: successes and failures, synchronous steps
+ * (`Effect.sync`), commits (`Effect.suspend`), and the continuations of
+ * `flatMap`, `map`, `catchAllCause` and `matchCauseEffect` (what a schedule's
+ * step is made of, when it reads no service). A step that throws fails with
+ * a defect, as on a fiber. Returns its exit when it ran to the end; else what
+ * is left of it, from the first step that needs a fiber (a service read, an
+ * asynchronous step, a change of runtime flags, a generator...) on, inside
+ * the continuations not run yet, to be run on a fiber; so too after `budget`
+ * steps, so that a long computation runs on a fiber, which yields.
+ */
+/** An effect as the step it is (see {@link Frame}; a commit has `commit`). */
+const stepOf = (effect: unknown): Frame & { readonly commit: () => unknown } =>
+  effect as Frame & { readonly commit: () => unknown }
+
+export const runNow = <A, E>(
+  effect: Effect.Effect<A, E>,
+  budget = 1_000
+): Exit.Exit<A, E> | Effect.Effect<A, E> => {
+  const stack: Array<Frame> = []
+  let current = stepOf(effect)
+  for (let steps = 0; steps < budget; steps++) {
+    try {
+      switch (current._op) {
+        case "Success": {
+          const frame = popUntil(stack, "OnFailure")
+          if (frame === undefined) return current as unknown as Exit.Exit<A, E>
+          const value = current.effect_instruction_i0
+          current = stepOf(frame._op === "OnSuccess" ? frame.effect_instruction_i1(value) : frame.effect_instruction_i2(value))
+          break
+        }
+        case "Failure": {
+          const frame = popUntil(stack, "OnSuccess")
+          if (frame === undefined) return current as unknown as Exit.Exit<A, E>
+          current = stepOf(frame.effect_instruction_i1(current.effect_instruction_i0))
+          break
+        }
+        case "Sync":
+          current = stepOf(Exit.succeed((current.effect_instruction_i0 as unknown as () => unknown)()))
+          break
+        case "Commit":
+          current = stepOf(current.commit())
+          break
+        case "OnSuccess":
+        case "OnFailure":
+        case "OnSuccessAndFailure":
+          stack.push(current)
+          current = stepOf(current.effect_instruction_i0)
+          break
+        default:
+          return rest(current as unknown as Effect.Effect<unknown, unknown>, stack) as Effect.Effect<A, E>
+      }
+    } catch (defect) {
+      current = stepOf(thrown(defect))
+    }
+  }
+  return rest(current as unknown as Effect.Effect<unknown, unknown>, stack) as Effect.Effect<A, E>
 }

@@ -46,7 +46,7 @@ import { type Caller, hookRefsOf, runsHookOf, type Tracing } from "./caller.js"
 import type { Timed } from "./deadlines.js"
 import { startHookFiber } from "./hookFiber.js"
 import { liveClock, startTimer } from "./timer.js"
-import { asyncStep } from "../steps.js"
+import { asyncStep, runNow, thrown } from "../steps.js"
 
 /**
  * Told an invocation's outcome, with its entry and the `startedAt` it was
@@ -150,12 +150,6 @@ const asExit = <A, E>(effect: Effect.Effect<A, E>): Exit.Exit<A, E> | undefined 
   const op = (effect as unknown as Primitive)._op
   return op === "Success" || op === "Failure" ? effect as Exit.Exit<A, E> : undefined
 }
-
-/** What a step that throws `defect` exits with, as Effect's run loop takes it (an interrupted exception interrupts too). */
-const thrown = (defect: unknown): Exit.Exit<never, unknown> =>
-  Cause.isInterruptedException(defect)
-    ? Exit.failCause(Cause.sequential(Cause.die(defect), Cause.interrupt(FiberId.none)))
-    : Exit.die(defect)
 
 /**
  * The exit of an attempt when it is known without a fiber: a completed
@@ -391,7 +385,9 @@ class Invocation extends Settles implements Timed {
     }
     const error = Option.getOrUndefined(Cause.failureOption(exit.cause))
     const now = this.caller.clock.unsafeCurrentTimeMillis()
-    const step = schedule.step(now, error, this.scheduleState === undefined ? schedule.initial : this.scheduleState)
+    // Run on the spot as far as it needs no fiber (the schedules handlers are
+    // given are made of pure steps); what is left, on a fiber.
+    const step = runNow(schedule.step(now, error, this.scheduleState === undefined ? schedule.initial : this.scheduleState))
     let stepped: Step | null = asExit(step) ?? null
     if (stepped === null) {
       const fiber = Runtime.runFork(stepRuntime)(step)
