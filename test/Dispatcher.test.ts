@@ -1192,6 +1192,74 @@ describe("Dispatcher", () => {
         assert.strictEqual(yield* run(oneStep, scheduler), base + 4)
       }))
 
+    it.live("a hook of synchronous steps (a generator, a chain) runs on no fiber; from its first step that needs one, on a fiber", () =>
+      Effect.gen(function*() {
+        class Started extends Supervisor.AbstractSupervisor<void> {
+          count = 0
+          readonly value = Effect.void
+          override onStart() {
+            this.count++
+          }
+        }
+        const log: Array<string> = []
+        const run = (hook: (event: { readonly _tag: string }) => Effect.Effect<void>) =>
+          Effect.gen(function*() {
+            const started = new Started()
+            log.length = 0
+            const handler = Handler.make({ name: "steps", onLlmStart: hook, onLlmEnd: hook })
+            const results = yield* Effect.all([call, call], { concurrency: "unbounded" }).pipe(
+              Effect.provide(withHandlers([handler])),
+              Effect.supervised(started)
+            )
+            assert.deepStrictEqual(results, [response, response])
+            return { fibers: started.count, log: [...log] }
+          })
+        const base = (yield* run(() => Effect.void)).fibers
+        const generator = yield* run((event) =>
+          Effect.gen(function*() {
+            const a = yield* Effect.sync(() => 1)
+            const b = yield* Effect.succeed(2)
+            yield* Effect.sync(() => log.push(`${event._tag} ${a + b}`))
+          })
+        )
+        assert.strictEqual(generator.fibers, base)
+        assert.deepStrictEqual([...generator.log].sort(), ["End 3", "End 3", "Start 3", "Start 3"])
+        const chain = yield* run((event) =>
+          Effect.sync(() => log.push(`${event._tag} first`)).pipe(
+            Effect.flatMap(() => Effect.sync(() => log.push(`${event._tag} second`))),
+            Effect.asVoid
+          )
+        )
+        assert.strictEqual(chain.fibers, base)
+        assert.deepStrictEqual(chain.log.filter((line) => line.startsWith("Start")), ["Start first", "Start second", "Start first", "Start second"])
+        // A step that needs a fiber (a log reads the fiber's refs): what comes before it ran once, the rest on a fiber.
+        const logging = yield* run((event) =>
+          Effect.gen(function*() {
+            yield* Effect.sync(() => log.push(`${event._tag} before`))
+            yield* Effect.logDebug("a hook's log")
+            yield* Effect.sync(() => log.push(`${event._tag} after`))
+          })
+        )
+        assert.strictEqual(logging.fibers, base + 4)
+        assert.deepStrictEqual(logging.log.filter((line) => line.startsWith("Start")), ["Start before", "Start after", "Start before", "Start after"])
+        // A generator that fails after its steps: a failure, as on a fiber, retried on the handler's schedule.
+        let attempts = 0
+        const failing = Handler.make({
+          name: "failing",
+          onLlmEnd: () =>
+            Effect.gen(function*() {
+              yield* Effect.sync(() => attempts++)
+              return yield* Effect.fail("gave up")
+            }),
+          retry: Schedule.recurs(1)
+        })
+        const health = yield* Effect.zipRight(call, Dispatcher.health).pipe(Effect.provide(withHandlers([failing])))
+        assert.strictEqual(attempts, 2)
+        assert.strictEqual(health.handlers[0]!.failures, 1)
+        assert.strictEqual(health.handlers[0]!.retries, 1)
+        assert.match(Option.getOrThrow(health.handlers[0]!.lastError).message, /gave up/)
+      }))
+
     it.effect("a hook on no fiber that times out is given up; resumed later, nothing more happens", () =>
       Effect.gen(function*() {
         let resumeLate: ((effect: Effect.Effect<void, string>) => void) | undefined

@@ -3,8 +3,8 @@
  * its steps need none, and hands back the rest: checked against Effect's own
  * run loop on random effects of successes, failures, synchronous steps that
  * log or throw, commits, `flatMap`, `map`, `catchAllCause`,
- * `matchCauseEffect`, and steps that need a fiber (a yield, a read of the
- * fiber), with random budgets. The exit and the order in which the steps
+ * `matchCauseEffect`, generators (`Effect.gen`), and steps that need a fiber
+ * (a yield, a read of the fiber), with random budgets. The exit and the order in which the steps
  * ran must be the same, every step run exactly once.
  */
 import { assert, describe, it } from "@effect/vitest"
@@ -23,6 +23,7 @@ type Node =
   | { readonly t: "suspend"; readonly a: Node }
   | { readonly t: "yield"; readonly a: Node }
   | { readonly t: "withFiber"; readonly a: Node }
+  | { readonly t: "gen"; readonly parts: ReadonlyArray<Node> }
 
 const { node } = fc.letrec<{ node: Node }>((tie) => ({
   node: fc.oneof(
@@ -37,7 +38,8 @@ const { node } = fc.letrec<{ node: Node }>((tie) => ({
     fc.record({ t: fc.constant("match" as const), a: tie("node"), onFailure: tie("node"), onSuccess: tie("node") }),
     fc.record({ t: fc.constant("suspend" as const), a: tie("node") }),
     fc.record({ t: fc.constant("yield" as const), a: tie("node") }),
-    fc.record({ t: fc.constant("withFiber" as const), a: tie("node") })
+    fc.record({ t: fc.constant("withFiber" as const), a: tie("node") }),
+    fc.record({ t: fc.constant("gen" as const), parts: fc.array(tie("node"), { maxLength: 4 }) })
   )
 }))
 
@@ -92,6 +94,16 @@ const build = (n: Node, log: Array<string>): Effect.Effect<number, string> => {
       return Effect.withFiberRuntime(() => {
         log.push("withFiber")
         return build(n.a, log)
+      })
+    case "gen":
+      return Effect.gen(function*() {
+        let sum = 0
+        for (const part of n.parts) {
+          const value = yield* build(part, log)
+          log.push(`gen got ${value}`)
+          sum += value
+        }
+        return sum
       })
   }
 }

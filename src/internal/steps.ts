@@ -12,6 +12,7 @@ import * as Exit from "effect/Exit"
 import * as FiberId from "effect/FiberId"
 import * as RuntimeFlags from "effect/RuntimeFlags"
 import * as RuntimeFlagsPatch from "effect/RuntimeFlagsPatch"
+import { yieldWrapGet } from "effect/Utils"
 
 /** A step as Effect makes it (members its interface does not export). */
 interface Primitive {
@@ -97,15 +98,34 @@ const rest = (current: Effect.Effect<unknown, unknown>, stack: ReadonlyArray<Fra
 }
 
 /**
+ * A generator's steps from `value` on (what the fiber's run loop does with
+ * the `Iterator` step of `Effect.gen`): it is fed the values of the effects
+ * it yields, at once while they are completed ones; its first effect that is
+ * not goes on into the generator as a `flatMap` does; a failure ends it (a
+ * generator is not resumed with failures, as on a fiber).
+ */
+const iterate = (iterator: Iterator<unknown, unknown, unknown>, value: unknown): Effect.Effect<unknown, unknown> => {
+  for (;;) {
+    const state = iterator.next(value)
+    if (state.done === true) return Exit.succeed(state.value)
+    const yielded = yieldWrapGet(state.value as Parameters<typeof yieldWrapGet>[0]) as Effect.Effect<unknown, unknown>
+    if (!Exit.isExit(yielded)) return Effect.flatMap(yielded, (next) => iterate(iterator, next))
+    if (Exit.isFailure(yielded)) return yielded
+    value = yielded.value
+  }
+}
+
+/**
  * Runs `effect` on the spot, with no fiber, as Effect's run loop would, as
  * far as its steps need no fiber: successes and failures, synchronous steps
- * (`Effect.sync`), commits (`Effect.suspend`), and the continuations of
- * `flatMap`, `map`, `catchAllCause` and `matchCauseEffect` (what a schedule's
- * step is made of, when it reads no service). A step that throws fails with
- * a defect, as on a fiber. Returns its exit when it ran to the end; else what
- * is left of it, from the first step that needs a fiber (a service read, an
- * asynchronous step, a change of runtime flags, a generator...) on, inside
- * the continuations not run yet, to be run on a fiber; so too after `budget`
+ * (`Effect.sync`), commits (`Effect.suspend`), generators (`Effect.gen`), and
+ * the continuations of `flatMap`, `map`, `catchAllCause` and
+ * `matchCauseEffect` (what a schedule's step is made of, when it reads no
+ * service, and hooks of synchronous work). A step that throws fails with a
+ * defect, as on a fiber. Returns its exit when it ran to the end; else what
+ * is left of it, from the first step that needs a fiber (a service read, a
+ * log, an asynchronous step, a change of runtime flags...) on, inside the
+ * continuations not run yet, to be run on a fiber; so too after `budget`
  * steps, so that a long computation runs on a fiber, which yields.
  */
 /** An effect as the step it is (see {@link Frame}; a commit has `commit`). */
@@ -139,6 +159,9 @@ export const runNow = <A, E>(
           break
         case "Commit":
           current = stepOf(current.commit())
+          break
+        case "Iterator":
+          current = stepOf(iterate(current.effect_instruction_i0 as unknown as Iterator<unknown, unknown, unknown>, undefined))
           break
         case "OnSuccess":
         case "OnFailure":

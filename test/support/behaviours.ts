@@ -24,7 +24,10 @@ export const behaviours = [
   "asyncNow",
   "asyncFailNow",
   "asyncFail",
-  "asyncHang"
+  "asyncHang",
+  "steps",
+  "stepsThenSlow",
+  "stepsThenFail"
 ] as const
 export type Behaviour = typeof behaviours[number]
 
@@ -81,6 +84,19 @@ export const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<voi
       })
     case "asyncHang":
       return Effect.async<void, string>(() => {})
+    // Hooks of several steps: the dispatcher runs those that need no fiber on the spot, the rest on a fiber.
+    case "steps":
+      return Effect.gen(function*() {
+        const a = yield* Effect.sync(() => attempt)
+        yield* Effect.succeed(a + 1)
+      })
+    case "stepsThenSlow":
+      return Effect.sync(() => attempt).pipe(Effect.flatMap(() => Effect.sleep("300 millis")))
+    case "stepsThenFail":
+      return Effect.gen(function*() {
+        yield* Effect.sync(() => attempt)
+        return yield* Effect.fail("handler failed after its steps")
+      })
   }
 }
 

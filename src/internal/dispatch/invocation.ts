@@ -9,13 +9,16 @@
  * `exitNow`). When it returns one asynchronous step
  * (`Effect.promise(() => p)`, `Effect.tryPromise(() => p)`, `Effect.async`
  * without a canceller), that step is registered there, and the invocation
- * waits for its resume with no fiber (see `begin`). When it returns any
- * other effect, that effect runs on a fiber of its own, started at once;
- * most complete without suspending, and their outcome is known on the spot
- * too (a success then makes no invocation object either). A failure that
- * the retry rule retries is fed to the handler's schedule right there: while
- * attempts fail at once and the schedule asks for no delay, they are retried
- * in the same loop, without a retry fiber.
+ * waits for its resume with no fiber (see `begin`). When it returns steps
+ * that need no fiber (a chain of synchronous steps, an `Effect.gen` of them),
+ * they run there too, as far as they go (see `runNow`). Whatever is left of
+ * the effect runs on a fiber of its own, started at once; most complete
+ * without suspending, and their outcome is known on the spot too (a success
+ * then makes no invocation object either). A failure that the retry rule
+ * retries is fed to the handler's schedule right there (its step run on the
+ * spot as far as it needs no fiber): while attempts fail at once and the
+ * schedule asks for no delay, they are retried in the same loop, without a
+ * retry fiber.
  *
  * Only an invocation that suspends (an attempt, a retry delay, a schedule
  * step) becomes pending: it then holds a timer for the handler's timeout
@@ -217,12 +220,13 @@ type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Regi
  * that step's resume (see `Invocation.awaitResume`). `Effect.promise(() =>
  * p)`, `Effect.tryPromise(() => p)` and `Effect.async` without a canceller
  * commit to one (the promise made, the register function called); with an
- * `AbortSignal` or a canceller they commit to more. Whatever else an attempt
- * is, or commits to, runs on a hook fiber, started at once, which gives the
- * exit at once when it completes without suspending. Nothing is committed
+ * `AbortSignal` or a canceller they commit to more. Steps that need no
+ * fiber run on the spot, as far as they go (`runNow`); whatever else an
+ * attempt is, or is left of it, runs on a hook fiber, started at once, which
+ * gives the exit at once when it completes without suspending. Nothing runs
  * on the spot when the attempt's fiber would have a parent span (as in
- * `exitNow`), nor for a caller on a scheduler of its own (see
- * `Caller.fiberless`). One thing tells such an attempt from one on a
+ * `exitNow`), and no `Async` step waits with no fiber for a caller on a
+ * scheduler of its own (see `Caller.fiberless`). One thing tells such an attempt from one on a
  * fiber: its register function runs on the dispatching fiber's stack, so
  * `Fiber.getCurrentFiber` there gives the caller's fiber.
  */
@@ -242,6 +246,14 @@ const begin = (
   }
   const exit = exitNow(next, op, entry, span)
   if (exit !== undefined) return exit
+  if (op !== "Async" && span === undefined && !entry.spanInContext) {
+    // Steps that need no fiber (a chain of synchronous steps, a generator of
+    // them) run here, as far as they go; the rest runs on the hook fiber.
+    const ran = runNow(next)
+    const done = asExit(ran)
+    if (done !== undefined) return done
+    next = ran
+  }
   const refs = hookRefsOf(caller, contextOf(entry, span), span === undefined ? entry.hookRefs : undefined)
   const fiber = startHookFiber(caller.fiberClass(), refs, next)
   return fiber.unsafePoll() ?? fiber
