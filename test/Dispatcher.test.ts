@@ -42,6 +42,13 @@ const nextTurnCall = Effect.async<typeof response>((resume) => {
 
 const now = Effect.clockWith((clock) => clock.currentTimeMillis)
 
+/** A hook that fails every attempt, noting each attempt's time in `attempts`. */
+const failingAt = (attempts: Array<number>) => () =>
+  Effect.flatMap(now, (t) => {
+    attempts.push(t)
+    return Effect.fail("always")
+  })
+
 /** `n` calls at once: their results, then the dispatcher's health. */
 const callsAtOnce = (n: number) =>
   Effect.gen(function*() {
@@ -203,14 +210,7 @@ describe("Dispatcher", () => {
     it.effect("the default schedule: 3 attempts in all, exponential from CALLBACK_RETRY_DELAY", () =>
       Effect.gen(function*() {
         const attempts: Array<number> = []
-        const failing = Handler.make({
-          name: "failing",
-          onLlmEnd: () =>
-            Effect.flatMap(now, (t) => {
-              attempts.push(t)
-              return Effect.fail("always")
-            })
-        })
+        const failing = Handler.make({ name: "failing", onLlmEnd: failingAt(attempts) })
         const layer = withHandlers([failing], { retryDelay: "1 second", maxRetryAttempts: 3 })
         const report = yield* runWithClock(
           Effect.gen(function*() {
@@ -230,11 +230,7 @@ describe("Dispatcher", () => {
         const attempts: Array<number> = []
         const flaky = Handler.make({
           name: "flaky",
-          onLlmEnd: () =>
-            Effect.flatMap(now, (t) => {
-              attempts.push(t)
-              return Effect.fail("always")
-            }),
+          onLlmEnd: failingAt(attempts),
           // Steps of pure computation run with no fiber; jittered's random factor (0.8-1.2) needs one.
           retry: Schedule.spaced("1 second").pipe(Schedule.jittered, Schedule.intersect(Schedule.recurs(2))),
           timeout: "1 minute"
@@ -1117,6 +1113,15 @@ describe("Dispatcher", () => {
       }))
   })
 
+  /** Counts the fibers started under it. */
+  class FibersStarted extends Supervisor.AbstractSupervisor<void> {
+    count = 0
+    readonly value = Effect.void
+    override onStart() {
+      this.count++
+    }
+  }
+
   describe("hook fibers", () => {
     it.live("are held by their invocation, not entered among the global scope's roots; a supervisor sees them", () =>
       Effect.gen(function*() {
@@ -1156,19 +1161,12 @@ describe("Dispatcher", () => {
 
     it.live("a hook that is one asynchronous step (Effect.promise) runs on no fiber; one of more steps runs on a fiber", () =>
       Effect.gen(function*() {
-        class Started extends Supervisor.AbstractSupervisor<void> {
-          count = 0
-          readonly value = Effect.void
-          override onStart() {
-            this.count++
-          }
-        }
         let settled = 0
         const oneStep = () => Effect.promise(() => Promise.resolve().then(() => void settled++))
         const twoSteps = () => Effect.zipRight(oneStep(), Effect.void)
         const run = (hook: () => Effect.Effect<void>, scheduler?: Scheduler.Scheduler) =>
           Effect.gen(function*() {
-            const started = new Started()
+            const started = new FibersStarted()
             settled = 0
             const handler = Handler.make({ name: "suspending", onLlmStart: hook, onLlmEnd: hook })
             const calls = Effect.all([call, call], { concurrency: "unbounded" }).pipe(
@@ -1194,17 +1192,10 @@ describe("Dispatcher", () => {
 
     it.live("a hook of synchronous steps (a generator, a chain) runs on no fiber; from its first step that needs one, on a fiber", () =>
       Effect.gen(function*() {
-        class Started extends Supervisor.AbstractSupervisor<void> {
-          count = 0
-          readonly value = Effect.void
-          override onStart() {
-            this.count++
-          }
-        }
         const log: Array<string> = []
         const run = (hook: (event: { readonly _tag: string }) => Effect.Effect<void>) =>
           Effect.gen(function*() {
-            const started = new Started()
+            const started = new FibersStarted()
             log.length = 0
             const handler = Handler.make({ name: "steps", onLlmStart: hook, onLlmEnd: hook })
             const results = yield* Effect.all([call, call], { concurrency: "unbounded" }).pipe(
