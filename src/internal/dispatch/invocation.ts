@@ -88,7 +88,6 @@ export const awaitAll = (
     for (let i = 0; i < pendings.length; i++) pendings[i]!.onSettled(one)
   })
 
-
 /**
  * Cancels pending invocations (their wait was interrupted), with the slot
  * queue held (see `Slots.holding`); those settled already are left as they are.
@@ -226,9 +225,10 @@ type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Regi
  * gives the exit at once when it completes without suspending. Nothing runs
  * on the spot when the attempt's fiber would have a parent span (as in
  * `exitNow`), and no `Async` step waits with no fiber for a caller on a
- * scheduler of its own (see `Caller.fiberless`). One thing tells such an attempt from one on a
- * fiber: its register function runs on the dispatching fiber's stack, so
- * `Fiber.getCurrentFiber` there gives the caller's fiber.
+ * scheduler of its own (see `Caller.fiberless`). One thing tells an attempt
+ * that waits with no fiber from one on a fiber: its register function runs
+ * on the dispatching fiber's stack, so `Fiber.getCurrentFiber` there gives
+ * the caller's fiber.
  */
 const begin = (
   effect: Effect.Effect<void, unknown>,
