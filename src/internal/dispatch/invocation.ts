@@ -6,7 +6,7 @@
  * as `Effect.void` or `Effect.fail(e)` are), its outcome is known on the spot:
  * no fiber, timer or schedule driver is paid for; so is it when it returns a
  * single synchronous step (`Effect.sync(f)`), which is run there (see
- * `exitNow`). When it returns one asynchronous step
+ * `syncNow`). When it returns one asynchronous step
  * (`Effect.promise(() => p)`, `Effect.tryPromise(() => p)`, `Effect.async`
  * without a canceller), that step is registered there, and the invocation
  * waits for its resume with no fiber (see `begin`). When it returns steps
@@ -154,45 +154,15 @@ const asExit = <A, E>(effect: Effect.Effect<A, E>): Exit.Exit<A, E> | undefined 
 }
 
 /**
- * The exit of an attempt when it is known without a fiber: a completed
- * effect (an `Exit`) is its own; a synchronous step (`Effect.sync(f)`, as
- * hooks that do work are most often written) is run here, as a fiber runs
- * it: `f`'s value, or what it throws as a defect (an interrupted exception
- * as Effect's run loop takes it). Not when the attempt's fiber would have a
- * parent span (the handler's span, or one in its context): a defect made on
- * a fiber carries that span. `undefined`: the attempt needs a fiber. `op`
- * is the effect's kind of step, read once by the caller (see `asExit`).
+ * A synchronous step (`Effect.sync(f)`, as hooks that do work are most often
+ * written) run here, as a fiber runs it: `f`'s value, or what it throws as a
+ * defect (an interrupted exception as Effect's run loop takes it). The
+ * commonest attempt that is not an exit, without `runNow`'s machinery.
  */
-const exitNow = (
-  effect: Effect.Effect<void, unknown>,
-  op: string,
-  entry: Entry,
-  span: Tracer.AnySpan | undefined
-): Exit.Exit<void, unknown> | undefined => {
-  if (op === "Success" || op === "Failure") return effect as Exit.Exit<void, unknown>
-  if (op !== "Sync" || span !== undefined || entry.spanInContext) return undefined
+const syncNow = (effect: Effect.Effect<void, unknown>): Exit.Exit<void, unknown> => {
   try {
     ;(effect as unknown as Primitive).effect_instruction_i0()
     return Exit.void
-  } catch (defect) {
-    return thrown(defect)
-  }
-}
-
-/** A commit (members Effect's interface does not export): what a fiber's run loop calls. */
-interface Committed {
-  readonly commit: () => Effect.Effect<void, unknown>
-}
-
-/**
- * An attempt's effect committed on the spot, as a fiber's run loop commits
- * it: what it commits to, or the exit of what the commit throws (see
- * `thrown`). `Effect.suspend`, `Effect.async`, `Effect.promise`
- * and `Effect.tryPromise` are commits.
- */
-const commitNow = (effect: Effect.Effect<void, unknown>): Effect.Effect<void, unknown> => {
-  try {
-    return (effect as unknown as Committed).commit()
   } catch (defect) {
     return thrown(defect)
   }
@@ -213,22 +183,25 @@ type Register = (resume: (effect: Effect.Effect<void, unknown>) => void) => void
 type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Register
 
 /**
- * Begins an attempt of `effect`. Its exit when known on the spot (see
- * `exitNow`). A commit is committed here, as a fiber would commit it; when
- * it commits to an `Async` step, the attempt needs no fiber: it waits for
- * that step's resume (see `Invocation.awaitResume`). `Effect.promise(() =>
- * p)`, `Effect.tryPromise(() => p)` and `Effect.async` without a canceller
- * commit to one (the promise made, the register function called); with an
- * `AbortSignal` or a canceller they commit to more. Steps that need no
- * fiber run on the spot, as far as they go (`runNow`); whatever else an
- * attempt is, or is left of it, runs on a hook fiber, started at once, which
- * gives the exit at once when it completes without suspending. Nothing runs
- * on the spot when the attempt's fiber would have a parent span (as in
- * `exitNow`), and no `Async` step waits with no fiber for a caller on a
- * scheduler of its own (see `Caller.fiberless`). One thing tells an attempt
- * that waits with no fiber from one on a fiber: its register function runs
- * on the dispatching fiber's stack, so `Fiber.getCurrentFiber` there gives
- * the caller's fiber.
+ * Begins an attempt of `effect`. A completed effect (an `Exit`) is its own
+ * exit. Otherwise its steps that need no fiber run here, as a fiber would
+ * run them, as far as they go (see `runNow`: a synchronous step, a chain or
+ * an `Effect.gen` of them, commits); their exit, when they got to the end,
+ * is the attempt's. When what is left is one `Async` step, the attempt needs
+ * no fiber: it waits for that step's resume (see `Invocation.awaitResume`).
+ * `Effect.promise(() => p)`, `Effect.tryPromise(() => p)` and `Effect.async`
+ * without a canceller commit to one (the promise made, the register function
+ * called); with an `AbortSignal` or a canceller they commit to more.
+ * Whatever else is left runs on a hook fiber, started at once, which gives
+ * the exit at once when it completes without suspending.
+ *
+ * Nothing runs here when the attempt's fiber would have a parent span (the
+ * handler's span, or one in its context): a defect made on a fiber carries
+ * that span. No `Async` step waits with no fiber for a caller on a scheduler
+ * of its own (see `Caller.fiberless`). One thing tells an attempt that waits
+ * with no fiber from one on a fiber: its register function runs on the
+ * dispatching fiber's stack, so `Fiber.getCurrentFiber` there gives the
+ * caller's fiber.
  */
 const begin = (
   effect: Effect.Effect<void, unknown>,
@@ -237,22 +210,17 @@ const begin = (
   span: Tracer.AnySpan | undefined
 ): Begun => {
   // The kind of step, read once per effect (a megamorphic load where hooks return effects of many shapes).
+  const op = (effect as unknown as Primitive)._op
+  if (op === "Success" || op === "Failure") return effect as Exit.Exit<void, unknown>
   let next = effect
-  let op = (next as unknown as Primitive)._op
-  if (op === "Commit" && span === undefined && !entry.spanInContext && caller.fiberless()) {
-    next = commitNow(next)
-    op = (next as unknown as Primitive)._op
-    if (op === "Async") return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
-  }
-  const exit = exitNow(next, op, entry, span)
-  if (exit !== undefined) return exit
-  if (op !== "Async" && span === undefined && !entry.spanInContext) {
-    // Steps that need no fiber (a chain of synchronous steps, a generator of
-    // them) run here, as far as they go; the rest runs on the hook fiber.
-    const ran = runNow(next)
-    const done = asExit(ran)
-    if (done !== undefined) return done
-    next = ran
+  if (span === undefined && !entry.spanInContext) {
+    if (op === "Sync") return syncNow(effect)
+    next = runNow(effect)
+    const left = (next as unknown as Primitive)._op
+    if (left === "Success" || left === "Failure") return next as Exit.Exit<void, unknown>
+    if (left === "Async" && caller.fiberless()) {
+      return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
+    }
   }
   const refs = hookRefsOf(caller, contextOf(entry, span), span === undefined ? entry.hookRefs : undefined)
   const fiber = startHookFiber(caller.fiberClass(), refs, next)

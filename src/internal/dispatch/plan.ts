@@ -109,7 +109,7 @@ export interface Entry {
   /** Background mode: takes runs of consecutive end events at once (`onLlmEndBatch`). */
   readonly endBatch: Hook | undefined
   readonly context: Context.Context<never>
-  /** Its context holds a parent span: its hooks' defects carry it, so they run on fibers (see `exitNow`). */
+  /** Its context holds a parent span: its hooks' defects carry it, so they run on fibers (see `begin`). */
   readonly spanInContext: boolean
   readonly timeout: Duration.Duration
   /** Its pending invocations' timeouts on the live clock; `undefined` when the timeout is infinite. */
