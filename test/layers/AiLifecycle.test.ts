@@ -148,7 +148,6 @@ describe("@effect/ai: aborted streams are accounted", () => {
 
   it.effect("a stream failing midway: what was received is billed; a stream failing before any part bills nothing", () =>
     Effect.gen(function*() {
-      const failure = new AiError.UnknownError({ module: "Test", method: "stream", description: "reset" })
       const run = LanguageModel.streamText({ prompt: "Tell me a story" }).pipe(
         Stream.runDrain,
         Effect.either,

@@ -11,7 +11,6 @@ import * as BillingCycle from "../../src/BillingCycle.js"
 import * as Budget from "../../src/Budget.js"
 import * as Callbacks from "../../src/Callbacks.js"
 import * as Dispatcher from "../../src/Dispatcher.js"
-import type * as TokenStore from "../../src/TokenStore.js"
 
 /** Every test's calls count 20 prompt tokens, whatever the prompt. */
 export const promptTokens = 20
