@@ -1159,7 +1159,7 @@ describe("Dispatcher", () => {
       }))
 
 
-    it.live("a hook that is one asynchronous step (Effect.promise) runs on no fiber; one of more steps runs on a fiber", () =>
+    it.live("a hook that waits on one asynchronous step (Effect.promise), alone or inside continuations, runs on no fiber; from a step that needs a fiber on, on a fiber", () =>
       Effect.gen(function*() {
         let settled = 0
         const oneStep = () => Effect.promise(() => Promise.resolve().then(() => void settled++))
@@ -1181,7 +1181,23 @@ describe("Dispatcher", () => {
         // The fibers of the calls and the layer's: a synchronous hook, run on the spot, adds none.
         const base = yield* run(() => Effect.sync(() => void settled++))
         assert.strictEqual(yield* run(oneStep), base)
-        assert.strictEqual(yield* run(twoSteps), base + 4)
+        assert.strictEqual(yield* run(twoSteps), base)
+        // A generator that awaits twice, with synchronous work between and after: its steps go on where it was resumed.
+        let after = 0
+        const generator = () =>
+          Effect.gen(function*() {
+            yield* oneStep()
+            settled--
+            yield* oneStep()
+            after++
+          })
+        assert.strictEqual(yield* run(generator), base)
+        assert.strictEqual(after, 4)
+        // What comes after the wait needs a fiber (a log reads the fiber's refs): that rest runs on one.
+        assert.strictEqual(yield* run(() => Effect.zipRight(oneStep(), Effect.logDebug("resumed"))), base + 4)
+        // A promise given an AbortSignal commits to more than the wait (the signal is aborted on interruption).
+        const withSignal = () => Effect.promise((_signal) => Promise.resolve().then(() => void settled++))
+        assert.strictEqual(yield* run(withSignal), base + 4)
         // On a scheduler of the caller's own, every hook runs on a fiber, which that scheduler wakes.
         const scheduler: Scheduler.Scheduler = {
           shouldYield: (fiber) => Scheduler.defaultScheduler.shouldYield(fiber),

@@ -5,11 +5,13 @@
  * log or throw, commits, `flatMap`, `map`, `catchAllCause`,
  * `matchCauseEffect`, generators (`Effect.gen`), and steps that need a fiber
  * (a yield, a read of the fiber), with random budgets. The exit and the order in which the steps
- * ran must be the same, every step run exactly once.
+ * ran must be the same, every step run exactly once. With asynchronous steps (promises, `Effect.async`
+ * resumed later or at once), so is it when each wait that `waitOf` finds is waited on with no fiber, and
+ * `runNow` goes on with what it was resumed with, as the dispatcher does.
  */
 import { assert, describe, it } from "@effect/vitest"
 import { Effect, Equal, Exit, FastCheck as fc } from "effect"
-import { runNow } from "../src/internal/steps.js"
+import { runNow, waitOf } from "../src/internal/steps.js"
 
 type Node =
   | { readonly t: "succeed"; readonly v: number }
@@ -24,6 +26,9 @@ type Node =
   | { readonly t: "yield"; readonly a: Node }
   | { readonly t: "withFiber"; readonly a: Node }
   | { readonly t: "gen"; readonly parts: ReadonlyArray<Node> }
+  | { readonly t: "promise"; readonly v: number }
+  | { readonly t: "asyncFail"; readonly e: string }
+  | { readonly t: "asyncNow"; readonly v: number }
 
 const { node } = fc.letrec<{ node: Node }>((tie) => ({
   node: fc.oneof(
@@ -39,7 +44,10 @@ const { node } = fc.letrec<{ node: Node }>((tie) => ({
     fc.record({ t: fc.constant("suspend" as const), a: tie("node") }),
     fc.record({ t: fc.constant("yield" as const), a: tie("node") }),
     fc.record({ t: fc.constant("withFiber" as const), a: tie("node") }),
-    fc.record({ t: fc.constant("gen" as const), parts: fc.array(tie("node"), { maxLength: 4 }) })
+    fc.record({ t: fc.constant("gen" as const), parts: fc.array(tie("node"), { maxLength: 4 }) }),
+    fc.record({ t: fc.constant("promise" as const), v: fc.integer({ min: 0, max: 9 }) }),
+    fc.record({ t: fc.constant("asyncFail" as const), e: fc.constantFrom("a", "b") }),
+    fc.record({ t: fc.constant("asyncNow" as const), v: fc.integer({ min: 0, max: 9 }) })
   )
 }))
 
@@ -105,6 +113,50 @@ const build = (n: Node, log: Array<string>): Effect.Effect<number, string> => {
         }
         return sum
       })
+    case "promise":
+      return Effect.promise(() =>
+        Promise.resolve().then(() => {
+          log.push(`promise ${n.v}`)
+          return n.v
+        })
+      )
+    case "asyncFail":
+      return Effect.async<number, string>((resume) => {
+        Promise.resolve().then(() => {
+          log.push(`async ${n.e}`)
+          resume(Effect.fail(n.e))
+          resume(Effect.succeed(0)) // a second resume does not count
+        })
+      })
+    case "asyncNow":
+      return Effect.async<number>((resume) => {
+        log.push(`asyncNow ${n.v}`)
+        resume(Effect.succeed(n.v))
+      })
+  }
+}
+
+/**
+ * Runs `effect` as the dispatcher runs a hook's attempt: `runNow`, then, while
+ * what is left is a wait `waitOf` finds, that wait with no fiber (the first
+ * resume counts) and `runNow` again from what it was resumed with; what is
+ * left after that, on a fiber.
+ */
+const runFiberless = async <A, E>(effect: Effect.Effect<A, E>, budget: number): Promise<Exit.Exit<A, E>> => {
+  let current: Effect.Effect<A, E> = effect
+  for (;;) {
+    const ran = runNow(current, budget)
+    if (Exit.isExit(ran)) return ran
+    const register = waitOf(ran)
+    if (register === undefined) return Effect.runPromiseExit(ran)
+    current = await new Promise<Effect.Effect<A, E>>((resolve) => {
+      let resumed = false
+      register((next) => {
+        if (resumed) return
+        resumed = true
+        resolve(next as Effect.Effect<A, E>)
+      })
+    })
   }
 }
 
@@ -124,6 +176,32 @@ describe("runNow", () => {
         { numRuns: 1_000 }
       )
     ))
+
+  it.effect("and so does it when the waits it leaves are waited on with no fiber (waitOf)", () =>
+    Effect.promise(() =>
+      fc.assert(
+        fc.asyncProperty(node, fc.integer({ min: 0, max: 30 }), async (n, budget) => {
+          const expectedLog: Array<string> = []
+          const expected = await Effect.runPromiseExit(build(n, expectedLog))
+          const log: Array<string> = []
+          const exit = await runFiberless(build(n, log), budget)
+          assert.deepStrictEqual(log, expectedLog)
+          assert.isTrue(Equal.equals(exit, expected), `${String(exit)} against ${String(expected)}`)
+        }),
+        { numRuns: 1_000 }
+      )
+    ))
+
+  it("finds the wait of one asynchronous step, alone or inside continuations, and nothing else", () => {
+    const wait = Effect.async<number>((resume) => resume(Effect.succeed(1)))
+    const inside = (effect: Effect.Effect<number>) => runNow(Effect.map(Effect.flatMap(Effect.sync(() => 1), () => effect), (n) => n + 1))
+    assert.isDefined(waitOf(runNow(wait) as Effect.Effect<number>))
+    assert.isDefined(waitOf(inside(Effect.promise(() => Promise.resolve(1))) as Effect.Effect<number>))
+    // A canceller, or an AbortSignal, commits to more than the wait; so does a step that needs a fiber.
+    assert.isUndefined(waitOf(runNow(Effect.async<number>(() => Effect.void)) as Effect.Effect<number>))
+    assert.isUndefined(waitOf(inside(Effect.promise((_signal) => Promise.resolve(1))) as Effect.Effect<number>))
+    assert.isUndefined(waitOf(inside(Effect.zipRight(Effect.yieldNow(), wait)) as Effect.Effect<number>))
+  })
 
   it("runs with no fiber what needs none, and stops at the first step that needs one", () => {
     const log: Array<string> = []

@@ -97,6 +97,35 @@ const rest = (current: Effect.Effect<unknown, unknown>, stack: ReadonlyArray<Fra
   return effect
 }
 
+/** What an `Async` step calls: with the function that resumes its fiber, of which the first call counts. */
+export type Register = (resume: (effect: Effect.Effect<void, unknown>) => void) => void
+
+/**
+ * The wait of what {@link runNow} left, when it is one `Async` step inside
+ * continuations only (`Effect.promise(f).pipe(Effect.map(g))`, an
+ * `Effect.gen` at a `yield* Effect.promise(f)`): a register function that
+ * registers the step and hands its resume, of which the first call counts,
+ * the effect it was resumed with put back inside those continuations, which
+ * {@link runNow} goes on with. `undefined` for anything else. The
+ * continuations are of kinds `OnSuccess`, `OnFailure` and
+ * `OnSuccessAndFailure` in the interruptible region they ran in (`runNow`
+ * runs no change of runtime flags): an interrupted fiber waiting on the step
+ * would run none of them, as a wait given up on does not.
+ */
+export const waitOf = (effect: Effect.Effect<unknown, unknown>): Register | undefined => {
+  let step = stepOf(effect)
+  let frames: Array<Frame> | undefined
+  while (step._op === "OnSuccess" || step._op === "OnFailure" || step._op === "OnSuccessAndFailure") {
+    ;(frames ??= []).push(step)
+    step = stepOf(step.effect_instruction_i0)
+  }
+  if (step._op !== "Async") return undefined
+  const register = step.effect_instruction_i0 as unknown as Register
+  if (frames === undefined) return register
+  const stack = frames
+  return (resume) => register((resumed) => resume(rest(resumed, stack) as Effect.Effect<void, unknown>))
+}
+
 /**
  * A generator's steps from `value` on (what the fiber's run loop does with
  * the `Iterator` step of `Effect.gen`): it is fed the values of the effects

@@ -27,7 +27,9 @@ export const behaviours = [
   "asyncHang",
   "steps",
   "stepsThenSlow",
-  "stepsThenFail"
+  "stepsThenFail",
+  "promiseThenSteps",
+  "promiseThenFail"
 ] as const
 export type Behaviour = typeof behaviours[number]
 
@@ -97,6 +99,18 @@ export const behave = (behaviour: Behaviour, attempt: number): Effect.Effect<voi
         yield* Effect.sync(() => attempt)
         return yield* Effect.fail("handler failed after its steps")
       })
+    // Hooks that wait inside continuations (a generator awaiting a promise, a promise then a failure): the
+    // dispatcher waits with no fiber, and goes on with the continuations where the wait is resumed.
+    case "promiseThenSteps":
+      return Effect.gen(function*() {
+        const a = yield* Effect.promise(() => Promise.resolve(attempt))
+        yield* Effect.sync(() => a + 1)
+        yield* Effect.promise(() => Promise.resolve())
+      })
+    case "promiseThenFail":
+      return Effect.promise(() => Promise.resolve(attempt)).pipe(
+        Effect.flatMap((a) => a === 1 ? Effect.fail("handler failed after a wait") : Effect.void)
+      )
   }
 }
 

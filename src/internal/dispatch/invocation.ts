@@ -11,8 +11,11 @@
  * without a canceller), that step is registered there, and the invocation
  * waits for its resume with no fiber (see `begin`). When it returns steps
  * that need no fiber (a chain of synchronous steps, an `Effect.gen` of them),
- * they run there too, as far as they go (see `runNow`). Whatever is left of
- * the effect runs on a fiber of its own, started at once; most complete
+ * they run there too, as far as they go (see `runNow`); when they go as far
+ * as such an asynchronous step inside continuations (a generator at
+ * `yield* Effect.promise(...)`, a promise then a `map`), the invocation
+ * waits for its resume with no fiber too, and goes on with them from there
+ * (see `waitOf`). Whatever is left of the effect runs on a fiber of its own, started at once; most complete
  * without suspending, and their outcome is known on the spot too (a success
  * then makes no invocation object either). A failure that the retry rule
  * retries is fed to the handler's schedule right there (its step run on the
@@ -49,7 +52,7 @@ import { type Caller, hookRefsOf, runsHookOf, type Tracing } from "./caller.js"
 import type { Timed } from "./deadlines.js"
 import { startHookFiber } from "./hookFiber.js"
 import { liveClock, startTimer } from "./timer.js"
-import { asyncStep, runNow, thrown } from "../steps.js"
+import { asyncStep, type Register, runNow, thrown, waitOf } from "../steps.js"
 
 /**
  * Told an invocation's outcome, with its entry and the `startedAt` it was
@@ -169,13 +172,6 @@ const syncNow = (effect: Effect.Effect<void, unknown>): Exit.Exit<void, unknown>
 }
 
 /**
- * The register function of an `Async` step (Effect's primitive, which
- * `Effect.async` commits to): called with the function that resumes the
- * attempt with the effect it goes on with, of which the first call counts.
- */
-type Register = (resume: (effect: Effect.Effect<void, unknown>) => void) => void
-
-/**
  * An attempt begun (see {@link begin}): its exit, known on the spot; the
  * fiber it runs on; or the register function of the one `Async` step it
  * waits on.
@@ -187,8 +183,9 @@ type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Regi
  * exit. Otherwise its steps that need no fiber run here, as a fiber would
  * run them, as far as they go (see `runNow`: a synchronous step, a chain or
  * an `Effect.gen` of them, commits); their exit, when they got to the end,
- * is the attempt's. When what is left is one `Async` step, the attempt needs
- * no fiber: it waits for that step's resume (see `Invocation.awaitResume`).
+ * is the attempt's. When what is left is one `Async` step, alone or inside
+ * continuations, the attempt needs no fiber: it waits for that step's resume
+ * (see `Invocation.awaitResume`), and goes on from there inside them (see `waitOf`).
  * `Effect.promise(() => p)`, `Effect.tryPromise(() => p)` and `Effect.async`
  * without a canceller commit to one (the promise made, the register function
  * called); with an `AbortSignal` or a canceller they commit to more.
@@ -198,10 +195,10 @@ type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Regi
  * Nothing runs here when the attempt's fiber would have a parent span (the
  * handler's span, or one in its context): a defect made on a fiber carries
  * that span. No `Async` step waits with no fiber for a caller on a scheduler
- * of its own (see `Caller.fiberless`). One thing tells an attempt that waits
- * with no fiber from one on a fiber: its register function runs on the
- * dispatching fiber's stack, so `Fiber.getCurrentFiber` there gives the
- * caller's fiber.
+ * of its own (see `Caller.fiberless`). One thing tells an attempt run so
+ * from one on a fiber: `Fiber.getCurrentFiber` in its steps gives the
+ * caller's fiber (they run on the dispatching fiber's stack), or, in those
+ * after a wait, none.
  */
 const begin = (
   effect: Effect.Effect<void, unknown>,
@@ -218,8 +215,9 @@ const begin = (
     next = runNow(effect)
     const left = (next as unknown as Primitive)._op
     if (left === "Success" || left === "Failure") return next as Exit.Exit<void, unknown>
-    if (left === "Async" && caller.fiberless()) {
-      return (next as unknown as { readonly effect_instruction_i0: Register }).effect_instruction_i0
+    if (caller.fiberless()) {
+      const register = waitOf(next)
+      if (register !== undefined) return register
     }
   }
   const refs = hookRefsOf(caller, contextOf(entry, span), span === undefined ? entry.hookRefs : undefined)
