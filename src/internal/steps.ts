@@ -75,6 +75,10 @@ interface Frame {
   readonly effect_instruction_i2: (value: unknown) => Effect.Effect<unknown, unknown>
 }
 
+/** An effect as the step it is (see {@link Frame}; a commit has `commit`). */
+const stepOf = (effect: unknown): Frame & { readonly commit: () => unknown } =>
+  effect as Frame & { readonly commit: () => unknown }
+
 /** The innermost continuation not of kind `skip`, popped with those above it; `undefined` when none is left. */
 const popUntil = (stack: Array<Frame>, skip: string): Frame | undefined => {
   for (let frame = stack.pop(); frame !== undefined; frame = stack.pop()) {
@@ -137,10 +141,15 @@ const iterate = (iterator: Iterator<unknown, unknown, unknown>, value: unknown):
   for (;;) {
     const state = iterator.next(value)
     if (state.done === true) return Exit.succeed(state.value)
-    const yielded = yieldWrapGet(state.value as Parameters<typeof yieldWrapGet>[0]) as Effect.Effect<unknown, unknown>
-    if (!Exit.isExit(yielded)) return Effect.flatMap(yielded, (next) => iterate(iterator, next))
-    if (Exit.isFailure(yielded)) return yielded
-    value = yielded.value
+    const yielded = stepOf(yieldWrapGet(state.value as Parameters<typeof yieldWrapGet>[0]))
+    // Effect's exits are its steps of kinds `Success` and `Failure` (`Exit.isExit` reads a symbol property:
+    // a megamorphic lookup where hooks yield effects of many shapes).
+    const op = yielded._op
+    if (op === "Failure") return yielded as unknown as Effect.Effect<unknown, unknown>
+    if (op !== "Success") {
+      return Effect.flatMap(yielded as unknown as Effect.Effect<unknown, unknown>, (next) => iterate(iterator, next))
+    }
+    value = yielded.effect_instruction_i0
   }
 }
 
@@ -157,10 +166,6 @@ const iterate = (iterator: Iterator<unknown, unknown, unknown>, value: unknown):
  * continuations not run yet, to be run on a fiber; so too after `budget`
  * steps, so that a long computation runs on a fiber, which yields.
  */
-/** An effect as the step it is (see {@link Frame}; a commit has `commit`). */
-const stepOf = (effect: unknown): Frame & { readonly commit: () => unknown } =>
-  effect as Frame & { readonly commit: () => unknown }
-
 export const runNow = <A, E>(
   effect: Effect.Effect<A, E>,
   budget = 1_000
