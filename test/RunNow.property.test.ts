@@ -160,37 +160,33 @@ const runFiberless = async <A, E>(effect: Effect.Effect<A, E>, budget: number): 
   }
 }
 
+/** Runs `n` as Effect's run loop does and as `run` does, on 1,000 random effects: same steps, in the same order, same exit. */
+const sameAsRunLoop = (
+  run: (effect: Effect.Effect<number, string>, budget: number) => Promise<Exit.Exit<number, string>>
+) =>
+  Effect.promise(() =>
+    fc.assert(
+      fc.asyncProperty(node, fc.integer({ min: 0, max: 30 }), async (n, budget) => {
+        const expectedLog: Array<string> = []
+        const expected = await Effect.runPromiseExit(build(n, expectedLog))
+        const log: Array<string> = []
+        const exit = await run(build(n, log), budget)
+        assert.deepStrictEqual(log, expectedLog)
+        assert.isTrue(Equal.equals(exit, expected), `${String(exit)} against ${String(expected)}`)
+      }),
+      { numRuns: 1_000 }
+    )
+  )
+
 describe("runNow", () => {
   it.effect("gives the exit Effect's run loop gives, running each step once and in the same order", () =>
-    Effect.promise(() =>
-      fc.assert(
-        fc.asyncProperty(node, fc.integer({ min: 0, max: 30 }), async (n, budget) => {
-          const expectedLog: Array<string> = []
-          const expected = await Effect.runPromiseExit(build(n, expectedLog))
-          const log: Array<string> = []
-          const ran = runNow(build(n, log), budget)
-          const exit = Exit.isExit(ran) ? ran : await Effect.runPromiseExit(ran)
-          assert.deepStrictEqual(log, expectedLog)
-          assert.isTrue(Equal.equals(exit, expected), `${String(exit)} against ${String(expected)}`)
-        }),
-        { numRuns: 1_000 }
-      )
-    ))
+    sameAsRunLoop(async (effect, budget) => {
+      const ran = runNow(effect, budget)
+      return Exit.isExit(ran) ? ran : Effect.runPromiseExit(ran)
+    }))
 
   it.effect("and so does it when the waits it leaves are waited on with no fiber (waitOf)", () =>
-    Effect.promise(() =>
-      fc.assert(
-        fc.asyncProperty(node, fc.integer({ min: 0, max: 30 }), async (n, budget) => {
-          const expectedLog: Array<string> = []
-          const expected = await Effect.runPromiseExit(build(n, expectedLog))
-          const log: Array<string> = []
-          const exit = await runFiberless(build(n, log), budget)
-          assert.deepStrictEqual(log, expectedLog)
-          assert.isTrue(Equal.equals(exit, expected), `${String(exit)} against ${String(expected)}`)
-        }),
-        { numRuns: 1_000 }
-      )
-    ))
+    sameAsRunLoop(runFiberless))
 
   it("finds the wait of one asynchronous step, alone or inside continuations, and nothing else", () => {
     const wait = Effect.async<number>((resume) => resume(Effect.succeed(1)))
