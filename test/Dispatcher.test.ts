@@ -1267,41 +1267,51 @@ describe("Dispatcher", () => {
         assert.match(Option.getOrThrow(health.handlers[0]!.lastError).message, /gave up/)
       }))
 
-    it.effect("a hook on no fiber that times out is given up; resumed later, nothing more happens", () =>
-      Effect.gen(function*() {
-        let resumeLate: ((effect: Effect.Effect<void, string>) => void) | undefined
-        let calls = 0
-        let ranLate = false
-        const handler = Handler.make({
-          name: "late",
-          onLlmStart: () =>
-            Effect.async<void, string>((resume) => {
-              calls++
-              resumeLate = resume
-            }),
-          timeout: "1 second",
-          retry: Schedule.recurs(3)
-        })
-        yield* Effect.gen(function*() {
-          const fiber = yield* Effect.fork(call)
-          yield* TestClock.adjust("1 second")
-          assert.deepStrictEqual(yield* Fiber.join(fiber), response)
-          const timedOut = yield* Dispatcher.health
-          assert.strictEqual(timedOut.handlers[0]!.timeouts, 1)
-          assert.strictEqual(timedOut.handlers[0]!.inFlight, 0)
-          // Resumed after its timeout: with a step (which must not run), then with a failure (which must not be retried).
-          resumeLate!(Effect.sync(() => {
-            ranLate = true
-          }))
-          resumeLate!(Effect.fail("late failure"))
-          yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
-          yield* TestClock.adjust("10 seconds")
-          const after = yield* Dispatcher.health
-          assert.deepStrictEqual(after.handlers[0], timedOut.handlers[0])
-          assert.isFalse(ranLate)
-          assert.strictEqual(calls, 1)
-        }).pipe(Effect.provide(withHandlers([handler])))
-      }))
+    it.effect("a hook on no fiber that times out is given up; resumed later, nothing more happens (its wait alone, or inside a generator)", () =>
+      Effect.forEach([false, true], (inGenerator) =>
+        Effect.gen(function*() {
+          let resumeLate: ((effect: Effect.Effect<void, string>) => void) | undefined
+          let calls = 0
+          let ranLate = false
+          const wait = Effect.async<void, string>((resume) => {
+            calls++
+            resumeLate = resume
+          })
+          const handler = Handler.make({
+            name: "late",
+            onLlmStart: () =>
+              inGenerator
+                ? Effect.gen(function*() {
+                  yield* Effect.sync(() => undefined)
+                  yield* wait
+                  // The generator's rest must not run once its wait was given up.
+                  ranLate = true
+                })
+                : wait,
+            timeout: "1 second",
+            retry: Schedule.recurs(3)
+          })
+          yield* Effect.gen(function*() {
+            const fiber = yield* Effect.fork(call)
+            yield* TestClock.adjust("1 second")
+            assert.deepStrictEqual(yield* Fiber.join(fiber), response)
+            const timedOut = yield* Dispatcher.health
+            assert.strictEqual(timedOut.handlers[0]!.timeouts, 1)
+            assert.strictEqual(timedOut.handlers[0]!.inFlight, 0)
+            // Resumed after its timeout: with a step (which must not run), then with a failure (which must not be retried).
+            resumeLate!(Effect.sync(() => {
+              ranLate = true
+            }))
+            resumeLate!(Effect.fail("late failure"))
+            yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+            yield* TestClock.adjust("10 seconds")
+            const after = yield* Dispatcher.health
+            assert.deepStrictEqual(after.handlers[0], timedOut.handlers[0])
+            assert.isFalse(ranLate)
+            assert.strictEqual(calls, 1)
+          }).pipe(Effect.provide(withHandlers([handler])))
+        }))
+      )
 
     it.effect("a hook on no fiber resumed twice: the first resume counts, as a fiber's", () =>
       Effect.gen(function*() {
