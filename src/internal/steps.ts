@@ -79,10 +79,22 @@ interface Frame {
 const stepOf = (effect: unknown): Frame & { readonly commit: () => unknown } =>
   effect as Frame & { readonly commit: () => unknown }
 
-/** The innermost continuation not of kind `skip`, popped with those above it; `undefined` when none is left. */
-const popUntil = (stack: Array<Frame>, skip: string): Frame | undefined => {
+/** The innermost continuation a success goes to (not of kind `OnFailure`), popped with those above it; `undefined` when none is left. */
+const popForSuccess = (stack: Array<Frame>): Frame | undefined => {
   for (let frame = stack.pop(); frame !== undefined; frame = stack.pop()) {
-    if (frame._op !== skip) return frame
+    if (frame._op !== "OnFailure") return frame
+  }
+  return undefined
+}
+
+/**
+ * The innermost continuation a failure goes to (not of kind `OnSuccess`, nor
+ * a generator: one is not resumed with failures, as on a fiber), popped with
+ * those above it; `undefined` when none is left.
+ */
+const popForFailure = (stack: Array<Frame>): Frame | undefined => {
+  for (let frame = stack.pop(); frame !== undefined; frame = stack.pop()) {
+    if (frame._op !== "OnSuccess" && frame._op !== "Iterator") return frame
   }
   return undefined
 }
@@ -94,6 +106,8 @@ const rest = (current: Effect.Effect<unknown, unknown>, stack: ReadonlyArray<Fra
     const frame = stack[i]!
     effect = frame._op === "OnSuccess"
       ? Effect.flatMap(effect, frame.effect_instruction_i1)
+      : frame._op === "Iterator"
+      ? Effect.flatMap(effect, (value) => iterate(generatorOf(frame), value))
       : frame._op === "OnFailure"
       ? Effect.catchAllCause(effect, frame.effect_instruction_i1)
       : Effect.matchCauseEffect(effect, { onFailure: frame.effect_instruction_i1, onSuccess: frame.effect_instruction_i2 })
@@ -131,11 +145,12 @@ export const waitOf = (effect: Effect.Effect<unknown, unknown>): Register | unde
 }
 
 /**
- * A generator's steps from `value` on (what the fiber's run loop does with
- * the `Iterator` step of `Effect.gen`): it is fed the values of the effects
- * it yields, at once while they are completed ones; its first effect that is
- * not goes on into the generator as a `flatMap` does; a failure ends it (a
- * generator is not resumed with failures, as on a fiber).
+ * A generator's steps from `value` on, as an effect (what the fiber's run
+ * loop does with the `Iterator` step of `Effect.gen`), for what `runNow`
+ * hands back (see `rest`): it is fed the values of the effects it yields, at
+ * once while they are completed ones; its first effect that is not goes on
+ * into the generator as a `flatMap` does; a failure ends it (a generator is
+ * not resumed with failures, as on a fiber).
  */
 const iterate = (iterator: Iterator<unknown, unknown, unknown>, value: unknown): Effect.Effect<unknown, unknown> => {
   for (;;) {
@@ -148,6 +163,32 @@ const iterate = (iterator: Iterator<unknown, unknown, unknown>, value: unknown):
     if (op === "Failure") return yielded as unknown as Effect.Effect<unknown, unknown>
     if (op !== "Success") {
       return Effect.flatMap(yielded as unknown as Effect.Effect<unknown, unknown>, (next) => iterate(iterator, next))
+    }
+    value = yielded.effect_instruction_i0
+  }
+}
+
+/** The generator of an `Iterator` step (Effect's step of `Effect.gen`). */
+const generatorOf = (step: Frame): Iterator<unknown, unknown, unknown> =>
+  step.effect_instruction_i0 as unknown as Iterator<unknown, unknown, unknown>
+
+/**
+ * {@link iterate} inside {@link runNow}, as a fiber's run loop does it: the
+ * generator's `Iterator` step is its continuation on the stack, pushed back
+ * while it waits for an effect it yielded (no `flatMap` and closure per
+ * yield); `frame` has been popped.
+ */
+const feed = (frame: Frame, value: unknown, stack: Array<Frame>): ReturnType<typeof stepOf> => {
+  const iterator = generatorOf(frame)
+  for (;;) {
+    const state = iterator.next(value)
+    if (state.done === true) return stepOf(Exit.succeed(state.value))
+    const yielded = stepOf(yieldWrapGet(state.value as Parameters<typeof yieldWrapGet>[0]))
+    const op = yielded._op
+    if (op === "Failure") return yielded
+    if (op !== "Success") {
+      stack.push(frame)
+      return yielded
     }
     value = yielded.effect_instruction_i0
   }
@@ -176,14 +217,18 @@ export const runNow = <A, E>(
     try {
       switch (current._op) {
         case "Success": {
-          const frame = popUntil(stack, "OnFailure")
+          const frame = popForSuccess(stack)
           if (frame === undefined) return current as unknown as Exit.Exit<A, E>
           const value = current.effect_instruction_i0
-          current = stepOf(frame._op === "OnSuccess" ? frame.effect_instruction_i1(value) : frame.effect_instruction_i2(value))
+          current = frame._op === "OnSuccess"
+            ? stepOf(frame.effect_instruction_i1(value))
+            : frame._op === "Iterator"
+            ? feed(frame, value, stack)
+            : stepOf(frame.effect_instruction_i2(value))
           break
         }
         case "Failure": {
-          const frame = popUntil(stack, "OnSuccess")
+          const frame = popForFailure(stack)
           if (frame === undefined) return current as unknown as Exit.Exit<A, E>
           current = stepOf(frame.effect_instruction_i1(current.effect_instruction_i0))
           break
@@ -195,7 +240,7 @@ export const runNow = <A, E>(
           current = stepOf(current.commit())
           break
         case "Iterator":
-          current = stepOf(iterate(current.effect_instruction_i0 as unknown as Iterator<unknown, unknown, unknown>, undefined))
+          current = feed(current, undefined, stack)
           break
         case "OnSuccess":
         case "OnFailure":
