@@ -107,7 +107,7 @@ const rest = (current: Effect.Effect<unknown, unknown>, stack: ReadonlyArray<Fra
     effect = frame._op === "OnSuccess"
       ? Effect.flatMap(effect, frame.effect_instruction_i1)
       : frame._op === "Iterator"
-      ? Effect.flatMap(effect, (value) => iterate(generatorOf(frame), value))
+      ? Effect.flatMap(effect, (value) => iterate(frame, value))
       : frame._op === "OnFailure"
       ? Effect.catchAllCause(effect, frame.effect_instruction_i1)
       : Effect.matchCauseEffect(effect, { onFailure: frame.effect_instruction_i1, onSuccess: frame.effect_instruction_i2 })
@@ -145,45 +145,22 @@ export const waitOf = (effect: Effect.Effect<unknown, unknown>): Register | unde
 }
 
 /**
- * A generator's steps from `value` on, as an effect (what the fiber's run
- * loop does with the `Iterator` step of `Effect.gen`), for what `runNow`
- * hands back (see `rest`): it is fed the values of the effects it yields, at
- * once while they are completed ones; its first effect that is not goes on
- * into the generator as a `flatMap` does; a failure ends it (a generator is
- * not resumed with failures, as on a fiber).
- */
-const iterate = (iterator: Iterator<unknown, unknown, unknown>, value: unknown): Effect.Effect<unknown, unknown> => {
-  for (;;) {
-    const state = iterator.next(value)
-    if (state.done === true) return Exit.succeed(state.value)
-    const yielded = stepOf(yieldWrapGet(state.value as Parameters<typeof yieldWrapGet>[0]))
-    // Effect's exits are its steps of kinds `Success` and `Failure` (`Exit.isExit` reads a symbol property:
-    // a megamorphic lookup where hooks yield effects of many shapes).
-    const op = yielded._op
-    if (op === "Failure") return yielded as unknown as Effect.Effect<unknown, unknown>
-    if (op !== "Success") {
-      return Effect.flatMap(yielded as unknown as Effect.Effect<unknown, unknown>, (next) => iterate(iterator, next))
-    }
-    value = yielded.effect_instruction_i0
-  }
-}
-
-/** The generator of an `Iterator` step (Effect's step of `Effect.gen`). */
-const generatorOf = (step: Frame): Iterator<unknown, unknown, unknown> =>
-  step.effect_instruction_i0 as unknown as Iterator<unknown, unknown, unknown>
-
-/**
- * {@link iterate} inside {@link runNow}, as a fiber's run loop does it: the
- * generator's `Iterator` step is its continuation on the stack, pushed back
- * while it waits for an effect it yielded (no `flatMap` and closure per
- * yield); `frame` has been popped.
+ * A generator's steps from `value` on, as a fiber's run loop runs the
+ * `Iterator` step of `Effect.gen` (`frame`, popped): it is fed the values of
+ * the effects it yields, at once while they are completed ones, and its
+ * first effect that is not is returned, with `frame` pushed back on `stack`
+ * as its continuation (no `flatMap` and closure per yield); a failure ends
+ * it (a generator is not resumed with failures, as on a fiber).
  */
 const feed = (frame: Frame, value: unknown, stack: Array<Frame>): ReturnType<typeof stepOf> => {
-  const iterator = generatorOf(frame)
+  // An `Iterator` step holds its generator.
+  const iterator = frame.effect_instruction_i0 as unknown as Iterator<unknown, unknown, unknown>
   for (;;) {
     const state = iterator.next(value)
     if (state.done === true) return stepOf(Exit.succeed(state.value))
     const yielded = stepOf(yieldWrapGet(state.value as Parameters<typeof yieldWrapGet>[0]))
+    // Effect's exits are its steps of kinds `Success` and `Failure` (`Exit.isExit` reads a symbol property:
+    // a megamorphic lookup where hooks yield effects of many shapes).
     const op = yielded._op
     if (op === "Failure") return yielded
     if (op !== "Success") {
@@ -192,6 +169,13 @@ const feed = (frame: Frame, value: unknown, stack: Array<Frame>): ReturnType<typ
     }
     value = yielded.effect_instruction_i0
   }
+}
+
+/** {@link feed} as an effect, for what {@link runNow} hands back (see `rest`): its continuation a `flatMap`. */
+const iterate = (frame: Frame, value: unknown): Effect.Effect<unknown, unknown> => {
+  const stack: Array<Frame> = []
+  const step = feed(frame, value, stack) as unknown as Effect.Effect<unknown, unknown>
+  return stack.length === 0 ? step : Effect.flatMap(step, (next) => iterate(frame, next))
 }
 
 /**

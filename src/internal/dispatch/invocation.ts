@@ -15,9 +15,9 @@
  * as such an asynchronous step inside continuations (a generator at
  * `yield* Effect.promise(...)`, a promise then a `map`), the invocation
  * waits for its resume with no fiber too, and goes on with them from there
- * (see `waitOf`). Whatever is left of the effect runs on a fiber of its own, started at once; most complete
- * without suspending, and their outcome is known on the spot too (a success
- * then makes no invocation object either). A failure that the retry rule
+ * (see `waitOf`). Whatever is left of the effect runs on a fiber of its
+ * own, started at once; most complete without suspending, and their outcome
+ * is known on the spot too (a success then makes no invocation object either). A failure that the retry rule
  * retries is fed to the handler's schedule right there (its step run on the
  * spot as far as it needs no fiber): while attempts fail at once and the
  * schedule asks for no delay, they are retried in the same loop, without a
@@ -185,7 +185,8 @@ type Begun = Exit.Exit<void, unknown> | Fiber.RuntimeFiber<void, unknown> | Regi
  * an `Effect.gen` of them, commits); their exit, when they got to the end,
  * is the attempt's. When what is left is one `Async` step, alone or inside
  * continuations, the attempt needs no fiber: it waits for that step's resume
- * (see `Invocation.awaitResume`), and goes on from there inside them (see `waitOf`).
+ * (see `Invocation.awaitResume`), and goes on from there inside them (see
+ * `waitOf`).
  * `Effect.promise(() => p)`, `Effect.tryPromise(() => p)` and `Effect.async`
  * without a canceller commit to one (the promise made, the register function
  * called); with an `AbortSignal` or a canceller they commit to more.
